@@ -1,0 +1,81 @@
+"""Batches of images and captions in model inputs; calibration sources."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mfdeploy.data import world
+from mfdeploy.data.pairs import load_pairs, open_image
+from mfdeploy.errors import UserError
+from mfdeploy.models.base import Adapter
+
+
+@dataclass
+class Batch:
+    """Model inputs of a batch of image-caption pairs; text padded to the longest caption."""
+
+    pixel_values: torch.Tensor  # [B,3,H,W] float32
+    input_ids: torch.Tensor  # [B,L] int64
+    attention_mask: torch.Tensor  # [B,L] int64, 0 = padding
+
+    def __len__(self) -> int:
+        return int(self.pixel_values.shape[0])
+
+
+@dataclass(frozen=True)
+class CalibSource:
+    """Where calibration pairs come from: 'shapes' (the bundled world) or a JSONL file."""
+
+    kind: str  # "shapes" | "jsonl"
+    path: Path | None = None
+
+    def describe(self) -> str:
+        return "shapes (calibration seed range)" if self.kind == "shapes" else str(self.path)
+
+
+def parse_calib(value: str | None) -> CalibSource | None:
+    """Turn a `--calib` value into a source; a JSONL path is validated at once."""
+    if value is None:
+        return None
+    if value == "shapes":
+        return CalibSource("shapes")
+    path = Path(value)
+    if path.is_dir() or path.suffix.lower() != ".jsonl" and not path.is_file():
+        raise UserError(f"--calib {value}: expected 'shapes' or a JSONL file of image-caption pairs")
+    load_pairs(path)  # fail early, with file and line
+    return CalibSource("jsonl", path)
+
+
+def pair_batches(adapter: Adapter, source: CalibSource, n: int, batch_size: int,
+                 offset: int = 0) -> Iterator[Batch]:
+    """`n` calibration pairs from `source` in batches of `batch_size`.
+
+    The shapes world yields its calibration seeds in order (deterministic); a
+    JSONL file yields its first `n` pairs (all of them when it has fewer).
+    """
+    if n <= 0 or batch_size <= 0:
+        raise UserError("calibration sample count and batch size must be positive")
+    if source.kind == "shapes":
+        seeds = list(world.split_seeds("calib", n, offset))
+        for i in range(0, n, batch_size):
+            scenes = [world.make_scene(s) for s in seeds[i:i + batch_size]]
+            yield make_batch(adapter, [s.render() for s in scenes], [s.caption() for s in scenes])
+        return
+    assert source.path is not None
+    pairs = load_pairs(source.path)[offset:offset + n]
+    if not pairs:
+        raise UserError(f"{source.path}: fewer than {offset + 1} pairs")
+    for i in range(0, len(pairs), batch_size):
+        chunk = pairs[i:i + batch_size]
+        images = [open_image(p.image, str(source.path)) for p in chunk]
+        yield make_batch(adapter, images, [p.caption for p in chunk])
+
+
+def make_batch(adapter: Adapter, images: list, captions: list[str]) -> Batch:
+    """Preprocess with the model's own processor and tokenizer."""
+    ids, mask = adapter.tokenize(captions)
+    return Batch(adapter.pixel_values(images), ids, mask)

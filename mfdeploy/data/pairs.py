@@ -1,0 +1,97 @@
+"""Image-caption pairs from JSONL files and image folders for zero-shot classification."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from mfdeploy.errors import UserError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One image-caption pair; `image` is an absolute path."""
+
+    image: Path
+    caption: str
+
+
+def load_pairs(path: str | Path) -> list[Pair]:
+    """Read a JSONL file of `{"image": path, "caption": text}` lines.
+
+    Image paths are relative to the JSONL file. Every problem names the file
+    and the line number; the images are checked to exist (not decoded) here.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: calibration/evaluation file does not exist")
+    pairs: list[Pair] = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: unreadable ({e})") from None
+    for no, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{no}: invalid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{no}: expected an object with 'image' and 'caption'")
+        for key in ("image", "caption"):
+            if not isinstance(row.get(key), str) or not row[key].strip():
+                raise UserError(f"{path}:{no}: missing or empty '{key}'")
+        image = (path.parent / row["image"]).resolve()
+        if not image.is_file():
+            raise UserError(f"{path}:{no}: image {row['image']} does not exist")
+        pairs.append(Pair(image, row["caption"]))
+    if not pairs:
+        raise UserError(f"{path}: no image-caption pairs in the file")
+    return pairs
+
+
+def open_image(path: Path, origin: str = "") -> Image.Image:
+    """Decode an image as RGB, or fail with one line naming it."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, UnidentifiedImageError) as e:
+        where = f"{origin}: " if origin else ""
+        raise UserError(f"{where}cannot read image {path} ({type(e).__name__})") from None
+
+
+@dataclass(frozen=True)
+class FolderDataset:
+    """Zero-shot classification data: one sub-folder per class, named after the class."""
+
+    classes: tuple[str, ...]
+    items: tuple[tuple[Path, int], ...]  # (image path, class index)
+    template: str = "a photo of a {}."
+
+    def prompts(self) -> list[str]:
+        return [self.template.format(c.replace("_", " ")) for c in self.classes]
+
+
+def load_image_folder(root: str | Path, template: str = "a photo of a {}.") -> FolderDataset:
+    """Scan `root/<class>/*.png|jpg...` into a classification dataset."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root}: image folder does not exist")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise UserError(f"{root}: an image folder needs at least two class sub-folders")
+    items = []
+    for i, c in enumerate(classes):
+        files = sorted(f for f in (root / c).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise UserError(f"{root / c}: class folder holds no images")
+        items.extend((f, i) for f in files)
+    if "{}" not in template:
+        raise UserError(f"prompt template {template!r} has no '{{}}' for the class name")
+    return FolderDataset(tuple(classes), tuple(items), template)

@@ -1,0 +1,9 @@
+"""The one exception type a user can cause; the CLI turns it into one line and exit code 2."""
+
+
+class MfdeployError(Exception):
+    """A problem with the user's input or environment, explained in one line."""
+
+
+class UserError(MfdeployError):
+    """Bad input: a path, a value or a file the user gave."""

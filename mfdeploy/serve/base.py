@@ -1,0 +1,29 @@
+"""The runner interface every backend implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+
+class BackendUnavailable(Exception):
+    """A backend cannot run on this machine; the message says why (missing package, no GPU...)."""
+
+
+class Runner(ABC):
+    """Embeds images and texts with one backend; inputs and outputs are numpy arrays."""
+
+    name: str  # backend name, e.g. "torch", "ort-cpu"
+    device: str = "cpu"
+
+    @abstractmethod
+    def embed_images(self, pixel_values: np.ndarray) -> np.ndarray:
+        """`[B,3,H,W] float32 -> [B,D] float32`, L2-normalised."""
+
+    @abstractmethod
+    def embed_texts(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """`[B,L] int64, [B,L] int64 -> [B,D] float32`, L2-normalised."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release sessions/engines."""
