@@ -69,6 +69,216 @@ def info(model: ModelArg = None) -> None:
     out.print(f"embedding dim: {adapter.embed_dim}")
 
 
+@app.command()
+def prune(
+    ratio: Annotated[float, typer.Option(help="Fraction of prunable weights to remove, in (0, 1).")],
+    out: Annotated[Path, typer.Option(help="Output directory (masks.safetensors, pruned/, prune.json).")],
+    model: Annotated[Optional[str], typer.Option(help="Hub id or checkpoint directory (default: bundled).")] = None,
+    method: Annotated[str, typer.Option(help="multiflow | magnitude | wanda | random | ecoflap | mope.")] = "multiflow",
+    scope: Annotated[Optional[str], typer.Option(help="Magnitude budget scope: layer | global | modality.")] = None,
+    pattern: Annotated[Optional[str], typer.Option(help="Semi-structured N:M pattern, e.g. 2:4 (ratio 0.5).")] = None,
+    calib: Annotated[Optional[str], typer.Option(help="'shapes' or a JSONL of image-caption pairs.")] = None,
+    calib_samples: Annotated[int, typer.Option(help="Calibration pairs.")] = 256,
+    batch_size: Annotated[int, typer.Option(help="Calibration batch size.")] = 32,
+    include: Annotated[Optional[list[str]], typer.Option(help="Only prune layers matching this glob.")] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option(help="Never prune layers matching this glob.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed (random criterion, ECoFLaP perturbations).")] = 0,
+    smax_delta: Annotated[float, typer.Option(help="ECoFLaP: cap s_max = ratio + this.")] = 0.1,
+    neuron_group: Annotated[int, typer.Option(help="MoPE: MLP neurons per group.")] = 64,
+    depth_share: Annotated[float, typer.Option(help="MoPE: share of the ratio taken by whole layers.")] = 0.0,
+    distill_steps: Annotated[int, typer.Option(help="MoPE: distillation steps after pruning.")] = 0,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing output directory.")] = False,
+) -> None:
+    """Prune a model once (task-agnostic) and write masks, the folded checkpoint and a report."""
+    from mfdeploy.prune import PruneConfig, run_prune
+
+    cfg = PruneConfig(ratio=ratio, model=model, method=method, scope=scope, pattern=pattern, calib=calib,
+                      calib_samples=calib_samples, batch_size=batch_size, include=include or [],
+                      exclude=exclude or [], seed=seed, ecoflap_smax_delta=smax_delta,
+                      mope_neuron_group=neuron_group, mope_depth_share=depth_share, distill_steps=distill_steps)
+    record = run_prune(cfg, out, force=force)
+    sp = record["sparsity"]
+    mods = ", ".join(f"{k} {v:.3f}" for k, v in sp["per_modality"].items())
+    out_console = Console()
+    out_console.print(f"pruned {record['model']} with {record['method']} ({record['pattern']}): "
+                      f"sparsity {sp['overall']:.3f} ({mods}) -> {out}")
+
+
+@app.command("eval")
+def eval_(
+    model: ModelArg = None,
+    data: Annotated[str, typer.Option(help="'shapes', a JSONL of image-caption pairs, or an image folder.")] = "shapes",
+    backend: Annotated[str, typer.Option(help="torch | onnx (ONNX Runtime on the CPU).")] = "torch",
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON here.")] = None,
+    template: Annotated[
+        str | None, typer.Option(help="Prompt template of an image folder's classes (default: 'a photo of a {}.').")
+    ] = None,
+    retention: Annotated[
+        bool, typer.Option(help="For a prune/build directory, also evaluate the dense model and show retention.")
+    ] = True,
+    images: Annotated[int, typer.Option(help="Shapes suite: single-object images for the attribute tasks.")] = 1000,
+    pairs: Annotated[int, typer.Option(help="Shapes suite: image-caption pairs for retrieval.")] = 1000,
+) -> None:
+    """Zero-shot accuracy and retrieval recall of a model; retention against the dense model when known."""
+    from mfdeploy.eval import evaluate_with_retention, results_table, write_json
+    from mfdeploy.eval.report import check_json_target
+
+    if json_path is not None:
+        check_json_target(json_path)
+    with console.status("evaluating") as status:
+        result = evaluate_with_retention(model, data, backend, template=template, dense=retention,
+                                         progress=lambda msg: status.update(msg), n_images=images,
+                                         n_retrieval=pairs)
+    out.print(results_table(result))
+    if "retention_error" in result:
+        console.print(f"[yellow]warning:[/] no retention: {result['retention_error']}", highlight=False)
+    if json_path is not None:
+        console.print(f"wrote {write_json(result, json_path)}", highlight=False)
+
+
+@app.command()
+def bench(
+    build_dir: Annotated[Path, typer.Argument(help="A `mfdeploy build --out` directory.")],
+    backends: Annotated[str | None, typer.Option(
+        help="Comma-separated: torch, ort-cpu, ort-cuda, ort-trt, trt (default: all; those that cannot run "
+             "here are listed as unavailable, with the reason).")] = None,
+    towers: Annotated[str, typer.Option(help="Comma-separated: vision, text.")] = "vision,text",
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated positive batch sizes.")] = "1,8,32",
+    text_len: Annotated[int | None, typer.Option(
+        help="Tokens per text (default 16, capped at the model's maximum).")] = None,
+    warmup: Annotated[int, typer.Option(help="Untimed calls per variant before timing each cell.")] = 3,
+    iters: Annotated[int, typer.Option(help="Minimum timed calls per variant and cell.")] = 20,
+    min_time: Annotated[float, typer.Option(help="Minimum timed seconds per variant and cell.")] = 0.5,
+    threads: Annotated[int | None, typer.Option(
+        help="CPU threads for torch and ONNX Runtime (default: physical cores).")] = None,
+    dense: Annotated[bool, typer.Option(
+        "--dense/--no-dense", help="Also time the dense model, interleaved with the pruned one.")] = True,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the JSON rows here.")] = None,
+) -> None:
+    """Throughput and latency of every backend, pruned vs dense; writes bench.json/.md/.png into BUILD_DIR."""
+    from mfdeploy.errors import UserError
+    from mfdeploy.serve.bench import parse_batch_sizes, parse_list, run_bench
+    from mfdeploy.serve.registry import BACKENDS, TOWERS
+
+    names = parse_list(backends, "backends", list(BACKENDS)) if backends is not None else None
+    rows = run_bench(
+        build_dir, backends=names, towers=parse_list(towers, "towers", list(TOWERS)),
+        batch_sizes=parse_batch_sizes(batch_sizes), text_len=text_len, warmup=warmup, iters=iters,
+        threads=threads, dense=dense, min_time=min_time, json_path=json_path,
+    )
+    if not any("throughput" in r for r in rows):
+        reasons = "; ".join(f"{r['backend']}: {r['reason']}" for r in rows if r.get("status") == "unavailable")
+        raise UserError(f"no requested backend can run on this machine ({reasons}); see {build_dir / 'bench.md'}")
+    console.print(f"wrote {build_dir / 'bench.json'}, bench.md, bench.png" + (f" and {json_path}" if json_path else ""),
+                  soft_wrap=True, highlight=False)
+
+
+@app.command()
+def export(
+    out_dir: Annotated[Path, typer.Option("--out", help="Output directory (vision.onnx, text.onnx, export.json).")],
+    model: Annotated[
+        str | None, typer.Argument(help="Hub id, checkpoint directory or prune directory (default: bundled).")
+    ] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset; 17 or newer keeps LayerNorm one op.")] = 17,
+    external_data: Annotated[bool | None, typer.Option(
+        "--external-data/--no-external-data",
+        help="Weights in .onnx.data files [default: only for models near protobuf's 2 GB limit].")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
+) -> None:
+    """Export the vision and text towers to ONNX, check them against PyTorch, write export.json."""
+    from mfdeploy.export import export_model
+
+    with console.status("exporting") as status:
+        manifest = export_model(model, out_dir, opset=opset, force=force, external_data=external_data,
+                                on_step=lambda msg: status.update(msg))
+    parity = manifest["parity"]
+    out.print(f"exported {manifest['model']['id']} (opset {manifest['opset']}) -> {out_dir}: ONNX Runtime vs "
+              f"PyTorch min cosine vision {parity['vision']['min_cosine']:.6f}, "
+              f"text {parity['text']['min_cosine']:.6f}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def engine(
+    onnx_dir: Annotated[Path, typer.Argument(help="A `mfdeploy export` directory.")],
+    fp16: Annotated[bool, typer.Option(help="Allow FP16 kernels (2:4 sparse kernels need FP16 or INT8).")] = False,
+    sparse: Annotated[str, typer.Option(
+        help="auto: use 2:4 sparse kernels when the weights hold the pattern; on; off.")] = "auto",
+    max_batch: Annotated[int, typer.Option(help="Largest batch of the optimisation profiles.")] = 32,
+    max_text_len: Annotated[int | None, typer.Option(
+        help="Longest text of the profile [default: the model's maximum].")] = None,
+) -> None:
+    """Build TensorRT engines (vision.plan, text.plan) in ONNX_DIR, or print the trtexec commands to."""
+    from mfdeploy.export import EngineError, build_engines
+
+    with console.status("building TensorRT engines"):
+        record = build_engines(onnx_dir, fp16=fp16, sparse=sparse, max_batch=max_batch, max_text_len=max_text_len)
+    say = {"highlight": False, "soft_wrap": True, "markup": False}
+    if record["status"] == "skipped":
+        out.print(f"TensorRT engines not built ({record['reason']}); build them elsewhere by running, "
+                  f"inside {onnx_dir}:", **say)
+        for command in record["trtexec"]:
+            out.print(command, **say)
+        return
+    for tower, built in record["engines"].items():
+        sp, parity = built["sparsity"], built.get("parity")
+        check = f", vs ONNX Runtime min cosine {parity['min_cosine']:.5f}" if parity else ""
+        out.print(f"{tower}: {onnx_dir / built['engine']} ({built['bytes'] / 2**20:.1f} MiB, "
+                  f"{built['build_s']:.0f} s), sparse kernels on {sp['n_picked_sparse']}/{sp['n_eligible']} "
+                  f"eligible layers{check}", **say)
+    if record["status"] == "parity_failed":
+        raise EngineError(f"an engine does not match ONNX Runtime within tolerance: see {onnx_dir / 'engine.json'}")
+
+
+@app.command()
+def build(
+    model: Annotated[Optional[str], typer.Option(help="Hub id or checkpoint directory (default: bundled).")] = None,
+    ratio: Annotated[float, typer.Option(help="Fraction of prunable weights to remove, in (0, 1).")] = 0.5,
+    method: Annotated[str, typer.Option(help="multiflow | magnitude | wanda | random | ecoflap | mope.")] = "multiflow",
+    scope: Annotated[Optional[str], typer.Option(help="Magnitude budget scope: layer | global | modality.")] = None,
+    pattern: Annotated[Optional[str], typer.Option(help="Semi-structured N:M pattern, e.g. 2:4 (ratio 0.5).")] = None,
+    fp16: Annotated[bool, typer.Option(help="FP16 TensorRT engines (needed for 2:4 sparse tensor cores).")] = False,
+    sparse: Annotated[str, typer.Option(help="TensorRT sparse weights: auto | on | off.")] = "auto",
+    calib: Annotated[Optional[str], typer.Option(help="'shapes' or a JSONL of image-caption pairs.")] = None,
+    calib_samples: Annotated[int, typer.Option(help="Calibration pairs.")] = 256,
+    batch_size: Annotated[int, typer.Option(help="Calibration batch size.")] = 32,
+    include: Annotated[Optional[list[str]], typer.Option(help="Only prune layers matching this glob.")] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option(help="Never prune layers matching this glob.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    eval_data: Annotated[Optional[str], typer.Option("--eval", help="Evaluate dense vs pruned on this data "
+                                                     "(default: shapes for the bundled model).")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset (>= 17).")] = 17,
+    max_batch: Annotated[int, typer.Option(help="Largest batch of the engines' profiles.")] = 32,
+    max_text_len: Annotated[Optional[int], typer.Option(help="Longest text of the engines' profiles.")] = None,
+    distill_steps: Annotated[int, typer.Option(help="MoPE: distillation steps after pruning.")] = 0,
+    depth_share: Annotated[float, typer.Option(help="MoPE: share of the ratio taken by whole layers.")] = 0.0,
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("build"),
+    force: Annotated[bool, typer.Option(help="Overwrite an existing output directory.")] = False,
+) -> None:
+    """The whole pipeline: prune, fold, export, engines where possible, evaluate, report."""
+    from mfdeploy.pipeline import STAGES, BuildConfig, run_build
+    from mfdeploy.prune import PruneConfig
+    from mfdeploy.report import summary_table
+
+    pcfg = PruneConfig(ratio=ratio, model=model, method=method, scope=scope, pattern=pattern, calib=calib,
+                       calib_samples=calib_samples, batch_size=batch_size, include=include or [],
+                       exclude=exclude or [], seed=seed, distill_steps=distill_steps, mope_depth_share=depth_share)
+    cfg = BuildConfig(prune=pcfg, out=out, fp16=fp16, sparse=sparse, opset=opset, max_batch=max_batch,
+                      max_text_len=max_text_len, eval_data=eval_data, force=force)
+    seen: list[str] = []
+
+    def on_stage(name: str) -> None:
+        seen.append(name)
+        step = STAGES.index(name) + 1 if name in STAGES else len(seen)
+        console.print(f"[bold cyan][{step}/{len(STAGES)}][/] {name}", highlight=False)
+
+    manifest = run_build(cfg, on_stage=on_stage)
+    Console().print(summary_table(manifest, out))
+    eng = manifest.get("engine") or {}
+    if eng.get("status") != "built" and eng.get("trtexec"):
+        Console().print("TensorRT engines skipped: " + str(eng.get("reason", "")) +
+                        "\nBuild them where a GPU is present with:\n  " + "\n  ".join(eng["trtexec"]), highlight=False)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors end in one line on stderr and exit code 2, never a traceback."""
     import click

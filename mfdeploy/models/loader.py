@@ -7,9 +7,9 @@ from pathlib import Path
 
 from mfdeploy.errors import UserError
 from mfdeploy.models.base import Adapter
+from mfdeploy.models.structure import STRUCTURE_FILE  # written by structured pruning: the cut shapes
 from mfdeploy.zoo import BUNDLED_DIR, BUNDLED_NAME
 
-STRUCTURE_FILE = "mfdeploy_structure.json"  # written by structured pruning: the cut shapes
 ORIGIN_FILE = "mfdeploy_origin.json"  # written by prune: which model the checkpoint came from
 
 

@@ -30,7 +30,8 @@ MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
 
 
-def make_config(vocab_size: int, pad_id: int, bos_id: int, eos_id: int, width: int = 160, layers: int = 4) -> CLIPConfig:
+def make_config(vocab_size: int, pad_id: int, bos_id: int, eos_id: int, width: int = 160,
+                layers: int = 4) -> CLIPConfig:
     """The reference architecture: two 4-layer towers of width 160, 64x64 images, patch 8."""
     text = dict(vocab_size=vocab_size, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
                 num_attention_heads=4, max_position_embeddings=MAX_TEXT_LEN, pad_token_id=pad_id,

@@ -1,0 +1,47 @@
+"""The ViT-B/32 architecture (`CLIPConfig()` defaults, random weights) and random calibration data.
+
+Shared by the benchmark scripts: no hub access is needed, and the numbers
+measure the toolkit's cost on a real-sized model, not its quality.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import CLIPConfig, CLIPModel
+
+from mfdeploy.data.batching import Batch
+
+
+def vitb32(seed: int = 0) -> CLIPModel:
+    """CLIP ViT-B/32 with random weights (151M parameters)."""
+    torch.manual_seed(seed)
+    return CLIPModel(CLIPConfig()).eval()
+
+
+def random_batches(model: CLIPModel, n: int, batch_size: int, text_len: int = 20, seed: int = 0) -> list[Batch]:
+    """`n` random image-caption pairs: pixels ~ N(0,1), ids ending in the EOT token, some padding."""
+    g = torch.Generator().manual_seed(seed)
+    vc, tc = model.config.vision_config, model.config.text_config
+    eot = tc.eos_token_id if tc.eos_token_id != 2 else tc.vocab_size - 1  # legacy configs pool at the max id
+    out = []
+    for start in range(0, n, batch_size):
+        b = min(batch_size, n - start)
+        pixels = torch.randn(b, 3, vc.image_size, vc.image_size, generator=g)
+        lengths = torch.randint(5, text_len + 1, (b,), generator=g)
+        ids = torch.randint(1, tc.vocab_size - 2, (b, text_len), generator=g)
+        mask = torch.zeros(b, text_len, dtype=torch.long)
+        for i, n_tok in enumerate(lengths.tolist()):
+            ids[i, n_tok - 1] = eot
+            ids[i, n_tok:] = 0
+            mask[i, :n_tok] = 1
+        out.append(Batch(pixels, ids, mask))
+    return out
+
+
+class WrappedAdapter:
+    """Make a bare CLIPModel look like a loaded mfdeploy adapter (no tokenizer/processor needed)."""
+
+    def __new__(cls, model: CLIPModel):
+        from mfdeploy.models.clip import CLIPAdapter
+
+        return CLIPAdapter(model, tokenizer=None, image_processor=None, source="CLIPConfig() random ViT-B/32")

@@ -1,0 +1,64 @@
+"""Atomic outputs: build a directory or file in a temporary place, rename it into place on success."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from mfdeploy.errors import UserError
+
+
+def check_out_dir(out: Path, force: bool) -> None:
+    """An existing output directory is an error unless `force`."""
+    if out.exists() and not force:
+        raise UserError(f"{out} already exists: pass --force to overwrite it")
+    if not out.parent.exists():
+        raise UserError(f"{out.parent}: parent directory does not exist")
+
+
+@contextmanager
+def atomic_dir(out: Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of `out`; it replaces `out` only if the block succeeds.
+
+    On any exception (or Ctrl-C) the temporary directory is removed and `out`
+    is left as it was: never a half-written output.
+    """
+    out = Path(out)
+    check_out_dir(out, force)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,124 @@
+"""Structured (width/depth) pruning of CLIP layers: cut heads, neurons and whole layers, and rebuild on load.
+
+The pruned checkpoint stores, next to its weights, `mfdeploy_structure.json`:
+for each tower the original indices of the layers kept and, per kept layer,
+the number of attention heads and MLP neurons left. Loading builds the dense
+architecture from `config.json`, cuts it to those shapes, then loads the
+weights strictly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+TOWER_ATTRS = ("vision_model", "text_model")
+STRUCTURE_FILE = "mfdeploy_structure.json"
+
+
+def _linear(in_f: int, out_f: int, bias: bool, like: nn.Linear) -> nn.Linear:
+    return nn.Linear(in_f, out_f, bias=bias, dtype=like.weight.dtype, device=like.weight.device)
+
+
+@torch.no_grad()
+def cut_rows(layer: nn.Linear, keep: torch.Tensor) -> nn.Linear:
+    """A Linear with only the output features `keep` (rows of the weight)."""
+    new = _linear(layer.in_features, len(keep), layer.bias is not None, layer)
+    new.weight.copy_(layer.weight[keep])
+    if layer.bias is not None:
+        new.bias.copy_(layer.bias[keep])
+    return new
+
+
+@torch.no_grad()
+def cut_cols(layer: nn.Linear, keep: torch.Tensor) -> nn.Linear:
+    """A Linear with only the input features `keep` (columns of the weight); the bias is unchanged."""
+    new = _linear(len(keep), layer.out_features, layer.bias is not None, layer)
+    new.weight.copy_(layer.weight[:, keep])
+    if layer.bias is not None:
+        new.bias.copy_(layer.bias)
+    return new
+
+
+def head_dim(attn: nn.Module) -> int:
+    return int(attn.head_dim)
+
+
+def prune_heads(attn: nn.Module, keep_heads: Sequence[int]) -> None:
+    """Keep only the listed attention heads: q/k/v rows and out_proj columns of the others are cut."""
+    hd = head_dim(attn)
+    idx = torch.cat([torch.arange(h * hd, (h + 1) * hd) for h in sorted(keep_heads)])
+    attn.q_proj = cut_rows(attn.q_proj, idx)
+    attn.k_proj = cut_rows(attn.k_proj, idx)
+    attn.v_proj = cut_rows(attn.v_proj, idx)
+    attn.out_proj = cut_cols(attn.out_proj, idx)
+    attn.num_heads = len(keep_heads)
+
+
+def prune_neurons(mlp: nn.Module, keep: torch.Tensor) -> None:
+    """Keep only the listed MLP neurons: fc1 rows and fc2 columns of the others are cut."""
+    keep = torch.sort(keep).values
+    mlp.fc1 = cut_rows(mlp.fc1, keep)
+    mlp.fc2 = cut_cols(mlp.fc2, keep)
+
+
+def keep_layers(model: nn.Module, tower: str, kept: Sequence[int]) -> None:
+    """Drop whole transformer layers of a tower (original indices `kept` stay, in order)."""
+    encoder = getattr(model, tower).encoder
+    encoder.layers = nn.ModuleList([encoder.layers[i] for i in kept])
+    sub = model.config.vision_config if tower == "vision_model" else model.config.text_config
+    sub.num_hidden_layers = len(kept)
+
+
+def describe(model: nn.Module, kept_layers: dict[str, list[int]]) -> dict:
+    """The structure record of a (cut) model."""
+    out = {}
+    for tower in TOWER_ATTRS:
+        layers = getattr(model, tower).encoder.layers
+        out[tower] = {
+            "kept_layers": kept_layers[tower],
+            "layers": [{"heads": int(l.self_attn.q_proj.out_features // head_dim(l.self_attn)),
+                        "intermediate": int(l.mlp.fc1.out_features)} for l in layers],
+        }
+    return out
+
+
+def apply_structure(model: nn.Module, structure: dict) -> None:
+    """Cut a freshly built dense model to the recorded shapes (weights are loaded afterwards)."""
+    for tower in TOWER_ATTRS:
+        spec = structure[tower]
+        keep_layers(model, tower, spec["kept_layers"])
+        for layer, shape in zip(getattr(model, tower).encoder.layers, spec["layers"]):
+            prune_heads(layer.self_attn, list(range(shape["heads"])))
+            prune_neurons(layer.mlp, torch.arange(shape["intermediate"]))
+
+
+def load_structured(path: Path):
+    """Load a structurally pruned CLIP checkpoint directory."""
+    from safetensors.torch import load_file
+    from transformers import CLIPConfig, CLIPModel
+
+    path = Path(path)
+    structure = json.loads((path / STRUCTURE_FILE).read_text())
+    config = CLIPConfig.from_pretrained(path)
+    # the saved config holds the kept layer counts; rebuild the dense depth first, then cut
+    for tower, sub in (("vision_model", config.vision_config), ("text_model", config.text_config)):
+        sub.num_hidden_layers = max(structure[tower]["kept_layers"]) + 1
+    model = CLIPModel(config)
+    apply_structure(model, structure)
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise OSError(f"{path}: no safetensors weights")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise ValueError(f"structured checkpoint does not match its structure file: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}")
+    return model.eval()

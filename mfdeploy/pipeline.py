@@ -1,0 +1,141 @@
+"""`mfdeploy build`: prune once, fold, export both towers, build engines where possible, evaluate, report.
+
+Everything is written into a temporary sibling of the output directory,
+which is renamed into place only when every stage succeeded; `build.json`
+(the manifest) is written last.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from mfdeploy import __version__
+from mfdeploy.errors import UserError
+from mfdeploy.io import atomic_dir, check_out_dir, write_json
+from mfdeploy.prune.run import PruneConfig, record_for_json, validate, write_prune_outputs
+from mfdeploy.zoo import is_bundled
+
+STAGES = ("load", "evaluate dense", "prune", "export", "parity", "export dense", "engine", "evaluate pruned",
+          "report")
+
+
+@dataclass
+class BuildConfig:
+    """What `mfdeploy build` does; the prune part is a `PruneConfig`."""
+
+    prune: PruneConfig
+    out: Path = Path("build")
+    fp16: bool = False
+    sparse: str = "auto"
+    opset: int = 17
+    max_batch: int = 32
+    max_text_len: int | None = None
+    eval_data: str | None = None  # None: the shapes suite for the bundled model, no evaluation otherwise
+    dense_onnx: bool = True
+    force: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {"mfdeploy": __version__}
+    for name in ("torch", "transformers", "onnx", "onnxruntime", "polygraphy", "tensorrt", "nvidia-modelopt"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _artifacts(root: Path) -> dict[str, dict]:
+    from mfdeploy.io import sha256
+
+    return {str(p.relative_to(root)): {"sha256": sha256(p), "bytes": p.stat().st_size}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != "build.json"}
+
+
+def run_build(cfg: BuildConfig, on_stage=None) -> dict:
+    """Run the whole pipeline; returns the manifest written to `cfg.out/build.json`."""
+    from mfdeploy.eval import evaluate_model, retention
+    from mfdeploy.export import build_engines, check_parity, export_towers
+    from mfdeploy.export.spec import check_opset
+    from mfdeploy.models import load
+    from mfdeploy.prune.run import prune_model
+
+    stage = on_stage or (lambda _name: None)
+    validate(cfg.prune)
+    check_opset(cfg.opset)
+    if cfg.sparse not in ("auto", "on", "off"):
+        raise UserError(f"--sparse {cfg.sparse}: expected auto, on or off")
+    out = Path(cfg.out)
+    check_out_dir(out, cfg.force)
+    eval_data = cfg.eval_data or ("shapes" if is_bundled(cfg.prune.model) else None)
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn, *args, **kwargs):
+        stage(name)
+        t0 = time.perf_counter()
+        result = fn(*args, **kwargs)
+        timings[name.replace(" ", "_") + "_s"] = round(time.perf_counter() - t0, 2)
+        return result
+
+    adapter = timed("load", load, cfg.prune.model)
+    if cfg.max_text_len is not None and cfg.max_text_len > adapter.max_text_len:
+        raise UserError(f"--max-text-len {cfg.max_text_len} exceeds the model's {adapter.max_text_len} positions")
+    dense_eval = timed("evaluate dense", evaluate_model, adapter, eval_data) if eval_data else None
+    with atomic_dir(out, cfg.force) as tmp:
+        if eval_data is None:
+            timings["evaluate_dense_s"] = 0.0
+        if cfg.dense_onnx:
+            timed("export dense", export_towers, adapter, tmp / "onnx_dense", opset=cfg.opset)
+        record = timed("prune", prune_model, adapter, cfg.prune)
+        write_prune_outputs(adapter, record, tmp)
+        prune_json = record_for_json(record)
+        write_json(tmp / "prune.json", prune_json)
+        exported = timed("export", export_towers, adapter, tmp / "onnx", opset=cfg.opset)
+        parity = timed("parity", check_parity, adapter, tmp / "onnx")
+        engine = timed("engine", build_engines, tmp / "onnx", fp16=cfg.fp16, sparse=cfg.sparse,
+                       max_batch=cfg.max_batch, max_text_len=cfg.max_text_len, out_dir=tmp / "engines",
+                       record_file=None)
+        pruned_eval = timed("evaluate pruned", evaluate_model, adapter, eval_data) if eval_data else None
+        evaluation = None
+        if pruned_eval is not None and dense_eval is not None:
+            evaluation = {"data": eval_data, "dense": _scores(dense_eval), "pruned": _scores(pruned_eval),
+                          "retention": retention(pruned_eval, dense_eval)}
+        stage("report")
+        manifest = {
+            "mfdeploy_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model": prune_json["model"],
+            "method": prune_json["method"],
+            "ratio": prune_json["ratio"],
+            "pattern": prune_json["pattern"],
+            "seed": prune_json["seed"],
+            "calibration": {**prune_json["calibration"],
+                            "seconds": round(sum(v for k, v in prune_json["timings"].items()
+                                                 if k != "total_s"), 2)},
+            "sparsity": prune_json["sparsity"],
+            "onnx": {"opset": exported.get("opset"), "towers": exported.get("towers")},
+            "parity": {"onnx_vs_torch": parity, "engine_vs_onnx": engine.get("parity")},
+            "engine": engine,
+            "evaluation": evaluation,
+            "timings": timings,
+            "versions": _versions(),
+        }
+        if "structure" in prune_json:
+            manifest["structure"] = prune_json["structure"]
+        from mfdeploy.report import write_report
+
+        write_report(tmp, manifest)
+        manifest["artifacts"] = _artifacts(tmp)
+        write_json(tmp / "build.json", manifest)  # last: its presence means the build is complete
+    return manifest
+
+
+def _scores(result: dict) -> dict:
+    return {"tasks": result.get("tasks", {}), "retrieval": result.get("retrieval", {})}

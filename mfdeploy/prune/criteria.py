@@ -1,0 +1,59 @@
+"""Pruning criteria: pure functions `score(weight, act_norm, generator) -> scores` (higher = keep)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+ScoreFn = Callable[[torch.Tensor, "torch.Tensor | None", "torch.Generator | None"], torch.Tensor]
+
+
+def random_score(weight: torch.Tensor, act: torch.Tensor | None, gen: torch.Generator | None) -> torch.Tensor:
+    """i.i.d. uniform scores (seeded)."""
+    return torch.rand(weight.shape, generator=gen, dtype=torch.float32)
+
+
+def magnitude_score(weight: torch.Tensor, act: torch.Tensor | None, gen: torch.Generator | None) -> torch.Tensor:
+    """`|W|`."""
+    return weight.detach().float().abs()
+
+
+def wanda_score(weight: torch.Tensor, act: torch.Tensor | None, gen: torch.Generator | None) -> torch.Tensor:
+    """Wanda: `|W_ij| * a_j` with `a_j` the input feature's activation norm."""
+    assert act is not None
+    return weight.detach().float().abs() * act.float()[None, :]  # [out, in]
+
+
+def multiflow_score(weight: torch.Tensor, act: torch.Tensor | None, gen: torch.Generator | None) -> torch.Tensor:
+    """MULTIFLOW information flow (eq. 6): `S_ij = imp_out_i * |W_ij| * imp_in_j`.
+
+    With `A_ij = |W_ij| * a_j`, `imp_out_i = mean_j A_ij` (how much signal
+    neuron i emits) and `imp_in_j = mean_i A_ij` (how much input j feeds).
+    """
+    assert act is not None
+    w = weight.detach().float().abs()  # [out, in]
+    a = w * act.float()[None, :]  # [out, in]
+    imp_out = a.mean(dim=1)  # [out]
+    imp_in = a.mean(dim=0)  # [in]
+    return imp_out[:, None] * w * imp_in[None, :]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A pruning method: its criterion, whether it needs calibration, how it compares and budgets."""
+
+    score: ScoreFn
+    needs_activations: bool
+    compare: str  # "layer": lowest scores of the layer; "row": lowest of each output row
+    default_scope: str  # "layer" | "global" | "modality" | "multimodal"
+    scopes: tuple[str, ...]
+
+
+METHODS: dict[str, Method] = {
+    "random": Method(random_score, False, "layer", "layer", ("layer",)),
+    "magnitude": Method(magnitude_score, False, "layer", "layer", ("layer", "global", "modality")),
+    "wanda": Method(wanda_score, True, "row", "layer", ("layer",)),
+    "multiflow": Method(multiflow_score, True, "layer", "multimodal", ("multimodal",)),
+}

@@ -1,0 +1,59 @@
+"""Knowledge distillation from the dense model after structured pruning (MoPE-CLIP's recovery step).
+
+Loss = cross-modal KL between teacher and student image-text similarity
+logits (both directions) + MSE between student and teacher embeddings of
+each tower.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mfdeploy.data.batching import Batch
+
+
+def _embed(model: nn.Module, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    img = model.get_image_features(pixel_values=b.pixel_values)
+    txt = model.get_text_features(input_ids=b.input_ids, attention_mask=b.attention_mask)
+    img = getattr(img, "pooler_output", img)  # transformers 5 returns a model output
+    txt = getattr(txt, "pooler_output", txt)
+    return F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
+
+
+def distill(student: nn.Module, teacher: nn.Module, batches: Sequence[Batch], steps: int, lr: float = 1e-4,
+            seed: int = 0, prog=None) -> dict:
+    """Train `student` in place for `steps` steps over the calibration batches (cycled)."""
+    torch.manual_seed(seed)
+    teacher.eval()
+    with torch.no_grad():
+        targets = [_embed(teacher, b) for b in batches]
+    student.train()
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    task = prog.add_task("distillation", total=steps) if prog is not None else None
+    scale = teacher.logit_scale.detach().exp()
+    first = last = 0.0
+    for step in range(steps):
+        i = step % len(batches)
+        b, (t_img, t_txt) = batches[i], targets[i]
+        s_img, s_txt = _embed(student, b)
+        s_logits, t_logits = scale * s_img @ s_txt.t(), scale * t_img @ t_txt.t()  # [B, B]
+        kl = 0.5 * (F.kl_div(F.log_softmax(s_logits, 1), F.log_softmax(t_logits, 1), log_target=True,
+                             reduction="batchmean")
+                    + F.kl_div(F.log_softmax(s_logits.t(), 1), F.log_softmax(t_logits.t(), 1), log_target=True,
+                               reduction="batchmean"))
+        mse = F.mse_loss(s_img, t_img) + F.mse_loss(s_txt, t_txt)
+        loss = kl + mse
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        first = float(loss) if step == 0 else first
+        last = float(loss)
+        if task is not None:
+            prog.advance(task)
+    student.eval()
+    return {"steps": steps, "lr": lr, "loss_first": first, "loss_last": last,
+            "loss": "KL(similarity logits, both directions) + MSE(embeddings)"}

@@ -1,0 +1,146 @@
+"""ECoFLaP (Sung et al., ICLR 2024), zeroth-order variant: global block budgets, then Wanda per block.
+
+1. Each transformer block of either tower is a group.
+2. Block score: for each calibration batch and each weight tensor, the
+   central difference |L(W+eps z) - L(W-eps z)| / (2 eps) of the symmetric
+   CLIP contrastive loss along a seeded Gaussian direction z; summed per block.
+3. Keep budgets: every block starts at ceil(n (1 - s_max)); the rest of the
+   global keep budget is handed out in proportion to the scores, capped at
+   n per block, until it is met exactly.
+4. Wanda row-wise at each block's sparsity, block by block in model order,
+   each block calibrated on the model with its earlier blocks already pruned.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mfdeploy.data.batching import Batch, CalibSource, pair_batches
+from mfdeploy.models.base import Adapter, PrunableLayer
+from mfdeploy.prune.criteria import wanda_score
+from mfdeploy.prune.masks import Masks, param_name
+from mfdeploy.prune.patterns import mask_rows
+from mfdeploy.prune.stats import collect_stats
+
+EPS = 1e-3
+
+
+def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric CLIP loss of L2-normalised embeddings `[B, D]`."""
+    logits = logit_scale.exp() * img @ txt.t()  # [B, B]
+    target = torch.arange(img.shape[0])
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+
+@torch.inference_mode()
+def zeroth_order_scores(adapter: Adapter, layers: dict[str, PrunableLayer], batches: Sequence[Batch],
+                        seed: int = 0, eps: float = EPS, progress=None) -> dict[str, float]:
+    """Per-block zeroth-order importance (sum over the block's tensors and the batches)."""
+    vision, text = adapter.vision_tower(), adapter.text_tower()
+    logit_scale = adapter.model.logit_scale.detach().float()
+    gen = torch.Generator().manual_seed(seed)
+    scores = {l.block: 0.0 for l in layers.values()}
+    for batch in batches:
+        img = vision(batch.pixel_values)
+        txt = text(batch.input_ids, batch.attention_mask)
+        for layer in layers.values():
+            w = layer.module.weight
+            z = torch.randn(w.shape, generator=gen, dtype=torch.float32).to(w.dtype)
+            original = w.detach().clone()
+            losses = []
+            try:
+                for sign in (1.0, -1.0):
+                    w.copy_(original + sign * eps * z)
+                    # only the perturbed tower changes: reuse the other tower's embeddings
+                    if layer.modality == "vision":
+                        losses.append(contrastive_loss(vision(batch.pixel_values), txt, logit_scale))
+                    else:
+                        losses.append(contrastive_loss(img, text(batch.input_ids, batch.attention_mask),
+                                                       logit_scale))
+            finally:
+                w.copy_(original)
+            scores[layer.block] += abs(float(losses[0] - losses[1])) / (2 * eps)
+            if progress is not None:
+                progress()
+    return scores
+
+
+def allocate_keep(sizes: Sequence[int], scores: Sequence[float], sparsity: float, s_max: float) -> list[int]:
+    """Capped proportional allocation of the global keep budget (exact).
+
+    Args:
+        sizes: prunable weights per block `n_g`.
+        scores: block importance (higher keeps more).
+        sparsity: global target `s`; exactly `floor(s * sum n)` weights are pruned.
+        s_max: no block is pruned beyond `s_max` (each keeps at least `ceil(n (1 - s_max))`).
+
+    Returns:
+        weights kept per block.
+    """
+    n = np.asarray(sizes, dtype=np.int64)
+    score = np.asarray(scores, dtype=np.float64).copy()
+    total_keep = int(n.sum()) - math.floor(sparsity * int(n.sum()))
+    keep = np.minimum(np.ceil(n * (1.0 - s_max)).astype(np.int64), n)
+    if keep.sum() > total_keep:
+        raise ValueError("the cap s_max is below the target sparsity")
+    remaining = total_keep - int(keep.sum())
+    while remaining > 0:
+        open_ = keep < n
+        weights = np.where(open_, score, 0.0)
+        if weights.sum() <= 0:  # every open block scored zero: hand out by capacity
+            weights = np.where(open_, (n - keep).astype(np.float64), 0.0)
+        share = np.floor(remaining * weights / weights.sum()).astype(np.int64)
+        add = np.minimum(share, n - keep)
+        if add.sum() == 0:  # rounding left less than one weight per block: highest scores first
+            for g in np.argsort(-weights, kind="stable"):
+                if remaining == 0:
+                    break
+                if open_[g]:
+                    keep[g] += 1
+                    remaining -= 1
+            continue
+        keep += add
+        remaining -= int(add.sum())
+        score[keep >= n] = 0.0
+    return keep.tolist()
+
+
+def ecoflap_masks(adapter: Adapter, layers: dict[str, PrunableLayer], cfg, source: CalibSource, prog):
+    """ECoFLaP masks, folded into the model block by block. Returns (masks, info, timings)."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    zo_batches = list(pair_batches(adapter, source, cfg.ecoflap_samples, min(cfg.batch_size, cfg.ecoflap_samples)))
+    task = prog.add_task("zeroth-order scores", total=len(zo_batches) * len(layers))
+    block_scores = zeroth_order_scores(adapter, layers, zo_batches, cfg.seed, progress=lambda: prog.advance(task))
+    timings["zeroth_order_s"] = time.perf_counter() - t0
+
+    blocks = list(block_scores)
+    sizes = [sum(l.module.weight.numel() for l in layers.values() if l.block == b) for b in blocks]
+    s_max = min(1.0, cfg.ratio + cfg.ecoflap_smax_delta)
+    keep = allocate_keep(sizes, [block_scores[b] for b in blocks], cfg.ratio, s_max)
+    budgets = {b: 1.0 - k / n for b, k, n in zip(blocks, keep, sizes)}
+
+    t0 = time.perf_counter()
+    calib = list(pair_batches(adapter, source, cfg.calib_samples, cfg.batch_size))
+    masks: Masks = {}
+    task = prog.add_task("wanda block by block", total=len(blocks))
+    for b in blocks:  # model order: each block sees the already pruned earlier blocks
+        group = {n: l for n, l in layers.items() if l.block == b}
+        act = collect_stats(adapter, group, calib).norms()
+        with torch.no_grad():
+            for name, layer in group.items():
+                mask = mask_rows(wanda_score(layer.module.weight, act[name], None), budgets[b])
+                layer.module.weight.mul_(mask.to(layer.module.weight.dtype))
+                masks[param_name(name)] = mask
+        prog.advance(task)
+    timings["local_pruning_s"] = time.perf_counter() - t0
+    masks = {param_name(n): masks[param_name(n)] for n in layers}  # model order
+    info = {"scope": "ecoflap", "dense_layers": [], "s_max": s_max,
+            "block_budgets": budgets, "block_scores": block_scores}
+    return masks, info, timings
