@@ -284,7 +284,11 @@ def main(argv: list[str] | None = None) -> None:
     import click
 
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
+        if isinstance(rc, int) and rc != 0:  # typer returns (not raises) the code of Exit and of Ctrl-C
+            if rc == 130:
+                console.print("[bold red]error:[/] interrupted")
+            sys.exit(rc)
     except MfdeployError as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -30,7 +30,7 @@ def test_allocation_exact_capped_monotone(sparsity, delta):
 
 
 def test_allocation_saturates_top_block():
-    keep = allocate_keep([100, 100, 100], [1000.0, 1.0, 1.0], 0.5, 0.6)
+    keep = allocate_keep([100, 100, 100], [1000.0, 1.0, 1.0], 0.5, 0.9)
     assert keep[0] == 100 and sum(keep) == 150 and keep[1] == keep[2] == 25
 
 

@@ -30,10 +30,13 @@ class Batch:
 class CalibSource:
     """Where calibration pairs come from: 'shapes' (the bundled world) or a JSONL file."""
 
-    kind: str  # "shapes" | "jsonl"
+    kind: str  # "shapes" | "jsonl" | "memory" (prepared batches, for benchmarks on models without processors)
     path: Path | None = None
+    batches: tuple[Batch, ...] = ()
 
     def describe(self) -> str:
+        if self.kind == "memory":
+            return f"in-memory batches ({sum(len(b) for b in self.batches)} pairs)"
         return "shapes (calibration seed range)" if self.kind == "shapes" else str(self.path)
 
 
@@ -59,6 +62,9 @@ def pair_batches(adapter: Adapter, source: CalibSource, n: int, batch_size: int,
     """
     if n <= 0 or batch_size <= 0:
         raise UserError("calibration sample count and batch size must be positive")
+    if source.kind == "memory":  # already model inputs: yielded as they are
+        yield from source.batches
+        return
     if source.kind == "shapes":
         seeds = list(world.split_seeds("calib", n, offset))
         for i in range(0, n, batch_size):

@@ -75,7 +75,7 @@ class Obj:
         words.append(self.shape if kept() else "object")
         text = " ".join(words)
         if where and kept():
-            text += " in the center" if self.position == "center" else f" at the {self.position}"
+            text += f" at the {self.position}"
         return text
 
 
@@ -132,7 +132,7 @@ def _relation(a: Obj, b: Obj, rng: np.random.Generator) -> str:
 def make_scene(seed: int, n_objects: int | None = None) -> Scene:
     """The scene of a seed: one to three objects in distinct grid cells."""
     rng = np.random.default_rng([seed, 7919])
-    n = int(rng.choice([1, 2, 3], p=[0.5, 0.3, 0.2])) if n_objects is None else n_objects
+    n = int(rng.choice([1, 2, 3], p=[0.6, 0.25, 0.15])) if n_objects is None else n_objects
     cells = rng.choice(len(POSITIONS), size=n, replace=False)
     objects = tuple(
         Obj(

@@ -26,13 +26,23 @@ def mask_layer(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def mask_rows(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Each output row loses its `floor(s * in)` lowest scores (Wanda's comparison group)."""
+    """Each output row loses its lowest scores (Wanda's comparison group).
+
+    The layer loses exactly `floor(s * numel)` weights: every row
+    `floor(k / out)`, and the first `k mod out` rows one more, so narrow
+    layers do not drift below the target by rounding.
+    """
     out, inp = scores.shape
-    k = math.floor(sparsity * inp)
+    k_total = math.floor(sparsity * out * inp)
+    base, extra = divmod(k_total, out)
     keep = torch.ones_like(scores, dtype=torch.bool)
-    if k > 0:
-        order = torch.sort(scores, dim=1, stable=True).indices[:, :k]  # [out, k]
-        keep.scatter_(1, order, False)
+    if k_total == 0:
+        return keep
+    order = torch.sort(scores, dim=1, stable=True).indices  # [out, in], lowest first
+    if base > 0:
+        keep.scatter_(1, order[:, :base], False)
+    if extra > 0:
+        keep[torch.arange(extra), order[:extra, base]] = False
     return keep
 
 

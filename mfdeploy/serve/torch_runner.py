@@ -14,7 +14,17 @@ class TorchRunner(Runner):
 
     name = "torch"
 
-    def __init__(self, adapter: Adapter, device: str = "cpu"):
+    def __init__(self, adapter: Adapter, device: str = "cpu", threads: int | None = None):
+        """Wrap the adapter's two towers.
+
+        Args:
+            adapter: a loaded model.
+            device: torch device to run on.
+            threads: intra-op threads; `torch.set_num_threads` is process-wide,
+                so this changes it for every torch user in the process.
+        """
+        if threads:
+            torch.set_num_threads(threads)
         self.device = device
         self.vision = adapter.vision_tower().to(device)
         self.text = adapter.text_tower().to(device)

@@ -1,0 +1,194 @@
+"""Bench reports: bench.json (rows), bench.md (table with the pruned/dense ratio), bench.png, a rich table.
+
+Every file is written to a temporary name beside its target and renamed, so
+a crash never leaves half a report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+RSS_NOTE = ("peak RSS: the process's resident-memory high-water mark (getrusage ru_maxrss) after the cell; "
+            "it never decreases, so it covers every model loaded so far in the run, not one backend alone")
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(rows: list[dict], path: Path) -> Path:
+    """Write the rows as a JSON list."""
+    return _atomic(path, lambda p: p.write_text(json.dumps(rows, indent=2) + "\n"))
+
+
+def _pairs(rows: list[dict]) -> list[tuple[dict, dict | None]]:
+    """(pruned row, matching dense row or None) per backend x tower x batch, in run order."""
+    dense = {(r["backend"], r["tower"], r["batch"]): r
+             for r in rows if r.get("variant") == "dense" and "throughput" in r}
+    return [(r, dense.get((r["backend"], r["tower"], r["batch"])))
+            for r in rows if r.get("variant") == "pruned" and "throughput" in r]
+
+
+def unavailable(rows: list[dict]) -> list[dict]:
+    """The rows of backends (or variants) that could not run."""
+    return [r for r in rows if r.get("status") == "unavailable"]
+
+
+def _fmt(x: float | None, spec: str = ".1f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _lat(r: dict | None) -> str:
+    return "-" if r is None else f"{r['p50_ms']:.2f} / {r['p95_ms']:.2f} / {r['p99_ms']:.2f}"
+
+
+HEADER = ["backend", "tower", "batch", "text len", "pruned items/s", "dense items/s", "pruned/dense",
+          "pruned p50/p95/p99 ms", "dense p50/p95/p99 ms", "device", "peak RSS MiB"]
+
+
+def table_rows(rows: list[dict]) -> list[list[str]]:
+    """One line per backend x tower x batch: both variants and their throughput ratio."""
+    out = []
+    for p, d in _pairs(rows):
+        out.append([
+            p["backend"], p["tower"], str(p["batch"]), _fmt(p["text_len"], "d"), _fmt(p["throughput"]),
+            _fmt(d and d["throughput"]), "-" if p["pruned_over_dense"] is None else f"{p['pruned_over_dense']:.2f}x",
+            _lat(p), _lat(d), p["device"], _fmt((d or p)["peak_rss_mb"], ".0f"),
+        ])
+    return out
+
+
+def markdown(rows: list[dict], meta: dict[str, Any]) -> str:
+    """The report as markdown: settings, the table, unavailable backends with reasons, notes."""
+    lines = [
+        "# mfdeploy bench",
+        "",
+        f"- build: `{meta.get('build_dir')}` (dense model: `{meta.get('model')}`)",
+        f"- text length {meta.get('text_len')} tokens; CPU threads {meta.get('threads')}; "
+        f"warm-up {meta.get('warmup')} calls; at least {meta.get('iters')} timed calls and "
+        f"{meta.get('min_time')} s per variant and cell; pruned and dense calls interleaved",
+        "",
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "|".join("---:" if h not in ("backend", "tower", "device") else "---" for h in HEADER) + "|",
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in table_rows(rows)]
+    gone = unavailable(rows)
+    if gone:
+        lines += ["", "## Unavailable on this machine", ""]
+        for r in gone:
+            what = r["backend"] + (f" ({r['variant']})" if r.get("variant") else "")
+            lines.append(f"- **{what}**: {r['reason']}")
+    lines += ["", "Throughput: items (images or texts) per second at the median latency, batch / p50 (bench.json "
+              "also has `mean_throughput`, items over total timed seconds); pruned/dense: the ratio of the two "
+              "throughputs (> 1: the pruned model is faster).", "", RSS_NOTE + ".", ""]
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> Path:
+    """Throughput vs batch size, one line per backend x tower x variant (one panel per tower)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    measured = [r for r in rows if "throughput" in r]
+    towers = list(dict.fromkeys(r["tower"] for r in measured)) or ["vision"]
+    backends = list(dict.fromkeys(r["backend"] for r in measured))
+    colors = {b: f"C{i}" for i, b in enumerate(backends)}
+    fig, axes = plt.subplots(1, len(towers), figsize=(6 * len(towers), 4.5), squeeze=False)
+    for ax, tower in zip(axes[0], towers, strict=True):
+        for backend in backends:
+            for variant, style, marker in (("pruned", "-", "o"), ("dense", "--", "s")):
+                pts = sorted((r["batch"], r["throughput"]) for r in measured
+                             if (r["backend"], r["tower"], r["variant"]) == (backend, tower, variant))
+                if pts:
+                    xs, ys = zip(*pts, strict=True)
+                    ax.plot(xs, ys, style, marker=marker, fillstyle="full" if variant == "pruned" else "none",
+                            color=colors[backend], label=f"{backend} {variant}")
+        ax.set_xscale("log", base=2)
+        batches = sorted({r["batch"] for r in measured if r["tower"] == tower})
+        if batches:
+            ax.set_xticks(batches, [str(b) for b in batches])
+            ax.minorticks_off()
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel(f"{'images' if tower == 'vision' else 'texts'} / s")
+        ax.set_title(f"{tower} tower")
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+
+    def save(p: Path) -> None:
+        fig.savefig(p, format="png", dpi=110)
+
+    try:
+        return _atomic(path, save)
+    finally:
+        plt.close(fig)
+
+
+def write_reports(rows: list[dict], out_dir: Path, meta: dict[str, Any],
+                  json_path: str | Path | None = None) -> dict[str, Path]:
+    """Write bench.json, bench.md and bench.png into `out_dir` (and the JSON to `json_path` too)."""
+    out_dir = Path(out_dir)
+    paths = {
+        "json": write_json(rows, out_dir / "bench.json"),
+        "md": _atomic(out_dir / "bench.md", lambda p: p.write_text(markdown(rows, meta))),
+        "png": plot(rows, out_dir / "bench.png"),
+    }
+    if json_path is not None:
+        paths["json_copy"] = write_json(rows, Path(json_path))
+    return paths
+
+
+def print_table(rows: list[dict], meta: dict[str, Any], console=None) -> None:
+    """Print the table (p50/p95/p99 as `pruned | dense`) and the unavailable backends with rich."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=160)  # piped or captured: do not squash the columns to 80
+    table = Table(title=f"mfdeploy bench: {meta.get('model')} (pruned vs dense)", box=box.SIMPLE_HEAD)
+    header = ["backend", "tower", "batch", "len", "pruned/s", "dense/s", "pruned/dense", "p50 ms", "p95 ms",
+              "p99 ms", "device", "peak RSS MiB"]
+    for h in header:
+        table.add_column(h, justify="left" if h in ("backend", "tower", "device") else "right", no_wrap=True)
+    for p, d in _pairs(rows):
+        lat = [f"{p[k]:.2f} | {d[k]:.2f}" if d else f"{p[k]:.2f}" for k in ("p50_ms", "p95_ms", "p99_ms")]
+        ratio = "-" if p["pruned_over_dense"] is None else f"{p['pruned_over_dense']:.2f}x"
+        table.add_row(p["backend"], p["tower"], str(p["batch"]), _fmt(p["text_len"], "d"), _fmt(p["throughput"]),
+                      _fmt(d and d["throughput"]), ratio, *lat, p["device"], _fmt((d or p)["peak_rss_mb"], ".0f"))
+    console.print(table)
+    console.print("latency columns: pruned | dense; peak RSS: process-wide high-water mark (ru_maxrss)",
+                  style="dim", highlight=False)
+    for r in unavailable(rows):
+        what = r["backend"] + (f" ({r['variant']})" if r.get("variant") else "")
+        console.print(f"[yellow]unavailable[/] {what}: {r['reason']}", highlight=False, soft_wrap=True)
+
+
+def progress_bar(enabled: bool = True):
+    """A rich progress bar on stderr (disabled: a no-op with the same methods)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=Console(stderr=True), transient=True, disable=not enabled)

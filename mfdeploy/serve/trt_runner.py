@@ -1,0 +1,97 @@
+"""Native TensorRT runner over serialized `.plan` engines, through polygraphy (lazy imports)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mfdeploy.serve.base import BackendUnavailable, Runner
+from mfdeploy.serve.system import cuda_device_count
+
+ENGINE_FILES = {"vision": "vision.plan", "text": "text.plan"}
+INPUT_NAMES = {"vision": ("pixel_values",), "text": ("input_ids", "attention_mask")}
+OUTPUT_NAMES = {"vision": "image_embeds", "text": "text_embeds"}
+
+
+def check_tensorrt() -> None:
+    """Raise `BackendUnavailable` unless the TensorRT Python package and a CUDA device are usable."""
+    try:
+        import tensorrt as trt
+    except ImportError as e:
+        raise BackendUnavailable(f"tensorrt is not importable ({e}); install it with `pip install tensorrt`") from None
+    if not hasattr(trt, "Runtime"):
+        # a leftover namespace directory imports fine and holds nothing
+        raise BackendUnavailable("tensorrt is not installed (the `tensorrt` module found is empty)")
+    count, why = cuda_device_count()
+    if count == 0:
+        raise BackendUnavailable(why)
+
+
+class TrtRunner(Runner):
+    """TensorRT engines `vision.plan`/`text.plan` (built by `mfdeploy engine`), run with polygraphy."""
+
+    name = "trt"
+    device = "cuda:0"
+
+    def __init__(self, engines_dir: str | Path, towers: Sequence[str] = ("vision", "text")):
+        """Deserialize and activate one engine per tower.
+
+        Args:
+            engines_dir: directory with `vision.plan` and/or `text.plan`.
+            towers: which towers to load.
+
+        Raises:
+            BackendUnavailable: no TensorRT, no CUDA device, no engines, or an
+                engine built for another TensorRT version or GPU.
+        """
+        check_tensorrt()
+        engines_dir = Path(engines_dir)
+        missing = [ENGINE_FILES[t] for t in towers if not (engines_dir / ENGINE_FILES[t]).is_file()]
+        if missing:
+            raise BackendUnavailable(f"no engines in {engines_dir} ({', '.join(missing)}): run `mfdeploy engine`")
+        from polygraphy.backend.common import BytesFromPath
+        from polygraphy.backend.trt import EngineFromBytes
+        from polygraphy.backend.trt import TrtRunner as PolyTrtRunner
+
+        self.runners = {}
+        for tower in towers:
+            path = engines_dir / ENGINE_FILES[tower]
+            runner = PolyTrtRunner(EngineFromBytes(BytesFromPath(str(path))), name=f"mfdeploy-{tower}")
+            try:
+                runner.activate()
+            except Exception as e:  # polygraphy raises PolygraphyException on deserialization failures
+                self.close()
+                raise BackendUnavailable(
+                    f"cannot load {path} ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}): "
+                    "rebuild it on this machine with `mfdeploy engine`"
+                ) from None
+            self.runners[tower] = runner
+
+    def _run(self, tower: str, arrays: Sequence[np.ndarray]) -> np.ndarray:
+        from polygraphy.datatype import DataType
+
+        runner = self.runners[tower]
+        meta = runner.get_input_metadata()
+        by_name = dict(zip(INPUT_NAMES[tower], arrays, strict=False))
+        feed = {}
+        for k, (name, info) in enumerate(meta.items()):
+            a = by_name.get(name, arrays[k])
+            feed[name] = np.ascontiguousarray(a, dtype=DataType.to_dtype(info.dtype, "numpy"))
+        outputs = runner.infer(feed)
+        name = OUTPUT_NAMES[tower] if OUTPUT_NAMES[tower] in outputs else next(iter(outputs))
+        out = outputs[name]
+        return np.array(out, dtype=np.float32)  # a copy: polygraphy reuses its output buffers
+
+    def embed_images(self, pixel_values: np.ndarray) -> np.ndarray:
+        return self._run("vision", [pixel_values])
+
+    def embed_texts(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        return self._run("text", [input_ids, attention_mask])
+
+    def close(self) -> None:
+        for runner in getattr(self, "runners", {}).values():
+            if runner.is_active:
+                runner.deactivate()
+        self.runners = {}

@@ -1,0 +1,142 @@
+"""`run_bench` and `mfdeploy bench`: reports with dense and pruned side by side, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from test_serve import make_build
+
+from mfdeploy.cli import main
+from mfdeploy.serve import run_bench
+from mfdeploy.serve.bench import time_interleaved
+
+FAST = dict(warmup=1, iters=2, min_time=0.0, threads=1, progress=False, show=False)
+
+
+@pytest.fixture(scope="module")
+def build_dir(tiny_clip_dir, tmp_path_factory) -> Path:
+    return make_build(tmp_path_factory.mktemp("bench") / "build", tiny_clip_dir)
+
+
+def _measured(rows):
+    return [r for r in rows if "throughput" in r]
+
+
+def test_run_bench_pruned_and_dense_side_by_side(build_dir, tmp_path):
+    rows = run_bench(build_dir, backends=["torch", "ort-cpu", "ort-cuda", "trt"], batch_sizes=[1, 2],
+                     json_path=tmp_path / "copy.json", **FAST)
+    measured = _measured(rows)
+    cells = {(r["backend"], r["tower"], r["batch"], r["variant"]) for r in measured}
+    assert cells == {(b, t, n, v) for b in ("torch", "ort-cpu") for t in ("vision", "text") for n in (1, 2)
+                     for v in ("pruned", "dense")}
+    for r in measured:
+        assert r["throughput"] > 0 and 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
+        assert r["pruned_over_dense"] > 0 and r["peak_rss_mb"] > 0 and r["device"] == "cpu"
+        assert r["iters"] == 2 and r["threads"] == 1
+        assert r["text_len"] == (16 if r["tower"] == "text" else None)
+    # the ratio is the pruned row's throughput over the dense row's, on both rows
+    by = {(r["backend"], r["tower"], r["batch"], r["variant"]): r for r in measured}
+    p, d = by["ort-cpu", "vision", 2, "pruned"], by["ort-cpu", "vision", 2, "dense"]
+    assert p["pruned_over_dense"] == pytest.approx(p["throughput"] / d["throughput"]) == d["pruned_over_dense"]
+    # backends that cannot run here are rows with a reason, never dropped
+    gone = {r["backend"]: r["reason"] for r in rows if r.get("status") == "unavailable"}
+    assert set(gone) >= {"trt"} and all(gone.values())
+    if "ort-cuda" in gone:
+        assert "onnxruntime-gpu" in gone["ort-cuda"] or "CUDA" in gone["ort-cuda"]
+
+    assert json.loads((build_dir / "bench.json").read_text()) == json.loads(json.dumps(rows))
+    assert json.loads((tmp_path / "copy.json").read_text()) == json.loads(json.dumps(rows))
+    md = (build_dir / "bench.md").read_text()
+    assert "| backend | tower | batch |" in md and "pruned/dense" in md and "## Unavailable on this machine" in md
+    assert f"{p['pruned_over_dense']:.2f}x" in md and "**trt**" in md and "ru_maxrss" in md
+    assert (build_dir / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(build_dir.glob(".bench*"))  # no temporary files left behind
+
+
+def test_dense_without_onnx_dense_is_exported_or_reported(build_dir, tmp_path):
+    build = tmp_path / "b"
+    shutil.copytree(build_dir, build, ignore=shutil.ignore_patterns("onnx_dense", "bench.*"))
+    rows = run_bench(build, backends=["ort-cpu"], towers=["vision"], batch_sizes=[1], write=False, **FAST)
+    try:
+        from mfdeploy.export import export_towers  # noqa: F401
+    except ImportError:
+        (row,) = [r for r in rows if r.get("status") == "unavailable"]
+        assert row["variant"] == "dense" and "onnx_dense" in row["reason"]
+        assert [r["variant"] for r in _measured(rows)] == ["pruned"]
+        assert _measured(rows)[0]["pruned_over_dense"] is None
+    else:
+        assert sorted(r["variant"] for r in _measured(rows)) == ["dense", "pruned"]
+    assert not (build / "bench.json").exists()
+
+
+def test_no_dense(build_dir, tmp_path):
+    rows = run_bench(build_dir, backends=["torch"], towers=["text"], batch_sizes=[3], text_len=5, dense=False,
+                     write=False, **FAST)
+    (row,) = rows
+    assert row["variant"] == "pruned" and row["pruned_over_dense"] is None and row["text_len"] == 5
+
+
+def test_time_interleaved_alternates_and_honours_min_time():
+    calls = []
+    lat = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=1, iters=3)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
+    assert len(lat["a"]) == len(lat["b"]) == 3
+    lat = time_interleaved({"a": lambda: None}, warmup=0, iters=1, min_time=0.01)
+    assert len(lat["a"]) > 1 and lat["a"].sum() >= 0.01 or len(lat["a"]) == 10_000
+
+
+def test_cli_bench(build_dir, tmp_path, capsys):
+    main(["bench", str(build_dir), "--backends", "ort-cpu,trt", "--towers", "vision", "--batch-sizes", "1,2",
+          "--warmup", "0", "--iters", "2", "--min-time", "0", "--threads", "1", "--no-dense",
+          "--json", str(tmp_path / "rows.json")])
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert [(r["backend"], r["batch"]) for r in _measured(rows)] == [("ort-cpu", 1), ("ort-cpu", 2)]
+    assert [r["backend"] for r in rows if r.get("status") == "unavailable"] == ["trt"]
+    out = capsys.readouterr().out
+    assert "ort-cpu" in out and "unavailable" in out and "trt" in out
+
+
+def _fails(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code != 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err  # one clear line
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-sizes", "0"], "--batch-sizes: batch size must be positive, got 0"),
+    (["--batch-sizes", "-4"], "--batch-sizes: batch size must be positive, got -4"),
+    (["--batch-sizes", "1,x"], "--batch-sizes: 'x' is not an integer"),
+    (["--batch-sizes", ","], "--batch-sizes: empty list"),
+    (["--backends", "torch,tflite"], "known: torch, ort-cpu, ort-cuda, ort-trt, trt"),
+    (["--towers", "audio"], "--towers: unknown 'audio'; known: vision, text"),
+    (["--text-len", "0"], "--text-len: must be between 1"),
+    (["--text-len", "999"], "--text-len: must be between 1 and the model's maximum 48, got 999"),
+    (["--iters", "0"], "--iters: must be >= 1"),
+])
+def test_cli_bad_arguments(build_dir, capsys, args, message):
+    line = _fails(["bench", str(build_dir), *args], capsys)
+    assert line.startswith("error:") and message in line, line
+
+
+def test_cli_not_a_build(tmp_path, tiny_clip_dir, capsys):
+    assert "not a directory" in _fails(["bench", str(tmp_path / "nope")], capsys)
+    assert "not a build directory (no build.json" in _fails(["bench", str(tiny_clip_dir)], capsys)
+    (tmp_path / "build.json").write_text("{not json")
+    assert "build.json: unreadable" in _fails(["bench", str(tmp_path)], capsys)
+    (tmp_path / "build.json").write_text(json.dumps({"model": str(tiny_clip_dir)}))
+    assert "no onnx/vision.onnx or onnx/text.onnx" in _fails(["bench", str(tmp_path)], capsys)
+
+
+def test_cli_only_unavailable_backends_fails(build_dir, tmp_path, capsys):
+    line = _fails(["bench", str(build_dir), "--backends", "trt", "--json", str(tmp_path / "r.json")], capsys)
+    assert "no requested backend can run on this machine (trt:" in line
+    (row,) = json.loads((tmp_path / "r.json").read_text())
+    assert row["status"] == "unavailable" and row["reason"]

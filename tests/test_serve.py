@@ -1,0 +1,214 @@
+"""Runners: every backend that can run here matches PyTorch; the others say why they cannot."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mfdeploy.errors import UserError
+from mfdeploy.serve import BACKENDS, BackendUnavailable, BuildDir, OrtRunner, TrtRunner, make_runner, probe_backends
+from mfdeploy.serve import ort_runner as ort_runner_mod
+from mfdeploy.serve import trt_runner as trt_runner_mod
+from mfdeploy.serve.inputs import pixel_values, text_inputs
+
+CAPTIONS = ["a red circle", "two small blue squares to the left of a green triangle", "a square"]
+
+
+def export_onnx(adapter, out: Path) -> Path:
+    """Both towers to `out/` with mfdeploy.export when it exists, else with the legacy torch exporter."""
+    try:
+        from mfdeploy.export import export_towers
+    except ImportError:
+        export_towers = None
+    if export_towers is not None:
+        export_towers(adapter, out)
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    size = adapter.image_size
+    torch.onnx.export(
+        adapter.vision_tower(), (torch.randn(2, 3, size, size),), str(out / "vision.onnx"), dynamo=False,
+        opset_version=17, input_names=["pixel_values"], output_names=["image_embeds"],
+        dynamic_axes={"pixel_values": {0: "batch"}, "image_embeds": {0: "batch"}},
+    )
+    ids, mask = adapter.tokenize(CAPTIONS[:2])  # padded: the trace keeps the attention-mask path
+    torch.onnx.export(
+        adapter.text_tower(), (ids, mask), str(out / "text.onnx"), dynamo=False, opset_version=17,
+        input_names=["input_ids", "attention_mask"], output_names=["text_embeds"],
+        dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+                      "text_embeds": {0: "batch"}},
+    )
+    return out
+
+
+def make_build(root: Path, dense_dir: Path, onnx_dense: bool = True) -> Path:
+    """A fake `mfdeploy build` directory: build.json, pruned/ (half the MLP weights zeroed), onnx/, onnx_dense/."""
+    from mfdeploy.models import load
+
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(dense_dir, root / "pruned")
+    pruned = load(root / "pruned")
+    with torch.no_grad():
+        for name, layer in pruned.prunable_layers().items():
+            if name.endswith(("fc1", "fc2")):
+                layer.module.weight[:, ::2] = 0  # half of every row, along in_features
+    pruned.model.save_pretrained(root / "pruned")
+    export_onnx(load(root / "pruned"), root / "onnx")
+    if onnx_dense:
+        export_onnx(load(dense_dir), root / "onnx_dense")
+    manifest = {"model": str(dense_dir), "method": "magnitude", "ratio": 0.5, "pattern": None,
+                "artifacts": {"pruned": "pruned", "onnx": "onnx"}}
+    (root / "build.json").write_text(json.dumps(manifest))
+    return root
+
+
+@pytest.fixture(scope="module")
+def build_dir(tiny_clip_dir, tmp_path_factory) -> Path:
+    return make_build(tmp_path_factory.mktemp("serve") / "build", tiny_clip_dir)
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+@pytest.mark.parametrize("variant", ["pruned", "dense"])
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_backend_matches_torch(build_dir, backend, variant):
+    with BuildDir(build_dir) as build:
+        try:
+            runner = make_runner(backend, build, variant=variant)
+        except BackendUnavailable as e:
+            pytest.skip(f"{backend} unavailable here: {e}")
+        reference = make_runner("torch", build, variant=variant)
+        adapter = build.adapter(variant)
+        images = pixel_values(3, adapter.image_size, seed=1)
+        ids, mask = (t.numpy() for t in adapter.tokenize(CAPTIONS))  # padded rows: the mask matters
+        try:
+            for got, want in ((runner.embed_images(images), reference.embed_images(images)),
+                              (runner.embed_texts(ids, mask), reference.embed_texts(ids, mask))):
+                assert got.shape == want.shape and got.dtype == np.float32
+                assert _cos(got, want).min() >= 0.9999
+                np.testing.assert_allclose(np.linalg.norm(got, axis=-1), 1.0, atol=1e-4)
+        finally:
+            runner.close()
+            reference.close()
+
+
+def test_pruned_differs_from_dense(build_dir):
+    """The fake build really is pruned: otherwise the dense/pruned comparisons prove nothing."""
+    with BuildDir(build_dir) as build:
+        a = make_runner("ort-cpu", build, variant="pruned").embed_images(pixel_values(2, 32))
+        b = make_runner("ort-cpu", build, variant="dense").embed_images(pixel_values(2, 32))
+    assert _cos(a, b).min() < 0.999
+
+
+def test_unavailable_backends_say_why(build_dir):
+    import onnxruntime as ort
+
+    reasons = probe_backends(build_dir)
+    assert set(reasons) == set(BACKENDS)
+    assert reasons["torch"] is None and reasons["ort-cpu"] is None
+    gpu = "CUDAExecutionProvider" in ort.get_available_providers()
+    if not gpu:
+        for name in ("ort-cuda", "ort-trt"):
+            assert "onnxruntime-gpu is not installed" in reasons[name], reasons[name]
+    try:
+        trt_runner_mod.check_tensorrt()
+    except BackendUnavailable as e:
+        assert reasons["trt"] == str(e) and reasons["trt"]
+    else:  # TensorRT and a GPU, but the fake build has no engines
+        assert "run `mfdeploy engine`" in reasons["trt"]
+
+
+def test_trt_without_engines_says_run_engine(build_dir, monkeypatch):
+    monkeypatch.setattr(trt_runner_mod, "check_tensorrt", lambda: None)
+    with pytest.raises(BackendUnavailable, match=r"no engines in .*engines.*run `mfdeploy engine`"):
+        TrtRunner(build_dir / "engines")
+
+
+def test_empty_tensorrt_namespace_is_not_tensorrt(monkeypatch):
+    """An empty `tensorrt` namespace directory imports fine: it must still count as not installed."""
+    import types
+
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
+    with pytest.raises(BackendUnavailable, match="tensorrt is not installed"):
+        trt_runner_mod.check_tensorrt()
+
+
+def test_silent_cpu_fallback_is_reported(build_dir, monkeypatch):
+    """ORT replaces a provider it cannot start with the CPU: that must not be measured as ort-cuda."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("CUDA provider present: no fallback to provoke")
+    real = ort.get_available_providers
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [*real(), "CUDAExecutionProvider"])
+    monkeypatch.setattr(ort_runner_mod, "cuda_device_count", lambda: (1, ""))
+    with pytest.raises(BackendUnavailable, match="fell back to CPUExecutionProvider"):
+        OrtRunner(build_dir / "onnx", provider="cuda")
+
+
+def test_tensorrt_ep_options(build_dir, tmp_path):
+    runner = OrtRunner.__new__(OrtRunner)  # options only: no session (no GPU here)
+    runner.provider, runner.onnx_dir = "tensorrt", build_dir / "onnx"
+    profile = runner._profile("text", max_batch=8, max_text_len=16)
+    assert profile == {"trt_profile_min_shapes": "input_ids:1x1,attention_mask:1x1",
+                       "trt_profile_opt_shapes": "input_ids:8x16,attention_mask:8x16",
+                       "trt_profile_max_shapes": "input_ids:8x16,attention_mask:8x16"}
+    assert runner._profile("vision", 4, None)["trt_profile_max_shapes"] == "pixel_values:4x3x32x32"
+    providers = runner._providers(tmp_path / "cache", fp16=True, sparse=True, profile=profile)
+    name, opts = providers[0]
+    assert name == "TensorrtExecutionProvider" and providers[-1] == "CPUExecutionProvider"
+    assert opts["trt_fp16_enable"] == "1" and opts["trt_sparsity_enable"] == "1"
+    assert opts["trt_engine_cache_enable"] == "1" and opts["trt_timing_cache_enable"] == "1"
+    assert opts["trt_engine_cache_path"] == opts["trt_timing_cache_path"] == str(tmp_path / "cache")
+
+
+def test_make_runner_rejects_unknown_names(build_dir):
+    with pytest.raises(UserError, match="known backends: torch, ort-cpu, ort-cuda, ort-trt, trt"):
+        make_runner("tflite", build_dir)
+    with pytest.raises(UserError, match="unknown variant"):
+        make_runner("torch", build_dir, variant="sparse")
+
+
+def test_missing_onnx_file_is_a_user_error(build_dir, tmp_path):
+    (tmp_path / "vision.onnx").write_bytes((build_dir / "onnx" / "vision.onnx").read_bytes())
+    with pytest.raises(UserError, match="text.onnx: missing"):
+        OrtRunner(tmp_path)
+    runner = OrtRunner(tmp_path, towers=("vision",), threads=1)
+    assert runner.embed_images(pixel_values(1, 32)).shape == (1, 16)
+
+
+def test_text_inputs_end_in_eos(tiny_adapter):
+    tok = tiny_adapter.tokenizer
+    ids, mask = text_inputs(4, 16, tokenizer=tok)
+    assert ids.shape == mask.shape == (4, 16) and ids.dtype == np.int64 and mask.all()
+    assert (ids[:, 0] == tok.bos_token_id).all() and (ids[:, -1] == tok.eos_token_id).all()
+    assert not np.isin(ids[:, 1:-1], [tok.bos_token_id, tok.eos_token_id, tok.pad_token_id]).any()
+    ids, _ = text_inputs(2, 77, bos_token_id=49406, eos_token_id=49407)
+    assert ids[0, -1] == 49407 and ids[:, :-1].max() < 49407 and ids.shape == (2, 77)
+    assert text_inputs(1, 1, tokenizer=tok)[0].tolist() == [[tok.eos_token_id]]
+
+
+def test_importing_serve_is_light():
+    code = ("import sys, mfdeploy.serve; heavy = {'torch', 'onnxruntime', 'tensorrt', 'matplotlib'} & "
+            "set(sys.modules); assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("manifest, flags", [
+    ({"model": "m", "pattern": "2:4"}, (True, True)),
+    ({"model": "m", "pattern": None}, (False, False)),
+    ({"model": "m", "pattern": "2:4", "engine": {"fp16": False, "sparse_weights": {"vision": False, "text": False}}},
+     (False, False)),
+    ({"model": "m", "engine": {"fp16": True, "sparse_weights": {"vision": True, "text": False}}}, (True, True)),
+])
+def test_tensorrt_flags_follow_the_build(tmp_path, manifest, flags):
+    (tmp_path / "build.json").write_text(json.dumps(manifest))
+    assert BuildDir(tmp_path, require_onnx=False).tensorrt_flags() == flags
