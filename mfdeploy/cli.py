@@ -182,7 +182,7 @@ def export(
     opset: Annotated[int, typer.Option(help="ONNX opset; 17 or newer keeps LayerNorm one op.")] = 17,
     external_data: Annotated[bool | None, typer.Option(
         "--external-data/--no-external-data",
-        help="Weights in .onnx.data files [default: only for models near protobuf's 2 GB limit].")] = None,
+        help="Weights in .onnx.data files (default: only for models near protobuf's 2 GB limit).")] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
 ) -> None:
     """Export the vision and text towers to ONNX, check them against PyTorch, write export.json."""
@@ -205,9 +205,9 @@ def engine(
         help="auto: use 2:4 sparse kernels when the weights hold the pattern; on; off.")] = "auto",
     max_batch: Annotated[int, typer.Option(help="Largest batch of the optimisation profiles.")] = 32,
     max_text_len: Annotated[int | None, typer.Option(
-        help="Longest text of the profile [default: the model's maximum].")] = None,
+        help="Longest text of the profile (default: the model's maximum).")] = None,
 ) -> None:
-    """Build TensorRT engines (vision.plan, text.plan) in ONNX_DIR, or print the trtexec commands to."""
+    """Build TensorRT engines (vision.plan, text.plan) in ONNX_DIR, else print the trtexec commands."""
     from mfdeploy.export import EngineError, build_engines
 
     with console.status("building TensorRT engines"):

@@ -1,0 +1,237 @@
+"""Evaluate a model (PyTorch or its ONNX towers) on an evaluation set; compare pruned with dense."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from mfdeploy.errors import UserError
+from mfdeploy.eval.datasets import N_IMAGES, N_RETRIEVAL, resolve_data
+from mfdeploy.eval.metrics import retention, retrieval_recall, zero_shot_accuracy
+from mfdeploy.eval.prepare import Prepared, prepare
+from mfdeploy.models.base import Adapter
+from mfdeploy.serve.base import Runner
+
+BACKENDS = ("torch", "onnx")
+BATCH_SIZE = 256
+MANIFESTS = ("build.json", "prune.json")  # output directories that name the dense model they came from
+
+
+def embed_images(runner: Runner, pixels: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
+    """`[N,3,H,W] -> [N,D]` float32 image embeddings, in batches."""
+    return np.concatenate([np.asarray(runner.embed_images(np.ascontiguousarray(pixels[i:i + batch_size])),
+                                      dtype=np.float32)
+                           for i in range(0, len(pixels), batch_size)])
+
+
+def embed_texts(runner: Runner, ids: np.ndarray, mask: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
+    """`[N,L], [N,L] -> [N,D]` float32 text embeddings, in batches cut to their longest text."""
+    out = []
+    for i in range(0, len(ids), batch_size):
+        m = mask[i:i + batch_size]
+        used = np.flatnonzero(m.any(axis=0))
+        length = int(used[-1]) + 1 if used.size else m.shape[1]  # trailing all-padding columns dropped
+        out.append(np.asarray(runner.embed_texts(np.ascontiguousarray(ids[i:i + batch_size, :length]),
+                                                 np.ascontiguousarray(m[:, :length])), dtype=np.float32))
+    return np.concatenate(out)
+
+
+def evaluate(runner: Runner, prepared: Prepared, batch_size: int = BATCH_SIZE) -> dict:
+    """Zero-shot accuracy of every task and retrieval recall@1/5 of a runner on prepared data.
+
+    Image embeddings of the classification images are computed once and
+    shared by all tasks.
+
+    Args:
+        runner: any backend (`TorchRunner`, `OrtRunner`, ...).
+        prepared: model inputs from `mfdeploy.eval.prepare`.
+        batch_size: images or texts per forward pass.
+
+    Returns:
+        `{"data": description, "counts": {...}, "tasks": {task: accuracy},
+        "retrieval": {"i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5"}}`; "tasks" is
+        empty for pair files and "retrieval" empty for image folders.
+    """
+    tasks: dict[str, float] = {}
+    if prepared.pixels is not None:
+        image_embeds = embed_images(runner, prepared.pixels, batch_size)  # [N, D], once for all tasks
+        for name, (ids, mask) in prepared.prompts.items():
+            class_embeds = embed_texts(runner, ids, mask, batch_size)  # [C, D]
+            tasks[name] = zero_shot_accuracy(image_embeds, class_embeds, prepared.labels[name])
+    retrieval: dict[str, float] = {}
+    if prepared.retrieval_pixels is not None:
+        img = embed_images(runner, prepared.retrieval_pixels, batch_size)  # [Ni, D]
+        txt = embed_texts(runner, prepared.caption_ids, prepared.caption_mask, batch_size)  # [Nt, D]
+        retrieval = retrieval_recall(img @ txt.T, prepared.positives)
+    return {"data": prepared.evalset.description, "counts": prepared.evalset.counts(),
+            "tasks": tasks, "retrieval": retrieval}
+
+
+def _ort_runner_class() -> type:
+    try:
+        from mfdeploy.serve import OrtRunner
+    except ImportError:
+        try:
+            from mfdeploy.serve.ort_runner import OrtRunner
+        except ImportError as e:
+            raise UserError(f"--backend onnx: the ONNX Runtime runner is not available ({e})") from None
+    return OrtRunner
+
+
+def _onnx_dir(source: str | Path | Adapter | None) -> Path | None:
+    """The exported towers of a build directory (or of a directory holding them), None for a checkpoint."""
+    if source is None or isinstance(source, Adapter):
+        return None
+    path = Path(source).expanduser()
+    for candidate in (path, path / "onnx"):
+        if (candidate / "vision.onnx").is_file() and (candidate / "text.onnx").is_file():
+            return candidate
+    if (path / "build.json").is_file():
+        raise UserError(f"{path}: build directory has no onnx/vision.onnx and onnx/text.onnx "
+                        "(run the build with export enabled, or evaluate with --backend torch)")
+    return None
+
+
+@contextmanager
+def open_runner(source: str | Path | Adapter | None, adapter: Adapter, backend: str = "torch") -> Iterator[Runner]:
+    """A runner for a model, closed on exit.
+
+    Args:
+        source: what the user named (used to find a build directory's `onnx/`).
+        adapter: the loaded model.
+        backend: "torch" (eager PyTorch on the CPU) or "onnx" (ONNX Runtime on
+            the CPU over the build's `onnx/` towers, or over towers exported
+            to a temporary directory for a plain checkpoint).
+    """
+    if backend not in BACKENDS:
+        raise UserError(f"--backend {backend}: unknown backend (expected one of: {', '.join(BACKENDS)})")
+    if backend == "torch":
+        from mfdeploy.serve.torch_runner import TorchRunner
+
+        runner: Runner = TorchRunner(adapter)
+        try:
+            yield runner
+        finally:
+            runner.close()
+        return
+    ort_runner = _ort_runner_class()
+    onnx_dir = _onnx_dir(source)
+    with tempfile.TemporaryDirectory(prefix="mfdeploy-eval-") as tmp:
+        if onnx_dir is None:
+            from mfdeploy.export import export_towers
+
+            onnx_dir = Path(tmp)
+            export_towers(adapter, onnx_dir)
+        from mfdeploy.serve.base import BackendUnavailable
+
+        try:
+            runner = ort_runner(onnx_dir, provider="cpu")
+        except BackendUnavailable as e:
+            raise UserError(f"--backend onnx: {e}") from None
+        try:
+            yield runner
+        finally:
+            runner.close()
+
+
+def evaluate_model(source: str | Path | Adapter | None = None, data: str | Path = "shapes", backend: str = "torch",
+                   *, template: str | None = None, n_images: int = N_IMAGES, n_retrieval: int = N_RETRIEVAL,
+                   batch_size: int = BATCH_SIZE) -> dict:
+    """Load a model, evaluate it on `data` with `backend`, and return the result.
+
+    Args:
+        source: hub id, checkpoint, prune/build directory, a loaded Adapter,
+            or None for the bundled model.
+        data: "shapes", a JSONL file of image-caption pairs, or an image folder.
+        backend: "torch" or "onnx".
+        template: prompt template for an image folder's classes.
+        n_images: attribute images of the shapes suite.
+        n_retrieval: retrieval pairs of the shapes suite.
+        batch_size: images or texts per forward pass.
+
+    Returns:
+        The result of `evaluate` plus "model", "backend" and "seconds".
+    """
+    from mfdeploy.models import load, resolve_checkpoint
+
+    t0 = time.perf_counter()
+    if not isinstance(source, Adapter):
+        resolve_checkpoint(source)  # a missing path fails at once, before the data is rendered
+    if backend not in BACKENDS:
+        raise UserError(f"--backend {backend}: unknown backend (expected one of: {', '.join(BACKENDS)})")
+    if batch_size <= 0:
+        raise UserError(f"batch size must be positive, not {batch_size}")
+    if backend == "onnx":  # fail before the slow steps
+        _ort_runner_class()
+        _onnx_dir(source)
+    evalset = resolve_data(data, template, n_images, n_retrieval)  # bad data fails before the model loads
+    adapter = source if isinstance(source, Adapter) else load(source)
+    prepared = prepare(adapter, evalset)
+    with open_runner(source, adapter, backend) as runner:
+        result = evaluate(runner, prepared, batch_size)
+    return {"model": adapter.model_id, "backend": backend, **result,
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def dense_reference(source: str | Path | Adapter | None) -> str | None:
+    """The dense model a prune or build directory was made from (`"model"` of its manifest), else None."""
+    if source is None or isinstance(source, Adapter):
+        return None
+    path = Path(source).expanduser()
+    for name in MANIFESTS:
+        manifest = path / name
+        if manifest.is_file():
+            try:
+                model = json.loads(manifest.read_text()).get("model")
+            except (OSError, json.JSONDecodeError, AttributeError) as e:
+                raise UserError(f"{manifest}: unreadable manifest ({e})") from None
+            return str(model) if model else None
+    return None
+
+
+def evaluate_with_retention(source: str | Path | Adapter | None = None, data: str | Path = "shapes",
+                            backend: str = "torch", *, template: str | None = None, dense: bool = True,
+                            progress: Callable[[str], None] | None = None, **kwargs) -> dict:
+    """`evaluate_model`, plus the dense model's result and the retention when the dense model is known.
+
+    The dense model (named by the `build.json`/`prune.json` of a build or
+    prune directory) is evaluated on the same data with PyTorch, the
+    reference backend. When it cannot be loaded, the result says why under
+    "retention_error" instead of failing the evaluation.
+
+    Args:
+        source: as for `evaluate_model`.
+        data: as for `evaluate_model`.
+        backend: backend of the evaluated model.
+        template: as for `evaluate_model`.
+        dense: evaluate the dense model when it is known (False: skip it).
+        progress: called with a short message before each model is evaluated.
+        **kwargs: passed on to `evaluate_model` (sizes, batch size).
+
+    Returns:
+        The result of `evaluate_model`, with "dense" (the dense model's
+        result) and "retention" (see `mfdeploy.eval.retention`) when known.
+    """
+    from mfdeploy.errors import MfdeployError
+
+    say = progress or (lambda _msg: None)
+    say(f"evaluating {source or 'the bundled model'} ({backend})")
+    result = evaluate_model(source, data, backend, template=template, **kwargs)
+    reference = dense_reference(source) if dense else None
+    if reference is None:
+        return result
+    say(f"evaluating the dense model {reference} (torch)")
+    try:
+        dense_result = evaluate_model(reference, data, "torch", template=template, **kwargs)
+    except MfdeployError as e:
+        result["retention_error"] = f"dense model {reference}: {e}"
+        return result
+    result["dense"] = dense_result
+    result["retention"] = retention(result, dense_result)
+    return result
