@@ -32,12 +32,12 @@ STD = (0.25, 0.25, 0.25)
 
 def make_config(vocab_size: int, pad_id: int, bos_id: int, eos_id: int, width: int = 160,
                 layers: int = 4) -> CLIPConfig:
-    """The reference architecture: two 4-layer towers of width 160, 64x64 images, patch 8."""
+    """The reference architecture: two 4-layer towers of width 160, 64x64 images, patch 16."""
     text = dict(vocab_size=vocab_size, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
                 num_attention_heads=4, max_position_embeddings=MAX_TEXT_LEN, pad_token_id=pad_id,
                 bos_token_id=bos_id, eos_token_id=eos_id)
     vision = dict(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers, num_attention_heads=4,
-                  image_size=world.IMAGE_SIZE, patch_size=8, num_channels=3)
+                  image_size=world.IMAGE_SIZE, patch_size=16, num_channels=3)
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=128)
 
 
@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--scenes", type=int, default=120_000)
-    ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--batch-size", type=int, default=192)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
