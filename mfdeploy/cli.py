@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -32,14 +32,14 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[
-        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+        bool | None, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = None,
 ) -> None:
     """mfdeploy: prune, export, build, serve."""
 
 
 ModelArg = Annotated[
-    Optional[str],
+    str | None,
     typer.Argument(help="Hub id, checkpoint directory, or prune/build directory (default: the bundled model)."),
 ]
 
@@ -73,15 +73,15 @@ def info(model: ModelArg = None) -> None:
 def prune(
     ratio: Annotated[float, typer.Option(help="Fraction of prunable weights to remove, in (0, 1).")],
     out: Annotated[Path, typer.Option(help="Output directory (masks.safetensors, pruned/, prune.json).")],
-    model: Annotated[Optional[str], typer.Option(help="Hub id or checkpoint directory (default: bundled).")] = None,
+    model: Annotated[str | None, typer.Option(help="Hub id or checkpoint directory (default: bundled).")] = None,
     method: Annotated[str, typer.Option(help="multiflow | magnitude | wanda | random | ecoflap | mope.")] = "multiflow",
-    scope: Annotated[Optional[str], typer.Option(help="Magnitude budget scope: layer | global | modality.")] = None,
-    pattern: Annotated[Optional[str], typer.Option(help="Semi-structured N:M pattern, e.g. 2:4 (ratio 0.5).")] = None,
-    calib: Annotated[Optional[str], typer.Option(help="'shapes' or a JSONL of image-caption pairs.")] = None,
+    scope: Annotated[str | None, typer.Option(help="Magnitude budget scope: layer | global | modality.")] = None,
+    pattern: Annotated[str | None, typer.Option(help="Semi-structured N:M pattern, e.g. 2:4 (ratio 0.5).")] = None,
+    calib: Annotated[str | None, typer.Option(help="'shapes' or a JSONL of image-caption pairs.")] = None,
     calib_samples: Annotated[int, typer.Option(help="Calibration pairs.")] = 256,
     batch_size: Annotated[int, typer.Option(help="Calibration batch size.")] = 32,
-    include: Annotated[Optional[list[str]], typer.Option(help="Only prune layers matching this glob.")] = None,
-    exclude: Annotated[Optional[list[str]], typer.Option(help="Never prune layers matching this glob.")] = None,
+    include: Annotated[list[str] | None, typer.Option(help="Only prune layers matching this glob.")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(help="Never prune layers matching this glob.")] = None,
     seed: Annotated[int, typer.Option(help="Seed (random criterion, ECoFLaP perturbations).")] = 0,
     smax_delta: Annotated[float, typer.Option(help="ECoFLaP: cap s_max = ratio + this.")] = 0.1,
     neuron_group: Annotated[int, typer.Option(help="MoPE: MLP neurons per group.")] = 64,
@@ -214,7 +214,7 @@ def engine(
         record = build_engines(onnx_dir, fp16=fp16, sparse=sparse, max_batch=max_batch, max_text_len=max_text_len)
     say = {"highlight": False, "soft_wrap": True, "markup": False}
     if record["status"] == "skipped":
-        out.print(f"TensorRT engines not built ({record['reason']}); build them elsewhere by running, "
+        out.print(f"TensorRT engines not built: {record['reason']}. Build them elsewhere by running, "
                   f"inside {onnx_dir}:", **say)
         for command in record["trtexec"]:
             out.print(command, **say)
@@ -225,30 +225,32 @@ def engine(
         out.print(f"{tower}: {onnx_dir / built['engine']} ({built['bytes'] / 2**20:.1f} MiB, "
                   f"{built['build_s']:.0f} s), sparse kernels on {sp['n_picked_sparse']}/{sp['n_eligible']} "
                   f"eligible layers{check}", **say)
+    for note in record["notes"]:
+        console.print(f"note: {note}", **say)
     if record["status"] == "parity_failed":
         raise EngineError(f"an engine does not match ONNX Runtime within tolerance: see {onnx_dir / 'engine.json'}")
 
 
 @app.command()
 def build(
-    model: Annotated[Optional[str], typer.Option(help="Hub id or checkpoint directory (default: bundled).")] = None,
+    model: Annotated[str | None, typer.Option(help="Hub id or checkpoint directory (default: bundled).")] = None,
     ratio: Annotated[float, typer.Option(help="Fraction of prunable weights to remove, in (0, 1).")] = 0.5,
     method: Annotated[str, typer.Option(help="multiflow | magnitude | wanda | random | ecoflap | mope.")] = "multiflow",
-    scope: Annotated[Optional[str], typer.Option(help="Magnitude budget scope: layer | global | modality.")] = None,
-    pattern: Annotated[Optional[str], typer.Option(help="Semi-structured N:M pattern, e.g. 2:4 (ratio 0.5).")] = None,
+    scope: Annotated[str | None, typer.Option(help="Magnitude budget scope: layer | global | modality.")] = None,
+    pattern: Annotated[str | None, typer.Option(help="Semi-structured N:M pattern, e.g. 2:4 (ratio 0.5).")] = None,
     fp16: Annotated[bool, typer.Option(help="FP16 TensorRT engines (needed for 2:4 sparse tensor cores).")] = False,
     sparse: Annotated[str, typer.Option(help="TensorRT sparse weights: auto | on | off.")] = "auto",
-    calib: Annotated[Optional[str], typer.Option(help="'shapes' or a JSONL of image-caption pairs.")] = None,
+    calib: Annotated[str | None, typer.Option(help="'shapes' or a JSONL of image-caption pairs.")] = None,
     calib_samples: Annotated[int, typer.Option(help="Calibration pairs.")] = 256,
     batch_size: Annotated[int, typer.Option(help="Calibration batch size.")] = 32,
-    include: Annotated[Optional[list[str]], typer.Option(help="Only prune layers matching this glob.")] = None,
-    exclude: Annotated[Optional[list[str]], typer.Option(help="Never prune layers matching this glob.")] = None,
+    include: Annotated[list[str] | None, typer.Option(help="Only prune layers matching this glob.")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(help="Never prune layers matching this glob.")] = None,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
-    eval_data: Annotated[Optional[str], typer.Option("--eval", help="Evaluate dense vs pruned on this data "
+    eval_data: Annotated[str | None, typer.Option("--eval", help="Evaluate dense vs pruned on this data "
                                                      "(default: shapes for the bundled model).")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset (>= 17).")] = 17,
     max_batch: Annotated[int, typer.Option(help="Largest batch of the engines' profiles.")] = 32,
-    max_text_len: Annotated[Optional[int], typer.Option(help="Longest text of the engines' profiles.")] = None,
+    max_text_len: Annotated[int | None, typer.Option(help="Longest text of the engines' profiles.")] = None,
     distill_steps: Annotated[int, typer.Option(help="MoPE: distillation steps after pruning.")] = 0,
     depth_share: Annotated[float, typer.Option(help="MoPE: share of the ratio taken by whole layers.")] = 0.0,
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("build"),

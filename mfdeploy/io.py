@@ -14,6 +14,12 @@ from pathlib import Path
 from mfdeploy.errors import UserError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_out_dir(out: Path, force: bool) -> None:
     """An existing output directory is an error unless `force`."""
     if out.exists() and not force:
@@ -34,6 +40,7 @@ def atomic_dir(out: Path, force: bool = False) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; outputs are shared artifacts
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -50,6 +57,7 @@ def write_json(path: Path, data: dict) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, sort_keys=False, default=str)
             f.write("\n")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

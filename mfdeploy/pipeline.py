@@ -98,7 +98,7 @@ def run_build(cfg: BuildConfig, on_stage=None) -> dict:
         prune_json = record_for_json(record)
         write_json(tmp / "prune.json", prune_json)
         exported = timed("export", export_towers, adapter, tmp / "onnx", opset=cfg.opset)
-        parity = timed("parity", check_parity, adapter, tmp / "onnx")
+        parity = timed("parity", check_parity, adapter, tmp / "onnx", save_inputs=True)
         engine = timed("engine", build_engines, tmp / "onnx", fp16=cfg.fp16, sparse=cfg.sparse,
                        max_batch=cfg.max_batch, max_text_len=cfg.max_text_len, out_dir=tmp / "engines",
                        record_file=None)

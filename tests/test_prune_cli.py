@@ -4,7 +4,6 @@ import json
 
 import pytest
 
-
 from mfdeploy.cli import main
 from mfdeploy.models import load
 

@@ -1,0 +1,237 @@
+"""TensorRT engines for the exported towers, built with polygraphy (imported lazily).
+
+`build_engines` turns `vision.onnx`/`text.onnx` into `vision.plan`/`text.plan`
+with one optimisation profile per tower, FP16 on request and TensorRT's 2:4
+sparse kernels when the weights hold the pattern. It keeps the TensorRT log,
+reads from it which layers were eligible for sparse math and which got a
+sparse kernel, and compares each engine with ONNX Runtime through
+polygraphy's Comparator. Without TensorRT or a CUDA GPU it builds nothing and
+returns the reason plus the equivalent `trtexec` commands.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mfdeploy.errors import MfdeployError, UserError
+from mfdeploy.export.engine_check import compare_with_onnxrt, engine_feeds
+from mfdeploy.export.spec import TOWERS, check_onnx_dir, concrete_shapes, model_limits, onnx_io
+from mfdeploy.export.trtexec import trtexec_commands
+from mfdeploy.export.trtlog import capture_trt_log, parse_sparsity_log
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+SPARSE_MODES = ("auto", "on", "off")
+ENGINE_FILES = {"vision": "vision.plan", "text": "text.plan"}
+TIMING_CACHE = "timing.cache"
+RECORD_FILE = "engine.json"
+
+
+class EngineError(MfdeployError):
+    """TensorRT could not parse a tower or build its engine."""
+
+
+def cuda_devices() -> tuple[int, str]:
+    """CUDA devices the driver reports, and why there are none.
+
+    Asks `libcuda` directly: torch may be a CPU-only build on a GPU machine.
+    """
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            lib = ctypes.CDLL(name)
+            break
+        except OSError:
+            continue
+    else:
+        return 0, "no CUDA driver (libcuda not found)"
+    count = ctypes.c_int(0)
+    if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value == 0:
+        return 0, "the CUDA driver reports no usable device"
+    return count.value, ""
+
+
+def engine_status() -> dict[str, Any]:
+    """Whether engines can be built here: `{"status": "available", ...}` or `{"status": "skipped", "reason"}`."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        return {"status": "skipped", "reason": "TensorRT is not installed (pip install tensorrt, on a CUDA machine)"}
+    if not hasattr(trt, "Builder"):
+        # `tensorrt-stubs` (or a broken install) leaves a bare `tensorrt/` directory: it imports as an
+        # empty namespace package.
+        return {"status": "skipped", "reason": "TensorRT is not installed (only an empty `tensorrt` package "
+                                               "was found, e.g. type stubs)"}
+    count, why = cuda_devices()
+    if count == 0:
+        return {"status": "skipped", "reason": f"no CUDA GPU: {why}"}
+    return {"status": "available", "tensorrt": trt.__version__, "cuda_devices": count}
+
+
+def profile_shapes(onnx_dir: Path, max_batch: int, max_text_len: int | None = None, opt_batch: int | None = None,
+                   opt_text_len: int | None = None) -> dict[str, dict[str, dict[str, list[int]]]]:
+    """Optimisation profile per tower: input -> min/opt/max shapes, read from the ONNX inputs.
+
+    Dynamic axes run from 1 to the maximum. The opt shapes default to the
+    maxima: TensorRT tunes its kernels for the opt shape, and the largest
+    batches are where the time goes.
+
+    Raises:
+        UserError: a bad size, or `max_text_len` beyond the model's position embeddings.
+    """
+    files = check_onnx_dir(onnx_dir)
+    model_max = model_limits(onnx_dir).get("max_text_len")
+    if max_text_len is None:
+        if model_max is None:
+            raise UserError(f"{onnx_dir}: cannot tell the model's maximum text length; pass --max-text-len")
+        max_text_len = model_max
+    if model_max is not None and max_text_len > model_max:
+        raise UserError(f"--max-text-len {max_text_len} exceeds the model's {model_max} text positions")
+    opt_batch = max_batch if opt_batch is None else opt_batch
+    opt_text_len = max_text_len if opt_text_len is None else opt_text_len
+    for flag, value, top in (("--max-batch", max_batch, None), ("--max-text-len", max_text_len, None),
+                             ("opt batch", opt_batch, max_batch), ("opt text length", opt_text_len, max_text_len)):
+        if value < 1 or (top is not None and value > top):
+            raise UserError(f"{flag} must be between 1 and {top if top is not None else 'any size'} (got {value})")
+    profiles = {}
+    for tower, path in files.items():
+        inputs = onnx_io(path)["inputs"]
+        lo = concrete_shapes(inputs, {"batch": 1, "text_len": 1})
+        opt = concrete_shapes(inputs, {"batch": opt_batch, "text_len": opt_text_len})
+        hi = concrete_shapes(inputs, {"batch": max_batch, "text_len": max_text_len})
+        profiles[tower] = {name: {"min": list(lo[name]), "opt": list(opt[name]), "max": list(hi[name])}
+                           for name in inputs}
+    return profiles
+
+
+def engine_io(engine: trt.ICudaEngine) -> dict[str, Any]:
+    """Name, direction, dtype, shape and profile-0 min/opt/max of each I/O tensor of a built engine."""
+    import tensorrt as trt
+
+    def as_list(d: trt.Dims) -> list[int]:
+        return [d[i] for i in range(len(d))]
+
+    io: dict[str, Any] = {}
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+        entry: dict[str, Any] = {"mode": "input" if is_input else "output",
+                                 "dtype": str(engine.get_tensor_dtype(name)),
+                                 "shape": as_list(engine.get_tensor_shape(name))}
+        if is_input:
+            entry["profile"] = [as_list(d) for d in engine.get_tensor_profile_shape(name, 0)]
+        io[name] = entry
+    return io
+
+
+def build_engine(onnx_path: Path, plan_path: Path, inputs: dict[str, dict[str, list[int]]], fp16: bool,
+                 sparse_weights: bool, timing_cache: Path, log_path: Path) -> tuple[Any, dict[str, Any]]:
+    """Build and save one engine; return it with a record (file, hash, build time, sparsity from the log)."""
+    from polygraphy.backend.trt import CreateConfig, Profile, engine_from_network, network_from_onnx_path, save_engine
+    from polygraphy.exception import PolygraphyException
+
+    profile = Profile()
+    for name, shapes in inputs.items():
+        profile.add(name, min=shapes["min"], opt=shapes["opt"], max=shapes["max"])
+    config = CreateConfig(fp16=fp16, sparse_weights=sparse_weights, profiles=[profile],
+                          load_timing_cache=str(timing_cache))
+    start = time.perf_counter()
+    with capture_trt_log() as lines:
+        try:
+            network = network_from_onnx_path(str(onnx_path))
+            engine = engine_from_network(network, config=config, save_timing_cache=str(timing_cache))
+        except PolygraphyException as e:
+            text = str(e).strip()
+            raise EngineError(f"TensorRT could not build {onnx_path.name}: "
+                              f"{text.splitlines()[0] if text else type(e).__name__}") from None
+        finally:
+            log_path.write_text("\n".join(lines) + "\n")
+    seconds = time.perf_counter() - start
+    save_engine(engine, path=str(plan_path))
+    data = plan_path.read_bytes()
+    return engine, {"engine": plan_path.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                    "build_s": round(seconds, 2), "log": log_path.name, "fp16": fp16, "sparse_weights": sparse_weights,
+                    "sparsity": parse_sparsity_log("\n".join(lines)), "io": engine_io(engine)}
+
+
+def build_engines(onnx_dir: Path, fp16: bool = False, sparse: str = "auto", max_batch: int = 32,
+                  max_text_len: int | None = None, *, opt_batch: int | None = None, opt_text_len: int | None = None,
+                  out_dir: Path | None = None, check: bool = True,
+                  record_file: str | None = RECORD_FILE) -> dict[str, Any]:
+    """Build `vision.plan` and `text.plan` from an export directory, or say why not and how elsewhere.
+
+    Args:
+        onnx_dir: a `mfdeploy export` directory (`vision.onnx`, `text.onnx`).
+        fp16: allow FP16 kernels (2:4 sparse tensor-core kernels exist for FP16/INT8, not FP32).
+        sparse: "on" sets TensorRT's SPARSE_WEIGHTS flag, "off" does not, "auto" sets it for a
+            tower whose weights hold 2:4 (polygraphy's sparsity check).
+        max_batch: largest batch of the optimisation profiles.
+        max_text_len: longest text of the profile (default and limit: the model's positions).
+        opt_batch: batch TensorRT tunes for (default `max_batch`).
+        opt_text_len: text length TensorRT tunes for (default `max_text_len`).
+        out_dir: where engines, logs and the timing cache go (default `onnx_dir`).
+        check: compare each engine with ONNX Runtime (polygraphy Comparator).
+        record_file: write the returned record as JSON into `out_dir` under this name (None: don't).
+
+    Returns:
+        `{"status": "built" | "parity_failed" | "skipped", ...}` with the profiles, the sparsity
+        decision and the equivalent `trtexec` commands; "skipped" adds the one-line reason, the
+        others the engines (file, hash, build time, sparse layers from the log, parity).
+
+    Raises:
+        UserError: not an export directory, or a bad option.
+        EngineError: TensorRT failed to parse or build a tower.
+    """
+    from mfdeploy.export.sparsity import check_2to4
+    from mfdeploy.io import write_json
+
+    if sparse not in SPARSE_MODES:
+        raise UserError(f"--sparse must be one of {', '.join(SPARSE_MODES)} (got {sparse!r})")
+    files = check_onnx_dir(onnx_dir)
+    profiles = profile_shapes(onnx_dir, max_batch, max_text_len, opt_batch, opt_text_len)
+    weights = {}
+    if sparse != "off":
+        for tower, path in files.items():
+            report = check_2to4(path)
+            weights[tower] = {k: report[k] for k in ("checker", "n_eligible", "n_sparse")}
+    sparse_weights = {tower: sparse == "on" or (sparse == "auto" and weights[tower]["n_sparse"] > 0)
+                      for tower in files}
+    notes = []
+    if any(sparse_weights.values()) and not fp16:
+        # Sparse tensor cores need FP16/INT8 (or TF32, which polygraphy leaves off): FP32 layers stay dense.
+        notes.append("2:4 sparse kernels need --fp16: an FP32 build will pick dense kernels")
+    if sparse == "on" and weights and not any(w["n_sparse"] for w in weights.values()):
+        notes.append("--sparse on, but no weight holds the 2:4 pattern: TensorRT will find nothing to sparsify")
+    names = {tower: (TOWERS[tower]["file"], ENGINE_FILES[tower]) for tower in files}
+    record: dict[str, Any] = {
+        "fp16": fp16, "sparse": sparse, "sparse_weights": sparse_weights, "weights_2to4": weights,
+        "profiles": profiles, "trtexec": trtexec_commands(profiles, fp16, sparse_weights, names, TIMING_CACHE),
+        "trtexec_cwd": str(onnx_dir), "notes": notes,
+    }
+    status = engine_status()
+    out_dir = Path(out_dir) if out_dir is not None else Path(onnx_dir)
+    if status["status"] != "available":
+        record = {"status": "skipped", "reason": status["reason"], **record}
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        feeds = engine_feeds(onnx_dir, profiles) if check else {}
+        engines = {}
+        for tower, path in files.items():
+            engine, info = build_engine(path, out_dir / ENGINE_FILES[tower], profiles[tower], fp16,
+                                        sparse_weights[tower], out_dir / TIMING_CACHE, out_dir / f"{tower}.trt.log")
+            if check and feeds.get(tower):
+                from polygraphy.backend.trt import TrtRunner
+
+                info["parity"] = compare_with_onnxrt(path, TrtRunner(engine, name="tensorrt"), feeds[tower], fp16)
+            engines[tower] = info
+        passed = all(e.get("parity", {}).get("passed", True) for e in engines.values())
+        record = {"status": "built" if passed else "parity_failed", "tensorrt": status["tensorrt"], **record,
+                  "engines": engines, "parity": {t: e["parity"] for t, e in engines.items() if "parity" in e}}
+    if record_file:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / record_file, record)
+    return record

@@ -1,0 +1,210 @@
+"""Export an Adapter's vision and text towers to ONNX (`vision.onnx`, `text.onnx`).
+
+The TorchScript exporter (`dynamo=False`) is the default. On these towers it
+keeps the requested opset (the dynamo exporter of torch 2.13 emits opset 18
+at least and cannot down-convert CLIP's graph to 17), needs no bound on the
+text length to make it dynamic, names nodes after their modules
+(`/text_model/encoder/layers.0/self_attn/q_proj/MatMul`, which TensorRT's
+sparsity log then repeats) and exports in well under a second where dynamo
+takes tens of seconds. Its graph is cleaned with onnxscript's optimizer
+(constant folding, no Identity/Constant clutter, static embedding width).
+`exporter="dynamo"` stays available for opset >= 18.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mfdeploy import __version__
+from mfdeploy.errors import MfdeployError, UserError
+from mfdeploy.export.spec import META_PREFIX, MIN_OPSET, check_opset, dynamic_axes, tower_specs
+
+EXPORTERS = ("torchscript", "dynamo")
+PROTO_LIMIT = 2**31  # protobuf cannot serialise a message of 2 GiB or more
+AUTO_EXTERNAL_BYTES = int(0.9 * PROTO_LIMIT)  # leave room for the graph itself
+# Two captions of different lengths, so the traced text graph contains padding (attention_mask == 0).
+EXAMPLE_CAPTIONS = ("a photo of a red circle.",
+                    "a photo of a small blue square at the top left and a large green star.")
+
+
+class ExportError(MfdeployError):
+    """The exporter could not turn a tower into a valid ONNX graph."""
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def model_sizes(adapter) -> dict[str, int]:
+    """The sizes an exported model is bound by, recorded in the ONNX metadata and export.json."""
+    sizes = {"image_size": int(adapter.image_size), "max_text_len": int(adapter.max_text_len),
+             "embed_dim": int(adapter.embed_dim)}
+    tok = adapter.tokenizer
+    sizes["vocab_size"] = len(tok)
+    for key in ("pad_token_id", "eos_token_id"):
+        if getattr(tok, key, None) is not None:
+            sizes[key] = int(getattr(tok, key))
+    return sizes
+
+
+def example_inputs(adapter) -> dict[str, dict[str, torch.Tensor]]:
+    """The inputs the towers are traced with: batch 2, and padded text of the example captions."""
+    g = torch.Generator().manual_seed(0)
+    size = adapter.image_size
+    pixel_values = torch.randn(2, 3, size, size, generator=g)  # [B,3,H,W]
+    input_ids, attention_mask = adapter.tokenize(list(EXAMPLE_CAPTIONS))  # [B,L] int64
+    return {"vision": {"pixel_values": pixel_values},
+            "text": {"input_ids": input_ids, "attention_mask": attention_mask}}
+
+
+def export_towers(adapter, out_dir: Path, opset: int = MIN_OPSET, external_data: bool | None = None,
+                  exporter: str = "torchscript") -> dict[str, Any]:
+    """Export both towers of `adapter` into `out_dir` as `vision.onnx` and `text.onnx`.
+
+    Args:
+        adapter: a loaded `mfdeploy.models.Adapter`.
+        out_dir: directory to write into (created if missing).
+        opset: ONNX opset, at least 17 so LayerNorm stays one `LayerNormalization` op.
+        external_data: store weights in `<tower>.onnx.data`; None decides per tower
+            (only when the weights approach protobuf's 2 GiB limit).
+        exporter: "torchscript" (default, see the module docstring) or "dynamo".
+
+    Returns:
+        A JSON-able record: opset, exporter, model sizes, and per tower its file,
+        spec, example shapes, external-data flag and a summary of the graph.
+
+    Raises:
+        UserError: opset too old, or an unknown exporter.
+        ExportError: torch or ONNX rejected the graph.
+    """
+    check_opset(opset)
+    if exporter not in EXPORTERS:
+        raise UserError(f"unknown exporter {exporter!r}; expected one of {', '.join(EXPORTERS)}")
+    if exporter == "dynamo" and opset < 18:
+        raise UserError("the dynamo exporter emits opset 18 or newer: pass opset >= 18 or use the torchscript exporter")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sizes = model_sizes(adapter)
+    specs = tower_specs(sizes)
+    examples = example_inputs(adapter)
+    modules = {"vision": adapter.vision_tower(), "text": adapter.text_tower()}
+    record: dict[str, Any] = {"opset": opset, "exporter": exporter, "model": sizes, "towers": {}}
+    for tower, module in modules.items():
+        meta = {"tower": tower, "model_id": adapter.model_id, "mfdeploy_version": __version__,
+                **{k: str(v) for k, v in sizes.items()}}
+        record["towers"][tower] = export_tower(
+            module, tower, specs[tower], examples[tower], out_dir / specs[tower]["file"], opset=opset,
+            external_data=external_data, exporter=exporter, max_text_len=sizes["max_text_len"], metadata=meta)
+    return record
+
+
+def export_tower(module: nn.Module, tower: str, spec: dict[str, Any], example: dict[str, torch.Tensor], path: Path,
+                 opset: int, external_data: bool | None, exporter: str, max_text_len: int,
+                 metadata: dict[str, str]) -> dict[str, Any]:
+    """Export one tower module to `path` following `spec` (see `mfdeploy.export.spec`)."""
+    import onnx
+
+    module = float32_tower(module).eval()
+    n_bytes = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+    use_external = n_bytes > AUTO_EXTERNAL_BYTES if external_data is None else bool(external_data)
+    with tempfile.TemporaryDirectory(prefix=".raw-", dir=path.parent) as raw_dir:
+        raw = Path(raw_dir) / path.name
+        try:
+            _torch_export(module, spec, example, raw, opset, exporter, max_text_len)
+        except Exception as e:  # torch raises many types here; the user needs one line
+            raise ExportError(f"ONNX export of the {tower} tower failed: {_first_line(e)}") from e
+        model = onnx.load(str(raw))  # also pulls in any external data torch wrote for a large model
+    model = _optimize(model)
+    names = ([i.name for i in model.graph.input], [o.name for o in model.graph.output])
+    if names != (list(spec["inputs"]), list(spec["outputs"])):
+        raise ExportError(f"{tower} tower exported with inputs/outputs {names}, expected "
+                          f"{list(spec['inputs'])} -> {list(spec['outputs'])}")
+    onnx.helper.set_model_props(model, {META_PREFIX + k: v for k, v in metadata.items()})
+    data_file = path.with_name(path.name + ".data")
+    for stale in (path, data_file):
+        stale.unlink(missing_ok=True)
+    try:
+        onnx.save_model(model, str(path), save_as_external_data=use_external, all_tensors_to_one_file=True,
+                        location=data_file.name, size_threshold=1024)
+    except ValueError as e:  # protobuf refuses messages >= 2 GiB
+        raise UserError(f"{tower} tower is too large for one ONNX file ({_first_line(e)}): "
+                        "use --external-data") from None
+    try:
+        onnx.checker.check_model(str(path), full_check=True)  # by path: works with external data and > 2 GiB
+    except onnx.checker.ValidationError as e:
+        raise ExportError(f"{path.name} fails the ONNX checker: {_first_line(e)}") from None
+    return {"file": path.name, "data_file": data_file.name if use_external else None, "external_data": use_external,
+            "inputs": spec["inputs"], "outputs": spec["outputs"],
+            "example_shapes": {k: list(v.shape) for k, v in example.items()}, "graph": inspect_graph(path)}
+
+
+def float32_tower(module: nn.Module) -> nn.Module:
+    """The tower in float32, as the spec requires: itself, or a float32 copy of a half-precision one.
+
+    A copy, not an in-place `.float()`: the towers share their weights with the adapter's model.
+    """
+    if all(p.dtype == torch.float32 for p in module.parameters()):
+        return module
+    return copy.deepcopy(module).float()
+
+
+def _torch_export(module: nn.Module, spec: dict[str, Any], example: dict[str, torch.Tensor], path: Path,
+                  opset: int, exporter: str, max_text_len: int) -> None:
+    args = tuple(example[name] for name in spec["inputs"])
+    common: dict[str, Any] = dict(input_names=list(spec["inputs"]), output_names=list(spec["outputs"]),
+                                  opset_version=opset)
+    # Tracer and deprecation warnings come from Python-side checks in transformers; the parity
+    # check on other batch sizes and text lengths is what proves the graph general.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "torchscript":
+            torch.onnx.export(module, args, str(path), dynamo=False, dynamic_axes=dynamic_axes(spec),
+                              do_constant_folding=True, **common)
+        else:
+            from torch.export import Dim
+
+            dims = {"batch": Dim("batch", min=1, max=4096), "text_len": Dim("text_len", min=1, max=max_text_len)}
+            shapes = {name: {i: dims[d] for i, d in enumerate(t["shape"]) if isinstance(d, str)}
+                      for name, t in spec["inputs"].items()}
+            torch.onnx.export(module, args, str(path), dynamo=True, dynamic_shapes=shapes, external_data=True,
+                              **common)
+
+
+def _optimize(model):
+    """Constant-fold and tidy the graph; the unoptimised graph is kept if the optimiser fails."""
+    try:
+        import onnxscript.optimizer
+
+        return onnxscript.optimizer.optimize(model)
+    except Exception as e:  # an optimiser bug must not cost the user a valid export
+        warnings.warn(f"onnxscript optimizer failed ({_first_line(e)}); keeping the unoptimised graph", stacklevel=2)
+        return model
+
+
+def inspect_graph(path: Path) -> dict[str, Any]:
+    """What the export checks care about: op counts, opset, and the input dtype of every ArgMax.
+
+    Loads no weights and runs shape inference on the bare graph, so it also
+    works for models stored with external data.
+    """
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    g = inferred.graph
+    dtypes = {v.name: v.type.tensor_type.elem_type for v in [*g.input, *g.value_info, *g.output]}
+    dtypes.update({t.name: t.data_type for t in g.initializer})
+    ops = Counter(n.op_type for n in g.node)
+    argmax = [{"node": n.name, "input_dtype": onnx.TensorProto.DataType.Name(dtypes.get(n.input[0], 0)).lower()}
+              for n in g.node if n.op_type == "ArgMax"]
+    return {"opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0),
+            "nodes": len(g.node), "ops": dict(sorted(ops.items())), "argmax": argmax}

@@ -1,0 +1,101 @@
+"""`mfdeploy export`: load a model, export both towers, prove parity, write `export.json`, atomically.
+
+Everything is written into a temporary sibling of the output directory,
+which is renamed into place only after the parity check passed and the
+manifest is written: a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from mfdeploy import __version__
+from mfdeploy.errors import UserError
+from mfdeploy.export.onnx_export import export_towers
+from mfdeploy.export.parity import MIN_COSINE, check_parity
+from mfdeploy.export.spec import MANIFEST_FILE, MIN_OPSET, check_opset
+
+_VERSIONS = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime", "polygraphy")
+
+
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in _VERSIONS:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def file_records(directory: Path) -> dict[str, dict[str, Any]]:
+    """sha256 and size of every file in `directory` (not recursive), by name."""
+    from mfdeploy.io import sha256
+
+    return {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size}
+            for p in sorted(Path(directory).iterdir()) if p.is_file()}
+
+
+def export_model(source: str | Path | None, out: Path, opset: int = MIN_OPSET, force: bool = False,
+                 external_data: bool | None = None, n_parity: int = 16, exporter: str = "torchscript",
+                 min_cosine: float = MIN_COSINE, on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Export a model (hub id, checkpoint or prune/build directory) to `out` and check it.
+
+    Args:
+        source: anything `mfdeploy.models.load` accepts (None: the bundled model).
+        out: output directory; it must not exist unless `force`.
+        opset: ONNX opset (>= 17).
+        force: replace an existing `out`.
+        external_data: weights in `.onnx.data` files (None: only for models near 2 GiB).
+        n_parity: images and captions of the parity check.
+        exporter: "torchscript" or "dynamo" (see `export_towers`).
+        min_cosine: parity threshold per tower.
+        on_step: called with a short description before each long step (progress display).
+
+    Returns:
+        The manifest written to `out/export.json`.
+
+    Raises:
+        UserError: bad input (path, opset, existing output) or failed parity; `out` is untouched.
+    """
+    from mfdeploy.io import atomic_dir, check_out_dir, write_json
+    from mfdeploy.models import load
+
+    step = on_step or (lambda _msg: None)
+    out = Path(out)
+    # Check everything the user controls before the slow steps, so mistakes fail fast.
+    check_opset(opset)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a directory")
+    check_out_dir(out, force)
+    step("loading model")
+    adapter = load(source)
+    timings: dict[str, float] = {}
+    with atomic_dir(out, force) as tmp:
+        step("exporting towers to ONNX")
+        start = time.perf_counter()
+        exported = export_towers(adapter, tmp, opset=opset, external_data=external_data, exporter=exporter)
+        timings["export_s"] = round(time.perf_counter() - start, 2)
+        step("checking parity with PyTorch (ONNX Runtime, CPU)")
+        start = time.perf_counter()
+        parity = check_parity(adapter, tmp, n=n_parity, min_cosine=min_cosine, save_inputs=True)
+        timings["parity_s"] = round(time.perf_counter() - start, 2)
+        manifest = {
+            "mfdeploy_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model": {"id": adapter.model_id, "source": adapter.source, **exported["model"]},
+            "opset": exported["opset"],
+            "exporter": exported["exporter"],
+            "towers": exported["towers"],
+            "parity": parity,
+            "files": file_records(tmp),
+            "timings": timings,
+            "versions": _versions(),
+        }
+        write_json(tmp / MANIFEST_FILE, manifest)
+    return manifest

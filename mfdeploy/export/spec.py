@@ -1,0 +1,159 @@
+"""What each exported tower takes and returns, as data.
+
+One dict per tower drives the exporter (input/output names, dynamic axes),
+the parity check and the engine builder (optimisation profiles, `trtexec`
+shapes), so the interface in DESIGN.md is written down exactly once.
+Dimension entries are ints (fixed), names of model sizes resolved from the
+adapter (`image_size`, `embed_dim`), or names of dynamic axes (`batch`,
+`text_len`) that stay symbolic in the ONNX graph.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from mfdeploy.errors import UserError
+
+MIN_OPSET = 17  # LayerNormalization is a single op from opset 17 on (TensorRT FP16 needs it unfused)
+DYNAMIC_DIMS = ("batch", "text_len")
+META_PREFIX = "mfdeploy."  # ONNX metadata_props keys written by the exporter
+MANIFEST_FILE = "export.json"
+SAMPLES_FILE = "parity_inputs.npz"  # the real parity inputs, kept for engine checks (which have no tokenizer)
+
+TOWERS: dict[str, dict[str, Any]] = {
+    "vision": {
+        "file": "vision.onnx",
+        "inputs": {"pixel_values": {"dtype": "float32", "shape": ["batch", 3, "image_size", "image_size"]}},
+        "outputs": {"image_embeds": {"dtype": "float32", "shape": ["batch", "embed_dim"]}},
+    },
+    "text": {
+        "file": "text.onnx",
+        "inputs": {
+            "input_ids": {"dtype": "int64", "shape": ["batch", "text_len"]},
+            "attention_mask": {"dtype": "int64", "shape": ["batch", "text_len"]},
+        },
+        "outputs": {"text_embeds": {"dtype": "float32", "shape": ["batch", "embed_dim"]}},
+    },
+}
+
+
+def check_opset(opset: int) -> None:
+    """Opsets before 17 decompose LayerNorm into ReduceMean/Pow/Sqrt, which overflows in TensorRT FP16."""
+    if opset < MIN_OPSET:
+        raise UserError(f"opset {opset} is too old: use --opset {MIN_OPSET} or newer "
+                        "(LayerNorm must export as one LayerNormalization op)")
+
+
+def tower_specs(sizes: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """The tower specs with model sizes filled in; dynamic axes keep their names.
+
+    Args:
+        sizes: values of the named model sizes, e.g. `{"image_size": 224, "embed_dim": 512}`.
+    """
+    specs = copy.deepcopy(TOWERS)
+    for spec in specs.values():
+        for group in ("inputs", "outputs"):
+            for tensor in spec[group].values():
+                shape = []
+                for dim in tensor["shape"]:
+                    if isinstance(dim, str) and dim not in DYNAMIC_DIMS:
+                        if dim not in sizes:
+                            raise KeyError(f"tower spec needs the model size {dim!r}")
+                        dim = int(sizes[dim])
+                    shape.append(dim)
+                tensor["shape"] = shape
+    return specs
+
+
+def dynamic_axes(spec: dict[str, Any]) -> dict[str, dict[int, str]]:
+    """`{tensor name: {axis: axis name}}` for `torch.onnx.export(dynamic_axes=...)`."""
+    axes: dict[str, dict[int, str]] = {}
+    for group in ("inputs", "outputs"):
+        for name, tensor in spec[group].items():
+            named = {i: d for i, d in enumerate(tensor["shape"]) if isinstance(d, str)}
+            if named:
+                axes[name] = named
+    return axes
+
+
+def concrete_shapes(inputs: dict[str, dict[str, Any]], values: dict[str, int]) -> dict[str, tuple[int, ...]]:
+    """Input shapes with every dynamic axis set from `values` (e.g. `{"batch": 8, "text_len": 77}`).
+
+    Raises:
+        UserError: an input has a dynamic axis that `values` does not set.
+    """
+    shapes = {}
+    for name, tensor in inputs.items():
+        dims = []
+        for d in tensor["shape"]:
+            if isinstance(d, str):
+                if d not in values:
+                    raise UserError(f"input {name!r} has an unknown dynamic axis {d!r} (expected {DYNAMIC_DIMS})")
+                d = values[d]
+            dims.append(int(d))
+        shapes[name] = tuple(dims)
+    return shapes
+
+
+_ONNX_DTYPES = {1: "float32", 10: "float16", 16: "bfloat16", 6: "int32", 7: "int64"}
+
+
+def onnx_io(path: Path) -> dict[str, Any]:
+    """Read a tower's inputs, outputs and mfdeploy metadata back from an ONNX file (weights not loaded)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+
+    def tensors(values) -> dict[str, dict[str, Any]]:
+        out = {}
+        for v in values:
+            tt = v.type.tensor_type
+            shape = [d.dim_param if d.dim_param else (d.dim_value if d.HasField("dim_value") else "?")
+                     for d in tt.shape.dim]
+            out[v.name] = {"dtype": _ONNX_DTYPES.get(tt.elem_type, str(tt.elem_type)), "shape": shape}
+        return out
+
+    meta = {p.key[len(META_PREFIX):]: p.value for p in model.metadata_props if p.key.startswith(META_PREFIX)}
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    return {"inputs": tensors(model.graph.input), "outputs": tensors(model.graph.output), "metadata": meta,
+            "opset": opset}
+
+
+def check_onnx_dir(onnx_dir: Path) -> dict[str, Path]:
+    """The tower files of an export directory, or a clear error when the directory is not one."""
+    onnx_dir = Path(onnx_dir)
+    if not onnx_dir.is_dir():
+        raise UserError(f"{onnx_dir}: no such directory (expected the output of `mfdeploy export`)")
+    files = {tower: onnx_dir / spec["file"] for tower, spec in TOWERS.items()}
+    missing = [p.name for p in files.values() if not p.is_file()]
+    if missing:
+        raise UserError(f"{onnx_dir}: not an ONNX export directory (missing {', '.join(missing)})")
+    return files
+
+
+def model_limits(onnx_dir: Path) -> dict[str, int]:
+    """Model sizes (image_size, max_text_len, embed_dim, ...) of an export directory.
+
+    Read from the metadata the exporter writes into the ONNX files, then from
+    `export.json`, so a directory exported by another tool still works as long
+    as one of the two holds them.
+    """
+    files = check_onnx_dir(onnx_dir)
+    limits: dict[str, int] = {}
+    for path in files.values():
+        for key, value in onnx_io(path)["metadata"].items():
+            if value.lstrip("-").isdigit():
+                limits.setdefault(key, int(value))
+    manifest = Path(onnx_dir) / MANIFEST_FILE
+    if manifest.is_file():
+        try:
+            data = json.loads(manifest.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise UserError(f"{manifest}: unreadable ({e})") from None
+        for key, value in (data.get("model") or {}).items():
+            if isinstance(value, int):
+                limits.setdefault(key, value)
+    return limits
