@@ -19,7 +19,7 @@ from mfdeploy.io import atomic_dir, check_out_dir, write_json
 from mfdeploy.prune.run import PruneConfig, record_for_json, validate, write_prune_outputs
 from mfdeploy.zoo import is_bundled
 
-STAGES = ("load", "evaluate dense", "prune", "export", "parity", "export dense", "engine", "evaluate pruned",
+STAGES = ("load", "evaluate dense", "export dense", "prune", "export", "parity", "engine", "evaluate pruned",
           "report")
 
 

@@ -42,7 +42,10 @@ def summary_rows(manifest: dict) -> list[tuple[str, str]]:
     ev = manifest.get("evaluation")
     if ev:
         ret = ev["retention"]
-        rows.append(("retention (mean over tasks)", f"{ret['mean_task_retention']:.3f}"))
+        for key, label in (("mean_task_retention", "retention (mean over tasks)"),
+                           ("mean_retention", "retention (mean over tasks and retrieval)")):
+            if ret.get(key) is not None:
+                rows.append((label, f"{ret[key]:.3f}"))
         for task, value in ev["pruned"]["tasks"].items():
             rows.append((f"  {task}", f"{value:.3f} (dense {ev['dense']['tasks'][task]:.3f})"))
         for metric, value in ev["pruned"]["retrieval"].items():

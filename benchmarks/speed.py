@@ -1,0 +1,119 @@
+"""Dense vs each method's pruned model on ONNX Runtime CPU: both towers, batch 1/8/32.
+
+    python benchmarks/speed.py [--models bundled,vitb32] [--batch-sizes 1,8,32]
+
+For each model, builds the pruned variants in memory (unstructured
+multiflow @ 0.5, multiflow 2:4, mope @ 0.5 width-only), exports every
+variant's towers with `mfdeploy.export`, and times all variants of a cell
+interleaved in one run (ONNX Runtime CPU EP, graph optimisation ALL,
+intra-op threads = physical cores). The ViT-B/32 variants use magnitude
+instead of multiflow (random weights need no calibration: the graph and the
+speed are the same) and MoPE with 8 random calibration pairs. Writes
+speed.json and speed.md next to this script (benchmarks/results/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+
+sys.path.insert(0, str(Path(__file__).parent))
+from vitb32 import WrappedAdapter, random_batches, vitb32  # noqa: E402
+
+from mfdeploy.data.batching import CalibSource  # noqa: E402
+from mfdeploy.export import export_towers  # noqa: E402
+from mfdeploy.models import load  # noqa: E402
+from mfdeploy.prune import PruneConfig, prune_model  # noqa: E402
+from mfdeploy.serve.bench import _stats, time_interleaved  # noqa: E402
+from mfdeploy.serve.inputs import pixel_values, text_inputs  # noqa: E402
+from mfdeploy.serve.ort_runner import OrtRunner  # noqa: E402
+
+
+def variants(name: str):
+    """(label, adapter) pairs: dense first."""
+    if name == "bundled":
+        dense = load(None)
+        specs = [("multiflow 0.5", dict(method="multiflow", calib="shapes")),
+                 ("multiflow 2:4", dict(method="multiflow", pattern="2:4", calib="shapes")),
+                 ("mope 0.5", dict(method="mope", calib="shapes"))]
+        source = None
+    else:
+        dense = WrappedAdapter(vitb32())
+        specs = [("magnitude 0.5", dict(method="magnitude")),
+                 ("magnitude 2:4", dict(method="magnitude", pattern="2:4")),
+                 ("mope 0.5", dict(method="mope", mope_neuron_group=256, calib_samples=8, batch_size=8))]
+        source = CalibSource("memory", batches=tuple(random_batches(dense.model, 8, 8)))
+    out = [("dense", dense)]
+    for label, kw in specs:
+        adapter = copy.deepcopy(dense)
+        cfg = PruneConfig(ratio=0.5, show_progress=False, **kw)
+        if source is not None and kw["method"] == "mope":
+            from mfdeploy.progress import progress_display
+            from mfdeploy.prune.structured import mope_prune
+
+            with progress_display(False) as prog:
+                mope_prune(adapter, cfg, source, prog)
+        else:
+            prune_model(adapter, cfg)
+        out.append((label, adapter))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="bundled,vitb32")
+    ap.add_argument("--batch-sizes", default="1,8,32")
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--min-time", type=float, default=1.0)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = ap.parse_args()
+    console = Console()
+    rows = []
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    for model in args.models.split(","):
+        vs = variants(model)
+        with tempfile.TemporaryDirectory() as tmp:
+            runners = {}
+            for label, adapter in vs:
+                d = Path(tmp) / label.replace(" ", "_").replace(":", "-")
+                export_towers(adapter, d)
+                runners[label] = OrtRunner(d, "cpu", spin=False)
+            dense = vs[0][1]
+            size = dense.image_size
+            text_len = min(16, dense.max_text_len)
+            eos = dense.model.config.text_config.eos_token_id
+            for tower in ("vision", "text"):
+                for b in batches:
+                    if tower == "vision":
+                        x = pixel_values(b, size)
+                        calls = {k: (lambda r=r, x=x: r.embed_images(x)) for k, r in runners.items()}
+                    else:
+                        ids, mask = text_inputs(b, text_len, eos_token_id=eos if eos != 2 else 49407)
+                        calls = {k: (lambda r=r, i=ids, m=mask: r.embed_texts(i, m)) for k, r in runners.items()}
+                    lat = time_interleaved(calls, warmup=2, iters=args.iters, min_time=args.min_time)
+                    base = _stats(lat["dense"], b)["throughput"]
+                    for label, values in lat.items():
+                        st = _stats(values, b)
+                        rows.append({"model": model, "variant": label, "tower": tower, "batch": b,
+                                     "throughput": st["throughput"], "p50_ms": st["p50_ms"],
+                                     "vs_dense": st["throughput"] / base})
+                    console.print(f"{model} {tower} b{b}: " + ", ".join(
+                        f"{r['variant']} {r['throughput']:.0f}/s ({r['vs_dense']:.2f}x)" for r in rows[-len(lat):]))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "speed.json").write_text(json.dumps(rows, indent=2))
+    lines = ["| model | tower | batch | variant | items/s | p50 ms | vs dense |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['tower']} | {r['batch']} | {r['variant']} | {r['throughput']:.1f} | "
+              f"{r['p50_ms']:.2f} | {r['vs_dense']:.2f}x |" for r in rows]
+    (args.out / "speed.md").write_text("\n".join(lines) + "\n")
+    console.print("\n".join(lines))
+
+
+
+if __name__ == "__main__":
+    main()
