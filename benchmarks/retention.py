@@ -46,7 +46,7 @@ def run_one(dense, label, method, extra, ratio, pattern, args) -> dict:
     record = prune_model(adapter, cfg)
     prune_s = time.perf_counter() - t0
     result = evaluate_model(adapter)
-    return {"label": label, "method": method, "ratio": ratio, "pattern": pattern or "unstructured",
+    return {"label": label, "method": method, "ratio": ratio, "pattern": record["pattern"],
             "achieved_sparsity": record["sparsity"]["overall"], "prune_s": round(prune_s, 2),
             "tasks": result["tasks"], "retrieval": result["retrieval"]}
 
@@ -72,9 +72,9 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for label in dict.fromkeys(r["label"] for r in rows if r["pattern"] == "unstructured"):
+    for label in dict.fromkeys(r["label"] for r in rows if r["pattern"] != "2:4"):
         pts = [(r["ratio"], r["retention"]["mean_task_retention"]) for r in rows
-               if r["label"] == label and r["pattern"] == "unstructured"]
+               if r["label"] == label and r["pattern"] != "2:4"]
         ax.plot(*zip(*pts), marker="o", label=label)
     for r in rows:
         if r["pattern"] == "2:4":
