@@ -11,7 +11,6 @@ returns the reason plus the equivalent `trtexec` commands.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from mfdeploy.export.engine_check import compare_with_onnxrt, engine_feeds
 from mfdeploy.export.spec import TOWERS, check_onnx_dir, concrete_shapes, model_limits, onnx_io
 from mfdeploy.export.trtexec import trtexec_commands
 from mfdeploy.export.trtlog import capture_trt_log, parse_sparsity_log
+from mfdeploy.serve.system import cuda_device_count
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -36,25 +36,6 @@ class EngineError(MfdeployError):
     """TensorRT could not parse a tower or build its engine."""
 
 
-def cuda_devices() -> tuple[int, str]:
-    """CUDA devices the driver reports, and why there are none.
-
-    Asks `libcuda` directly: torch may be a CPU-only build on a GPU machine.
-    """
-    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
-        try:
-            lib = ctypes.CDLL(name)
-            break
-        except OSError:
-            continue
-    else:
-        return 0, "no CUDA driver (libcuda not found)"
-    count = ctypes.c_int(0)
-    if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value == 0:
-        return 0, "the CUDA driver reports no usable device"
-    return count.value, ""
-
-
 def engine_status() -> dict[str, Any]:
     """Whether engines can be built here: `{"status": "available", ...}` or `{"status": "skipped", "reason"}`."""
     try:
@@ -66,7 +47,7 @@ def engine_status() -> dict[str, Any]:
         # empty namespace package.
         return {"status": "skipped", "reason": "TensorRT is not installed (only an empty `tensorrt` package "
                                                "was found, e.g. type stubs)"}
-    count, why = cuda_devices()
+    count, why = cuda_device_count()
     if count == 0:
         return {"status": "skipped", "reason": f"no CUDA GPU: {why}"}
     return {"status": "available", "tensorrt": trt.__version__, "cuda_devices": count}
