@@ -120,3 +120,17 @@ def test_distill_needs_calibration(tiny_clip_dir, tmp_path, capsys):
         main(["prune", "--model", str(tiny_clip_dir), "--ratio", "0.5", "--method", "mope", "--distill-steps", "5",
               "--out", str(tmp_path / "o")])
     assert e.value.code != 0 and "--calib is required" in capsys.readouterr().err
+
+
+def test_mope_checkpoint_exports_with_parity(tiny_clip_dir, tmp_path):
+    out = tmp_path / "m"
+    main(["prune", "--model", str(tiny_clip_dir), "--ratio", "0.5", "--method", "mope", "--calib", "shapes",
+          "--calib-samples", "16", "--batch-size", "8", "--neuron-group", "16", "--out", str(out)])
+    main(["export", str(out), "--out", str(tmp_path / "onnx")])
+    manifest = json.loads((tmp_path / "onnx" / "export.json").read_text())
+    for tower in ("vision", "text"):
+        assert manifest["parity"][tower]["min_cosine"] >= 0.9999
+    import onnx
+
+    q = [i for i in onnx.load(str(tmp_path / "onnx" / "vision.onnx")).graph.initializer if tuple(i.dims) == (32, 16)]
+    assert q, "the cut q/k/v projections ([in=32, out=16]) are in the exported graph"
