@@ -39,9 +39,21 @@ def random_batches(model: CLIPModel, n: int, batch_size: int, text_len: int = 20
 
 
 class WrappedAdapter:
-    """Make a bare CLIPModel look like a loaded mfdeploy adapter (no tokenizer/processor needed)."""
+    """Make a bare CLIPModel look like a loaded mfdeploy adapter.
+
+    The OpenAI BPE tokenizer needs a download; the exporter only needs some
+    tokenizer to trace the text tower, so the shapes world's word-level one
+    stands in (its ids are valid ids of the 49408-token vocabulary).
+    """
 
     def __new__(cls, model: CLIPModel):
-        from mfdeploy.models.clip import CLIPAdapter
+        from transformers import CLIPImageProcessor
 
-        return CLIPAdapter(model, tokenizer=None, image_processor=None, source="CLIPConfig() random ViT-B/32")
+        from mfdeploy.data import world
+        from mfdeploy.models.clip import CLIPAdapter
+        from mfdeploy.zoo.tokenizer import build_tokenizer
+
+        size = model.config.vision_config.image_size
+        tokenizer = build_tokenizer(world.vocabulary(), model.config.text_config.max_position_embeddings)
+        processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+        return CLIPAdapter(model, tokenizer, processor, source="CLIPConfig() random ViT-B/32")
