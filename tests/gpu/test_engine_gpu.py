@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from mfdeploy.export import build_engines, check_parity, export_towers
-from mfdeploy.export.engine import cuda_devices
+from mfdeploy.serve.system import cuda_device_count
 
 pytestmark = pytest.mark.gpu
 
 trt = pytest.importorskip("tensorrt")
 if not hasattr(trt, "Builder"):  # type stubs alone leave an empty `tensorrt` namespace package
     pytest.skip("TensorRT is not installed (empty tensorrt package)", allow_module_level=True)
-_count, _why = cuda_devices()
+_count, _why = cuda_device_count()
 if _count == 0:
     pytest.skip(f"no CUDA GPU: {_why}", allow_module_level=True)
 
