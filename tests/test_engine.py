@@ -198,7 +198,7 @@ def fake_trt(monkeypatch):
     trt.Builder = object
     trt.TensorIOMode = SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    monkeypatch.setattr(engine_mod, "cuda_devices", lambda: (1, ""))
+    monkeypatch.setattr(engine_mod, "cuda_device_count", lambda: (1, ""))
     return calls
 
 
