@@ -41,15 +41,9 @@ class BuildConfig:
 
 
 def _versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
+    from mfdeploy.export.pipeline import _versions as export_versions
 
-    out: dict[str, str | None] = {"mfdeploy": __version__}
-    for name in ("torch", "transformers", "onnx", "onnxruntime", "polygraphy", "tensorrt", "nvidia-modelopt"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
+    return {"mfdeploy": __version__, **export_versions()}
 
 
 def _artifacts(root: Path) -> dict[str, dict]:

@@ -47,9 +47,9 @@ def parse_calib(value: str | None) -> CalibSource | None:
     if value == "shapes":
         return CalibSource("shapes")
     path = Path(value)
-    if path.is_dir() or path.suffix.lower() != ".jsonl" and not path.is_file():
-        raise UserError(f"--calib {value}: expected 'shapes' or a JSONL file of image-caption pairs")
-    load_pairs(path)  # fail early, with file and line
+    if path.is_dir():
+        raise UserError(f"--calib {value}: a directory; expected 'shapes' or a JSONL file of image-caption pairs")
+    load_pairs(path)  # fail early, with file and line (a missing file too)
     return CalibSource("jsonl", path)
 
 

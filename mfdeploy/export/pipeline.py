@@ -20,7 +20,8 @@ from mfdeploy.export.onnx_export import export_towers
 from mfdeploy.export.parity import MIN_COSINE, check_parity
 from mfdeploy.export.spec import MANIFEST_FILE, MIN_OPSET, check_opset
 
-_VERSIONS = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime", "polygraphy")
+_VERSIONS = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime", "polygraphy", "tensorrt",
+             "nvidia-modelopt")
 
 
 def _versions() -> dict[str, str | None]:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mfdeploy import __version__
 from mfdeploy.data.batching import CalibSource, pair_batches, parse_calib
 from mfdeploy.errors import UserError
-from mfdeploy.io import atomic_dir, write_json
+from mfdeploy.io import atomic_dir, check_out_dir, write_json
 from mfdeploy.models import Adapter, load
 from mfdeploy.models.loader import ORIGIN_FILE
 from mfdeploy.progress import progress_display
@@ -159,8 +159,6 @@ def run_prune(cfg: PruneConfig, out: Path, force: bool = False) -> dict:
     """`mfdeploy prune`: write masks.safetensors, pruned/, prune.json and sparsity.png into `out`."""
     validate(cfg)
     out = Path(out)
-    from mfdeploy.io import check_out_dir
-
     check_out_dir(out, force)
     t0 = time.perf_counter()
     adapter = load(cfg.model)
@@ -197,4 +195,4 @@ def write_prune_outputs(adapter: Adapter, record: dict, out: Path) -> None:
     plot_sparsity(record, out / "sparsity.png")
 
 
-__all__ = ["PruneConfig", "prune_model", "run_prune", "validate", "asdict"]
+__all__ = ["PruneConfig", "prune_model", "run_prune", "validate"]
