@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from rich.table import Table
 
 from mfdeploy.errors import UserError
+from mfdeploy.io import atomic_file
 
 
 def _fmt(value: float | None, percent: bool = True) -> str:
@@ -66,14 +66,6 @@ def check_json_target(path: str | Path) -> Path:
 def write_json(result: dict, path: str | Path) -> Path:
     """Write a result as indented JSON, atomically (a temporary file in the same folder, then a rename)."""
     path = check_json_target(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_file(path, lambda p: p.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n",
+                                             encoding="utf-8"))
     return path

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from mfdeploy import __version__
-from mfdeploy.errors import MfdeployError, UserError
+from mfdeploy.errors import MfdeployError, UserError, first_line
 from mfdeploy.export.spec import META_PREFIX, MIN_OPSET, check_opset, dynamic_axes, tower_specs
 
 EXPORTERS = ("torchscript", "dynamo")
@@ -37,11 +37,6 @@ EXAMPLE_CAPTIONS = ("a photo of a red circle.",
 
 class ExportError(MfdeployError):
     """The exporter could not turn a tower into a valid ONNX graph."""
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def model_sizes(adapter) -> dict[str, int]:
@@ -121,7 +116,7 @@ def export_tower(module: nn.Module, tower: str, spec: dict[str, Any], example: d
         try:
             _torch_export(module, spec, example, raw, opset, exporter, max_text_len)
         except Exception as e:  # torch raises many types here; the user needs one line
-            raise ExportError(f"ONNX export of the {tower} tower failed: {_first_line(e)}") from e
+            raise ExportError(f"ONNX export of the {tower} tower failed: {first_line(e)}") from e
         model = onnx.load(str(raw))  # also pulls in any external data torch wrote for a large model
     model = _optimize(model)
     names = ([i.name for i in model.graph.input], [o.name for o in model.graph.output])
@@ -136,12 +131,12 @@ def export_tower(module: nn.Module, tower: str, spec: dict[str, Any], example: d
         onnx.save_model(model, str(path), save_as_external_data=use_external, all_tensors_to_one_file=True,
                         location=data_file.name, size_threshold=1024)
     except ValueError as e:  # protobuf refuses messages >= 2 GiB
-        raise UserError(f"{tower} tower is too large for one ONNX file ({_first_line(e)}): "
+        raise UserError(f"{tower} tower is too large for one ONNX file ({first_line(e)}): "
                         "use --external-data") from None
     try:
         onnx.checker.check_model(str(path), full_check=True)  # by path: works with external data and > 2 GiB
     except onnx.checker.ValidationError as e:
-        raise ExportError(f"{path.name} fails the ONNX checker: {_first_line(e)}") from None
+        raise ExportError(f"{path.name} fails the ONNX checker: {first_line(e)}") from None
     return {"file": path.name, "data_file": data_file.name if use_external else None, "external_data": use_external,
             "inputs": spec["inputs"], "outputs": spec["outputs"],
             "example_shapes": {k: list(v.shape) for k, v in example.items()}, "graph": inspect_graph(path)}
@@ -186,7 +181,7 @@ def _optimize(model):
 
         return onnxscript.optimizer.optimize(model)
     except Exception as e:  # an optimiser bug must not cost the user a valid export
-        warnings.warn(f"onnxscript optimizer failed ({_first_line(e)}); keeping the unoptimised graph", stacklevel=2)
+        warnings.warn(f"onnxscript optimizer failed ({first_line(e)}); keeping the unoptimised graph", stacklevel=2)
         return model
 
 

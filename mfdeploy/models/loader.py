@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mfdeploy.errors import UserError
+from mfdeploy.errors import UserError, first_line
 from mfdeploy.models.base import Adapter
 from mfdeploy.models.structure import STRUCTURE_FILE  # written by structured pruning: the cut shapes
 from mfdeploy.zoo import BUNDLED_DIR, BUNDLED_NAME
@@ -72,8 +72,7 @@ def load(source: str | Path | None = None) -> Adapter:
         tokenizer = AutoTokenizer.from_pretrained(where)
         processor = AutoImageProcessor.from_pretrained(where)
     except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot load model {source!s}: {first}") from None
+        raise UserError(f"cannot load model {source!s}: {first_line(e)}") from None
     if isinstance(where, Path) and (where / ORIGIN_FILE).is_file():
         model_id = json.loads((where / ORIGIN_FILE).read_text()).get("model_id", model_id)
     model.config._name_or_path = model_id

@@ -11,7 +11,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from mfdeploy import __version__
-from mfdeploy.errors import UserError
+from mfdeploy.errors import UserError, first_line
 from mfdeploy.models.base import Adapter, PrunableLayer
 from mfdeploy.prune.budgets import layer_budgets
 from mfdeploy.prune.criteria import METHODS
@@ -132,8 +132,7 @@ def load_masks(path: Path, adapter: Adapter | None = None) -> tuple[Masks, dict]
             metadata = dict(f.metadata() or {})
         masks = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"{path}: not a valid masks file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
-            from None
+        raise UserError(f"{path}: not a valid masks file ({first_line(e)})") from None
     if adapter is not None:
         params = dict(adapter.model.named_parameters())
         for name, mask in masks.items():

@@ -107,7 +107,7 @@ def mope_prune(adapter: Adapter, cfg, source: CalibSource, prog) -> dict:
                     "dense_loss": z.base}
 
     # depth budget: layers removed per tower, the rest of the ratio comes from width
-    kept_layers = {}
+    depth_plan: dict[str, tuple[int, int]] = {}  # tower -> (layers, layers to drop)
     keep_frac = {}
     for tower in st.TOWER_ATTRS:
         n_layers = len(_layers(adapter, tower))
@@ -117,7 +117,7 @@ def mope_prune(adapter: Adapter, cfg, source: CalibSource, prog) -> dict:
         keep_frac[tower] = (1 - cfg.ratio) * n_layers / (n_layers - n_drop)
         if keep_frac[tower] > 1:
             raise UserError(f"--depth-share {cfg.mope_depth_share} removes more than --ratio {cfg.ratio} by itself")
-        kept_layers[tower] = (n_layers, n_drop)
+        depth_plan[tower] = (n_layers, n_drop)
 
     # width: MoPE of every head and neuron group, uniform target width per layer
     width_scores: dict[str, list] = {}
@@ -160,7 +160,7 @@ def mope_prune(adapter: Adapter, cfg, source: CalibSource, prog) -> dict:
     final_kept = {}
     for tower in st.TOWER_ATTRS:
         modality = "vision" if tower == "vision_model" else "text"
-        n_layers, n_drop = kept_layers[tower]
+        n_layers, n_drop = depth_plan[tower]
         errs = []
         for layer in _layers(adapter, tower):
             a, m = layer.self_attn.out_proj, layer.mlp.fc2

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mfdeploy.errors import UserError
+from mfdeploy.errors import UserError, first_line
 from mfdeploy.serve.base import BackendUnavailable, Runner
 from mfdeploy.serve.system import cuda_device_count, physical_cores
 
@@ -16,11 +16,6 @@ TOWER_FILES = {"vision": "vision.onnx", "text": "text.onnx"}
 INPUT_NAMES = {"vision": ("pixel_values",), "text": ("input_ids", "attention_mask")}
 _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
           "tensor(int32)": np.int32}
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def check_provider(provider: str) -> None:
@@ -112,8 +107,8 @@ class OrtRunner(Runner):
                 session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
             except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/RuntimeError types
                 if provider != "cpu":
-                    raise BackendUnavailable(f"{PROVIDERS[provider]} failed on {path.name}: {_first_line(e)}") from None
-                raise UserError(f"{path}: cannot load ({_first_line(e)})") from None
+                    raise BackendUnavailable(f"{PROVIDERS[provider]} failed on {path.name}: {first_line(e)}") from None
+                raise UserError(f"{path}: cannot load ({first_line(e)})") from None
             got = session.get_providers()
             if PROVIDERS[provider] not in got:
                 # ORT logs the failure and carries on with the CPU: do not measure the CPU under a GPU name

@@ -7,33 +7,18 @@ a crash never leaves half a report.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from mfdeploy.io import atomic_file
 
 RSS_NOTE = ("peak RSS: the process's resident-memory high-water mark (getrusage ru_maxrss) after the cell; "
             "it never decreases, so it covers every model loaded so far in the run, not one backend alone")
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_json(rows: list[dict], path: Path) -> Path:
     """Write the rows as a JSON list."""
-    return _atomic(path, lambda p: p.write_text(json.dumps(rows, indent=2) + "\n"))
+    return atomic_file(path, lambda p: p.write_text(json.dumps(rows, indent=2) + "\n"))
 
 
 def _pairs(rows: list[dict]) -> list[tuple[dict, dict | None]]:
@@ -138,7 +123,7 @@ def plot(rows: list[dict], path: Path) -> Path:
         fig.savefig(p, format="png", dpi=110)
 
     try:
-        return _atomic(path, save)
+        return atomic_file(path, save)
     finally:
         plt.close(fig)
 
@@ -149,7 +134,7 @@ def write_reports(rows: list[dict], out_dir: Path, meta: dict[str, Any],
     out_dir = Path(out_dir)
     paths = {
         "json": write_json(rows, out_dir / "bench.json"),
-        "md": _atomic(out_dir / "bench.md", lambda p: p.write_text(markdown(rows, meta))),
+        "md": atomic_file(out_dir / "bench.md", lambda p: p.write_text(markdown(rows, meta))),
         "png": plot(rows, out_dir / "bench.png"),
     }
     if json_path is not None:
