@@ -44,6 +44,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+sys.path.insert(0, str(Path(__file__).parent))
+from vitb32 import WrappedAdapter, vitb32  # noqa: E402
+
 from mfdeploy.serve.bench import time_interleaved
 from mfdeploy.serve.inputs import pixel_values, text_inputs
 from mfdeploy.serve.system import physical_cores
@@ -86,27 +89,9 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
 
 
 def build_model(smoke: bool = False):
-    """ViT-B/32-shaped CLIP with random weights, as an mfdeploy adapter (word-level stand-in tokenizer).
-
-    `smoke`: a 2-layer, width-64 model of the same layout, to check this script in seconds.
-    """
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    from mfdeploy.models.clip import CLIPAdapter
-    from mfdeploy.zoo.tokenizer import build_tokenizer
-
-    config = CLIPConfig()
-    if smoke:
-        small = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2)
-        config = CLIPConfig(text_config=small, vision_config=dict(small, image_size=64), projection_dim=32)
-    torch.manual_seed(0)
-    model = CLIPModel(config).eval()
-    # The OpenAI BPE tokenizer needs a download; the exporter only needs some tokenizer to trace
-    # padded text, and the timed ids are built directly in the model's own id range below.
-    words = "a photo of the red green blue small large circle square star at top left".split()
-    tokenizer = build_tokenizer(words, config.text_config.max_position_embeddings)
-    processor = CLIPImageProcessor()
-    return CLIPAdapter(model, tokenizer, processor, source="random ViT-B/32 (transformers.CLIPConfig())"), config
+    """ViT-B/32-shaped CLIP with random weights as an mfdeploy adapter, and its config (`smoke`: a tiny one)."""
+    model = vitb32(smoke=smoke)
+    return WrappedAdapter(model), model.config
 
 
 def export(adapter, out: Path) -> str:

@@ -12,10 +12,18 @@ from transformers import CLIPConfig, CLIPModel
 from mfdeploy.data.batching import Batch
 
 
-def vitb32(seed: int = 0) -> CLIPModel:
-    """CLIP ViT-B/32 with random weights (151M parameters)."""
+def vitb32(seed: int = 0, smoke: bool = False) -> CLIPModel:
+    """CLIP ViT-B/32 with random weights (151M parameters).
+
+    `smoke`: a 2-layer, width-64 model of the same layout with 64x64 images,
+    to check a benchmark script in seconds.
+    """
+    config = CLIPConfig()
+    if smoke:
+        small = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2)
+        config = CLIPConfig(text_config=small, vision_config=dict(small, image_size=64), projection_dim=32)
     torch.manual_seed(seed)
-    return CLIPModel(CLIPConfig()).eval()
+    return CLIPModel(config).eval()
 
 
 def random_batches(model: CLIPModel, n: int, batch_size: int, text_len: int = 20, seed: int = 0) -> list[Batch]:

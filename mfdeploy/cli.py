@@ -44,6 +44,25 @@ ModelArg = Annotated[
 ]
 
 
+# Prune options shared by `prune` and `build` (one declaration each).
+RatioHelp = "Fraction of prunable weights to remove, in (0, 1)."
+ModelOpt = Annotated[str | None, typer.Option("--model", help="Hub id or checkpoint directory (default: bundled).")]
+MethodOpt = Annotated[str, typer.Option("--method", help="multiflow | magnitude | wanda | random | ecoflap | mope.")]
+ScopeOpt = Annotated[str | None, typer.Option("--scope", help="Magnitude budget scope: layer | global | modality.")]
+PatternOpt = Annotated[str | None, typer.Option("--pattern", help="Semi-structured N:M pattern, e.g. 2:4 (ratio 0.5).")]
+CalibOpt = Annotated[str | None, typer.Option("--calib", help="'shapes' or a JSONL of image-caption pairs.")]
+CalibSamplesOpt = Annotated[int, typer.Option("--calib-samples", help="Calibration pairs.")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Calibration batch size.")]
+IncludeOpt = Annotated[list[str] | None, typer.Option("--include", help="Only prune layers matching this glob.")]
+ExcludeOpt = Annotated[list[str] | None, typer.Option("--exclude", help="Never prune layers matching this glob.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed (random criterion, ECoFLaP perturbations).")]
+SmaxDeltaOpt = Annotated[float, typer.Option("--smax-delta", help="ECoFLaP: cap s_max = ratio + this.")]
+NeuronGroupOpt = Annotated[int, typer.Option("--neuron-group", help="MoPE: MLP neurons per group.")]
+DepthShareOpt = Annotated[float, typer.Option("--depth-share", help="MoPE: share of the ratio taken by whole layers.")]
+DistillStepsOpt = Annotated[int, typer.Option("--distill-steps", help="MoPE: distillation steps after pruning.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output directory.")]
+
+
 @app.command()
 def info(model: ModelArg = None) -> None:
     """Print a model's towers, parameter counts, prunable layers and input limits."""
@@ -71,23 +90,23 @@ def info(model: ModelArg = None) -> None:
 
 @app.command()
 def prune(
-    ratio: Annotated[float, typer.Option(help="Fraction of prunable weights to remove, in (0, 1).")],
+    ratio: Annotated[float, typer.Option(help=RatioHelp)],
     out: Annotated[Path, typer.Option(help="Output directory (masks.safetensors, pruned/, prune.json).")],
-    model: Annotated[str | None, typer.Option(help="Hub id or checkpoint directory (default: bundled).")] = None,
-    method: Annotated[str, typer.Option(help="multiflow | magnitude | wanda | random | ecoflap | mope.")] = "multiflow",
-    scope: Annotated[str | None, typer.Option(help="Magnitude budget scope: layer | global | modality.")] = None,
-    pattern: Annotated[str | None, typer.Option(help="Semi-structured N:M pattern, e.g. 2:4 (ratio 0.5).")] = None,
-    calib: Annotated[str | None, typer.Option(help="'shapes' or a JSONL of image-caption pairs.")] = None,
-    calib_samples: Annotated[int, typer.Option(help="Calibration pairs.")] = 256,
-    batch_size: Annotated[int, typer.Option(help="Calibration batch size.")] = 32,
-    include: Annotated[list[str] | None, typer.Option(help="Only prune layers matching this glob.")] = None,
-    exclude: Annotated[list[str] | None, typer.Option(help="Never prune layers matching this glob.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed (random criterion, ECoFLaP perturbations).")] = 0,
-    smax_delta: Annotated[float, typer.Option(help="ECoFLaP: cap s_max = ratio + this.")] = 0.1,
-    neuron_group: Annotated[int, typer.Option(help="MoPE: MLP neurons per group.")] = 64,
-    depth_share: Annotated[float, typer.Option(help="MoPE: share of the ratio taken by whole layers.")] = 0.0,
-    distill_steps: Annotated[int, typer.Option(help="MoPE: distillation steps after pruning.")] = 0,
-    force: Annotated[bool, typer.Option(help="Overwrite an existing output directory.")] = False,
+    model: ModelOpt = None,
+    method: MethodOpt = "multiflow",
+    scope: ScopeOpt = None,
+    pattern: PatternOpt = None,
+    calib: CalibOpt = None,
+    calib_samples: CalibSamplesOpt = 256,
+    batch_size: BatchSizeOpt = 32,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    seed: SeedOpt = 0,
+    smax_delta: SmaxDeltaOpt = 0.1,
+    neuron_group: NeuronGroupOpt = 64,
+    depth_share: DepthShareOpt = 0.0,
+    distill_steps: DistillStepsOpt = 0,
+    force: ForceOpt = False,
 ) -> None:
     """Prune a model once (task-agnostic) and write masks, the folded checkpoint and a report."""
     from mfdeploy.prune import PruneConfig, run_prune
@@ -233,28 +252,30 @@ def engine(
 
 @app.command()
 def build(
-    model: Annotated[str | None, typer.Option(help="Hub id or checkpoint directory (default: bundled).")] = None,
-    ratio: Annotated[float, typer.Option(help="Fraction of prunable weights to remove, in (0, 1).")] = 0.5,
-    method: Annotated[str, typer.Option(help="multiflow | magnitude | wanda | random | ecoflap | mope.")] = "multiflow",
-    scope: Annotated[str | None, typer.Option(help="Magnitude budget scope: layer | global | modality.")] = None,
-    pattern: Annotated[str | None, typer.Option(help="Semi-structured N:M pattern, e.g. 2:4 (ratio 0.5).")] = None,
+    model: ModelOpt = None,
+    ratio: Annotated[float, typer.Option(help=RatioHelp)] = 0.5,
+    method: MethodOpt = "multiflow",
+    scope: ScopeOpt = None,
+    pattern: PatternOpt = None,
     fp16: Annotated[bool, typer.Option(help="FP16 TensorRT engines (needed for 2:4 sparse tensor cores).")] = False,
     sparse: Annotated[str, typer.Option(help="TensorRT sparse weights: auto | on | off.")] = "auto",
-    calib: Annotated[str | None, typer.Option(help="'shapes' or a JSONL of image-caption pairs.")] = None,
-    calib_samples: Annotated[int, typer.Option(help="Calibration pairs.")] = 256,
-    batch_size: Annotated[int, typer.Option(help="Calibration batch size.")] = 32,
-    include: Annotated[list[str] | None, typer.Option(help="Only prune layers matching this glob.")] = None,
-    exclude: Annotated[list[str] | None, typer.Option(help="Never prune layers matching this glob.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    calib: CalibOpt = None,
+    calib_samples: CalibSamplesOpt = 256,
+    batch_size: BatchSizeOpt = 32,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    seed: SeedOpt = 0,
     eval_data: Annotated[str | None, typer.Option("--eval", help="Evaluate dense vs pruned on this data "
                                                      "(default: shapes for the bundled model).")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset (>= 17).")] = 17,
     max_batch: Annotated[int, typer.Option(help="Largest batch of the engines' profiles.")] = 32,
     max_text_len: Annotated[int | None, typer.Option(help="Longest text of the engines' profiles.")] = None,
-    distill_steps: Annotated[int, typer.Option(help="MoPE: distillation steps after pruning.")] = 0,
-    depth_share: Annotated[float, typer.Option(help="MoPE: share of the ratio taken by whole layers.")] = 0.0,
+    smax_delta: SmaxDeltaOpt = 0.1,
+    neuron_group: NeuronGroupOpt = 64,
+    depth_share: DepthShareOpt = 0.0,
+    distill_steps: DistillStepsOpt = 0,
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("build"),
-    force: Annotated[bool, typer.Option(help="Overwrite an existing output directory.")] = False,
+    force: ForceOpt = False,
 ) -> None:
     """The whole pipeline: prune, fold, export, engines where possible, evaluate, report."""
     from mfdeploy.pipeline import STAGES, BuildConfig, run_build
@@ -263,7 +284,8 @@ def build(
 
     pcfg = PruneConfig(ratio=ratio, model=model, method=method, scope=scope, pattern=pattern, calib=calib,
                        calib_samples=calib_samples, batch_size=batch_size, include=include or [],
-                       exclude=exclude or [], seed=seed, distill_steps=distill_steps, mope_depth_share=depth_share)
+                       exclude=exclude or [], seed=seed, ecoflap_smax_delta=smax_delta,
+                       mope_neuron_group=neuron_group, mope_depth_share=depth_share, distill_steps=distill_steps)
     cfg = BuildConfig(prune=pcfg, out=out, fp16=fp16, sparse=sparse, opset=opset, max_batch=max_batch,
                       max_text_len=max_text_len, eval_data=eval_data, force=force)
     seen: list[str] = []

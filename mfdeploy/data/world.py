@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-IMAGE_SIZE = 64
+IMAGE_SIZE = 96
 _SUPERSAMPLE = 4  # draw at 4x and downsample: anti-aliased edges
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "star")
@@ -29,13 +29,15 @@ COLOURS = {
     "cyan": (40, 210, 215),
     "white": (240, 240, 240),
 }
-SIZES = {"small": (4.5, 6.0), "medium": (8.0, 9.5), "large": (12.0, 14.0)}  # radius in px
+SIZES = {"small": (6.0, 7.5), "medium": (9.5, 11.0), "large": (13.0, 14.5)}  # radius in px
 POSITIONS = (
     "top left", "top", "top right",
     "left", "center", "right",
     "bottom left", "bottom", "bottom right",
 )
-_CELL_CENTRES = (13.0, 32.0, 51.0)
+# The 3x3 grid splits the image into 32x32 cells; a jittered object of any size stays inside its cell.
+_CELL_CENTRES = (16.0, 48.0, 80.0)
+_JITTER = 1.5  # px: an object's centre moves up to this far from its cell's centre
 _COUNT_WORDS = ("one", "two", "three")
 
 # Disjoint seed ranges: [start, stop)
@@ -61,20 +63,21 @@ class Obj:
     size: str
     position: str
 
-    def phrase(self, rng: np.random.Generator | None = None, keep: float = 1.0, where: bool = True) -> str:
-        """Noun phrase; with an rng, each attribute is kept with probability `keep`."""
+    def phrase(self, rng: np.random.Generator | None = None, keep: float = 1.0, where: bool = True,
+               must: str | None = None) -> str:
+        """Noun phrase; with an rng, each attribute is kept with probability `keep` (`must` is always kept)."""
 
-        def kept() -> bool:
-            return rng is None or rng.random() < keep
+        def kept(attr: str) -> bool:
+            return rng is None or attr == must or rng.random() < keep
 
         words = []
-        if kept():
+        if kept("size"):
             words.append(self.size)
-        if kept():
+        if kept("colour"):
             words.append(self.colour)
-        words.append(self.shape if kept() else "object")
+        words.append(self.shape if kept("shape") else "object")
         text = " ".join(words)
-        if where and kept():
+        if where and kept("position"):
             text += f" at the {self.position}"
         return text
 
@@ -90,26 +93,27 @@ class Scene:
     def caption(self, rng: np.random.Generator | None = None) -> str:
         """Full caption (rng None) or a randomly phrased, partial one for training."""
         if rng is None:
-            return "a photo of " + " and ".join(_article(o.phrase()) for o in self.objects) + "."
+            return "a photo of " + " and ".join(article(o.phrase()) for o in self.objects) + "."
         keep = 1.0 if rng.random() < 0.3 else 0.6
         if len(self.objects) == 1 or rng.random() < 0.25:
             # describe a single object; the others stay unmentioned
             obj = self.objects[rng.integers(len(self.objects))] if rng.random() < 0.5 else self.objects[0]
-            body = _article(obj.phrase(rng, keep))
+            body = article(obj.phrase(rng, keep))
             if len(self.objects) > 1 and rng.random() < 0.5:
                 body += f" among {_COUNT_WORDS[len(self.objects) - 1]} objects"
         elif len(self.objects) == 2 and rng.random() < 0.35:
             body = _relation(self.objects[0], self.objects[1], rng)
         else:
             order = rng.permutation(len(self.objects))
-            body = " and ".join(_article(self.objects[i].phrase(rng, keep)) for i in order)
+            body = " and ".join(article(self.objects[i].phrase(rng, keep)) for i in order)
         if rng.random() < 0.3:
             body = f"{_COUNT_WORDS[len(self.objects) - 1]} object{'s' if len(self.objects) > 1 else ''}: {body}"
         prefix = ("a photo of ", "an image of ", "there is ", "")[rng.integers(4)]
         return prefix + body + "."
 
 
-def _article(phrase: str) -> str:
+def article(phrase: str) -> str:
+    """The phrase with its indefinite article."""
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
@@ -126,7 +130,7 @@ def _relation(a: Obj, b: Obj, rng: np.random.Generator) -> str:
     if ra > rb:
         options.append("below")
     rel = options[rng.integers(len(options))]
-    return f"{_article(a.phrase(rng, 0.7, where=False))} {rel} {_article(b.phrase(rng, 0.7, where=False))}"
+    return f"{article(a.phrase(rng, 0.7, where=False))} {rel} {article(b.phrase(rng, 0.7, where=False))}"
 
 
 def make_scene(seed: int, n_objects: int | None = None) -> Scene:
@@ -167,7 +171,7 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
 
 
 def render(scene: Scene) -> Image.Image:
-    """Draw a scene as a 64x64 RGB image (deterministic by the scene's seed)."""
+    """Draw a scene as an IMAGE_SIZE x IMAGE_SIZE RGB image (deterministic by the scene's seed)."""
     rng = np.random.default_rng([scene.seed, 104729])
     s = _SUPERSAMPLE
     base = rng.integers(15, 80)
@@ -176,8 +180,8 @@ def render(scene: Scene) -> Image.Image:
     draw = ImageDraw.Draw(img)
     for obj in scene.objects:
         row, col = divmod(POSITIONS.index(obj.position), 3)
-        cx = (_CELL_CENTRES[col] + rng.uniform(-3, 3)) * s
-        cy = (_CELL_CENTRES[row] + rng.uniform(-3, 3)) * s
+        cx = (_CELL_CENTRES[col] + rng.uniform(-_JITTER, _JITTER)) * s
+        cy = (_CELL_CENTRES[row] + rng.uniform(-_JITTER, _JITTER)) * s
         lo, hi = SIZES[obj.size]
         r = rng.uniform(lo, hi) * s
         colour = tuple(int(np.clip(c + rng.integers(-20, 21), 0, 255)) for c in COLOURS[obj.colour])
