@@ -2,6 +2,8 @@
 
     python benchmarks/speed.py [--models bundled,vitb32] [--batch-sizes 1,8,32]
 
+Rows of models not named in `--models` are kept from an existing speed.json.
+
 For each model, builds the pruned variants in memory (unstructured
 multiflow @ 0.5, multiflow 2:4, mope @ 0.5 width-only), exports every
 variant's towers with `mfdeploy.export`, and times all variants of a cell
@@ -106,7 +108,13 @@ def main() -> None:
                     console.print(f"{model} {tower} b{b}: " + ", ".join(
                         f"{r['variant']} {r['throughput']:.0f}/s ({r['vs_dense']:.2f}x)" for r in rows[-len(lat):]))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "speed.json").write_text(json.dumps(rows, indent=2))
+    previous = args.out / "speed.json"
+    if previous.exists():  # keep the rows of models not measured now (each model's cells are one run's)
+        measured = set(args.models.split(","))
+        kept = [r for r in json.loads(previous.read_text()) if r["model"] not in measured]
+        order = ["bundled", "vitb32"]
+        rows = sorted(kept + rows, key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
+    previous.write_text(json.dumps(rows, indent=2))
     lines = ["| model | tower | batch | variant | items/s | p50 ms | vs dense |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['tower']} | {r['batch']} | {r['variant']} | {r['throughput']:.1f} | "
               f"{r['p50_ms']:.2f} | {r['vs_dense']:.2f}x |" for r in rows]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from multiprocessing import Pool
 from pathlib import Path
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     tok.save_pretrained(args.out)
     image_processor().save_pretrained(args.out)
     (args.out / "training.json").write_text(json.dumps({
-        "command": "python -m mfdeploy.zoo.train " + " ".join(argv or []),
+        "command": "python -m mfdeploy.zoo.train " + " ".join(sys.argv[1:] if argv is None else argv),
         "seed": args.seed, "scenes": args.scenes, "groups": args.groups, "group_share": args.group_share,
         "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "threads": args.threads,
         "seconds": round(elapsed, 1), "monitor": history,
