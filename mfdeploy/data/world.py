@@ -39,6 +39,7 @@ POSITIONS = (
 _CELL_CENTRES = (16.0, 48.0, 80.0)
 _JITTER = 1.5  # px: an object's centre moves up to this far from its cell's centre
 _COUNT_WORDS = ("one", "two", "three")
+CAPTION_PREFIXES = ("a photo of ", "an image of ", "there is ", "")  # training captions start so
 
 # Disjoint seed ranges: [start, stop)
 SPLITS = {
@@ -108,7 +109,7 @@ class Scene:
             body = " and ".join(article(self.objects[i].phrase(rng, keep)) for i in order)
         if rng.random() < 0.3:
             body = f"{_COUNT_WORDS[len(self.objects) - 1]} object{'s' if len(self.objects) > 1 else ''}: {body}"
-        prefix = ("a photo of ", "an image of ", "there is ", "")[rng.integers(4)]
+        prefix = CAPTION_PREFIXES[rng.integers(len(CAPTION_PREFIXES))]
         return prefix + body + "."
 
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
 from mfdeploy.data import world
+from mfdeploy.eval.metrics import zero_shot_accuracy
 from mfdeploy.zoo.tokenizer import build_tokenizer
 
 MAX_TEXT_LEN = 48
@@ -84,7 +85,8 @@ def contrast_group(index: int, attr: str) -> list[world.Scene]:
                 colour=tuple(world.COLOURS)[rng.integers(len(world.COLOURS))],
                 size=tuple(world.SIZES)[rng.integers(len(world.SIZES))],
                 position=world.POSITIONS[rng.integers(len(world.POSITIONS))])
-    before = sum(len(v) for a, v in CONTRASTS.items() if list(CONTRASTS).index(a) < list(CONTRASTS).index(attr))
+    names = list(CONTRASTS)
+    before = sum(len(CONTRASTS[a]) for a in names[:names.index(attr)])  # seeds of the attributes listed earlier
     first = world.SPLITS["train"][0] + GROUP_SEED_OFFSET + index * _GROUP_STRIDE + before
     return [world.Scene(seed=first + k, objects=(world.Obj(**{**base, attr: v}),)) for k, v in enumerate(values)]
 
@@ -93,7 +95,7 @@ def group_caption(scene: world.Scene, attr: str, rng: np.random.Generator) -> st
     """A caption of a contrast-group member that always names `attr` (sometimes nothing else)."""
     keep = 0.0 if rng.random() < 0.3 else 0.6
     body = world.article(scene.objects[0].phrase(rng, keep, must=attr))
-    return ("a photo of ", "an image of ", "there is ", "")[rng.integers(4)] + body + "."
+    return world.CAPTION_PREFIXES[rng.integers(len(world.CAPTION_PREFIXES))] + body + "."
 
 
 @torch.no_grad()
@@ -102,15 +104,14 @@ def zero_shot(model: CLIPModel, tok, images: np.ndarray, scenes: list[world.Scen
     was_training = model.training
     model.eval()
     img = model.visual_projection(model.vision_model(pixel_values=to_pixels(images)).pooler_output)
-    img = F.normalize(img, dim=-1)
+    img = F.normalize(img, dim=-1).numpy()
     out = {}
     for attr, (classes, template) in world.TASKS.items():
         enc = tok([template.format(c) for c in classes], padding=True, return_tensors="pt")
         txt = model.text_projection(model.text_model(**enc).pooler_output)
-        txt = F.normalize(txt, dim=-1)
-        pred = (img @ txt.t()).argmax(1).numpy()
+        txt = F.normalize(txt, dim=-1).numpy()
         truth = np.array([classes.index(getattr(sc.objects[0], attr)) for sc in scenes])
-        out[attr] = round(float((pred == truth).mean()), 4)
+        out[attr] = round(zero_shot_accuracy(img, txt, truth), 4)
     model.train(was_training)
     return out
 
