@@ -225,12 +225,16 @@ def engine(
     max_batch: Annotated[int, typer.Option(help="Largest batch of the optimisation profiles.")] = 32,
     max_text_len: Annotated[int | None, typer.Option(
         help="Longest text of the profile (default: the model's maximum).")] = None,
+    out_dir: Annotated[Path | None, typer.Option(
+        "--out", help="Where engines, logs and engine.json go (default: ONNX_DIR; a build's are engines/).")] = None,
 ) -> None:
-    """Build TensorRT engines (vision.plan, text.plan) in ONNX_DIR, else print the trtexec commands."""
+    """Build TensorRT engines (vision.plan, text.plan) in ONNX_DIR or --out, else print the trtexec commands."""
     from mfdeploy.export import EngineError, build_engines
 
     with console.status("building TensorRT engines"):
-        record = build_engines(onnx_dir, fp16=fp16, sparse=sparse, max_batch=max_batch, max_text_len=max_text_len)
+        record = build_engines(onnx_dir, fp16=fp16, sparse=sparse, max_batch=max_batch, max_text_len=max_text_len,
+                               out_dir=out_dir)
+    out_dir = out_dir or onnx_dir
     say = {"highlight": False, "soft_wrap": True, "markup": False}
     if record["status"] == "skipped":
         out.print(f"TensorRT engines not built: {record['reason']}. Build them elsewhere by running, "
@@ -241,13 +245,13 @@ def engine(
     for tower, built in record["engines"].items():
         sp, parity = built["sparsity"], built.get("parity")
         check = f", vs ONNX Runtime min cosine {parity['min_cosine']:.5f}" if parity else ""
-        out.print(f"{tower}: {onnx_dir / built['engine']} ({built['bytes'] / 2**20:.1f} MiB, "
+        out.print(f"{tower}: {out_dir / built['engine']} ({built['bytes'] / 2**20:.1f} MiB, "
                   f"{built['build_s']:.0f} s), sparse kernels on {sp['n_picked_sparse']}/{sp['n_eligible']} "
                   f"eligible layers{check}", **say)
     for note in record["notes"]:
         console.print(f"note: {note}", **say)
     if record["status"] == "parity_failed":
-        raise EngineError(f"an engine does not match ONNX Runtime within tolerance: see {onnx_dir / 'engine.json'}")
+        raise EngineError(f"an engine does not match ONNX Runtime within tolerance: see {out_dir / 'engine.json'}")
 
 
 @app.command()

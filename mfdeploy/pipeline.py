@@ -19,8 +19,8 @@ from mfdeploy.io import atomic_dir, check_out_dir, write_json
 from mfdeploy.prune.run import PruneConfig, record_for_json, validate, write_prune_outputs
 from mfdeploy.zoo import is_bundled
 
-STAGES = ("load", "evaluate dense", "export dense", "prune", "export", "parity", "engine", "evaluate pruned",
-          "report")
+STAGES = ("load", "evaluate dense", "export dense", "prune", "export", "parity", "engine", "engine dense",
+          "evaluate pruned", "report")
 
 
 @dataclass
@@ -35,7 +35,7 @@ class BuildConfig:
     max_batch: int = 32
     max_text_len: int | None = None
     eval_data: str | None = None  # None: the shapes suite for the bundled model, no evaluation otherwise
-    dense_onnx: bool = True
+    dense_onnx: bool = True  # also export the dense towers (onnx_dense/) and, on a GPU, build engines_dense/
     force: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -96,6 +96,13 @@ def run_build(cfg: BuildConfig, on_stage=None) -> dict:
         engine = timed("engine", build_engines, tmp / "onnx", fp16=cfg.fp16, sparse=cfg.sparse,
                        max_batch=cfg.max_batch, max_text_len=cfg.max_text_len, out_dir=tmp / "engines",
                        record_file=None)
+        engine_dense = None
+        if cfg.dense_onnx and engine["status"] != "skipped":
+            # the dense baseline `mfdeploy bench` times the trt backend against: same precision and
+            # profiles, dense kernels (the dense weights hold no 2:4 pattern to exploit)
+            engine_dense = timed("engine dense", build_engines, tmp / "onnx_dense", fp16=cfg.fp16, sparse="off",
+                                 max_batch=cfg.max_batch, max_text_len=cfg.max_text_len, out_dir=tmp / "engines_dense",
+                                 record_file=None)
         pruned_eval = timed("evaluate pruned", evaluate_model, adapter, eval_data) if eval_data else None
         evaluation = None
         if pruned_eval is not None and dense_eval is not None:
@@ -117,6 +124,7 @@ def run_build(cfg: BuildConfig, on_stage=None) -> dict:
             "onnx": {"opset": exported.get("opset"), "towers": exported.get("towers")},
             "parity": {"onnx_vs_torch": parity, "engine_vs_onnx": engine.get("parity")},
             "engine": engine,
+            "engine_dense": engine_dense,
             "evaluation": evaluation,
             "timings": timings,
             "versions": _versions(),

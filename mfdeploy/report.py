@@ -53,6 +53,9 @@ def summary_rows(manifest: dict) -> list[tuple[str, str]]:
     eng = manifest.get("engine") or {}
     status = eng.get("status", "unknown")
     rows.append(("TensorRT engines", status + (f": {eng['reason']}" if eng.get("reason") else "")))
+    dense = manifest.get("engine_dense")
+    if dense:
+        rows.append(("TensorRT dense engines (bench baseline)", dense.get("status", "unknown")))
     return rows
 
 

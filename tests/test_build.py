@@ -1,8 +1,10 @@
 """`mfdeploy build` end to end on a tiny model, and its failure modes."""
 
 import json
+from pathlib import Path
 
 import pytest
+from test_engine import fake_trt  # noqa: F401  (the recording fake of polygraphy's TensorRT calls)
 
 from mfdeploy.cli import main
 
@@ -28,6 +30,27 @@ def test_build_tiny(tiny_clip_dir, tmp_path, shapes_pairs_jsonl):
     assert set(ev["retention"]["retrieval"]) == {"i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5"}
     report = (out / "report.md").read_text()
     assert "trtexec" in report and "sparsity.png" in report
+
+
+def test_build_on_a_gpu_also_builds_dense_engines(fake_trt, tiny_clip_dir, tmp_path):  # noqa: F811
+    """With TensorRT present, build makes engines/ (pruned, 2:4 kernels) and engines_dense/ (the bench baseline)."""
+    out = tmp_path / "build"
+    main(["build", "--model", str(tiny_clip_dir), "--ratio", "0.5", "--method", "magnitude", "--pattern", "2:4",
+          "--fp16", "--max-batch", "4", "--out", str(out)])
+    manifest = json.loads((out / "build.json").read_text())
+    assert manifest["engine"]["status"] == "built" and manifest["engine_dense"]["status"] == "built"
+    assert manifest["engine"]["sparse_weights"] == {"vision": True, "text": True}
+    assert manifest["engine_dense"]["sparse_weights"] == {"vision": False, "text": False}
+    # four polygraphy builds: the pruned towers from onnx/, then the dense ones from onnx_dense/, all FP16
+    assert [Path(p).parent.name for p, _ in fake_trt["network"]] == ["onnx", "onnx", "onnx_dense", "onnx_dense"]
+    assert [c["fp16"] for c in fake_trt["config"]] == [True] * 4
+    assert [c["sparse_weights"] for c in fake_trt["config"]] == [True, True, False, False]
+    for d in ("engines", "engines_dense"):
+        for f in ("vision.plan", "text.plan", "vision.trt.log", "text.trt.log"):
+            assert f"{d}/{f}" in manifest["artifacts"], (d, f)
+    for tower in ("vision", "text"):
+        assert manifest["engine_dense"]["parity"][tower]["passed"]
+    assert "dense engines" in (out / "report.md").read_text()
 
 
 def test_build_existing_dir_and_failing_stage(tiny_clip_dir, tmp_path, capsys, monkeypatch):

@@ -315,3 +315,16 @@ def test_cli_engine_bad_inputs(case, dense_dir, tmp_path, capsys):
                 "too long": "--max-text-len 49 exceeds the model's 48", "bad sparse": "--sparse must be one of",
                 "zero batch": "--max-batch must be"}[case]
     assert expected in err
+
+
+def test_cli_engine_out_dir(fake_trt, dense_dir, tmp_path, capsys):
+    """`--out` puts engines, logs and engine.json elsewhere (a build's engines/), leaving ONNX_DIR as it was."""
+    before = sorted(p.name for p in dense_dir.iterdir())
+    out = tmp_path / "engines_dense"
+    main(["engine", str(dense_dir), "--sparse", "off", "--max-batch", "4", "--out", str(out)])
+    printed = capsys.readouterr().out
+    for tower in ("vision", "text"):
+        assert f"{tower}: {out / f'{tower}.plan'}" in printed
+        assert (out / f"{tower}.plan").read_bytes().startswith(b"fake plan")
+    assert json.loads((out / "engine.json").read_text())["status"] == "built"
+    assert sorted(p.name for p in dense_dir.iterdir()) == before

@@ -123,13 +123,21 @@ def test_unavailable_backends_say_why(build_dir):
     except BackendUnavailable as e:
         assert reasons["trt"] == str(e) and reasons["trt"]
     else:  # TensorRT and a GPU, but the fake build has no engines
-        assert "run `mfdeploy engine`" in reasons["trt"]
+        assert "with `mfdeploy engine " in reasons["trt"]
 
 
-def test_trt_without_engines_says_run_engine(build_dir, monkeypatch):
+def test_trt_without_engines_says_how_to_build_them(build_dir, monkeypatch):
     monkeypatch.setattr(trt_runner_mod, "check_tensorrt", lambda: None)
-    with pytest.raises(BackendUnavailable, match=r"no engines in .*engines.*run `mfdeploy engine`"):
+    with pytest.raises(BackendUnavailable, match=r"no engines in .*engines .*with `mfdeploy engine ONNX_DIR`"):
         TrtRunner(build_dir / "engines")
+    # through the registry: the exact command for each variant, with the build's precision
+    fp16, _ = BuildDir(build_dir).tensorrt_flags()
+    flag = " --fp16" if fp16 else ""
+    for variant, onnx, engines, extra in (("pruned", "onnx", "engines", ""),
+                                          ("dense", "onnx_dense", "engines_dense", " --sparse off")):
+        with pytest.raises(BackendUnavailable) as err:
+            make_runner("trt", build_dir, variant=variant)
+        assert str(err.value).endswith(f"`mfdeploy engine {build_dir / onnx} --out {build_dir / engines}{flag}{extra}`")
 
 
 def test_empty_tensorrt_namespace_is_not_tensorrt(monkeypatch):

@@ -187,7 +187,11 @@ def _ort(provider: str) -> Callable[[BuildDir, str, dict], Runner]:
 def _trt(build: BuildDir, variant: str, opts: dict) -> Runner:
     from mfdeploy.serve.trt_runner import TrtRunner
 
-    return TrtRunner(build.engines_dir(variant), towers=opts.get("towers", TOWERS))
+    fp16, _ = build.tensorrt_flags()
+    onnx_dir = build.path / ("onnx" if variant == "pruned" else "onnx_dense")
+    how = (f"mfdeploy engine {onnx_dir} --out {build.engines_dir(variant)}" + (" --fp16" if fp16 else "")
+           + (" --sparse off" if variant == "dense" else ""))
+    return TrtRunner(build.engines_dir(variant), towers=opts.get("towers", TOWERS), how=how)
 
 
 BACKENDS: dict[str, Callable[[BuildDir, str, dict], Runner]] = {

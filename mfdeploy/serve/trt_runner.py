@@ -35,12 +35,14 @@ class TrtRunner(Runner):
     name = "trt"
     device = "cuda:0"
 
-    def __init__(self, engines_dir: str | Path, towers: Sequence[str] = ("vision", "text")):
+    def __init__(self, engines_dir: str | Path, towers: Sequence[str] = ("vision", "text"),
+                 how: str = "mfdeploy engine ONNX_DIR"):
         """Deserialize and activate one engine per tower.
 
         Args:
             engines_dir: directory with `vision.plan` and/or `text.plan`.
             towers: which towers to load.
+            how: the command that builds the engines, for the message when they are missing.
 
         Raises:
             BackendUnavailable: no TensorRT, no CUDA device, no engines, or an
@@ -50,7 +52,8 @@ class TrtRunner(Runner):
         engines_dir = Path(engines_dir)
         missing = [ENGINE_FILES[t] for t in towers if not (engines_dir / ENGINE_FILES[t]).is_file()]
         if missing:
-            raise BackendUnavailable(f"no engines in {engines_dir} ({', '.join(missing)}): run `mfdeploy engine`")
+            raise BackendUnavailable(f"no engines in {engines_dir} ({', '.join(missing)}): build them on this "
+                                     f"machine with `{how}`")
         from polygraphy.backend.common import BytesFromPath
         from polygraphy.backend.trt import EngineFromBytes
         from polygraphy.backend.trt import TrtRunner as PolyTrtRunner
@@ -65,7 +68,7 @@ class TrtRunner(Runner):
                 self.close()
                 raise BackendUnavailable(
                     f"cannot load {path} ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}): "
-                    "rebuild it on this machine with `mfdeploy engine`"
+                    f"rebuild it on this machine with `{how}`"
                 ) from None
             self.runners[tower] = runner
 
