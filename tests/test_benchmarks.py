@@ -14,13 +14,15 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 @pytest.mark.slow
 def test_serve_vitb32_smoke():
-    run = subprocess.run([sys.executable, str(BENCHMARKS / "serve_vitb32.py"), "--smoke", "--rounds", "1",
+    run = subprocess.run([sys.executable, str(BENCHMARKS / "serve_vitb32.py"), "--smoke", "--fusions", "--rounds", "1",
                           "--block", "1"], capture_output=True, text=True, timeout=600,
                          env={**os.environ, "COLUMNS": "200"})  # wide enough that rich does not wrap table cells
     assert run.returncode == 0, run.stderr[-2000:]
     out = run.stdout
     rows = [line for line in out.splitlines() if line.startswith("│ vision") or line.startswith("│ text")]
-    assert len(rows) == 4  # torch and ORT per tower
+    assert len(rows) == 6  # torch, ORT and ORT on the fused graph, per tower
+    assert "transformer optimizer (clip) fused: {'vision': {" in out
+    assert "'Attention': 2" in out  # one fused attention per layer of each 2-layer tower
     ort_rows = [r for r in rows if "onnxruntime cpu" in r]
     assert all("1.000000" in r for r in ort_rows)  # the ONNX graph computes what torch computes
     for layer in ("q/k/v/out proj", "fc1", "fc2"):
