@@ -17,6 +17,7 @@ from mfdeploy.serve import BACKENDS, BackendUnavailable, BuildDir, OrtRunner, Tr
 from mfdeploy.serve import ort_runner as ort_runner_mod
 from mfdeploy.serve import trt_runner as trt_runner_mod
 from mfdeploy.serve.inputs import pixel_values, text_inputs
+from mfdeploy.serve.registry import engine_command
 
 CAPTIONS = ["a red circle", "two small blue squares to the left of a green triangle", "a square"]
 
@@ -138,6 +139,15 @@ def test_trt_without_engines_says_how_to_build_them(build_dir, monkeypatch):
         with pytest.raises(BackendUnavailable) as err:
             make_runner("trt", build_dir, variant=variant)
         assert str(err.value).endswith(f"`mfdeploy engine {build_dir / onnx} --out {build_dir / engines}{flag}{extra}`")
+    # a real build records its engine profiles (also when it skipped the engines): the command repeats them
+    build = BuildDir(build_dir)
+    vision = {"pixel_values": {"min": [1, 3, 32, 32], "opt": [16, 3, 32, 32], "max": [16, 3, 32, 32]}}
+    text = {n: {"min": [1, 1], "opt": [16, 40], "max": [16, 40]} for n in ("input_ids", "attention_mask")}
+    build.manifest = {**build.manifest, "pattern": "2:4",
+                      "engine": {"fp16": True, "profiles": {"vision": vision, "text": text}}}
+    assert engine_command(build, "dense") == (f"mfdeploy engine {build_dir / 'onnx_dense'} --out "
+                                              f"{build_dir / 'engines_dense'} --fp16 --max-batch 16 --max-text-len 40 "
+                                              "--sparse off")
 
 
 def test_empty_tensorrt_namespace_is_not_tensorrt(monkeypatch):

@@ -187,11 +187,28 @@ def _ort(provider: str) -> Callable[[BuildDir, str, dict], Runner]:
 def _trt(build: BuildDir, variant: str, opts: dict) -> Runner:
     from mfdeploy.serve.trt_runner import TrtRunner
 
+    return TrtRunner(build.engines_dir(variant), towers=opts.get("towers", TOWERS), how=engine_command(build, variant))
+
+
+def engine_command(build: BuildDir, variant: str) -> str:
+    """The `mfdeploy engine` command that makes a build's engines (`engines/` or `engines_dense/`) on this machine.
+
+    With the precision and the profile bounds the build recorded (its engine
+    stage computes them even where it skips the build).
+    """
     fp16, _ = build.tensorrt_flags()
     onnx_dir = build.path / ("onnx" if variant == "pruned" else "onnx_dense")
-    how = (f"mfdeploy engine {onnx_dir} --out {build.engines_dir(variant)}" + (" --fp16" if fp16 else "")
-           + (" --sparse off" if variant == "dense" else ""))
-    return TrtRunner(build.engines_dir(variant), towers=opts.get("towers", TOWERS), how=how)
+    profiles = (build.manifest.get("engine") or {}).get("profiles") or {}
+
+    def bound(tower: str, name: str, axis: int) -> int | None:
+        shape = ((profiles.get(tower) or {}).get(name) or {}).get("max") or []
+        return shape[axis] if len(shape) > axis else None
+
+    cmd = f"mfdeploy engine {onnx_dir} --out {build.engines_dir(variant)}" + (" --fp16" if fp16 else "")
+    for flag, value in (("--max-batch", bound("vision", "pixel_values", 0)),
+                        ("--max-text-len", bound("text", "input_ids", 1))):
+        cmd += f" {flag} {value}" if value else ""
+    return cmd + (" --sparse off" if variant == "dense" else "")
 
 
 BACKENDS: dict[str, Callable[[BuildDir, str, dict], Runner]] = {
