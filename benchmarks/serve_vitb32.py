@@ -1,6 +1,6 @@
 """ONNX Runtime CPU vs PyTorch eager on the CLIP ViT-B/32 architecture, with achieved GFLOP/s vs the machine's peak.
 
-    python benchmarks/serve_vitb32.py [--batch 8] [--text-len 77] [--rounds 4] [--block 3] [--threads N]
+    python benchmarks/serve_vitb32.py [--batch 8] [--text-len 77] [--rounds 4] [--block 3] [--threads N] [--fusions]
 
 Builds `CLIPModel(CLIPConfig())` (the ViT-B/32 shapes: 224x224 images, patch
 32, width 768/512, 12+12 layers, 77 text positions; random weights, ~151M
@@ -28,8 +28,9 @@ Why blocks and not call-by-call interleaving (what `mfdeploy bench` does
 for dense vs pruned on one backend): two libraries taking turns disturb
 each other. On this machine a 400x768x768 linear layer ran at 144 GFLOP/s
 in ONNX Runtime back to back and at 85 GFLOP/s when each call followed a
-torch call (torch: 135 vs 128), because the worker threads are woken cold
-each time and the layer's weights no longer sit in cache.
+torch call (torch: 135 vs 128). The likely causes, not isolated further:
+each call wakes cold worker threads, and the layer's weights have left the
+cache.
 
 FLOPs are counted analytically (multiply-add = 2 FLOPs; LayerNorm, softmax,
 GELU, biases and embeddings are left out, under 1% here), per item, for a
@@ -41,8 +42,8 @@ transformer of width W, MLP width M, depth N_l, T tokens:
                + N_l * per layer + 2*W*D projection of the CLS token to D
     text       = N_l * per layer + 2*W*D projection of the EOS token, T = text length
 
-ViT-B/32: vision 8.83 GFLOP per image (4.4 GMAC, the figure usually quoted);
-text at 77 tokens 5.92 GFLOP per text.
+ViT-B/32: vision 8.82 GFLOP per image (4.4 GMAC, the figure usually quoted);
+text at 77 tokens 5.96 GFLOP per text.
 """
 
 from __future__ import annotations
