@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, get_type_hints
 
 import typer
 from rich.console import Console
@@ -62,6 +65,48 @@ DepthShareOpt = Annotated[float, typer.Option("--depth-share", help="MoPE: share
 DistillStepsOpt = Annotated[int, typer.Option("--distill-steps", help="MoPE: distillation steps after pruning.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output directory.")]
 
+# The prune options of `prune` and `build`: parameter -> (declaration, default, PruneConfig field).
+PRUNE_OPTIONS: dict[str, tuple[Any, Any, str]] = {
+    "model": (ModelOpt, None, "model"),
+    "method": (MethodOpt, "multiflow", "method"),
+    "scope": (ScopeOpt, None, "scope"),
+    "pattern": (PatternOpt, None, "pattern"),
+    "calib": (CalibOpt, None, "calib"),
+    "calib_samples": (CalibSamplesOpt, 256, "calib_samples"),
+    "batch_size": (BatchSizeOpt, 32, "batch_size"),
+    "include": (IncludeOpt, None, "include"),
+    "exclude": (ExcludeOpt, None, "exclude"),
+    "seed": (SeedOpt, 0, "seed"),
+    "smax_delta": (SmaxDeltaOpt, 0.1, "ecoflap_smax_delta"),
+    "neuron_group": (NeuronGroupOpt, 64, "mope_neuron_group"),
+    "depth_share": (DepthShareOpt, 0.0, "mope_depth_share"),
+    "distill_steps": (DistillStepsOpt, 0, "distill_steps"),
+}
+
+
+def with_prune_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a command the prune options; it receives them as `prune_opts`, `PruneConfig` keyword arguments.
+
+    Typer reads a command's options from its signature and type hints, so the
+    wrapper presents the command's own parameters (all but `prune_opts`)
+    followed by the shared ones, and gathers the latter back into one dict.
+    """
+    hints = get_type_hints(command, include_extras=True)  # evaluated: this module defers annotations
+    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints[p.name])
+           for p in inspect.signature(command).parameters.values() if p.name != "prune_opts"]
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=declared)
+              for name, (declared, default, _) in PRUNE_OPTIONS.items()]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> None:
+        opts = {field: kwargs.pop(name) for name, (_, _, field) in PRUNE_OPTIONS.items()}
+        opts["include"], opts["exclude"] = opts["include"] or [], opts["exclude"] or []
+        return command(prune_opts=opts, **kwargs)
+
+    wrapper.__signature__ = inspect.Signature(own + shared, return_annotation=None)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in own + shared}
+    return wrapper
+
 
 @app.command()
 def info(model: ModelArg = None) -> None:
@@ -89,32 +134,18 @@ def info(model: ModelArg = None) -> None:
 
 
 @app.command()
+@with_prune_options
 def prune(
     ratio: Annotated[float, typer.Option(help=RatioHelp)],
     out: Annotated[Path, typer.Option(help="Output directory (masks.safetensors, pruned/, prune.json).")],
-    model: ModelOpt = None,
-    method: MethodOpt = "multiflow",
-    scope: ScopeOpt = None,
-    pattern: PatternOpt = None,
-    calib: CalibOpt = None,
-    calib_samples: CalibSamplesOpt = 256,
-    batch_size: BatchSizeOpt = 32,
-    include: IncludeOpt = None,
-    exclude: ExcludeOpt = None,
-    seed: SeedOpt = 0,
-    smax_delta: SmaxDeltaOpt = 0.1,
-    neuron_group: NeuronGroupOpt = 64,
-    depth_share: DepthShareOpt = 0.0,
-    distill_steps: DistillStepsOpt = 0,
     force: ForceOpt = False,
+    *,
+    prune_opts: dict[str, Any],
 ) -> None:
     """Prune a model once (task-agnostic) and write masks, the folded checkpoint and a report."""
     from mfdeploy.prune import PruneConfig, run_prune
 
-    cfg = PruneConfig(ratio=ratio, model=model, method=method, scope=scope, pattern=pattern, calib=calib,
-                      calib_samples=calib_samples, batch_size=batch_size, include=include or [],
-                      exclude=exclude or [], seed=seed, ecoflap_smax_delta=smax_delta,
-                      mope_neuron_group=neuron_group, mope_depth_share=depth_share, distill_steps=distill_steps)
+    cfg = PruneConfig(ratio=ratio, **prune_opts)
     record = run_prune(cfg, out, force=force)
     sp = record["sparsity"]
     mods = ", ".join(f"{k} {v:.3f}" for k, v in sp["per_modality"].items())
@@ -255,41 +286,27 @@ def engine(
 
 
 @app.command()
+@with_prune_options
 def build(
-    model: ModelOpt = None,
     ratio: Annotated[float, typer.Option(help=RatioHelp)] = 0.5,
-    method: MethodOpt = "multiflow",
-    scope: ScopeOpt = None,
-    pattern: PatternOpt = None,
     fp16: Annotated[bool, typer.Option(help="FP16 TensorRT engines (needed for 2:4 sparse tensor cores).")] = False,
     sparse: Annotated[str, typer.Option(help="TensorRT sparse weights: auto | on | off.")] = "auto",
-    calib: CalibOpt = None,
-    calib_samples: CalibSamplesOpt = 256,
-    batch_size: BatchSizeOpt = 32,
-    include: IncludeOpt = None,
-    exclude: ExcludeOpt = None,
-    seed: SeedOpt = 0,
     eval_data: Annotated[str | None, typer.Option("--eval", help="Evaluate dense vs pruned on this data "
                                                      "(default: shapes for the bundled model).")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset (>= 17).")] = 17,
     max_batch: Annotated[int, typer.Option(help="Largest batch of the engines' profiles.")] = 32,
     max_text_len: Annotated[int | None, typer.Option(help="Longest text of the engines' profiles.")] = None,
-    smax_delta: SmaxDeltaOpt = 0.1,
-    neuron_group: NeuronGroupOpt = 64,
-    depth_share: DepthShareOpt = 0.0,
-    distill_steps: DistillStepsOpt = 0,
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("build"),
     force: ForceOpt = False,
+    *,
+    prune_opts: dict[str, Any],
 ) -> None:
     """The whole pipeline: prune, fold, export, engines where possible, evaluate, report."""
     from mfdeploy.pipeline import STAGES, BuildConfig, run_build
     from mfdeploy.prune import PruneConfig
     from mfdeploy.report import summary_table
 
-    pcfg = PruneConfig(ratio=ratio, model=model, method=method, scope=scope, pattern=pattern, calib=calib,
-                       calib_samples=calib_samples, batch_size=batch_size, include=include or [],
-                       exclude=exclude or [], seed=seed, ecoflap_smax_delta=smax_delta,
-                       mope_neuron_group=neuron_group, mope_depth_share=depth_share, distill_steps=distill_steps)
+    pcfg = PruneConfig(ratio=ratio, **prune_opts)
     cfg = BuildConfig(prune=pcfg, out=out, fp16=fp16, sparse=sparse, opset=opset, max_batch=max_batch,
                       max_text_len=max_text_len, eval_data=eval_data, force=force)
     seen: list[str] = []
