@@ -53,6 +53,25 @@ def _artifacts(root: Path) -> dict[str, dict]:
             for p in sorted(root.rglob("*")) if p.is_file() and p.name != "build.json"}
 
 
+def eval_data_for(cfg: BuildConfig) -> str | None:
+    """The evaluation data of a build: `--eval`, else the shapes suite for the bundled model, else none."""
+    return cfg.eval_data or ("shapes" if is_bundled(cfg.prune.model) else None)
+
+
+def planned_stages(cfg: BuildConfig) -> list[str]:
+    """The stages `run_build` will run for `cfg` on this machine, in order (a subset of `STAGES`)."""
+    from mfdeploy.export import engine_status
+
+    skip = set()
+    if eval_data_for(cfg) is None:
+        skip |= {"evaluate dense", "evaluate pruned"}
+    if not cfg.dense_onnx:
+        skip |= {"export dense", "engine dense"}
+    if engine_status()["status"] != "available":
+        skip.add("engine dense")  # the engine stage still runs: it records why and the trtexec commands
+    return [s for s in STAGES if s not in skip]
+
+
 def run_build(cfg: BuildConfig, on_stage=None) -> dict:
     """Run the whole pipeline; returns the manifest written to `cfg.out/build.json`."""
     from mfdeploy.eval import evaluate_model, retention
@@ -68,7 +87,8 @@ def run_build(cfg: BuildConfig, on_stage=None) -> dict:
         raise UserError(f"--sparse {cfg.sparse}: expected auto, on or off")
     out = Path(cfg.out)
     check_out_dir(out, cfg.force)
-    eval_data = cfg.eval_data or ("shapes" if is_bundled(cfg.prune.model) else None)
+    eval_data = eval_data_for(cfg)
+    plan = planned_stages(cfg)
     timings: dict[str, float] = {}
 
     def timed(name: str, fn, *args, **kwargs):
@@ -85,7 +105,7 @@ def run_build(cfg: BuildConfig, on_stage=None) -> dict:
     with atomic_dir(out, cfg.force) as tmp:
         if eval_data is None:
             timings["evaluate_dense_s"] = 0.0
-        if cfg.dense_onnx:
+        if "export dense" in plan:
             timed("export dense", export_towers, adapter, tmp / "onnx_dense", opset=cfg.opset)
         record = timed("prune", prune_model, adapter, cfg.prune)
         write_prune_outputs(adapter, record, tmp)
@@ -97,7 +117,7 @@ def run_build(cfg: BuildConfig, on_stage=None) -> dict:
                        max_batch=cfg.max_batch, max_text_len=cfg.max_text_len, out_dir=tmp / "engines",
                        record_file=None)
         engine_dense = None
-        if cfg.dense_onnx and engine["status"] != "skipped":
+        if "engine dense" in plan:
             # the dense baseline `mfdeploy bench` times the trt backend against: same precision and
             # profiles, dense kernels (the dense weights hold no 2:4 pattern to exploit)
             engine_dense = timed("engine dense", build_engines, tmp / "onnx_dense", fp16=cfg.fp16, sparse="off",

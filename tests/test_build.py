@@ -9,7 +9,7 @@ from test_engine import fake_trt  # noqa: F401  (the recording fake of polygraph
 from mfdeploy.cli import main
 
 
-def test_build_tiny(tiny_clip_dir, tmp_path, shapes_pairs_jsonl):
+def test_build_tiny(tiny_clip_dir, tmp_path, shapes_pairs_jsonl, capsys):
     out = tmp_path / "build"
     main(["build", "--model", str(tiny_clip_dir), "--ratio", "0.5", "--method", "wanda", "--pattern", "2:4",
           "--calib", "shapes", "--calib-samples", "16", "--eval", str(shapes_pairs_jsonl), "--fp16",
@@ -30,9 +30,15 @@ def test_build_tiny(tiny_clip_dir, tmp_path, shapes_pairs_jsonl):
     assert set(ev["retention"]["retrieval"]) == {"i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5"}
     report = (out / "report.md").read_text()
     assert "trtexec" in report and "sparsity.png" in report
+    # progress counts the stages that run here: no "engine dense" without a GPU
+    steps = [line.split("] ", 1) for line in capsys.readouterr().err.splitlines() if line.startswith("[")]
+    names = [name for _, name in steps]
+    assert names == ["load", "evaluate dense", "export dense", "prune", "export", "parity", "engine",
+                     "evaluate pruned", "report"]
+    assert [n for n, _ in steps] == [f"[{i}/9" for i in range(1, 10)]
 
 
-def test_build_on_a_gpu_also_builds_dense_engines(fake_trt, tiny_clip_dir, tmp_path):  # noqa: F811
+def test_build_on_a_gpu_also_builds_dense_engines(fake_trt, tiny_clip_dir, tmp_path, capsys):  # noqa: F811
     """With TensorRT present, build makes engines/ (pruned, 2:4 kernels) and engines_dense/ (the bench baseline)."""
     out = tmp_path / "build"
     main(["build", "--model", str(tiny_clip_dir), "--ratio", "0.5", "--method", "magnitude", "--pattern", "2:4",
@@ -51,6 +57,7 @@ def test_build_on_a_gpu_also_builds_dense_engines(fake_trt, tiny_clip_dir, tmp_p
     for tower in ("vision", "text"):
         assert manifest["engine_dense"]["parity"][tower]["passed"]
     assert "dense engines" in (out / "report.md").read_text()
+    assert "[7/8] engine dense" in capsys.readouterr().err  # a local model without --eval: no evaluate stages
 
 
 def test_build_existing_dir_and_failing_stage(tiny_clip_dir, tmp_path, capsys, monkeypatch):
