@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mfdeploy.errors import MfdeployError, UserError
+from mfdeploy.errors import MfdeployError, UserError, first_line
 from mfdeploy.export.engine_check import compare_with_onnxrt, engine_feeds
 from mfdeploy.export.spec import TOWERS, check_onnx_dir, concrete_shapes, model_limits, onnx_io
 from mfdeploy.export.trtexec import trtexec_commands
@@ -126,9 +126,7 @@ def build_engine(onnx_path: Path, plan_path: Path, inputs: dict[str, dict[str, l
             network = network_from_onnx_path(str(onnx_path))
             engine = engine_from_network(network, config=config, save_timing_cache=str(timing_cache))
         except PolygraphyException as e:
-            text = str(e).strip()
-            raise EngineError(f"TensorRT could not build {onnx_path.name}: "
-                              f"{text.splitlines()[0] if text else type(e).__name__}") from None
+            raise EngineError(f"TensorRT could not build {onnx_path.name}: {first_line(e)}") from None
         finally:
             log_path.write_text("\n".join(lines) + "\n")
     seconds = time.perf_counter() - start

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mfdeploy.errors import first_line
 from mfdeploy.serve.base import BackendUnavailable, Runner
 from mfdeploy.serve.system import cuda_device_count
 
@@ -67,7 +68,7 @@ class TrtRunner(Runner):
             except Exception as e:  # polygraphy raises PolygraphyException on deserialization failures
                 self.close()
                 raise BackendUnavailable(
-                    f"cannot load {path} ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}): "
+                    f"cannot load {path} ({first_line(e)}): "
                     f"rebuild it on this machine with `{how}`"
                 ) from None
             self.runners[tower] = runner
