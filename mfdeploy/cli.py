@@ -302,17 +302,16 @@ def build(
     prune_opts: dict[str, Any],
 ) -> None:
     """The whole pipeline: prune, fold, export, engines where possible, evaluate, report."""
-    from mfdeploy.pipeline import BuildConfig, planned_stages, run_build
+    from mfdeploy.pipeline import BuildConfig, run_build
     from mfdeploy.prune import PruneConfig
     from mfdeploy.report import summary_table
 
     pcfg = PruneConfig(ratio=ratio, **prune_opts)
     cfg = BuildConfig(prune=pcfg, out=out, fp16=fp16, sparse=sparse, opset=opset, max_batch=max_batch,
                       max_text_len=max_text_len, eval_data=eval_data, force=force)
-    plan = planned_stages(cfg)
 
-    def on_stage(name: str) -> None:
-        console.print(f"[bold cyan][{plan.index(name) + 1}/{len(plan)}][/] {name}", highlight=False)
+    def on_stage(name: str, step: int, total: int) -> None:
+        console.print(f"[bold cyan][{step}/{total}][/] {name}", highlight=False)
 
     manifest = run_build(cfg, on_stage=on_stage)
     Console().print(summary_table(manifest, out))

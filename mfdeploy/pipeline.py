@@ -8,6 +8,7 @@ which is renamed into place only when every stage succeeded; `build.json`
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -72,15 +73,18 @@ def planned_stages(cfg: BuildConfig) -> list[str]:
     return [s for s in STAGES if s not in skip]
 
 
-def run_build(cfg: BuildConfig, on_stage=None) -> dict:
-    """Run the whole pipeline; returns the manifest written to `cfg.out/build.json`."""
+def run_build(cfg: BuildConfig, on_stage: Callable[[str, int, int], None] | None = None) -> dict:
+    """Run the whole pipeline; returns the manifest written to `cfg.out/build.json`.
+
+    `on_stage(name, step, total)` is called as each stage starts: its place
+    among the stages that run here (`planned_stages`), counted from 1.
+    """
     from mfdeploy.eval import evaluate_model, retention
     from mfdeploy.export import build_engines, check_parity, export_towers
     from mfdeploy.export.spec import check_opset
     from mfdeploy.models import load
     from mfdeploy.prune.run import prune_model
 
-    stage = on_stage or (lambda _name: None)
     validate(cfg.prune)
     check_opset(cfg.opset)
     if cfg.sparse not in ("auto", "on", "off"):
@@ -90,6 +94,10 @@ def run_build(cfg: BuildConfig, on_stage=None) -> dict:
     eval_data = eval_data_for(cfg)
     plan = planned_stages(cfg)
     timings: dict[str, float] = {}
+
+    def stage(name: str) -> None:
+        if on_stage is not None:
+            on_stage(name, plan.index(name) + 1, len(plan))
 
     def timed(name: str, fn, *args, **kwargs):
         stage(name)
