@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, get_type_hints
@@ -325,6 +327,13 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors end in one line on stderr and exit code 2, never a traceback."""
     import click
 
+    from mfdeploy.io import Terminated
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise Terminated()  # unwinds like Ctrl-C, so temporary outputs are removed (a container stop)
+
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
     try:
         rc = app(args=argv, standalone_mode=False)
         if isinstance(rc, int) and rc != 0:  # typer returns (not raises) the code of Exit and of Ctrl-C
@@ -342,6 +351,12 @@ def main(argv: list[str] | None = None) -> None:
     except (click.exceptions.Abort, KeyboardInterrupt):
         console.print("[bold red]error:[/] interrupted")
         sys.exit(130)
+    except Terminated:
+        console.print("[bold red]error:[/] terminated (SIGTERM); nothing was left half written")
+        sys.exit(143)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

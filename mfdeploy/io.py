@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
@@ -20,30 +21,157 @@ def _umask() -> int:
     return mask
 
 
+# The manifests mfdeploy writes into its output directories: a directory holding one is mfdeploy's.
+MANIFESTS = ("build.json", "prune.json", "export.json", "quantize.json", "engine.json")
+# Every output directory lists the files it was created with, so `--force` can tell them from a user's.
+FILE_LIST = ".mfdeploy-files"
+# Files later commands add to an existing output directory or one of its folders (`mfdeploy bench`
+# into a build, `mfdeploy engine` into an export directory): they are mfdeploy's too.
+ADDED_LATER = ("bench.json", "bench.md", "bench.png", "bench-*.json", "bench-*.md", "bench-*.png",
+               "vision.plan", "text.plan", "vision.trt.log", "text.trt.log", "timing.cache", "engine.json")
+
+
+def _protected(path: Path) -> str | None:
+    """Why `path` may never be replaced, or None: the current directory, its ancestors, home, the root."""
+    real = path.resolve()
+    cwd = Path.cwd().resolve()
+    if real == cwd or real in cwd.parents:
+        return "it is the current directory or one of its parents"
+    if real == Path.home().resolve():
+        return "it is your home directory"
+    if real == Path(real.anchor):
+        return "it is the filesystem root"
+    return None
+
+
+def _listed_files(out: Path) -> set[str] | None:
+    """The files an mfdeploy output directory was created with (relative paths), None if it is not one."""
+    listing = out / FILE_LIST
+    if listing.is_file():
+        return {line for line in listing.read_text(encoding="utf-8").splitlines() if line} | {FILE_LIST}
+    manifests = [out / name for name in MANIFESTS if (out / name).is_file()]
+    if not manifests:
+        return None
+    # Written before the file list existed: trust what the manifests themselves list.
+    known = {m.name for m in manifests}
+    for manifest in manifests:
+        try:
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        for key in ("artifacts", "files"):
+            if isinstance(data, dict) and isinstance(data.get(key), dict):
+                known |= set(data[key])
+    return known
+
+
+def foreign_files(out: Path) -> list[str] | None:
+    """Files and folders under `out` that mfdeploy did not write (relative paths, sorted).
+
+    Returns None when `out` is not an mfdeploy output directory at all (no file list, no manifest).
+    """
+    known = _listed_files(out)
+    if known is None:
+        return None
+    known_dirs = {"."} | {str(Path(k).parent.as_posix()) for k in known}
+    foreign = []
+    for path in sorted(out.rglob("*")):
+        rel = path.relative_to(out).as_posix()
+        if path.is_dir() and not path.is_symlink():
+            if not any(k.startswith(rel + "/") for k in known) and not any(path.iterdir()):
+                foreign.append(rel + "/")  # an empty folder nobody listed
+            continue
+        if rel in known:
+            continue
+        parent, name = str(Path(rel).parent.as_posix()), path.name
+        if parent in known_dirs and any(fnmatch.fnmatchcase(name, g) for g in ADDED_LATER):
+            continue  # e.g. bench.json in a build, engines/vision.plan beside the engines mfdeploy listed
+        foreign.append(rel)
+    return foreign
+
+
 def check_out_dir(out: Path, force: bool) -> None:
-    """An existing output directory is an error unless `force`."""
-    if out.exists() and not force:
-        raise UserError(f"{out} already exists: pass --force to overwrite it")
+    """Refuse an output path that exists, unless `force` and it is safe to replace.
+
+    `--force` replaces only an empty directory or one mfdeploy wrote (it holds one of
+    `MANIFESTS`) and that holds nothing else; never the current directory, one of its
+    parents, the home directory, the root, a symlink or a file.
+
+    Raises:
+        UserError: one line saying why `out` cannot be used; nothing is touched.
+    """
+    out = Path(out)
     if not out.parent.exists():
         raise UserError(f"{out.parent}: parent directory does not exist")
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not force:
+        raise UserError(f"{out} already exists: pass --force to replace it (only a directory mfdeploy wrote "
+                        "is replaced)")
+    why = _protected(out)
+    if why is None and out.is_symlink():
+        why = "it is a symbolic link"
+    if why is None and not out.is_dir():
+        why = "it is a file, not a directory"
+    if why:
+        raise UserError(f"--force will not replace {out}: {why}; choose another --out")
+    if not any(out.iterdir()):
+        return
+    foreign = foreign_files(out)
+    if foreign is None:
+        raise UserError(f"--force will not replace {out}: mfdeploy did not write it (it holds none of "
+                        f"{', '.join(MANIFESTS)}); choose another --out or empty it yourself")
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise UserError(f"--force will not replace {out}: it holds files mfdeploy did not write ({shown}); "
+                        "move them out first")
+
+
+def _publish(tmp: Path) -> None:
+    """Give an output tree normal permissions and record its files in `FILE_LIST`."""
+    mask = _umask()
+    files = []
+    for path in sorted(tmp.rglob("*")):
+        if path.is_symlink():
+            continue
+        # mkdtemp makes folders 0700 and safetensors writes 0600: outputs are shared artifacts
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+        if path.is_file():
+            files.append(path.relative_to(tmp).as_posix())
+    tmp.chmod(0o777 & ~mask)
+    listing = tmp / FILE_LIST
+    listing.write_text("".join(f + "\n" for f in [*files, FILE_LIST]), encoding="utf-8")
+    listing.chmod(0o666 & ~mask)
+
+
+class Terminated(BaseException):
+    """Raised by the CLI's SIGTERM handler, so every `finally` (temporary outputs) runs as on Ctrl-C."""
 
 
 @contextmanager
 def atomic_dir(out: Path, force: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of `out`; it replaces `out` only if the block succeeds.
 
-    On any exception (or Ctrl-C) the temporary directory is removed and `out`
-    is left as it was: never a half-written output.
+    On any exception, Ctrl-C or SIGTERM (`Terminated`) the temporary directory
+    is removed and `out` is left as it was: never a half-written output.
+    `out` is checked with `check_out_dir` before the block and again before
+    it is replaced (it may have changed meanwhile).
     """
     out = Path(out)
     check_out_dir(out, force)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; outputs are shared artifacts
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        _publish(tmp)
+        if out.exists() or out.is_symlink():
+            check_out_dir(out, force)
+            # move the old tree aside first, so that `out` is never missing nor half deleted
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -75,12 +75,22 @@ def test_build_existing_dir_and_failing_stage(tiny_clip_dir, tmp_path, capsys, m
 
         raise MfdeployError("simulated export failure")
 
+    # --force never replaces a directory holding a user's file...
+    with pytest.raises(SystemExit) as e:
+        main(["build", "--model", str(tiny_clip_dir), "--method", "magnitude", "--out", str(out), "--force"])
+    assert e.value.code == 2 and "mfdeploy did not write it" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "user data" and list(out.iterdir()) == [out / "keep.txt"]
+
+    # ...and a failing stage leaves an earlier build as it was
+    (out / "keep.txt").unlink()
+    main(["build", "--model", str(tiny_clip_dir), "--method", "magnitude", "--out", str(out), "--force"])
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     monkeypatch.setattr(export_mod, "check_parity", broken, raising=False)
     with pytest.raises(SystemExit) as e:
         main(["build", "--model", str(tiny_clip_dir), "--method", "magnitude", "--out", str(out), "--force"])
     assert e.value.code == 2 and "simulated export failure" in capsys.readouterr().err
     # the old directory is untouched and no temporary directory is left behind
-    assert (out / "keep.txt").read_text() == "user data" and list(out.iterdir()) == [out / "keep.txt"]
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["build"]
 
 

@@ -179,10 +179,10 @@ def test_cli_force_replaces(tmp_path, tiny_clip_dir, monkeypatch):
     monkeypatch.setattr(pipeline, "check_parity", lambda *a, **k: {"vision": {"min_cosine": 1.0},
                                                                   "text": {"min_cosine": 1.0}})
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "stale.txt").write_text("old")
+    main(["export", str(tiny_clip_dir), "--out", str(out)])
+    (out / "vision.onnx").write_bytes(b"stale")  # a file of the earlier export: it is mfdeploy's to replace
     main(["export", str(tiny_clip_dir), "--out", str(out), "--force"])
-    assert (out / "vision.onnx").is_file() and not (out / "stale.txt").exists()
+    assert (out / "vision.onnx").read_bytes() != b"stale"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 

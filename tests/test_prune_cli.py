@@ -19,7 +19,8 @@ def test_prune_writes_outputs(tiny_clip_dir, tmp_path, capsys):
     out = tmp_path / "p"
     main(["prune", "--model", str(tiny_clip_dir), "--ratio", "0.5", "--calib", "shapes", "--calib-samples", "16",
           "--batch-size", "8", "--out", str(out)])
-    assert {p.name for p in out.iterdir()} == {"masks.safetensors", "pruned", "prune.json", "sparsity.png"}
+    assert {p.name for p in out.iterdir()} == {"masks.safetensors", "pruned", "prune.json", "sparsity.png",
+                                            ".mfdeploy-files"}
     record = json.loads((out / "prune.json").read_text())
     assert record["method"] == "multiflow" and record["calibration"]["samples"] == 16
     assert abs(record["sparsity"]["overall"] - 0.5) < 0.005
