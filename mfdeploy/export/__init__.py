@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from mfdeploy._callable import make_callable
+
 _WHERE = {
     # ONNX export and parity
     "export_model": "pipeline",
@@ -51,3 +53,6 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted([*globals(), *_WHERE])
+
+
+make_callable(__name__, "export")

@@ -19,6 +19,7 @@ from mfdeploy.errors import UserError
 from mfdeploy.export.onnx_export import export_towers
 from mfdeploy.export.parity import MIN_COSINE, check_parity
 from mfdeploy.export.spec import MANIFEST_FILE, MIN_OPSET, check_opset
+from mfdeploy.models.base import Adapter
 
 _VERSIONS = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime", "polygraphy", "tensorrt",
              "nvidia-modelopt")
@@ -42,13 +43,13 @@ def file_records(directory: Path) -> dict[str, dict[str, Any]]:
             for p in sorted(Path(directory).iterdir()) if p.is_file()}
 
 
-def export_model(source: str | Path | None, out: Path, opset: int = MIN_OPSET, force: bool = False,
+def export_model(source: str | Path | Adapter | None, out: Path, opset: int = MIN_OPSET, force: bool = False,
                  external_data: bool | None = None, n_parity: int = 16, exporter: str = "torchscript",
                  min_cosine: float = MIN_COSINE, on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Export a model (hub id, checkpoint or prune/build directory) to `out` and check it.
 
     Args:
-        source: anything `mfdeploy.models.load` accepts (None: the bundled model).
+        source: anything `mfdeploy.models.load` accepts (None: the bundled model), or a loaded Adapter.
         out: output directory; it must not exist unless `force`.
         opset: ONNX opset (>= 17).
         force: replace an existing `out`.
@@ -75,7 +76,7 @@ def export_model(source: str | Path | None, out: Path, opset: int = MIN_OPSET, f
         raise UserError(f"{out} exists and is not a directory")
     check_out_dir(out, force)
     step("loading model")
-    adapter = load(source)
+    adapter = source if isinstance(source, Adapter) else load(source)
     timings: dict[str, float] = {}
     with atomic_dir(out, force) as tmp:
         step("exporting towers to ONNX")

@@ -1,5 +1,9 @@
-"""Prune stage: activation statistics, criteria, layer budgets, N:M patterns, masks."""
+"""Prune stage: activation statistics, criteria, layer budgets, N:M patterns, masks.
 
+The package is callable: `mfdeploy.prune(model, ...)` is `mfdeploy.api.prune`.
+"""
+
+from mfdeploy._callable import make_callable
 from mfdeploy.prune.budgets import layer_budgets
 from mfdeploy.prune.criteria import METHODS, magnitude_score, multiflow_score, random_score, wanda_score
 from mfdeploy.prune.masks import apply_masks, compute_masks, load_masks, save_masks, sparsity_report
@@ -12,3 +16,5 @@ __all__ = [
     "load_masks", "magnitude_score", "mask_layer", "mask_nm", "mask_rows", "multiflow_score", "parse_pattern",
     "prune_model", "random_score", "run_prune", "save_masks", "sparsity_report", "wanda_score",
 ]
+
+make_callable(__name__, "prune")

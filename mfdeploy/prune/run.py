@@ -90,14 +90,17 @@ def calibration_source(cfg: PruneConfig, needs: bool) -> CalibSource | None:
     return source
 
 
-def prune_model(adapter: Adapter, cfg: PruneConfig) -> dict:
-    """Compute masks and fold them into `adapter.model` in place. Returns the record for prune.json."""
+def prune_model(adapter: Adapter, cfg: PruneConfig, source: CalibSource | None = None) -> dict:
+    """Compute masks and fold them into `adapter.model` in place. Returns the record for prune.json.
+
+    `source` overrides `cfg.calib` (the Python API's in-memory pairs or batches).
+    """
     pattern = validate(cfg)
     layers = adapter.prunable_layers(cfg.include or None, cfg.exclude or None)
     if not layers:
         raise UserError("no prunable layers left after --include/--exclude")
     needs_calib = cfg.method in SPECIAL_METHODS or METHODS[cfg.method].needs_activations
-    source = calibration_source(cfg, needs_calib)
+    source = source or calibration_source(cfg, needs_calib)
     timings: dict[str, float] = {}
     record: dict = {}
     with progress_display(cfg.show_progress) as prog:

@@ -1,0 +1,165 @@
+"""The Python API: prune, export and evaluate a Hugging Face CLIP model held in memory.
+
+The CLI verbs work on paths; these functions take what a notebook or a
+training script already holds: a `transformers.CLIPModel` (any dtype, any
+device, fine-tuned or not) with its tokenizer and image processor, or an
+adapter from `mfdeploy.load`.
+
+    import mfdeploy
+    model = mfdeploy.load()                       # the bundled model, or a hub id / local path
+    result = mfdeploy.prune(model, ratio=0.5, calib="shapes")
+    print(result.sparsity["overall"])             # 0.5: the model is pruned in place
+    mfdeploy.export(model, "onnx_out")            # vision.onnx, text.onnx, export.json
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mfdeploy.errors import UserError
+from mfdeploy.models.base import Adapter
+
+ModelLike = Any  # a transformers CLIPModel or a mfdeploy Adapter
+
+
+@dataclass
+class PruneResult:
+    """What `prune` did: the masks it applied, the achieved sparsity, and the full record (prune.json's)."""
+
+    masks: dict[str, torch.Tensor]  # parameter name -> bool tensor shaped like the weight, True = keep
+    sparsity: dict  # overall, per modality, per layer
+    record: dict = field(repr=False)  # everything `mfdeploy prune` writes to prune.json
+
+    def save_masks(self, path: str | Path) -> Path:
+        """Write the masks as `masks.safetensors` (metadata in the header), atomically."""
+        from mfdeploy.io import atomic_file
+        from mfdeploy.prune.masks import save_masks
+
+        meta = {k: self.record[k] for k in ("method", "ratio", "pattern", "seed")}
+        meta["model_id"] = self.record["model"]
+        return atomic_file(Path(path), lambda tmp: save_masks(tmp, self.masks, meta))
+
+
+def load(source: str | Path | None = None) -> Adapter:
+    """Load a checkpoint: a hub id, a local directory, a prune/build directory, or None (bundled model)."""
+    from mfdeploy.models import load as load_adapter
+
+    return load_adapter(source)
+
+
+def adapter_for(model: ModelLike, tokenizer: Any = None, processor: Any = None,
+                model_id: str | None = None) -> Adapter:
+    """An Adapter over an in-memory `CLIPModel` (or the adapter itself, unchanged).
+
+    Args:
+        model: a `transformers.CLIPModel` or an Adapter.
+        tokenizer: the model's tokenizer (needed to calibrate from image-caption pairs, export, evaluate).
+        processor: the model's image processor (same).
+        model_id: the name recorded in reports (default: the config's `_name_or_path`).
+    """
+    if isinstance(model, Adapter):
+        return model
+    from transformers import CLIPModel
+
+    from mfdeploy.models.clip import CLIPAdapter
+
+    if not isinstance(model, CLIPModel):
+        raise UserError(f"expected a transformers CLIPModel or a mfdeploy adapter, got {type(model).__name__}")
+    source = model_id or getattr(model.config, "_name_or_path", "") or "in-memory CLIPModel"
+    if model_id:
+        model.config._name_or_path = model_id
+    return CLIPAdapter(model, tokenizer, processor, source=source)
+
+
+def _calib_source(adapter: Adapter, calib: Any, n: int):
+    """A calibration source from what a Python user holds: a path, "shapes", pairs, or model-input batches."""
+    from mfdeploy.data.batching import Batch, CalibSource, make_batch, parse_calib
+
+    if calib is None or isinstance(calib, (str, Path)):
+        return parse_calib(None if calib is None else str(calib))
+    items = list(calib) if isinstance(calib, Iterable) else None
+    if not items:
+        raise UserError("calib: expected 'shapes', a JSONL path, (image, caption) pairs or input batches")
+    if isinstance(items[0], Mapping | Batch):
+        batches = [b if isinstance(b, Batch) else
+                   Batch(b["pixel_values"].float(), b["input_ids"].long(), b["attention_mask"].long())
+                   for b in items]
+        return CalibSource("memory", batches=tuple(batches))
+    if adapter.tokenizer is None or adapter.image_processor is None:
+        raise UserError("calibrating from (image, caption) pairs needs the model's tokenizer= and processor=")
+    pairs = items[:n]
+    batches = [make_batch(adapter, [p[0] for p in pairs[i:i + 32]], [p[1] for p in pairs[i:i + 32]])
+               for i in range(0, len(pairs), 32)]
+    return CalibSource("memory", batches=tuple(batches))
+
+
+def prune(model: ModelLike, ratio: float = 0.5, method: str = "multiflow", *, pattern: str | None = None,
+          calib: Any = None, tokenizer: Any = None, processor: Any = None, calib_samples: int = 256,
+          batch_size: int = 32, include: Sequence[str] = (), exclude: Sequence[str] = (), seed: int = 0,
+          progress: bool = False, **options: Any) -> PruneResult:
+    """Prune a model in place, once, task-agnostically.
+
+    Args:
+        model: a `transformers.CLIPModel` or an adapter from `load`; its weights are
+            masked in place (`weight *= mask`; copy it first to keep the dense one).
+        ratio: fraction of prunable weights to remove, in (0, 1).
+        method: multiflow | magnitude | wanda | random | ecoflap | mope.
+        pattern: "2:4" for the semi-structured pattern (ratio 0.5), None for unstructured.
+        calib: "shapes" (bundled model), a JSONL path of image-caption pairs, a list of
+            `(PIL.Image, caption)` pairs, or a list of model-input batches (dicts with
+            `pixel_values`, `input_ids`, `attention_mask`). Needed by every method but
+            random and magnitude.
+        tokenizer, processor: the model's own, for a `CLIPModel` calibrated from pairs or files.
+        calib_samples, batch_size: calibration pairs used, and pairs per forward pass.
+        include, exclude: fnmatch globs over prunable layer names.
+        seed: seeds the random score and ECoFLaP's perturbations.
+        progress: show progress bars on stderr.
+        **options: further `PruneConfig` fields (e.g. `scope`, `ecoflap_smax_delta`,
+            `mope_depth_share`, `distill_steps`).
+
+    Returns:
+        A `PruneResult`; `result.record` is what `mfdeploy prune` writes to prune.json.
+    """
+    from mfdeploy.prune.run import PruneConfig, prune_model, record_for_json
+
+    adapter = adapter_for(model, tokenizer, processor)
+    source = _calib_source(adapter, calib, calib_samples)
+    try:
+        cfg = PruneConfig(ratio=ratio, model=adapter.model_id, method=method, pattern=pattern,
+                          calib=str(calib) if isinstance(calib, (str, Path)) else None,
+                          calib_samples=calib_samples, batch_size=batch_size, include=list(include),
+                          exclude=list(exclude), seed=seed, show_progress=progress, **options)
+    except TypeError as e:
+        raise UserError(f"prune: {e}") from None
+    record = prune_model(adapter, cfg, source=source)
+    return PruneResult(masks=record.get("_masks") or {}, sparsity=record["sparsity"],
+                       record=record_for_json(record))
+
+
+def export(model: ModelLike, out_dir: str | Path, *, tokenizer: Any = None, processor: Any = None,
+           opset: int = 17, force: bool = False) -> dict:
+    """Export both towers to ONNX in `out_dir` (vision.onnx, text.onnx, export.json), parity-checked.
+
+    Returns:
+        The manifest written to `out_dir/export.json`.
+    """
+    from mfdeploy.export.pipeline import export_model
+
+    return export_model(adapter_for(model, tokenizer, processor), Path(out_dir), opset=opset, force=force)
+
+
+def evaluate(model: ModelLike, data: str | Path = "shapes", *, tokenizer: Any = None, processor: Any = None,
+             backend: str = "torch") -> dict:
+    """Zero-shot accuracy and retrieval recall on "shapes", a JSONL of pairs, or an image folder."""
+    from mfdeploy.eval import evaluate_model
+
+    source = model if isinstance(model, (str, Path)) or model is None else adapter_for(model, tokenizer, processor)
+    return evaluate_model(source, data, backend)
+
+
+__all__ = ["PruneResult", "adapter_for", "evaluate", "export", "load", "prune"]
