@@ -230,18 +230,26 @@ def bench(
     from mfdeploy.errors import UserError
     from mfdeploy.serve.bench import parse_batch_sizes, parse_list, run_bench
     from mfdeploy.serve.registry import BACKENDS, TOWERS
+    from mfdeploy.serve.stability import load_average, warning
 
     names = parse_list(backends, "backends", list(BACKENDS)) if backends is not None else None
+    written: dict[str, Any] = {}
+    load_start = load_average()
     rows = run_bench(
         build_dir, backends=names, towers=parse_list(towers, "towers", list(TOWERS)),
         batch_sizes=parse_batch_sizes(batch_sizes), text_len=text_len, warmup=warmup, iters=iters,
-        threads=threads, dense=dense, min_time=min_time, json_path=json_path,
+        threads=threads, dense=dense, min_time=min_time, json_path=json_path, on_written=written.update,
     )
     if not any("throughput" in r for r in rows):
         reasons = "; ".join(f"{r['backend']}: {r['reason']}" for r in rows if r.get("status") == "unavailable")
         raise UserError(f"no requested backend can run on this machine ({reasons}); see {build_dir / 'bench.md'}")
-    console.print(f"wrote {build_dir / 'bench.json'}, bench.md, bench.png" + (f" and {json_path}" if json_path else ""),
-                  soft_wrap=True, highlight=False)
+    kept = written.get("previous") or []
+    console.print(f"wrote {build_dir / 'bench.json'}, bench.md, bench.png" + (f" and {json_path}" if json_path else "")
+                  + (f"; the previous report is kept as {', '.join(p.name for p in kept)}" if kept else ""),
+                  soft_wrap=True, highlight=False, markup=False)
+    unstable = warning(rows, {"load_avg_start": load_start, "load_avg_end": load_average()})
+    if unstable:
+        console.print(f"[yellow]warning:[/] {unstable}", soft_wrap=True, highlight=False)
 
 
 @app.command()
