@@ -7,7 +7,7 @@ the eval split, one object each) again with only the background level
 changed, and scores the four zero-shot tasks on each. Accuracy only, no
 timing: the machine's load does not matter.
 
-    python benchmarks/backgrounds.py               # 1000 images per background, about a minute on 2 cores
+    python benchmarks/backgrounds.py               # 1000 images per background
     python benchmarks/backgrounds.py --images 200 --json out.json
 """
 
