@@ -219,14 +219,19 @@ def bench(
         help="Tokens per text (default 16, capped at the model's maximum).")] = None,
     warmup: Annotated[int, typer.Option(help="Untimed calls per variant before timing each cell.")] = 3,
     iters: Annotated[int, typer.Option(help="Minimum timed calls per variant and cell.")] = 20,
-    min_time: Annotated[float, typer.Option(help="Minimum timed seconds per variant and cell.")] = 0.5,
+    min_time: Annotated[float, typer.Option(
+        help="Minimum timed seconds per variant and cell (longer: steadier numbers).")] = 0.5,
     threads: Annotated[int | None, typer.Option(
         help="CPU threads for torch and ONNX Runtime (default: physical cores).")] = None,
     dense: Annotated[bool, typer.Option(
         "--dense/--no-dense", help="Also time the dense model, interleaved with the pruned one.")] = True,
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the JSON rows here.")] = None,
 ) -> None:
-    """Throughput and latency of every backend, pruned vs dense; writes bench.json/.md/.png into BUILD_DIR."""
+    """Throughput and latency of every backend, pruned vs dense; writes bench.json/.md/.png into BUILD_DIR.
+
+    An earlier report there is kept, renamed bench-<UTC time it was written>.json/.md/.png. Cells whose p95 latency
+    exceeds 2x p50 are flagged as unstable (a busy machine): see README, bench, for steadier numbers.
+    """
     from mfdeploy.errors import UserError
     from mfdeploy.serve.bench import parse_batch_sizes, parse_list, run_bench
     from mfdeploy.serve.registry import BACKENDS, TOWERS
