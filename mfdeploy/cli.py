@@ -16,9 +16,19 @@ from rich.console import Console
 from rich.table import Table
 
 from mfdeploy import __version__
+from mfdeploy.cli_help import Command, Group
 from mfdeploy.errors import MfdeployError
 
-app = typer.Typer(
+
+class _App(typer.Typer):
+    """typer.Typer whose commands render their help the usual way (`mfdeploy.cli_help`)."""
+
+    def command(self, *args: Any, cls: Any = None, **kwargs: Any) -> Any:  # noqa: D102
+        return super().command(*args, cls=cls or Command, **kwargs)
+
+
+app = _App(
+    cls=Group,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -58,13 +68,16 @@ PatternOpt = Annotated[str | None, typer.Option("--pattern", help="Semi-structur
 CalibOpt = Annotated[str | None, typer.Option("--calib", help="'shapes' or a JSONL of image-caption pairs.")]
 CalibSamplesOpt = Annotated[int, typer.Option("--calib-samples", help="Calibration pairs.")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Calibration batch size.")]
-IncludeOpt = Annotated[list[str] | None, typer.Option("--include", help="Only prune layers matching this glob.")]
-ExcludeOpt = Annotated[list[str] | None, typer.Option("--exclude", help="Never prune layers matching this glob.")]
+IncludeOpt = Annotated[list[str] | None, typer.Option(
+    "--include", metavar="GLOB", help="Only prune layers matching this glob; repeat for more.")]
+ExcludeOpt = Annotated[list[str] | None, typer.Option(
+    "--exclude", metavar="GLOB", help="Never prune layers matching this glob; repeat for more.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed (random criterion, ECoFLaP perturbations).")]
 SmaxDeltaOpt = Annotated[float, typer.Option("--smax-delta", help="ECoFLaP: cap s_max = ratio + this.")]
 NeuronGroupOpt = Annotated[int, typer.Option("--neuron-group", help="MoPE: MLP neurons per group.")]
 DepthShareOpt = Annotated[float, typer.Option("--depth-share", help="MoPE: share of the ratio taken by whole layers.")]
 DistillStepsOpt = Annotated[int, typer.Option("--distill-steps", help="MoPE: distillation steps after pruning.")]
+# Every command's --force: naming only "--force" makes it a plain flag (no --no-force twin).
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output directory.")]
 
 # The prune options of `prune` and `build`: parameter -> (declaration, default, PruneConfig field).
@@ -159,7 +172,9 @@ def prune(
 @app.command("eval")
 def eval_(
     model: ModelArg = None,
-    data: Annotated[str, typer.Option(help="'shapes', a JSONL of image-caption pairs, or an image folder.")] = "shapes",
+    data: Annotated[str, typer.Option(
+        help="'shapes', a JSONL of image-caption pairs, or an image folder with one sub-folder per class "
+             "(see above).")] = "shapes",
     backend: Annotated[str, typer.Option(help="torch | onnx (ONNX Runtime on the CPU).")] = "torch",
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON here.")] = None,
     template: Annotated[
@@ -171,7 +186,13 @@ def eval_(
     images: Annotated[int, typer.Option(help="Shapes suite: single-object images for the attribute tasks.")] = 1000,
     pairs: Annotated[int, typer.Option(help="Shapes suite: image-caption pairs for retrieval.")] = 1000,
 ) -> None:
-    """Zero-shot accuracy and retrieval recall of a model; retention against the dense model when known."""
+    """Zero-shot accuracy and retrieval recall of a model; retention against the dense model when known.
+
+    An image folder (--data FOLDER) holds one sub-folder per class, at least two, each named after its class and
+    holding that class's images (.png, .jpg, .jpeg, .bmp, .gif, .webp, .tif): FOLDER/cat/001.jpg,
+    FOLDER/dog/002.png, ... The sub-folder's name, with '_' read as a space, fills the prompt template
+    (--template, default 'a photo of a {}.'); the score is zero-shot accuracy over every image.
+    """
     from mfdeploy.eval import evaluate_with_retention, results_table, write_json
     from mfdeploy.eval.report import check_json_target
 
@@ -200,29 +221,42 @@ def bench(
         help="Tokens per text (default 16, capped at the model's maximum).")] = None,
     warmup: Annotated[int, typer.Option(help="Untimed calls per variant before timing each cell.")] = 3,
     iters: Annotated[int, typer.Option(help="Minimum timed calls per variant and cell.")] = 20,
-    min_time: Annotated[float, typer.Option(help="Minimum timed seconds per variant and cell.")] = 0.5,
+    min_time: Annotated[float, typer.Option(
+        help="Minimum timed seconds per variant and cell (longer: steadier numbers).")] = 0.5,
     threads: Annotated[int | None, typer.Option(
         help="CPU threads for torch and ONNX Runtime (default: physical cores).")] = None,
     dense: Annotated[bool, typer.Option(
         "--dense/--no-dense", help="Also time the dense model, interleaved with the pruned one.")] = True,
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the JSON rows here.")] = None,
 ) -> None:
-    """Throughput and latency of every backend, pruned vs dense; writes bench.json/.md/.png into BUILD_DIR."""
+    """Throughput and latency of every backend, pruned vs dense; writes bench.json/.md/.png into BUILD_DIR.
+
+    An earlier report there is kept, renamed bench-<UTC time it was written>.json/.md/.png. Cells whose p95 latency
+    exceeds 2x p50 are flagged as unstable (a busy machine): see README, bench, for steadier numbers.
+    """
     from mfdeploy.errors import UserError
     from mfdeploy.serve.bench import parse_batch_sizes, parse_list, run_bench
     from mfdeploy.serve.registry import BACKENDS, TOWERS
+    from mfdeploy.serve.stability import load_average, warning
 
     names = parse_list(backends, "backends", list(BACKENDS)) if backends is not None else None
+    written: dict[str, Any] = {}
+    load_start = load_average()
     rows = run_bench(
         build_dir, backends=names, towers=parse_list(towers, "towers", list(TOWERS)),
         batch_sizes=parse_batch_sizes(batch_sizes), text_len=text_len, warmup=warmup, iters=iters,
-        threads=threads, dense=dense, min_time=min_time, json_path=json_path,
+        threads=threads, dense=dense, min_time=min_time, json_path=json_path, on_written=written.update,
     )
     if not any("throughput" in r for r in rows):
         reasons = "; ".join(f"{r['backend']}: {r['reason']}" for r in rows if r.get("status") == "unavailable")
         raise UserError(f"no requested backend can run on this machine ({reasons}); see {build_dir / 'bench.md'}")
-    console.print(f"wrote {build_dir / 'bench.json'}, bench.md, bench.png" + (f" and {json_path}" if json_path else ""),
-                  soft_wrap=True, highlight=False)
+    kept = written.get("previous") or []
+    console.print(f"wrote {build_dir / 'bench.json'}, bench.md, bench.png" + (f" and {json_path}" if json_path else "")
+                  + (f"; the previous report is kept as {', '.join(p.name for p in kept)}" if kept else ""),
+                  soft_wrap=True, highlight=False, markup=False)
+    unstable = warning(rows, {"load_avg_start": load_start, "load_avg_end": load_average()})
+    if unstable:
+        console.print(f"[yellow]warning:[/] {unstable}", soft_wrap=True, highlight=False)
 
 
 @app.command()
@@ -235,7 +269,7 @@ def export(
     external_data: Annotated[bool | None, typer.Option(
         "--external-data/--no-external-data",
         help="Weights in .onnx.data files (default: only for models near protobuf's 2 GB limit).")] = None,
-    force: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
+    force: ForceOpt = False,
 ) -> None:
     """Export the vision and text towers to ONNX, check them against PyTorch, write export.json."""
     from mfdeploy.export import export_model
@@ -325,7 +359,7 @@ def build(
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors end in one line on stderr and exit code 2, never a traceback."""
-    import click
+    from mfdeploy.cli_help import usage_errors
 
     from mfdeploy.io import Terminated
 
@@ -343,12 +377,12 @@ def main(argv: list[str] | None = None) -> None:
     except MfdeployError as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except click.exceptions.ClickException as e:
-        e.show()
+    except usage_errors() as e:  # a bad command line: typer's own "Usage: ... Error: ..." lines, exit 2
+        e.show()  # type: ignore[attr-defined]
+        sys.exit(getattr(e, "exit_code", 2))
+    except typer.Exit as e:
         sys.exit(e.exit_code)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         console.print("[bold red]error:[/] interrupted")
         sys.exit(130)
     except Terminated:

@@ -18,6 +18,7 @@ from mfdeploy.errors import UserError
 from mfdeploy.serve.base import BackendUnavailable, Runner
 from mfdeploy.serve.inputs import DEFAULT_TEXT_LEN, pixel_values, text_inputs
 from mfdeploy.serve.registry import BACKENDS, TOWERS, BuildDir, check_backends, make_runner
+from mfdeploy.serve.stability import load_average, spread_reason
 from mfdeploy.serve.system import current_rss_mb, peak_rss_mb, physical_cores
 
 DEFAULT_BATCH_SIZES = (1, 8, 32)
@@ -137,6 +138,7 @@ def run_bench(
     write: bool = True,
     show: bool = True,
     progress: bool = True,
+    on_written: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Benchmark a build's backends, pruned against dense, and write the reports.
 
@@ -156,12 +158,16 @@ def run_bench(
         write: write bench.json, bench.md and bench.png into the build directory.
         show: print the table (rich) to stdout.
         progress: show a progress bar on stderr.
+        on_written: called with `report.write_reports`'s paths once the
+            reports are written (`"previous"`: where the last report was moved).
 
     Returns:
         Measurement rows `{backend, tower, variant, batch, text_len, throughput
         (items/s at the median latency), mean_throughput (items over total
         timed seconds), p50_ms, p95_ms, p99_ms, iters, pruned_over_dense
-        (throughput ratio), device, threads, peak_rss_mb, rss_mb}`, and
+        (throughput ratio), device, threads, peak_rss_mb, rss_mb, unstable
+        (p95 > 2x p50 for a variant of the cell; then also unstable_reason),
+        load_avg_start, load_avg_end (`os.getloadavg()` around the cell)}`, and
         `{backend, variant (when only one variant failed), status: "unavailable", reason}` rows.
 
     Raises:
@@ -178,6 +184,7 @@ def run_bench(
     torch_threads = torch.get_num_threads()
     rows: list[dict[str, Any]] = []
     _check_args(towers, batch_sizes, text_len, None, warmup, iters, threads, min_time)
+    load_start = load_average()
     with BuildDir(build_dir) as build:
         adapter = build.adapter("pruned")  # image size, tokenizer, text limit
         _check_args(towers, batch_sizes, text_len, adapter.max_text_len, warmup, iters, threads, min_time)
@@ -217,10 +224,14 @@ def run_bench(
             "iters": iters,
             "min_time": min_time,
             "dense": dense,
+            "load_avg_start": load_start,
+            "load_avg_end": load_average(),
         }
     try:
         if write:
-            report.write_reports(rows, build.path, meta, json_path=json_path)
+            written = report.write_reports(rows, build.path, meta, json_path=json_path)
+            if on_written is not None:
+                on_written(written)
         elif json_path is not None:
             report.write_json(rows, Path(json_path))
     except OSError as e:
@@ -256,9 +267,12 @@ def _cell(runners: dict[str, Runner], name: str, tower: str, batch: int, text_le
     else:
         ids, mask = texts[batch]
         calls = {v: (lambda r=r: r.embed_texts(ids, mask)) for v, r in runners.items()}
+    load_start = load_average()
     latencies = time_interleaved(calls, warmup, iters, min_time)
+    load_end = load_average()
     stats = {v: _stats(lat, batch) for v, lat in latencies.items()}
     ratio = stats["pruned"]["throughput"] / stats["dense"]["throughput"] if "dense" in stats else None
+    unstable = spread_reason(stats)  # flags the whole cell: its ratio is what a wide spread spoils
     out = []
     for variant, s in stats.items():
         out.append({
@@ -273,5 +287,9 @@ def _cell(runners: dict[str, Runner], name: str, tower: str, batch: int, text_le
             "threads": threads if runners[variant].device == "cpu" else None,
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "rss_mb": round(current_rss_mb(), 1),
+            "unstable": unstable is not None,
+            **({"unstable_reason": unstable} if unstable else {}),
+            "load_avg_start": load_start,
+            "load_avg_end": load_end,
         })
     return out

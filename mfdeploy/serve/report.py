@@ -1,16 +1,23 @@
 """Bench reports: bench.json (rows), bench.md (table with the pruned/dense ratio), bench.png, a rich table.
 
 Every file is written to a temporary name beside its target and renamed, so
-a crash never leaves half a report.
+a crash never leaves half a report. A report already there is kept: it is
+renamed to `bench-<UTC time it was written>.{json,md,png}` before the new one
+is written.
 """
 
 from __future__ import annotations
 
 import json
+import os
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from mfdeploy.io import atomic_file
+from mfdeploy.serve.stability import MARK, SPREAD_LIMIT, cell_name, unstable_rows
+
+REPORT_SUFFIXES = (".json", ".md", ".png")
 
 RSS_NOTE = ("peak RSS: the process's resident-memory high-water mark (getrusage ru_maxrss) after the cell; "
             "it never decreases, so it covers every model loaded so far in the run, not one backend alone")
@@ -46,16 +53,29 @@ HEADER = ["backend", "tower", "batch", "text len", "pruned items/s", "dense item
           "pruned p50/p95/p99 ms", "dense p50/p95/p99 ms", "device", "peak RSS MiB"]
 
 
+def _ratio(p: dict) -> str:
+    """The pruned/dense ratio, marked when the cell's spread makes it untrustworthy."""
+    ratio = "-" if p["pruned_over_dense"] is None else f"{p['pruned_over_dense']:.2f}x"
+    return f"{ratio} {MARK}" if p.get("unstable") else ratio
+
+
 def table_rows(rows: list[dict]) -> list[list[str]]:
     """One line per backend x tower x batch: both variants and their throughput ratio."""
     out = []
     for p, d in _pairs(rows):
         out.append([
             p["backend"], p["tower"], str(p["batch"]), _fmt(p["text_len"], "d"), _fmt(p["throughput"]),
-            _fmt(d and d["throughput"]), "-" if p["pruned_over_dense"] is None else f"{p['pruned_over_dense']:.2f}x",
-            _lat(p), _lat(d), p["device"], _fmt((d or p)["peak_rss_mb"], ".0f"),
+            _fmt(d and d["throughput"]), _ratio(p), _lat(p), _lat(d), p["device"], _fmt((d or p)["peak_rss_mb"], ".0f"),
         ])
     return out
+
+
+def _loads(meta: dict[str, Any]) -> str:
+    def one(value: list[float] | None) -> str:
+        return "unknown" if not value else " / ".join(f"{x:.2f}" for x in value)
+
+    return (f"load average (1 / 5 / 15 min) at start {one(meta.get('load_avg_start'))}, "
+            f"at end {one(meta.get('load_avg_end'))}")
 
 
 def markdown(rows: list[dict], meta: dict[str, Any]) -> str:
@@ -67,11 +87,18 @@ def markdown(rows: list[dict], meta: dict[str, Any]) -> str:
         f"- text length {meta.get('text_len')} tokens; CPU threads {meta.get('threads')}; "
         f"warm-up {meta.get('warmup')} calls; at least {meta.get('iters')} timed calls and "
         f"{meta.get('min_time')} s per variant and cell; pruned and dense calls interleaved",
+        f"- {_loads(meta)}",
         "",
         "| " + " | ".join(HEADER) + " |",
         "|" + "|".join("---:" if h not in ("backend", "tower", "device") else "---" for h in HEADER) + "|",
     ]
     lines += ["| " + " | ".join(r) + " |" for r in table_rows(rows)]
+    bad = unstable_rows(rows)
+    if bad:
+        lines += ["", f"{MARK} Unstable: p95 latency above {SPREAD_LIMIT:g}x p50 for a variant of the cell, so its "
+                  "pruned/dense ratio is not to be trusted (a loaded machine; README, bench, says how to get "
+                  "stable numbers):", ""]
+        lines += [f"- {cell_name(r)}: {r['unstable_reason']}" for r in bad]
     gone = unavailable(rows)
     if gone:
         lines += ["", "## Unavailable on this machine", ""]
@@ -128,17 +155,46 @@ def plot(rows: list[dict], path: Path) -> Path:
         plt.close(fig)
 
 
+def keep_previous(out_dir: Path) -> list[Path]:
+    """Rename an existing bench.json/.md/.png to bench-<UTC time of the old report>.*; return the new paths.
+
+    The time is the old bench.json's modification time (else the first file
+    found), so the name says when that report was written. Each rename is
+    atomic; a name already taken gets a -2, -3, ... suffix.
+    """
+    old = [out_dir / f"bench{suffix}" for suffix in REPORT_SUFFIXES if (out_dir / f"bench{suffix}").is_file()]
+    if not old:
+        return []
+    stamp = datetime.fromtimestamp(old[0].stat().st_mtime, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stem, n = f"bench-{stamp}", 1
+    while any((out_dir / f"{stem}{suffix}").exists() for suffix in REPORT_SUFFIXES):
+        n += 1
+        stem = f"bench-{stamp}-{n}"
+    kept = []
+    for path in old:
+        target = out_dir / f"{stem}{path.suffix}"
+        os.replace(path, target)
+        kept.append(target)
+    return kept
+
+
 def write_reports(rows: list[dict], out_dir: Path, meta: dict[str, Any],
-                  json_path: str | Path | None = None) -> dict[str, Path]:
-    """Write bench.json, bench.md and bench.png into `out_dir` (and the JSON to `json_path` too)."""
+                  json_path: str | Path | None = None) -> dict[str, Any]:
+    """Write bench.json, bench.md and bench.png into `out_dir` (and the JSON to `json_path` too).
+
+    A previous report there is kept under a timestamped name (`keep_previous`),
+    listed under `"previous"` in the returned paths.
+    """
     out_dir = Path(out_dir)
-    paths = {
+    previous = keep_previous(out_dir)
+    paths: dict[str, Any] = {
         "json": write_json(rows, out_dir / "bench.json"),
         "md": atomic_file(out_dir / "bench.md", lambda p: p.write_text(markdown(rows, meta))),
         "png": plot(rows, out_dir / "bench.png"),
     }
     if json_path is not None:
         paths["json_copy"] = write_json(rows, Path(json_path))
+    paths["previous"] = previous
     return paths
 
 
@@ -159,11 +215,11 @@ def print_table(rows: list[dict], meta: dict[str, Any], console=None) -> None:
         table.add_column(h, justify="left" if h in ("backend", "tower", "device") else "right", no_wrap=True)
     for p, d in _pairs(rows):
         lat = [f"{p[k]:.2f} | {d[k]:.2f}" if d else f"{p[k]:.2f}" for k in ("p50_ms", "p95_ms", "p99_ms")]
-        ratio = "-" if p["pruned_over_dense"] is None else f"{p['pruned_over_dense']:.2f}x"
         table.add_row(p["backend"], p["tower"], str(p["batch"]), _fmt(p["text_len"], "d"), _fmt(p["throughput"]),
-                      _fmt(d and d["throughput"]), ratio, *lat, p["device"], _fmt((d or p)["peak_rss_mb"], ".0f"))
+                      _fmt(d and d["throughput"]), _ratio(p), *lat, p["device"], _fmt((d or p)["peak_rss_mb"], ".0f"))
     console.print(table)
-    console.print("latency columns: pruned | dense; peak RSS: process-wide high-water mark (ru_maxrss)",
+    console.print("latency columns: pruned | dense; peak RSS: process-wide high-water mark (ru_maxrss)"
+                  + (f"; {MARK}: unstable cell, p95 > {SPREAD_LIMIT:g}x p50" if unstable_rows(rows) else ""),
                   style="dim", highlight=False)
     for r in unavailable(rows):
         what = r["backend"] + (f" ({r['variant']})" if r.get("variant") else "")
