@@ -360,7 +360,6 @@ def build(
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors end in one line on stderr and exit code 2, never a traceback."""
     from mfdeploy.cli_help import usage_errors
-
     from mfdeploy.io import Terminated
 
     def on_sigterm(signum: int, frame: object) -> None:
