@@ -79,6 +79,15 @@ def test_smax_delta_zero_prunes_every_block_at_the_ratio(tiny_clip_dir, tmp_path
     assert {b: z / n for b, (z, n) in per_block.items()} == dict.fromkeys(rec["block_budgets"], 0.5)
 
 
+def test_smax_delta_zero_with_fractional_shares(tiny_clip_dir, tmp_path):
+    """0.4 of a 12288-weight block is 4915.2: every block within one weight of the ratio (the old code refused)."""
+    out = tmp_path / "e"
+    main(["prune", "--model", str(tiny_clip_dir), "--ratio", "0.6", "--method", "ecoflap", "--calib", "shapes",
+          "--calib-samples", "8", "--batch-size", "8", "--smax-delta", "0", "--out", str(out)])
+    budgets = json.loads((out / "prune.json").read_text())["block_budgets"]
+    assert len(budgets) == 4 and all(abs(s - 0.6) * 12288 < 1 for s in budgets.values())
+
+
 def test_smax_delta_past_one_is_clamped(tiny_clip_dir, tmp_path):
     out = tmp_path / "e"
     main(["prune", "--model", str(tiny_clip_dir), "--ratio", "0.5", "--method", "ecoflap", "--calib", "shapes",
