@@ -128,10 +128,11 @@ def info(model: ModelArg = None) -> None:
     """Print a model's towers, parameter counts, prunable layers and input limits."""
     from mfdeploy.models import load
 
-    adapter = load(model)
+    adapter = load(model, need_processors=False)  # sizes come from config.json; no tokenizer needed
     counts = adapter.parameter_counts()
     layers = adapter.prunable_layers()
-    table = Table(title=f"{adapter.model_id}", show_header=True)
+    label = adapter.pruned_label
+    table = Table(title=f"{adapter.model_id}" + (" (pruned)" if label else ""), show_header=True)
     table.add_column("tower")
     table.add_column("parameters", justify="right")
     table.add_column("prunable layers", justify="right")
@@ -141,6 +142,8 @@ def info(model: ModelArg = None) -> None:
         n_layers = sum(1 for v in layers.values() if v.modality == modality)
         table.add_row(modality, f"{n_params:,}", str(n_layers), f"{counts.get('prunable_' + modality, 0):,}")
     out.print(table)
+    if label:
+        out.print(f"pruned: {label}", highlight=False, soft_wrap=True)
     out.print(f"total parameters: {counts['total']:,}")
     out.print(f"prunable layers: {len(layers)}")
     out.print(f"image size: {adapter.image_size}x{adapter.image_size}")
@@ -285,7 +288,8 @@ def export(
 
 @app.command()
 def engine(
-    onnx_dir: Annotated[Path, typer.Argument(help="A `mfdeploy export` directory.")],
+    onnx_dir: Annotated[Path, typer.Argument(
+        help="A `mfdeploy export` directory, or a `mfdeploy build` directory (its onnx/).")],
     fp16: Annotated[bool, typer.Option(help="Allow FP16 kernels (2:4 sparse kernels need FP16 or INT8).")] = False,
     sparse: Annotated[str, typer.Option(
         help="auto: use 2:4 sparse kernels when the weights hold the pattern; on; off.")] = "auto",
@@ -297,11 +301,12 @@ def engine(
 ) -> None:
     """Build TensorRT engines (vision.plan, text.plan) in ONNX_DIR or --out, else print the trtexec commands."""
     from mfdeploy.export import EngineError, build_engines
+    from mfdeploy.export.engine import engine_dirs
 
+    onnx_dir, out_dir = engine_dirs(onnx_dir, out_dir)  # a build directory: its onnx/ and engines/
     with console.status("building TensorRT engines"):
         record = build_engines(onnx_dir, fp16=fp16, sparse=sparse, max_batch=max_batch, max_text_len=max_text_len,
                                out_dir=out_dir)
-    out_dir = out_dir or onnx_dir
     say = {"highlight": False, "soft_wrap": True, "markup": False}
     if record["status"] == "skipped":
         out.print(f"TensorRT engines not built: {record['reason']}. Build them elsewhere by running, "

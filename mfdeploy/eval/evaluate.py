@@ -175,7 +175,9 @@ def evaluate_model(source: str | Path | Adapter | None = None, data: str | Path 
     prepared = prepare(adapter, evalset)
     with open_runner(source, adapter, backend) as runner:
         result = evaluate(runner, prepared, batch_size)
-    return {"model": adapter.model_id, "backend": backend, **result,
+    # "model" is the dense id a pruned checkpoint came from; "pruned" says how it was pruned
+    label = {"pruned": {k: adapter.origin.get(k) for k in ("method", "ratio", "pattern")}} if adapter.origin else {}
+    return {"model": adapter.model_id, **label, "backend": backend, **result,
             "seconds": round(time.perf_counter() - t0, 2)}
 
 

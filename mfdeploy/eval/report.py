@@ -18,6 +18,16 @@ def _fmt(value: float | None, percent: bool = True) -> str:
     return f"{100 * value:.1f}%" if percent else f"{value:.3f}"
 
 
+def result_title(result: dict) -> str:
+    """The evaluated model: its id, and for a pruned one `pruned METHOD RATIO PATTERN from ID`."""
+    model = result.get("model", "")
+    pruned = result.get("pruned")
+    if not pruned:
+        return str(model)
+    return (f"pruned {pruned.get('method')} {pruned.get('ratio')} {pruned.get('pattern') or 'unstructured'} "
+            f"from {model}")
+
+
 def results_table(result: dict) -> Table:
     """One row per task and retrieval metric: the score, and the dense score and retention when known.
 
@@ -26,7 +36,7 @@ def results_table(result: dict) -> Table:
     """
     dense = result.get("dense")
     ret = result.get("retention") or {}
-    table = Table(title=f"{result.get('model', '')} ({result.get('backend', '')})", show_header=True)
+    table = Table(title=f"{result_title(result)} ({result.get('backend', '')})", show_header=True)
     table.add_column("task")
     table.add_column("accuracy / recall", justify="right")
     if dense is not None:

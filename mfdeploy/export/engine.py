@@ -30,6 +30,7 @@ SPARSE_MODES = ("auto", "on", "off")
 ENGINE_FILES = {"vision": "vision.plan", "text": "text.plan"}
 TIMING_CACHE = "timing.cache"
 RECORD_FILE = "engine.json"
+BUILD_MANIFEST = "build.json"  # marks a `mfdeploy build` directory, whose towers are in onnx/
 
 
 class EngineError(MfdeployError):
@@ -51,6 +52,27 @@ def engine_status() -> dict[str, Any]:
     if count == 0:
         return {"status": "skipped", "reason": f"no CUDA GPU: {why}"}
     return {"status": "available", "tensorrt": trt.__version__, "cuda_devices": count}
+
+
+def engine_dirs(path: Path, out_dir: Path | None = None) -> tuple[Path, Path]:
+    """Where to read the towers and write the engines: `(onnx dir, engines dir)`.
+
+    A `mfdeploy build` directory gives its `onnx/` (checked against the sha256
+    in `build.json`) and, by default, its `engines/`, where `mfdeploy bench`
+    looks for them; an export directory gives itself for both.
+
+    Raises:
+        UserError: a build directory without `onnx/`, or an ONNX file changed since the build.
+    """
+    from mfdeploy.models.integrity import verify_artifacts
+
+    path = Path(path)
+    if (path / BUILD_MANIFEST).is_file():
+        if not (path / "onnx").is_dir():
+            raise UserError(f"{path}: build directory has no onnx/ (an incomplete build: rerun `mfdeploy build`)")
+        verify_artifacts(path, ("onnx/",))
+        return path / "onnx", Path(out_dir) if out_dir is not None else path / "engines"
+    return path, Path(out_dir) if out_dir is not None else path
 
 
 def profile_shapes(onnx_dir: Path, max_batch: int, max_text_len: int | None = None, opt_batch: int | None = None,
@@ -144,7 +166,8 @@ def build_engines(onnx_dir: Path, fp16: bool = False, sparse: str = "auto", max_
     """Build `vision.plan` and `text.plan` from an export directory, or say why not and how elsewhere.
 
     Args:
-        onnx_dir: a `mfdeploy export` directory (`vision.onnx`, `text.onnx`).
+        onnx_dir: a `mfdeploy export` directory (`vision.onnx`, `text.onnx`), or a `mfdeploy build`
+            directory (its `onnx/`, see `engine_dirs`).
         fp16: allow FP16 kernels (2:4 sparse tensor-core kernels exist for FP16/INT8, not FP32).
         sparse: "on" sets TensorRT's SPARSE_WEIGHTS flag, "off" does not, "auto" sets it for a
             tower whose weights hold 2:4 (polygraphy's sparsity check).
@@ -152,7 +175,7 @@ def build_engines(onnx_dir: Path, fp16: bool = False, sparse: str = "auto", max_
         max_text_len: longest text of the profile (default and limit: the model's positions).
         opt_batch: batch TensorRT tunes for (default `max_batch`).
         opt_text_len: text length TensorRT tunes for (default `max_text_len`).
-        out_dir: where engines, logs and the timing cache go (default `onnx_dir`).
+        out_dir: where engines, logs and the timing cache go (default `onnx_dir`; a build's `engines/`).
         check: compare each engine with ONNX Runtime (polygraphy Comparator).
         record_file: write the returned record as JSON into `out_dir` under this name (None: don't).
 
@@ -170,6 +193,7 @@ def build_engines(onnx_dir: Path, fp16: bool = False, sparse: str = "auto", max_
 
     if sparse not in SPARSE_MODES:
         raise UserError(f"--sparse must be one of {', '.join(SPARSE_MODES)} (got {sparse!r})")
+    onnx_dir, out_dir = engine_dirs(onnx_dir, out_dir)
     files = check_onnx_dir(onnx_dir)
     profiles = profile_shapes(onnx_dir, max_batch, max_text_len, opt_batch, opt_text_len)
     weights = {}
@@ -192,7 +216,6 @@ def build_engines(onnx_dir: Path, fp16: bool = False, sparse: str = "auto", max_
         "trtexec_cwd": str(onnx_dir), "notes": notes,
     }
     status = engine_status()
-    out_dir = Path(out_dir) if out_dir is not None else Path(onnx_dir)
     if status["status"] != "available":
         record = {"status": "skipped", "reason": status["reason"], **record}
     else:

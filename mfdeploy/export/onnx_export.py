@@ -51,6 +51,16 @@ def model_sizes(adapter) -> dict[str, int]:
     return sizes
 
 
+def pruning_metadata(adapter) -> dict[str, str]:
+    """What the exported weights are: `pruned`, `method`, `ratio`, `pattern` (a dense model says "dense")."""
+    origin = getattr(adapter, "origin", None)
+    if not origin:
+        return {"pruned": "false", "method": "dense", "ratio": "0.0", "pattern": "dense"}
+    # the ratio as a float string, so `model_limits` (which reads integer-valued metadata as sizes) skips it
+    return {"pruned": "true", "method": str(origin.get("method")), "ratio": str(float(origin.get("ratio", 0.0))),
+            "pattern": str(origin.get("pattern") or "unstructured")}
+
+
 def example_inputs(adapter) -> dict[str, dict[str, torch.Tensor]]:
     """The inputs the towers are traced with: batch 2, and padded text of the example captions."""
     g = torch.Generator().manual_seed(0)
@@ -95,7 +105,7 @@ def export_towers(adapter, out_dir: Path, opset: int = MIN_OPSET, external_data:
     record: dict[str, Any] = {"opset": opset, "exporter": exporter, "model": sizes, "towers": {}}
     for tower, module in modules.items():
         meta = {"tower": tower, "model_id": adapter.model_id, "mfdeploy_version": __version__,
-                **{k: str(v) for k, v in sizes.items()}}
+                **pruning_metadata(adapter), **{k: str(v) for k, v in sizes.items()}}
         record["towers"][tower] = export_tower(
             module, tower, specs[tower], examples[tower], out_dir / specs[tower]["file"], opset=opset,
             external_data=external_data, exporter=exporter, max_text_len=sizes["max_text_len"], metadata=meta)

@@ -38,6 +38,16 @@ class Adapter(ABC):
     source: str  # hub id or local path it came from
     tokenizer: Any
     image_processor: Any
+    origin: dict[str, Any] | None = None  # a pruned checkpoint's mfdeploy_origin.json; None when dense
+
+    @property
+    def pruned_label(self) -> str | None:
+        """What a pruned model is, e.g. `multiflow 0.5 unstructured from mfdeploy/clip-shapes`; None when dense."""
+        if not self.origin:
+            return None
+        o = self.origin
+        return (f"{o.get('method', '?')} {o.get('ratio', '?')} {o.get('pattern') or 'unstructured'} "
+                f"from {o.get('model_id', '?')}")
 
     @property
     @abstractmethod

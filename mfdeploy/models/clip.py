@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -57,11 +59,44 @@ class TextTower(nn.Module):
 class CLIPAdapter(Adapter):
     """Hugging Face `CLIPModel` (OpenAI CLIP, the bundled model, and fine-tunes of either)."""
 
-    def __init__(self, model: CLIPModel, tokenizer, image_processor, source: str):
+    def __init__(self, model: CLIPModel, tokenizer, image_processor, source: str,
+                 origin: dict[str, Any] | None = None, loaders: dict[str, Callable[[], Any]] | None = None):
+        """Wrap a loaded model.
+
+        Args:
+            model: the `CLIPModel`.
+            tokenizer: its tokenizer, or None to load it on first use through `loaders`.
+            image_processor: its image processor, or None to load it on first use through `loaders`.
+            source: the hub id or directory it came from.
+            origin: what a pruned checkpoint was made from (`mfdeploy_origin.json`); None when dense.
+            loaders: `{"tokenizer": fn, "image_processor": fn}`, called once when first needed.
+        """
         self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.image_processor = image_processor
+        self._processors = {"tokenizer": tokenizer, "image_processor": image_processor}
+        self._loaders = dict(loaders or {})
         self.source = source
+        self.origin = origin
+
+    def _processor(self, name: str) -> Any:
+        if self._processors[name] is None and name in self._loaders:
+            self._processors[name] = self._loaders.pop(name)()
+        return self._processors[name]
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._processor("tokenizer")
+
+    @tokenizer.setter
+    def tokenizer(self, value: Any) -> None:
+        self._processors["tokenizer"] = value
+
+    @property
+    def image_processor(self) -> Any:
+        return self._processor("image_processor")
+
+    @image_processor.setter
+    def image_processor(self, value: Any) -> None:
+        self._processors["image_processor"] = value
 
     @property
     def model_id(self) -> str:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from mfdeploy.errors import UserError, first_line
+from mfdeploy.errors import UserError
 from mfdeploy.models.base import Adapter
+from mfdeploy.models.integrity import MANIFESTS, verify_artifacts
+from mfdeploy.models.processors import load_image_processor, load_tokenizer, one_line
 from mfdeploy.models.structure import STRUCTURE_FILE  # written by structured pruning: the cut shapes
 from mfdeploy.zoo import BUNDLED_DIR, BUNDLED_NAME
 
 ORIGIN_FILE = "mfdeploy_origin.json"  # written by prune: which model the checkpoint came from
+CHECKED_FILES = ("pruned/", "masks.safetensors")  # what loading a prune/build directory relies on
 
 
 def resolve_checkpoint(source: str | Path | None) -> tuple[Path | str, str]:
@@ -34,8 +38,8 @@ def resolve_checkpoint(source: str | Path | None) -> tuple[Path | str, str]:
             raise UserError(f"{path}: not a CLIP checkpoint (no config.json)")
         try:
             config = json.loads((path / "config.json").read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"{path / 'config.json'}: unreadable ({e})") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UserError(f"{path / 'config.json'}: unreadable ({one_line(e)})") from None
         if config.get("model_type") != "clip":
             raise UserError(f"{path}: not a CLIP checkpoint (model_type={config.get('model_type')!r})")
         return path, str(path)
@@ -46,15 +50,75 @@ def resolve_checkpoint(source: str | Path | None) -> tuple[Path | str, str]:
     return text, text
 
 
-def load(source: str | Path | None = None) -> Adapter:
+def output_root(checkpoint: Path) -> Path | None:
+    """The prune or build directory whose `pruned/` checkpoint this is, or None."""
+    if checkpoint.name == "pruned" and any((checkpoint.parent / m).is_file() for m in MANIFESTS):
+        return checkpoint.parent
+    return None
+
+
+def read_origin(checkpoint: Path) -> dict[str, Any] | None:
+    """The `mfdeploy_origin.json` of a pruned checkpoint (model_id, method, ratio, pattern), or None."""
+    path = checkpoint / ORIGIN_FILE
+    if not path.is_file():
+        return None
+    try:
+        origin = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: unreadable ({one_line(e)}); rerun the prune that wrote it") from None
+    if not isinstance(origin, dict):
+        raise UserError(f"{path}: not a JSON object; rerun the prune that wrote it")
+    return origin
+
+
+def check_weight_files(checkpoint: Path) -> None:
+    """Open the header of every safetensors file of a local checkpoint: a truncated one is named here.
+
+    Raises:
+        UserError: a file that safetensors cannot open (truncated, or not a safetensors file).
+    """
+    from safetensors import safe_open
+
+    for f in sorted(checkpoint.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt"):
+                pass
+        except Exception as e:  # SafetensorError, OSError: both mean the file cannot be used
+            raise UserError(f"{f}: truncated or corrupt safetensors file ({one_line(e)}); rewrite it "
+                            "(rerun the prune or save_pretrained that made it)") from None
+
+
+def _load_weights(where: Path | str):
+    from transformers import CLIPModel
+
+    if isinstance(where, Path):
+        check_weight_files(where)
+    if isinstance(where, Path) and (where / STRUCTURE_FILE).is_file():
+        from mfdeploy.models.structure import load_structured
+
+        return load_structured(where)
+    return CLIPModel.from_pretrained(where)
+
+
+def load(source: str | Path | None = None, need_processors: bool = True) -> Adapter:
     """Load a CLIP-style checkpoint as an Adapter.
+
+    A prune or build directory is first checked against the sha256 its
+    manifest records for `pruned/` and `masks.safetensors`.
 
     Args:
         source: a Hugging Face hub id (`openai/clip-vit-base-patch32`), a local
             checkpoint directory, a `mfdeploy prune`/`build` output directory,
             or None for the bundled reference model.
+        need_processors: load the tokenizer and image processor now, so a
+            checkpoint without them fails here, naming the missing file. False
+            (e.g. `mfdeploy info`): they load on first use, and a checkpoint
+            saved with only `model.save_pretrained` still loads.
+
+    Raises:
+        UserError: no such model, a file that does not match its manifest, or
+            weights, tokenizer or image processor that cannot be read.
     """
-    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
     from transformers.utils import logging as hf_logging
 
     from mfdeploy.models.clip import CLIPAdapter
@@ -62,18 +126,23 @@ def load(source: str | Path | None = None) -> Adapter:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     where, model_id = resolve_checkpoint(source)
+    origin = None
+    if isinstance(where, Path):
+        root = output_root(where)
+        if root is not None:
+            verify_artifacts(root, CHECKED_FILES)
+        origin = read_origin(where)
     try:
-        if isinstance(where, Path) and (where / STRUCTURE_FILE).is_file():
-            from mfdeploy.models.structure import load_structured
-
-            model = load_structured(where)
-        else:
-            model = CLIPModel.from_pretrained(where)
-        tokenizer = AutoTokenizer.from_pretrained(where)
-        processor = AutoImageProcessor.from_pretrained(where)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot load model {source!s}: {first_line(e)}") from None
-    if isinstance(where, Path) and (where / ORIGIN_FILE).is_file():
-        model_id = json.loads((where / ORIGIN_FILE).read_text()).get("model_id", model_id)
+        model = _load_weights(where)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:  # what transformers and torch raise on bad files
+        raise UserError(f"cannot load the weights of {source if source is not None else where}: "
+                        f"{one_line(e)}") from None
+    if origin is not None:
+        model_id = str(origin.get("model_id", model_id))
     model.config._name_or_path = model_id
-    return CLIPAdapter(model, tokenizer, processor, source=str(where))
+    adapter = CLIPAdapter(model, None, None, source=str(where), origin=origin,
+                          loaders={"tokenizer": lambda: load_tokenizer(where),
+                                   "image_processor": lambda: load_image_processor(where)})
+    if need_processors:
+        adapter.tokenizer, adapter.image_processor  # noqa: B018 - load now: fail before any slow step
+    return adapter

@@ -4,7 +4,8 @@
 2. Block score: for each calibration batch and each weight tensor, the
    central difference |L(W+eps z) - L(W-eps z)| / (2 eps) of the symmetric
    CLIP contrastive loss along a seeded Gaussian direction z; summed per block.
-3. Keep budgets: every block starts at ceil(n (1 - s_max)); the rest of the
+3. Keep budgets: every block starts at ceil(n (1 - s_max)) (see `min_keep` for
+   the integer edge s_max = s, which is feasible); the rest of the
    global keep budget is handed out in proportion to the scores, capped at
    n per block, until it is met exactly.
 4. Wanda row-wise at each block's sparsity, block by block in model order,
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from mfdeploy.data.batching import Batch, CalibSource, pair_batches
+from mfdeploy.errors import UserError
 from mfdeploy.models.base import Adapter, PrunableLayer
 from mfdeploy.prune.criteria import wanda_score
 from mfdeploy.prune.masks import Masks, param_name
@@ -71,6 +73,38 @@ def zeroth_order_scores(adapter: Adapter, layers: dict[str, PrunableLayer], batc
     return scores
 
 
+def min_keep(sizes: Sequence[int], sparsity: float, s_max: float) -> np.ndarray:
+    """The least each block keeps under the cap: `ceil(n (1 - s_max))`, made to fit the global budget.
+
+    Two integer effects are handled so that `s_max == sparsity` (every block
+    at exactly the target) stays feasible:
+
+    - float noise: `100 * (1 - 0.7)` is 30.000000000000004, whose ceiling 31
+      would keep one weight too many; a tolerance far below one weight absorbs it.
+    - rounding: when `n (1 - s_max)` is fractional, rounding every block up can
+      exceed the global keep budget by less than one weight per block; those
+      blocks (the ones rounded up the most first) then give one weight back,
+      so a block exceeds `s_max` by at most one weight.
+
+    Raises:
+        ValueError: `s_max` below `sparsity`, or a budget no allocation can meet.
+    """
+    n = np.asarray(sizes, dtype=np.int64)
+    if s_max < sparsity:
+        raise ValueError(f"the cap s_max {s_max} is below the target sparsity {sparsity}")
+    total_keep = int(n.sum()) - math.floor(sparsity * int(n.sum()))
+    exact = n * (1.0 - s_max)  # [G] float
+    keep = np.minimum(np.ceil(exact - 1e-9 * np.maximum(n, 1)).astype(np.int64), n)
+    keep = np.maximum(keep, 0)
+    excess = int(keep.sum()) - total_keep
+    if excess > 0:
+        give_back = [g for g in np.argsort(-(keep - exact), kind="stable") if keep[g] > 0][:excess]
+        if len(give_back) < excess:
+            raise ValueError("no allocation meets the global budget under the cap s_max")
+        keep[give_back] -= 1
+    return keep
+
+
 def allocate_keep(sizes: Sequence[int], scores: Sequence[float], sparsity: float, s_max: float) -> list[int]:
     """Capped proportional allocation of the global keep budget (exact).
 
@@ -86,9 +120,7 @@ def allocate_keep(sizes: Sequence[int], scores: Sequence[float], sparsity: float
     n = np.asarray(sizes, dtype=np.int64)
     score = np.asarray(scores, dtype=np.float64).copy()
     total_keep = int(n.sum()) - math.floor(sparsity * int(n.sum()))
-    keep = np.minimum(np.ceil(n * (1.0 - s_max)).astype(np.int64), n)
-    if keep.sum() > total_keep:
-        raise ValueError("the cap s_max is below the target sparsity")
+    keep = min_keep(sizes, sparsity, s_max)
     remaining = total_keep - int(keep.sum())
     while remaining > 0:
         open_ = keep < n
@@ -114,15 +146,19 @@ def allocate_keep(sizes: Sequence[int], scores: Sequence[float], sparsity: float
 def ecoflap_masks(adapter: Adapter, layers: dict[str, PrunableLayer], cfg, source: CalibSource, prog):
     """ECoFLaP masks, folded into the model block by block. Returns (masks, info, timings)."""
     timings: dict[str, float] = {}
+    blocks = list(dict.fromkeys(l.block for l in layers.values()))  # model order, as the scores are kept
+    sizes = [sum(l.module.weight.numel() for l in layers.values() if l.block == b) for b in blocks]
+    s_max = min(1.0, cfg.ratio + cfg.ecoflap_smax_delta)  # a delta past 1 - ratio lets a block go fully sparse
+    try:
+        min_keep(sizes, cfg.ratio, s_max)  # before the zeroth-order pass: an infeasible cap fails at once
+    except ValueError as e:
+        raise UserError(f"--smax-delta {cfg.ecoflap_smax_delta}: {e}; use a larger --smax-delta") from None
     t0 = time.perf_counter()
     zo_batches = list(pair_batches(adapter, source, cfg.ecoflap_samples, min(cfg.batch_size, cfg.ecoflap_samples)))
     task = prog.add_task("zeroth-order scores", total=len(zo_batches) * len(layers))
     block_scores = zeroth_order_scores(adapter, layers, zo_batches, cfg.seed, progress=lambda: prog.advance(task))
     timings["zeroth_order_s"] = time.perf_counter() - t0
 
-    blocks = list(block_scores)
-    sizes = [sum(l.module.weight.numel() for l in layers.values() if l.block == b) for b in blocks]
-    s_max = min(1.0, cfg.ratio + cfg.ecoflap_smax_delta)
     keep = allocate_keep(sizes, [block_scores[b] for b in blocks], cfg.ratio, s_max)
     budgets = {b: 1.0 - k / n for b, k, n in zip(blocks, keep, sizes)}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from mfdeploy.data.batching import CalibSource, pair_batches, parse_calib
 from mfdeploy.errors import UserError
 from mfdeploy.io import atomic_dir, check_out_dir, write_json
 from mfdeploy.models import Adapter, load
+from mfdeploy.models.integrity import artifact_records
 from mfdeploy.models.loader import ORIGIN_FILE
 from mfdeploy.progress import progress_display
 from mfdeploy.prune.criteria import METHODS
@@ -74,6 +76,10 @@ def validate(cfg: PruneConfig) -> tuple[int, int] | None:
             raise UserError(f"--scope {cfg.scope} is not available for {cfg.method} (choose: {', '.join(scopes)})")
     if cfg.calib_samples <= 0 or cfg.batch_size <= 0:
         raise UserError("--calib-samples and --batch-size must be positive")
+    delta = cfg.ecoflap_smax_delta
+    if not (math.isfinite(delta) and delta >= 0.0):
+        raise UserError(f"--smax-delta {delta}: must be 0 or more (ECoFLaP caps each block at "
+                        "ratio + delta; 0 prunes every block at exactly the ratio)")
     if cfg.distill_steps and cfg.method != "mope":
         raise UserError("--distill-steps applies to --method mope only")
     return pattern
@@ -169,6 +175,8 @@ def run_prune(cfg: PruneConfig, out: Path, force: bool = False) -> dict:
     with atomic_dir(out, force) as tmp:
         write_prune_outputs(adapter, record, tmp)
         record["timings"]["total_s"] = time.perf_counter() - t0
+        # sha256 of every file, as build.json has: `load` checks pruned/ and masks.safetensors against it
+        record["artifacts"] = artifact_records(tmp)
         write_json(tmp / "prune.json", record_for_json(record))
     return record
 
@@ -188,9 +196,10 @@ def write_prune_outputs(adapter: Adapter, record: dict, out: Path) -> None:
             "model_id": record["model"], "seed": record["seed"],
         })
     adapter.save(out / "pruned")
-    (out / "pruned" / ORIGIN_FILE).write_text(json.dumps({
-        "model_id": record["model"], "method": record["method"], "ratio": record["ratio"],
-        "pattern": record["pattern"], "mfdeploy_version": __version__}, indent=2))
+    origin = {"model_id": record["model"], "method": record["method"], "ratio": record["ratio"],
+              "pattern": record["pattern"], "mfdeploy_version": __version__}
+    (out / "pruned" / ORIGIN_FILE).write_text(json.dumps(origin, indent=2))
+    adapter.origin = origin  # the in-memory model is now the pruned one: exports made from it say so
     if "_structure" in record:
         from mfdeploy.models.structure import STRUCTURE_FILE
 

@@ -1,0 +1,96 @@
+"""sha256 records of the files mfdeploy writes, and the check that they were not changed since.
+
+A prune directory's `prune.json` and a build directory's `build.json` carry
+`artifacts`: `{relative path: {"sha256", "bytes"}}`. Whatever reads such a
+directory checks the files it relies on against that map first, so a
+truncated or edited file is named in one line instead of being used (or
+failing deep inside a loader).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from mfdeploy.errors import UserError
+from mfdeploy.io import sha256
+
+MANIFESTS = ("build.json", "prune.json")  # build.json first: written last, it covers the whole directory
+
+
+def artifact_records(root: Path, skip: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+    """sha256 and size of every file under `root`, by path relative to it (POSIX separators).
+
+    Args:
+        root: the output directory.
+        skip: relative paths to leave out (the manifest itself).
+    """
+    root = Path(root)
+    skipped = set(skip)
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_file() and rel not in skipped:
+            out[rel] = {"sha256": sha256(p), "bytes": p.stat().st_size}
+    return out
+
+
+def manifest_artifacts(root: Path) -> tuple[Path, dict[str, dict[str, Any]]] | None:
+    """The first manifest of `root` that records hashes, and its `{path: record}` entries with a sha256.
+
+    None when `root` holds no manifest, or only one written before mfdeploy recorded hashes.
+    """
+    for name in MANIFESTS:
+        manifest = Path(root) / name
+        if not manifest.is_file():
+            continue
+        try:
+            data = json.loads(manifest.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UserError(f"{manifest}: unreadable manifest ({e}); was it edited? Rerun the command "
+                            "that wrote this directory") from None
+        arts = data.get("artifacts") if isinstance(data, dict) else None
+        if isinstance(arts, dict):
+            hashed = {k: v for k, v in arts.items() if isinstance(v, dict) and "sha256" in v}
+            if hashed:
+                return manifest, hashed
+    return None
+
+
+def verify_artifacts(root: Path, prefixes: Iterable[str]) -> list[str]:
+    """Check the recorded files of `root` whose path starts with one of `prefixes` (each hashed once).
+
+    Args:
+        root: a prune or build directory.
+        prefixes: relative path prefixes, e.g. `("pruned/", "masks.safetensors")`.
+
+    Returns:
+        The relative paths checked (empty when the directory records no hashes).
+
+    Raises:
+        UserError: a recorded file is missing, or its size or sha256 differs from the manifest.
+    """
+    found = manifest_artifacts(root)
+    if found is None:
+        return []
+    manifest, arts = found
+    prefixes = tuple(prefixes)
+    checked = []
+    for rel, rec in arts.items():
+        if not rel.startswith(prefixes):
+            continue
+        path = Path(root) / rel
+        if not path.is_file():
+            raise UserError(f"{path}: missing, but {manifest.name} lists it: the directory is incomplete; "
+                            "rerun the command that wrote it")
+        size = path.stat().st_size
+        wrong_size = size != rec.get("bytes", size)
+        # the size check first: a truncated multi-GB checkpoint is caught without reading it
+        if wrong_size or sha256(path) != rec["sha256"]:
+            detail = f" ({size} bytes, {manifest.name} records {rec['bytes']})" if wrong_size else ""
+            raise UserError(f"{path}: does not match the sha256 in {manifest}{detail}: it was modified or "
+                            "corrupted after mfdeploy wrote it; rerun the command that wrote it")
+        checked.append(rel)
+    return checked

@@ -1,0 +1,70 @@
+"""Load a checkpoint's tokenizer and image processor, naming the missing file when there is none.
+
+A checkpoint saved with only `model.save_pretrained` has neither. transformers
+then either fails with a message whose useful part is on a later line, or
+(for the tokenizer of a `clip` config) silently builds an empty tokenizer
+that maps every word to one id. For a local directory the files are checked
+first, so the user is told which one is missing and how to supply it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mfdeploy.errors import UserError
+
+# Either file set is a complete CLIP tokenizer (fast serialisation, or the slow BPE vocabulary).
+TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+COPY_HINT = ("copy them from the model it was pruned or fine-tuned from into {dir} "
+             "(e.g. `cp DENSE/tokenizer*.json DENSE/preprocessor_config.json {dir}/`, or call "
+             "save_pretrained({dir}) on its tokenizer and image processor)")
+
+
+def one_line(e: BaseException, limit: int = 400) -> str:
+    """An exception's whole message on one line (whitespace collapsed), cut at `limit` characters.
+
+    Unlike `errors.first_line`, it keeps the cause when a library spreads its
+    message over several lines.
+    """
+    text = " ".join(str(e).split())
+    if not text:
+        return type(e).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def load_tokenizer(where: Path | str) -> Any:
+    """The tokenizer of a checkpoint directory or hub id.
+
+    Raises:
+        UserError: no tokenizer files in a local directory (named, with how to add them), or
+            a tokenizer transformers cannot read.
+    """
+    from transformers import AutoTokenizer
+
+    if isinstance(where, Path) and not any(all((where / f).is_file() for f in group) for group in TOKENIZER_FILES):
+        raise UserError(f"{where}: no tokenizer.json (nor vocab.json + merges.txt): this checkpoint has no "
+                        f"tokenizer; {COPY_HINT.format(dir=where)}")
+    try:
+        return AutoTokenizer.from_pretrained(where)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{where}: cannot load the tokenizer: {one_line(e)}") from None
+
+
+def load_image_processor(where: Path | str) -> Any:
+    """The image processor of a checkpoint directory or hub id.
+
+    Raises:
+        UserError: no preprocessor_config.json in a local directory (named, with how to add it),
+            or an image processor transformers cannot read.
+    """
+    from transformers import AutoImageProcessor
+
+    if isinstance(where, Path) and not any((where / f).is_file() for f in PROCESSOR_FILES):
+        raise UserError(f"{where}: no preprocessor_config.json: this checkpoint has no image processor; "
+                        f"{COPY_HINT.format(dir=where)}")
+    try:
+        return AutoImageProcessor.from_pretrained(where)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{where}: cannot load the image processor: {one_line(e)}") from None
