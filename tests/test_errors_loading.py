@@ -10,7 +10,7 @@ import pytest
 
 from mfdeploy.cli import main
 from mfdeploy.errors import UserError
-from mfdeploy.io import sha256
+from mfdeploy.io import FILE_LIST, sha256
 from mfdeploy.models import load
 
 
@@ -82,7 +82,7 @@ def test_prune_json_records_artifacts(prune_dir):
     record = json.loads((prune_dir / "prune.json").read_text())
     arts = record["artifacts"]
     expected = {p.relative_to(prune_dir).as_posix() for p in prune_dir.rglob("*")
-                if p.is_file() and p.name != "prune.json"}
+                if p.is_file() and p.name not in ("prune.json", FILE_LIST)}
     assert set(arts) == expected
     assert {"masks.safetensors", "pruned/model.safetensors", "pruned/config.json"} <= set(arts)
     for rel, rec in arts.items():
