@@ -1,0 +1,128 @@
+"""Records tell the truth (issue 13): calibration pairs used, MoPE's options and Z, distillation warnings."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from rich.progress import Progress
+
+import mfdeploy.prune.run as run_mod
+from mfdeploy.cli import main
+from mfdeploy.models import load
+from mfdeploy.prune.run import PruneConfig, prune_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def kept_progress(monkeypatch):
+    """Replace the prune progress display with a disabled rich Progress whose tasks the test can read."""
+    holder: dict[str, Progress] = {}
+
+    @contextmanager
+    def display(enabled: bool = True):
+        holder["prog"] = Progress(disable=True)
+        yield holder["prog"]
+
+    monkeypatch.setattr(run_mod, "progress_display", display)
+    return holder
+
+
+@pytest.mark.parametrize("method", ["wanda", "multiflow", "ecoflap", "mope"])
+def test_short_calibration_file_records_pairs_used(tiny_clip_dir, shapes_pairs_jsonl, caplog, kept_progress, method):
+    """12 pairs in the file, 40 asked: the record says 12 used of 40 requested, and one warning says so."""
+    cfg = PruneConfig(ratio=0.5, model=str(tiny_clip_dir), method=method, calib=str(shapes_pairs_jsonl),
+                      calib_samples=40, batch_size=8, mope_neuron_group=32, show_progress=False)
+    with caplog.at_level(logging.WARNING, logger="mfdeploy"):
+        record = prune_model(load(tiny_clip_dir), cfg)
+    cal = record["calibration"]
+    assert (cal["samples"], cal["requested"], cal["batch_size"]) == (12, 40, 8)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "holds 12 image-caption pairs, fewer than --calib-samples 40: calibrating on 12" in warnings[0]
+    assert "\n" not in warnings[0]
+    if method in ("wanda", "multiflow"):  # the statistics pass's bar is sized to what it will see
+        (task,) = [t for t in kept_progress["prog"].tasks if t.description == "calibration pairs"]
+        assert (task.total, task.completed) == (12, 12)
+    if method == "ecoflap":
+        assert record["zeroth_order_pairs"] == 12
+    if method == "mope":
+        assert (cal["z_pairs"], cal["distill_pairs"]) == (12, 0)
+
+
+def test_enough_pairs_no_warning(tiny_clip_dir, shapes_pairs_jsonl, caplog):
+    cfg = PruneConfig(ratio=0.5, model=str(tiny_clip_dir), method="wanda", calib=str(shapes_pairs_jsonl),
+                      calib_samples=10, batch_size=4, show_progress=False)
+    with caplog.at_level(logging.WARNING, logger="mfdeploy"):
+        record = prune_model(load(tiny_clip_dir), cfg)
+    assert (record["calibration"]["samples"], record["calibration"]["requested"]) == (10, 10)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_cli_warns_in_one_line_on_stderr(tiny_clip_dir, shapes_pairs_jsonl, tmp_path):
+    """The real CLI (own process, logging unconfigured): one warning line on stderr, no traceback."""
+    out = tmp_path / "p"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "80"}
+    proc = subprocess.run([sys.executable, "-m", "mfdeploy.cli", "prune", "--model", str(tiny_clip_dir),
+                           "--ratio", "0.5", "--method", "wanda", "--calib", str(shapes_pairs_jsonl),
+                           "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "warning" in line]
+    assert lines == [f"warning: {shapes_pairs_jsonl} holds 12 image-caption pairs, fewer than --calib-samples 256: "
+                     "calibrating on 12"], proc.stderr
+    assert "Traceback" not in proc.stderr
+    rec = json.loads((out / "prune.json").read_text())
+    assert (rec["calibration"]["samples"], rec["calibration"]["requested"]) == (12, 256)
+    assert "12/12" in proc.stderr and "/256" not in proc.stderr  # the bar ends full
+
+
+@pytest.mark.parametrize("flag", ["--include", "--exclude"])
+def test_mope_refuses_include_exclude(tiny_clip_dir, tmp_path, capsys, flag):
+    with pytest.raises(SystemExit) as e:
+        main(["prune", "--model", str(tiny_clip_dir), "--ratio", "0.5", "--method", "mope", "--calib", "shapes",
+              flag, "*fc1", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--include/--exclude do not apply to --method mope" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("calib,distill", [("jsonl", 2), ("jsonl", 0), ("shapes", 2)])
+def test_mope_record_says_where_z_pairs_came_from(tiny_clip_dir, shapes_pairs_jsonl, calib, distill):
+    source = str(shapes_pairs_jsonl) if calib == "jsonl" else "shapes"
+    cfg = PruneConfig(ratio=0.5, model=str(tiny_clip_dir), method="mope", calib=source, calib_samples=8,
+                      batch_size=4, mope_neuron_group=32, distill_steps=distill, show_progress=False)
+    record = prune_model(load(tiny_clip_dir), cfg)
+    cal = record["calibration"]
+    assert record["z_pairs"] == cal["z_pairs"] == 8 and cal["distill_pairs"] == (8 if distill else 0)
+    if calib == "jsonl":
+        assert record["z_held_out"] is False and "held out" not in record["z"].replace("not held out", "")
+        assert f"the first 8 pairs of {shapes_pairs_jsonl}" in record["z"]
+        assert ("not held out" in record["z"]) == bool(distill)
+        assert cal["samples"] == 8  # Z and distillation read the same 8 pairs
+    else:
+        assert record["z_held_out"] is True and "held out" in record["z"]
+        assert cal["samples"] == 16  # 8 Z pairs from their own seeds + 8 distillation pairs
+
+
+@pytest.mark.filterwarnings("error")  # a float() of a tensor that requires grad warns: that fails here
+def test_distill_raises_no_warning(tiny_clip_dir):
+    import copy
+
+    from mfdeploy.data.batching import CalibSource, pair_batches
+    from mfdeploy.prune.distill import distill
+
+    adapter = load(tiny_clip_dir)
+    teacher = copy.deepcopy(adapter.model)
+    with __import__("torch").no_grad():
+        adapter.model.vision_model.encoder.layers[0].mlp.fc1.weight.mul_(0.5)  # a student that differs
+    batches = list(pair_batches(adapter, CalibSource("shapes"), 8, 4))
+    result = distill(adapter.model, teacher, batches, steps=3)
+    assert isinstance(result["loss_first"], float) and isinstance(result["loss_last"], float)
+    assert result["loss_first"] > 0 and result["steps"] == 3
