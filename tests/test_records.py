@@ -111,18 +111,34 @@ def test_mope_record_says_where_z_pairs_came_from(tiny_clip_dir, shapes_pairs_js
         assert cal["samples"] == 16  # 8 Z pairs from their own seeds + 8 distillation pairs
 
 
+@pytest.fixture()
+def torch_warns_always():
+    """torch warns about float() of a grad tensor once per process: make it warn every time, for this test."""
+    import torch
+
+    before = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)
+    yield
+    torch.set_warn_always(before)
+
+
 @pytest.mark.filterwarnings("error")  # a float() of a tensor that requires grad warns: that fails here
-def test_distill_raises_no_warning(tiny_clip_dir):
+def test_distill_raises_no_warning(tiny_clip_dir, torch_warns_always):
     import copy
+
+    import torch
 
     from mfdeploy.data.batching import CalibSource, pair_batches
     from mfdeploy.prune.distill import distill
 
     adapter = load(tiny_clip_dir)
     teacher = copy.deepcopy(adapter.model)
-    with __import__("torch").no_grad():
+    with torch.no_grad():
         adapter.model.vision_model.encoder.layers[0].mlp.fc1.weight.mul_(0.5)  # a student that differs
     batches = list(pair_batches(adapter, CalibSource("shapes"), 8, 4))
+    for _ in range(2):  # the check can fail: with warn-always, torch warns on every such float()
+        with pytest.warns(UserWarning, match="requires_grad"):
+            float(torch.ones(1, requires_grad=True).sum())
     result = distill(adapter.model, teacher, batches, steps=3)
     assert isinstance(result["loss_first"], float) and isinstance(result["loss_last"], float)
     assert result["loss_first"] > 0 and result["steps"] == 3
