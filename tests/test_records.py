@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from rich.progress import Progress
+from test_engine import fake_trt  # noqa: F401  (the recording fake of polygraphy's TensorRT calls)
 
 import mfdeploy.prune.run as run_mod
 from mfdeploy.cli import main
@@ -142,3 +143,89 @@ def test_distill_raises_no_warning(tiny_clip_dir, torch_warns_always):
     result = distill(adapter.model, teacher, batches, steps=3)
     assert isinstance(result["loss_first"], float) and isinstance(result["loss_last"], float)
     assert result["loss_first"] > 0 and result["steps"] == 3
+
+
+# --- build.json: calibration timing, trtexec folder, dense parity -------------------------------------------------
+
+def _build(args: list[str]) -> None:
+    main(["build", "--ratio", "0.5", *args])
+
+
+def test_build_records_what_happened(tiny_clip_dir, shapes_pairs_jsonl, tmp_path, capsys):
+    out = tmp_path / "build"
+    _build(["--model", str(tiny_clip_dir), "--method", "wanda", "--calib", str(shapes_pairs_jsonl),
+            "--out", str(out)])
+    text = (out / "build.json").read_text()
+    manifest = json.loads(text)
+    assert ".tmp-" not in text  # no path of the temporary folder the build ran in
+    # 1. the pairs used and asked for
+    cal = manifest["calibration"]
+    assert (cal["samples"], cal["requested"]) == (12, 256)
+    # 3. calibration.seconds is the statistics pass alone; every prune step is named for what it measures
+    prune_json = json.loads((out / "prune.json").read_text())
+    assert cal["seconds"] == round(prune_json["timings"]["calibration_s"], 2)
+    assert set(manifest["prune_timings"]) == {"calibration_s", "scoring_s"}
+    assert manifest["prune_timings"]["scoring_s"] == round(prune_json["timings"]["scoring_s"], 2)
+    # 2. the trtexec commands run in the final onnx/ folder, printed whole, one per line
+    eng = manifest["engine"]
+    assert eng["status"] == "skipped" and eng["trtexec_cwd"] == str(out / "onnx")
+    assert (Path(eng["trtexec_cwd"]) / "vision.onnx").is_file()
+    stdout = capsys.readouterr().out.splitlines()
+    assert all(len(c) > 80 for c in eng["trtexec"])  # long enough that a hard wrap at 80 columns would cut them
+    for command in eng["trtexec"]:
+        assert command in stdout
+    assert f"Build them where a GPU is present by running, inside {out / 'onnx'}:" in stdout
+    report = (out / "report.md").read_text()
+    assert "\n".join(["```sh", "cd onnx", *eng["trtexec"], "```"]) in report
+    # 4. the dense towers pass the same parity gate as the pruned ones
+    for key in ("onnx_vs_torch", "onnx_dense_vs_torch"):
+        for tower in ("vision", "text"):
+            got = manifest["parity"][key][tower]
+            assert got["passed"] and got["min_cosine"] >= 0.9999, (key, tower)
+    assert "parity dense vision (ORT vs torch)" in report
+    assert "parity_dense_s" in manifest["timings"]
+
+
+def test_build_fails_when_dense_towers_do_not_match(tiny_clip_dir, tmp_path, capsys, monkeypatch):
+    """A dense export that differs from the dense model ends the build in one line, and nothing is left."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    import mfdeploy.export as export_mod
+
+    real_export = export_mod.export_towers
+
+    def export_then_spoil_dense(adapter, onnx_dir, **kwargs):
+        result = real_export(adapter, onnx_dir, **kwargs)
+        if Path(onnx_dir).name == "onnx_dense":  # scale one large weight of the vision graph
+            path = Path(onnx_dir) / "vision.onnx"
+            model = onnx.load(str(path))
+            init = max(model.graph.initializer, key=lambda t: numpy_helper.to_array(t).size)
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(3.0), init.name))
+            onnx.save(model, str(path))
+        return result
+
+    monkeypatch.setattr(export_mod, "export_towers", export_then_spoil_dense)
+    out = tmp_path / "build"
+    with pytest.raises(SystemExit) as e:
+        _build(["--model", str(tiny_clip_dir), "--method", "magnitude", "--out", str(out)])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert e.value.code == 2 and len(lines) == 1
+    assert "dense towers (onnx_dense/): ONNX export does not match PyTorch" in lines[0] and "vision" in lines[0]
+    assert "Traceback" not in err and not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_build_fails_when_an_engine_does_not_match(fake_trt, tiny_clip_dir, tmp_path, capsys,  # noqa: F811
+                                                  monkeypatch):
+    import mfdeploy.export.engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "compare_with_onnxrt",
+                        lambda *a, **k: {"passed": False, "min_cosine": 0.5, "max_abs_err": 1.0})
+    out = tmp_path / "build"
+    with pytest.raises(SystemExit) as e:
+        _build(["--model", str(tiny_clip_dir), "--method", "magnitude", "--max-batch", "4", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "TensorRT engines/ does not match ONNX Runtime" in err
+    assert "vision min cosine 0.50000" in err and not out.exists()
