@@ -229,3 +229,40 @@ def test_build_fails_when_an_engine_does_not_match(fake_trt, tiny_clip_dir, tmp_
     err = capsys.readouterr().err
     assert e.value.code == 2 and "TensorRT engines/ does not match ONNX Runtime" in err
     assert "vision min cosine 0.50000" in err and not out.exists()
+
+
+# --- sparsity.png ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["multiflow", "mope"])
+def test_sparsity_plot_names_layers_and_roles(tiny_clip_dir, tmp_path, method):
+    from matplotlib.colors import to_hex
+    from matplotlib.patches import Rectangle
+
+    from mfdeploy.prune.plot import parse_layer_name, plot_sparsity
+
+    cfg = PruneConfig(ratio=0.5, model=str(tiny_clip_dir), method=method, calib="shapes", calib_samples=8,
+                      batch_size=8, mope_neuron_group=32, show_progress=False)
+    record = prune_model(load(tiny_clip_dir), cfg)
+    fig = plot_sparsity(record, tmp_path / "sparsity.png")
+    assert (tmp_path / "sparsity.png").stat().st_size > 0
+    (legend,) = fig.legends
+    labels = [t.get_text() for t in legend.get_texts()]
+    patches = [h for h in legend.legend_handles if isinstance(h, Rectangle)]
+    colours = [to_hex(p.get_facecolor()) for p in patches]
+    assert len(set(colours)) == len(colours) == len(patches) > 0  # one distinct colour per legend entry
+    roles = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"] if method == "multiflow" else ["whole layer"]
+    assert labels == [*roles, "target 0.5"]
+    axes = fig.axes
+    assert [ax.get_title().split(" ")[0] for ax in axes] == ["vision", "text"]
+    for ax in axes:
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["L0", "L1"]  # the tiny model's two layers
+        bars = [p for p in ax.patches if isinstance(p, Rectangle)]
+        assert len(bars) == 2 * len(roles)
+        # each bar's colour is its role's legend colour, and its height the record's sparsity
+        assert {to_hex(b.get_facecolor()) for b in bars} == set(colours)
+    per_layer = record["sparsity"]["per_layer"]
+    name = next(iter(per_layer))
+    layer, role = parse_layer_name(name)
+    assert layer == 0 and role == roles[0]
+    first_bar = next(p for p in axes[0].patches if isinstance(p, Rectangle))
+    assert first_bar.get_height() == pytest.approx(per_layer[name]["sparsity"])
