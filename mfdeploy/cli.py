@@ -358,8 +358,10 @@ def build(
     Console().print(summary_table(manifest, out))
     eng = manifest.get("engine") or {}
     if eng.get("status") != "built" and eng.get("trtexec"):
-        Console().print("TensorRT engines skipped: " + str(eng.get("reason", "")) +
-                        "\nBuild them where a GPU is present with:\n  " + "\n  ".join(eng["trtexec"]), highlight=False)
+        from mfdeploy.report import trtexec_lines
+
+        for line in trtexec_lines(eng, eng.get("trtexec_cwd", str(out / "onnx"))):  # unwrapped: pasteable
+            Console().print(line, soft_wrap=True, highlight=False, markup=False)
 
 
 def main(argv: list[str] | None = None) -> None:

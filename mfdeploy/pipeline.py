@@ -20,8 +20,8 @@ from mfdeploy.io import atomic_dir, check_out_dir, write_json
 from mfdeploy.prune.run import PruneConfig, record_for_json, validate, write_prune_outputs
 from mfdeploy.zoo import is_bundled
 
-STAGES = ("load", "evaluate dense", "export dense", "prune", "export", "parity", "engine", "engine dense",
-          "evaluate pruned", "report")
+STAGES = ("load", "evaluate dense", "export dense", "parity dense", "prune", "export", "parity", "engine",
+          "engine dense", "evaluate pruned", "report")
 
 
 @dataclass
@@ -67,7 +67,7 @@ def planned_stages(cfg: BuildConfig) -> list[str]:
     if eval_data_for(cfg) is None:
         skip |= {"evaluate dense", "evaluate pruned"}
     if not cfg.dense_onnx:
-        skip |= {"export dense", "engine dense"}
+        skip |= {"export dense", "parity dense", "engine dense"}
     if engine_status()["status"] != "available":
         skip.add("engine dense")  # the engine stage still runs: it records why and the trtexec commands
     return [s for s in STAGES if s not in skip]
@@ -113,8 +113,11 @@ def run_build(cfg: BuildConfig, on_stage: Callable[[str, int, int], None] | None
     with atomic_dir(out, cfg.force) as tmp:
         if eval_data is None:
             timings["evaluate_dense_s"] = 0.0
+        parity_dense = None
         if "export dense" in plan:
             timed("export dense", export_towers, adapter, tmp / "onnx_dense", opset=cfg.opset)
+            # the same gate as the pruned towers, against the dense torch model before pruning mutates it
+            parity_dense = timed("parity dense", _dense_parity, check_parity, adapter, tmp / "onnx_dense")
         record = timed("prune", prune_model, adapter, cfg.prune)
         write_prune_outputs(adapter, record, tmp)
         prune_json = record_for_json(record)
@@ -131,6 +134,11 @@ def run_build(cfg: BuildConfig, on_stage: Callable[[str, int, int], None] | None
             engine_dense = timed("engine dense", build_engines, tmp / "onnx_dense", fp16=cfg.fp16, sparse="off",
                                  max_batch=cfg.max_batch, max_text_len=cfg.max_text_len, out_dir=tmp / "engines_dense",
                                  record_file=None)
+        _fail_on_engine_parity(engine, engine_dense)
+        # the build ran in `tmp`, renamed to `out` at the end: record the folders the commands run in there
+        engine["trtexec_cwd"] = str(out / "onnx")
+        if engine_dense is not None:
+            engine_dense["trtexec_cwd"] = str(out / "onnx_dense")
         pruned_eval = timed("evaluate pruned", evaluate_model, adapter, eval_data) if eval_data else None
         evaluation = None
         if pruned_eval is not None and dense_eval is not None:
@@ -145,12 +153,16 @@ def run_build(cfg: BuildConfig, on_stage: Callable[[str, int, int], None] | None
             "ratio": prune_json["ratio"],
             "pattern": prune_json["pattern"],
             "seed": prune_json["seed"],
+            # seconds: the activation-statistics pass alone (None for methods without one, e.g. ecoflap
+            # and mope, whose steps are timed separately in prune_timings)
             "calibration": {**prune_json["calibration"],
-                            "seconds": round(sum(v for k, v in prune_json["timings"].items()
-                                                 if k != "total_s"), 2)},
+                            "seconds": _rounded(prune_json["timings"].get("calibration_s"))},
+            "prune_timings": {k: _rounded(v) for k, v in prune_json["timings"].items()},
             "sparsity": prune_json["sparsity"],
             "onnx": {"opset": exported.get("opset"), "towers": exported.get("towers")},
-            "parity": {"onnx_vs_torch": parity, "engine_vs_onnx": engine.get("parity")},
+            "parity": {"onnx_vs_torch": parity, "onnx_dense_vs_torch": parity_dense,
+                       "engine_vs_onnx": engine.get("parity"),
+                       "engine_dense_vs_onnx": engine_dense.get("parity") if engine_dense else None},
             "engine": engine,
             "engine_dense": engine_dense,
             "evaluation": evaluation,
@@ -165,6 +177,30 @@ def run_build(cfg: BuildConfig, on_stage: Callable[[str, int, int], None] | None
         manifest["artifacts"] = _artifacts(tmp)
         write_json(tmp / "build.json", manifest)  # last: its presence means the build is complete
     return manifest
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 2)
+
+
+def _dense_parity(check_parity: Callable[..., dict], adapter, onnx_dir: Path) -> dict:
+    """`check_parity` of the dense towers; a failure names them (the pruned towers' message does not)."""
+    try:
+        return check_parity(adapter, onnx_dir)
+    except UserError as e:
+        raise UserError(f"dense towers ({onnx_dir.name}/): {e}") from None
+
+
+def _fail_on_engine_parity(engine: dict, engine_dense: dict | None) -> None:
+    """An engine that does not match ONNX Runtime fails the build, as `mfdeploy engine` fails."""
+    from mfdeploy.export import EngineError
+
+    for name, record in (("engines/", engine), ("engines_dense/", engine_dense)):
+        if record is not None and record.get("status") == "parity_failed":
+            bad = ", ".join(f"{t} min cosine {p.get('min_cosine', float('nan')):.5f}"
+                            for t, p in (record.get("parity") or {}).items() if not p.get("passed", True))
+            raise EngineError(f"TensorRT {name} does not match ONNX Runtime within tolerance ({bad}): "
+                              "the build is discarded; try without --fp16, or report the model")
 
 
 def _scores(result: dict) -> dict:

@@ -17,16 +17,26 @@ def _size(n: int) -> str:
 
 def _parity_rows(manifest: dict) -> list[tuple[str, str]]:
     rows = []
-    p = (manifest.get("parity") or {}).get("onnx_vs_torch") or {}
-    for tower in ("vision", "text"):
-        t = p.get(tower) or (p.get("towers") or {}).get(tower)
-        if isinstance(t, dict):
-            cos = t.get("min_cosine")
-            err = t.get("max_abs_error", t.get("max_abs_err"))
-            rows.append((f"parity {tower} (ORT vs torch)",
-                         f"min cosine {cos:.6f}, max abs err {err:.2e}" if cos is not None and err is not None
-                         else str(t)))
+    for key, label in (("onnx_vs_torch", ""), ("onnx_dense_vs_torch", "dense ")):
+        p = (manifest.get("parity") or {}).get(key) or {}
+        for tower in ("vision", "text"):
+            t = p.get(tower) or (p.get("towers") or {}).get(tower)
+            if isinstance(t, dict):
+                cos = t.get("min_cosine")
+                err = t.get("max_abs_error", t.get("max_abs_err"))
+                rows.append((f"parity {label}{tower} (ORT vs torch)",
+                             f"min cosine {cos:.6f}, max abs err {err:.2e}" if cos is not None and err is not None
+                             else str(t)))
     return rows
+
+
+def trtexec_lines(engine: dict, where: str) -> list[str]:
+    """The skipped-engine advice: the reason, the folder to run the commands in (`where`), the commands.
+
+    One command per line, never wrapped, so each can be pasted as it is.
+    """
+    return [f"TensorRT engines not built: {engine.get('reason', '')}",
+            f"Build them where a GPU is present by running, inside {where}:", *engine["trtexec"]]
 
 
 def summary_rows(manifest: dict) -> list[tuple[str, str]]:
@@ -83,7 +93,8 @@ def write_report(out: Path, manifest: dict) -> None:
     eng = manifest.get("engine") or {}
     if eng.get("trtexec"):
         lines += ["", "## TensorRT engines", "", f"Status: {eng.get('status')}. {eng.get('reason', '')}", "",
-                  "Build them on a machine with a GPU and TensorRT:", "", "```sh"]
+                  "Build them on a machine with a GPU and TensorRT, inside this build directory's `onnx/` "
+                  "(the file names are relative to it):", "", "```sh", "cd onnx"]
         lines += list(eng["trtexec"]) + ["```"]
     lines += ["", "## Timings (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in manifest["timings"].items()]

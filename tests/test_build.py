@@ -33,9 +33,9 @@ def test_build_tiny(tiny_clip_dir, tmp_path, shapes_pairs_jsonl, capsys):
     # progress counts the stages that run here: no "engine dense" without a GPU
     steps = [line.split("] ", 1) for line in capsys.readouterr().err.splitlines() if line.startswith("[")]
     names = [name for _, name in steps]
-    assert names == ["load", "evaluate dense", "export dense", "prune", "export", "parity", "engine",
+    assert names == ["load", "evaluate dense", "export dense", "parity dense", "prune", "export", "parity", "engine",
                      "evaluate pruned", "report"]
-    assert [n for n, _ in steps] == [f"[{i}/9" for i in range(1, 10)]
+    assert [n for n, _ in steps] == [f"[{i}/10" for i in range(1, 11)]
 
 
 def test_build_on_a_gpu_also_builds_dense_engines(fake_trt, tiny_clip_dir, tmp_path, capsys):  # noqa: F811
@@ -57,7 +57,7 @@ def test_build_on_a_gpu_also_builds_dense_engines(fake_trt, tiny_clip_dir, tmp_p
     for tower in ("vision", "text"):
         assert manifest["engine_dense"]["parity"][tower]["passed"]
     assert "dense engines" in (out / "report.md").read_text()
-    assert "[7/8] engine dense" in capsys.readouterr().err  # a local model without --eval: no evaluate stages
+    assert "[8/9] engine dense" in capsys.readouterr().err  # a local model without --eval: no evaluate stages
 
 
 def test_build_existing_dir_and_failing_stage(tiny_clip_dir, tmp_path, capsys, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,8 @@ from mfdeploy.data import world
 from mfdeploy.data.pairs import load_pairs, open_image
 from mfdeploy.errors import UserError
 from mfdeploy.models.base import Adapter
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,6 +54,29 @@ def parse_calib(value: str | None) -> CalibSource | None:
         raise UserError(f"--calib {value}: a directory; expected 'shapes' or a JSONL file of image-caption pairs")
     load_pairs(path)  # fail early, with file and line (a missing file too)
     return CalibSource("jsonl", path)
+
+
+def pairs_available(source: CalibSource, n: int, offset: int = 0) -> int:
+    """How many pairs `pair_batches(adapter, source, n, ..., offset)` yields: `n`, or fewer when the file is short."""
+    if source.kind == "memory":  # prepared batches are yielded whole, whatever `n` says
+        return sum(len(b) for b in source.batches)
+    if source.kind == "shapes":  # the world's calibration range is unbounded
+        return n
+    assert source.path is not None
+    return max(0, min(n, len(load_pairs(source.path)) - offset))
+
+
+def calibration_pairs(source: CalibSource, requested: int, flag: str = "--calib-samples") -> int:
+    """The number of calibration pairs that will be used for `requested`; warns once when the source has fewer.
+
+    The warning goes to the `mfdeploy.data.batching` logger: with no logging
+    configured (the CLI), Python prints it as one line on stderr.
+    """
+    used = pairs_available(source, requested)
+    if used < requested:
+        log.warning("warning: %s holds %d image-caption pairs, fewer than %s %d: calibrating on %d",
+                    source.describe(), used, flag, requested, used)
+    return used
 
 
 def pair_batches(adapter: Adapter, source: CalibSource, n: int, batch_size: int,

@@ -50,8 +50,8 @@ def distill(student: nn.Module, teacher: nn.Module, batches: Sequence[Batch], st
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        first = float(loss) if step == 0 else first
-        last = float(loss)
+        last = loss.item()  # .item(), not float(): the loss still requires grad
+        first = last if step == 0 else first
         if task is not None:
             prog.advance(task)
     student.eval()

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mfdeploy import __version__
-from mfdeploy.data.batching import CalibSource, pair_batches, parse_calib
+from mfdeploy.data.batching import CalibSource, calibration_pairs, pair_batches, pairs_available, parse_calib
 from mfdeploy.errors import UserError
 from mfdeploy.io import atomic_dir, check_out_dir, write_json
 from mfdeploy.models import Adapter, load
@@ -82,6 +82,9 @@ def validate(cfg: PruneConfig) -> tuple[int, int] | None:
                         "ratio + delta; 0 prunes every block at exactly the ratio)")
     if cfg.distill_steps and cfg.method != "mope":
         raise UserError("--distill-steps applies to --method mope only")
+    if cfg.method == "mope" and (cfg.include or cfg.exclude):  # it cuts heads, neurons, layers in every block
+        raise UserError("--include/--exclude do not apply to --method mope, which prunes every layer of both "
+                        "towers: drop them, or use an unstructured method")
     return pattern
 
 
@@ -107,6 +110,8 @@ def prune_model(adapter: Adapter, cfg: PruneConfig, source: CalibSource | None =
         raise UserError("no prunable layers left after --include/--exclude")
     needs_calib = cfg.method in SPECIAL_METHODS or METHODS[cfg.method].needs_activations
     source = source or calibration_source(cfg, needs_calib)
+    # what the source really holds (a short JSONL file yields fewer than asked): sizes the bar, goes on record
+    used = calibration_pairs(source, cfg.calib_samples) if source else 0
     timings: dict[str, float] = {}
     record: dict = {}
     with progress_display(cfg.show_progress) as prog:
@@ -115,17 +120,18 @@ def prune_model(adapter: Adapter, cfg: PruneConfig, source: CalibSource | None =
 
             assert source is not None
             masks, info, timings = ecoflap_masks(adapter, layers, cfg, source, prog)
+            record["zeroth_order_pairs"] = pairs_available(source, cfg.ecoflap_samples)
         elif cfg.method == "mope":
             from mfdeploy.prune.structured import mope_prune
 
             assert source is not None
-            return mope_prune(adapter, cfg, source, prog)
+            return mope_prune(adapter, cfg, source, prog, used)
         else:
             act = None
             if needs_calib:
                 assert source is not None
                 t0 = time.perf_counter()
-                task = prog.add_task("calibration pairs", total=cfg.calib_samples)
+                task = prog.add_task("calibration pairs", total=used)
                 stats = collect_stats(adapter, layers, pair_batches(adapter, source, cfg.calib_samples,
                                                                     cfg.batch_size),
                                       progress=lambda n: prog.advance(task, n))
@@ -149,8 +155,8 @@ def prune_model(adapter: Adapter, cfg: PruneConfig, source: CalibSource | None =
         "pattern": cfg.pattern or "unstructured",
         "scope": info.get("scope"),
         "seed": cfg.seed,
-        "calibration": {"source": source.describe() if source else None,
-                        "samples": cfg.calib_samples if source else 0, "batch_size": cfg.batch_size},
+        "calibration": {"source": source.describe() if source else None, "samples": used,
+                        "requested": cfg.calib_samples if source else 0, "batch_size": cfg.batch_size},
         "include": cfg.include, "exclude": cfg.exclude,
         "dense_layers": info.get("dense_layers", []),
         "sparsity": report,

@@ -2,9 +2,12 @@
 
 Module-wise Pruning Error of a module: how much a cross-modal quality
 measure degrades when the module is removed. Here `Z` is the symmetric CLIP
-contrastive loss on held-out calibration pairs (continuous and cheap; recall
+contrastive loss on up to 128 calibration pairs (continuous and cheap; recall
 on a few hundred pairs is too noisy to rank 200 modules), so
 `MoPE(theta) = L(model without theta) - L(model)`: higher = more important.
+With the shapes world those pairs come from seeds apart from the ones
+distillation trains on; with a JSONL file they are its first pairs, which
+distillation trains on too (the record says which).
 
 Removing a head = zeroing its out_proj input columns; a neuron group = its
 fc2 input columns; a layer = its out_proj and fc2 (weights and biases), which
@@ -22,13 +25,14 @@ import torch
 from torch import nn
 
 from mfdeploy import __version__
-from mfdeploy.data.batching import Batch, CalibSource, pair_batches
+from mfdeploy.data.batching import Batch, CalibSource, pair_batches, pairs_available
 from mfdeploy.errors import UserError
 from mfdeploy.models import structure as st
 from mfdeploy.models.base import Adapter
 from mfdeploy.prune.ecoflap import contrastive_loss
 
-HELD_OUT_OFFSET = 500_000  # MoPE pairs come from a part of the calibration range the stats never see
+HELD_OUT_OFFSET = 500_000  # shapes: Z's pairs come from seeds the distillation pairs (offset 0) never reach
+Z_MAX_PAIRS = 128
 
 
 class _Z:
@@ -86,8 +90,16 @@ def width_plan(n_heads: int, inter: int, group: int, keep_frac: float, where: st
     return heads, groups
 
 
-def mope_prune(adapter: Adapter, cfg, source: CalibSource, prog) -> dict:
-    """Width then depth structured pruning of both towers in place (+ optional distillation)."""
+def mope_prune(adapter: Adapter, cfg, source: CalibSource, prog, used: int | None = None) -> dict:
+    """Width then depth structured pruning of both towers in place (+ optional distillation).
+
+    Args:
+        adapter: the model, pruned in place.
+        cfg: a `PruneConfig` with method "mope".
+        source: calibration pairs.
+        prog: a rich Progress.
+        used: pairs the source yields for `cfg.calib_samples` (default: counted here).
+    """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     dense_prunable = _prunable_counts(adapter)
@@ -95,7 +107,8 @@ def mope_prune(adapter: Adapter, cfg, source: CalibSource, prog) -> dict:
     group = cfg.mope_neuron_group
     if group <= 0:
         raise UserError("--neuron-group must be positive")
-    n_pairs = min(cfg.calib_samples, 128)
+    used = pairs_available(source, cfg.calib_samples) if used is None else used
+    n_pairs = pairs_available(source, min(cfg.calib_samples, Z_MAX_PAIRS), offset=_offset(source))
     batches = list(pair_batches(adapter, source, n_pairs, min(cfg.batch_size, n_pairs), offset=_offset(source)))
     teacher = None
     if cfg.distill_steps:
@@ -103,8 +116,8 @@ def mope_prune(adapter: Adapter, cfg, source: CalibSource, prog) -> dict:
 
         teacher = copy.deepcopy(adapter.model).eval()
     z = _Z(adapter, batches)
-    record: dict = {"z": "symmetric contrastive loss on held-out calibration pairs", "z_pairs": n_pairs,
-                    "dense_loss": z.base}
+    record: dict = {"z": _z_description(source, n_pairs, bool(cfg.distill_steps)), "z_pairs": n_pairs,
+                    "z_held_out": source.kind == "shapes", "dense_loss": z.base}
 
     # depth budget: layers removed per tower, the rest of the ratio comes from width
     depth_plan: dict[str, tuple[int, int]] = {}  # tower -> (layers, layers to drop)
@@ -186,8 +199,10 @@ def mope_prune(adapter: Adapter, cfg, source: CalibSource, prog) -> dict:
     record.update({
         "model": adapter.model_id, "method": "mope", "ratio": cfg.ratio, "pattern": "structured",
         "scope": "mope", "seed": cfg.seed,
-        "calibration": {"source": source.describe(), "samples": cfg.calib_samples, "batch_size": cfg.batch_size},
-        "include": [], "exclude": [], "dense_layers": [],
+        "calibration": {"source": source.describe(), "samples": _distinct_pairs(source, n_pairs, used, cfg),
+                        "requested": cfg.calib_samples, "batch_size": cfg.batch_size,
+                        "z_pairs": n_pairs, "distill_pairs": used if cfg.distill_steps else 0},
+        "include": list(cfg.include), "exclude": list(cfg.exclude), "dense_layers": [],
         "neuron_group": group, "depth_share": cfg.mope_depth_share,
         "structure": st.describe(adapter.model, final_kept),
         "sparsity": {
@@ -227,6 +242,23 @@ def _per_block_sparsity(adapter: Adapter, dense: dict[str, tuple[str, int]], kep
 
 def _offset(source: CalibSource) -> int:
     return HELD_OUT_OFFSET if source.kind == "shapes" else 0
+
+
+def _z_description(source: CalibSource, n_pairs: int, distill: bool) -> str:
+    """What Z was measured on, as it happened (for prune.json)."""
+    what = "symmetric contrastive loss on "
+    if source.kind == "shapes":
+        return what + (f"{n_pairs} shapes-world calibration pairs (seeds from offset {HELD_OUT_OFFSET}, "
+                       "held out from the pairs distillation trains on)")
+    where = f"the first {n_pairs} pairs of {source.describe()}"
+    return what + where + (", the same pairs distillation then trains on (not held out)" if distill else "")
+
+
+def _distinct_pairs(source: CalibSource, z_pairs: int, used: int, cfg) -> int:
+    """Distinct calibration pairs MoPE read: Z's, plus distillation's (disjoint only in the shapes world)."""
+    if not cfg.distill_steps:
+        return z_pairs
+    return z_pairs + used if source.kind == "shapes" else max(z_pairs, used)
 
 
 def _prunable_counts(adapter: Adapter) -> dict[str, int]:
