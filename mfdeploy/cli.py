@@ -78,7 +78,8 @@ NeuronGroupOpt = Annotated[int, typer.Option("--neuron-group", help="MoPE: MLP n
 DepthShareOpt = Annotated[float, typer.Option("--depth-share", help="MoPE: share of the ratio taken by whole layers.")]
 DistillStepsOpt = Annotated[int, typer.Option("--distill-steps", help="MoPE: distillation steps after pruning.")]
 # Every command's --force: naming only "--force" makes it a plain flag (no --no-force twin).
-ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output directory.")]
+ForceOpt = Annotated[bool, typer.Option(
+    "--force", help="Replace an output directory that mfdeploy wrote (never one holding other files).")]
 
 # The prune options of `prune` and `build`: parameter -> (declaration, default, PruneConfig field).
 PRUNE_OPTIONS: dict[str, tuple[Any, Any, str]] = {
