@@ -179,7 +179,8 @@ def eval_(
     data: Annotated[str, typer.Option(
         help="'shapes', a JSONL of image-caption pairs, or an image folder with one sub-folder per class "
              "(see above).")] = "shapes",
-    backend: Annotated[str, typer.Option(help="torch | onnx (ONNX Runtime on the CPU).")] = "torch",
+    backend: Annotated[str, typer.Option(
+        help="torch | onnx (ONNX Runtime on the CPU) | onnx-int8 (a build's onnx_int8/).")] = "torch",
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON here.")] = None,
     template: Annotated[
         str | None, typer.Option(help="Prompt template of an image folder's classes (default: 'a photo of a {}.').")
@@ -299,6 +300,10 @@ def engine(
         help="Longest text of the profile (default: the model's maximum).")] = None,
     out_dir: Annotated[Path | None, typer.Option(
         "--out", help="Where engines, logs and engine.json go (default: ONNX_DIR; a build's are engines/).")] = None,
+    int8: Annotated[bool, typer.Option(
+        "--int8",
+        help="INT8 (+FP16) engines from a QDQ directory (`mfdeploy quantize --target trt`, a build's onnx_qdq/).")
+    ] = False,
 ) -> None:
     """Build TensorRT engines (vision.plan, text.plan) in ONNX_DIR or --out, else print the trtexec commands."""
     from mfdeploy.export import EngineError, build_engines
@@ -307,7 +312,7 @@ def engine(
     onnx_dir, out_dir = engine_dirs(onnx_dir, out_dir)  # a build directory: its onnx/ and engines/
     with console.status("building TensorRT engines"):
         record = build_engines(onnx_dir, fp16=fp16, sparse=sparse, max_batch=max_batch, max_text_len=max_text_len,
-                               out_dir=out_dir)
+                               out_dir=out_dir, int8=int8)
     say = {"highlight": False, "soft_wrap": True, "markup": False}
     if record["status"] == "skipped":
         out.print(f"TensorRT engines not built: {record['reason']}. Build them elsewhere by running, "
@@ -328,6 +333,36 @@ def engine(
 
 
 @app.command()
+def quantize(
+    src: Annotated[Path, typer.Argument(help="An ONNX export directory or a build directory.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output directory (vision.onnx, text.onnx, quantize.json).")],
+    calib: CalibOpt = None,
+    calib_samples: Annotated[int, typer.Option("--calib-samples", help="Calibration pairs.")] = 128,
+    target: Annotated[str, typer.Option(help="ort: ONNX Runtime CPU kernels; trt: TensorRT QDQ (ModelOpt).")] = "ort",
+    mode: Annotated[str, typer.Option(help="int8 | fp8 (fp8: --target trt only).")] = "int8",
+    scheme: Annotated[str, typer.Option(help="--target ort: static (calibrated QDQ) | dynamic.")] = "static",
+    keep_float: Annotated[list[str] | None, typer.Option(
+        "--keep-float", metavar="GLOB", help="Keep nodes whose name matches this glob in float; repeat for more.")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show the quantizers' logs.")] = False,
+    force: ForceOpt = False,
+) -> None:
+    """Quantize both towers (INT8, or FP8 for TensorRT), gate them against fp32, write quantize.json."""
+    from mfdeploy.quantize import QuantizeConfig, run_quantize
+
+    cfg = QuantizeConfig(target=target, mode=mode, scheme=scheme, calib=calib, calib_samples=calib_samples,
+                         keep_float=keep_float or [], verbose=verbose)
+    with console.status("quantizing"):
+        record = run_quantize(src, out_dir, cfg, force=force, warn=lambda msg: console.print(
+            f"[yellow]warning:[/] {msg}", highlight=False, soft_wrap=True))
+    for tower, rec in record["towers"].items():
+        out.print(f"{tower}: {len(rec['quantized_nodes'])} nodes {record['mode']}, {len(rec['float_nodes'])} kept "
+                  f"float, {rec['bytes'] / 2**20:.1f} MiB ({rec['size_ratio']:.2f}x fp32), min cosine vs fp32 "
+                  f"{record['parity'][tower]['min_cosine']:.5f}", highlight=False, soft_wrap=True)
+    out.print(f"wrote {out_dir}", highlight=False, soft_wrap=True)
+
+
+@app.command()
 @with_prune_options
 def build(
     ratio: Annotated[float, typer.Option(help=RatioHelp)] = 0.5,
@@ -338,6 +373,9 @@ def build(
     opset: Annotated[int, typer.Option(help="ONNX opset (>= 17).")] = 17,
     max_batch: Annotated[int, typer.Option(help="Largest batch of the engines' profiles.")] = 32,
     max_text_len: Annotated[int | None, typer.Option(help="Longest text of the engines' profiles.")] = None,
+    int8: Annotated[bool, typer.Option(
+        "--int8", help="Also quantize: onnx_int8/ (ONNX Runtime) and onnx_qdq/ (TensorRT), parity-gated; INT8 "
+                       "engines from onnx_qdq/.")] = False,
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("build"),
     force: ForceOpt = False,
     *,
@@ -350,7 +388,7 @@ def build(
 
     pcfg = PruneConfig(ratio=ratio, **prune_opts)
     cfg = BuildConfig(prune=pcfg, out=out, fp16=fp16, sparse=sparse, opset=opset, max_batch=max_batch,
-                      max_text_len=max_text_len, eval_data=eval_data, force=force)
+                      max_text_len=max_text_len, eval_data=eval_data, force=force, int8=int8)
 
     def on_stage(name: str, step: int, total: int) -> None:
         console.print(f"[bold cyan][{step}/{total}][/] {name}", highlight=False)

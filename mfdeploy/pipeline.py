@@ -20,8 +20,8 @@ from mfdeploy.io import atomic_dir, check_out_dir, write_json
 from mfdeploy.prune.run import PruneConfig, record_for_json, validate, write_prune_outputs
 from mfdeploy.zoo import is_bundled
 
-STAGES = ("load", "evaluate dense", "export dense", "parity dense", "prune", "export", "parity", "engine",
-          "engine dense", "evaluate pruned", "report")
+STAGES = ("load", "evaluate dense", "export dense", "parity dense", "prune", "export", "parity", "quantize",
+          "engine", "engine dense", "evaluate pruned", "evaluate int8", "report")
 
 
 @dataclass
@@ -38,6 +38,7 @@ class BuildConfig:
     eval_data: str | None = None  # None: the shapes suite for the bundled model, no evaluation otherwise
     dense_onnx: bool = True  # also export the dense towers (onnx_dense/) and, on a GPU, build engines_dense/
     force: bool = False
+    int8: bool = False  # also onnx_int8/ and onnx_qdq/ (mfdeploy.quantize), engines from onnx_qdq/
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -65,7 +66,9 @@ def planned_stages(cfg: BuildConfig) -> list[str]:
 
     skip = set()
     if eval_data_for(cfg) is None:
-        skip |= {"evaluate dense", "evaluate pruned"}
+        skip |= {"evaluate dense", "evaluate pruned", "evaluate int8"}
+    if not cfg.int8:
+        skip |= {"quantize", "evaluate int8"}
     if not cfg.dense_onnx:
         skip |= {"export dense", "parity dense", "engine dense"}
     if engine_status()["status"] != "available":
@@ -84,6 +87,7 @@ def run_build(cfg: BuildConfig, on_stage: Callable[[str, int, int], None] | None
     from mfdeploy.export.spec import check_opset
     from mfdeploy.models import load
     from mfdeploy.prune.run import prune_model
+    from mfdeploy.quantize.build import evaluate_int8, quantize_build
 
     validate(cfg.prune)
     check_opset(cfg.opset)
@@ -124,9 +128,12 @@ def run_build(cfg: BuildConfig, on_stage: Callable[[str, int, int], None] | None
         write_json(tmp / "prune.json", prune_json)
         exported = timed("export", export_towers, adapter, tmp / "onnx", opset=cfg.opset)
         parity = timed("parity", check_parity, adapter, tmp / "onnx", save_inputs=True)
-        engine = timed("engine", build_engines, tmp / "onnx", fp16=cfg.fp16, sparse=cfg.sparse,
-                       max_batch=cfg.max_batch, max_text_len=cfg.max_text_len, out_dir=tmp / "engines",
-                       record_file=None)
+        quant = timed("quantize", quantize_build, adapter, tmp, cfg.prune.calib) if cfg.int8 else None
+        # --int8: engines from the QDQ towers; their weights are int8, so a 2:4 build asks for sparse kernels
+        sparse = "on" if cfg.int8 and cfg.sparse == "auto" and prune_json["pattern"] == "2:4" else cfg.sparse
+        engine = timed("engine", build_engines, tmp / ("onnx_qdq" if cfg.int8 else "onnx"), fp16=cfg.fp16,
+                       sparse=sparse, max_batch=cfg.max_batch, max_text_len=cfg.max_text_len,
+                       out_dir=tmp / "engines", record_file=None, int8=cfg.int8)
         engine_dense = None
         if "engine dense" in plan:
             # the dense baseline `mfdeploy bench` times the trt backend against: same precision and
@@ -136,14 +143,18 @@ def run_build(cfg: BuildConfig, on_stage: Callable[[str, int, int], None] | None
                                  record_file=None)
         _fail_on_engine_parity(engine, engine_dense)
         # the build ran in `tmp`, renamed to `out` at the end: record the folders the commands run in there
-        engine["trtexec_cwd"] = str(out / "onnx")
+        engine["trtexec_cwd"] = str(out / ("onnx_qdq" if cfg.int8 else "onnx"))
         if engine_dense is not None:
             engine_dense["trtexec_cwd"] = str(out / "onnx_dense")
         pruned_eval = timed("evaluate pruned", evaluate_model, adapter, eval_data) if eval_data else None
+        int8_eval = timed("evaluate int8", evaluate_int8, adapter, tmp / "onnx_int8", eval_data) \
+            if "evaluate int8" in plan else None
         evaluation = None
         if pruned_eval is not None and dense_eval is not None:
             evaluation = {"data": eval_data, "dense": _scores(dense_eval), "pruned": _scores(pruned_eval),
                           "retention": retention(pruned_eval, dense_eval)}
+            if int8_eval is not None:
+                evaluation.update(int8=_scores(int8_eval), retention_int8=retention(int8_eval, dense_eval))
         stage("report")
         manifest = {
             "mfdeploy_version": __version__,
@@ -162,7 +173,9 @@ def run_build(cfg: BuildConfig, on_stage: Callable[[str, int, int], None] | None
             "onnx": {"opset": exported.get("opset"), "towers": exported.get("towers")},
             "parity": {"onnx_vs_torch": parity, "onnx_dense_vs_torch": parity_dense,
                        "engine_vs_onnx": engine.get("parity"),
-                       "engine_dense_vs_onnx": engine_dense.get("parity") if engine_dense else None},
+                       "engine_dense_vs_onnx": engine_dense.get("parity") if engine_dense else None,
+                       **({"int8_vs_fp32": {k: v["towers"] for k, v in quant.items()}} if quant else {})},
+            "quantize": quant,
             "engine": engine,
             "engine_dense": engine_dense,
             "evaluation": evaluation,

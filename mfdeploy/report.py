@@ -60,6 +60,9 @@ def summary_rows(manifest: dict) -> list[tuple[str, str]]:
             rows.append((f"  {task}", f"{value:.3f} (dense {ev['dense']['tasks'][task]:.3f})"))
         for metric, value in ev["pruned"]["retrieval"].items():
             rows.append((f"  {metric}", f"{value:.3f} (dense {ev['dense']['retrieval'][metric]:.3f})"))
+    from mfdeploy.quantize.build import report_rows
+
+    rows += report_rows(manifest)
     eng = manifest.get("engine") or {}
     status = eng.get("status", "unknown")
     rows.append(("TensorRT engines", status + (f": {eng['reason']}" if eng.get("reason") else "")))

@@ -29,3 +29,19 @@ def test_serve_vitb32_smoke():
         assert f"│ {layer}" in out
     assert "of the vision tower's FLOPs; on them alone" in out and "vision ORT/torch = " in out
     assert "fp32 matmul rate before timing" in out and "fp32 matmul rate after timing" in out
+
+
+@pytest.mark.slow
+def test_quantize_vitb32_smoke():
+    run = subprocess.run([sys.executable, str(BENCHMARKS / "quantize_vitb32.py"), "--smoke", "--iters", "2"],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = run.stdout
+    for tower in ("vision", "text"):
+        for graph in ("dense fp32", "dense int8 dynamic", "dense int8 static", "MoPE 0.5 fp32",
+                      "MoPE 0.5 int8 dynamic", "MoPE 0.5 int8 static"):
+            assert any(line.startswith(f"│ {tower}") and f"│ {graph} " in line for line in out.splitlines()), graph
+    cosines = [float(c) for line in out.splitlines() if "int8" in line and line.startswith("│")
+               for c in [line.split("│")[5].strip()]]
+    assert len(cosines) == 8 and min(cosines) >= 0.99  # every INT8 graph against its own fp32 graph
+    assert "load average (1, 5, 15 min) before timing" in out and "(target >= 4x)" in out

@@ -18,7 +18,8 @@ from mfdeploy.eval.prepare import Prepared, prepare
 from mfdeploy.models.base import Adapter
 from mfdeploy.serve.base import Runner
 
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "onnx-int8")
+INT8_DIR = "onnx_int8"  # a build's ONNX Runtime INT8 towers (`build --int8`, mfdeploy.quantize)
 BATCH_SIZE = 256
 MANIFESTS = ("build.json", "prune.json")  # output directories that name the dense model they came from
 
@@ -84,8 +85,15 @@ def _ort_runner_class() -> type:
     return OrtRunner
 
 
-def _onnx_dir(source: str | Path | Adapter | None) -> Path | None:
+def _onnx_dir(source: str | Path | Adapter | None, backend: str = "onnx") -> Path | None:
     """The exported towers of a build directory (or of a directory holding them), None for a checkpoint."""
+    if backend == "onnx-int8":
+        path = Path(str(source)).expanduser()
+        for candidate in (path / INT8_DIR, path):
+            if (candidate / "quantize.json").is_file():
+                return candidate
+        raise UserError(f"--backend onnx-int8: {source} has no {INT8_DIR}/ (build with --int8, or run "
+                        "`mfdeploy quantize BUILD --out BUILD/onnx_int8`)")
     if source is None or isinstance(source, Adapter):
         return None
     path = Path(source).expanduser()
@@ -107,7 +115,8 @@ def open_runner(source: str | Path | Adapter | None, adapter: Adapter, backend: 
         adapter: the loaded model.
         backend: "torch" (eager PyTorch on the CPU) or "onnx" (ONNX Runtime on
             the CPU over the build's `onnx/` towers, or over towers exported
-            to a temporary directory for a plain checkpoint).
+            to a temporary directory for a plain checkpoint), or "onnx-int8"
+            (a build's `onnx_int8/`).
     """
     if backend not in BACKENDS:
         raise UserError(f"--backend {backend}: unknown backend (expected one of: {', '.join(BACKENDS)})")
@@ -121,7 +130,7 @@ def open_runner(source: str | Path | Adapter | None, adapter: Adapter, backend: 
             runner.close()
         return
     ort_runner = _ort_runner_class()
-    onnx_dir = _onnx_dir(source)
+    onnx_dir = _onnx_dir(source, backend)
     with tempfile.TemporaryDirectory(prefix="mfdeploy-eval-") as tmp:
         if onnx_dir is None:
             from mfdeploy.export import export_towers
@@ -133,7 +142,7 @@ def open_runner(source: str | Path | Adapter | None, adapter: Adapter, backend: 
         try:
             runner = ort_runner(onnx_dir, provider="cpu")
         except BackendUnavailable as e:
-            raise UserError(f"--backend onnx: {e}") from None
+            raise UserError(f"--backend {backend}: {e}") from None
         try:
             yield runner
         finally:
@@ -167,9 +176,9 @@ def evaluate_model(source: str | Path | Adapter | None = None, data: str | Path 
         raise UserError(f"--backend {backend}: unknown backend (expected one of: {', '.join(BACKENDS)})")
     if batch_size <= 0:
         raise UserError(f"batch size must be positive, not {batch_size}")
-    if backend == "onnx":  # fail before the slow steps
+    if backend in ("onnx", "onnx-int8"):  # fail before the slow steps
         _ort_runner_class()
-        _onnx_dir(source)
+        _onnx_dir(source, backend)
     evalset = resolve_data(data, template, n_images, n_retrieval)  # bad data fails before the model loads
     adapter = source if isinstance(source, Adapter) else load(source)
     prepared = prepare(adapter, evalset)

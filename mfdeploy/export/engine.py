@@ -132,7 +132,8 @@ def engine_io(engine: trt.ICudaEngine) -> dict[str, Any]:
 
 
 def build_engine(onnx_path: Path, plan_path: Path, inputs: dict[str, dict[str, list[int]]], fp16: bool,
-                 sparse_weights: bool, timing_cache: Path, log_path: Path) -> tuple[Any, dict[str, Any]]:
+                 sparse_weights: bool, timing_cache: Path, log_path: Path,
+                 int8: bool = False) -> tuple[Any, dict[str, Any]]:
     """Build and save one engine; return it with a record (file, hash, build time, sparsity from the log)."""
     from polygraphy.backend.trt import CreateConfig, Profile, engine_from_network, network_from_onnx_path, save_engine
     from polygraphy.exception import PolygraphyException
@@ -140,7 +141,8 @@ def build_engine(onnx_path: Path, plan_path: Path, inputs: dict[str, dict[str, l
     profile = Profile()
     for name, shapes in inputs.items():
         profile.add(name, min=shapes["min"], opt=shapes["opt"], max=shapes["max"])
-    config = CreateConfig(fp16=fp16, sparse_weights=sparse_weights, profiles=[profile],
+    # int8: explicit quantization, the scales come from the QDQ graph (no calibrator)
+    config = CreateConfig(fp16=fp16, int8=int8, sparse_weights=sparse_weights, profiles=[profile],
                           load_timing_cache=str(timing_cache))
     start = time.perf_counter()
     with capture_trt_log() as lines:
@@ -155,14 +157,26 @@ def build_engine(onnx_path: Path, plan_path: Path, inputs: dict[str, dict[str, l
     save_engine(engine, path=str(plan_path))
     data = plan_path.read_bytes()
     return engine, {"engine": plan_path.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-                    "build_s": round(seconds, 2), "log": log_path.name, "fp16": fp16, "sparse_weights": sparse_weights,
+                    "build_s": round(seconds, 2), "log": log_path.name, "fp16": fp16, "int8": int8,
+                    "sparse_weights": sparse_weights,
                     "sparsity": parse_sparsity_log("\n".join(lines)), "io": engine_io(engine)}
+
+
+def _check_qdq(files: dict[str, Path]) -> None:
+    """`--int8` needs explicit quantization: every tower must hold QuantizeLinear/DequantizeLinear nodes."""
+    import onnx
+
+    for path in files.values():
+        ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+        if "DequantizeLinear" not in ops:
+            raise UserError(f"--int8: {path} holds no QuantizeLinear/DequantizeLinear nodes; quantize it first "
+                            "(mfdeploy quantize SRC --target trt --out DIR, or build --int8: onnx_qdq/)")
 
 
 def build_engines(onnx_dir: Path, fp16: bool = False, sparse: str = "auto", max_batch: int = 32,
                   max_text_len: int | None = None, *, opt_batch: int | None = None, opt_text_len: int | None = None,
                   out_dir: Path | None = None, check: bool = True,
-                  record_file: str | None = RECORD_FILE) -> dict[str, Any]:
+                  record_file: str | None = RECORD_FILE, int8: bool = False) -> dict[str, Any]:
     """Build `vision.plan` and `text.plan` from an export directory, or say why not and how elsewhere.
 
     Args:
@@ -178,6 +192,8 @@ def build_engines(onnx_dir: Path, fp16: bool = False, sparse: str = "auto", max_
         out_dir: where engines, logs and the timing cache go (default `onnx_dir`; a build's `engines/`).
         check: compare each engine with ONNX Runtime (polygraphy Comparator).
         record_file: write the returned record as JSON into `out_dir` under this name (None: don't).
+        int8: INT8 engines from a QDQ directory (`mfdeploy quantize --target trt`, a build's `onnx_qdq/`),
+            with FP16 for the float parts (fp16 is turned on).
 
     Returns:
         `{"status": "built" | "parity_failed" | "skipped", ...}` with the profiles, the sparsity
@@ -195,6 +211,9 @@ def build_engines(onnx_dir: Path, fp16: bool = False, sparse: str = "auto", max_
         raise UserError(f"--sparse must be one of {', '.join(SPARSE_MODES)} (got {sparse!r})")
     onnx_dir, out_dir = engine_dirs(onnx_dir, out_dir)
     files = check_onnx_dir(onnx_dir)
+    if int8:
+        _check_qdq(files)
+        fp16 = True  # INT8 + FP16 fallback: the float parts of a QDQ graph run in FP16
     profiles = profile_shapes(onnx_dir, max_batch, max_text_len, opt_batch, opt_text_len)
     weights = {}
     if sparse != "off":
@@ -211,8 +230,9 @@ def build_engines(onnx_dir: Path, fp16: bool = False, sparse: str = "auto", max_
         notes.append("--sparse on, but no weight holds the 2:4 pattern: TensorRT will find nothing to sparsify")
     names = {tower: (TOWERS[tower]["file"], ENGINE_FILES[tower]) for tower in files}
     record: dict[str, Any] = {
-        "fp16": fp16, "sparse": sparse, "sparse_weights": sparse_weights, "weights_2to4": weights,
-        "profiles": profiles, "trtexec": trtexec_commands(profiles, fp16, sparse_weights, names, TIMING_CACHE),
+        "fp16": fp16, "int8": int8, "sparse": sparse, "sparse_weights": sparse_weights, "weights_2to4": weights,
+        "profiles": profiles,
+        "trtexec": trtexec_commands(profiles, fp16, sparse_weights, names, TIMING_CACHE, int8=int8),
         "trtexec_cwd": str(onnx_dir), "notes": notes,
     }
     status = engine_status()
@@ -224,11 +244,13 @@ def build_engines(onnx_dir: Path, fp16: bool = False, sparse: str = "auto", max_
         engines = {}
         for tower, path in files.items():
             engine, info = build_engine(path, out_dir / ENGINE_FILES[tower], profiles[tower], fp16,
-                                        sparse_weights[tower], out_dir / TIMING_CACHE, out_dir / f"{tower}.trt.log")
+                                        sparse_weights[tower], out_dir / TIMING_CACHE, out_dir / f"{tower}.trt.log",
+                                        int8=int8)
             if check and feeds.get(tower):
                 from polygraphy.backend.trt import TrtRunner
 
-                info["parity"] = compare_with_onnxrt(path, TrtRunner(engine, name="tensorrt"), feeds[tower], fp16)
+                info["parity"] = compare_with_onnxrt(path, TrtRunner(engine, name="tensorrt"), feeds[tower], fp16,
+                                                     int8=int8)
             engines[tower] = info
         passed = all(e.get("parity", {}).get("passed", True) for e in engines.values())
         record = {"status": "built" if passed else "parity_failed", "tensorrt": status["tensorrt"], **record,

@@ -25,7 +25,7 @@ def shapes_arg(flag: str, inputs: Mapping[str, Mapping[str, Sequence[int]]], whi
 
 
 def trtexec_command(onnx_file: str, plan_file: str, inputs: Mapping[str, Mapping[str, Sequence[int]]],
-                    fp16: bool, sparse: bool, timing_cache: str | None = "timing.cache") -> str:
+                    fp16: bool, sparse: bool, timing_cache: str | None = "timing.cache", int8: bool = False) -> str:
     """One `trtexec` command line building `plan_file` from `onnx_file`.
 
     Args:
@@ -35,8 +35,11 @@ def trtexec_command(onnx_file: str, plan_file: str, inputs: Mapping[str, Mapping
         fp16: allow FP16 kernels (`--fp16`).
         sparse: let TensorRT use 2:4 sparse kernels (`--sparsity=enable`).
         timing_cache: timing cache file shared by the builds, or None.
+        int8: INT8 kernels for a QDQ graph (`--int8`; its scales come from the graph, no calibration).
     """
     args = ["trtexec", f"--onnx={onnx_file}", f"--saveEngine={plan_file}"]
+    if int8:
+        args.append("--int8")
     if fp16:
         args.append("--fp16")
     if sparse:
@@ -49,7 +52,8 @@ def trtexec_command(onnx_file: str, plan_file: str, inputs: Mapping[str, Mapping
 
 
 def trtexec_commands(profiles: Profiles, fp16: bool, sparse: Mapping[str, bool],
-                     files: Mapping[str, tuple[str, str]], timing_cache: str | None = "timing.cache") -> list[str]:
+                     files: Mapping[str, tuple[str, str]], timing_cache: str | None = "timing.cache",
+                     int8: bool = False) -> list[str]:
     """The commands for every tower.
 
     Args:
@@ -58,6 +62,8 @@ def trtexec_commands(profiles: Profiles, fp16: bool, sparse: Mapping[str, bool],
         sparse: tower -> whether to pass `--sparsity=enable`.
         files: tower -> (ONNX file, engine file).
         timing_cache: timing cache file, or None.
+        int8: pass `--int8` (QDQ graphs from `mfdeploy quantize --target trt`).
     """
-    return [trtexec_command(files[tower][0], files[tower][1], inputs, fp16, sparse.get(tower, False), timing_cache)
+    return [trtexec_command(files[tower][0], files[tower][1], inputs, fp16, sparse.get(tower, False), timing_cache,
+                            int8)
             for tower, inputs in profiles.items()]

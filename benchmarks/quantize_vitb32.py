@@ -1,0 +1,140 @@
+"""INT8 towers on ViT-B/32 with ONNX Runtime (CPU): fp32 vs dynamic vs static INT8 vs MoPE 0.5 (+ INT8).
+
+    python benchmarks/quantize_vitb32.py [--batch 8] [--text-len 77] [--iters 10] [--threads 2] [--smoke]
+
+Builds ViT-B/32 (`CLIPConfig()` defaults, random weights), prunes a copy
+with MoPE @ 0.5 (width only, as `benchmarks/mope_vitb32.py`), exports both,
+and quantizes each with `mfdeploy.quantize` (the nodes `mfdeploy quantize`
+picks: weight MatMuls and the patch Conv, final projections kept float):
+"dynamic" (int8 weights per channel, activations from each batch) and
+"static" (QDQ, uint8 activations calibrated on 4 random batches). Every
+variant of a tower is timed in turn, call by call, in one run (vision at
+`--batch`, text at `--batch` x `--text-len` tokens), so machine load hits
+them alike. The table gives the speed-up over dense fp32, the min cosine
+of each INT8 graph against its own fp32 graph (random inputs), and the
+file size. The load average is printed before and after: compare ratios
+only within one run. `--smoke`: a 2-layer, width-64 model, to check the
+script in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).parent))
+from vitb32 import WrappedAdapter, random_batches, vitb32  # noqa: E402
+
+from mfdeploy.data.batching import CalibSource  # noqa: E402
+from mfdeploy.export import export_towers  # noqa: E402
+from mfdeploy.progress import progress_display  # noqa: E402
+from mfdeploy.prune import PruneConfig  # noqa: E402
+from mfdeploy.prune.structured import mope_prune  # noqa: E402
+from mfdeploy.quantize.nodes import plan_nodes  # noqa: E402
+from mfdeploy.quantize.ort import quantize_ort  # noqa: E402
+
+TOWER_FILES = {"vision": "vision.onnx", "text": "text.onnx"}
+
+
+def session(path: Path, threads: int) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def feeds(model, batch: int, text_len: int, seed: int) -> dict[str, dict[str, np.ndarray]]:
+    b = random_batches(model, batch, batch, text_len=text_len, seed=seed)[0]
+    return {"vision": {"pixel_values": b.pixel_values.numpy()},
+            "text": {"input_ids": b.input_ids.numpy(), "attention_mask": b.attention_mask.numpy()}}
+
+
+def min_cos(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return float(((a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))).min())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--text-len", type=int, default=77)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--smoke", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    console = Console()
+    text_len = min(args.text_len, 77)
+    dense = WrappedAdapter(vitb32(smoke=args.smoke))
+    pruned = WrappedAdapter(copy.deepcopy(dense.model))
+    calib = tuple(random_batches(dense.model, 8, 8))
+    group = 32 if args.smoke else 256
+    cfg = PruneConfig(ratio=0.5, method="mope", mope_neuron_group=group, calib_samples=8, batch_size=8)
+    with progress_display() as prog:
+        mope_prune(pruned, cfg, CalibSource("memory", batches=calib), prog)
+    calib_feeds = feeds(dense.model, 8, text_len, seed=1), feeds(dense.model, 8, text_len, seed=2)
+    calib_feeds += (feeds(dense.model, 8, text_len, seed=3), feeds(dense.model, 8, text_len, seed=4))
+    test = feeds(dense.model, args.batch, text_len, seed=0)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        paths: dict[str, dict[str, Path]] = {t: {} for t in TOWER_FILES}
+        for name, adapter in (("dense", dense), ("MoPE 0.5", pruned)):
+            export_towers(adapter, root / name)
+            for tower, file in TOWER_FILES.items():
+                src = root / name / file
+                paths[tower][f"{name} fp32"] = src
+                nodes = plan_nodes(src)["quantize"]
+                for scheme in ("dynamic", "static"):
+                    dst = root / name / f"{tower}.{scheme}.onnx"
+                    quantize_ort(src, dst, nodes, [c[tower] for c in calib_feeds], scheme)
+                    paths[tower][f"{name} int8 {scheme}"] = dst
+        load_before = os.getloadavg()
+        for tower, variants in paths.items():
+            sessions = {v: session(p, args.threads) for v, p in variants.items()}
+            outs = {v: s.run(None, test[tower])[0] for v, s in sessions.items()}
+            times: dict[str, list[float]] = {v: [] for v in sessions}
+            for _ in range(args.iters):  # interleaved, call by call: noise hits every variant alike
+                for v, s in sessions.items():
+                    t = time.perf_counter()
+                    s.run(None, test[tower])
+                    times[v].append(time.perf_counter() - t)
+            base = float(np.median(times["dense fp32"]))
+            for v in sessions:
+                med = float(np.median(times[v]))
+                ref = outs[v.split(" int8")[0] + " fp32"] if "int8" in v else None
+                rows.append((tower, v, med, base / med, min_cos(ref, outs[v]) if ref is not None else None,
+                             variants[v].stat().st_size))
+        load_after = os.getloadavg()
+    table = Table(title=f"ViT-B/32 ({'smoke' if args.smoke else 'CLIPConfig defaults'}), ONNX Runtime "
+                        f"{ort.__version__} CPU, {args.threads} threads, vision batch {args.batch}, text "
+                        f"{args.batch} x {text_len} tokens, {args.iters} interleaved calls")
+    for col in ("tower", "graph", "median ms", "vs dense fp32", "min cosine vs its fp32", "MB"):
+        table.add_column(col, justify="right" if col not in ("tower", "graph") else "left")
+    for tower, v, med, ratio, cos, size in rows:
+        table.add_row(tower, v, f"{1000 * med:.1f}", f"{ratio:.2f}x", "-" if cos is None else f"{cos:.5f}",
+                      f"{size / 1e6:.1f}")
+    console.print(table)
+    console.print(f"load average (1, 5, 15 min) before timing: {load_before[0]:.2f} {load_before[1]:.2f} "
+                  f"{load_before[2]:.2f}; after: {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f} "
+                  f"on {os.cpu_count()} CPUs", highlight=False)
+    for tower, target in (("vision", 2.5), ("text", 2.0)):
+        best = max((r for r in rows if r[0] == tower and r[1].startswith("dense int8")), key=lambda r: r[3])
+        console.print(f"{tower}: best dense int8 = {best[1]} at {best[3]:.2f}x (target >= {target}x)", highlight=False)
+    mope = max((r for r in rows if r[0] == "vision" and r[1].startswith("MoPE 0.5 int8")), key=lambda r: r[3])
+    console.print(f"vision: MoPE 0.5 + int8 = {mope[1]} at {mope[3]:.2f}x dense fp32 (target >= 4x)", highlight=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""Quantized towers: ONNX Runtime INT8 for its CPU kernels, ModelOpt QDQ for TensorRT (imported lazily)."""
+
+from mfdeploy.quantize.gate import MIN_COSINE, check_towers, gate_feeds
+from mfdeploy.quantize.run import (
+    OUT_DIRS,
+    RECORD_FILE,
+    QuantizeConfig,
+    quantize_towers,
+    resolve_source,
+    run_quantize,
+    validate,
+)
+
+__all__ = [
+    "MIN_COSINE",
+    "OUT_DIRS",
+    "RECORD_FILE",
+    "QuantizeConfig",
+    "check_towers",
+    "gate_feeds",
+    "quantize_towers",
+    "resolve_source",
+    "run_quantize",
+    "validate",
+]

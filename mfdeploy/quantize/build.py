@@ -1,0 +1,67 @@
+"""The quantize stage of `mfdeploy build --int8`: `onnx_int8/` and `onnx_qdq/`, their accuracy, their report rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mfdeploy.quantize.gate import gate_feeds
+from mfdeploy.quantize.run import OUT_DIRS, QuantizeConfig, quantize_towers
+
+
+def quantize_build(adapter, build_dir: Path, calib: str | None, calib_samples: int = 128,
+                   warn=None) -> dict[str, Any]:
+    """Quantize a build's `onnx/` for both targets into `onnx_int8/` and `onnx_qdq/`, each parity-gated.
+
+    Returns:
+        `{"onnx_int8": summary, "onnx_qdq": summary}`: target, scheme, per-tower min cosine and sizes,
+        float-kept nodes (the full records are in each directory's `quantize.json`).
+
+    Raises:
+        UserError: a tower fails its gate (min cosine against the fp32 tower below 0.99).
+    """
+    feeds = gate_feeds(adapter)  # the same real inputs gate both targets
+    summary = {}
+    for target, name in OUT_DIRS.items():
+        out = Path(build_dir) / name
+        out.mkdir()
+        cfg = QuantizeConfig(target=target, calib=calib, calib_samples=calib_samples)
+        record = quantize_towers(adapter, Path(build_dir) / "onnx", out, cfg, warn=warn, gate_inputs=feeds)
+        summary[name] = {
+            "target": target, "mode": record["mode"], "scheme": record["scheme"],
+            "calibration": record["calibration"],
+            "towers": {t: {"min_cosine": record["parity"][t]["min_cosine"], "bytes": r["bytes"],
+                           "size_ratio": r["size_ratio"], "float_nodes": r["float_nodes"],
+                           "quantized_nodes": len(r["quantized_nodes"])} for t, r in record["towers"].items()},
+            "passed": record["parity"]["passed"], "min_cosine_required": record["parity"]["min_cosine_required"],
+        }
+    return summary
+
+
+def evaluate_int8(adapter, onnx_dir: Path, data: str) -> dict:
+    """Evaluate the ONNX Runtime INT8 towers of a build on `data` (zero-shot tasks, retrieval)."""
+    from mfdeploy.eval import evaluate, prepare
+    from mfdeploy.eval.datasets import resolve_data
+    from mfdeploy.serve.ort_runner import OrtRunner
+
+    prepared = prepare(adapter, resolve_data(data))
+    runner = OrtRunner(onnx_dir, provider="cpu", spin=False)
+    try:
+        return {"model": adapter.model_id, "backend": "onnx-int8", **evaluate(runner, prepared)}
+    finally:
+        runner.close()
+
+
+def report_rows(manifest: dict) -> list[tuple[str, str]]:
+    """(what, value) rows of the int8 towers for the build summary and report.md; none without --int8."""
+    rows = []
+    for name, q in (manifest.get("quantize") or {}).items():
+        cos = ", ".join(f"{t} {v['min_cosine']:.4f} ({v['size_ratio']:.2f}x size)" for t, v in q["towers"].items())
+        rows.append((f"{name} ({q['target']}, {q['mode']})", f"min cosine vs fp32: {cos}"))
+    ev = manifest.get("evaluation") or {}
+    if ev.get("int8"):
+        for task, value in ev["int8"]["tasks"].items():
+            rows.append((f"  {task} int8", f"{value:.3f} (fp32 pruned {ev['pruned']['tasks'][task]:.3f})"))
+        for metric, value in ev["int8"]["retrieval"].items():
+            rows.append((f"  {metric} int8", f"{value:.3f} (fp32 pruned {ev['pruned']['retrieval'][metric]:.3f})"))
+    return rows

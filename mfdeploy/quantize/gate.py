@@ -1,0 +1,80 @@
+"""Parity gate of quantized towers: ONNX Runtime (CPU) runs the fp32 and the quantized graph on real inputs.
+
+The inputs are those of the export parity check (`mfdeploy.export.parity`):
+held-out scenes through the model's own processor, captions of varied
+lengths alone, batched, and padded to the model's maximum length. They are
+not the calibration pairs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mfdeploy.export.parity import parity_inputs, text_batches
+from mfdeploy.export.spec import TOWERS
+
+MIN_COSINE = 0.99  # per-row cosine between the quantized and the fp32 tower's embeddings
+
+
+def gate_feeds(adapter, n: int = 16) -> dict[str, list[tuple[str, dict[str, np.ndarray]]]]:
+    """Labelled runs per tower: the images at full and partial batch, the text runs of the export check."""
+    data = parity_inputs(adapter, n)
+    pv = data["pixel_values"].numpy()
+    vision = [(f"batch {n}", {"pixel_values": pv}), ("batch 1", {"pixel_values": pv[:1]})]
+    text = [(label, {k: v.numpy() for k, v in feed.items()}) for label, feed in text_batches(adapter, data["captions"])]
+    return {"vision": vision, "text": text}
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # one-off check, shared machine
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def min_cosine(ref: np.ndarray, got: np.ndarray) -> float:
+    """Smallest per-row cosine of two `[B, D]` embedding arrays (NaN propagates)."""
+    ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
+    cos = (ref64 * got64).sum(-1) / (np.linalg.norm(ref64, axis=-1) * np.linalg.norm(got64, axis=-1))
+    return float(np.min(cos))
+
+
+def compare_tower(fp32: Path, quantized: Path, runs: list[tuple[str, dict[str, np.ndarray]]]) -> dict[str, Any]:
+    """Min cosine and max abs error of `quantized` against `fp32` over the runs."""
+    ref_s, q_s = _session(fp32), _session(quantized)
+    worst_cos, worst_err = 1.0, 0.0
+    for _label, feed in runs:
+        ref = ref_s.run(None, feed)[0]
+        got = q_s.run(None, feed)[0]
+        worst_cos = float(np.min([worst_cos, min_cosine(ref, got)]))
+        worst_err = float(np.max([worst_err, np.abs(ref.astype(np.float64) - got).max()]))
+    return {"min_cosine": worst_cos, "max_abs_err": worst_err, "runs": len(runs)}
+
+
+def check_towers(fp32_dir: Path, q_dir: Path, feeds: dict[str, list], threshold: float = MIN_COSINE) -> dict[str, Any]:
+    """Compare every tower of `q_dir` with the same tower of `fp32_dir`.
+
+    Returns:
+        `{"min_cosine_required", "passed", tower: {"min_cosine", "max_abs_err", "runs", "passed"}}`;
+        a NaN or a cosine below `threshold` fails.
+    """
+    result: dict[str, Any] = {"provider": "CPUExecutionProvider", "min_cosine_required": threshold}
+    for tower, spec in TOWERS.items():
+        rec = compare_tower(Path(fp32_dir) / spec["file"], Path(q_dir) / spec["file"], feeds[tower])
+        rec["passed"] = bool(np.isfinite(rec["min_cosine"]) and rec["min_cosine"] >= threshold)
+        result[tower] = rec
+    result["passed"] = all(result[t]["passed"] for t in TOWERS)
+    return result
+
+
+def failure_line(gate: dict[str, Any], what: str) -> str:
+    """One line saying which towers failed the gate and what to do."""
+    bad = [f"{t} min cosine {gate[t]['min_cosine']:.4f}" for t in TOWERS if not gate[t]["passed"]]
+    return (f"{what} does not match the fp32 towers (required min cosine >= {gate['min_cosine_required']}): "
+            + "; ".join(bad) + ". Keep the sensitive layers in float (--keep-float GLOB, or --auto-keep) "
+            "or use more calibration pairs")

@@ -1,0 +1,195 @@
+"""The quantize stage: INT8/FP8 towers from fp32 towers, parity-gated, with `quantize.json` (`mfdeploy quantize`).
+
+`quantize_towers` does the work into a directory it is given (a build's
+temporary directory, or the one `run_quantize` renames into place), so a
+failure anywhere (bad input, quantizer error, parity gate) leaves nothing
+half written.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from mfdeploy import __version__
+from mfdeploy.data.batching import CalibSource, parse_calib
+from mfdeploy.errors import UserError
+from mfdeploy.export.spec import MANIFEST_FILE, TOWERS, check_onnx_dir
+from mfdeploy.quantize.gate import MIN_COSINE, check_towers, failure_line, gate_feeds
+
+RECORD_FILE = "quantize.json"
+TARGETS = ("ort", "trt")
+MODES = ("int8", "fp8")
+OUT_DIRS = {"ort": "onnx_int8", "trt": "onnx_qdq"}  # where a build keeps each target's towers
+
+
+@dataclass
+class QuantizeConfig:
+    """What `mfdeploy quantize` (and `build --int8`) does; built by the CLI, never from CLI objects."""
+
+    target: str = "ort"
+    mode: str = "int8"
+    scheme: str = "static"  # ONNX Runtime only: static (calibrated QDQ) | dynamic
+    calib: str | None = None  # "shapes" | PAIRS.jsonl; None = shapes
+    calib_samples: int = 128
+    batch_size: int = 32
+    keep_float: list[str] = field(default_factory=list)  # fnmatch globs of node names kept in float
+    min_cosine: float = MIN_COSINE
+    verbose: bool = False
+
+
+def validate(cfg: QuantizeConfig) -> CalibSource:
+    """Check the options before any work; returns the calibration source."""
+    if cfg.target not in TARGETS:
+        raise UserError(f"--target {cfg.target}: expected one of {', '.join(TARGETS)}")
+    if cfg.mode not in MODES:
+        raise UserError(f"--mode {cfg.mode}: expected one of {', '.join(MODES)}")
+    if cfg.mode == "fp8" and cfg.target == "ort":
+        raise UserError("--mode fp8 needs --target trt: ONNX Runtime's CPU provider has no fp8 kernels")
+    if cfg.target == "ort":
+        from mfdeploy.quantize.ort import SCHEMES
+
+        if cfg.scheme not in SCHEMES:
+            raise UserError(f"--scheme {cfg.scheme}: expected one of {', '.join(SCHEMES)}")
+    if cfg.calib_samples <= 0 or cfg.batch_size <= 0:
+        raise UserError("--calib-samples and --batch-size must be positive")
+    if not 0.0 < cfg.min_cosine <= 1.0:
+        raise UserError(f"--min-cosine {cfg.min_cosine}: must be in (0, 1]")
+    return parse_calib(cfg.calib) or CalibSource("shapes")
+
+
+def resolve_source(src: Path) -> tuple[Path, str]:
+    """The fp32 towers of SRC and the model (checkpoint) whose processor and tokenizer make real inputs.
+
+    SRC is a build directory (`onnx/` + `pruned/`) or an export directory
+    (`vision.onnx`, `text.onnx`, `export.json` naming the model).
+    """
+    src = Path(src)
+    if not src.is_dir():
+        raise UserError(f"{src}: no such directory (expected an ONNX export or build directory)")
+    if (src / "onnx" / "vision.onnx").is_file() or (src / "build.json").is_file():
+        check_onnx_dir(src / "onnx")
+        return src / "onnx", str(src)
+    if not any((src / spec["file"]).is_file() for spec in TOWERS.values()):
+        raise UserError(f"{src}: no towers to quantize (expected vision.onnx and text.onnx, or a build directory "
+                        "with onnx/): run `mfdeploy export` or `mfdeploy build` first")
+    check_onnx_dir(src)
+    manifest = src / MANIFEST_FILE
+    try:
+        model = json.loads(manifest.read_text())["model"]["source"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(f"{src}: no readable {MANIFEST_FILE} naming the model, whose processor and tokenizer "
+                        "make the calibration inputs (export with `mfdeploy export`)") from None
+    return src, model
+
+
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"mfdeploy": __version__}
+    for name in ("onnx", "onnxruntime", "nvidia-modelopt"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _copy_metadata(src: Path, dst: Path) -> None:
+    """Carry the exporter's `mfdeploy.*` metadata (model sizes the engine profiles read) over to the quantized graph."""
+    import onnx
+
+    from mfdeploy.export.spec import META_PREFIX
+
+    meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props
+            if p.key.startswith(META_PREFIX)}
+    model = onnx.load(str(dst))
+    have = {p.key for p in model.metadata_props}
+    if set(meta) - have:
+        onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, **meta})
+        onnx.save(model, str(dst))
+
+
+def quantize_towers(adapter, fp32_dir: Path, out_dir: Path, cfg: QuantizeConfig,
+                    warn: Callable[[str], None] | None = None, gate_inputs: dict | None = None) -> dict[str, Any]:
+    """Quantize `fp32_dir`'s towers into `out_dir` (which must exist), gate them, write `quantize.json`.
+
+    Args:
+        adapter: the model the towers were exported from (its processor and tokenizer make the inputs).
+        fp32_dir: directory with the fp32 `vision.onnx` and `text.onnx`.
+        out_dir: where the quantized towers and `quantize.json` go.
+        cfg: what to do.
+        warn: called with one-line warnings (e.g. fewer calibration pairs than asked for).
+        gate_inputs: precomputed `gate.gate_feeds(adapter)` (a build quantizes twice with the same inputs).
+
+    Returns:
+        The record written to `out_dir/quantize.json`.
+
+    Raises:
+        UserError: bad options, a quantizer failure, or a tower below the parity gate.
+    """
+    from mfdeploy.quantize.calib import calibration_feeds
+    from mfdeploy.quantize.nodes import plan_nodes
+
+    source = validate(cfg)
+    files = check_onnx_dir(fp32_dir)
+    t0 = time.perf_counter()
+    need_calib = cfg.target == "trt" or cfg.scheme == "static"
+    feeds, used = calibration_feeds(adapter, source, cfg.calib_samples, cfg.batch_size, warn) if need_calib \
+        else ({"vision": [], "text": []}, 0)
+    calib_s = time.perf_counter() - t0
+    towers: dict[str, Any] = {}
+    for tower, path in files.items():
+        plan = plan_nodes(path, cfg.keep_float)
+        dst = Path(out_dir) / path.name
+        start = time.perf_counter()
+        if cfg.target == "ort":
+            from mfdeploy.quantize.ort import quantize_ort
+
+            how = quantize_ort(path, dst, plan["quantize"], feeds[tower], cfg.scheme, cfg.verbose)
+        else:
+            from mfdeploy.quantize.trt import quantize_trt
+
+            how = quantize_trt(path, dst, plan["quantize"], feeds[tower], cfg.mode, cfg.verbose)
+        _copy_metadata(path, dst)
+        fp32_bytes, q_bytes = path.stat().st_size, dst.stat().st_size
+        towers[tower] = {**how, "file": dst.name, "quantized_nodes": plan["quantize"], "float_nodes": plan["float"],
+                         "bytes": q_bytes, "fp32_bytes": fp32_bytes, "size_ratio": round(q_bytes / fp32_bytes, 4),
+                         "seconds": round(time.perf_counter() - start, 2)}
+    gate = check_towers(fp32_dir, out_dir, gate_inputs or gate_feeds(adapter), cfg.min_cosine)
+    what = f"the {cfg.mode} towers (--target {cfg.target})"
+    if not gate["passed"]:
+        raise UserError(failure_line(gate, what))
+    record = {
+        "mfdeploy_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": adapter.model_id, "target": cfg.target, "mode": cfg.mode,
+        "scheme": cfg.scheme if cfg.target == "ort" else "static",
+        "calibration": {"source": source.describe() if need_calib else None, "requested": cfg.calib_samples,
+                        "samples": used, "batch_size": cfg.batch_size, "seconds": round(calib_s, 2)},
+        "keep_float": cfg.keep_float, "towers": towers, "parity": gate, "versions": _versions(),
+    }
+    from mfdeploy.io import write_json
+
+    write_json(Path(out_dir) / RECORD_FILE, record)
+    return record
+
+
+def run_quantize(src: Path, out: Path, cfg: QuantizeConfig, force: bool = False,
+                 warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """`mfdeploy quantize SRC --out DIR`: quantized towers + `quantize.json` in DIR, written atomically."""
+    from mfdeploy.io import atomic_dir, check_out_dir
+    from mfdeploy.models import load
+
+    validate(cfg)  # bad options fail before the model loads
+    fp32_dir, model = resolve_source(src)
+    out = Path(out)
+    check_out_dir(out, force)
+    adapter = load(model)
+    with atomic_dir(out, force) as tmp:
+        record = quantize_towers(adapter, fp32_dir, tmp, cfg, warn)
+    return record

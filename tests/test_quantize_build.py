@@ -1,0 +1,90 @@
+"""`build --int8`, `engine --int8` and `eval --backend onnx-int8` on a tiny model."""
+
+import json
+from pathlib import Path
+
+import pytest
+from test_engine import fake_trt  # noqa: F401  (the recording fake of polygraphy's TensorRT calls)
+
+from mfdeploy.cli import main
+
+
+def _run_cli(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    return exc.value.code, capsys.readouterr().err.strip()
+
+
+@pytest.mark.slow
+def test_build_int8_with_engines_and_eval(fake_trt, tiny_clip_dir, tmp_path, shapes_pairs_jsonl, capsys):  # noqa: F811
+    out = tmp_path / "build"
+    main(["build", "--model", str(tiny_clip_dir), "--ratio", "0.5", "--method", "magnitude", "--pattern", "2:4",
+          "--calib", "shapes", "--calib-samples", "16", "--eval", str(shapes_pairs_jsonl), "--int8",
+          "--max-batch", "4", "--out", str(out)])
+    manifest = json.loads((out / "build.json").read_text())
+    for name, target in (("onnx_int8", "ort"), ("onnx_qdq", "trt")):
+        q = manifest["quantize"][name]
+        assert q["target"] == target and q["passed"]
+        for tower in ("vision", "text"):
+            assert q["towers"][tower]["min_cosine"] >= 0.99
+            assert f"{name}/{tower}.onnx" in manifest["artifacts"]
+        assert json.loads((out / name / "quantize.json").read_text())["target"] == target
+    # the INT8 engines come from onnx_qdq/: int8 + fp16, 2:4 sparse kernels asked for
+    assert [Path(p).parent.name for p, _ in fake_trt["network"]][:2] == ["onnx_qdq", "onnx_qdq"]
+    assert [(c["int8"], c["fp16"], c["sparse_weights"]) for c in fake_trt["config"][:2]] == [(True, True, True)] * 2
+    assert manifest["engine"]["status"] == "built" and manifest["engine"]["int8"]
+    assert all("--int8" in c for c in manifest["engine"]["trtexec"])
+    ev = manifest["evaluation"]
+    assert set(ev["int8"]["retrieval"]) == set(ev["pruned"]["retrieval"]) and "retention_int8" in ev
+    assert "onnx_int8 (ort, int8)" in (out / "report.md").read_text()
+    # eval --backend onnx-int8 reads the build's onnx_int8/ and matches the build's own int8 numbers
+    json_path = tmp_path / "eval.json"
+    main(["eval", str(out), "--data", str(shapes_pairs_jsonl), "--backend", "onnx-int8", "--no-retention",
+          "--json", str(json_path)])
+    result = json.loads(json_path.read_text())
+    assert result["backend"] == "onnx-int8" and result["retrieval"] == ev["int8"]["retrieval"]
+
+
+def test_build_int8_gate_failure_leaves_nothing(tiny_clip_dir, tmp_path, capsys, monkeypatch):
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from mfdeploy.quantize import ort as qort
+
+    real = qort.quantize_ort
+
+    def broken(src, dst, *args, **kwargs):  # a quantizer that writes a graph computing nonsense
+        record = real(src, dst, *args, **kwargs)
+        model = onnx.load(str(dst))
+        for t in model.graph.initializer:
+            if t.data_type == onnx.TensorProto.INT8:
+                arr = numpy_helper.to_array(t)
+                t.CopyFrom(numpy_helper.from_array(np.full(arr.shape, 127, np.int8), t.name))
+        onnx.save(model, str(dst))
+        return record
+
+    monkeypatch.setattr(qort, "quantize_ort", broken)
+    out = tmp_path / "build"
+    code, err = _run_cli(["build", "--model", str(tiny_clip_dir), "--method", "magnitude", "--int8",
+                          "--calib", "shapes", "--calib-samples", "8", "--out", str(out)], capsys)
+    last = err.splitlines()[-1]
+    assert code == 2 and last.startswith("error:") and "does not match the fp32 towers" in last
+    assert "Traceback" not in err and not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_engine_int8_commands_and_refusal(tiny_clip_dir, tmp_path, capsys):
+    from mfdeploy.export import build_engines, engine_status
+
+    src = tmp_path / "onnx"
+    main(["export", str(tiny_clip_dir), "--out", str(src)])
+    code, err = _run_cli(["engine", str(src), "--int8"], capsys)  # fp32 towers: nothing to build INT8 from
+    assert code == 2 and "holds no QuantizeLinear/DequantizeLinear" in err and len(err.splitlines()) == 1
+    qdq = tmp_path / "qdq"
+    main(["quantize", str(src), "--out", str(qdq), "--target", "trt", "--calib-samples", "8"])
+    if engine_status()["status"] == "available":
+        pytest.skip("TensorRT and a GPU are present")
+    record = build_engines(qdq, int8=True, max_batch=4, record_file=None)
+    assert record["status"] == "skipped" and record["int8"] and record["fp16"]
+    assert all(c.startswith(f"trtexec --onnx={t}.onnx --saveEngine={t}.plan --int8 --fp16 ")
+               for c, t in zip(record["trtexec"], ("vision", "text")))
