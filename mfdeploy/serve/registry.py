@@ -5,6 +5,8 @@
     ort-cuda  ONNX Runtime, CUDA EP, same files
     ort-trt   ONNX Runtime, TensorRT EP, same files; engine/timing caches in `ort_trt_cache/`
     trt       TensorRT engines `engines/*.plan` (dense: `engines_dense/`), via polygraphy
+
+The "int8" variant is a build's `onnx_int8/` (`build --int8`), for the ONNX Runtime backends.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 from mfdeploy.errors import MfdeployError, UserError
 from mfdeploy.serve.base import BackendUnavailable, Runner
 
-VARIANTS = ("pruned", "dense")
+VARIANTS = ("pruned", "dense", "int8")
 TOWERS = ("vision", "text")
 
 
@@ -102,9 +104,13 @@ class BuildDir:
         return model
 
     def onnx_dir(self, variant: str = "pruned") -> Path:
-        """`onnx/`, or for the dense model `onnx_dense/` when present, else a temporary fresh export."""
+        """`onnx/`, `onnx_int8/`, or for the dense model `onnx_dense/` when present, else a temporary export."""
         if variant == "pruned":
             return self.path / "onnx"
+        if variant == "int8":
+            if not (self.path / "onnx_int8").is_dir():
+                raise BackendUnavailable(f"no onnx_int8/ in {self.path}: build it with `mfdeploy build --int8`")
+            return self.path / "onnx_int8"
         if (self.path / "onnx_dense").is_dir():
             return self.path / "onnx_dense"
         if self._dense_export is None:
@@ -152,8 +158,15 @@ class BuildDir:
             self._dense_export = None
 
 
+def _no_int8(variant: str) -> None:
+    if variant == "int8":
+        raise BackendUnavailable("the int8 towers are ONNX graphs: time them with the ONNX Runtime backends")
+
+
 def _torch(build: BuildDir, variant: str, opts: dict) -> Runner:
     from mfdeploy.serve.torch_runner import TorchRunner
+
+    _no_int8(variant)
 
     return TorchRunner(build.adapter(variant), threads=opts.get("threads"))
 
@@ -186,6 +199,8 @@ def _ort(provider: str) -> Callable[[BuildDir, str, dict], Runner]:
 
 def _trt(build: BuildDir, variant: str, opts: dict) -> Runner:
     from mfdeploy.serve.trt_runner import TrtRunner
+
+    _no_int8(variant)  # `build --int8` on a GPU builds engines/ from onnx_qdq/: the pruned variant is int8
 
     return TrtRunner(build.engines_dir(variant), towers=opts.get("towers", TOWERS), how=engine_command(build, variant))
 
@@ -252,7 +267,8 @@ def make_runner(
     Args:
         backend: one of `BACKENDS` (torch, ort-cpu, ort-cuda, ort-trt, trt).
         build_dir: a build directory, or an open `BuildDir` (shares loaded models).
-        variant: "pruned" (the build's artifacts) or "dense" (the model it started from).
+        variant: "pruned" (the build's artifacts), "dense" (the model it started from) or "int8"
+            (the build's `onnx_int8/`, ONNX Runtime backends only).
         threads: CPU intra-op threads (default: the physical cores).
         fp16: TensorRT EP FP16 kernels (default: as the build's engines, `BuildDir.tensorrt_flags`).
         sparse: TensorRT EP 2:4 sparse kernels (default: as the build's engines).
