@@ -5,19 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mfdeploy import __version__
-from mfdeploy.models.base import Adapter
-from mfdeploy.prune.masks import sparsity_report
+from mfdeploy.models.base import Adapter, PrunableLayer
+from mfdeploy.prune.masks import Masks, param_name, sparsity_report
 from mfdeploy.prune.result import MethodResult, PruneContext
 
 if TYPE_CHECKING:
     from mfdeploy.prune.registry import MethodSpec
 
 ROLES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
-
-
-def role_of(layer_name: str) -> str:
-    """`...layers.3.self_attn.q_proj` -> `q_proj`: the last part of the qualified name."""
-    return layer_name.rsplit(".", 1)[-1]
 
 
 def _ordered(by_mod: dict[str, dict[str, list[int]]]) -> dict[str, dict[str, float]]:
@@ -29,26 +24,28 @@ def _ordered(by_mod: dict[str, dict[str, list[int]]]) -> dict[str, dict[str, flo
     return out
 
 
-def budget_by_role(per_layer: dict[str, dict]) -> dict[str, dict[str, float]]:
+def budget_by_role(masks: Masks, layers: dict[str, PrunableLayer]) -> dict[str, dict[str, float]]:
     """Per modality, per role: the sparsity of that role's layers (pruned weights / total weights).
 
     Args:
-        per_layer: the sparsity report's `per_layer` (name -> modality, sparsity, numel).
+        masks: parameter name -> bool mask (True = keep) for every layer in `layers`.
+        layers: the prunable layers, with their modality and role.
     """
     by_mod: dict[str, dict[str, list[int]]] = {}
-    for name, rec in per_layer.items():
-        acc = by_mod.setdefault(rec["modality"], {}).setdefault(role_of(name), [0, 0])
-        acc[0] += round(rec["sparsity"] * rec["numel"])  # an integer count, stored as a fraction
-        acc[1] += rec["numel"]
+    for name, layer in layers.items():
+        mask = masks[param_name(name)]
+        acc = by_mod.setdefault(layer.modality, {}).setdefault(layer.role, [0, 0])
+        acc[0] += int((~mask).sum())
+        acc[1] += mask.numel()
     return _ordered(by_mod)
 
 
 def role_counts(adapter: Adapter) -> dict[str, dict[str, int]]:
     """modality -> role -> weights in the prunable layers (structured methods: count before and after)."""
     out: dict[str, dict[str, int]] = {}
-    for name, layer in adapter.prunable_layers().items():
+    for layer in adapter.prunable_layers().values():
         roles = out.setdefault(layer.modality, {})
-        roles[role_of(name)] = roles.get(role_of(name), 0) + layer.module.weight.numel()
+        roles[layer.role] = roles.get(layer.role, 0) + layer.module.weight.numel()
     return out
 
 
@@ -67,7 +64,8 @@ def build_record(ctx: PruneContext, spec: MethodSpec, result: MethodResult) -> d
     """
     cfg = ctx.cfg
     report = result.sparsity if result.sparsity is not None else sparsity_report(result.masks or {}, ctx.layers)
-    by_role = result.budget_by_role if result.budget_by_role is not None else budget_by_role(report["per_layer"])
+    by_role = (result.budget_by_role if result.budget_by_role is not None
+               else budget_by_role(result.masks or {}, ctx.layers))
     source = ctx.source
     record = {
         "model": ctx.adapter.model_id,
@@ -100,4 +98,4 @@ def record_for_json(record: dict) -> dict:
     return {k: v for k, v in record.items() if not k.startswith("_")}
 
 
-__all__ = ["ROLES", "budget_by_role", "build_record", "record_for_json", "role_of"]
+__all__ = ["ROLES", "budget_by_role", "build_record", "record_for_json"]
