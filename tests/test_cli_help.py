@@ -54,7 +54,7 @@ def test_usage_shows_argument_metavars(command, argument, capsys, monkeypatch):
 def test_force_is_one_plain_flag(command, capsys, monkeypatch):
     line = _option_line(_help([command], capsys, monkeypatch), "--force")
     assert "--no-force" not in line and "<" not in line
-    assert "Overwrite an existing output directory." in line
+    assert "Replace an output directory that mfdeploy wrote" in line  # the help fabe177 gave --force
 
 
 @pytest.mark.parametrize("command", ["prune", "build"])
