@@ -24,7 +24,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).parent))
 from vitb32 import WrappedAdapter, random_batches, vitb32  # noqa: E402
 
-from mfdeploy.prune import collect_stats, compute_masks, sparsity_report  # noqa: E402
+from mfdeploy.prune import METHODS, collect_stats, compute_masks, sparsity_report  # noqa: E402
 
 
 def peak_rss_gb() -> float:
@@ -68,7 +68,8 @@ def main() -> None:
     rows.append(("calibration with statistics", f"{cal:.1f} s", overhead))
     for method, pattern in (("multiflow", None), ("magnitude", None), ("wanda", None), ("multiflow", (2, 4))):
         t0 = time.perf_counter()
-        masks, _ = compute_masks(layers, method, 0.5, None, pattern, act)
+        budget = None if pattern else METHODS[method].default_budget  # the method's own budget
+        masks, _ = compute_masks(layers, method, 0.5, budget, pattern, act)
         dt = time.perf_counter() - t0
         sp = sparsity_report(masks, layers)["overall"]
         label = f"scoring+masking {method}{' 2:4' if pattern else ''} @0.5"

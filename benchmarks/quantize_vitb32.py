@@ -38,9 +38,7 @@ from vitb32 import WrappedAdapter, random_batches, vitb32  # noqa: E402
 
 from mfdeploy.data.batching import CalibSource  # noqa: E402
 from mfdeploy.export import export_towers  # noqa: E402
-from mfdeploy.progress import progress_display  # noqa: E402
-from mfdeploy.prune import PruneConfig  # noqa: E402
-from mfdeploy.prune.structured import mope_prune  # noqa: E402
+from mfdeploy.prune import PruneConfig, prune_model  # noqa: E402
 from mfdeploy.quantize.nodes import plan_nodes  # noqa: E402
 from mfdeploy.quantize.ort import quantize_ort  # noqa: E402
 
@@ -80,9 +78,9 @@ def main() -> None:
     pruned = WrappedAdapter(copy.deepcopy(dense.model))
     calib = tuple(random_batches(dense.model, 8, 8))
     group = 32 if args.smoke else 256
-    cfg = PruneConfig(ratio=0.5, method="mope", mope_neuron_group=group, calib_samples=8, batch_size=8)
-    with progress_display() as prog:
-        mope_prune(pruned, cfg, CalibSource("memory", batches=calib), prog)
+    cfg = PruneConfig(ratio=0.5, method="mope", mope_neuron_group=group, calib_samples=8, batch_size=8,
+                      show_progress=False)
+    prune_model(pruned, cfg, source=CalibSource("memory", batches=calib))
     calib_feeds = feeds(dense.model, 8, text_len, seed=1), feeds(dense.model, 8, text_len, seed=2)
     calib_feeds += (feeds(dense.model, 8, text_len, seed=3), feeds(dense.model, 8, text_len, seed=4))
     test = feeds(dense.model, args.batch, text_len, seed=0)

@@ -2,11 +2,16 @@
 
     python benchmarks/retention.py [--calib-samples 256] [--out benchmarks/results]
 
-Methods: random, magnitude (layer and global scopes), wanda, multiflow,
-ecoflap, mope (with and without distillation) at ratios 0.5, 0.63, 0.75 and
-0.9, plus the 2:4 pattern at 0.5 for the unstructured criteria. Every method
-gets the same calibration pairs (the shapes world's calibration seeds) and
-the same seed. Writes retention.json, retention.md and retention.png.
+Rows are labelled `score / budget` (`--method` picks the score and its
+default budget, `--budget` overrides the budget): every method at its default
+(random, magnitude, wanda / uniform; multiflow / modality; wanda / ecoflap =
+ECoFLaP; mope with and without distillation) plus magnitude / global at
+ratios 0.5, 0.63, 0.75 and 0.9; the crossed combinations (multiflow / uniform,
+multiflow / ecoflap, wanda / modality, magnitude / modality) at 0.5, 0.63 and
+0.75; and the 2:4 pattern at 0.5 for the four scores. Every row gets the same
+calibration pairs (the shapes world's calibration seeds) and the same seed.
+Writes retention.json (with each row's `budget_by_role`), retention.md and
+retention.png.
 """
 
 from __future__ import annotations
@@ -24,18 +29,22 @@ from mfdeploy.models import load
 from mfdeploy.prune import PruneConfig, prune_model
 
 RATIOS = (0.5, 0.63, 0.75, 0.9)
-# (label, method, extra PruneConfig fields)
+CROSSED_RATIOS = (0.5, 0.63, 0.75)
+# (label, method, extra PruneConfig fields, ratios, also at 2:4)
 METHODS = [
-    ("random", "random", {}),
-    ("magnitude (layer)", "magnitude", {"scope": "layer"}),
-    ("magnitude (global)", "magnitude", {"scope": "global"}),
-    ("wanda", "wanda", {}),
-    ("multiflow", "multiflow", {}),
-    ("ecoflap", "ecoflap", {}),
-    ("mope", "mope", {"mope_depth_share": 0.5}),
-    ("mope + distill", "mope", {"mope_depth_share": 0.5, "distill_steps": 300}),
+    ("random / uniform", "random", {}, RATIOS, True),
+    ("magnitude / uniform", "magnitude", {}, RATIOS, True),
+    ("magnitude / global", "magnitude", {"budget": "global"}, RATIOS, False),
+    ("wanda / uniform", "wanda", {}, RATIOS, True),
+    ("multiflow / modality (MULTIFLOW)", "multiflow", {}, RATIOS, True),
+    ("wanda / ecoflap (ECoFLaP)", "ecoflap", {}, RATIOS, False),
+    ("multiflow / uniform", "multiflow", {"budget": "uniform"}, CROSSED_RATIOS, False),
+    ("multiflow / ecoflap", "multiflow", {"budget": "ecoflap"}, CROSSED_RATIOS, False),
+    ("wanda / modality", "wanda", {"budget": "modality"}, CROSSED_RATIOS, False),
+    ("magnitude / modality", "magnitude", {"budget": "modality"}, CROSSED_RATIOS, False),
+    ("mope", "mope", {"mope_depth_share": 0.5}, RATIOS, False),
+    ("mope + distill", "mope", {"mope_depth_share": 0.5, "distill_steps": 300}, RATIOS, False),
 ]
-TWO_FOUR = ["random", "magnitude", "wanda", "multiflow"]
 
 
 def run_one(dense, label, method, extra, ratio, pattern, args) -> dict:
@@ -46,8 +55,11 @@ def run_one(dense, label, method, extra, ratio, pattern, args) -> dict:
     record = prune_model(adapter, cfg)
     prune_s = time.perf_counter() - t0
     result = evaluate_model(adapter)
-    return {"label": label, "method": method, "ratio": ratio, "pattern": record["pattern"],
+    label = f"{record['score']} / 2:4" if pattern else label
+    return {"label": label, "method": method, "score": record["score"], "budget": record["budget"],
+            "ratio": ratio, "pattern": record["pattern"],
             "achieved_sparsity": record["sparsity"]["overall"], "prune_s": round(prune_s, 2),
+            "budget_by_role": record["budget_by_role"],
             "tasks": result["tasks"], "retrieval": result["retrieval"]}
 
 
@@ -105,9 +117,9 @@ def main() -> None:
     dense = evaluate_model(dense_adapter)
     wanted = set(args.methods.split(","))
     ratios = [float(r) for r in args.ratios.split(",")]
-    jobs = [(label, m, extra, r, None) for label, m, extra in METHODS if label in wanted for r in ratios]
-    jobs += [(label, m, extra, 0.5, "2:4") for label, m, extra in METHODS if m in TWO_FOUR and label in wanted
-             and extra.get("scope", "layer") == "layer"]
+    jobs = [(label, m, extra, r, None) for label, m, extra, rs, _ in METHODS if label in wanted
+            for r in ratios if r in rs]
+    jobs += [(label, m, extra, 0.5, "2:4") for label, m, extra, _, two_four in METHODS if two_four and label in wanted]
     rows = []
     for i, (label, method, extra, ratio, pattern) in enumerate(jobs, 1):
         row = run_one(dense_adapter, label, method, extra, ratio, pattern, args)

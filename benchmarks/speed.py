@@ -60,14 +60,7 @@ def variants(name: str):
     for label, kw in specs:
         adapter = copy.deepcopy(dense)
         cfg = PruneConfig(ratio=0.5, show_progress=False, **kw)
-        if source is not None and kw["method"] == "mope":
-            from mfdeploy.progress import progress_display
-            from mfdeploy.prune.structured import mope_prune
-
-            with progress_display(False) as prog:
-                mope_prune(adapter, cfg, source, prog)
-        else:
-            prune_model(adapter, cfg)
+        prune_model(adapter, cfg, source=source if kw["method"] == "mope" else None)
         out.append((label, adapter))
     return out
 

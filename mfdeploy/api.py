@@ -40,7 +40,7 @@ class PruneResult:
         from mfdeploy.io import atomic_file
         from mfdeploy.prune.masks import save_masks
 
-        meta = {k: self.record[k] for k in ("method", "ratio", "pattern", "seed")}
+        meta = {k: self.record[k] for k in ("method", "score", "budget", "ratio", "pattern", "seed")}
         meta["model_id"] = self.record["model"]
         return atomic_file(Path(path), lambda tmp: save_masks(tmp, self.masks, meta))
 
@@ -98,7 +98,8 @@ def _calib_source(adapter: Adapter, calib: Any, n: int):
     return CalibSource("memory", batches=tuple(batches))
 
 
-def prune(model: ModelLike, ratio: float = 0.5, method: str = "multiflow", *, pattern: str | None = None,
+def prune(model: ModelLike, ratio: float = 0.5, method: str = "multiflow", *, budget: str | None = None,
+          pattern: str | None = None,
           calib: Any = None, tokenizer: Any = None, processor: Any = None, calib_samples: int = 256,
           batch_size: int = 32, include: Sequence[str] = (), exclude: Sequence[str] = (), seed: int = 0,
           progress: bool = False, **options: Any) -> PruneResult:
@@ -108,7 +109,10 @@ def prune(model: ModelLike, ratio: float = 0.5, method: str = "multiflow", *, pa
         model: a `transformers.CLIPModel` or an adapter from `load`; its weights are
             masked in place (`weight *= mask`; copy it first to keep the dense one).
         ratio: fraction of prunable weights to remove, in (0, 1).
-        method: multiflow | magnitude | wanda | random | ecoflap | mope.
+        method: multiflow | magnitude | wanda | random | ecoflap | mope (the score, and its default
+            layer budget).
+        budget: uniform | global | modality | ecoflap, overriding the method's layer budget
+            (unstructured methods only; None keeps the method's own).
         pattern: "2:4" for the semi-structured pattern (ratio 0.5), None for unstructured.
         calib: "shapes" (bundled model), a JSONL path of image-caption pairs, a list of
             `(PIL.Image, caption)` pairs, or a list of model-input batches (dicts with
@@ -119,24 +123,26 @@ def prune(model: ModelLike, ratio: float = 0.5, method: str = "multiflow", *, pa
         include, exclude: fnmatch globs over prunable layer names.
         seed: seeds the random score and ECoFLaP's perturbations.
         progress: show progress bars on stderr.
-        **options: further `PruneConfig` fields (e.g. `scope`, `ecoflap_smax_delta`,
+        **options: further `PruneConfig` fields (e.g. `ecoflap_smax_delta`,
             `mope_depth_share`, `distill_steps`).
 
     Returns:
         A `PruneResult`; `result.record` is what `mfdeploy prune` writes to prune.json.
     """
+    from mfdeploy.progress import console_reporter
     from mfdeploy.prune.run import PruneConfig, prune_model, record_for_json
 
     adapter = adapter_for(model, tokenizer, processor)
     source = _calib_source(adapter, calib, calib_samples)
     try:
-        cfg = PruneConfig(ratio=ratio, model=adapter.model_id, method=method, pattern=pattern,
+        cfg = PruneConfig(ratio=ratio, model=adapter.model_id, method=method, budget=budget, pattern=pattern,
                           calib=str(calib) if isinstance(calib, (str, Path)) else None,
                           calib_samples=calib_samples, batch_size=batch_size, include=list(include),
                           exclude=list(exclude), seed=seed, show_progress=progress, **options)
     except TypeError as e:
         raise UserError(f"prune: {e}") from None
-    record = prune_model(adapter, cfg, source=source)
+    with console_reporter(progress) as reporter:
+        record = prune_model(adapter, cfg, source=source, reporter=reporter)
     return PruneResult(masks=record.get("_masks") or {}, sparsity=record["sparsity"],
                        record=record_for_json(record))
 

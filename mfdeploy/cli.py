@@ -63,7 +63,8 @@ ModelArg = Annotated[
 RatioHelp = "Fraction of prunable weights to remove, in (0, 1)."
 ModelOpt = Annotated[str | None, typer.Option("--model", help="Hub id or checkpoint directory (default: bundled).")]
 MethodOpt = Annotated[str, typer.Option("--method", help="multiflow | magnitude | wanda | random | ecoflap | mope.")]
-ScopeOpt = Annotated[str | None, typer.Option("--scope", help="Magnitude budget scope: layer | global | modality.")]
+BudgetOpt = Annotated[str | None, typer.Option(
+    "--budget", help="Layer budget, overriding the method's: uniform | global | modality | ecoflap.")]
 PatternOpt = Annotated[str | None, typer.Option("--pattern", help="Semi-structured N:M pattern, e.g. 2:4 (ratio 0.5).")]
 CalibOpt = Annotated[str | None, typer.Option("--calib", help="'shapes' or a JSONL of image-caption pairs.")]
 CalibSamplesOpt = Annotated[int, typer.Option("--calib-samples", help="Calibration pairs.")]
@@ -85,7 +86,7 @@ ForceOpt = Annotated[bool, typer.Option(
 PRUNE_OPTIONS: dict[str, tuple[Any, Any, str]] = {
     "model": (ModelOpt, None, "model"),
     "method": (MethodOpt, "multiflow", "method"),
-    "scope": (ScopeOpt, None, "scope"),
+    "budget": (BudgetOpt, None, "budget"),
     "pattern": (PatternOpt, None, "pattern"),
     "calib": (CalibOpt, None, "calib"),
     "calib_samples": (CalibSamplesOpt, 256, "calib_samples"),
@@ -162,10 +163,12 @@ def prune(
     prune_opts: dict[str, Any],
 ) -> None:
     """Prune a model once (task-agnostic) and write masks, the folded checkpoint and a report."""
+    from mfdeploy.progress import console_reporter
     from mfdeploy.prune import PruneConfig, run_prune
 
     cfg = PruneConfig(ratio=ratio, **prune_opts)
-    record = run_prune(cfg, out, force=force)
+    with console_reporter(cfg.show_progress) as reporter:
+        record = run_prune(cfg, out, force=force, reporter=reporter)
     sp = record["sparsity"]
     mods = ", ".join(f"{k} {v:.3f}" for k, v in sp["per_modality"].items())
     out_console = Console()

@@ -86,6 +86,7 @@ def run_build(cfg: BuildConfig, on_stage: Callable[[str, int, int], None] | None
     from mfdeploy.export import build_engines, check_parity, export_towers
     from mfdeploy.export.spec import check_opset
     from mfdeploy.models import load
+    from mfdeploy.progress import console_reporter
     from mfdeploy.prune.run import prune_model
     from mfdeploy.quantize.build import evaluate_int8, quantize_build
 
@@ -122,7 +123,8 @@ def run_build(cfg: BuildConfig, on_stage: Callable[[str, int, int], None] | None
             timed("export dense", export_towers, adapter, tmp / "onnx_dense", opset=cfg.opset)
             # the same gate as the pruned towers, against the dense torch model before pruning mutates it
             parity_dense = timed("parity dense", _dense_parity, check_parity, adapter, tmp / "onnx_dense")
-        record = timed("prune", prune_model, adapter, cfg.prune)
+        with console_reporter(cfg.prune.show_progress) as reporter:
+            record = timed("prune", prune_model, adapter, cfg.prune, reporter=reporter)
         write_prune_outputs(adapter, record, tmp)
         prune_json = record_for_json(record)
         write_json(tmp / "prune.json", prune_json)
@@ -161,6 +163,8 @@ def run_build(cfg: BuildConfig, on_stage: Callable[[str, int, int], None] | None
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "model": prune_json["model"],
             "method": prune_json["method"],
+            "score": prune_json["score"],
+            "budget": prune_json["budget"],
             "ratio": prune_json["ratio"],
             "pattern": prune_json["pattern"],
             "seed": prune_json["seed"],
@@ -170,6 +174,7 @@ def run_build(cfg: BuildConfig, on_stage: Callable[[str, int, int], None] | None
                             "seconds": _rounded(prune_json["timings"].get("calibration_s"))},
             "prune_timings": {k: _rounded(v) for k, v in prune_json["timings"].items()},
             "sparsity": prune_json["sparsity"],
+            "budget_by_role": prune_json["budget_by_role"],
             "onnx": {"opset": exported.get("opset"), "towers": exported.get("towers")},
             "parity": {"onnx_vs_torch": parity, "onnx_dense_vs_torch": parity_dense,
                        "engine_vs_onnx": engine.get("parity"),

@@ -67,3 +67,24 @@ def shapes_pairs_jsonl(tmp_path_factory) -> Path:
         lines.append(json.dumps({"image": f"img{i}.png", "caption": scene.caption()}))
     (root / "pairs.jsonl").write_text("\n".join(lines) + "\n")
     return root / "pairs.jsonl"
+
+
+class RecordingReporter:
+    """A progress `Reporter` that remembers each task as `description -> [total, done]`."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, list[int]] = {}
+
+    def task(self, description: str, total: int | None = None):
+        self.tasks[description] = [total or 0, 0]
+
+        def advance(n: int = 1) -> None:
+            self.tasks[description][1] += n
+
+        return advance
+
+
+@pytest.fixture()
+def recording_reporter() -> RecordingReporter:
+    """A reporter to pass to `prune_model(..., reporter=)`; its `tasks` say what was reported."""
+    return RecordingReporter()

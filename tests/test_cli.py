@@ -51,7 +51,7 @@ def test_info_bad_model(tmp_path, capsys, make, message):
 
 # Every shared prune option, set away from its default, and the PruneConfig field it must reach.
 PRUNE_ARGS = {"--model": ("m", "model", "m"), "--method": ("wanda", "method", "wanda"),
-              "--scope": ("global", "scope", "global"), "--pattern": ("2:4", "pattern", "2:4"),
+              "--budget": ("global", "budget", "global"), "--pattern": ("2:4", "pattern", "2:4"),
               "--calib": ("c.jsonl", "calib", "c.jsonl"), "--calib-samples": ("7", "calib_samples", 7),
               "--batch-size": ("3", "batch_size", 3), "--include": ("*fc1*", "include", ["*fc1*"]),
               "--exclude": ("*fc2*", "exclude", ["*fc2*"]), "--seed": ("5", "seed", 5),
@@ -69,7 +69,7 @@ def test_prune_options_reach_the_config(command, tmp_path, monkeypatch):
     if command == "prune":
         import mfdeploy.prune as prune_pkg
 
-        def fake_run_prune(cfg, out, force=False):
+        def fake_run_prune(cfg, out, force=False, reporter=None):
             seen.update(cfg=cfg, out=out, force=force)
             return {"sparsity": {"overall": 0.3, "per_modality": {}}, "model": "m", "method": cfg.method,
                     "pattern": cfg.pattern}

@@ -14,7 +14,7 @@ from mfdeploy.errors import UserError
 from mfdeploy.models import load
 from mfdeploy.models.integrity import artifact_records
 from mfdeploy.prune import PruneConfig
-from mfdeploy.prune.ecoflap import allocate_keep, min_keep
+from mfdeploy.prune.methods.ecoflap import allocate_keep, min_keep
 from mfdeploy.prune.run import validate
 
 
@@ -47,7 +47,7 @@ def test_allocation_at_the_cap_with_fractional_shares():
 
 @pytest.mark.parametrize("delta", [-0.1, float("nan"), float("-inf")])
 def test_negative_smax_delta_fails_before_any_work(tiny_clip_dir, tmp_path, capsys, monkeypatch, delta):
-    import mfdeploy.prune.ecoflap as ecoflap
+    import mfdeploy.prune.methods.ecoflap as ecoflap
     import mfdeploy.prune.run as run
 
     def never(*_a, **_k):

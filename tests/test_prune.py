@@ -29,15 +29,15 @@ def _stats(adapter, n=16):
     return layers, collect_stats(adapter, layers, pair_batches(adapter, SHAPES, n, 8)).norms()
 
 
-@pytest.mark.parametrize("method,scope", [("random", None), ("magnitude", "layer"), ("magnitude", "global"),
-                                          ("magnitude", "modality"), ("wanda", None), ("multiflow", None)])
+@pytest.mark.parametrize("method,budget", [("random", "uniform"), ("magnitude", "uniform"), ("magnitude", "global"),
+                                           ("magnitude", "modality"), ("wanda", "uniform"), ("multiflow", "modality")])
 @pytest.mark.parametrize("ratio", [0.5, 0.75])
-def test_sparsity_hits_ratio(tiny_adapter, method, scope, ratio):
+def test_sparsity_hits_ratio(tiny_adapter, method, budget, ratio):
     layers, act = _stats(tiny_adapter)
-    masks, info = compute_masks(layers, method, ratio, scope, None, act, seed=0)
+    masks, info = compute_masks(layers, method, ratio, budget, None, act, seed=0)
     rep = sparsity_report(masks, layers)
     assert abs(rep["overall"] - ratio) <= 0.005
-    if method == "multiflow" or scope == "modality":
+    if budget == "modality":
         for mod, s in rep["per_modality"].items():
             assert abs(s - ratio) <= 0.005, mod
     if method == "multiflow":
@@ -92,7 +92,7 @@ def test_multiflow_score_matches_equations():
 def test_multiflow_layer_mask_from_scores_and_budget(tiny_adapter):
     """Each layer prunes floor(s_p * numel) lowest scores, s_p from the per-modality |W| threshold."""
     layers, act = _stats(tiny_adapter)
-    masks, _ = compute_masks(layers, "multiflow", 0.6, None, None, act)
+    masks, _ = compute_masks(layers, "multiflow", 0.6, "modality", None, act)
     for modality in ("vision", "text"):
         group = {n: l for n, l in layers.items() if l.modality == modality}
         pooled = torch.cat([l.module.weight.detach().abs().flatten() for l in group.values()])

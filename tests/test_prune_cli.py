@@ -54,7 +54,7 @@ def test_prune_calib_jsonl(tiny_clip_dir, shapes_pairs_jsonl, tmp_path):
     (["--ratio", "0.6", "--pattern", "2:4"], "cannot hold"),
     (["--ratio", "0.5", "--method", "obs"], "unknown method"),
     (["--ratio", "0.5", "--method", "mope", "--pattern", "2:4"], "unstructured sparsity only"),
-    (["--ratio", "0.5", "--scope", "global"], "not available for multiflow"),
+    (["--ratio", "0.5", "--budget", "layer"], "--budget layer: choose one of"),
 ])
 def test_prune_bad_args(tiny_clip_dir, tmp_path, capsys, args, message):
     out = tmp_path / "p"
@@ -96,7 +96,7 @@ def test_prune_requires_calib_for_other_models(tiny_clip_dir, tmp_path, capsys):
     code, err = run(["prune", "--model", str(tiny_clip_dir), "--ratio", "0.5", "--out", str(tmp_path / "p")], capsys)
     assert code != 0 and "--calib is required" in err
     # magnitude needs no calibration
-    main(["prune", "--model", str(tiny_clip_dir), "--ratio", "0.5", "--method", "magnitude", "--scope", "global",
+    main(["prune", "--model", str(tiny_clip_dir), "--ratio", "0.5", "--method", "magnitude", "--budget", "global",
           "--out", str(tmp_path / "m")])
     assert (tmp_path / "m" / "masks.safetensors").is_file()
 

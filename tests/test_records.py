@@ -7,14 +7,11 @@ import logging
 import os
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from rich.progress import Progress
 from test_engine import fake_trt  # noqa: F401  (the recording fake of polygraphy's TensorRT calls)
 
-import mfdeploy.prune.run as run_mod
 from mfdeploy.cli import main
 from mfdeploy.models import load
 from mfdeploy.prune.run import PruneConfig, prune_model
@@ -22,27 +19,14 @@ from mfdeploy.prune.run import PruneConfig, prune_model
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture()
-def kept_progress(monkeypatch):
-    """Replace the prune progress display with a disabled rich Progress whose tasks the test can read."""
-    holder: dict[str, Progress] = {}
-
-    @contextmanager
-    def display(enabled: bool = True):
-        holder["prog"] = Progress(disable=True)
-        yield holder["prog"]
-
-    monkeypatch.setattr(run_mod, "progress_display", display)
-    return holder
-
-
 @pytest.mark.parametrize("method", ["wanda", "multiflow", "ecoflap", "mope"])
-def test_short_calibration_file_records_pairs_used(tiny_clip_dir, shapes_pairs_jsonl, caplog, kept_progress, method):
+def test_short_calibration_file_records_pairs_used(tiny_clip_dir, shapes_pairs_jsonl, caplog, recording_reporter,
+                                                   method):
     """12 pairs in the file, 40 asked: the record says 12 used of 40 requested, and one warning says so."""
     cfg = PruneConfig(ratio=0.5, model=str(tiny_clip_dir), method=method, calib=str(shapes_pairs_jsonl),
                       calib_samples=40, batch_size=8, mope_neuron_group=32, show_progress=False)
     with caplog.at_level(logging.WARNING, logger="mfdeploy"):
-        record = prune_model(load(tiny_clip_dir), cfg)
+        record = prune_model(load(tiny_clip_dir), cfg, reporter=recording_reporter)
     cal = record["calibration"]
     assert (cal["samples"], cal["requested"], cal["batch_size"]) == (12, 40, 8)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -50,8 +34,7 @@ def test_short_calibration_file_records_pairs_used(tiny_clip_dir, shapes_pairs_j
     assert "holds 12 image-caption pairs, fewer than --calib-samples 40: calibrating on 12" in warnings[0]
     assert "\n" not in warnings[0]
     if method in ("wanda", "multiflow"):  # the statistics pass's bar is sized to what it will see
-        (task,) = [t for t in kept_progress["prog"].tasks if t.description == "calibration pairs"]
-        assert (task.total, task.completed) == (12, 12)
+        assert recording_reporter.tasks["calibration pairs"] == [12, 12]
     if method == "ecoflap":
         assert record["zeroth_order_pairs"] == 12
     if method == "mope":

@@ -1,4 +1,10 @@
-"""Layer budgets: how many weights each layer loses, for a target sparsity and a scope."""
+"""Layer budgets: how many weights each layer loses, for a target sparsity.
+
+A budget is independent of the score that later picks *which* weights go
+(`--budget` vs `--method`). `uniform`, `global` and `modality` are computed
+here from the weights alone; `ecoflap` needs the model and calibration pairs
+and lives in `mfdeploy.prune.methods.ecoflap`.
+"""
 
 from __future__ import annotations
 
@@ -34,24 +40,28 @@ def _pooled_counts(weights: dict[str, torch.Tensor], sparsity: float) -> dict[st
     return counts
 
 
-def layer_budgets(layers: dict[str, PrunableLayer], sparsity: float, scope: str) -> dict[str, int]:
+BUDGETS = ("uniform", "global", "modality", "ecoflap")
+STATIC_BUDGETS = ("uniform", "global", "modality")  # computable from the weights alone
+
+
+def layer_budgets(layers: dict[str, PrunableLayer], sparsity: float, budget: str) -> dict[str, int]:
     """Number of weights to prune in each layer.
 
     Args:
         layers: prunable layers by name.
         sparsity: target fraction of prunable weights set to zero.
-        scope: "layer" (each layer at `s`), "global" (one magnitude threshold
-            over all layers), "modality" or "multimodal" (one threshold per
-            modality: MULTIFLOW's multimodal distribution prior, eq. 7).
+        budget: "uniform" (each layer at `s`), "global" (one magnitude threshold
+            over all layers), "modality" (one threshold per modality: MULTIFLOW's
+            multimodal distribution prior, eq. 7).
     """
-    if scope == "layer":
+    if budget == "uniform":
         return {n: math.floor(sparsity * l.module.weight.numel()) for n, l in layers.items()}
-    if scope == "global":
+    if budget == "global":
         return _pooled_counts({n: l.module.weight for n, l in layers.items()}, sparsity)
-    if scope in ("modality", "multimodal"):
+    if budget == "modality":
         counts: dict[str, int] = {}
         for modality in dict.fromkeys(l.modality for l in layers.values()):
             group = {n: l.module.weight for n, l in layers.items() if l.modality == modality}
             counts.update(_pooled_counts(group, sparsity))
         return {n: counts[n] for n in layers}
-    raise ValueError(f"unknown scope {scope!r}")
+    raise ValueError(f"unknown budget {budget!r}: choose one of {', '.join(STATIC_BUDGETS)}")

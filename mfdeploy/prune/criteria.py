@@ -11,8 +11,12 @@ ScoreFn = Callable[[torch.Tensor, "torch.Tensor | None", "torch.Generator | None
 
 
 def random_score(weight: torch.Tensor, act: torch.Tensor | None, gen: torch.Generator | None) -> torch.Tensor:
-    """i.i.d. uniform scores (seeded)."""
-    return torch.rand(weight.shape, generator=gen, dtype=torch.float32)
+    """i.i.d. uniform scores (seeded).
+
+    Drawn from `gen` (a CPU generator) and moved to the weight's device, so the
+    same seed gives the same scores, and masks, on every device.
+    """
+    return torch.rand(weight.shape, generator=gen, dtype=torch.float32).to(weight.device)
 
 
 def magnitude_score(weight: torch.Tensor, act: torch.Tensor | None, gen: torch.Generator | None) -> torch.Tensor:
@@ -23,7 +27,7 @@ def magnitude_score(weight: torch.Tensor, act: torch.Tensor | None, gen: torch.G
 def wanda_score(weight: torch.Tensor, act: torch.Tensor | None, gen: torch.Generator | None) -> torch.Tensor:
     """Wanda: `|W_ij| * a_j` with `a_j` the input feature's activation norm."""
     assert act is not None
-    return weight.detach().float().abs() * act.float()[None, :]  # [out, in]
+    return weight.detach().float().abs() * act.to(weight.device, torch.float32)[None, :]  # [out, in]
 
 
 def multiflow_score(weight: torch.Tensor, act: torch.Tensor | None, gen: torch.Generator | None) -> torch.Tensor:
@@ -34,26 +38,29 @@ def multiflow_score(weight: torch.Tensor, act: torch.Tensor | None, gen: torch.G
     """
     assert act is not None
     w = weight.detach().float().abs()  # [out, in]
-    a = w * act.float()[None, :]  # [out, in]
+    a = w * act.to(weight.device, torch.float32)[None, :]  # [out, in]
     imp_out = a.mean(dim=1)  # [out]
     imp_in = a.mean(dim=0)  # [in]
     return imp_out[:, None] * w * imp_in[None, :]
 
 
 @dataclass(frozen=True)
-class Method:
-    """A pruning method: its criterion, whether it needs calibration, how it compares and budgets."""
+class Score:
+    """A score: its function, whether it needs activation statistics, and how it compares weights.
 
-    score: ScoreFn
+    `compare` is "layer" (the layer's lowest scores go) or "row" (each output
+    row loses its share: Wanda's comparison group), at whatever layer budget
+    the budget step assigns.
+    """
+
+    fn: ScoreFn
     needs_activations: bool
-    compare: str  # "layer": lowest scores of the layer; "row": lowest of each output row
-    default_scope: str  # "layer" | "global" | "modality" | "multimodal"
-    scopes: tuple[str, ...]
+    compare: str = "layer"
 
 
-METHODS: dict[str, Method] = {
-    "random": Method(random_score, False, "layer", "layer", ("layer",)),
-    "magnitude": Method(magnitude_score, False, "layer", "layer", ("layer", "global", "modality")),
-    "wanda": Method(wanda_score, True, "row", "layer", ("layer",)),
-    "multiflow": Method(multiflow_score, True, "layer", "multimodal", ("multimodal",)),
+SCORES: dict[str, Score] = {
+    "random": Score(random_score, False),
+    "magnitude": Score(magnitude_score, False),
+    "wanda": Score(wanda_score, True, "row"),
+    "multiflow": Score(multiflow_score, True),
 }

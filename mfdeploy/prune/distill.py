@@ -7,7 +7,7 @@ each tower.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,15 +25,24 @@ def _embed(model: nn.Module, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def distill(student: nn.Module, teacher: nn.Module, batches: Sequence[Batch], steps: int, lr: float = 1e-4,
-            seed: int = 0, prog=None) -> dict:
-    """Train `student` in place for `steps` steps over the calibration batches (cycled)."""
+            seed: int = 0, progress: Callable[[int], None] | None = None) -> dict:
+    """Train `student` in place for `steps` steps over the calibration batches (cycled).
+
+    Args:
+        student: the pruned model, trained in place.
+        teacher: the dense model.
+        batches: calibration batches, on the models' device.
+        steps: optimiser steps.
+        lr: AdamW learning rate.
+        seed: seeds torch before training.
+        progress: called with 1 after each step (a reporter task's advance).
+    """
     torch.manual_seed(seed)
     teacher.eval()
     with torch.no_grad():
         targets = [_embed(teacher, b) for b in batches]
     student.train()
     opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    task = prog.add_task("distillation", total=steps) if prog is not None else None
     scale = teacher.logit_scale.detach().exp()
     first = last = 0.0
     for step in range(steps):
@@ -52,8 +61,8 @@ def distill(student: nn.Module, teacher: nn.Module, batches: Sequence[Batch], st
         opt.step()
         last = loss.item()  # .item(), not float(): the loss still requires grad
         first = last if step == 0 else first
-        if task is not None:
-            prog.advance(task)
+        if progress is not None:
+            progress(1)
     student.eval()
     return {"steps": steps, "lr": lr, "loss_first": first, "loss_last": last,
             "loss": "KL(similarity logits, both directions) + MSE(embeddings)"}

@@ -14,8 +14,8 @@ from mfdeploy import __version__
 from mfdeploy.errors import UserError, first_line
 from mfdeploy.models.base import Adapter, PrunableLayer
 from mfdeploy.prune.budgets import layer_budgets
-from mfdeploy.prune.criteria import METHODS
-from mfdeploy.prune.patterns import mask_layer, mask_nm, mask_rows, nm_eligible
+from mfdeploy.prune.criteria import SCORES
+from mfdeploy.prune.patterns import mask_layer, mask_nm, mask_rows_k, nm_eligible
 
 Masks = dict[str, torch.Tensor]  # parameter name -> bool tensor shaped like the weight, True = keep
 
@@ -26,37 +26,37 @@ def param_name(layer_name: str) -> str:
 
 def compute_masks(
     layers: dict[str, PrunableLayer],
-    method: str,
+    score: str,
     sparsity: float,
-    scope: str | None = None,
+    budget: str | None = "uniform",
     pattern: tuple[int, int] | None = None,
     act_norms: dict[str, torch.Tensor] | None = None,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[Masks, dict]:
-    """Masks for every prunable layer, plus what was done (budgets, dense-left layers).
+    """Masks for every prunable layer, plus what was done (budget, dense-left layers).
 
     Args:
         layers: prunable layers by qualified module name.
-        method: a key of `METHODS` (random, magnitude, wanda, multiflow).
+        score: a key of `SCORES` (random, magnitude, wanda, multiflow).
         sparsity: fraction of prunable weights to zero (0.5 for N:M 2:4).
-        scope: layer budget scope; default the method's own.
+        budget: layer budget, "uniform" | "global" | "modality" (ignored with a pattern, which fixes
+            every layer). A "row" score (wanda) keeps its row-wise comparison at the layer's budget.
         pattern: (n, m) for N:M semi-structured masks, None for unstructured.
         act_norms: `a_j` per layer (required by wanda and multiflow).
-        seed: seeds the random criterion.
+        seed: seeds the random criterion (a CPU generator: the same masks on every device).
         progress: called with each layer name after it is scored.
     """
-    spec = METHODS[method]
-    scope = scope or spec.default_scope
+    spec = SCORES[score]
     if spec.needs_activations and act_norms is None:
-        raise ValueError(f"{method} needs activation statistics")
-    budgets = None if pattern else layer_budgets(layers, sparsity, scope)
+        raise ValueError(f"{score} needs activation statistics")
+    budgets = None if pattern else layer_budgets(layers, sparsity, budget or "uniform")
     gen = torch.Generator().manual_seed(seed)
     masks: Masks = {}
     dense_left: list[str] = []
     for name, layer in layers.items():
         w = layer.module.weight
-        scores = spec.score(w, act_norms[name] if act_norms is not None else None, gen)  # [out, in]
+        scores = spec.fn(w, act_norms[name] if act_norms is not None else None, gen)  # [out, in]
         if pattern:
             n, m = pattern
             if nm_eligible(w.shape[1], m):
@@ -64,15 +64,13 @@ def compute_masks(
             else:
                 mask = torch.ones_like(w, dtype=torch.bool)
                 dense_left.append(name)
-        elif spec.compare == "row":
-            mask = mask_rows(scores, sparsity)
         else:
             assert budgets is not None
-            mask = mask_layer(scores, budgets[name])
+            mask = (mask_rows_k if spec.compare == "row" else mask_layer)(scores, budgets[name])
         masks[param_name(name)] = mask
         if progress is not None:
             progress(name)
-    info = {"scope": None if pattern else scope, "dense_layers": dense_left}
+    info = {"budget": None if pattern else (budget or "uniform"), "dense_layers": dense_left}
     return masks, info
 
 
@@ -119,7 +117,7 @@ def save_masks(path: Path, masks: Masks, metadata: dict) -> None:
     """Write `masks.safetensors`; metadata (method, ratio, pattern, model id, version) in the header."""
     meta = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in metadata.items()}
     meta["mfdeploy_version"] = __version__
-    save_file({k: v.contiguous() for k, v in masks.items()}, str(path), metadata=meta)
+    save_file({k: v.contiguous().cpu() for k, v in masks.items()}, str(path), metadata=meta)  # a file: host memory
 
 
 def load_masks(path: Path, adapter: Adapter | None = None) -> tuple[Masks, dict]:

@@ -26,23 +26,27 @@ def mask_layer(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def mask_rows(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Each output row loses its lowest scores (Wanda's comparison group).
-
-    The layer loses exactly `floor(s * numel)` weights: every row
-    `floor(k / out)`, and the first `k mod out` rows one more, so narrow
-    layers do not drift below the target by rounding.
-    """
+    """Each output row loses its lowest scores (Wanda's comparison group), `floor(s * numel)` in all."""
     out, inp = scores.shape
-    k_total = math.floor(sparsity * out * inp)
+    return mask_rows_k(scores, math.floor(sparsity * out * inp))
+
+
+def mask_rows_k(scores: torch.Tensor, k_total: int) -> torch.Tensor:
+    """Prune exactly `k_total` weights, spread over the output rows, each row losing its lowest scores.
+
+    Every row loses `floor(k / out)`, and the first `k mod out` rows one more,
+    so narrow layers do not drift below the target by rounding.
+    """
+    out, _ = scores.shape
     base, extra = divmod(k_total, out)
     keep = torch.ones_like(scores, dtype=torch.bool)
-    if k_total == 0:
+    if k_total <= 0:
         return keep
     order = torch.sort(scores, dim=1, stable=True).indices  # [out, in], lowest first
     if base > 0:
         keep.scatter_(1, order[:, :base], False)
     if extra > 0:
-        keep[torch.arange(extra), order[:extra, base]] = False
+        keep[torch.arange(extra, device=scores.device), order[:extra, base]] = False
     return keep
 
 

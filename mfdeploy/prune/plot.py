@@ -74,7 +74,8 @@ def sparsity_figure(record: dict) -> Figure:
     handles.append(plt.Line2D([], [], color="k", lw=0.8, ls="--", label=f"target {record['ratio']:g}"))
     fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=8, frameon=False,
                bbox_to_anchor=(0.5, 0.94))
-    fig.suptitle(f"{record['method']} @ {record['ratio']:g} ({record['pattern']}): "
+    how = f"{record['score']} / {record['budget']}" if record.get("budget") else record["pattern"]
+    fig.suptitle(f"{record['method']} @ {record['ratio']:g} ({how}): "
                  f"overall {record['sparsity']['overall']:.3f}", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.9))
     return fig

@@ -21,7 +21,9 @@ class ActivationStats:
 
     def __init__(self, layers: dict[str, PrunableLayer]):
         self.layers = layers
-        self.mean_sq = {n: torch.zeros(l.module.in_features, dtype=torch.float32) for n, l in layers.items()}
+        # on the weight's device: the hooks add activations from wherever the model runs
+        self.mean_sq = {n: torch.zeros(l.module.in_features, dtype=torch.float32, device=l.module.weight.device)
+                        for n, l in layers.items()}
         self.tokens = dict.fromkeys(layers, 0)
         self._text_mask: torch.Tensor | None = None  # [B, L] bool, set around each text forward
         self.modalities = {l.modality for l in layers.values()}
@@ -29,7 +31,7 @@ class ActivationStats:
     def _update(self, name: str, x: torch.Tensor) -> None:
         x = x.detach()
         if self.layers[name].modality == "text" and self._text_mask is not None:
-            x = x[self._text_mask]  # [N_valid, in]: drop padding tokens
+            x = x[self._text_mask.to(x.device)]  # [N_valid, in]: drop padding tokens
         else:
             x = x.reshape(-1, x.shape[-1])  # [B*T, in]
         n = x.shape[0]
@@ -86,7 +88,7 @@ def collect_stats(adapter: Adapter, layers: dict[str, PrunableLayer], batches: I
         adapter: the model.
         layers: the prunable layers to observe.
         batches: calibration image-caption batches.
-        progress: optional callable(n_pairs) called after each batch.
+        progress: optional callable(n_pairs) called after each batch (a reporter task's advance).
     """
     stats = ActivationStats(layers)
     vision, text = adapter.vision_tower(), adapter.text_tower()

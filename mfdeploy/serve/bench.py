@@ -278,7 +278,7 @@ def _onnx_mb(build: BuildDir, variant: str, tower: str) -> float | None:
 
 def _cell(runners: dict[str, Runner], name: str, tower: str, batch: int, text_len: int, images: dict, texts: dict,
           warmup: int, iters: int, min_time: float, threads: int,
-          sizes: dict[tuple[str, str], float | None]) -> list[dict[str, Any]]:
+          sizes: dict[tuple[str, str], float | None] | None = None) -> list[dict[str, Any]]:
     if tower == "vision":
         calls = {v: (lambda r=r: r.embed_images(images[batch])) for v, r in runners.items()}
     else:
@@ -301,7 +301,7 @@ def _cell(runners: dict[str, Runner], name: str, tower: str, batch: int, text_le
             **s,
             "pruned_over_dense": ratio,
             "over_dense": s["throughput"] / stats["dense"]["throughput"] if "dense" in stats else None,
-            "onnx_mb": sizes.get((variant, tower)),
+            "onnx_mb": (sizes or {}).get((variant, tower)),
             "device": runners[variant].device,
             "threads": threads if runners[variant].device == "cpu" else None,
             "peak_rss_mb": round(peak_rss_mb(), 1),

@@ -1,4 +1,5 @@
-"""ECoFLaP (Sung et al., ICLR 2024), zeroth-order variant: global block budgets, then Wanda per block.
+"""ECoFLaP's layer budget (Sung et al., ICLR 2024, zeroth-order variant): global block budgets, then a
+local score per block (Wanda for `--method ecoflap`; any score with `--budget ecoflap`).
 
 1. Each transformer block of either tower is a group.
 2. Block score: for each calibration batch and each weight tensor, the
@@ -8,8 +9,9 @@
    the integer edge s_max = s, which is feasible); the rest of the
    global keep budget is handed out in proportion to the scores, capped at
    n per block, until it is met exactly.
-4. Wanda row-wise at each block's sparsity, block by block in model order,
-   each block calibrated on the model with its earlier blocks already pruned.
+4. The local score at each block's sparsity, block by block in model order,
+   each block calibrated on the model with its earlier blocks already pruned
+   (Wanda compares within rows, the other scores within the layer).
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mfdeploy.data.batching import Batch, CalibSource, pair_batches
+from mfdeploy.data.batching import Batch, pairs_available
 from mfdeploy.errors import UserError
 from mfdeploy.models.base import Adapter, PrunableLayer
-from mfdeploy.prune.criteria import wanda_score
+from mfdeploy.prune.criteria import SCORES
 from mfdeploy.prune.masks import Masks, param_name
-from mfdeploy.prune.patterns import mask_rows
+from mfdeploy.prune.patterns import mask_layer, mask_rows
+from mfdeploy.prune.result import MethodResult, PruneContext
 from mfdeploy.prune.stats import collect_stats
 
 EPS = 1e-3
@@ -36,8 +39,17 @@ EPS = 1e-3
 def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """Symmetric CLIP loss of L2-normalised embeddings `[B, D]`."""
     logits = logit_scale.exp() * img @ txt.t()  # [B, B]
-    target = torch.arange(img.shape[0])
+    target = torch.arange(img.shape[0], device=logits.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+
+def direction(weight: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A Gaussian perturbation shaped like `weight`, on its device and in its dtype.
+
+    Drawn from `gen` (a CPU generator) in float32 and then moved, so a seed
+    gives the same directions, and so the same block budgets, on every device.
+    """
+    return torch.randn(weight.shape, generator=gen, dtype=torch.float32).to(weight.device, weight.dtype)
 
 
 @torch.inference_mode()
@@ -53,7 +65,7 @@ def zeroth_order_scores(adapter: Adapter, layers: dict[str, PrunableLayer], batc
         txt = text(batch.input_ids, batch.attention_mask)
         for layer in layers.values():
             w = layer.module.weight
-            z = torch.randn(w.shape, generator=gen, dtype=torch.float32).to(w.dtype)
+            z = direction(w, gen)
             original = w.detach().clone()
             losses = []
             try:
@@ -143,8 +155,9 @@ def allocate_keep(sizes: Sequence[int], scores: Sequence[float], sparsity: float
     return keep.tolist()
 
 
-def ecoflap_masks(adapter: Adapter, layers: dict[str, PrunableLayer], cfg, source: CalibSource, prog):
-    """ECoFLaP masks, folded into the model block by block. Returns (masks, info, timings)."""
+def prune_ecoflap_budget(ctx: PruneContext, score: str) -> MethodResult:
+    """ECoFLaP block budgets, then `score` within each block, folded into the model block by block."""
+    cfg, layers = ctx.cfg, ctx.layers
     timings: dict[str, float] = {}
     blocks = list(dict.fromkeys(l.block for l in layers.values()))  # model order, as the scores are kept
     sizes = [sum(l.module.weight.numel() for l in layers.values() if l.block == b) for b in blocks]
@@ -154,29 +167,37 @@ def ecoflap_masks(adapter: Adapter, layers: dict[str, PrunableLayer], cfg, sourc
     except ValueError as e:
         raise UserError(f"--smax-delta {cfg.ecoflap_smax_delta}: {e}; use a larger --smax-delta") from None
     t0 = time.perf_counter()
-    zo_batches = list(pair_batches(adapter, source, cfg.ecoflap_samples, min(cfg.batch_size, cfg.ecoflap_samples)))
-    task = prog.add_task("zeroth-order scores", total=len(zo_batches) * len(layers))
-    block_scores = zeroth_order_scores(adapter, layers, zo_batches, cfg.seed, progress=lambda: prog.advance(task))
+    assert ctx.source is not None
+    zo_batches = list(ctx.batches(cfg.ecoflap_samples, min(cfg.batch_size, cfg.ecoflap_samples)))
+    advance = ctx.reporter.task("zeroth-order scores", total=len(zo_batches) * len(layers))
+    block_scores = zeroth_order_scores(ctx.adapter, layers, zo_batches, cfg.seed, progress=lambda: advance(1))
     timings["zeroth_order_s"] = time.perf_counter() - t0
 
     keep = allocate_keep(sizes, [block_scores[b] for b in blocks], cfg.ratio, s_max)
     budgets = {b: 1.0 - k / n for b, k, n in zip(blocks, keep, sizes)}
 
     t0 = time.perf_counter()
-    calib = list(pair_batches(adapter, source, cfg.calib_samples, cfg.batch_size))
+    spec = SCORES[score]
+    calib = list(ctx.batches(cfg.calib_samples, cfg.batch_size)) if spec.needs_activations else []
+    gen = torch.Generator().manual_seed(cfg.seed)  # the random score: CPU draws, the same on every device
     masks: Masks = {}
-    task = prog.add_task("wanda block by block", total=len(blocks))
+    advance = ctx.reporter.task(f"{score} block by block", total=len(blocks))
     for b in blocks:  # model order: each block sees the already pruned earlier blocks
         group = {n: l for n, l in layers.items() if l.block == b}
-        act = collect_stats(adapter, group, calib).norms()
+        act = collect_stats(ctx.adapter, group, calib).norms() if spec.needs_activations else {}
         with torch.no_grad():
             for name, layer in group.items():
-                mask = mask_rows(wanda_score(layer.module.weight, act[name], None), budgets[b])
-                layer.module.weight.mul_(mask.to(layer.module.weight.dtype))
+                w = layer.module.weight
+                scores = spec.fn(w, act.get(name), gen)  # [out, in]
+                if spec.compare == "row":
+                    mask = mask_rows(scores, budgets[b])
+                else:
+                    mask = mask_layer(scores, math.floor(budgets[b] * w.numel()))
+                w.mul_(mask.to(w.dtype))
                 masks[param_name(name)] = mask
-        prog.advance(task)
+        advance(1)
     timings["local_pruning_s"] = time.perf_counter() - t0
     masks = {param_name(n): masks[param_name(n)] for n in layers}  # model order
-    info = {"scope": "ecoflap", "dense_layers": [], "s_max": s_max,
-            "block_budgets": budgets, "block_scores": block_scores}
-    return masks, info, timings
+    return MethodResult(masks=masks, timings=timings, extra={
+        "zeroth_order_pairs": pairs_available(ctx.source, cfg.ecoflap_samples), "s_max": s_max,
+        "block_budgets": budgets, "block_scores": block_scores})

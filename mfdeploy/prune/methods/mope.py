@@ -24,12 +24,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mfdeploy import __version__
-from mfdeploy.data.batching import Batch, CalibSource, pair_batches, pairs_available
+from mfdeploy.data.batching import Batch, CalibSource
 from mfdeploy.errors import UserError
 from mfdeploy.models import structure as st
 from mfdeploy.models.base import Adapter
-from mfdeploy.prune.ecoflap import contrastive_loss
+from mfdeploy.prune.methods.ecoflap import contrastive_loss
+from mfdeploy.prune.record import budget_by_role_from_counts, role_counts
+from mfdeploy.prune.result import MethodResult, PruneContext
 
 HELD_OUT_OFFSET = 500_000  # shapes: Z's pairs come from seeds the distillation pairs (offset 0) never reach
 Z_MAX_PAIRS = 128
@@ -90,26 +91,30 @@ def width_plan(n_heads: int, inter: int, group: int, keep_frac: float, where: st
     return heads, groups
 
 
-def mope_prune(adapter: Adapter, cfg, source: CalibSource, prog, used: int | None = None) -> dict:
+def prune_mope(ctx: PruneContext) -> MethodResult:
     """Width then depth structured pruning of both towers in place (+ optional distillation).
 
     Args:
-        adapter: the model, pruned in place.
-        cfg: a `PruneConfig` with method "mope".
-        source: calibration pairs.
-        prog: a rich Progress.
-        used: pairs the source yields for `cfg.calib_samples` (default: counted here).
+        ctx: the prune context (method "mope"); `ctx.adapter`'s model is cut in place.
+
+    Returns:
+        No masks (weights are cut out): the structure, a per-block sparsity report, the
+        per-role budget, and the module errors behind each choice.
     """
+    from mfdeploy.data.batching import pairs_available
+
+    adapter, cfg, source, used = ctx.adapter, ctx.cfg, ctx.source, ctx.used
+    assert source is not None
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     dense_prunable = _prunable_counts(adapter)
     dense_blocks = _block_counts(adapter)
+    dense_roles = role_counts(adapter)
     group = cfg.mope_neuron_group
     if group <= 0:
         raise UserError("--neuron-group must be positive")
-    used = pairs_available(source, cfg.calib_samples) if used is None else used
     n_pairs = pairs_available(source, min(cfg.calib_samples, Z_MAX_PAIRS), offset=_offset(source))
-    batches = list(pair_batches(adapter, source, n_pairs, min(cfg.batch_size, n_pairs), offset=_offset(source)))
+    batches = list(ctx.batches(n_pairs, min(cfg.batch_size, n_pairs), offset=_offset(source)))
     teacher = None
     if cfg.distill_steps:
         import copy
@@ -136,7 +141,7 @@ def mope_prune(adapter: Adapter, cfg, source: CalibSource, prog, used: int | Non
     width_scores: dict[str, list] = {}
     total = sum(l.self_attn.q_proj.out_features // st.head_dim(l.self_attn) + math.ceil(l.mlp.fc1.out_features / group)
                 for t in st.TOWER_ATTRS for l in _layers(adapter, t))
-    task = prog.add_task("MoPE width (heads, neurons)", total=total)
+    advance = ctx.reporter.task("MoPE width (heads, neurons)", total=total)
     for tower in st.TOWER_ATTRS:
         modality = "vision" if tower == "vision_model" else "text"
         for i, layer in enumerate(_layers(adapter, tower)):
@@ -149,14 +154,14 @@ def mope_prune(adapter: Adapter, cfg, source: CalibSource, prog, used: int | Non
             for h in range(n_heads):
                 cols = slice(h * hd, (h + 1) * hd)
                 head_err.append(_error_without(z, modality, [(attn.out_proj.weight, (slice(None), cols))]))
-                prog.advance(task)
+                advance(1)
             inter = mlp.fc1.out_features
             starts = list(range(0, inter, group))
             group_err = []
             for s in starts:
                 cols = slice(s, min(s + group, inter))
                 group_err.append(_error_without(z, modality, [(mlp.fc2.weight, (slice(None), cols))]))
-                prog.advance(task)
+                advance(1)
             top_heads = sorted(torch.tensor(head_err).argsort(descending=True, stable=True)[:heads_keep].tolist())
             top_groups = torch.tensor(group_err).argsort(descending=True, stable=True)[:groups_keep].tolist()
             neurons = torch.cat([torch.arange(starts[g], min(starts[g] + group, inter)) for g in sorted(top_groups)])
@@ -191,32 +196,26 @@ def mope_prune(adapter: Adapter, cfg, source: CalibSource, prog, used: int | Non
 
         t0 = time.perf_counter()
         assert teacher is not None
-        train = list(pair_batches(adapter, source, cfg.calib_samples, cfg.batch_size))
-        record["distill"] = distill(adapter.model, teacher, train, cfg.distill_steps, seed=cfg.seed, prog=prog)
+        train = list(ctx.batches(cfg.calib_samples, cfg.batch_size))
+        record["distill"] = distill(adapter.model, teacher, train, cfg.distill_steps, seed=cfg.seed,
+                                    progress=ctx.reporter.task("distillation", total=cfg.distill_steps))
         timings["distill_s"] = time.perf_counter() - t0
 
     after = _prunable_counts(adapter)
-    record.update({
-        "model": adapter.model_id, "method": "mope", "ratio": cfg.ratio, "pattern": "structured",
-        "scope": "mope", "seed": cfg.seed,
-        "calibration": {"source": source.describe(), "samples": _distinct_pairs(source, n_pairs, used, cfg),
-                        "requested": cfg.calib_samples, "batch_size": cfg.batch_size,
-                        "z_pairs": n_pairs, "distill_pairs": used if cfg.distill_steps else 0},
-        "include": list(cfg.include), "exclude": list(cfg.exclude), "dense_layers": [],
-        "neuron_group": group, "depth_share": cfg.mope_depth_share,
-        "structure": st.describe(adapter.model, final_kept),
-        "sparsity": {
-            "overall": 1 - sum(after.values()) / sum(dense_prunable.values()),
-            "per_modality": {k: 1 - after[k] / dense_prunable[k] for k in dense_prunable},
-            "per_layer": _per_block_sparsity(adapter, dense_blocks, final_kept),
-            "prunable_weights": sum(dense_prunable.values()),
-            "kind": "fraction of prunable parameters removed",
-        },
-        "mope_width": width_scores, "mope_depth": depth_scores,
-        "timings": timings, "mfdeploy_version": __version__,
-    })
-    record["_structure"] = record["structure"]
-    return record
+    record.update({"neuron_group": group, "depth_share": cfg.mope_depth_share,
+                   "mope_width": width_scores, "mope_depth": depth_scores})
+    sparsity = {
+        "overall": 1 - sum(after.values()) / sum(dense_prunable.values()),
+        "per_modality": {k: 1 - after[k] / dense_prunable[k] for k in dense_prunable},
+        "per_layer": _per_block_sparsity(adapter, dense_blocks, final_kept),
+        "prunable_weights": sum(dense_prunable.values()),
+        "kind": "fraction of prunable parameters removed",
+    }
+    calibration = {"samples": _distinct_pairs(source, n_pairs, used, cfg), "z_pairs": n_pairs,
+                   "distill_pairs": used if cfg.distill_steps else 0}
+    return MethodResult(masks=None, timings=timings, calibration=calibration,
+                        structure=st.describe(adapter.model, final_kept), sparsity=sparsity,
+                        budget_by_role=budget_by_role_from_counts(dense_roles, role_counts(adapter)), extra=record)
 
 
 def _block_counts(adapter: Adapter) -> dict[str, tuple[str, int]]:

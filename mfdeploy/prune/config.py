@@ -1,0 +1,96 @@
+"""The prune configuration (a typed dataclass the CLI and the API build) and its checks, run before any work."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from mfdeploy.errors import UserError
+from mfdeploy.prune.budgets import BUDGETS
+from mfdeploy.prune.patterns import parse_pattern
+
+
+@dataclass
+class PruneConfig:
+    """Everything `mfdeploy prune` needs; built by the CLI, never from CLI objects.
+
+    `method` picks the score (and, unless `budget` is given, its default layer
+    budget); `budget` overrides the layer budget of any unstructured score.
+    """
+
+    ratio: float
+    model: str | None = None  # None = bundled
+    method: str = "multiflow"
+    budget: str | None = None  # None = the method's default (registry)
+    pattern: str | None = None
+    calib: str | None = None  # "shapes" | PAIRS.jsonl; default shapes for the bundled model
+    calib_samples: int = 256
+    batch_size: int = 32
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    seed: int = 0
+    show_progress: bool = True
+    # ecoflap budget
+    ecoflap_smax_delta: float = 0.1
+    ecoflap_samples: int = 32
+    # mope
+    mope_head_dim_group: int = 0
+    mope_neuron_group: int = 64
+    mope_depth_share: float = 0.0
+    distill_steps: int = 0
+
+
+def validate(cfg: PruneConfig) -> tuple[int, int] | None:
+    """Check the configuration before any work; returns the parsed N:M pattern."""
+    from mfdeploy.prune.registry import METHODS
+
+    if not 0.0 < cfg.ratio < 1.0:
+        raise UserError(f"--ratio {cfg.ratio}: must be strictly between 0 and 1")
+    if cfg.method not in METHODS:
+        raise UserError(f"unknown method {cfg.method!r}: choose one of {', '.join(METHODS)}")
+    spec = METHODS[cfg.method]
+    try:
+        pattern = parse_pattern(cfg.pattern)
+    except ValueError as e:
+        raise UserError(f"--pattern: {e}") from None
+    if cfg.budget is not None:
+        if cfg.budget not in BUDGETS:
+            raise UserError(f"--budget {cfg.budget}: choose one of {', '.join(BUDGETS)}")
+        if spec.default_budget is None:
+            raise UserError(f"--budget does not apply to --method {cfg.method}, which sets its own structure: "
+                            "drop --budget, or use an unstructured method")
+        if pattern is not None:
+            raise UserError(f"--budget does not apply with --pattern {cfg.pattern}, which fixes every layer at "
+                            f"{1 - pattern[0] / pattern[1]:g}: drop one of them")
+    if pattern is not None:
+        n, m = pattern
+        if not spec.patterns:
+            raise UserError(f"--method {cfg.method} works with unstructured sparsity only; "
+                            f"drop --pattern {cfg.pattern}")
+        if abs(cfg.ratio - (1 - n / m)) > 1e-9:
+            raise UserError(f"--pattern {cfg.pattern} fixes every layer at {1 - n / m:g} sparsity; "
+                            f"--ratio {cfg.ratio} cannot hold (use --ratio {1 - n / m:g})")
+    if cfg.calib_samples <= 0 or cfg.batch_size <= 0:
+        raise UserError("--calib-samples and --batch-size must be positive")
+    delta = cfg.ecoflap_smax_delta
+    if not (math.isfinite(delta) and delta >= 0.0):
+        raise UserError(f"--smax-delta {delta}: must be 0 or more (ECoFLaP caps each block at "
+                        "ratio + delta; 0 prunes every block at exactly the ratio)")
+    if cfg.distill_steps and cfg.method != "mope":
+        raise UserError("--distill-steps applies to --method mope only")
+    if cfg.method == "mope" and (cfg.include or cfg.exclude):  # it cuts heads, neurons, layers in every block
+        raise UserError("--include/--exclude do not apply to --method mope, which prunes every layer of both "
+                        "towers: drop them, or use an unstructured method")
+    return pattern
+
+
+def resolved_budget(cfg: PruneConfig, pattern: tuple[int, int] | None) -> str | None:
+    """The layer budget this run uses: --budget, else the method's default; None with N:M or structured."""
+    from mfdeploy.prune.registry import METHODS
+
+    if pattern is not None:
+        return None
+    return cfg.budget or METHODS[cfg.method].default_budget
+
+
+__all__ = ["PruneConfig", "resolved_budget", "validate"]
