@@ -12,6 +12,13 @@ multiflow / ecoflap, wanda / modality, magnitude / modality) at 0.5, 0.63 and
 calibration pairs (the shapes world's calibration seeds) and the same seed.
 Writes retention.json (with each row's `budget_by_role`), retention.md and
 retention.png.
+
+`--int8` adds "+ int8" rows (issue 19's bar: INT8 within 3 points of the same
+pruned model in fp32) for MULTIFLOW @ 0.5, MULTIFLOW 2:4 and MoPE @ 0.5 +
+distillation: each pruned model is exported, quantized for ONNX Runtime as
+`mfdeploy quantize` does (default scheme, shapes calibration) and evaluated
+through ONNX Runtime. `--int8-only` runs just those rows and keeps the other
+rows of an existing retention.json.
 """
 
 from __future__ import annotations
@@ -47,6 +54,30 @@ METHODS = [
 ]
 
 
+# (label, ratio, pattern) of the rows that also get an INT8 row with --int8
+INT8_ROWS = {("multiflow / modality (MULTIFLOW)", 0.5, None), ("multiflow / modality (MULTIFLOW)", 0.5, "2:4"),
+             ("mope + distill", 0.5, None)}
+
+
+def int8_scores(adapter) -> dict:
+    """The pruned model's towers exported, quantized for ONNX Runtime (`mfdeploy quantize`'s defaults), evaluated."""
+    import tempfile
+
+    from mfdeploy.export import export_towers
+    from mfdeploy.quantize.build import evaluate_int8
+    from mfdeploy.quantize.run import QuantizeConfig, quantize_towers
+
+    with tempfile.TemporaryDirectory(prefix="retention-int8-") as tmp:
+        fp32, int8 = Path(tmp) / "onnx", Path(tmp) / "onnx_int8"
+        export_towers(adapter, fp32)
+        int8.mkdir()
+        record = quantize_towers(adapter, fp32, int8, QuantizeConfig(target="ort", calib="shapes"))
+        result = evaluate_int8(adapter, int8, "shapes")
+    return {"tasks": result["tasks"], "retrieval": result["retrieval"],
+            "int8": {t: {"scheme": r["scheme"], "min_cosine": record["parity"][t]["min_cosine"]}
+                     for t, r in record["towers"].items()}}
+
+
 def run_one(dense, label, method, extra, ratio, pattern, args) -> dict:
     adapter = copy.deepcopy(dense)
     cfg = PruneConfig(ratio=ratio, method=method, pattern=pattern, calib="shapes", calib_samples=args.calib_samples,
@@ -55,12 +86,37 @@ def run_one(dense, label, method, extra, ratio, pattern, args) -> dict:
     record = prune_model(adapter, cfg)
     prune_s = time.perf_counter() - t0
     result = evaluate_model(adapter)
+    key = (label, ratio, pattern)
     label = f"{record['score']} / 2:4" if pattern else label
-    return {"label": label, "method": method, "score": record["score"], "budget": record["budget"],
-            "ratio": ratio, "pattern": record["pattern"],
-            "achieved_sparsity": record["sparsity"]["overall"], "prune_s": round(prune_s, 2),
-            "budget_by_role": record["budget_by_role"],
-            "tasks": result["tasks"], "retrieval": result["retrieval"]}
+    row = {"label": label, "method": method, "score": record["score"], "budget": record["budget"],
+           "ratio": ratio, "pattern": record["pattern"],
+           "achieved_sparsity": record["sparsity"]["overall"], "prune_s": round(prune_s, 2),
+           "budget_by_role": record["budget_by_role"],
+           "tasks": result["tasks"], "retrieval": result["retrieval"]}
+    if args.int8 and key in INT8_ROWS:
+        q = int8_scores(adapter)
+        fp32 = [*row["tasks"].values(), *row["retrieval"].values()]
+        drop = max(a - b for a, b in zip(fp32, [*q["tasks"].values(), *q["retrieval"].values()]))
+        row = [row, {**row, **q, "label": f"{label} + int8", "int8_max_drop_vs_fp32": round(drop, 4)}]
+    return row
+
+
+def _merged(old_rows: list[dict], new_rows: list[dict]) -> list[dict]:
+    """The old rows in their order, each re-measured one replaced by its new row(s) (fp32, then its + int8)."""
+    def key(r: dict) -> tuple:
+        return r["label"].removesuffix(" + int8"), r["ratio"], r["pattern"]
+
+    fresh: dict[tuple, list[dict]] = {}
+    for row in new_rows:
+        fresh.setdefault(key(row), []).append(row)
+    measured = set(fresh)
+    out = []
+    for row in old_rows:
+        if key(row) in fresh:
+            out += fresh.pop(key(row))
+        elif key(row) not in measured:
+            out.append(row)
+    return out + [r for rows in fresh.values() for r in rows]
 
 
 def markdown(rows: list[dict], dense: dict) -> str:
@@ -109,7 +165,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--methods", default=",".join(m[0] for m in METHODS), help="comma-separated labels")
     ap.add_argument("--ratios", default=",".join(str(r) for r in RATIOS))
+    ap.add_argument("--int8", action="store_true", help="add INT8 rows (see the docstring)")
+    ap.add_argument("--int8-only", action="store_true", help="only the rows with INT8 twins; keep the others")
     args = ap.parse_args()
+    args.int8 = args.int8 or args.int8_only
     args.out.mkdir(parents=True, exist_ok=True)
     console = Console()
     t_start = time.perf_counter()
@@ -120,13 +179,21 @@ def main() -> None:
     jobs = [(label, m, extra, r, None) for label, m, extra, rs, _ in METHODS if label in wanted
             for r in ratios if r in rs]
     jobs += [(label, m, extra, 0.5, "2:4") for label, m, extra, _, two_four in METHODS if two_four and label in wanted]
+    if args.int8_only:
+        jobs = [j for j in jobs if (j[0], j[3], j[4]) in INT8_ROWS]
     rows = []
     for i, (label, method, extra, ratio, pattern) in enumerate(jobs, 1):
-        row = run_one(dense_adapter, label, method, extra, ratio, pattern, args)
-        row["retention"] = retention(row, dense)
-        rows.append(row)
-        console.print(f"[{i}/{len(jobs)}] {label} @ {ratio:g} {pattern or ''}: mean task retention "
-                      f"{row['retention']['mean_task_retention']:.3f} (prune {row['prune_s']:.1f}s)")
+        made = run_one(dense_adapter, label, method, extra, ratio, pattern, args)
+        for row in made if isinstance(made, list) else [made]:
+            row["retention"] = retention(row, dense)
+            rows.append(row)
+            console.print(f"[{i}/{len(jobs)}] {row['label']} @ {ratio:g} {pattern or ''}: mean task retention "
+                          f"{row['retention']['mean_task_retention']:.3f} (prune {row['prune_s']:.1f}s)"
+                          + (f", int8 max drop vs fp32 {row['int8_max_drop_vs_fp32']:.3f}"
+                             if "int8_max_drop_vs_fp32" in row else ""))
+    previous = args.out / "retention.json"
+    if args.int8_only and previous.exists():  # keep the rows not measured now, in their order
+        rows = _merged(json.loads(previous.read_text())["rows"], rows)
     total = time.perf_counter() - t_start
     data = {"model": "mfdeploy/clip-shapes", "calib_samples": args.calib_samples, "seed": args.seed,
             "dense": {"tasks": dense["tasks"], "retrieval": dense["retrieval"]}, "rows": rows,
