@@ -76,7 +76,7 @@ def test_prune_options_reach_the_config(command, tmp_path, monkeypatch):
 
         monkeypatch.setattr(prune_pkg, "run_prune", fake_run_prune)
     else:
-        import mfdeploy.pipeline as pipeline
+        import mfdeploy.pipelines.build as pipeline
 
         class Stop(Exception):
             pass

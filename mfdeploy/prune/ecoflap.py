@@ -22,9 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mfdeploy.data.batching import Batch, CalibSource, pair_batches
 from mfdeploy.errors import UserError
 from mfdeploy.models.base import Adapter, PrunableLayer
+from mfdeploy.models.inputs import Batch, CalibSource, pair_batches
 from mfdeploy.prune.criteria import wanda_score
 from mfdeploy.prune.masks import Masks, param_name
 from mfdeploy.prune.patterns import mask_rows

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mfdeploy import __version__
-from mfdeploy.data.batching import CalibSource, calibration_pairs, pair_batches, pairs_available, parse_calib
+from mfdeploy.artifacts.io import atomic_dir, check_out_dir, write_json
 from mfdeploy.errors import UserError
-from mfdeploy.io import atomic_dir, check_out_dir, write_json
 from mfdeploy.models import Adapter, load
+from mfdeploy.models.inputs import CalibSource, calibration_pairs, pair_batches, pairs_available, parse_calib
 from mfdeploy.models.integrity import artifact_records
 from mfdeploy.models.loader import ORIGIN_FILE
 from mfdeploy.progress import progress_display

@@ -25,10 +25,10 @@ import torch
 from torch import nn
 
 from mfdeploy import __version__
-from mfdeploy.data.batching import Batch, CalibSource, pair_batches, pairs_available
 from mfdeploy.errors import UserError
 from mfdeploy.models import structure as st
 from mfdeploy.models.base import Adapter
+from mfdeploy.models.inputs import Batch, CalibSource, pair_batches, pairs_available
 from mfdeploy.prune.ecoflap import contrastive_loss
 
 HELD_OUT_OFFSET = 500_000  # shapes: Z's pairs come from seeds the distillation pairs (offset 0) never reach
