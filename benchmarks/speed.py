@@ -10,8 +10,11 @@ variant's towers with `mfdeploy.export`, and times all variants of a cell
 interleaved in one run (ONNX Runtime CPU EP, graph optimisation ALL,
 intra-op threads = physical cores). The ViT-B/32 variants use magnitude
 instead of multiflow (random weights need no calibration: the graph and the
-speed are the same) and MoPE with 8 random calibration pairs. Writes
-speed.json and speed.md next to this script (benchmarks/results/).
+speed are the same) and MoPE with 8 random calibration pairs. The
+"+ int8" variant is the unstructured 0.5 model's towers quantized by
+`mfdeploy.quantize` (the nodes `mfdeploy quantize` picks; `--int8-scheme`,
+default dynamic: no calibration data needed). Writes speed.json and
+speed.md next to this script (benchmarks/results/).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from mfdeploy.data.batching import CalibSource  # noqa: E402
 from mfdeploy.export import export_towers  # noqa: E402
 from mfdeploy.models import load  # noqa: E402
 from mfdeploy.prune import PruneConfig, prune_model  # noqa: E402
+from mfdeploy.quantize.nodes import plan_nodes  # noqa: E402
+from mfdeploy.quantize.ort import quantize_ort  # noqa: E402
 from mfdeploy.runtime.inputs import pixel_values, text_inputs  # noqa: E402
 from mfdeploy.runtime.ort_runner import OrtRunner  # noqa: E402
 
@@ -73,6 +78,8 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="1,8,32")
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--min-time", type=float, default=1.0)
+    ap.add_argument("--int8-scheme", default="dynamic", choices=["dynamic"],
+                    help="ONNX Runtime INT8 scheme of the '+ int8' variant (dynamic: no calibration data)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
     console = Console()
@@ -86,6 +93,12 @@ def main() -> None:
                 d = Path(tmp) / label.replace(" ", "_").replace(":", "-")
                 export_towers(adapter, d)
                 runners[label] = OrtRunner(d, "cpu", spin=False)
+                if label.endswith(" 0.5") and not label.startswith("mope"):  # the unstructured model, in INT8
+                    q = Path(tmp) / f"{d.name}_int8"
+                    q.mkdir()
+                    for f in ("vision.onnx", "text.onnx"):
+                        quantize_ort(d / f, q / f, plan_nodes(d / f)["quantize"], None, args.int8_scheme)
+                    runners[f"{label} + int8"] = OrtRunner(q, "cpu", spin=False)
             dense = vs[0][1]
             size = dense.image_size
             text_len = min(16, dense.max_text_len)

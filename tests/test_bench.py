@@ -140,3 +140,32 @@ def test_cli_only_unavailable_backends_fails(build_dir, tmp_path, capsys):
     assert "no requested backend can run on this machine (trt:" in line
     (row,) = json.loads((tmp_path / "r.json").read_text())
     assert row["status"] == "unavailable" and row["reason"]
+
+
+def test_int8_towers_are_timed_beside_pruned_and_dense(build_dir, tmp_path):
+    """A build with onnx_int8/ gets an int8 variant on the ONNX Runtime backends, with sizes on disk."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    build = tmp_path / "b"
+    shutil.copytree(build_dir, build)
+    (build / "onnx_int8").mkdir()
+    for tower in ("vision", "text"):
+        quantize_dynamic(str(build / "onnx" / f"{tower}.onnx"), str(build / "onnx_int8" / f"{tower}.onnx"),
+                         weight_type=QuantType.QInt8)
+    rows = run_bench(build, backends=["torch", "ort-cpu"], batch_sizes=[2], **FAST)
+    measured = {(r["backend"], r["tower"], r["variant"]): r for r in _measured(rows)}
+    assert {k for k in measured if k[2] == "int8"} == {("ort-cpu", "vision", "int8"), ("ort-cpu", "text", "int8")}
+    for tower in ("vision", "text"):
+        q, p, d = (measured["ort-cpu", tower, v] for v in ("int8", "pruned", "dense"))
+        assert q["over_dense"] == pytest.approx(q["throughput"] / d["throughput"])
+        assert p["over_dense"] == pytest.approx(p["pruned_over_dense"])
+        assert q["onnx_mb"] < p["onnx_mb"] and q["onnx_mb"] > 0
+        assert measured["torch", tower, "pruned"]["onnx_mb"] is None
+    md = (build / "bench.md").read_text()
+    assert "int8/dense" in md and "ONNX MiB fp32 / int8" in md
+    q = measured["ort-cpu", "vision", "int8"]
+    assert f"{q['over_dense']:.2f}x" in md
+    # asked for, but the build has none: an unavailable row that says how to make them
+    rows = run_bench(build_dir, backends=["ort-cpu"], batch_sizes=[1], int8=True, write=False, **FAST)
+    gone = [r for r in rows if r.get("status") == "unavailable"]
+    assert len(gone) == 1 and gone[0]["variant"] == "int8" and "--int8" in gone[0]["reason"]

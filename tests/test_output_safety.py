@@ -164,3 +164,16 @@ def test_sigterm_during_build_leaves_nothing(tiny_clip_dir, shapes_pairs_jsonl, 
     assert proc.returncode == 143, err
     assert "terminated" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == [], [p.name for p in tmp_path.iterdir()]
+
+
+def test_an_output_written_inside_another_is_mfdeploy_s(tmp_path):
+    """`mfdeploy quantize BUILD --out BUILD/onnx_q` (its own file list) does not make BUILD foreign."""
+    out = tmp_path / "b"
+    with atomic_dir(out) as tmp:
+        (tmp / "build.json").write_text("{}")
+    with atomic_dir(out / "onnx_q") as tmp:
+        (tmp / "quantize.json").write_text("{}")
+        (tmp / "vision.onnx").write_text("x")
+    assert foreign_files(out) == []
+    (out / "onnx_q" / "mine.txt").write_text("x")
+    assert foreign_files(out) == ["onnx_q/mine.txt"]

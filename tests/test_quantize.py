@@ -187,3 +187,15 @@ def test_quantize_writes_nothing_into_the_working_directory(exported, tmp_path, 
     main(["quantize", str(exported), "--out", str(tmp_path / "q"), "--calib-samples", "8"])
     assert (tmp_path / "q" / "quantize.json").is_file()
     assert list(work.iterdir()) == []
+
+
+def test_auto_scheme_is_the_measured_choice_per_tower(exported, tmp_path):
+    """`--scheme auto` (the default) gives each tower the scheme AUTO_SCHEME names, recorded per tower."""
+    from mfdeploy.quantize.ort import AUTO_SCHEME
+
+    main(["quantize", str(exported), "--out", str(tmp_path / "q"), "--calib-samples", "8"])
+    record = json.loads((tmp_path / "q" / "quantize.json").read_text())
+    assert record["scheme"] == "auto"
+    assert {t: r["scheme"] for t, r in record["towers"].items()} == AUTO_SCHEME
+    needs_calib = "static" in AUTO_SCHEME.values()
+    assert (record["calibration"]["samples"] > 0) == needs_calib

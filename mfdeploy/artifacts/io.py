@@ -36,11 +36,26 @@ def _protected(path: Path) -> str | None:
     return None
 
 
+def _read_list(listing: Path, prefix: str = "") -> set[str]:
+    return {prefix + line for line in listing.read_text(encoding="utf-8").splitlines() if line} | {prefix + FILE_LIST}
+
+
 def _listed_files(out: Path) -> set[str] | None:
-    """The files an mfdeploy output directory was created with (relative paths), None if it is not one."""
+    """The files an mfdeploy output directory was created with (relative paths), None if it is not one.
+
+    Output directories mfdeploy wrote inside it (e.g. `mfdeploy quantize BUILD --out BUILD/q`) count too.
+    """
+    known = _own_files(out)
+    if known is not None:
+        for listing in out.rglob(f"*/{FILE_LIST}"):
+            known |= _read_list(listing, listing.parent.relative_to(out).as_posix() + "/")
+    return known
+
+
+def _own_files(out: Path) -> set[str] | None:
     listing = out / FILE_LIST
     if listing.is_file():
-        return {line for line in listing.read_text(encoding="utf-8").splitlines() if line} | {FILE_LIST}
+        return _read_list(listing)
     manifests = [out / name for name in MANIFESTS if (out / name).is_file()]
     if not manifests:
         return None

@@ -36,6 +36,11 @@ def pairs(rows: list[dict]) -> list[tuple[dict, dict | None]]:
             for r in rows if r.get("variant") == "pruned" and "throughput" in r]
 
 
+def int8_rows(rows: list[dict]) -> dict[tuple, dict]:
+    """The int8 rows (a build's onnx_int8/, ONNX Runtime backends) by backend x tower x batch."""
+    return {(r["backend"], r["tower"], r["batch"]): r for r in rows if r.get("variant") == "int8" and "throughput" in r}
+
+
 def unavailable(rows: list[dict]) -> list[dict]:
     """The rows of backends (or variants) that could not run."""
     return [r for r in rows if r.get("status") == "unavailable"]
@@ -59,15 +64,34 @@ def ratio_cell(p: dict) -> str:
     return f"{ratio} {MARK}" if p.get("unstable") else ratio
 
 
+INT8_HEADER = ["int8 items/s", "int8/dense", "ONNX MiB fp32 / int8"]
+
+
+def header(rows: list[dict]) -> list[str]:
+    """The table's columns: the int8 ones only when the run timed int8 towers."""
+    return HEADER + (INT8_HEADER if int8_rows(rows) else [])
+
+
+def int8_cells(p: dict, q: dict | None) -> list[str]:
+    """The int8 columns of a pruned row `p`: int8 throughput, int8/dense, ONNX sizes (`q`: its int8 row)."""
+    if q is None:
+        return ["-", "-", "-"]
+    ratio = "-" if q["over_dense"] is None else f"{q['over_dense']:.2f}x"
+    return [fmt(q["throughput"]), ratio, f"{fmt(p.get('onnx_mb'))} / {fmt(q.get('onnx_mb'))}"]
+
+
 def table_rows(rows: list[dict]) -> list[list[str]]:
-    """One line per backend x tower x batch: both variants and their throughput ratio."""
-    out = []
+    """One line per backend x tower x batch: the variants and their throughput ratios to dense."""
+    out, int8 = [], int8_rows(rows)
     for p, d in pairs(rows):
-        out.append([
+        line = [
             p["backend"], p["tower"], str(p["batch"]), fmt(p["text_len"], "d"), fmt(p["throughput"]),
             fmt(d and d["throughput"]), ratio_cell(p), _lat(p), _lat(d), p["device"],
             fmt((d or p)["peak_rss_mb"], ".0f"),
-        ])
+        ]
+        if int8:
+            line += int8_cells(p, int8.get((p["backend"], p["tower"], p["batch"])))
+        out.append(line)
     return out
 
 
@@ -90,8 +114,8 @@ def markdown(rows: list[dict], meta: dict[str, Any]) -> str:
         f"{meta.get('min_time')} s per variant and cell; pruned and dense calls interleaved",
         f"- {_loads(meta)}",
         "",
-        "| " + " | ".join(HEADER) + " |",
-        "|" + "|".join("---:" if h not in ("backend", "tower", "device") else "---" for h in HEADER) + "|",
+        "| " + " | ".join(header(rows)) + " |",
+        "|" + "|".join("---:" if h not in ("backend", "tower", "device") else "---" for h in header(rows)) + "|",
     ]
     lines += ["| " + " | ".join(r) + " |" for r in table_rows(rows)]
     bad = unstable_rows(rows)
@@ -108,7 +132,9 @@ def markdown(rows: list[dict], meta: dict[str, Any]) -> str:
             lines.append(f"- **{what}**: {r['reason']}")
     lines += ["", "Throughput: items (images or texts) per second at the median latency, batch / p50 (bench.json "
               "also has `mean_throughput`, items over total timed seconds); pruned/dense: the ratio of the two "
-              "throughputs (> 1: the pruned model is faster).", "", RSS_NOTE + ".", ""]
+              "throughputs (> 1: the pruned model is faster)" + ("; int8/dense: the same for the build's "
+              "onnx_int8/ towers, timed in turn with pruned and dense; ONNX MiB: the tower's graph on disk"
+              if int8_rows(rows) else "") + ".", "", RSS_NOTE + ".", ""]
     return "\n".join(lines)
 
 
@@ -126,12 +152,12 @@ def plot(rows: list[dict], path: Path) -> Path:
     fig, axes = plt.subplots(1, len(towers), figsize=(6 * len(towers), 4.5), squeeze=False)
     for ax, tower in zip(axes[0], towers, strict=True):
         for backend in backends:
-            for variant, style, marker in (("pruned", "-", "o"), ("dense", "--", "s")):
+            for variant, style, marker in (("pruned", "-", "o"), ("dense", "--", "s"), ("int8", ":", "^")):
                 pts = sorted((r["batch"], r["throughput"]) for r in measured
                              if (r["backend"], r["tower"], r["variant"]) == (backend, tower, variant))
                 if pts:
                     xs, ys = zip(*pts, strict=True)
-                    ax.plot(xs, ys, style, marker=marker, fillstyle="full" if variant == "pruned" else "none",
+                    ax.plot(xs, ys, style, marker=marker, fillstyle="none" if variant == "dense" else "full",
                             color=colors[backend], label=f"{backend} {variant}")
         ax.set_xscale("log", base=2)
         batches = sorted({r["batch"] for r in measured if r["tower"] == tower})

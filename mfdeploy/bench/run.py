@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from mfdeploy.artifacts.layout import ONNX_INT8_DIR
 from mfdeploy.bench.args import check_args, parse_batch_sizes, parse_list
 from mfdeploy.bench.stability import load_average, spread_reason
 from mfdeploy.errors import UserError
@@ -83,6 +84,7 @@ def run_bench(
     iters: int = 20,
     threads: int | None = None,
     dense: bool = True,
+    int8: bool | None = None,
     *,
     min_time: float = 0.5,
     json_path: str | Path | None = None,
@@ -103,6 +105,8 @@ def run_bench(
         iters: minimum timed calls per variant and cell.
         threads: CPU threads for torch and ONNX Runtime (default: physical cores).
         dense: also time the dense model, interleaved with the pruned one.
+        int8: also time the build's `onnx_int8/` with the ONNX Runtime backends (None: when the
+            build has one; True without one: an "unavailable" row).
         min_time: minimum timed seconds per variant and cell (more calls if needed).
         json_path: also write the JSON rows here.
         write: write bench.json, bench.md and bench.png into the build directory.
@@ -114,7 +118,8 @@ def run_bench(
         Measurement rows `{backend, tower, variant, batch, text_len, throughput
         (items/s at the median latency), mean_throughput (items over total
         timed seconds), p50_ms, p95_ms, p99_ms, iters, pruned_over_dense
-        (throughput ratio), device, threads, peak_rss_mb, rss_mb, unstable
+        (throughput ratio), over_dense (this variant's ratio to dense), onnx_mb (the tower's ONNX
+        file(s) on disk, ONNX Runtime backends), device, threads, peak_rss_mb, rss_mb, unstable
         (p95 > 2x p50 for a variant of the cell; then also unstable_reason),
         load_avg_start, load_avg_end (`os.getloadavg()` around the cell)}`, and
         `{backend, variant (when only one variant failed), status: "unavailable", reason}` rows.
@@ -141,20 +146,24 @@ def run_bench(
         images = {b: pixel_values(b, adapter.image_size, seed=b) for b in batch_sizes}
         texts = {b: text_inputs(b, length, tokenizer=adapter.tokenizer) for b in batch_sizes}
         variants = ["pruned", "dense"] if dense else ["pruned"]
+        with_int8 = (build.path / ONNX_INT8_DIR).is_dir() if int8 is None else int8
         torch.set_num_threads(threads_used)
         say = on_progress or (lambda _what, _done, _total: None)
         total, done = len(names) * len(towers) * len(batch_sizes), 0
         try:
             for name in names:
                 say(f"{name}: loading", done, total)
-                runners = _open_runners(build, name, variants, towers, threads_used, max(batch_sizes), length, rows)
+                ort = name.startswith("ort-")
+                runners = _open_runners(build, name, variants + (["int8"] if with_int8 and ort else []), towers,
+                                        threads_used, max(batch_sizes), length, rows)
+                sizes = {(v, t): _onnx_mb(build, v, t) for v in runners for t in towers} if ort else {}
                 try:
                     for tower in towers:
                         for batch in batch_sizes:
                             if runners:
                                 say(f"{name} {tower} batch {batch}", done, total)
                                 rows.extend(_cell(runners, name, tower, batch, length, images, texts, warmup, iters,
-                                                  min_time, threads_used))
+                                                  min_time, threads_used, sizes))
                             done += 1
                             say(f"{name} {tower} batch {batch}", done, total)
                 finally:
@@ -162,8 +171,8 @@ def run_bench(
                         runner.close()
         finally:
             torch.set_num_threads(torch_threads)
-        meta = bench_meta(build, towers, batch_sizes, length, threads_used, warmup, iters, min_time, dense,
-                          load_start)
+        meta = {**bench_meta(build, towers, batch_sizes, length, threads_used, warmup, iters, min_time, dense,
+                             load_start), "int8": with_int8}
     try:
         if write:
             written = report.write_reports(rows, build.path, meta, json_path=json_path)
@@ -214,8 +223,16 @@ def _open_runners(build: BuildDir, name: str, variants: list[str], towers: list[
     return runners
 
 
+def _onnx_mb(build: BuildDir, variant: str, tower: str) -> float | None:
+    """Size on disk of a variant's tower ONNX (with its external data), MiB."""
+    folder = build.onnx_dir(variant)
+    files = [f for f in folder.glob(f"{tower}.onnx*") if f.is_file()]
+    return round(sum(f.stat().st_size for f in files) / 2**20, 2) if files else None
+
+
 def _cell(runners: dict[str, Runner], name: str, tower: str, batch: int, text_len: int, images: dict, texts: dict,
-          warmup: int, iters: int, min_time: float, threads: int) -> list[dict[str, Any]]:
+          warmup: int, iters: int, min_time: float, threads: int,
+          sizes: dict[tuple[str, str], float | None] | None = None) -> list[dict[str, Any]]:
     if tower == "vision":
         calls = {v: (lambda r=r: r.embed_images(images[batch])) for v, r in runners.items()}
     else:
@@ -237,6 +254,8 @@ def _cell(runners: dict[str, Runner], name: str, tower: str, batch: int, text_le
             "text_len": text_len if tower == "text" else None,
             **s,
             "pruned_over_dense": ratio,
+            "over_dense": s["throughput"] / stats["dense"]["throughput"] if "dense" in stats else None,
+            "onnx_mb": (sizes or {}).get((variant, tower)),
             "device": runners[variant].device,
             "threads": threads if runners[variant].device == "cpu" else None,
             "peak_rss_mb": round(peak_rss_mb(), 1),

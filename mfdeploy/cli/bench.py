@@ -29,6 +29,9 @@ def bench(
         help="CPU threads for torch and ONNX Runtime (default: physical cores).")] = None,
     dense: Annotated[bool, typer.Option(
         "--dense/--no-dense", help="Also time the dense model, interleaved with the pruned one.")] = True,
+    int8: Annotated[bool | None, typer.Option(
+        "--int8/--no-int8", help="Also time the build's onnx_int8/ towers (ONNX Runtime backends), in turn with "
+                                 "pruned and dense (default: when the build has them).")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the JSON rows here.")] = None,
 ) -> None:
     """Throughput and latency of every backend, pruned vs dense; writes bench.json/.md/.png into BUILD_DIR.
@@ -49,7 +52,7 @@ def bench(
         rows = run_bench(
             build_dir, backends=names, towers=parse_list(towers, "towers", list(TOWERS)),
             batch_sizes=parse_batch_sizes(batch_sizes), text_len=text_len, warmup=warmup, iters=iters,
-            threads=threads, dense=dense, min_time=min_time, json_path=json_path, on_written=written.update,
+            threads=threads, dense=dense, int8=int8, min_time=min_time, json_path=json_path, on_written=written.update,
             on_progress=update,
         )
     print_bench(rows, BuildManifest.read(build_dir).model)

@@ -20,7 +20,9 @@ def quantize(
     calib_samples: Annotated[int, typer.Option("--calib-samples", help="Calibration pairs.")] = 128,
     target: Annotated[str, typer.Option(help="ort: ONNX Runtime CPU kernels; trt: TensorRT QDQ (ModelOpt).")] = "ort",
     mode: Annotated[str, typer.Option(help="int8 | fp8 (fp8: --target trt only).")] = "int8",
-    scheme: Annotated[str, typer.Option(help="--target ort: static (calibrated QDQ) | dynamic.")] = "static",
+    scheme: Annotated[str, typer.Option(
+        help="--target ort: static (calibrated QDQ) | dynamic | auto (per tower, the faster one measured: "
+             "README, Quantization).")] = "auto",
     keep_float: Annotated[list[str] | None, typer.Option(
         "--keep-float", metavar="GLOB", help="Keep nodes whose name matches this glob in float; repeat for more.")
     ] = None,

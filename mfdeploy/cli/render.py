@@ -102,17 +102,20 @@ def results_table(result: dict) -> Table:
 # --- bench --------------------------------------------------------------------------------------------------------
 def bench_table(rows: list[dict], model: str | None) -> Table:
     """The bench table: p50/p95/p99 as `pruned | dense`, the ratio marked when its cell is unstable."""
-    from mfdeploy.bench.report import fmt, pairs, ratio_cell
+    from mfdeploy.bench.report import INT8_HEADER, fmt, int8_cells, int8_rows, pairs, ratio_cell
 
     table = Table(title=f"mfdeploy bench: {model} (pruned vs dense)", box=box.SIMPLE_HEAD)
     header = ["backend", "tower", "batch", "len", "pruned/s", "dense/s", "pruned/dense", "p50 ms", "p95 ms",
               "p99 ms", "device", "peak RSS MiB"]
-    for h in header:
+    int8 = int8_rows(rows)
+    for h in header + (INT8_HEADER if int8 else []):
         table.add_column(h, justify="left" if h in ("backend", "tower", "device") else "right", no_wrap=True)
     for p, d in pairs(rows):
         lat = [f"{p[k]:.2f} | {d[k]:.2f}" if d else f"{p[k]:.2f}" for k in ("p50_ms", "p95_ms", "p99_ms")]
+        extra = int8_cells(p, int8.get((p["backend"], p["tower"], p["batch"]))) if int8 else []
         table.add_row(p["backend"], p["tower"], str(p["batch"]), fmt(p["text_len"], "d"), fmt(p["throughput"]),
-                      fmt(d and d["throughput"]), ratio_cell(p), *lat, p["device"], fmt((d or p)["peak_rss_mb"], ".0f"))
+                      fmt(d and d["throughput"]), ratio_cell(p), *lat, p["device"], fmt((d or p)["peak_rss_mb"], ".0f"),
+                      *extra)
     return table
 
 

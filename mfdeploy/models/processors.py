@@ -9,6 +9,7 @@ first, so the user is told which one is missing and how to supply it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +44,10 @@ def load_tokenizer(where: Path | str) -> Any:
     """
     from transformers import AutoTokenizer
 
-    if isinstance(where, Path) and not any(all((where / f).is_file() for f in group) for group in TOKENIZER_FILES):
-        raise UserError(f"{where}: no tokenizer.json (nor vocab.json + merges.txt): this checkpoint has no "
-                        f"tokenizer; {COPY_HINT.format(dir=where)}")
-    try:
-        return AutoTokenizer.from_pretrained(where)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{where}: cannot load the tokenizer: {one_line(e)}") from None
+    present = not isinstance(where, Path) or any(all((where / f).is_file() for f in group)
+                                                 for group in TOKENIZER_FILES)
+    return _load(where, "tokenizer", present, "no tokenizer.json (nor vocab.json + merges.txt): this checkpoint "
+                 "has no tokenizer", AutoTokenizer.from_pretrained)
 
 
 def load_image_processor(where: Path | str) -> Any:
@@ -61,10 +59,15 @@ def load_image_processor(where: Path | str) -> Any:
     """
     from transformers import AutoImageProcessor
 
-    if isinstance(where, Path) and not any((where / f).is_file() for f in PROCESSOR_FILES):
-        raise UserError(f"{where}: no preprocessor_config.json: this checkpoint has no image processor; "
-                        f"{COPY_HINT.format(dir=where)}")
+    present = not isinstance(where, Path) or any((where / f).is_file() for f in PROCESSOR_FILES)
+    return _load(where, "image processor", present, "no preprocessor_config.json: this checkpoint has no image "
+                 "processor", AutoImageProcessor.from_pretrained)
+
+
+def _load(where: Path | str, what: str, present: bool, missing: str, loader: Callable[[Any], Any]) -> Any:
+    if not present:
+        raise UserError(f"{where}: {missing}; {COPY_HINT.format(dir=where)}")
     try:
-        return AutoImageProcessor.from_pretrained(where)
+        return loader(where)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{where}: cannot load the image processor: {one_line(e)}") from None
+        raise UserError(f"{where}: cannot load the {what}: {one_line(e)}") from None

@@ -31,8 +31,8 @@ def quantize_build(adapter, build_dir: Path, calib: str | None, calib_samples: i
         summary[name] = {
             "target": target, "mode": record["mode"], "scheme": record["scheme"],
             "calibration": record["calibration"],
-            "towers": {t: {"min_cosine": record["parity"][t]["min_cosine"], "bytes": r["bytes"],
-                           "size_ratio": r["size_ratio"], "float_nodes": r["float_nodes"],
+            "towers": {t: {"scheme": r.get("scheme"), "min_cosine": record["parity"][t]["min_cosine"],
+                           "bytes": r["bytes"], "size_ratio": r["size_ratio"], "float_nodes": r["float_nodes"],
                            "quantized_nodes": len(r["quantized_nodes"])} for t, r in record["towers"].items()},
             "passed": record["parity"]["passed"], "min_cosine_required": record["parity"]["min_cosine_required"],
         }

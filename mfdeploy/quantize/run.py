@@ -36,7 +36,7 @@ class QuantizeConfig:
 
     target: str = "ort"
     mode: str = "int8"
-    scheme: str = "static"  # ONNX Runtime only: static (calibrated QDQ) | dynamic
+    scheme: str = "auto"  # ONNX Runtime only: static (calibrated QDQ) | dynamic | auto (per tower: AUTO_SCHEME)
     calib: str | None = None  # "shapes" | PAIRS.jsonl; None = shapes
     calib_samples: int = 128
     batch_size: int = 32
@@ -56,13 +56,22 @@ def validate(cfg: QuantizeConfig) -> CalibSource:
     if cfg.target == "ort":
         from mfdeploy.quantize.ort import SCHEMES
 
-        if cfg.scheme not in SCHEMES:
-            raise UserError(f"--scheme {cfg.scheme}: expected one of {', '.join(SCHEMES)}")
+        if cfg.scheme not in (*SCHEMES, "auto"):
+            raise UserError(f"--scheme {cfg.scheme}: expected one of {', '.join(SCHEMES)} or auto")
     if cfg.calib_samples <= 0 or cfg.batch_size <= 0:
         raise UserError("--calib-samples and --batch-size must be positive")
     if not 0.0 < cfg.min_cosine <= 1.0:
         raise UserError(f"--min-cosine {cfg.min_cosine}: must be in (0, 1]")
     return parse_calib(cfg.calib) or CalibSource("shapes")
+
+
+def tower_scheme(cfg: QuantizeConfig, tower: str) -> str:
+    """The ONNX Runtime scheme a tower gets: `--scheme`, or for auto the measured choice (`AUTO_SCHEME`)."""
+    from mfdeploy.quantize.ort import AUTO_SCHEME
+
+    if cfg.target != "ort":
+        return "static"  # ModelOpt calibrates
+    return AUTO_SCHEME[tower] if cfg.scheme == "auto" else cfg.scheme
 
 
 def resolve_source(src: Path) -> tuple[Path, str]:
@@ -140,7 +149,8 @@ def quantize_towers(adapter, fp32_dir: Path, out_dir: Path, cfg: QuantizeConfig,
     source = validate(cfg)
     files = check_onnx_dir(fp32_dir)
     t0 = time.perf_counter()
-    need_calib = cfg.target == "trt" or cfg.scheme == "static"
+    schemes = {tower: tower_scheme(cfg, tower) for tower in files}
+    need_calib = cfg.target == "trt" or "static" in schemes.values()
     feeds, used = calibration_feeds(adapter, source, cfg.calib_samples, cfg.batch_size, warn) if need_calib \
         else ({"vision": [], "text": []}, 0)
     calib_s = time.perf_counter() - t0
@@ -152,7 +162,7 @@ def quantize_towers(adapter, fp32_dir: Path, out_dir: Path, cfg: QuantizeConfig,
         if cfg.target == "ort":
             from mfdeploy.quantize.ort import quantize_ort
 
-            how = quantize_ort(path, dst, plan["quantize"], feeds[tower], cfg.scheme, cfg.verbose)
+            how = quantize_ort(path, dst, plan["quantize"], feeds[tower], schemes[tower], cfg.verbose)
         else:
             from mfdeploy.quantize.trt import quantize_trt
 
@@ -170,7 +180,7 @@ def quantize_towers(adapter, fp32_dir: Path, out_dir: Path, cfg: QuantizeConfig,
         "mfdeploy_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": adapter.model_id, "target": cfg.target, "mode": cfg.mode,
-        "scheme": cfg.scheme if cfg.target == "ort" else "static",
+        "scheme": cfg.scheme if cfg.target == "ort" else "static",  # per tower: towers[tower]["scheme"]
         "calibration": {"source": source.describe() if need_calib else None, "requested": cfg.calib_samples,
                         "samples": used, "batch_size": cfg.batch_size, "seconds": round(calib_s, 2)},
         "keep_float": cfg.keep_float, "towers": towers, "parity": gate, "versions": _versions(),

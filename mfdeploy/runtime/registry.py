@@ -5,6 +5,8 @@
     ort-cuda  ONNX Runtime, CUDA EP, same files
     ort-trt   ONNX Runtime, TensorRT EP, same files; engine/timing caches in `ort_trt_cache/`
     trt       TensorRT engines `engines/*.plan` (dense: `engines_dense/`), via polygraphy
+
+The "int8" variant is a build's `onnx_int8/` (`build --int8`), for the ONNX Runtime backends.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from mfdeploy.artifacts.layout import (
     ONNX_DENSE_DIR,
     ONNX_DIR,
     ONNX_FILES,
+    ONNX_INT8_DIR,
     ORT_TRT_CACHE_DIR,
     PRUNED_DIR,
     TOWER_NAMES,
@@ -28,7 +31,7 @@ from mfdeploy.artifacts.manifest import BuildManifest
 from mfdeploy.errors import UserError
 from mfdeploy.runtime.base import BackendUnavailable, Runner
 
-VARIANTS = ("pruned", "dense")
+VARIANTS = ("pruned", "dense", "int8")
 TOWERS = TOWER_NAMES
 
 
@@ -113,13 +116,17 @@ class BuildDir:
         return model
 
     def onnx_dir(self, variant: str = "pruned") -> Path:
-        """`onnx/`, or for the dense model `onnx_dense/`.
+        """`onnx/`, `onnx_int8/`, or for the dense model `onnx_dense/`.
 
         Raises:
-            BackendUnavailable: the build has no dense towers; the message gives the command that exports them.
+            BackendUnavailable: the build lacks the folder; the message gives the command that makes it.
         """
         if variant == "pruned":
             return self.path / ONNX_DIR
+        if variant == "int8":
+            if not (self.path / ONNX_INT8_DIR).is_dir():
+                raise BackendUnavailable(f"no {ONNX_INT8_DIR}/ in {self.path}: build it with `mfdeploy build --int8`")
+            return self.path / ONNX_INT8_DIR
         dense = self.path / ONNX_DENSE_DIR
         if not all((dense / f).is_file() for f in ONNX_FILES.values()):
             model = self.model or "MODEL"
@@ -140,8 +147,15 @@ class BuildDir:
         self._adapters.clear()
 
 
+def _no_int8(variant: str) -> None:
+    if variant == "int8":
+        raise BackendUnavailable("the int8 towers are ONNX graphs: time them with the ONNX Runtime backends")
+
+
 def _torch(build: BuildDir, variant: str, opts: dict) -> Runner:
     from mfdeploy.runtime.torch_runner import TorchRunner
+
+    _no_int8(variant)
 
     return TorchRunner(build.adapter(variant), threads=opts.get("threads"))
 
@@ -174,6 +188,8 @@ def _ort(provider: str) -> Callable[[BuildDir, str, dict], Runner]:
 
 def _trt(build: BuildDir, variant: str, opts: dict) -> Runner:
     from mfdeploy.runtime.trt_runner import TrtRunner
+
+    _no_int8(variant)  # `build --int8` on a GPU builds engines/ from onnx_qdq/: the pruned variant is int8
 
     return TrtRunner(build.engines_dir(variant), towers=opts.get("towers", TOWERS), how=engine_command(build, variant))
 
@@ -236,7 +252,8 @@ def make_runner(
     Args:
         backend: one of `BACKENDS` (torch, ort-cpu, ort-cuda, ort-trt, trt).
         build_dir: a build directory, or an open `BuildDir` (shares loaded models).
-        variant: "pruned" (the build's artifacts) or "dense" (the model it started from).
+        variant: "pruned" (the build's artifacts), "dense" (the model it started from) or "int8"
+            (the build's `onnx_int8/`, ONNX Runtime backends only).
         threads: CPU intra-op threads (default: the physical cores).
         fp16: TensorRT EP FP16 kernels (default: as the build's engines, `BuildDir.tensorrt_flags`).
         sparse: TensorRT EP 2:4 sparse kernels (default: as the build's engines).
