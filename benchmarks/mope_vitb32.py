@@ -30,7 +30,7 @@ from vitb32 import WrappedAdapter, random_batches, vitb32  # noqa: E402
 
 from mfdeploy.data.batching import CalibSource  # noqa: E402
 from mfdeploy.export import export_towers  # noqa: E402
-from mfdeploy.progress import console_reporter  # noqa: E402
+from mfdeploy.progress import tqdm_reporter  # noqa: E402
 from mfdeploy.prune import PruneConfig, prune_model  # noqa: E402
 
 
@@ -54,7 +54,7 @@ def main() -> None:
     source = CalibSource("memory", batches=tuple(random_batches(dense.model, 8, 8)))
     cfg = PruneConfig(ratio=args.ratio, method="mope", mope_neuron_group=256, calib_samples=8, batch_size=8)
     t0 = time.perf_counter()
-    with console_reporter() as reporter:
+    with tqdm_reporter() as reporter:
         record = prune_model(pruned, cfg, source=source, reporter=reporter)
     prune_s = time.perf_counter() - t0
     x = np.random.default_rng(0).standard_normal((args.batch, 3, 224, 224)).astype(np.float32)

@@ -63,8 +63,8 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).parent))
 from vitb32 import WrappedAdapter, vitb32  # noqa: E402
 
-from mfdeploy.serve.inputs import pixel_values, text_inputs
-from mfdeploy.serve.system import physical_cores
+from mfdeploy.platform import physical_cores
+from mfdeploy.runtime.inputs import pixel_values, text_inputs
 
 console = Console()
 
@@ -237,8 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true", help="a tiny model of the same layout: checks the script")
     args = parser.parse_args(argv)
 
-    from mfdeploy.serve.ort_runner import OrtRunner
-    from mfdeploy.serve.torch_runner import TorchRunner
+    from mfdeploy.runtime.ort_runner import OrtRunner
+    from mfdeploy.runtime.torch_runner import TorchRunner
 
     threads = args.threads or physical_cores()
     torch.set_num_threads(threads)

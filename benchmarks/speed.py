@@ -31,15 +31,15 @@ from rich.console import Console
 sys.path.insert(0, str(Path(__file__).parent))
 from vitb32 import WrappedAdapter, random_batches, vitb32  # noqa: E402
 
+from mfdeploy.bench.run import _stats, time_interleaved  # noqa: E402
 from mfdeploy.data.batching import CalibSource  # noqa: E402
 from mfdeploy.export import export_towers  # noqa: E402
 from mfdeploy.models import load  # noqa: E402
 from mfdeploy.prune import PruneConfig, prune_model  # noqa: E402
 from mfdeploy.quantize.nodes import plan_nodes  # noqa: E402
 from mfdeploy.quantize.ort import quantize_ort  # noqa: E402
-from mfdeploy.serve.bench import _stats, time_interleaved  # noqa: E402
-from mfdeploy.serve.inputs import pixel_values, text_inputs  # noqa: E402
-from mfdeploy.serve.ort_runner import OrtRunner  # noqa: E402
+from mfdeploy.runtime.inputs import pixel_values, text_inputs  # noqa: E402
+from mfdeploy.runtime.ort_runner import OrtRunner  # noqa: E402
 
 
 def variants(name: str):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from transformers import CLIPConfig, CLIPModel
 
-from mfdeploy.data.batching import Batch
+from mfdeploy.models.inputs import Batch
 
 
 def vitb32(seed: int = 0, smoke: bool = False) -> CLIPModel:

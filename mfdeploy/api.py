@@ -1,9 +1,9 @@
 """The Python API: prune, export and evaluate a Hugging Face CLIP model held in memory.
 
-The CLI verbs work on paths; these functions take what a notebook or a
-training script already holds: a `transformers.CLIPModel` (any dtype, any
+These functions take what a notebook or a training script already holds: a `transformers.CLIPModel` (any dtype, any
 device, fine-tuned or not) with its tokenizer and image processor, or an
-adapter from `mfdeploy.load`.
+adapter from `mfdeploy.load`; `export` and `evaluate` also take a path or hub
+id. The CLI's `export` and `eval` verbs call these same functions.
 
     import mfdeploy
     model = mfdeploy.load()                       # the bundled model, or a hub id / local path
@@ -14,7 +14,7 @@ adapter from `mfdeploy.load`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ class PruneResult:
 
     def save_masks(self, path: str | Path) -> Path:
         """Write the masks as `masks.safetensors` (metadata in the header), atomically."""
-        from mfdeploy.io import atomic_file
+        from mfdeploy.artifacts.io import atomic_file
         from mfdeploy.prune.masks import save_masks
 
         meta = {k: self.record[k] for k in ("method", "score", "budget", "ratio", "pattern", "seed")}
@@ -78,7 +78,7 @@ def adapter_for(model: ModelLike, tokenizer: Any = None, processor: Any = None,
 
 def _calib_source(adapter: Adapter, calib: Any, n: int):
     """A calibration source from what a Python user holds: a path, "shapes", pairs, or model-input batches."""
-    from mfdeploy.data.batching import Batch, CalibSource, make_batch, parse_calib
+    from mfdeploy.models.inputs import Batch, CalibSource, make_batch, parse_calib
 
     if calib is None or isinstance(calib, (str, Path)):
         return parse_calib(None if calib is None else str(calib))
@@ -129,7 +129,7 @@ def prune(model: ModelLike, ratio: float = 0.5, method: str = "multiflow", *, bu
     Returns:
         A `PruneResult`; `result.record` is what `mfdeploy prune` writes to prune.json.
     """
-    from mfdeploy.progress import console_reporter
+    from mfdeploy.progress import tqdm_reporter
     from mfdeploy.prune.run import PruneConfig, prune_model, record_for_json
 
     adapter = adapter_for(model, tokenizer, processor)
@@ -141,31 +141,61 @@ def prune(model: ModelLike, ratio: float = 0.5, method: str = "multiflow", *, bu
                           exclude=list(exclude), seed=seed, show_progress=progress, **options)
     except TypeError as e:
         raise UserError(f"prune: {e}") from None
-    with console_reporter(progress) as reporter:
+    with tqdm_reporter(progress) as reporter:
         record = prune_model(adapter, cfg, source=source, reporter=reporter)
     return PruneResult(masks=record.get("_masks") or {}, sparsity=record["sparsity"],
                        record=record_for_json(record))
 
 
-def export(model: ModelLike, out_dir: str | Path, *, tokenizer: Any = None, processor: Any = None,
-           opset: int = 17, force: bool = False) -> dict:
+def _source(model: ModelLike | str | Path | None, tokenizer: Any, processor: Any) -> Any:
+    """A path, hub id or None as it is (loaded where it is used), else an Adapter over the in-memory model."""
+    return model if isinstance(model, (str, Path)) or model is None else adapter_for(model, tokenizer, processor)
+
+
+def export(model: ModelLike | str | Path | None, out_dir: str | Path, *, tokenizer: Any = None,
+           processor: Any = None, opset: int = 17, force: bool = False, external_data: bool | None = None,
+           on_step: Callable[[str], None] | None = None) -> dict:
     """Export both towers to ONNX in `out_dir` (vision.onnx, text.onnx, export.json), parity-checked.
+
+    Args:
+        model: a `CLIPModel` or Adapter, or a hub id, checkpoint or prune directory (None: the bundled model).
+        out_dir: the output directory; it must not exist unless `force`.
+        tokenizer, processor: the model's own, for a `CLIPModel`.
+        opset: ONNX opset (>= 17).
+        force: replace an output directory mfdeploy wrote.
+        external_data: weights in `.onnx.data` files (None: only for models near 2 GiB).
+        on_step: called with a short description before each long step.
 
     Returns:
         The manifest written to `out_dir/export.json`.
     """
-    from mfdeploy.export.pipeline import export_model
+    from mfdeploy.pipelines.export import export_model
 
-    return export_model(adapter_for(model, tokenizer, processor), Path(out_dir), opset=opset, force=force)
+    return export_model(_source(model, tokenizer, processor), Path(out_dir), opset=opset, force=force,
+                        external_data=external_data, on_step=on_step)
 
 
-def evaluate(model: ModelLike, data: str | Path = "shapes", *, tokenizer: Any = None, processor: Any = None,
-             backend: str = "torch") -> dict:
-    """Zero-shot accuracy and retrieval recall on "shapes", a JSONL of pairs, or an image folder."""
-    from mfdeploy.eval import evaluate_model
+def evaluate(model: ModelLike | str | Path | None, data: str | Path = "shapes", *, tokenizer: Any = None,
+             processor: Any = None, backend: str = "torch", retention: bool = False, template: str | None = None,
+             progress: Callable[[str], None] | None = None, **sizes: Any) -> dict:
+    """Zero-shot accuracy and retrieval recall on "shapes", a JSONL of pairs, or an image folder.
 
-    source = model if isinstance(model, (str, Path)) or model is None else adapter_for(model, tokenizer, processor)
-    return evaluate_model(source, data, backend)
+    Args:
+        model: a `CLIPModel` or Adapter (run on the device it is on), or a hub id, checkpoint,
+            prune or build directory (None: the bundled model).
+        data: "shapes", a JSONL file of image-caption pairs, or an image folder.
+        tokenizer, processor: the model's own, for a `CLIPModel`.
+        backend: torch | onnx | onnx-int8.
+        retention: for a prune or build directory, also evaluate the dense model it came from and
+            add "dense" and "retention" to the result.
+        template: prompt template of an image folder's classes.
+        progress: called with a short message before each model is evaluated.
+        **sizes: `n_images`, `n_retrieval` (shapes suite), `batch_size`.
+    """
+    from mfdeploy.eval import evaluate_with_retention
+
+    return evaluate_with_retention(_source(model, tokenizer, processor), data, backend, template=template,
+                                   dense=retention, progress=progress, **sizes)
 
 
 __all__ = ["PruneResult", "adapter_for", "evaluate", "export", "load", "prune"]

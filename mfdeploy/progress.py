@@ -1,11 +1,12 @@
-"""Progress reporting: one small protocol for algorithm code, one rich display for the terminal.
+"""Progress reporting: one small protocol for algorithm code.
 
 Algorithm code (`mfdeploy.prune`) only ever sees a `Reporter`: it asks for a
 task and gets back a function that advances it. Whether anything is drawn,
-and how, is the caller's business; rich is imported only when a
-`console_reporter` is actually opened.
+and how, is the caller's business: the CLI draws with rich
+(`mfdeploy.cli.render.console_reporter`), the Python API with tqdm
+(`tqdm_reporter`).
 
-    with console_reporter(enabled=True) as reporter:
+    with tqdm_reporter(enabled=True) as reporter:
         advance = reporter.task("calibration pairs", total=256)
         advance(32)
 """
@@ -39,36 +40,35 @@ def _ignore(n: int = 1) -> None:
     return None
 
 
-class _RichReporter:
-    """A `Reporter` drawing rich progress bars (created by `console_reporter` only)."""
+class _TqdmReporter:
+    """A `Reporter` drawing tqdm bars on stderr (created by `tqdm_reporter` only)."""
 
-    def __init__(self, progress) -> None:
-        self._progress = progress
+    def __init__(self) -> None:
+        self.bars: list = []
 
     def task(self, description: str, total: int | None = None) -> Advance:
-        task_id = self._progress.add_task(description, total=total)
+        from tqdm.auto import tqdm
 
-        def advance(n: int = 1) -> None:
-            self._progress.advance(task_id, n)
-
-        return advance
+        bar = tqdm(total=total, desc=description, leave=True)
+        self.bars.append(bar)
+        return bar.update
 
 
 @contextmanager
-def console_reporter(enabled: bool = True) -> Iterator[Reporter]:
-    """Progress bars on stderr (rich) while the block runs; `enabled=False` yields a `NullReporter`."""
+def tqdm_reporter(enabled: bool = True) -> Iterator[Reporter]:
+    """Progress bars (tqdm) for library callers such as the Python API; `enabled=False`: a `NullReporter`.
+
+    The CLI draws with rich instead (`mfdeploy.cli.render.console_reporter`): rich lives only in the CLI.
+    """
     if not enabled:
         yield NullReporter()
         return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    prog = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=Console(stderr=True), transient=False,
-    )
-    with prog:
-        yield _RichReporter(prog)
+    reporter = _TqdmReporter()
+    try:
+        yield reporter
+    finally:
+        for bar in reporter.bars:
+            bar.close()
 
 
-__all__ = ["Advance", "NullReporter", "Reporter", "console_reporter"]
+__all__ = ["Advance", "NullReporter", "Reporter", "tqdm_reporter"]

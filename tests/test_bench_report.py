@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from test_serve import make_build
 
+from mfdeploy.bench import report, run_bench
+from mfdeploy.bench import run as bench
+from mfdeploy.bench.stability import spread_reason, warning
 from mfdeploy.cli import main
-from mfdeploy.serve import bench, report, run_bench
-from mfdeploy.serve.stability import spread_reason, warning
 
-FAST = dict(backends=["ort-cpu"], towers=["vision"], batch_sizes=[1], warmup=0, iters=2, min_time=0.0, threads=1,
-            progress=False, show=False)
+FAST = dict(backends=["ort-cpu"], towers=["vision"], batch_sizes=[1], warmup=0, iters=2, min_time=0.0, threads=1)
 OLD = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc).timestamp()
 
 

@@ -76,12 +76,12 @@ def test_prune_options_reach_the_config(command, tmp_path, monkeypatch):
 
         monkeypatch.setattr(prune_pkg, "run_prune", fake_run_prune)
     else:
-        import mfdeploy.pipeline as pipeline
+        import mfdeploy.pipelines.build as pipeline
 
         class Stop(Exception):
             pass
 
-        def fake_run_build(cfg, on_stage=None):
+        def fake_run_build(cfg, on_stage=None, reporter=None):
             seen.update(cfg=cfg.prune, out=cfg.out, force=cfg.force, fp16=cfg.fp16)
             raise Stop
 

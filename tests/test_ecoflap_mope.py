@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mfdeploy.cli import main
-from mfdeploy.data.batching import CalibSource, pair_batches
 from mfdeploy.models import load
+from mfdeploy.models.inputs import CalibSource, pair_batches
 from mfdeploy.prune import PruneConfig, prune_model
 from mfdeploy.prune.methods.ecoflap import allocate_keep, zeroth_order_scores
 

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 from test_export_sparsity import sparsify_2to4
 
-import mfdeploy.export.engine as engine_mod
+from mfdeploy import platform
 from mfdeploy.cli import main
 from mfdeploy.export import (
     build_engines,
@@ -196,9 +196,10 @@ def fake_trt(monkeypatch):
     trt = types.ModuleType("tensorrt")
     trt.__version__ = "10.13.0.35"
     trt.Builder = object
+    trt.Runtime = object
     trt.TensorIOMode = SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    monkeypatch.setattr(engine_mod, "cuda_device_count", lambda: (1, ""))
+    monkeypatch.setattr(platform, "cuda_device_count", lambda: (1, ""))  # the one probe every part asks
     return calls
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from mfdeploy.artifacts.io import FILE_LIST, sha256
 from mfdeploy.cli import main
 from mfdeploy.errors import UserError
-from mfdeploy.io import FILE_LIST, sha256
 from mfdeploy.models import load
 
 

@@ -136,7 +136,7 @@ def test_cli_engine_on_build_dir_without_tensorrt(build_dir, capsys):
 
 def test_cli_engine_on_build_dir_builds_into_engines(fake_trt, build_dir, capsys):  # noqa: F811
     """With (recorded) TensorRT, the engines go where `bench` reads them: BUILD/engines/."""
-    from mfdeploy.serve.registry import BuildDir
+    from mfdeploy.runtime.registry import BuildDir
 
     main(["engine", str(build_dir), "--sparse", "off", "--max-batch", "4"])
     printed = capsys.readouterr().out
@@ -180,7 +180,8 @@ def test_eval_title_says_pruned(build_dir, tiny_clip_dir, tmp_path, capsys):
     assert "".join(title.split()) in "".join(printed.split())  # rich wraps the title at the table's width
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["pruned"] == {"method": "magnitude", "ratio": 0.5, "pattern": "unstructured"}
-    from mfdeploy.eval import evaluate_model, results_table
+    from mfdeploy.cli.render import results_table
+    from mfdeploy.eval import evaluate_model
 
     dense = evaluate_model(tiny_clip_dir, "shapes", n_images=8, n_retrieval=8)
     assert "pruned" not in dense and results_table(dense).title == f"{tiny_clip_dir} (torch)"

@@ -28,11 +28,11 @@ from mfdeploy.eval import (
     retention,
     retrieval_recall,
     shapes_suite,
-    write_json,
+    write_result,
     zero_shot_accuracy,
 )
 from mfdeploy.eval.prepare import Prepared
-from mfdeploy.serve.base import Runner
+from mfdeploy.runtime.base import Runner
 
 SMALL = {"n_images": 24, "n_retrieval": 16}  # shapes suite sizes for the tiny model
 
@@ -202,7 +202,7 @@ def test_evaluate_model_shapes_schema(tiny_clip_dir, tmp_path):
     assert set(result["retrieval"]) == set(RETRIEVAL_KEYS)
     _check_unit_interval(result["tasks"])
     _check_unit_interval(result["retrieval"])
-    path = write_json(result, tmp_path / "sub" / "eval.json")
+    path = write_result(result, tmp_path / "sub" / "eval.json")
     loaded = json.loads(path.read_text())
     assert loaded["tasks"] == result["tasks"] and loaded["retrieval"] == result["retrieval"]
     assert loaded["counts"]["images"] == SMALL["n_images"]

@@ -162,21 +162,21 @@ def test_cli_bad_inputs(case, tmp_path, tiny_clip_dir, capsys):
 
 
 def test_cli_failed_parity_leaves_nothing(tmp_path, tiny_clip_dir, capsys, monkeypatch):
-    import mfdeploy.export.pipeline as pipeline
+    import mfdeploy.export as export_pkg
 
     def failing(*args, **kwargs):
         raise UserError("ONNX export does not match PyTorch (forced by the test)")
 
-    monkeypatch.setattr(pipeline, "check_parity", failing)
+    monkeypatch.setattr(export_pkg, "check_parity", failing)
     code, err = _run_cli(["export", str(tiny_clip_dir), "--out", str(tmp_path / "out")], capsys)
     assert code == 2 and "does not match" in err
     assert list(tmp_path.iterdir()) == []  # neither the output nor the temporary directory
 
 
 def test_cli_force_replaces(tmp_path, tiny_clip_dir, monkeypatch):
-    import mfdeploy.export.pipeline as pipeline
+    import mfdeploy.export as export_pkg
 
-    monkeypatch.setattr(pipeline, "check_parity", lambda *a, **k: {"vision": {"min_cosine": 1.0},
+    monkeypatch.setattr(export_pkg, "check_parity", lambda *a, **k: {"vision": {"min_cosine": 1.0},
                                                                   "text": {"min_cosine": 1.0}})
     out = tmp_path / "out"
     main(["export", str(tiny_clip_dir), "--out", str(out)])

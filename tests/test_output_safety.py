@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from mfdeploy.artifacts.io import FILE_LIST, atomic_dir, check_out_dir, foreign_files
 from mfdeploy.cli import main
 from mfdeploy.errors import UserError
-from mfdeploy.io import FILE_LIST, atomic_dir, check_out_dir, foreign_files
 
 
 def run_cli(argv: list[str]) -> int:

@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from mfdeploy.data.batching import Batch, CalibSource, pair_batches
 from mfdeploy.errors import UserError
 from mfdeploy.models import load
+from mfdeploy.models.inputs import Batch, CalibSource, pair_batches
 from mfdeploy.prune import (
     ActivationStats,
     PruneConfig,

@@ -28,6 +28,9 @@ def test_build_int8_with_engines_and_eval(fake_trt, tiny_clip_dir, tmp_path, sha
         for tower in ("vision", "text"):
             assert q["towers"][tower]["min_cosine"] >= 0.99
             assert f"{name}/{tower}.onnx" in manifest["artifacts"]
+            # the same parity gate as onnx/ and onnx_dense/: ONNX Runtime against the PyTorch model
+            gate = manifest["parity"]["int8_vs_torch"][name][tower]
+            assert gate["passed"] and gate["min_cosine"] >= 0.99
         assert json.loads((out / name / "quantize.json").read_text())["target"] == target
     # the INT8 engines come from onnx_qdq/: int8 + fp16, 2:4 sparse kernels asked for
     assert [Path(p).parent.name for p, _ in fake_trt["network"]][:2] == ["onnx_qdq", "onnx_qdq"]

@@ -112,7 +112,7 @@ def test_distill_raises_no_warning(tiny_clip_dir, torch_warns_always):
 
     import torch
 
-    from mfdeploy.data.batching import CalibSource, pair_batches
+    from mfdeploy.models.inputs import CalibSource, pair_batches
     from mfdeploy.prune.distill import distill
 
     adapter = load(tiny_clip_dir)

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from mfdeploy import platform
 from mfdeploy.errors import UserError
-from mfdeploy.serve import BACKENDS, BackendUnavailable, BuildDir, OrtRunner, TrtRunner, make_runner, probe_backends
-from mfdeploy.serve import ort_runner as ort_runner_mod
-from mfdeploy.serve import trt_runner as trt_runner_mod
-from mfdeploy.serve.inputs import pixel_values, text_inputs
-from mfdeploy.serve.registry import engine_command
+from mfdeploy.runtime import BACKENDS, BackendUnavailable, BuildDir, OrtRunner, TrtRunner, make_runner, probe_backends
+from mfdeploy.runtime import trt_runner as trt_runner_mod
+from mfdeploy.runtime.inputs import pixel_values, text_inputs
+from mfdeploy.runtime.registry import engine_command
 
 CAPTIONS = ["a red circle", "two small blue squares to the left of a green triangle", "a square"]
 
@@ -155,7 +155,7 @@ def test_empty_tensorrt_namespace_is_not_tensorrt(monkeypatch):
     import types
 
     monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
-    with pytest.raises(BackendUnavailable, match="tensorrt is not installed"):
+    with pytest.raises(BackendUnavailable, match="TensorRT is not installed"):
         trt_runner_mod.check_tensorrt()
 
 
@@ -167,7 +167,7 @@ def test_silent_cpu_fallback_is_reported(build_dir, monkeypatch):
         pytest.skip("CUDA provider present: no fallback to provoke")
     real = ort.get_available_providers
     monkeypatch.setattr(ort, "get_available_providers", lambda: [*real(), "CUDAExecutionProvider"])
-    monkeypatch.setattr(ort_runner_mod, "cuda_device_count", lambda: (1, ""))
+    monkeypatch.setattr(platform, "cuda_device_count", lambda: (1, ""))
     with pytest.raises(BackendUnavailable, match="fell back to CPUExecutionProvider"):
         OrtRunner(build_dir / "onnx", provider="cuda")
 
@@ -215,7 +215,7 @@ def test_text_inputs_end_in_eos(tiny_adapter):
 
 
 def test_importing_serve_is_light():
-    code = ("import sys, mfdeploy.serve; heavy = {'torch', 'onnxruntime', 'tensorrt', 'matplotlib'} & "
+    code = ("import sys, mfdeploy.runtime; heavy = {'torch', 'onnxruntime', 'tensorrt', 'matplotlib'} & "
             "set(sys.modules); assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
 

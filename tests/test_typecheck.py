@@ -16,7 +16,7 @@ def test_engine_module_typechecks_against_tensorrt_stubs():
     assert stubs is not None and stubs.submodule_search_locations, "tensorrt-stubs is not installed"
     proc = subprocess.run(
         [sys.executable, "-m", "mypy", "--follow-imports=silent", "--no-incremental",
-         "mfdeploy/export/engine.py", "mfdeploy/serve/trt_runner.py"],
+         "mfdeploy/export/engine.py", "mfdeploy/runtime/trt_runner.py", "mfdeploy/platform.py"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

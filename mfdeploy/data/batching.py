@@ -1,4 +1,7 @@
-"""Batches of images and captions in model inputs; calibration sources."""
+"""Calibration sources: where image-caption pairs come from, how many there are, and the raw pairs in chunks.
+
+Turning pairs into model inputs needs a model's processor and tokenizer:
+that is `mfdeploy.models.inputs` (data never imports models)."""
 
 from __future__ import annotations
 
@@ -6,27 +9,13 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import Any
 
 from mfdeploy.data import world
 from mfdeploy.data.pairs import load_pairs, open_image
 from mfdeploy.errors import UserError
-from mfdeploy.models.base import Adapter
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Batch:
-    """Model inputs of a batch of image-caption pairs; text padded to the longest caption."""
-
-    pixel_values: torch.Tensor  # [B,3,H,W] float32
-    input_ids: torch.Tensor  # [B,L] int64
-    attention_mask: torch.Tensor  # [B,L] int64, 0 = padding
-
-    def __len__(self) -> int:
-        return int(self.pixel_values.shape[0])
 
 
 @dataclass(frozen=True)
@@ -35,7 +24,7 @@ class CalibSource:
 
     kind: str  # "shapes" | "jsonl" | "memory" (prepared batches, for benchmarks on models without processors)
     path: Path | None = None
-    batches: tuple[Batch, ...] = ()
+    batches: tuple[Any, ...] = ()  # "memory": `mfdeploy.models.inputs.Batch` objects
 
     def describe(self) -> str:
         if self.kind == "memory":
@@ -79,23 +68,22 @@ def calibration_pairs(source: CalibSource, requested: int, flag: str = "--calib-
     return used
 
 
-def pair_batches(adapter: Adapter, source: CalibSource, n: int, batch_size: int,
-                 offset: int = 0) -> Iterator[Batch]:
-    """`n` calibration pairs from `source` in batches of `batch_size`.
+def raw_pair_chunks(source: CalibSource, n: int, batch_size: int,
+                    offset: int = 0) -> Iterator[tuple[list[Any], list[str]]]:
+    """`n` calibration pairs from `source` as `(PIL images, captions)` chunks of `batch_size`.
 
     The shapes world yields its calibration seeds in order (deterministic); a
     JSONL file yields its first `n` pairs (all of them when it has fewer).
     """
     if n <= 0 or batch_size <= 0:
         raise UserError("calibration sample count and batch size must be positive")
-    if source.kind == "memory":  # already model inputs: yielded as they are
-        yield from source.batches
-        return
+    if source.kind == "memory":
+        raise UserError("in-memory calibration batches are model inputs already, not raw pairs")
     if source.kind == "shapes":
         seeds = list(world.split_seeds("calib", n, offset))
         for i in range(0, n, batch_size):
             scenes = [world.make_scene(s) for s in seeds[i:i + batch_size]]
-            yield make_batch(adapter, [s.render() for s in scenes], [s.caption() for s in scenes])
+            yield [s.render() for s in scenes], [s.caption() for s in scenes]
         return
     assert source.path is not None
     pairs = load_pairs(source.path)[offset:offset + n]
@@ -103,11 +91,4 @@ def pair_batches(adapter: Adapter, source: CalibSource, n: int, batch_size: int,
         raise UserError(f"{source.path}: fewer than {offset + 1} pairs")
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i:i + batch_size]
-        images = [open_image(p.image, str(source.path)) for p in chunk]
-        yield make_batch(adapter, images, [p.caption for p in chunk])
-
-
-def make_batch(adapter: Adapter, images: list, captions: list[str]) -> Batch:
-    """Preprocess with the model's own processor and tokenizer."""
-    ids, mask = adapter.tokenize(captions)
-    return Batch(adapter.pixel_values(images), ids, mask)
+        yield [open_image(p.image, str(source.path)) for p in chunk], [p.caption for p in chunk]

@@ -13,12 +13,13 @@ from mfdeploy.eval.evaluate import (
 )
 from mfdeploy.eval.metrics import RETRIEVAL_KEYS, retention, retrieval_recall, zero_shot_accuracy
 from mfdeploy.eval.prepare import Prepared, clear_cache, prepare
-from mfdeploy.eval.report import results_table, write_json
+from mfdeploy.eval.report import check_json_target, write_result
 
 __all__ = [
     "BACKENDS",
     "RETRIEVAL_KEYS",
     "ClassTask",
+    "check_json_target",
     "EvalSet",
     "Prepared",
     "clear_cache",
@@ -33,10 +34,9 @@ __all__ = [
     "pairs_set",
     "prepare",
     "resolve_data",
-    "results_table",
     "retention",
     "retrieval_recall",
     "shapes_suite",
-    "write_json",
+    "write_result",
     "zero_shot_accuracy",
 ]

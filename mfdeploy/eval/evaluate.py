@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -11,17 +10,16 @@ from pathlib import Path
 
 import numpy as np
 
+from mfdeploy.artifacts.layout import ONNX_DIR, ONNX_FILES, ONNX_INT8_DIR, QUANTIZE_MANIFEST, has_towers, is_build
 from mfdeploy.errors import UserError
 from mfdeploy.eval.datasets import N_IMAGES, N_RETRIEVAL, resolve_data
 from mfdeploy.eval.metrics import retention, retrieval_recall, zero_shot_accuracy
 from mfdeploy.eval.prepare import Prepared, prepare
 from mfdeploy.models.base import Adapter
-from mfdeploy.serve.base import Runner
+from mfdeploy.runtime.base import Runner
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
-INT8_DIR = "onnx_int8"  # a build's ONNX Runtime INT8 towers (`build --int8`, mfdeploy.quantize)
 BATCH_SIZE = 256
-MANIFESTS = ("build.json", "prune.json")  # output directories that name the dense model they came from
 
 
 def embed_images(runner: Runner, pixels: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
@@ -76,12 +74,9 @@ def evaluate(runner: Runner, prepared: Prepared, batch_size: int = BATCH_SIZE) -
 
 def _ort_runner_class() -> type:
     try:
-        from mfdeploy.serve import OrtRunner
-    except ImportError:
-        try:
-            from mfdeploy.serve.ort_runner import OrtRunner
-        except ImportError as e:
-            raise UserError(f"--backend onnx: the ONNX Runtime runner is not available ({e})") from None
+        from mfdeploy.runtime.ort_runner import OrtRunner
+    except ImportError as e:
+        raise UserError(f"--backend onnx: the ONNX Runtime runner is not available ({e})") from None
     return OrtRunner
 
 
@@ -89,19 +84,20 @@ def _onnx_dir(source: str | Path | Adapter | None, backend: str = "onnx") -> Pat
     """The exported towers of a build directory (or of a directory holding them), None for a checkpoint."""
     if backend == "onnx-int8":
         path = Path(str(source)).expanduser()
-        for candidate in (path / INT8_DIR, path):
-            if (candidate / "quantize.json").is_file():
+        for candidate in (path / ONNX_INT8_DIR, path):
+            if (candidate / QUANTIZE_MANIFEST).is_file():
                 return candidate
-        raise UserError(f"--backend onnx-int8: {source} has no {INT8_DIR}/ (build with --int8, or run "
-                        "`mfdeploy quantize BUILD --out BUILD/onnx_int8`)")
+        raise UserError(f"--backend onnx-int8: {source} has no {ONNX_INT8_DIR}/ (build with --int8, or run "
+                        f"`mfdeploy quantize BUILD --out BUILD/{ONNX_INT8_DIR}`)")
     if source is None or isinstance(source, Adapter):
         return None
     path = Path(source).expanduser()
-    for candidate in (path, path / "onnx"):
-        if (candidate / "vision.onnx").is_file() and (candidate / "text.onnx").is_file():
+    for candidate in (path, path / ONNX_DIR):
+        if has_towers(candidate):
             return candidate
-    if (path / "build.json").is_file():
-        raise UserError(f"{path}: build directory has no onnx/vision.onnx and onnx/text.onnx "
+    if is_build(path):
+        towers = " and ".join(f"{ONNX_DIR}/{name}" for name in ONNX_FILES.values())
+        raise UserError(f"{path}: build directory has no {towers} "
                         "(run the build with export enabled, or evaluate with --backend torch)")
     return None
 
@@ -113,7 +109,7 @@ def open_runner(source: str | Path | Adapter | None, adapter: Adapter, backend: 
     Args:
         source: what the user named (used to find a build directory's `onnx/`).
         adapter: the loaded model.
-        backend: "torch" (eager PyTorch on the CPU) or "onnx" (ONNX Runtime on
+        backend: "torch" (eager PyTorch, on the device the model is on) or "onnx" (ONNX Runtime on
             the CPU over the build's `onnx/` towers, or over towers exported
             to a temporary directory for a plain checkpoint), or "onnx-int8"
             (a build's `onnx_int8/`).
@@ -121,7 +117,7 @@ def open_runner(source: str | Path | Adapter | None, adapter: Adapter, backend: 
     if backend not in BACKENDS:
         raise UserError(f"--backend {backend}: unknown backend (expected one of: {', '.join(BACKENDS)})")
     if backend == "torch":
-        from mfdeploy.serve.torch_runner import TorchRunner
+        from mfdeploy.runtime.torch_runner import TorchRunner
 
         runner: Runner = TorchRunner(adapter)
         try:
@@ -137,7 +133,7 @@ def open_runner(source: str | Path | Adapter | None, adapter: Adapter, backend: 
 
             onnx_dir = Path(tmp)
             export_towers(adapter, onnx_dir)
-        from mfdeploy.serve.base import BackendUnavailable
+        from mfdeploy.runtime.base import BackendUnavailable
 
         try:
             runner = ort_runner(onnx_dir, provider="cpu")
@@ -192,18 +188,11 @@ def evaluate_model(source: str | Path | Adapter | None = None, data: str | Path 
 
 def dense_reference(source: str | Path | Adapter | None) -> str | None:
     """The dense model a prune or build directory was made from (`"model"` of its manifest), else None."""
+    from mfdeploy.artifacts.manifest import source_model
+
     if source is None or isinstance(source, Adapter):
         return None
-    path = Path(source).expanduser()
-    for name in MANIFESTS:
-        manifest = path / name
-        if manifest.is_file():
-            try:
-                model = json.loads(manifest.read_text()).get("model")
-            except (OSError, json.JSONDecodeError, AttributeError) as e:
-                raise UserError(f"{manifest}: unreadable manifest ({e})") from None
-            return str(model) if model else None
-    return None
+    return source_model(Path(source).expanduser())
 
 
 def evaluate_with_retention(source: str | Path | Adapter | None = None, data: str | Path = "shapes",

@@ -13,8 +13,7 @@ from typing import Any
 from mfdeploy._callable import make_callable
 
 _WHERE = {
-    # ONNX export and parity
-    "export_model": "pipeline",
+    # ONNX export and parity (the export pipeline, export.json included, is `mfdeploy.pipelines.export`)
     "export_towers": "onnx_export",
     "inspect_graph": "onnx_export",
     "ExportError": "onnx_export",

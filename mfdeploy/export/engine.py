@@ -11,26 +11,32 @@ returns the reason plus the equivalent `trtexec` commands.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mfdeploy import platform
+from mfdeploy.artifacts.io import sha256, write_json
+from mfdeploy.artifacts.layout import (
+    ENGINE_FILES,
+    ENGINE_RECORD,
+    ENGINES_DIR,
+    ONNX_DIR,
+    ONNX_FILES,
+    TIMING_CACHE,
+    trt_log,
+)
 from mfdeploy.errors import MfdeployError, UserError, first_line
 from mfdeploy.export.engine_check import compare_with_onnxrt, engine_feeds
-from mfdeploy.export.spec import TOWERS, check_onnx_dir, concrete_shapes, model_limits, onnx_io
+from mfdeploy.export.spec import check_onnx_dir, concrete_shapes, model_limits, onnx_io
 from mfdeploy.export.trtexec import trtexec_commands
 from mfdeploy.export.trtlog import capture_trt_log, parse_sparsity_log
-from mfdeploy.serve.system import cuda_device_count
 
 if TYPE_CHECKING:
     import tensorrt as trt
 
 SPARSE_MODES = ("auto", "on", "off")
-ENGINE_FILES = {"vision": "vision.plan", "text": "text.plan"}
-TIMING_CACHE = "timing.cache"
-RECORD_FILE = "engine.json"
-BUILD_MANIFEST = "build.json"  # marks a `mfdeploy build` directory, whose towers are in onnx/
+RECORD_FILE = ENGINE_RECORD
 
 
 class EngineError(MfdeployError):
@@ -39,19 +45,10 @@ class EngineError(MfdeployError):
 
 def engine_status() -> dict[str, Any]:
     """Whether engines can be built here: `{"status": "available", ...}` or `{"status": "skipped", "reason"}`."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        return {"status": "skipped", "reason": "TensorRT is not installed (pip install tensorrt, on a CUDA machine)"}
-    if not hasattr(trt, "Builder"):
-        # `tensorrt-stubs` (or a broken install) leaves a bare `tensorrt/` directory: it imports as an
-        # empty namespace package.
-        return {"status": "skipped", "reason": "TensorRT is not installed (only an empty `tensorrt` package "
-                                               "was found, e.g. type stubs)"}
-    count, why = cuda_device_count()
-    if count == 0:
-        return {"status": "skipped", "reason": f"no CUDA GPU: {why}"}
-    return {"status": "available", "tensorrt": trt.__version__, "cuda_devices": count}
+    probe = platform.tensorrt()
+    if not probe.ok:
+        return {"status": "skipped", "reason": probe.reason}
+    return {"status": "available", "tensorrt": probe.version, "cuda_devices": platform.cuda_device_count()[0]}
 
 
 def engine_dirs(path: Path, out_dir: Path | None = None) -> tuple[Path, Path]:
@@ -64,14 +61,16 @@ def engine_dirs(path: Path, out_dir: Path | None = None) -> tuple[Path, Path]:
     Raises:
         UserError: a build directory without `onnx/`, or an ONNX file changed since the build.
     """
+    from mfdeploy.artifacts.layout import is_build
     from mfdeploy.models.integrity import verify_artifacts
 
     path = Path(path)
-    if (path / BUILD_MANIFEST).is_file():
-        if not (path / "onnx").is_dir():
-            raise UserError(f"{path}: build directory has no onnx/ (an incomplete build: rerun `mfdeploy build`)")
-        verify_artifacts(path, ("onnx/",))
-        return path / "onnx", Path(out_dir) if out_dir is not None else path / "engines"
+    if is_build(path):
+        if not (path / ONNX_DIR).is_dir():
+            raise UserError(f"{path}: build directory has no {ONNX_DIR}/ (an incomplete build: rerun "
+                            "`mfdeploy build`)")
+        verify_artifacts(path, (f"{ONNX_DIR}/",))
+        return path / ONNX_DIR, Path(out_dir) if out_dir is not None else path / ENGINES_DIR
     return path, Path(out_dir) if out_dir is not None else path
 
 
@@ -155,8 +154,7 @@ def build_engine(onnx_path: Path, plan_path: Path, inputs: dict[str, dict[str, l
             log_path.write_text("\n".join(lines) + "\n")
     seconds = time.perf_counter() - start
     save_engine(engine, path=str(plan_path))
-    data = plan_path.read_bytes()
-    return engine, {"engine": plan_path.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+    return engine, {"engine": plan_path.name, "bytes": plan_path.stat().st_size, "sha256": sha256(plan_path),
                     "build_s": round(seconds, 2), "log": log_path.name, "fp16": fp16, "int8": int8,
                     "sparse_weights": sparse_weights,
                     "sparsity": parse_sparsity_log("\n".join(lines)), "io": engine_io(engine)}
@@ -205,7 +203,6 @@ def build_engines(onnx_dir: Path, fp16: bool = False, sparse: str = "auto", max_
         EngineError: TensorRT failed to parse or build a tower.
     """
     from mfdeploy.export.sparsity import check_2to4
-    from mfdeploy.io import write_json
 
     if sparse not in SPARSE_MODES:
         raise UserError(f"--sparse must be one of {', '.join(SPARSE_MODES)} (got {sparse!r})")
@@ -228,7 +225,7 @@ def build_engines(onnx_dir: Path, fp16: bool = False, sparse: str = "auto", max_
         notes.append("2:4 sparse kernels need --fp16: an FP32 build will pick dense kernels")
     if sparse == "on" and weights and not any(w["n_sparse"] for w in weights.values()):
         notes.append("--sparse on, but no weight holds the 2:4 pattern: TensorRT will find nothing to sparsify")
-    names = {tower: (TOWERS[tower]["file"], ENGINE_FILES[tower]) for tower in files}
+    names = {tower: (ONNX_FILES[tower], ENGINE_FILES[tower]) for tower in files}
     record: dict[str, Any] = {
         "fp16": fp16, "int8": int8, "sparse": sparse, "sparse_weights": sparse_weights, "weights_2to4": weights,
         "profiles": profiles,
@@ -244,7 +241,7 @@ def build_engines(onnx_dir: Path, fp16: bool = False, sparse: str = "auto", max_
         engines = {}
         for tower, path in files.items():
             engine, info = build_engine(path, out_dir / ENGINE_FILES[tower], profiles[tower], fp16,
-                                        sparse_weights[tower], out_dir / TIMING_CACHE, out_dir / f"{tower}.trt.log",
+                                        sparse_weights[tower], out_dir / TIMING_CACHE, out_dir / trt_log(tower),
                                         int8=int8)
             if check and feeds.get(tower):
                 from polygraphy.backend.trt import TrtRunner

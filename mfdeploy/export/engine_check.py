@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from mfdeploy.export.spec import SAMPLES_FILE, model_limits
+from mfdeploy.artifacts.layout import PARITY_INPUTS
+from mfdeploy.export.spec import model_limits
 
 # Engine vs ONNX Runtime on unit-norm embeddings (entries ~ 1/sqrt(D)). FP32 builds keep TF32 off
 # (polygraphy's default), so they agree to float rounding; FP16 keeps about 3 significant digits.
@@ -23,7 +24,7 @@ def engine_feeds(onnx_dir: Path, profiles: dict[str, dict[str, dict[str, list[in
     Two feeds per tower: the largest batch the samples and the profile allow,
     and one unpadded sample at batch 1.
     """
-    path = Path(onnx_dir) / SAMPLES_FILE
+    path = Path(onnx_dir) / PARITY_INPUTS
     max_batch = profiles["vision"]["pixel_values"]["max"][0]
     max_len = profiles["text"]["input_ids"]["max"][1]
     if path.is_file():

@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from mfdeploy.artifacts.layout import PARITY_INPUTS, TOWERS
 from mfdeploy.data import world
 from mfdeploy.errors import UserError
 from mfdeploy.export.onnx_export import float32_tower
-from mfdeploy.export.spec import SAMPLES_FILE, TOWERS
+from mfdeploy.ortsession import ort_session
 
 MIN_COSINE = 0.9999  # per-row cosine between ONNX Runtime and PyTorch embeddings
 
@@ -79,8 +80,6 @@ def check_parity(adapter, onnx_dir: Path, n: int = 16, min_cosine: float = MIN_C
     Raises:
         UserError: a tower's min cosine is below `min_cosine` (or not finite).
     """
-    import onnxruntime as ort
-
     if n < 2:
         raise UserError(f"parity needs at least 2 samples (got n={n})")
     onnx_dir = Path(onnx_dir)
@@ -93,14 +92,10 @@ def check_parity(adapter, onnx_dir: Path, n: int = 16, min_cosine: float = MIN_C
     # the float32 towers the exporter traced (a half-precision checkpoint is compared as exported)
     modules = {"vision": float32_tower(adapter.vision_tower()), "text": float32_tower(adapter.text_tower())}
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # warnings about unused initializers are noise here
-    # A one-off check: no busy-waiting worker threads, which starve everything else on a shared machine.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     result: dict[str, Any] = {"provider": "CPUExecutionProvider", "n": n, "min_cosine_required": min_cosine}
     failures = []
     for tower, spec in TOWERS.items():
-        session = ort.InferenceSession(str(onnx_dir / spec["file"]), options, providers=["CPUExecutionProvider"])
+        session = ort_session(onnx_dir / spec["file"])  # CPU, no spinning: a one-off check on a shared machine
         out_name = next(iter(spec["outputs"]))
         records = []
         for label, feed in runs[tower]:
@@ -121,7 +116,7 @@ def check_parity(adapter, onnx_dir: Path, n: int = 16, min_cosine: float = MIN_C
                         + "; ".join(failures))
     if save_inputs:
         ids, mask = adapter.tokenize(data["captions"])
-        np.savez(onnx_dir / SAMPLES_FILE, pixel_values=pv.numpy(), input_ids=ids.numpy(),
+        np.savez(onnx_dir / PARITY_INPUTS, pixel_values=pv.numpy(), input_ids=ids.numpy(),
                  attention_mask=mask.numpy())
-        result["inputs_file"] = SAMPLES_FILE
+        result["inputs_file"] = PARITY_INPUTS
     return result

@@ -1,12 +1,6 @@
-"""What each exported tower takes and returns, as data.
-
-One dict per tower drives the exporter (input/output names, dynamic axes),
-the parity check and the engine builder (optimisation profiles, `trtexec`
-shapes), so the interface in DESIGN.md is written down exactly once.
-Dimension entries are ints (fixed), names of model sizes resolved from the
-adapter (`image_size`, `embed_dim`), or names of dynamic axes (`batch`,
-`text_len`) that stay symbolic in the ONNX graph.
-"""
+"""The tower specs (`mfdeploy.artifacts.layout.TOWERS`, written down once) applied: model sizes filled in,
+dynamic axes for the exporter, concrete shapes for engine profiles, and an export directory's towers and
+model limits read back from its files."""
 
 from __future__ import annotations
 
@@ -15,30 +9,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mfdeploy.artifacts.layout import EXPORT_MANIFEST, ONNX_FILES, PARITY_INPUTS, TOWERS
 from mfdeploy.errors import UserError
 
 MIN_OPSET = 17  # LayerNormalization is a single op from opset 17 on (TensorRT FP16 needs it unfused)
 DYNAMIC_DIMS = ("batch", "text_len")
 META_PREFIX = "mfdeploy."  # ONNX metadata_props keys written by the exporter
-MANIFEST_FILE = "export.json"
-SAMPLES_FILE = "parity_inputs.npz"  # the real parity inputs, kept for engine checks (which have no tokenizer)
-
-TOWERS: dict[str, dict[str, Any]] = {
-    "vision": {
-        "file": "vision.onnx",
-        "inputs": {"pixel_values": {"dtype": "float32", "shape": ["batch", 3, "image_size", "image_size"]}},
-        "outputs": {"image_embeds": {"dtype": "float32", "shape": ["batch", "embed_dim"]}},
-    },
-    "text": {
-        "file": "text.onnx",
-        "inputs": {
-            "input_ids": {"dtype": "int64", "shape": ["batch", "text_len"]},
-            "attention_mask": {"dtype": "int64", "shape": ["batch", "text_len"]},
-        },
-        "outputs": {"text_embeds": {"dtype": "float32", "shape": ["batch", "embed_dim"]}},
-    },
-}
-
+MANIFEST_FILE = EXPORT_MANIFEST
+SAMPLES_FILE = PARITY_INPUTS  # the real parity inputs, kept for engine checks (which have no tokenizer)
+__all__ = ["MANIFEST_FILE", "MIN_OPSET", "SAMPLES_FILE", "TOWERS", "check_onnx_dir", "check_opset",
+           "concrete_shapes", "dynamic_axes", "model_limits", "onnx_io", "tower_specs"]
 
 def check_opset(opset: int) -> None:
     """Opsets before 17 decompose LayerNorm into ReduceMean/Pow/Sqrt, which overflows in TensorRT FP16."""
@@ -127,7 +107,7 @@ def check_onnx_dir(onnx_dir: Path) -> dict[str, Path]:
     onnx_dir = Path(onnx_dir)
     if not onnx_dir.is_dir():
         raise UserError(f"{onnx_dir}: no such directory (expected the output of `mfdeploy export`)")
-    files = {tower: onnx_dir / spec["file"] for tower, spec in TOWERS.items()}
+    files = {tower: onnx_dir / name for tower, name in ONNX_FILES.items()}
     missing = [p.name for p in files.values() if not p.is_file()]
     if missing:
         raise UserError(f"{onnx_dir}: not an ONNX export directory (missing {', '.join(missing)})")

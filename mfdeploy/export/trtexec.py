@@ -10,6 +10,8 @@ from __future__ import annotations
 import shlex
 from collections.abc import Mapping, Sequence
 
+from mfdeploy.artifacts.layout import TIMING_CACHE
+
 # tower -> input name -> {"min": shape, "opt": shape, "max": shape}
 Profiles = Mapping[str, Mapping[str, Mapping[str, Sequence[int]]]]
 
@@ -25,7 +27,7 @@ def shapes_arg(flag: str, inputs: Mapping[str, Mapping[str, Sequence[int]]], whi
 
 
 def trtexec_command(onnx_file: str, plan_file: str, inputs: Mapping[str, Mapping[str, Sequence[int]]],
-                    fp16: bool, sparse: bool, timing_cache: str | None = "timing.cache", int8: bool = False) -> str:
+                    fp16: bool, sparse: bool, timing_cache: str | None = TIMING_CACHE, int8: bool = False) -> str:
     """One `trtexec` command line building `plan_file` from `onnx_file`.
 
     Args:
@@ -52,7 +54,7 @@ def trtexec_command(onnx_file: str, plan_file: str, inputs: Mapping[str, Mapping
 
 
 def trtexec_commands(profiles: Profiles, fp16: bool, sparse: Mapping[str, bool],
-                     files: Mapping[str, tuple[str, str]], timing_cache: str | None = "timing.cache",
+                     files: Mapping[str, tuple[str, str]], timing_cache: str | None = TIMING_CACHE,
                      int8: bool = False) -> list[str]:
     """The commands for every tower.
 

@@ -14,10 +14,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from mfdeploy.artifacts.io import file_records, sha256
+from mfdeploy.artifacts.layout import SOURCE_MANIFESTS
 from mfdeploy.errors import UserError
-from mfdeploy.io import sha256
 
-MANIFESTS = ("build.json", "prune.json")  # build.json first: written last, it covers the whole directory
+MANIFESTS = SOURCE_MANIFESTS  # build.json first: written last, it covers the whole directory
 
 
 def artifact_records(root: Path, skip: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
@@ -27,14 +28,7 @@ def artifact_records(root: Path, skip: Iterable[str] = ()) -> dict[str, dict[str
         root: the output directory.
         skip: relative paths to leave out (the manifest itself).
     """
-    root = Path(root)
-    skipped = set(skip)
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        if p.is_file() and rel not in skipped:
-            out[rel] = {"sha256": sha256(p), "bytes": p.stat().st_size}
-    return out
+    return file_records(root, skip=skip)
 
 
 def manifest_artifacts(root: Path) -> tuple[Path, dict[str, dict[str, Any]]] | None:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mfdeploy.artifacts.layout import MASKS_FILE, ORIGIN_FILE, PRUNED_DIR
 from mfdeploy.errors import UserError
 from mfdeploy.models.base import Adapter
 from mfdeploy.models.integrity import MANIFESTS, verify_artifacts
@@ -13,8 +14,7 @@ from mfdeploy.models.processors import load_image_processor, load_tokenizer, one
 from mfdeploy.models.structure import STRUCTURE_FILE  # written by structured pruning: the cut shapes
 from mfdeploy.zoo import BUNDLED_DIR, BUNDLED_NAME
 
-ORIGIN_FILE = "mfdeploy_origin.json"  # written by prune: which model the checkpoint came from
-CHECKED_FILES = ("pruned/", "masks.safetensors")  # what loading a prune/build directory relies on
+CHECKED_FILES = (f"{PRUNED_DIR}/", MASKS_FILE)  # what loading a prune/build directory relies on
 
 
 def resolve_checkpoint(source: str | Path | None) -> tuple[Path | str, str]:
@@ -32,8 +32,8 @@ def resolve_checkpoint(source: str | Path | None) -> tuple[Path | str, str]:
     if path.exists():
         if not path.is_dir():
             raise UserError(f"{path}: not a directory (expected a CLIP checkpoint or a prune/build directory)")
-        if (path / "pruned" / "config.json").is_file():
-            path = path / "pruned"
+        if (path / PRUNED_DIR / "config.json").is_file():
+            path = path / PRUNED_DIR
         if not (path / "config.json").is_file():
             raise UserError(f"{path}: not a CLIP checkpoint (no config.json)")
         try:
@@ -52,7 +52,7 @@ def resolve_checkpoint(source: str | Path | None) -> tuple[Path | str, str]:
 
 def output_root(checkpoint: Path) -> Path | None:
     """The prune or build directory whose `pruned/` checkpoint this is, or None."""
-    if checkpoint.name == "pruned" and any((checkpoint.parent / m).is_file() for m in MANIFESTS):
+    if checkpoint.name == PRUNED_DIR and any((checkpoint.parent / m).is_file() for m in MANIFESTS):
         return checkpoint.parent
     return None
 

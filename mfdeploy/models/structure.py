@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mfdeploy.artifacts.layout import STRUCTURE_FILE
+
 TOWER_ATTRS = ("vision_model", "text_model")
-STRUCTURE_FILE = "mfdeploy_structure.json"
 
 
 def _linear(in_f: int, out_f: int, bias: bool, like: nn.Linear) -> nn.Linear:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mfdeploy.data.batching import Batch
+from mfdeploy.models.inputs import Batch
 
 
 def _embed(model: nn.Module, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from mfdeploy.data.batching import Batch, CalibSource, pair_batches
 from mfdeploy.models.base import Adapter, PrunableLayer
+from mfdeploy.models.inputs import Batch, CalibSource, pair_batches
 from mfdeploy.progress import NullReporter, Reporter
 from mfdeploy.prune.masks import Masks
 

@@ -7,12 +7,12 @@ import time
 from pathlib import Path
 
 from mfdeploy import __version__
-from mfdeploy.data.batching import CalibSource, calibration_pairs, parse_calib
+from mfdeploy.artifacts.io import atomic_dir, check_out_dir, write_json
+from mfdeploy.artifacts.layout import MASKS_FILE, ORIGIN_FILE, PRUNE_MANIFEST, PRUNED_DIR, STRUCTURE_FILE
 from mfdeploy.errors import UserError
-from mfdeploy.io import atomic_dir, check_out_dir, write_json
 from mfdeploy.models import Adapter, load
+from mfdeploy.models.inputs import CalibSource, calibration_pairs, parse_calib
 from mfdeploy.models.integrity import artifact_records
-from mfdeploy.models.loader import ORIGIN_FILE
 from mfdeploy.progress import NullReporter, Reporter
 from mfdeploy.prune.config import PruneConfig, resolved_budget, validate
 from mfdeploy.prune.masks import apply_masks, save_masks
@@ -42,7 +42,7 @@ def prune_model(adapter: Adapter, cfg: PruneConfig, source: CalibSource | None =
         cfg: the configuration; validated here before any work.
         source: overrides `cfg.calib` (the Python API's in-memory pairs or batches).
         reporter: where progress goes (default: nowhere). Callers that draw, such as the
-            CLI, pass `mfdeploy.progress.console_reporter(cfg.show_progress)`'s reporter.
+            CLI, pass `mfdeploy.cli.render.console_reporter(cfg.show_progress)`'s reporter.
 
     Returns:
         The record (prune.json's entries, plus `_masks` and `_structure` for the writers).
@@ -76,7 +76,7 @@ def run_prune(cfg: PruneConfig, out: Path, force: bool = False, reporter: Report
         record["timings"]["total_s"] = time.perf_counter() - t0
         # sha256 of every file, as build.json has: `load` checks pruned/ and masks.safetensors against it
         record["artifacts"] = artifact_records(tmp)
-        write_json(tmp / "prune.json", record_for_json(record))
+        write_json(tmp / PRUNE_MANIFEST, record_for_json(record))
     return record
 
 
@@ -86,19 +86,17 @@ def write_prune_outputs(adapter: Adapter, record: dict, out: Path) -> None:
 
     masks = record.get("_masks")
     if masks is not None:
-        save_masks(out / "masks.safetensors", masks, {
+        save_masks(out / MASKS_FILE, masks, {
             "method": record["method"], "score": record["score"], "budget": record["budget"],
             "ratio": record["ratio"], "pattern": record["pattern"], "model_id": record["model"], "seed": record["seed"],
         })
-    adapter.save(out / "pruned")
+    adapter.save(out / PRUNED_DIR)
     origin = {"model_id": record["model"], "method": record["method"], "ratio": record["ratio"],
               "pattern": record["pattern"], "mfdeploy_version": __version__}
-    (out / "pruned" / ORIGIN_FILE).write_text(json.dumps(origin, indent=2))
+    (out / PRUNED_DIR / ORIGIN_FILE).write_text(json.dumps(origin, indent=2))
     adapter.origin = origin  # the in-memory model is now the pruned one: exports made from it say so
     if "_structure" in record:
-        from mfdeploy.models.structure import STRUCTURE_FILE
-
-        (out / "pruned" / STRUCTURE_FILE).write_text(json.dumps(record["_structure"], indent=2))
+        (out / PRUNED_DIR / STRUCTURE_FILE).write_text(json.dumps(record["_structure"], indent=2))
     plot_sparsity(record, out / "sparsity.png")
 
 

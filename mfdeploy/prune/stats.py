@@ -8,8 +8,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from mfdeploy.data.batching import Batch
 from mfdeploy.models.base import Adapter, PrunableLayer
+from mfdeploy.models.inputs import Batch
 
 
 class ActivationStats:

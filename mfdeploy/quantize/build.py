@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mfdeploy.artifacts.layout import ONNX_DIR
 from mfdeploy.quantize.gate import gate_feeds
 from mfdeploy.quantize.run import OUT_DIRS, QuantizeConfig, quantize_towers
 
@@ -26,7 +27,7 @@ def quantize_build(adapter, build_dir: Path, calib: str | None, calib_samples: i
         out = Path(build_dir) / name
         out.mkdir()
         cfg = QuantizeConfig(target=target, calib=calib, calib_samples=calib_samples)
-        record = quantize_towers(adapter, Path(build_dir) / "onnx", out, cfg, warn=warn, gate_inputs=feeds)
+        record = quantize_towers(adapter, Path(build_dir) / ONNX_DIR, out, cfg, warn=warn, gate_inputs=feeds)
         summary[name] = {
             "target": target, "mode": record["mode"], "scheme": record["scheme"],
             "calibration": record["calibration"],
@@ -42,7 +43,7 @@ def evaluate_int8(adapter, onnx_dir: Path, data: str) -> dict:
     """Evaluate the ONNX Runtime INT8 towers of a build on `data` (zero-shot tasks, retrieval)."""
     from mfdeploy.eval import evaluate, prepare
     from mfdeploy.eval.datasets import resolve_data
-    from mfdeploy.serve.ort_runner import OrtRunner
+    from mfdeploy.runtime.ort_runner import OrtRunner
 
     prepared = prepare(adapter, resolve_data(data))
     runner = OrtRunner(onnx_dir, provider="cpu", spin=False)

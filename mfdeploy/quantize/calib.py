@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from mfdeploy.data.batching import CalibSource, pair_batches
 from mfdeploy.errors import UserError
+from mfdeploy.models.inputs import CalibSource, pair_batches
 
 Feed = dict[str, np.ndarray]
 

@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from mfdeploy.artifacts.layout import TOWERS
 from mfdeploy.export.parity import parity_inputs, text_batches
-from mfdeploy.export.spec import TOWERS
+from mfdeploy.ortsession import ort_session
 
 MIN_COSINE = 0.99  # per-row cosine between the quantized and the fp32 tower's embeddings
 
@@ -28,15 +29,6 @@ def gate_feeds(adapter, n: int = 16) -> dict[str, list[tuple[str, dict[str, np.n
     return {"vision": vision, "text": text}
 
 
-def _session(path: Path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # one-off check, shared machine
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def min_cosine(ref: np.ndarray, got: np.ndarray) -> float:
     """Smallest per-row cosine of two `[B, D]` embedding arrays (NaN propagates)."""
     ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
@@ -46,7 +38,7 @@ def min_cosine(ref: np.ndarray, got: np.ndarray) -> float:
 
 def compare_tower(fp32: Path, quantized: Path, runs: list[tuple[str, dict[str, np.ndarray]]]) -> dict[str, Any]:
     """Min cosine and max abs error of `quantized` against `fp32` over the runs."""
-    ref_s, q_s = _session(fp32), _session(quantized)
+    ref_s, q_s = ort_session(fp32), ort_session(quantized)  # CPU, no spinning: a one-off check
     worst_cos, worst_err = 1.0, 0.0
     for _label, feed in runs:
         ref = ref_s.run(None, feed)[0]

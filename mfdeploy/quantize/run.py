@@ -8,7 +8,6 @@ half written.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,15 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from mfdeploy import __version__
+from mfdeploy.artifacts.layout import EXPORT_MANIFEST, ONNX_DIR, ONNX_FILES, QUANTIZE_MANIFEST, QUANTIZED_DIRS, is_build
+from mfdeploy.artifacts.manifest import ExportManifest
 from mfdeploy.data.batching import CalibSource, parse_calib
 from mfdeploy.errors import UserError
-from mfdeploy.export.spec import MANIFEST_FILE, TOWERS, check_onnx_dir
+from mfdeploy.export.spec import check_onnx_dir
 from mfdeploy.quantize.gate import MIN_COSINE, check_towers, failure_line, gate_feeds
 
-RECORD_FILE = "quantize.json"
+RECORD_FILE = QUANTIZE_MANIFEST
 TARGETS = ("ort", "trt")
 MODES = ("int8", "fp8")
-OUT_DIRS = {"ort": "onnx_int8", "trt": "onnx_qdq"}  # where a build keeps each target's towers
+OUT_DIRS = QUANTIZED_DIRS  # where a build keeps each target's towers
 
 
 @dataclass
@@ -82,19 +83,20 @@ def resolve_source(src: Path) -> tuple[Path, str]:
     src = Path(src)
     if not src.is_dir():
         raise UserError(f"{src}: no such directory (expected an ONNX export or build directory)")
-    if (src / "onnx" / "vision.onnx").is_file() or (src / "build.json").is_file():
-        check_onnx_dir(src / "onnx")
-        return src / "onnx", str(src)
-    if not any((src / spec["file"]).is_file() for spec in TOWERS.values()):
+    if any((src / ONNX_DIR / name).is_file() for name in ONNX_FILES.values()) or is_build(src):
+        check_onnx_dir(src / ONNX_DIR)
+        return src / ONNX_DIR, str(src)
+    if not any((src / name).is_file() for name in ONNX_FILES.values()):
         raise UserError(f"{src}: no towers to quantize (expected vision.onnx and text.onnx, or a build directory "
                         "with onnx/): run `mfdeploy export` or `mfdeploy build` first")
     check_onnx_dir(src)
-    manifest = src / MANIFEST_FILE
     try:
-        model = json.loads(manifest.read_text())["model"]["source"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError):
-        raise UserError(f"{src}: no readable {MANIFEST_FILE} naming the model, whose processor and tokenizer "
-                        "make the calibration inputs (export with `mfdeploy export`)") from None
+        model = ExportManifest.read(src).model_source
+    except UserError:
+        model = None
+    if not model:
+        raise UserError(f"{src}: no readable {EXPORT_MANIFEST} naming the model, whose processor and tokenizer "
+                        "make the calibration inputs (export with `mfdeploy export`)")
     return src, model
 
 
@@ -183,7 +185,7 @@ def quantize_towers(adapter, fp32_dir: Path, out_dir: Path, cfg: QuantizeConfig,
                         "samples": used, "batch_size": cfg.batch_size, "seconds": round(calib_s, 2)},
         "keep_float": cfg.keep_float, "towers": towers, "parity": gate, "versions": _versions(),
     }
-    from mfdeploy.io import write_json
+    from mfdeploy.artifacts.io import write_json
 
     write_json(Path(out_dir) / RECORD_FILE, record)
     return record
@@ -192,7 +194,7 @@ def quantize_towers(adapter, fp32_dir: Path, out_dir: Path, cfg: QuantizeConfig,
 def run_quantize(src: Path, out: Path, cfg: QuantizeConfig, force: bool = False,
                  warn: Callable[[str], None] | None = None) -> dict[str, Any]:
     """`mfdeploy quantize SRC --out DIR`: quantized towers + `quantize.json` in DIR, written atomically."""
-    from mfdeploy.io import atomic_dir, check_out_dir
+    from mfdeploy.artifacts.io import atomic_dir, check_out_dir
     from mfdeploy.models import load
 
     validate(cfg)  # bad options fail before the model loads

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mfdeploy.export import build_engines, check_parity, export_towers
-from mfdeploy.serve.system import cuda_device_count
+from mfdeploy.platform import cuda_device_count
 
 pytestmark = pytest.mark.gpu
 
@@ -62,8 +62,8 @@ def test_build_then_bench_times_trt_dense_and_pruned(tiny_clip_dir, tmp_path):
     """`mfdeploy build` on a GPU makes engines/ and engines_dense/; `bench` then times trt for both variants."""
     import json
 
+    from mfdeploy.bench import run_bench
     from mfdeploy.cli import main
-    from mfdeploy.serve import run_bench
 
     out = tmp_path / "build"
     main(["build", "--model", str(tiny_clip_dir), "--ratio", "0.5", "--method", "magnitude", "--pattern", "2:4",
@@ -71,6 +71,6 @@ def test_build_then_bench_times_trt_dense_and_pruned(tiny_clip_dir, tmp_path):
     manifest = json.loads((out / "build.json").read_text())
     assert manifest["engine"]["status"] == "built" and manifest["engine_dense"]["status"] == "built"
     rows = run_bench(out, backends=["trt"], towers=["vision", "text"], batch_sizes=[1, 4], warmup=1, iters=3,
-                     min_time=0.0, write=False, show=False, progress=False)
+                     min_time=0.0, write=False)
     measured = {(r["tower"], r["variant"], r["batch"]) for r in rows if "throughput" in r}
     assert measured == {(t, v, b) for t in ("vision", "text") for v in ("pruned", "dense") for b in (1, 4)}

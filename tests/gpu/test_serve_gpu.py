@@ -11,9 +11,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the shared fake-build helper in tests/
 from test_serve import CAPTIONS, make_build  # noqa: E402
 
-from mfdeploy.serve import BackendUnavailable, BuildDir, make_runner, run_bench  # noqa: E402
-from mfdeploy.serve.inputs import pixel_values  # noqa: E402
-from mfdeploy.serve.system import cuda_device_count  # noqa: E402
+from mfdeploy.bench import run_bench  # noqa: E402
+from mfdeploy.platform import cuda_device_count  # noqa: E402
+from mfdeploy.runtime import BackendUnavailable, BuildDir, make_runner  # noqa: E402
+from mfdeploy.runtime.inputs import pixel_values  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 if cuda_device_count()[0] == 0:
@@ -21,7 +22,7 @@ if cuda_device_count()[0] == 0:
 
 
 def _available(backend: str, build: Path) -> None:
-    from mfdeploy.serve import probe_backends
+    from mfdeploy.runtime import probe_backends
 
     reason = probe_backends(build, [backend])[backend]
     if reason is not None:
@@ -56,7 +57,7 @@ def _cos(a, b):
 
 @pytest.mark.parametrize("backend, min_cos", [("ort-cuda", 0.9999), ("ort-trt", 0.999), ("trt", 0.999)])
 def test_gpu_backend_matches_torch(build_dir, backend, min_cos):
-    from mfdeploy.serve.trt_runner import check_tensorrt
+    from mfdeploy.runtime.trt_runner import check_tensorrt
 
     if backend == "trt":
         try:
@@ -83,7 +84,7 @@ def test_gpu_backend_matches_torch(build_dir, backend, min_cos):
 def test_gpu_bench_rows(build_dir):
     _available("ort-cuda", build_dir)
     rows = run_bench(build_dir, backends=["ort-cuda"], towers=["vision"], batch_sizes=[1, 4], warmup=1, iters=3,
-                     min_time=0.0, write=False, show=False, progress=False)
+                     min_time=0.0, write=False)
     measured = [r for r in rows if "throughput" in r]
     assert {(r["variant"], r["batch"]) for r in measured} == {(v, b) for v in ("pruned", "dense") for b in (1, 4)}
     assert all(r["device"] == "cuda:0" for r in measured)

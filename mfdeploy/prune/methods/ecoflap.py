@@ -24,9 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mfdeploy.data.batching import Batch, pairs_available
 from mfdeploy.errors import UserError
 from mfdeploy.models.base import Adapter, PrunableLayer
+from mfdeploy.models.inputs import Batch, pairs_available
 from mfdeploy.prune.criteria import SCORES
 from mfdeploy.prune.masks import Masks, param_name
 from mfdeploy.prune.patterns import mask_layer, mask_rows

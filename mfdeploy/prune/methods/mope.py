@@ -24,10 +24,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mfdeploy.data.batching import Batch, CalibSource
 from mfdeploy.errors import UserError
 from mfdeploy.models import structure as st
 from mfdeploy.models.base import Adapter
+from mfdeploy.models.inputs import Batch, CalibSource
 from mfdeploy.prune.methods.ecoflap import contrastive_loss
 from mfdeploy.prune.record import budget_by_role_from_counts, role_counts
 from mfdeploy.prune.result import MethodResult, PruneContext

@@ -1,7 +1,7 @@
 """Backends by name, and the build directory they read their artifacts from.
 
     torch     PyTorch eager (CPU), from `pruned/` (dense: `build.json["model"]`)
-    ort-cpu   ONNX Runtime, CPU EP, from `onnx/` (dense: `onnx_dense/`, else a fresh export)
+    ort-cpu   ONNX Runtime, CPU EP, from `onnx/` (dense: `onnx_dense/`)
     ort-cuda  ONNX Runtime, CUDA EP, same files
     ort-trt   ONNX Runtime, TensorRT EP, same files; engine/timing caches in `ort_trt_cache/`
     trt       TensorRT engines `engines/*.plan` (dense: `engines_dense/`), via polygraphy
@@ -11,24 +11,36 @@ The "int8" variant is a build's `onnx_int8/` (`build --int8`), for the ONNX Runt
 
 from __future__ import annotations
 
-import json
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mfdeploy.errors import MfdeployError, UserError
-from mfdeploy.serve.base import BackendUnavailable, Runner
+from mfdeploy.artifacts.layout import (
+    BUILD_MANIFEST,
+    ENGINES_DENSE_DIR,
+    ENGINES_DIR,
+    ONNX_DENSE_DIR,
+    ONNX_DIR,
+    ONNX_FILES,
+    ONNX_INT8_DIR,
+    ORT_TRT_CACHE_DIR,
+    PRUNED_DIR,
+    TOWER_NAMES,
+)
+from mfdeploy.artifacts.manifest import BuildManifest
+from mfdeploy.errors import UserError
+from mfdeploy.runtime.base import BackendUnavailable, Runner
 
 VARIANTS = ("pruned", "dense", "int8")
-TOWERS = ("vision", "text")
+TOWERS = TOWER_NAMES
 
 
 class BuildDir:
     """A `mfdeploy build` output directory: manifest, pruned checkpoint, ONNX towers, engines.
 
-    Loaded models and the dense model's on-the-fly ONNX export are cached on
-    the object, so several backends share them; `close()` removes the export.
+    It only reads what the build wrote: loaded models are cached on the object,
+    so several backends share them. A build without `onnx_dense/` has no dense
+    ONNX towers; the ONNX Runtime backends then say which command makes them.
     """
 
     def __init__(self, path: str | Path, require_onnx: bool = True):
@@ -44,21 +56,21 @@ class BuildDir:
         self.path = Path(path).expanduser()
         if not self.path.is_dir():
             raise UserError(f"{self.path}: not a directory (expected a build directory from `mfdeploy build --out`)")
-        manifest = self.path / "build.json"
-        if not manifest.is_file():
-            raise UserError(f"{self.path}: not a build directory (no build.json; create one with `mfdeploy build`)")
-        try:
-            self.manifest: dict[str, Any] = json.loads(manifest.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"{manifest}: unreadable ({e})") from None
-        if not isinstance(self.manifest, dict):
-            raise UserError(f"{manifest}: not a build manifest (expected a JSON object)")
-        if require_onnx and not any((self.path / "onnx" / f).is_file() for f in ("vision.onnx", "text.onnx")):
-            raise UserError(f"{self.path}: no onnx/vision.onnx or onnx/text.onnx (an incomplete build: rerun "
-                            "`mfdeploy build`)")
+        self.build = BuildManifest.read(self.path)
+        if require_onnx and not any((self.path / ONNX_DIR / f).is_file() for f in ONNX_FILES.values()):
+            missing = " or ".join(f"{ONNX_DIR}/{name}" for name in ONNX_FILES.values())
+            raise UserError(f"{self.path}: no {missing} (an incomplete build: "
+                            "rerun `mfdeploy build`)")
         self._adapters: dict[str, Any] = {}
-        self._dense_export: Path | None = None
-        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """build.json as a dict (`self.build` is the typed view)."""
+        return self.build.data
+
+    @manifest.setter
+    def manifest(self, data: dict[str, Any]) -> None:
+        self.build = BuildManifest.from_json(data)
 
     def __enter__(self) -> BuildDir:
         return self
@@ -69,8 +81,7 @@ class BuildDir:
     @property
     def model(self) -> str | None:
         """The dense model the build started from (hub id or path), as recorded in build.json."""
-        model = self.manifest.get("model")
-        return str(model) if model else None
+        return self.build.model
 
     def adapter(self, variant: str = "pruned"):
         """The pruned checkpoint (`pruned/`) or the dense model, loaded once.
@@ -83,9 +94,10 @@ class BuildDir:
             from mfdeploy.models import load
 
             if variant == "pruned":
-                if not (self.path / "pruned" / "config.json").is_file():
-                    raise UserError(f"{self.path}: no pruned/ checkpoint (an incomplete build: rerun `mfdeploy build`)")
-                self._adapters[variant] = load(self.path / "pruned")
+                if not (self.path / PRUNED_DIR / "config.json").is_file():
+                    raise UserError(f"{self.path}: no {PRUNED_DIR}/ checkpoint (an incomplete build: rerun "
+                                    "`mfdeploy build`)")
+                self._adapters[variant] = load(self.path / PRUNED_DIR)
             else:
                 source = self._dense_source()
                 try:
@@ -97,65 +109,42 @@ class BuildDir:
     def _dense_source(self) -> str:
         model = self.model
         if model is None:
-            raise BackendUnavailable("build.json names no dense model ('model' key)")
+            raise BackendUnavailable(f"{BUILD_MANIFEST} names no dense model ('model' key)")
         # a relative path recorded at build time may be relative to the build directory
         if not Path(model).expanduser().exists() and (self.path / model).exists():
             return str(self.path / model)
         return model
 
     def onnx_dir(self, variant: str = "pruned") -> Path:
-        """`onnx/`, `onnx_int8/`, or for the dense model `onnx_dense/` when present, else a temporary export."""
+        """`onnx/`, `onnx_int8/`, or for the dense model `onnx_dense/`.
+
+        Raises:
+            BackendUnavailable: the build lacks the folder; the message gives the command that makes it.
+        """
         if variant == "pruned":
-            return self.path / "onnx"
+            return self.path / ONNX_DIR
         if variant == "int8":
-            if not (self.path / "onnx_int8").is_dir():
-                raise BackendUnavailable(f"no onnx_int8/ in {self.path}: build it with `mfdeploy build --int8`")
-            return self.path / "onnx_int8"
-        if (self.path / "onnx_dense").is_dir():
-            return self.path / "onnx_dense"
-        if self._dense_export is None:
-            try:
-                from mfdeploy.export import export_towers
-            except ImportError as e:
-                raise BackendUnavailable(f"no onnx_dense/ in the build and no exporter to make one ({e})") from None
-            adapter = self.adapter("dense")
-            tmp = tempfile.TemporaryDirectory(prefix="mfdeploy-dense-onnx-")
-            try:
-                export_towers(adapter, Path(tmp.name))
-            except MfdeployError as e:
-                tmp.cleanup()
-                raise BackendUnavailable(f"no onnx_dense/ in the build, and exporting the dense model failed: {e}"
-                                         ) from None
-            self._tmp, self._dense_export = tmp, Path(tmp.name)
-        return self._dense_export
+            if not (self.path / ONNX_INT8_DIR).is_dir():
+                raise BackendUnavailable(f"no {ONNX_INT8_DIR}/ in {self.path}: build it with `mfdeploy build --int8`")
+            return self.path / ONNX_INT8_DIR
+        dense = self.path / ONNX_DENSE_DIR
+        if not all((dense / f).is_file() for f in ONNX_FILES.values()):
+            model = self.model or "MODEL"
+            raise BackendUnavailable(f"no {ONNX_DENSE_DIR}/ in the build (made by an older mfdeploy): export the "
+                                     f"dense towers with `mfdeploy export {model} --out {dense}`")
+        return dense
 
     def tensorrt_flags(self) -> tuple[bool, bool]:
-        """(fp16, sparse) the build's engines were made with, for the TensorRT EP to match.
-
-        From build.json's `engine` record (`fp16`, per-tower `sparse_weights`);
-        without one, sparse when the pruning pattern is 2:4 (which also needs FP16).
-        """
-        engine = self.manifest.get("engine") or {}
-        two_four = self.manifest.get("pattern") == "2:4"
-        fp16 = bool(engine.get("fp16", two_four))
-        sparse_weights = engine.get("sparse_weights")
-        if isinstance(sparse_weights, dict):
-            sparse = any(sparse_weights.values())
-        else:
-            sparse = bool(sparse_weights) if sparse_weights is not None else two_four
-        return fp16, sparse
+        """(fp16, sparse) the build's engines were made with, for the TensorRT EP to match (see `BuildManifest`)."""
+        return self.build.tensorrt_flags()
 
     def engines_dir(self, variant: str = "pruned") -> Path:
         """`engines/` (pruned) or `engines_dense/` (dense)."""
-        return self.path / ("engines" if variant == "pruned" else "engines_dense")
+        return self.path / (ENGINES_DIR if variant == "pruned" else ENGINES_DENSE_DIR)
 
     def close(self) -> None:
-        """Drop loaded models and remove the temporary dense export."""
+        """Drop loaded models."""
         self._adapters.clear()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-            self._dense_export = None
 
 
 def _no_int8(variant: str) -> None:
@@ -164,7 +153,7 @@ def _no_int8(variant: str) -> None:
 
 
 def _torch(build: BuildDir, variant: str, opts: dict) -> Runner:
-    from mfdeploy.serve.torch_runner import TorchRunner
+    from mfdeploy.runtime.torch_runner import TorchRunner
 
     _no_int8(variant)
 
@@ -173,9 +162,9 @@ def _torch(build: BuildDir, variant: str, opts: dict) -> Runner:
 
 def _ort(provider: str) -> Callable[[BuildDir, str, dict], Runner]:
     def make(build: BuildDir, variant: str, opts: dict) -> Runner:
-        from mfdeploy.serve.ort_runner import OrtRunner, check_provider
+        from mfdeploy.runtime.ort_runner import OrtRunner, check_provider
 
-        check_provider(provider)  # before a possibly costly dense export
+        check_provider(provider)  # a provider that cannot run here says so before any file is read
         fp16, sparse = opts.get("fp16"), opts.get("sparse")
         if fp16 is None or sparse is None:
             default_fp16, default_sparse = build.tensorrt_flags()
@@ -185,7 +174,7 @@ def _ort(provider: str) -> Callable[[BuildDir, str, dict], Runner]:
             build.onnx_dir(variant),
             provider=provider,
             threads=opts.get("threads"),
-            cache_dir=build.path / "ort_trt_cache" / variant if provider == "tensorrt" else None,
+            cache_dir=build.path / ORT_TRT_CACHE_DIR / variant if provider == "tensorrt" else None,
             fp16=fp16,
             sparse=sparse,
             towers=opts.get("towers", TOWERS),
@@ -198,7 +187,7 @@ def _ort(provider: str) -> Callable[[BuildDir, str, dict], Runner]:
 
 
 def _trt(build: BuildDir, variant: str, opts: dict) -> Runner:
-    from mfdeploy.serve.trt_runner import TrtRunner
+    from mfdeploy.runtime.trt_runner import TrtRunner
 
     _no_int8(variant)  # `build --int8` on a GPU builds engines/ from onnx_qdq/: the pruned variant is int8
 
@@ -212,17 +201,13 @@ def engine_command(build: BuildDir, variant: str) -> str:
     stage computes them even where it skips the build).
     """
     fp16, _ = build.tensorrt_flags()
-    onnx_dir = build.path / ("onnx" if variant == "pruned" else "onnx_dense")
-    profiles = (build.manifest.get("engine") or {}).get("profiles") or {}
-
-    def bound(tower: str, name: str, axis: int) -> int | None:
-        shape = ((profiles.get(tower) or {}).get(name) or {}).get("max") or []
-        return shape[axis] if len(shape) > axis else None
-
+    onnx_dir = build.path / (ONNX_DIR if variant == "pruned" else ONNX_DENSE_DIR)
+    engine = build.build.engine
     cmd = f"mfdeploy engine {onnx_dir} --out {build.engines_dir(variant)}" + (" --fp16" if fp16 else "")
-    for flag, value in (("--max-batch", bound("vision", "pixel_values", 0)),
-                        ("--max-text-len", bound("text", "input_ids", 1))):
-        cmd += f" {flag} {value}" if value else ""
+    if engine is not None:
+        for flag, value in (("--max-batch", engine.profile_max("vision", "pixel_values", 0)),
+                            ("--max-text-len", engine.profile_max("text", "input_ids", 1))):
+            cmd += f" {flag} {value}" if value else ""
     return cmd + (" --sparse off" if variant == "dense" else "")
 
 

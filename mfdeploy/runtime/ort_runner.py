@@ -4,39 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from mfdeploy import platform
+from mfdeploy.artifacts.layout import INPUT_NAMES, ONNX_FILES, TOWER_NAMES
 from mfdeploy.errors import UserError, first_line
-from mfdeploy.serve.base import BackendUnavailable, Runner
-from mfdeploy.serve.system import cuda_device_count, physical_cores
+from mfdeploy.ortsession import ort_session
+from mfdeploy.platform import ORT_PROVIDERS as PROVIDERS
+from mfdeploy.runtime.base import BackendUnavailable, Runner
 
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
-TOWER_FILES = {"vision": "vision.onnx", "text": "text.onnx"}
-INPUT_NAMES = {"vision": ("pixel_values",), "text": ("input_ids", "attention_mask")}
 _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
           "tensor(int32)": np.int32}
 
 
 def check_provider(provider: str) -> None:
     """Raise `BackendUnavailable` when `provider` cannot run here (before any session is built)."""
-    import onnxruntime as ort
-
-    if provider not in PROVIDERS:
-        raise ValueError(f"unknown provider {provider!r}; expected one of {', '.join(PROVIDERS)}")
-    available = ort.get_available_providers()
-    if PROVIDERS[provider] not in available:
-        if provider == "cpu":
-            raise BackendUnavailable("this onnxruntime build has no CPUExecutionProvider")
-        raise BackendUnavailable(
-            f"onnxruntime-gpu is not installed: onnxruntime {ort.__version__} offers "
-            f"{', '.join(p.removesuffix('ExecutionProvider') for p in available)} only "
-            f"(no {PROVIDERS[provider]})"
-        )
-    if provider != "cpu":
-        count, why = cuda_device_count()
-        if count == 0:
-            raise BackendUnavailable(why)
+    probe = platform.ort_provider(provider)
+    if not probe.ok:
+        raise BackendUnavailable(probe.reason)
 
 
 class OrtRunner(Runner):
@@ -55,7 +42,7 @@ class OrtRunner(Runner):
         cache_dir: str | Path | None = None,
         fp16: bool = False,
         sparse: bool = False,
-        towers: Sequence[str] = ("vision", "text"),
+        towers: Sequence[str] = TOWER_NAMES,
         max_batch: int | None = None,
         max_text_len: int | None = None,
         spin: bool = True,
@@ -80,31 +67,21 @@ class OrtRunner(Runner):
             BackendUnavailable: the provider cannot run on this machine.
             UserError: a model file is missing or unreadable.
         """
-        import onnxruntime as ort
-
         check_provider(provider)
         self.provider = provider
         self.name = {"cpu": "ort-cpu", "cuda": "ort-cuda", "tensorrt": "ort-trt"}[provider]
         self.device = "cpu" if provider == "cpu" else "cuda:0"
-        self.threads = threads or physical_cores()
+        self.threads = threads or platform.physical_cores()
         self.onnx_dir = Path(onnx_dir)
-        self.sessions: dict[str, ort.InferenceSession] = {}
+        self.sessions: dict[str, Any] = {}  # tower -> onnxruntime.InferenceSession
         for tower in towers:
-            path = self.onnx_dir / TOWER_FILES[tower]
+            path = self.onnx_dir / ONNX_FILES[tower]
             if not path.is_file():
                 raise UserError(f"{path}: missing (export the towers with `mfdeploy export`)")
             profile = self._profile(tower, max_batch, max_text_len)
             providers = self._providers(cache_dir, fp16, sparse, profile)
-            opts = ort.SessionOptions()
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            opts.intra_op_num_threads = self.threads
-            opts.inter_op_num_threads = 1
-            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            opts.log_severity_level = 3  # errors only: fallbacks are detected below, not printed
-            if not spin:
-                opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             try:
-                session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+                session = ort_session(path, providers, threads=self.threads, spin=spin)
             except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/RuntimeError types
                 if provider != "cpu":
                     raise BackendUnavailable(f"{PROVIDERS[provider]} failed on {path.name}: {first_line(e)}") from None
@@ -147,7 +124,7 @@ class OrtRunner(Runner):
             return {}
         import onnx
 
-        model = onnx.load(str(self.onnx_dir / TOWER_FILES[tower]), load_external_data=False)
+        model = onnx.load(str(self.onnx_dir / ONNX_FILES[tower]), load_external_data=False)
         shapes: dict[str, list[str]] = {"min": [], "opt": [], "max": []}
         bounds = {"min": (1, 1), "opt": (max_batch, max_text_len or 1), "max": (max_batch, max_text_len or 1)}
         for inp in model.graph.input:

@@ -8,10 +8,12 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+from mfdeploy.artifacts.layout import ADDED_LATER, FILE_LIST, MANIFESTS
 from mfdeploy.errors import UserError
 
 
@@ -19,16 +21,6 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-# The manifests mfdeploy writes into its output directories: a directory holding one is mfdeploy's.
-MANIFESTS = ("build.json", "prune.json", "export.json", "quantize.json", "engine.json")
-# Every output directory lists the files it was created with, so `--force` can tell them from a user's.
-FILE_LIST = ".mfdeploy-files"
-# Files later commands add to an existing output directory or one of its folders (`mfdeploy bench`
-# into a build, `mfdeploy engine` into an export directory): they are mfdeploy's too.
-ADDED_LATER = ("bench.json", "bench.md", "bench.png", "bench-*.json", "bench-*.md", "bench-*.png",
-               "vision.plan", "text.plan", "vision.trt.log", "text.trt.log", "timing.cache", "engine.json")
 
 
 def _protected(path: Path) -> str | None:
@@ -208,14 +200,44 @@ def atomic_file(path: Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically (temp file + rename)."""
-    atomic_file(path, lambda p: p.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8"))
+def write_json(path: Path, data: Any, *, default: Callable[[Any], Any] | None = str,
+               allow_nan: bool = True) -> Path:
+    """Write `data` as indented JSON, atomically (temp file + rename); returns `path`.
+
+    Args:
+        path: the file to write.
+        data: anything `json.dumps` takes.
+        default: how to write values JSON has no type for (default `str`: paths, numpy scalars);
+            None raises on them instead.
+        allow_nan: False refuses NaN and infinities (results a user compares must be numbers).
+    """
+    text = json.dumps(data, indent=2, default=default, allow_nan=allow_nan) + "\n"
+    return atomic_file(Path(path), lambda p: p.write_text(text, encoding="utf-8"))
 
 
 def sha256(path: Path) -> str:
+    """The sha256 hex digest of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def file_records(root: Path, *, recursive: bool = True, skip: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+    """sha256 and size of every file under `root`, by path relative to it (POSIX separators).
+
+    Args:
+        root: the output directory.
+        recursive: also files in sub-folders (False: only `root`'s own files).
+        skip: relative paths to leave out (the manifest itself).
+    """
+    root = Path(root)
+    skipped = set(skip)
+    paths = root.rglob("*") if recursive else root.iterdir()
+    out = {}
+    for p in sorted(paths):
+        rel = p.relative_to(root).as_posix()
+        if p.is_file() and rel not in skipped:
+            out[rel] = {"sha256": sha256(p), "bytes": p.stat().st_size}
+    return out

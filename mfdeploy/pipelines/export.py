@@ -1,4 +1,5 @@
-"""`mfdeploy export`: load a model, export both towers, prove parity, write `export.json`, atomically.
+"""The export pipeline (`mfdeploy export`, `mfdeploy.export(...)`): load a model, export both towers, prove
+parity, write `export.json`, atomically.
 
 Everything is written into a temporary sibling of the output directory,
 which is renamed into place only after the parity check passed and the
@@ -15,17 +16,21 @@ from pathlib import Path
 from typing import Any
 
 from mfdeploy import __version__
+from mfdeploy.artifacts.io import atomic_dir, check_out_dir, file_records, write_json
+from mfdeploy.artifacts.layout import EXPORT_MANIFEST
 from mfdeploy.errors import UserError
 from mfdeploy.export.onnx_export import export_towers
-from mfdeploy.export.parity import MIN_COSINE, check_parity
-from mfdeploy.export.spec import MANIFEST_FILE, MIN_OPSET, check_opset
+from mfdeploy.export.parity import MIN_COSINE
+from mfdeploy.export.spec import MIN_OPSET, check_opset
 from mfdeploy.models.base import Adapter
+from mfdeploy.pipelines.gate import parity_gate
 
 _VERSIONS = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime", "polygraphy", "tensorrt",
              "nvidia-modelopt")
 
 
-def _versions() -> dict[str, str | None]:
+def versions() -> dict[str, str | None]:
+    """Versions of the packages an export depends on (None: not installed)."""
     out: dict[str, str | None] = {}
     for name in _VERSIONS:
         try:
@@ -33,14 +38,6 @@ def _versions() -> dict[str, str | None]:
         except PackageNotFoundError:
             out[name] = None
     return out
-
-
-def file_records(directory: Path) -> dict[str, dict[str, Any]]:
-    """sha256 and size of every file in `directory` (not recursive), by name."""
-    from mfdeploy.io import sha256
-
-    return {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size}
-            for p in sorted(Path(directory).iterdir()) if p.is_file()}
 
 
 def export_model(source: str | Path | Adapter | None, out: Path, opset: int = MIN_OPSET, force: bool = False,
@@ -65,7 +62,6 @@ def export_model(source: str | Path | Adapter | None, out: Path, opset: int = MI
     Raises:
         UserError: bad input (path, opset, existing output) or failed parity; `out` is untouched.
     """
-    from mfdeploy.io import atomic_dir, check_out_dir, write_json
     from mfdeploy.models import load
 
     step = on_step or (lambda _msg: None)
@@ -85,7 +81,7 @@ def export_model(source: str | Path | Adapter | None, out: Path, opset: int = MI
         timings["export_s"] = round(time.perf_counter() - start, 2)
         step("checking parity with PyTorch (ONNX Runtime, CPU)")
         start = time.perf_counter()
-        parity = check_parity(adapter, tmp, n=n_parity, min_cosine=min_cosine, save_inputs=True)
+        parity = parity_gate(adapter, tmp, n=n_parity, min_cosine=min_cosine, save_inputs=True)
         timings["parity_s"] = round(time.perf_counter() - start, 2)
         manifest = {
             "mfdeploy_version": __version__,
@@ -95,9 +91,9 @@ def export_model(source: str | Path | Adapter | None, out: Path, opset: int = MI
             "exporter": exported["exporter"],
             "towers": exported["towers"],
             "parity": parity,
-            "files": file_records(tmp),
+            "files": file_records(tmp, recursive=False),
             "timings": timings,
-            "versions": _versions(),
+            "versions": versions(),
         }
-        write_json(tmp / MANIFEST_FILE, manifest)
+        write_json(tmp / EXPORT_MANIFEST, manifest)
     return manifest

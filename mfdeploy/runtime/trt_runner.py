@@ -7,27 +7,17 @@ from pathlib import Path
 
 import numpy as np
 
+from mfdeploy import platform
+from mfdeploy.artifacts.layout import ENGINE_FILES, INPUT_NAMES, OUTPUT_NAMES, TOWER_NAMES
 from mfdeploy.errors import first_line
-from mfdeploy.serve.base import BackendUnavailable, Runner
-from mfdeploy.serve.system import cuda_device_count
-
-ENGINE_FILES = {"vision": "vision.plan", "text": "text.plan"}
-INPUT_NAMES = {"vision": ("pixel_values",), "text": ("input_ids", "attention_mask")}
-OUTPUT_NAMES = {"vision": "image_embeds", "text": "text_embeds"}
+from mfdeploy.runtime.base import BackendUnavailable, Runner
 
 
 def check_tensorrt() -> None:
     """Raise `BackendUnavailable` unless the TensorRT Python package and a CUDA device are usable."""
-    try:
-        import tensorrt as trt
-    except ImportError as e:
-        raise BackendUnavailable(f"tensorrt is not importable ({e}); install it with `pip install tensorrt`") from None
-    if not hasattr(trt, "Runtime"):
-        # a leftover namespace directory imports fine and holds nothing
-        raise BackendUnavailable("tensorrt is not installed (the `tensorrt` module found is empty)")
-    count, why = cuda_device_count()
-    if count == 0:
-        raise BackendUnavailable(why)
+    probe = platform.tensorrt()
+    if not probe.ok:
+        raise BackendUnavailable(probe.reason)
 
 
 class TrtRunner(Runner):
@@ -36,7 +26,7 @@ class TrtRunner(Runner):
     name = "trt"
     device = "cuda:0"
 
-    def __init__(self, engines_dir: str | Path, towers: Sequence[str] = ("vision", "text"),
+    def __init__(self, engines_dir: str | Path, towers: Sequence[str] = TOWER_NAMES,
                  how: str = "mfdeploy engine ONNX_DIR"):
         """Deserialize and activate one engine per tower.
 

@@ -14,49 +14,21 @@ from typing import Any
 
 import numpy as np
 
+from mfdeploy.artifacts.layout import ONNX_INT8_DIR
+from mfdeploy.bench.args import check_args, parse_batch_sizes, parse_list
+from mfdeploy.bench.stability import load_average, spread_reason
 from mfdeploy.errors import UserError
-from mfdeploy.serve.base import BackendUnavailable, Runner
-from mfdeploy.serve.inputs import DEFAULT_TEXT_LEN, pixel_values, text_inputs
-from mfdeploy.serve.registry import BACKENDS, TOWERS, BuildDir, check_backends, make_runner
-from mfdeploy.serve.stability import load_average, spread_reason
-from mfdeploy.serve.system import current_rss_mb, peak_rss_mb, physical_cores
+from mfdeploy.platform import current_rss_mb, peak_rss_mb, physical_cores
+from mfdeploy.runtime.base import BackendUnavailable, Runner
+from mfdeploy.runtime.inputs import DEFAULT_TEXT_LEN, pixel_values, text_inputs
+from mfdeploy.runtime.registry import BACKENDS, TOWERS, BuildDir, check_backends, make_runner
 
+# on_progress(description, cells done, cells in all): how a caller shows the run (the CLI draws a bar)
+Progress = Callable[[str, int, int], None]
+
+__all__ = ["parse_batch_sizes", "parse_list", "run_bench", "time_interleaved"]
 DEFAULT_BATCH_SIZES = (1, 8, 32)
 MAX_ITERS = 10_000  # cap on timed iterations per cell when --min-time keeps asking for more
-
-
-def parse_list(text: str, what: str, known: Sequence[str] | None = None) -> list[str]:
-    """`"a,b"` -> `["a", "b"]`, checked against `known`.
-
-    Raises:
-        UserError: empty list or an unknown item.
-    """
-    items = [t.strip() for t in str(text).split(",") if t.strip()]
-    if not items:
-        raise UserError(f"--{what}: empty list")
-    if known is not None:
-        unknown = [t for t in items if t not in known]
-        if unknown:
-            raise UserError(f"--{what}: unknown {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
-    return list(dict.fromkeys(items))
-
-
-def parse_batch_sizes(text: str) -> list[int]:
-    """`"1,8,32"` -> `[1, 8, 32]`.
-
-    Raises:
-        UserError: not a comma-separated list of positive integers.
-    """
-    sizes = []
-    for item in parse_list(text, "batch-sizes"):
-        try:
-            value = int(item)
-        except ValueError:
-            raise UserError(f"--batch-sizes: {item!r} is not an integer (expected e.g. 1,8,32)") from None
-        if value <= 0:
-            raise UserError(f"--batch-sizes: batch size must be positive, got {value}")
-        sizes.append(value)
-    return sizes
 
 
 def time_interleaved(
@@ -102,26 +74,6 @@ def _stats(latencies: np.ndarray, batch: int) -> dict[str, float]:
     }
 
 
-def _check_args(towers, batch_sizes, text_len, max_text_len, warmup, iters, threads, min_time) -> None:
-    unknown = [t for t in towers if t not in TOWERS]
-    if unknown or not towers:
-        what = ", ".join(map(repr, unknown)) or "empty list"
-        raise UserError(f"--towers: unknown {what}; known: {', '.join(TOWERS)}")
-    if not batch_sizes or any(int(b) <= 0 for b in batch_sizes):
-        raise UserError(f"--batch-sizes: batch sizes must be positive integers, got {list(batch_sizes)}")
-    if text_len is not None and (text_len < 1 or (max_text_len is not None and text_len > max_text_len)):
-        limit = f"the model's maximum {max_text_len}" if max_text_len is not None else "the model's maximum"
-        raise UserError(f"--text-len: must be between 1 and {limit}, got {text_len}")
-    if warmup < 0:
-        raise UserError(f"--warmup: must be >= 0, got {warmup}")
-    if iters < 1:
-        raise UserError(f"--iters: must be >= 1, got {iters}")
-    if threads is not None and threads < 1:
-        raise UserError(f"--threads: must be >= 1, got {threads}")
-    if min_time < 0:
-        raise UserError(f"--min-time: must be >= 0, got {min_time}")
-
-
 def run_bench(
     build_dir: str | Path,
     backends: Sequence[str] | None = None,
@@ -137,8 +89,7 @@ def run_bench(
     min_time: float = 0.5,
     json_path: str | Path | None = None,
     write: bool = True,
-    show: bool = True,
-    progress: bool = True,
+    on_progress: Progress | None = None,
     on_written: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Benchmark a build's backends, pruned against dense, and write the reports.
@@ -159,8 +110,7 @@ def run_bench(
         min_time: minimum timed seconds per variant and cell (more calls if needed).
         json_path: also write the JSON rows here.
         write: write bench.json, bench.md and bench.png into the build directory.
-        show: print the table (rich) to stdout.
-        progress: show a progress bar on stderr.
+        on_progress: called as the run goes, with what it does, the cells done and the cells in all.
         on_written: called with `report.write_reports`'s paths once the
             reports are written (`"previous"`: where the last report was moved).
 
@@ -179,7 +129,7 @@ def run_bench(
     """
     import torch
 
-    from mfdeploy.serve import report
+    from mfdeploy.bench import report
 
     names = check_backends(list(backends) if backends else list(BACKENDS))
     towers = list(dict.fromkeys(towers))
@@ -187,67 +137,71 @@ def run_bench(
     threads_used = threads or physical_cores()
     torch_threads = torch.get_num_threads()
     rows: list[dict[str, Any]] = []
-    _check_args(towers, batch_sizes, text_len, None, warmup, iters, threads, min_time)
+    check_args(towers, batch_sizes, text_len, None, warmup, iters, threads, min_time)
     load_start = load_average()
     with BuildDir(build_dir) as build:
         adapter = build.adapter("pruned")  # image size, tokenizer, text limit
-        _check_args(towers, batch_sizes, text_len, adapter.max_text_len, warmup, iters, threads, min_time)
+        check_args(towers, batch_sizes, text_len, adapter.max_text_len, warmup, iters, threads, min_time)
         length = text_len or min(DEFAULT_TEXT_LEN, adapter.max_text_len)
         images = {b: pixel_values(b, adapter.image_size, seed=b) for b in batch_sizes}
         texts = {b: text_inputs(b, length, tokenizer=adapter.tokenizer) for b in batch_sizes}
         variants = ["pruned", "dense"] if dense else ["pruned"]
-        with_int8 = (build.path / "onnx_int8").is_dir() if int8 is None else int8
+        with_int8 = (build.path / ONNX_INT8_DIR).is_dir() if int8 is None else int8
         torch.set_num_threads(threads_used)
-        bar = report.progress_bar(enabled=progress)
-        task = bar.add_task("bench", total=len(names) * len(towers) * len(batch_sizes))
+        say = on_progress or (lambda _what, _done, _total: None)
+        total, done = len(names) * len(towers) * len(batch_sizes), 0
         try:
-            with bar:
-                for name in names:
-                    bar.update(task, description=f"{name}: loading")
-                    ort = name.startswith("ort-")
-                    runners = _open_runners(build, name, variants + (["int8"] if with_int8 and ort else []), towers,
-                                            threads_used, max(batch_sizes), length, rows)
-                    sizes = {(v, t): _onnx_mb(build, v, t) for v in runners for t in towers} if ort else {}
-                    try:
-                        for tower in towers:
-                            for batch in batch_sizes:
-                                if runners:
-                                    bar.update(task, description=f"{name} {tower} batch {batch}")
-                                    rows.extend(_cell(runners, name, tower, batch, length, images, texts, warmup, iters,
-                                                      min_time, threads_used, sizes))
-                                bar.advance(task)
-                    finally:
-                        for runner in runners.values():
-                            runner.close()
+            for name in names:
+                say(f"{name}: loading", done, total)
+                ort = name.startswith("ort-")
+                runners = _open_runners(build, name, variants + (["int8"] if with_int8 and ort else []), towers,
+                                        threads_used, max(batch_sizes), length, rows)
+                sizes = {(v, t): _onnx_mb(build, v, t) for v in runners for t in towers} if ort else {}
+                try:
+                    for tower in towers:
+                        for batch in batch_sizes:
+                            if runners:
+                                say(f"{name} {tower} batch {batch}", done, total)
+                                rows.extend(_cell(runners, name, tower, batch, length, images, texts, warmup, iters,
+                                                  min_time, threads_used, sizes))
+                            done += 1
+                            say(f"{name} {tower} batch {batch}", done, total)
+                finally:
+                    for runner in runners.values():
+                        runner.close()
         finally:
             torch.set_num_threads(torch_threads)
-        meta = {
-            "build_dir": str(build.path),
-            "model": build.model,
-            "towers": towers,
-            "batch_sizes": batch_sizes,
-            "text_len": length,
-            "threads": threads_used,
-            "warmup": warmup,
-            "iters": iters,
-            "min_time": min_time,
-            "dense": dense,
-            "int8": with_int8,
-            "load_avg_start": load_start,
-            "load_avg_end": load_average(),
-        }
+        meta = {**bench_meta(build, towers, batch_sizes, length, threads_used, warmup, iters, min_time, dense,
+                             load_start), "int8": with_int8}
     try:
         if write:
             written = report.write_reports(rows, build.path, meta, json_path=json_path)
             if on_written is not None:
                 on_written(written)
         elif json_path is not None:
-            report.write_json(rows, Path(json_path))
+            report.write_rows(rows, Path(json_path))
     except OSError as e:
         raise UserError(f"cannot write the bench report: {e}") from None
-    if show:
-        report.print_table(rows, meta)
     return rows
+
+
+def bench_meta(build: BuildDir, towers: list[str], batch_sizes: list[int], length: int, threads: int, warmup: int,
+               iters: int, min_time: float, dense: bool, load_start: list[float] | None) -> dict[str, Any]:
+    """The settings of a run, for the reports' header."""
+    return {
+        "build_dir": str(build.path),
+        "model": build.model,
+        "towers": towers,
+        "batch_sizes": batch_sizes,
+        "text_len": length,
+        "threads": threads,
+        "warmup": warmup,
+        "iters": iters,
+        "min_time": min_time,
+        "dense": dense,
+        "load_avg_start": load_start,
+        "load_avg_end": load_average(),
+    }
 
 
 def _open_runners(build: BuildDir, name: str, variants: list[str], towers: list[str], threads: int, max_batch: int,

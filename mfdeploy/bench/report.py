@@ -1,4 +1,4 @@
-"""Bench reports: bench.json (rows), bench.md (table with the pruned/dense ratio), bench.png, a rich table.
+"""Bench reports: bench.json (rows), bench.md (table with the pruned/dense ratio), bench.png.
 
 Every file is written to a temporary name beside its target and renamed, so
 a crash never leaves half a report. A report already there is kept: it is
@@ -8,27 +8,27 @@ is written.
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mfdeploy.io import atomic_file
-from mfdeploy.serve.stability import MARK, SPREAD_LIMIT, cell_name, unstable_rows
+from mfdeploy.artifacts.io import atomic_file, write_json
+from mfdeploy.artifacts.layout import BENCH_STEM, BENCH_SUFFIXES
+from mfdeploy.bench.stability import MARK, SPREAD_LIMIT, cell_name, unstable_rows
 
-REPORT_SUFFIXES = (".json", ".md", ".png")
+REPORT_SUFFIXES = BENCH_SUFFIXES
 
 RSS_NOTE = ("peak RSS: the process's resident-memory high-water mark (getrusage ru_maxrss) after the cell; "
             "it never decreases, so it covers every model loaded so far in the run, not one backend alone")
 
 
-def write_json(rows: list[dict], path: Path) -> Path:
-    """Write the rows as a JSON list."""
-    return atomic_file(path, lambda p: p.write_text(json.dumps(rows, indent=2) + "\n"))
+def write_rows(rows: list[dict], path: Path) -> Path:
+    """Write the rows as a JSON list (atomically; values JSON has no type for are an error, not a string)."""
+    return write_json(path, rows, default=None)
 
 
-def _pairs(rows: list[dict]) -> list[tuple[dict, dict | None]]:
+def pairs(rows: list[dict]) -> list[tuple[dict, dict | None]]:
     """(pruned row, matching dense row or None) per backend x tower x batch, in run order."""
     dense = {(r["backend"], r["tower"], r["batch"]): r
              for r in rows if r.get("variant") == "dense" and "throughput" in r}
@@ -36,7 +36,7 @@ def _pairs(rows: list[dict]) -> list[tuple[dict, dict | None]]:
             for r in rows if r.get("variant") == "pruned" and "throughput" in r]
 
 
-def _int8(rows: list[dict]) -> dict[tuple, dict]:
+def int8_rows(rows: list[dict]) -> dict[tuple, dict]:
     """The int8 rows (a build's onnx_int8/, ONNX Runtime backends) by backend x tower x batch."""
     return {(r["backend"], r["tower"], r["batch"]): r for r in rows if r.get("variant") == "int8" and "throughput" in r}
 
@@ -46,7 +46,7 @@ def unavailable(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r.get("status") == "unavailable"]
 
 
-def _fmt(x: float | None, spec: str = ".1f") -> str:
+def fmt(x: float | None, spec: str = ".1f") -> str:
     return "-" if x is None else format(x, spec)
 
 
@@ -58,7 +58,7 @@ HEADER = ["backend", "tower", "batch", "text len", "pruned items/s", "dense item
           "pruned p50/p95/p99 ms", "dense p50/p95/p99 ms", "device", "peak RSS MiB"]
 
 
-def _ratio(p: dict) -> str:
+def ratio_cell(p: dict) -> str:
     """The pruned/dense ratio, marked when the cell's spread makes it untrustworthy."""
     ratio = "-" if p["pruned_over_dense"] is None else f"{p['pruned_over_dense']:.2f}x"
     return f"{ratio} {MARK}" if p.get("unstable") else ratio
@@ -69,26 +69,28 @@ INT8_HEADER = ["int8 items/s", "int8/dense", "ONNX MiB fp32 / int8"]
 
 def header(rows: list[dict]) -> list[str]:
     """The table's columns: the int8 ones only when the run timed int8 towers."""
-    return HEADER + (INT8_HEADER if _int8(rows) else [])
+    return HEADER + (INT8_HEADER if int8_rows(rows) else [])
 
 
-def _int8_cells(p: dict, q: dict | None) -> list[str]:
+def int8_cells(p: dict, q: dict | None) -> list[str]:
+    """The int8 columns of a pruned row `p`: int8 throughput, int8/dense, ONNX sizes (`q`: its int8 row)."""
     if q is None:
         return ["-", "-", "-"]
     ratio = "-" if q["over_dense"] is None else f"{q['over_dense']:.2f}x"
-    return [_fmt(q["throughput"]), ratio, f"{_fmt(p.get('onnx_mb'))} / {_fmt(q.get('onnx_mb'))}"]
+    return [fmt(q["throughput"]), ratio, f"{fmt(p.get('onnx_mb'))} / {fmt(q.get('onnx_mb'))}"]
 
 
 def table_rows(rows: list[dict]) -> list[list[str]]:
     """One line per backend x tower x batch: the variants and their throughput ratios to dense."""
-    out, int8 = [], _int8(rows)
-    for p, d in _pairs(rows):
+    out, int8 = [], int8_rows(rows)
+    for p, d in pairs(rows):
         line = [
-            p["backend"], p["tower"], str(p["batch"]), _fmt(p["text_len"], "d"), _fmt(p["throughput"]),
-            _fmt(d and d["throughput"]), _ratio(p), _lat(p), _lat(d), p["device"], _fmt((d or p)["peak_rss_mb"], ".0f"),
+            p["backend"], p["tower"], str(p["batch"]), fmt(p["text_len"], "d"), fmt(p["throughput"]),
+            fmt(d and d["throughput"]), ratio_cell(p), _lat(p), _lat(d), p["device"],
+            fmt((d or p)["peak_rss_mb"], ".0f"),
         ]
         if int8:
-            line += _int8_cells(p, int8.get((p["backend"], p["tower"], p["batch"])))
+            line += int8_cells(p, int8.get((p["backend"], p["tower"], p["batch"])))
         out.append(line)
     return out
 
@@ -132,7 +134,7 @@ def markdown(rows: list[dict], meta: dict[str, Any]) -> str:
               "also has `mean_throughput`, items over total timed seconds); pruned/dense: the ratio of the two "
               "throughputs (> 1: the pruned model is faster)" + ("; int8/dense: the same for the build's "
               "onnx_int8/ towers, timed in turn with pruned and dense; ONNX MiB: the tower's graph on disk"
-              if _int8(rows) else "") + ".", "", RSS_NOTE + ".", ""]
+              if int8_rows(rows) else "") + ".", "", RSS_NOTE + ".", ""]
     return "\n".join(lines)
 
 
@@ -187,14 +189,14 @@ def keep_previous(out_dir: Path) -> list[Path]:
     found), so the name says when that report was written. Each rename is
     atomic; a name already taken gets a -2, -3, ... suffix.
     """
-    old = [out_dir / f"bench{suffix}" for suffix in REPORT_SUFFIXES if (out_dir / f"bench{suffix}").is_file()]
+    old = [p for p in (out_dir / f"{BENCH_STEM}{suffix}" for suffix in REPORT_SUFFIXES) if p.is_file()]
     if not old:
         return []
     stamp = datetime.fromtimestamp(old[0].stat().st_mtime, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    stem, n = f"bench-{stamp}", 1
+    stem, n = f"{BENCH_STEM}-{stamp}", 1
     while any((out_dir / f"{stem}{suffix}").exists() for suffix in REPORT_SUFFIXES):
         n += 1
-        stem = f"bench-{stamp}-{n}"
+        stem = f"{BENCH_STEM}-{stamp}-{n}"
     kept = []
     for path in old:
         target = out_dir / f"{stem}{path.suffix}"
@@ -213,51 +215,11 @@ def write_reports(rows: list[dict], out_dir: Path, meta: dict[str, Any],
     out_dir = Path(out_dir)
     previous = keep_previous(out_dir)
     paths: dict[str, Any] = {
-        "json": write_json(rows, out_dir / "bench.json"),
-        "md": atomic_file(out_dir / "bench.md", lambda p: p.write_text(markdown(rows, meta))),
-        "png": plot(rows, out_dir / "bench.png"),
+        "json": write_rows(rows, out_dir / f"{BENCH_STEM}.json"),
+        "md": atomic_file(out_dir / f"{BENCH_STEM}.md", lambda p: p.write_text(markdown(rows, meta))),
+        "png": plot(rows, out_dir / f"{BENCH_STEM}.png"),
     }
     if json_path is not None:
-        paths["json_copy"] = write_json(rows, Path(json_path))
+        paths["json_copy"] = write_rows(rows, Path(json_path))
     paths["previous"] = previous
     return paths
-
-
-def print_table(rows: list[dict], meta: dict[str, Any], console=None) -> None:
-    """Print the table (p50/p95/p99 as `pruned | dense`) and the unavailable backends with rich."""
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
-
-    if console is None:
-        console = Console()
-        if not console.is_terminal:
-            console = Console(width=160)  # piped or captured: do not squash the columns to 80
-    table = Table(title=f"mfdeploy bench: {meta.get('model')} (pruned vs dense)", box=box.SIMPLE_HEAD)
-    header = ["backend", "tower", "batch", "len", "pruned/s", "dense/s", "pruned/dense", "p50 ms", "p95 ms",
-              "p99 ms", "device", "peak RSS MiB"]
-    int8 = _int8(rows)
-    for h in header + (INT8_HEADER if int8 else []):
-        table.add_column(h, justify="left" if h in ("backend", "tower", "device") else "right", no_wrap=True)
-    for p, d in _pairs(rows):
-        lat = [f"{p[k]:.2f} | {d[k]:.2f}" if d else f"{p[k]:.2f}" for k in ("p50_ms", "p95_ms", "p99_ms")]
-        extra = _int8_cells(p, int8.get((p["backend"], p["tower"], p["batch"]))) if int8 else []
-        table.add_row(p["backend"], p["tower"], str(p["batch"]), _fmt(p["text_len"], "d"), _fmt(p["throughput"]),
-                      _fmt(d and d["throughput"]), _ratio(p), *lat, p["device"], _fmt((d or p)["peak_rss_mb"], ".0f"),
-                      *extra)
-    console.print(table)
-    console.print("latency columns: pruned | dense; peak RSS: process-wide high-water mark (ru_maxrss)"
-                  + (f"; {MARK}: unstable cell, p95 > {SPREAD_LIMIT:g}x p50" if unstable_rows(rows) else ""),
-                  style="dim", highlight=False)
-    for r in unavailable(rows):
-        what = r["backend"] + (f" ({r['variant']})" if r.get("variant") else "")
-        console.print(f"[yellow]unavailable[/] {what}: {r['reason']}", highlight=False, soft_wrap=True)
-
-
-def progress_bar(enabled: bool = True):
-    """A rich progress bar on stderr (disabled: a no-op with the same methods)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=Console(stderr=True), transient=True, disable=not enabled)

@@ -1,0 +1,63 @@
+"""The bench's arguments: comma-separated lists parsed and every value checked, each failure in one line."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mfdeploy.errors import UserError
+from mfdeploy.runtime.registry import TOWERS
+
+
+def parse_list(text: str, what: str, known: Sequence[str] | None = None) -> list[str]:
+    """`"a,b"` -> `["a", "b"]`, checked against `known`.
+
+    Raises:
+        UserError: empty list or an unknown item.
+    """
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not items:
+        raise UserError(f"--{what}: empty list")
+    if known is not None:
+        unknown = [t for t in items if t not in known]
+        if unknown:
+            raise UserError(f"--{what}: unknown {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
+    return list(dict.fromkeys(items))
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    """`"1,8,32"` -> `[1, 8, 32]`.
+
+    Raises:
+        UserError: not a comma-separated list of positive integers.
+    """
+    sizes = []
+    for item in parse_list(text, "batch-sizes"):
+        try:
+            value = int(item)
+        except ValueError:
+            raise UserError(f"--batch-sizes: {item!r} is not an integer (expected e.g. 1,8,32)") from None
+        if value <= 0:
+            raise UserError(f"--batch-sizes: batch size must be positive, got {value}")
+        sizes.append(value)
+    return sizes
+
+
+def check_args(towers, batch_sizes, text_len, max_text_len, warmup, iters, threads, min_time) -> None:
+    """Refuse bad `run_bench` arguments in one line each, before anything is loaded or timed."""
+    unknown = [t for t in towers if t not in TOWERS]
+    if unknown or not towers:
+        what = ", ".join(map(repr, unknown)) or "empty list"
+        raise UserError(f"--towers: unknown {what}; known: {', '.join(TOWERS)}")
+    if not batch_sizes or any(int(b) <= 0 for b in batch_sizes):
+        raise UserError(f"--batch-sizes: batch sizes must be positive integers, got {list(batch_sizes)}")
+    if text_len is not None and (text_len < 1 or (max_text_len is not None and text_len > max_text_len)):
+        limit = f"the model's maximum {max_text_len}" if max_text_len is not None else "the model's maximum"
+        raise UserError(f"--text-len: must be between 1 and {limit}, got {text_len}")
+    if warmup < 0:
+        raise UserError(f"--warmup: must be >= 0, got {warmup}")
+    if iters < 1:
+        raise UserError(f"--iters: must be >= 1, got {iters}")
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads: must be >= 1, got {threads}")
+    if min_time < 0:
+        raise UserError(f"--min-time: must be >= 0, got {min_time}")

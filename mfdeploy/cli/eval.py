@@ -1,0 +1,52 @@
+"""`mfdeploy eval`: zero-shot accuracy and retrieval recall, with retention against the dense model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mfdeploy.cli.app import app
+from mfdeploy.cli.options import ModelArg
+from mfdeploy.cli.render import err, out, results_table
+
+
+@app.command("eval")
+def eval_(
+    model: ModelArg = None,
+    data: Annotated[str, typer.Option(
+        help="'shapes', a JSONL of image-caption pairs, or an image folder with one sub-folder per class "
+             "(see above).")] = "shapes",
+    backend: Annotated[str, typer.Option(
+        help="torch | onnx (ONNX Runtime on the CPU) | onnx-int8 (a build's onnx_int8/).")] = "torch",
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON here.")] = None,
+    template: Annotated[
+        str | None, typer.Option(help="Prompt template of an image folder's classes (default: 'a photo of a {}.').")
+    ] = None,
+    retention: Annotated[
+        bool, typer.Option(help="For a prune/build directory, also evaluate the dense model and show retention.")
+    ] = True,
+    images: Annotated[int, typer.Option(help="Shapes suite: single-object images for the attribute tasks.")] = 1000,
+    pairs: Annotated[int, typer.Option(help="Shapes suite: image-caption pairs for retrieval.")] = 1000,
+) -> None:
+    """Zero-shot accuracy and retrieval recall of a model; retention against the dense model when known.
+
+    An image folder (--data FOLDER) holds one sub-folder per class, at least two, each named after its class and
+    holding that class's images (.png, .jpg, .jpeg, .bmp, .gif, .webp, .tif): FOLDER/cat/001.jpg,
+    FOLDER/dog/002.png, ... The sub-folder's name, with '_' read as a space, fills the prompt template
+    (--template, default 'a photo of a {}.'); the score is zero-shot accuracy over every image.
+    """
+    from mfdeploy import api
+    from mfdeploy.eval import check_json_target, write_result
+
+    if json_path is not None:
+        check_json_target(json_path)
+    with err.status("evaluating") as status:
+        result = api.evaluate(model, data, backend=backend, template=template, retention=retention,
+                              progress=lambda msg: status.update(msg), n_images=images, n_retrieval=pairs)
+    out.print(results_table(result))
+    if "retention_error" in result:
+        err.print(f"[yellow]warning:[/] no retention: {result['retention_error']}", highlight=False)
+    if json_path is not None:
+        err.print(f"wrote {write_result(result, json_path)}", highlight=False)

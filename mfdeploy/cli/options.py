@@ -1,0 +1,97 @@
+"""Option groups shared by verbs, declared once: the prune options (`prune`, `build`), the TensorRT engine
+options (`engine`, `build`), `--force`, and the model argument."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, get_type_hints
+
+import typer
+
+ModelArg = Annotated[
+    str | None,
+    typer.Argument(help="Hub id, checkpoint directory, or prune/build directory (default: the bundled model)."),
+]
+
+
+# Prune options shared by `prune` and `build` (one declaration each).
+RatioHelp = "Fraction of prunable weights to remove, in (0, 1)."
+ModelOpt = Annotated[str | None, typer.Option("--model", help="Hub id or checkpoint directory (default: bundled).")]
+MethodOpt = Annotated[str, typer.Option("--method", help="multiflow | magnitude | wanda | random | ecoflap | mope.")]
+BudgetOpt = Annotated[str | None, typer.Option(
+    "--budget", help="Layer budget, overriding the method's: uniform | global | modality | ecoflap.")]
+PatternOpt = Annotated[str | None, typer.Option("--pattern", help="Semi-structured N:M pattern, e.g. 2:4 (ratio 0.5).")]
+CalibOpt = Annotated[str | None, typer.Option("--calib", help="'shapes' or a JSONL of image-caption pairs.")]
+CalibSamplesOpt = Annotated[int, typer.Option("--calib-samples", help="Calibration pairs.")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Calibration batch size.")]
+IncludeOpt = Annotated[list[str] | None, typer.Option(
+    "--include", metavar="GLOB", help="Only prune layers matching this glob; repeat for more.")]
+ExcludeOpt = Annotated[list[str] | None, typer.Option(
+    "--exclude", metavar="GLOB", help="Never prune layers matching this glob; repeat for more.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed (random criterion, ECoFLaP perturbations).")]
+SmaxDeltaOpt = Annotated[float, typer.Option("--smax-delta", help="ECoFLaP: cap s_max = ratio + this.")]
+NeuronGroupOpt = Annotated[int, typer.Option("--neuron-group", help="MoPE: MLP neurons per group.")]
+DepthShareOpt = Annotated[float, typer.Option("--depth-share", help="MoPE: share of the ratio taken by whole layers.")]
+DistillStepsOpt = Annotated[int, typer.Option("--distill-steps", help="MoPE: distillation steps after pruning.")]
+# Every command's --force: naming only "--force" makes it a plain flag (no --no-force twin).
+ForceOpt = Annotated[bool, typer.Option(
+    "--force", help="Replace an output directory that mfdeploy wrote (never one holding other files).")]
+
+# The prune options of `prune` and `build`: parameter -> (declaration, default, PruneConfig field).
+PRUNE_OPTIONS: dict[str, tuple[Any, Any, str]] = {
+    "model": (ModelOpt, None, "model"),
+    "method": (MethodOpt, "multiflow", "method"),
+    "budget": (BudgetOpt, None, "budget"),
+    "pattern": (PatternOpt, None, "pattern"),
+    "calib": (CalibOpt, None, "calib"),
+    "calib_samples": (CalibSamplesOpt, 256, "calib_samples"),
+    "batch_size": (BatchSizeOpt, 32, "batch_size"),
+    "include": (IncludeOpt, None, "include"),
+    "exclude": (ExcludeOpt, None, "exclude"),
+    "seed": (SeedOpt, 0, "seed"),
+    "smax_delta": (SmaxDeltaOpt, 0.1, "ecoflap_smax_delta"),
+    "neuron_group": (NeuronGroupOpt, 64, "mope_neuron_group"),
+    "depth_share": (DepthShareOpt, 0.0, "mope_depth_share"),
+    "distill_steps": (DistillStepsOpt, 0, "distill_steps"),
+}
+
+
+def with_prune_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a command the prune options; it receives them as `prune_opts`, `PruneConfig` keyword arguments.
+
+    Typer reads a command's options from its signature and type hints, so the
+    wrapper presents the command's own parameters (all but `prune_opts`)
+    followed by the shared ones, and gathers the latter back into one dict.
+    """
+    hints = get_type_hints(command, include_extras=True)  # evaluated: this module defers annotations
+    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints[p.name])
+           for p in inspect.signature(command).parameters.values() if p.name != "prune_opts"]
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=declared)
+              for name, (declared, default, _) in PRUNE_OPTIONS.items()]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> None:
+        opts = {field: kwargs.pop(name) for name, (_, _, field) in PRUNE_OPTIONS.items()}
+        opts["include"], opts["exclude"] = opts["include"] or [], opts["exclude"] or []
+        return command(prune_opts=opts, **kwargs)
+
+    wrapper.__signature__ = inspect.Signature(own + shared, return_annotation=None)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in own + shared}
+    return wrapper
+
+
+
+# TensorRT engine options of `engine` and `build` (one declaration each; `--int8` means a different thing in
+# each verb, so each declares its own).
+Fp16Opt = Annotated[bool, typer.Option(
+    "--fp16/--no-fp16", help="Allow FP16 kernels (2:4 sparse tensor-core kernels need FP16 or INT8).")]
+SparseOpt = Annotated[str, typer.Option(
+    "--sparse", help="auto: use 2:4 sparse kernels when the weights hold the pattern; on; off.")]
+MaxBatchOpt = Annotated[int, typer.Option("--max-batch", help="Largest batch of the engines' optimisation profiles.")]
+MaxTextLenOpt = Annotated[int | None, typer.Option(
+    "--max-text-len", help="Longest text of the engines' profiles (default: the model's maximum).")]
+OpsetOpt = Annotated[int, typer.Option("--opset", help="ONNX opset; 17 or newer keeps LayerNorm one op.")]
+OutDirOpt = Annotated[Path, typer.Option("--out", help="Output directory.")]

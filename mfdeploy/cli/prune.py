@@ -1,0 +1,35 @@
+"""`mfdeploy prune`: masks, the folded checkpoint and prune.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from mfdeploy.artifacts.layout import MASKS_FILE, PRUNE_MANIFEST, PRUNED_DIR
+from mfdeploy.cli.app import app
+from mfdeploy.cli.options import ForceOpt, RatioHelp, with_prune_options
+from mfdeploy.cli.render import console_reporter
+from mfdeploy.cli.render import out as out_console
+
+
+@app.command()
+@with_prune_options
+def prune(
+    ratio: Annotated[float, typer.Option(help=RatioHelp)],
+    out: Annotated[Path, typer.Option(help=f"Output directory ({MASKS_FILE}, {PRUNED_DIR}/, {PRUNE_MANIFEST}).")],
+    force: ForceOpt = False,
+    *,
+    prune_opts: dict[str, Any],
+) -> None:
+    """Prune a model once (task-agnostic) and write masks, the folded checkpoint and a report."""
+    from mfdeploy import prune as prune_pkg
+
+    cfg = prune_pkg.PruneConfig(ratio=ratio, **prune_opts)
+    with console_reporter(cfg.show_progress) as reporter:
+        record = prune_pkg.run_prune(cfg, out, force=force, reporter=reporter)
+    sp = record["sparsity"]
+    mods = ", ".join(f"{k} {v:.3f}" for k, v in sp["per_modality"].items())
+    out_console.print(f"pruned {record['model']} with {record['method']} ({record['pattern']}): "
+                      f"sparsity {sp['overall']:.3f} ({mods}) -> {out}")

@@ -1,0 +1,257 @@
+"""`mfdeploy build`: prune once, export both towers, quantize, build engines where possible, evaluate, report.
+
+The build is a list of named stages (`STAGES`), run in that order. Each
+stage is a function of the build's `BuildState`: it reads what earlier stages
+wrote into the build's temporary directory and writes its own artifacts
+there, and returns its record. No stage works on a model another stage
+changed in place: the dense stages load the dense checkpoint, the pruned
+stages load the `pruned/` checkpoint the prune stage wrote. The temporary
+directory is renamed into place only when every stage succeeded; `build.json`
+(the manifest) is written last.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mfdeploy import export
+from mfdeploy.artifacts.io import atomic_dir, check_out_dir, write_json
+from mfdeploy.artifacts.layout import (
+    ENGINES_DENSE_DIR,
+    ENGINES_DIR,
+    ONNX_DENSE_DIR,
+    ONNX_DIR,
+    ONNX_INT8_DIR,
+    ONNX_QDQ_DIR,
+    PRUNE_MANIFEST,
+    PRUNED_DIR,
+)
+from mfdeploy.errors import UserError
+from mfdeploy.pipelines.gate import parity_gate
+from mfdeploy.progress import Reporter
+from mfdeploy.prune.run import PruneConfig, record_for_json, validate, write_prune_outputs
+from mfdeploy.zoo import is_bundled
+
+
+@dataclass
+class BuildConfig:
+    """What `mfdeploy build` does; the prune part is a `PruneConfig`."""
+
+    prune: PruneConfig
+    out: Path = Path("build")
+    fp16: bool = False
+    sparse: str = "auto"
+    opset: int = 17
+    max_batch: int = 32
+    max_text_len: int | None = None
+    eval_data: str | None = None  # None: the shapes suite for the bundled model, no evaluation otherwise
+    dense_onnx: bool = True  # also export the dense towers (onnx_dense/) and, on a GPU, build engines_dense/
+    force: bool = False
+    int8: bool = False  # also onnx_int8/ and onnx_qdq/ (mfdeploy.quantize), engines from onnx_qdq/
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BuildState:
+    """What the stages share: the config, the temporary build directory, and the records stages returned."""
+
+    cfg: BuildConfig
+    tmp: Path
+    eval_data: str | None
+    records: dict[str, Any] = field(default_factory=dict)  # stage name -> what it returned
+    reporter: Reporter | None = None  # the prune stage's progress (the CLI passes a console one)
+    _models: dict[str, Any] = field(default_factory=dict)
+
+    def model(self, variant: str) -> Any:
+        """The dense checkpoint the build starts from, or the pruned checkpoint in `pruned/`, loaded once."""
+        if variant not in self._models:
+            from mfdeploy.models import load
+
+            self._models[variant] = load(self.cfg.prune.model if variant == "dense" else self.tmp / PRUNED_DIR)
+        return self._models[variant]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A named step: `run(state)` returns its record; `runs(cfg, state)` says whether it runs in this build."""
+
+    name: str
+    run: Callable[[BuildState], Any]
+    runs: Callable[[BuildConfig, str | None], bool] = lambda cfg, eval_data: True
+
+
+# --- the stages ---------------------------------------------------------------------------------------------------
+def load_dense(state: BuildState) -> None:
+    """Load the dense checkpoint; a profile longer than its text positions fails here, before any work."""
+    adapter = state.model("dense")
+    if state.cfg.max_text_len is not None and state.cfg.max_text_len > adapter.max_text_len:
+        raise UserError(f"--max-text-len {state.cfg.max_text_len} exceeds the model's {adapter.max_text_len} "
+                        "positions")
+
+
+def evaluate(variant: str) -> Callable[[BuildState], dict]:
+    def run(state: BuildState) -> dict:
+        from mfdeploy.eval import evaluate_model
+
+        return evaluate_model(state.model(variant), state.eval_data)
+
+    return run
+
+
+def export_dense(state: BuildState) -> dict:
+    return export.export_towers(state.model("dense"), state.tmp / ONNX_DENSE_DIR, opset=state.cfg.opset)
+
+
+def parity_dense(state: BuildState) -> dict:
+    return parity_gate(state.model("dense"), state.tmp / ONNX_DENSE_DIR, label=f"dense towers ({ONNX_DENSE_DIR}/)")
+
+
+def prune(state: BuildState) -> dict:
+    """Prune a fresh copy of the dense checkpoint; write masks, `pruned/`, sparsity.png and prune.json."""
+    from mfdeploy.models import load
+    from mfdeploy.prune.run import prune_model
+
+    adapter = load(state.cfg.prune.model)  # its own copy: the dense model the other stages use stays dense
+    record = prune_model(adapter, state.cfg.prune, reporter=state.reporter)
+    write_prune_outputs(adapter, record, state.tmp)
+    prune_json = record_for_json(record)
+    write_json(state.tmp / PRUNE_MANIFEST, prune_json)
+    return prune_json
+
+
+def export_pruned(state: BuildState) -> dict:
+    return export.export_towers(state.model("pruned"), state.tmp / ONNX_DIR, opset=state.cfg.opset)
+
+
+def parity_pruned(state: BuildState) -> dict:
+    return parity_gate(state.model("pruned"), state.tmp / ONNX_DIR, save_inputs=True)
+
+
+def quantize(state: BuildState) -> dict:
+    """onnx_int8/ and onnx_qdq/ from onnx/ (each gated against fp32), then the same torch gate as onnx/."""
+    from mfdeploy.quantize import MIN_COSINE as INT8_MIN_COSINE
+    from mfdeploy.quantize.build import quantize_build
+
+    adapter = state.model("pruned")
+    summary = quantize_build(adapter, state.tmp, state.cfg.prune.calib)
+    for folder in (ONNX_INT8_DIR, ONNX_QDQ_DIR):
+        gate = parity_gate(adapter, state.tmp / folder, label=f"int8 towers ({folder}/)", min_cosine=INT8_MIN_COSINE)
+        summary[folder]["vs_torch"] = {t: {k: gate[t][k] for k in ("min_cosine", "max_abs_err", "passed")}
+                                       for t in ("vision", "text")}
+    return summary
+
+
+def engine(state: BuildState) -> dict:
+    """Engines from onnx/ (or, with --int8, from onnx_qdq/); skipped with the trtexec commands without a GPU."""
+    cfg = state.cfg
+    # --int8: engines from the QDQ towers; their weights are int8, so a 2:4 build asks for sparse kernels
+    sparse = "on" if cfg.int8 and cfg.sparse == "auto" and state.records["prune"]["pattern"] == "2:4" else cfg.sparse
+    folder = ONNX_QDQ_DIR if cfg.int8 else ONNX_DIR
+    record = export.build_engines(state.tmp / folder, fp16=cfg.fp16, sparse=sparse, max_batch=cfg.max_batch,
+                                  max_text_len=cfg.max_text_len, out_dir=state.tmp / ENGINES_DIR, record_file=None,
+                                  int8=cfg.int8)
+    _fail_on_engine_parity(ENGINES_DIR, record)
+    record["trtexec_cwd"] = str(Path(cfg.out) / folder)  # where the commands run once the build is in place
+    return record
+
+
+def engine_dense(state: BuildState) -> dict:
+    """The dense baseline `mfdeploy bench` times the trt backend against: same precision and profiles, dense
+    kernels (the dense weights hold no 2:4 pattern to exploit)."""
+    cfg = state.cfg
+    record = export.build_engines(state.tmp / ONNX_DENSE_DIR, fp16=cfg.fp16, sparse="off", max_batch=cfg.max_batch,
+                                  max_text_len=cfg.max_text_len, out_dir=state.tmp / ENGINES_DENSE_DIR,
+                                  record_file=None)
+    _fail_on_engine_parity(ENGINES_DENSE_DIR, record)
+    record["trtexec_cwd"] = str(Path(cfg.out) / ONNX_DENSE_DIR)
+    return record
+
+
+def evaluate_int8(state: BuildState) -> dict:
+    from mfdeploy.quantize.build import evaluate_int8
+
+    return evaluate_int8(state.model("pruned"), state.tmp / ONNX_INT8_DIR, state.eval_data)
+
+
+def report(state: BuildState) -> dict:
+    from mfdeploy.pipelines.report import write_build_outputs
+
+    return write_build_outputs(state)
+
+
+def _engines_here(cfg: BuildConfig, eval_data: str | None) -> bool:
+    return cfg.dense_onnx and export.engine_status()["status"] == "available"
+
+
+STAGES: list[Stage] = [
+    Stage("load", load_dense),
+    Stage("evaluate dense", evaluate("dense"), lambda cfg, data: data is not None),
+    Stage("export dense", export_dense, lambda cfg, data: cfg.dense_onnx),
+    Stage("parity dense", parity_dense, lambda cfg, data: cfg.dense_onnx),
+    Stage("prune", prune),
+    Stage("export", export_pruned),
+    Stage("parity", parity_pruned),
+    Stage("quantize", quantize, lambda cfg, data: cfg.int8),
+    Stage("engine", engine),  # runs without a GPU too: it records why it skipped and the trtexec commands
+    Stage("engine dense", engine_dense, _engines_here),
+    Stage("evaluate pruned", evaluate("pruned"), lambda cfg, data: data is not None),
+    Stage("evaluate int8", evaluate_int8, lambda cfg, data: data is not None and cfg.int8),
+    Stage("report", report),
+]
+
+
+def eval_data_for(cfg: BuildConfig) -> str | None:
+    """The evaluation data of a build: `--eval`, else the shapes suite for the bundled model, else none."""
+    return cfg.eval_data or ("shapes" if is_bundled(cfg.prune.model) else None)
+
+
+def planned_stages(cfg: BuildConfig) -> list[Stage]:
+    """The stages `run_build` will run for `cfg` on this machine, in order (a subset of `STAGES`)."""
+    data = eval_data_for(cfg)
+    return [s for s in STAGES if s.runs(cfg, data)]
+
+
+def run_build(cfg: BuildConfig, on_stage: Callable[[str, int, int], None] | None = None,
+              reporter: Reporter | None = None) -> dict:
+    """Run the planned stages; returns the manifest written to `cfg.out/build.json`.
+
+    `on_stage(name, step, total)` is called as each stage starts: its place
+    among the stages that run here (`planned_stages`), counted from 1.
+    `reporter` shows the prune stage's progress (default: none).
+    """
+    from mfdeploy.export.spec import check_opset
+
+    validate(cfg.prune)
+    check_opset(cfg.opset)
+    if cfg.sparse not in ("auto", "on", "off"):
+        raise UserError(f"--sparse {cfg.sparse}: expected auto, on or off")
+    out = Path(cfg.out)
+    check_out_dir(out, cfg.force)
+    plan = planned_stages(cfg)
+    timings: dict[str, float] = {}
+    with atomic_dir(out, cfg.force) as tmp:
+        state = BuildState(cfg, tmp, eval_data_for(cfg), reporter=reporter)
+        state.records["timings"] = timings
+        for step, stage in enumerate(plan, 1):
+            if on_stage is not None:
+                on_stage(stage.name, step, len(plan))
+            t0 = time.perf_counter()
+            state.records[stage.name] = stage.run(state)
+            if stage.name != "report":  # the report is written with the timings in it
+                timings[stage.name.replace(" ", "_") + "_s"] = round(time.perf_counter() - t0, 2)
+            if stage.name == "load" and state.eval_data is None:
+                timings["evaluate_dense_s"] = 0.0  # build.json has always recorded it, 0 when not evaluated
+    return state.records["report"]
+
+
+def _fail_on_engine_parity(folder: str, record: dict) -> None:
+    """An engine that does not match ONNX Runtime fails the build, as `mfdeploy engine` fails."""
+    if record.get("status") == "parity_failed":
+        bad = ", ".join(f"{t} min cosine {p.get('min_cosine', float('nan')):.5f}"
+                        for t, p in (record.get("parity") or {}).items() if not p.get("passed", True))
+        raise export.EngineError(f"TensorRT {folder}/ does not match ONNX Runtime within tolerance ({bad}): "
+                                 "the build is discarded; try without --fp16, or report the model")

@@ -1,0 +1,39 @@
+"""The one parity gate every exported artifact of a pipeline goes through (onnx/, onnx_dense/, the int8 ones).
+
+It runs the towers of a folder in ONNX Runtime against the PyTorch model
+they came from (`mfdeploy.export.check_parity`) and, on failure, names the
+folder in the one-line error, so a user knows which artifact failed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mfdeploy import export
+from mfdeploy.errors import UserError
+from mfdeploy.export.parity import MIN_COSINE
+
+
+def parity_gate(adapter: Any, onnx_dir: Path, *, label: str | None = None, min_cosine: float = MIN_COSINE,
+                n: int = 16, save_inputs: bool = False) -> dict[str, Any]:
+    """Check `onnx_dir`'s towers against `adapter`'s PyTorch towers; returns the parity record.
+
+    Args:
+        adapter: the model the towers were made from (dense, pruned).
+        onnx_dir: a folder holding both towers.
+        label: what the error calls the towers (e.g. "dense towers (onnx_dense/)"); None: no prefix.
+        min_cosine: smallest per-row cosine accepted for each tower.
+        n: images and captions compared.
+        save_inputs: also keep the real inputs beside the towers (engine checks reuse them).
+
+    Raises:
+        UserError: a tower below `min_cosine`, with `label` first.
+    """
+    try:
+        # through the package's public name, so a test (or a user) can wrap the check in one place
+        return export.check_parity(adapter, Path(onnx_dir), n=n, min_cosine=min_cosine, save_inputs=save_inputs)
+    except UserError as e:
+        if label is None:
+            raise
+        raise UserError(f"{label}: {e}") from None

@@ -1,0 +1,175 @@
+"""The build's reports: `build.json` (the manifest, from the stages' records), `report.md`, and the summary rows
+the CLI prints at the end of a build."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mfdeploy import __version__
+from mfdeploy.artifacts.io import file_records, write_json
+from mfdeploy.artifacts.layout import BUILD_MANIFEST, ONNX_DIR, REPORT_FILE, SPARSITY_PLOT
+
+if TYPE_CHECKING:
+    from mfdeploy.pipelines.build import BuildState
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _parity_rows(manifest: dict) -> list[tuple[str, str]]:
+    rows = []
+    for key, label in (("onnx_vs_torch", ""), ("onnx_dense_vs_torch", "dense ")):
+        p = (manifest.get("parity") or {}).get(key) or {}
+        for tower in ("vision", "text"):
+            t = p.get(tower) or (p.get("towers") or {}).get(tower)
+            if isinstance(t, dict):
+                cos = t.get("min_cosine")
+                err = t.get("max_abs_error", t.get("max_abs_err"))
+                rows.append((f"parity {label}{tower} (ORT vs torch)",
+                             f"min cosine {cos:.6f}, max abs err {err:.2e}" if cos is not None and err is not None
+                             else str(t)))
+    return rows
+
+
+def trtexec_lines(engine: dict, where: str) -> list[str]:
+    """The skipped-engine advice: the reason, the folder to run the commands in (`where`), the commands.
+
+    One command per line, never wrapped, so each can be pasted as it is.
+    """
+    return [f"TensorRT engines not built: {engine.get('reason', '')}",
+            f"Build them where a GPU is present by running, inside {where}:", *engine["trtexec"]]
+
+
+def summary_rows(manifest: dict) -> list[tuple[str, str]]:
+    """(what, value) rows shared by the console table and report.md."""
+    sp = manifest["sparsity"]
+    rows = [
+        ("model", str(manifest["model"])),
+        ("method", f"{manifest['method']} @ {manifest['ratio']:g} ({manifest['pattern']})"),
+        ("sparsity", f"{sp['overall']:.4f} overall; " + ", ".join(f"{k} {v:.4f}"
+                                                                  for k, v in sp["per_modality"].items())),
+    ]
+    rows += _parity_rows(manifest)
+    ev = manifest.get("evaluation")
+    if ev:
+        ret = ev["retention"]
+        for key, label in (("mean_task_retention", "retention (mean over tasks)"),
+                           ("mean_retention", "retention (mean over tasks and retrieval)")):
+            if ret.get(key) is not None:
+                rows.append((label, f"{ret[key]:.3f}"))
+        for task, value in ev["pruned"]["tasks"].items():
+            rows.append((f"  {task}", f"{value:.3f} (dense {ev['dense']['tasks'][task]:.3f})"))
+        for metric, value in ev["pruned"]["retrieval"].items():
+            rows.append((f"  {metric}", f"{value:.3f} (dense {ev['dense']['retrieval'][metric]:.3f})"))
+    from mfdeploy.quantize.build import report_rows
+
+    rows += report_rows(manifest)
+    eng = manifest.get("engine") or {}
+    status = eng.get("status", "unknown")
+    rows.append(("TensorRT engines", status + (f": {eng['reason']}" if eng.get("reason") else "")))
+    dense = manifest.get("engine_dense")
+    if dense:
+        rows.append(("TensorRT dense engines (bench baseline)", dense.get("status", "unknown")))
+    return rows
+
+
+def artifact_sizes(manifest: dict) -> list[tuple[str, str]]:
+    """(file, size) of the main artifacts (models, engines, masks) a build recorded."""
+    return [(name, _size(rec["bytes"])) for name, rec in (manifest.get("artifacts") or {}).items()
+            if name.endswith((".onnx", ".plan", ".safetensors", ".onnx.data"))]
+
+
+def write_report(out: Path, manifest: dict) -> None:
+    """Write `report.md` (with the sparsity plot) into a build directory."""
+    lines = [f"# mfdeploy build: {manifest['method']} @ {manifest['ratio']:g} ({manifest['pattern']})", "",
+             "| | |", "|---|---|"]
+    lines += [f"| {k.strip()} | {v} |" for k, v in summary_rows(manifest)]
+    lines += ["", f"![per-layer sparsity]({SPARSITY_PLOT})", ""]
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    lines += ["## Artifacts", "", "| file | size |", "|---|---|"]
+    lines += [f"| {p.relative_to(out)} | {_size(p.stat().st_size)} |" for p in files]
+    eng = manifest.get("engine") or {}
+    if eng.get("trtexec"):
+        lines += ["", "## TensorRT engines", "", f"Status: {eng.get('status')}. {eng.get('reason', '')}", "",
+                  f"Build them on a machine with a GPU and TensorRT, inside this build directory's `{ONNX_DIR}/` "
+                  "(the file names are relative to it):", "", "```sh", f"cd {ONNX_DIR}"]
+        lines += list(eng["trtexec"]) + ["```"]
+    lines += ["", "## Timings (s)", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in manifest["timings"].items()]
+    (out / REPORT_FILE).write_text("\n".join(lines) + "\n")
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 2)
+
+
+def _scores(result: dict) -> dict:
+    return {"tasks": result.get("tasks", {}), "retrieval": result.get("retrieval", {})}
+
+
+def _evaluation(records: dict[str, Any], data: str | None) -> dict | None:
+    from mfdeploy.eval import retention
+
+    dense, pruned, int8 = (records.get(f"evaluate {v}") for v in ("dense", "pruned", "int8"))
+    if dense is None or pruned is None:
+        return None
+    evaluation = {"data": data, "dense": _scores(dense), "pruned": _scores(pruned),
+                  "retention": retention(pruned, dense)}
+    if int8 is not None:
+        evaluation.update(int8=_scores(int8), retention_int8=retention(int8, dense))
+    return evaluation
+
+
+def write_build_outputs(state: BuildState) -> dict[str, Any]:
+    """The report stage: assemble the manifest from the stages' records, write report.md, then build.json.
+
+    build.json is written last: its presence means the build is complete.
+    """
+    from mfdeploy.pipelines.export import versions
+
+    records = state.records
+    prune_json, exported, engine = records["prune"], records["export"], records["engine"]
+    engine_dense, quant = records.get("engine dense"), records.get("quantize")
+    manifest: dict[str, Any] = {
+        "mfdeploy_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": prune_json["model"],
+        "method": prune_json["method"],
+        "score": prune_json["score"],
+        "budget": prune_json["budget"],
+        "ratio": prune_json["ratio"],
+        "pattern": prune_json["pattern"],
+        "seed": prune_json["seed"],
+        # seconds: the activation-statistics pass alone (None for methods without one, e.g. ecoflap
+        # and mope, whose steps are timed separately in prune_timings)
+        "calibration": {**prune_json["calibration"],
+                        "seconds": _rounded(prune_json["timings"].get("calibration_s"))},
+        "prune_timings": {k: _rounded(v) for k, v in prune_json["timings"].items()},
+        "sparsity": prune_json["sparsity"],
+        "budget_by_role": prune_json["budget_by_role"],
+        "onnx": {"opset": exported.get("opset"), "towers": exported.get("towers")},
+        "parity": {"onnx_vs_torch": records["parity"], "onnx_dense_vs_torch": records.get("parity dense"),
+                   "engine_vs_onnx": engine.get("parity"),
+                   "engine_dense_vs_onnx": engine_dense.get("parity") if engine_dense else None,
+                   **({"int8_vs_fp32": {k: v["towers"] for k, v in quant.items()},
+                       "int8_vs_torch": {k: v["vs_torch"] for k, v in quant.items()}} if quant else {})},
+        "quantize": quant,
+        "engine": engine,
+        "engine_dense": engine_dense,
+        "evaluation": _evaluation(records, state.eval_data),
+        "timings": records["timings"],
+        "versions": {"mfdeploy": __version__, **versions()},
+    }
+    if "structure" in prune_json:
+        manifest["structure"] = prune_json["structure"]
+    write_report(state.tmp, manifest)
+    manifest["artifacts"] = file_records(state.tmp, skip=(BUILD_MANIFEST,))
+    write_json(state.tmp / BUILD_MANIFEST, manifest)
+    return manifest

@@ -1,0 +1,46 @@
+"""PyTorch eager runner over an adapter's towers."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mfdeploy.models.base import Adapter
+from mfdeploy.runtime.base import Runner
+
+
+class TorchRunner(Runner):
+    """Eager PyTorch on the model's own device and dtype, no autograd; embeddings come back as float32 numpy."""
+
+    name = "torch"
+
+    def __init__(self, adapter: Adapter, device: str | torch.device | None = None, threads: int | None = None):
+        """Wrap the adapter's two towers.
+
+        Args:
+            adapter: a loaded model.
+            device: torch device to run on; None runs where the model already is (a model on CUDA stays
+                there). A device given explicitly moves the model's towers to it.
+            threads: intra-op threads; `torch.set_num_threads` is process-wide,
+                so this changes it for every torch user in the process.
+        """
+        if threads:
+            torch.set_num_threads(threads)
+        self.vision = adapter.vision_tower()
+        self.text = adapter.text_tower()
+        if device is not None:
+            self.vision, self.text = self.vision.to(device), self.text.to(device)
+        param = next(self.vision.parameters())
+        self._device, self._dtype = param.device, param.dtype  # inputs follow the weights
+        self.device = str(self._device)
+
+    @torch.inference_mode()
+    def embed_images(self, pixel_values: np.ndarray) -> np.ndarray:
+        x = torch.as_tensor(pixel_values, device=self._device).to(self._dtype)  # [B, 3, H, W]
+        return self.vision(x).float().cpu().numpy()  # the Runner interface returns host arrays
+
+    @torch.inference_mode()
+    def embed_texts(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        ids = torch.as_tensor(input_ids, dtype=torch.int64, device=self._device)  # [B, L]
+        mask = torch.as_tensor(attention_mask, dtype=torch.int64, device=self._device)
+        return self.text(ids, mask).float().cpu().numpy()
