@@ -88,3 +88,12 @@ class RecordingReporter:
 def recording_reporter() -> RecordingReporter:
     """A reporter to pass to `prune_model(..., reporter=)`; its `tasks` say what was reported."""
     return RecordingReporter()
+
+
+def export_with_cli(tmp_path_factory, model_dir: Path, name: str) -> Path:
+    """`mfdeploy export MODEL_DIR --out <tmp>/onnx` (export + parity + export.json); returns the onnx folder."""
+    from mfdeploy.cli import main
+
+    out = tmp_path_factory.mktemp(name) / "onnx"
+    main(["export", str(model_dir), "--out", str(out)])
+    return out

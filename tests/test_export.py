@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import export_with_cli
 
 from mfdeploy.cli import main
 from mfdeploy.errors import UserError
@@ -28,9 +29,7 @@ def _one_torch_thread():
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, tiny_clip_dir) -> Path:
     """The tiny model exported once through the CLI (export + parity + export.json)."""
-    out = tmp_path_factory.mktemp("export") / "onnx"
-    main(["export", str(tiny_clip_dir), "--out", str(out)])
-    return out
+    return export_with_cli(tmp_path_factory, tiny_clip_dir, "export")
 
 
 @pytest.fixture(scope="module")

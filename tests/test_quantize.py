@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import export_with_cli
 from onnx import numpy_helper
 
 from mfdeploy.cli import main
@@ -25,9 +26,7 @@ def wide_clip_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, wide_clip_dir) -> Path:
-    out = tmp_path_factory.mktemp("qexport") / "onnx"
-    main(["export", str(wide_clip_dir), "--out", str(out)])
-    return out
+    return export_with_cli(tmp_path_factory, wide_clip_dir, "qexport")
 
 
 @pytest.fixture(scope="module")
