@@ -10,6 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("mypy") is None, reason="mypy not installed (dev extra)")
 def test_engine_module_typechecks_against_tensorrt_stubs():
     stubs = importlib.util.find_spec("tensorrt")
