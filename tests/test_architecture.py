@@ -22,7 +22,7 @@ LEVELS = {
     "data": 1,
     "zoo": 2, "models": 2,
     "runtime": 3,
-    "prune": 4, "export": 4, "quantize": 4, "eval": 4, "bench": 4, "server": 4,
+    "prune": 4, "export": 4, "quantize": 4, "eval": 4, "bench": 4,
     "pipelines": 5, "api": 5,
     "cli": 6,
 }
@@ -36,7 +36,8 @@ EXEMPT = {"zoo/train.py", "_callable.py"}
 # Names of files that other code and users rely on: written in artifacts/layout.py and nowhere else.
 FILE_NAMES = ("build.json", "prune.json", "export.json", "quantize.json", "engine.json", "masks.safetensors",
               "vision.onnx", "text.onnx", "vision.plan", "text.plan", "mfdeploy_origin.json",
-              "mfdeploy_structure.json", "parity_inputs.npz", "bench.json", "timing.cache")
+              "mfdeploy_structure.json", "parity_inputs.npz", "bench.json", "timing.cache", "sparsity.png",
+              "report.md")
 MAX_LINES = 300
 
 

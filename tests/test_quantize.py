@@ -41,7 +41,8 @@ def quantized(tmp_path_factory, exported) -> dict[str, Path]:
     """Both targets through the CLI, once per module."""
     root = tmp_path_factory.mktemp("quantized")
     for target in ("ort", "trt"):
-        main(["quantize", str(exported), "--out", str(root / target), "--target", target, "--calib-samples", "16"])
+        main(["quantize", str(exported), "--out", str(root / target), "--target", target, "--calib-samples", "16",
+              "--calib", "shapes"])
     return {"ort": root / "ort", "trt": root / "trt"}
 
 
@@ -124,7 +125,8 @@ def test_parity_failure_is_one_line_and_leaves_nothing(exported, tmp_path, capsy
 
     monkeypatch.setattr(qort, "quantize_ort", broken)
     out = tmp_path / "q"
-    code, err = _run_cli(["quantize", str(exported), "--out", str(out), "--calib-samples", "8"], capsys)
+    code, err = _run_cli(["quantize", str(exported), "--out", str(out), "--calib-samples", "8", "--calib", "shapes"],
+                         capsys)
     assert code == 2 and "does not match the fp32 towers" in err and len(err.splitlines()) == 1
     assert not out.exists() and not list(tmp_path.iterdir())
 
@@ -183,7 +185,7 @@ def test_quantize_writes_nothing_into_the_working_directory(exported, tmp_path, 
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    main(["quantize", str(exported), "--out", str(tmp_path / "q"), "--calib-samples", "8"])
+    main(["quantize", str(exported), "--out", str(tmp_path / "q"), "--calib-samples", "8", "--calib", "shapes"])
     assert (tmp_path / "q" / "quantize.json").is_file()
     assert list(work.iterdir()) == []
 
@@ -192,9 +194,21 @@ def test_auto_scheme_is_the_measured_choice_per_tower(exported, tmp_path):
     """`--scheme auto` (the default) gives each tower the scheme AUTO_SCHEME names, recorded per tower."""
     from mfdeploy.quantize.ort import AUTO_SCHEME
 
-    main(["quantize", str(exported), "--out", str(tmp_path / "q"), "--calib-samples", "8"])
+    main(["quantize", str(exported), "--out", str(tmp_path / "q"), "--calib-samples", "8", "--calib", "shapes"])
     record = json.loads((tmp_path / "q" / "quantize.json").read_text())
     assert record["scheme"] == "auto"
     assert {t: r["scheme"] for t, r in record["towers"].items()} == AUTO_SCHEME
     needs_calib = "static" in AUTO_SCHEME.values()
     assert (record["calibration"]["samples"] > 0) == needs_calib
+
+
+def test_a_model_other_than_the_bundled_one_needs_calib(exported, wide_clip_dir, tmp_path, capsys):
+    """The shapes world calibrates only the bundled model: others are refused up front, as `prune` does."""
+    code, err = _run_cli(["quantize", str(exported), "--out", str(tmp_path / "q")], capsys)
+    assert code == 2 and "--calib is required" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "q").exists()
+    code, err = _run_cli(["build", "--model", str(wide_clip_dir), "--method", "magnitude", "--int8",
+                          "--out", str(tmp_path / "b")], capsys)
+    assert code == 2 and "--int8 needs --calib" in err and not (tmp_path / "b").exists()
+    main(["quantize", str(exported), "--out", str(tmp_path / "d"), "--scheme", "dynamic"])  # no calibration needed
+    assert (tmp_path / "d" / "quantize.json").is_file()

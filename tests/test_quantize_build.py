@@ -84,7 +84,7 @@ def test_engine_int8_commands_and_refusal(tiny_clip_dir, tmp_path, capsys):
     code, err = _run_cli(["engine", str(src), "--int8"], capsys)  # fp32 towers: nothing to build INT8 from
     assert code == 2 and "holds no QuantizeLinear/DequantizeLinear" in err and len(err.splitlines()) == 1
     qdq = tmp_path / "qdq"
-    main(["quantize", str(src), "--out", str(qdq), "--target", "trt", "--calib-samples", "8"])
+    main(["quantize", str(src), "--out", str(qdq), "--target", "trt", "--calib-samples", "8", "--calib", "shapes"])
     if engine_status()["status"] == "available":
         pytest.skip("TensorRT and a GPU are present")
     record = build_engines(qdq, int8=True, max_batch=4, record_file=None)

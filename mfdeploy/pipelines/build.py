@@ -12,6 +12,7 @@ directory is renamed into place only when every stage succeeded; `build.json`
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from mfdeploy.progress import Reporter
 from mfdeploy.prune.run import PruneConfig, record_for_json, validate, write_prune_outputs
 from mfdeploy.zoo import is_bundled
 
+log = logging.getLogger(__name__)  # with logging unconfigured (the CLI), a warning prints as one line
 
 @dataclass
 class BuildConfig:
@@ -137,7 +139,8 @@ def quantize(state: BuildState) -> dict:
     from mfdeploy.quantize.build import quantize_build
 
     adapter = state.model("pruned")
-    summary = quantize_build(adapter, state.tmp, state.cfg.prune.calib)
+    summary = quantize_build(adapter, state.tmp, state.cfg.prune.calib, state.cfg.prune.calib_samples,
+                             warn=lambda msg: log.warning("warning: %s", msg))
     for folder in (ONNX_INT8_DIR, ONNX_QDQ_DIR):
         gate = parity_gate(adapter, state.tmp / folder, label=f"int8 towers ({folder}/)", min_cosine=INT8_MIN_COSINE)
         summary[folder]["vs_torch"] = {t: {k: gate[t][k] for k in ("min_cosine", "max_abs_err", "passed")}
@@ -226,6 +229,9 @@ def run_build(cfg: BuildConfig, on_stage: Callable[[str, int, int], None] | None
     from mfdeploy.export.spec import check_opset
 
     validate(cfg.prune)
+    if cfg.int8 and cfg.prune.calib is None and not is_bundled(cfg.prune.model):
+        raise UserError(f"--int8 needs --calib for {cfg.prune.model}: INT8 calibration uses image-caption pairs "
+                        "(the shapes world only fits the bundled model)")
     check_opset(cfg.opset)
     if cfg.sparse not in ("auto", "on", "off"):
         raise UserError(f"--sparse {cfg.sparse}: expected auto, on or off")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mfdeploy import __version__
 from mfdeploy.artifacts.io import atomic_dir, check_out_dir, write_json
-from mfdeploy.artifacts.layout import MASKS_FILE, ORIGIN_FILE, PRUNE_MANIFEST, PRUNED_DIR, STRUCTURE_FILE
+from mfdeploy.artifacts.layout import MASKS_FILE, ORIGIN_FILE, PRUNE_MANIFEST, PRUNED_DIR, SPARSITY_PLOT, STRUCTURE_FILE
 from mfdeploy.errors import UserError
 from mfdeploy.models import Adapter, load
 from mfdeploy.models.inputs import CalibSource, calibration_pairs, parse_calib
@@ -97,7 +97,7 @@ def write_prune_outputs(adapter: Adapter, record: dict, out: Path) -> None:
     adapter.origin = origin  # the in-memory model is now the pruned one: exports made from it say so
     if "_structure" in record:
         (out / PRUNED_DIR / STRUCTURE_FILE).write_text(json.dumps(record["_structure"], indent=2))
-    plot_sparsity(record, out / "sparsity.png")
+    plot_sparsity(record, out / SPARSITY_PLOT)
 
 
 __all__ = ["PruneConfig", "prune_model", "record_for_json", "run_prune", "validate", "write_prune_outputs"]

@@ -23,7 +23,6 @@ import contextlib
 import io
 import logging
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -116,7 +115,6 @@ def quantize_ort(src: Path, dst: Path, nodes: list[str], feeds: list[Feed] | Non
             raise
         except Exception as e:  # noqa: BLE001 - the quantizer's failures are many and untyped
             raise UserError(f"ONNX Runtime could not quantize {src.name}: {first_line(e)}") from None
-        shutil.rmtree(tmp, ignore_errors=True)
     record = {"scheme": scheme, "preprocess": how, "weights": "int8, per output channel, symmetric"}
     if scheme == "static":
         record.update(format="QDQ", activations="uint8, per tensor, asymmetric, MinMax calibration")

@@ -23,6 +23,7 @@ from mfdeploy.data.batching import CalibSource, parse_calib
 from mfdeploy.errors import UserError
 from mfdeploy.export.spec import check_onnx_dir
 from mfdeploy.quantize.gate import MIN_COSINE, check_towers, failure_line, gate_feeds
+from mfdeploy.zoo import is_bundled
 
 RECORD_FILE = QUANTIZE_MANIFEST
 TARGETS = ("ort", "trt")
@@ -59,9 +60,10 @@ def validate(cfg: QuantizeConfig) -> CalibSource:
         if cfg.scheme not in (*SCHEMES, "auto"):
             raise UserError(f"--scheme {cfg.scheme}: expected one of {', '.join(SCHEMES)} or auto")
     if cfg.calib_samples <= 0 or cfg.batch_size <= 0:
-        raise UserError("--calib-samples and --batch-size must be positive")
+        raise UserError(f"calibration sample count ({cfg.calib_samples}) and batch size ({cfg.batch_size}) "
+                        "must be positive")
     if not 0.0 < cfg.min_cosine <= 1.0:
-        raise UserError(f"--min-cosine {cfg.min_cosine}: must be in (0, 1]")
+        raise UserError(f"parity threshold {cfg.min_cosine}: must be in (0, 1]")
     return parse_calib(cfg.calib) or CalibSource("shapes")
 
 
@@ -151,6 +153,9 @@ def quantize_towers(adapter, fp32_dir: Path, out_dir: Path, cfg: QuantizeConfig,
     t0 = time.perf_counter()
     schemes = {tower: tower_scheme(cfg, tower) for tower in files}
     need_calib = cfg.target == "trt" or "static" in schemes.values()
+    if need_calib and cfg.calib is None and not is_bundled(adapter.model_id):
+        raise UserError(f"--calib is required to quantize {adapter.model_id}: a JSONL file of image-caption "
+                        "pairs (the shapes world only fits the bundled model), or --scheme dynamic")
     feeds, used = calibration_feeds(adapter, source, cfg.calib_samples, cfg.batch_size, warn) if need_calib \
         else ({"vision": [], "text": []}, 0)
     calib_s = time.perf_counter() - t0

@@ -13,6 +13,7 @@ parity gate uses. ModelOpt runs in a child process (`trt_worker.py` says why).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -58,6 +59,9 @@ def quantize_trt(src: Path, dst: Path, nodes: list[str], feeds: list[Feed], mode
                "feeds": str(Path(tmp) / "feeds.npz")}
         (Path(tmp) / "job.json").write_text(json.dumps(job))
         proc = subprocess.run([sys.executable, "-m", "mfdeploy.quantize.trt_worker", str(Path(tmp) / "job.json")],
+                              cwd=tmp,  # ORT's debug dumps (failed shape inference) land here, not in the user's
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                  [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])},
                               stdout=None if verbose else subprocess.DEVNULL,
                               stderr=None if verbose else subprocess.PIPE, text=True)
     if proc.returncode != 0 or not Path(dst).is_file():
