@@ -132,3 +132,16 @@ def ort_provider(provider: str) -> Probe:
         if count == 0:
             return Probe(False, why, ort.__version__)
     return Probe(True, "", ort.__version__)
+
+
+def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
+    """Installed versions of these distributions (None: not installed), for manifests."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out

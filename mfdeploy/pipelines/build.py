@@ -54,7 +54,6 @@ class BuildConfig:
     dense_onnx: bool = True  # also export the dense towers (onnx_dense/) and, on a GPU, build engines_dense/
     force: bool = False
     int8: bool = False  # also onnx_int8/ and onnx_qdq/ (mfdeploy.quantize), engines from onnx_qdq/
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

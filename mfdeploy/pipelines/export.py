@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from mfdeploy.export.parity import MIN_COSINE
 from mfdeploy.export.spec import MIN_OPSET, check_opset
 from mfdeploy.models.base import Adapter
 from mfdeploy.pipelines.gate import parity_gate
+from mfdeploy.platform import package_versions
 
 _VERSIONS = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime", "polygraphy", "tensorrt",
              "nvidia-modelopt")
@@ -31,13 +31,7 @@ _VERSIONS = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime", "poly
 
 def versions() -> dict[str, str | None]:
     """Versions of the packages an export depends on (None: not installed)."""
-    out: dict[str, str | None] = {}
-    for name in _VERSIONS:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
+    return package_versions(_VERSIONS)
 
 
 def export_model(source: str | Path | Adapter | None, out: Path, opset: int = MIN_OPSET, force: bool = False,

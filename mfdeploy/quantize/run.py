@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from mfdeploy.artifacts.manifest import ExportManifest
 from mfdeploy.data.batching import CalibSource, parse_calib
 from mfdeploy.errors import UserError
 from mfdeploy.export.spec import check_onnx_dir
+from mfdeploy.platform import package_versions
 from mfdeploy.quantize.gate import MIN_COSINE, check_towers, failure_line, gate_feeds
 from mfdeploy.zoo import is_bundled
 
@@ -103,13 +103,7 @@ def resolve_source(src: Path) -> tuple[Path, str]:
 
 
 def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"mfdeploy": __version__}
-    for name in ("onnx", "onnxruntime", "nvidia-modelopt"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
+    return {"mfdeploy": __version__, **package_versions(("onnx", "onnxruntime", "nvidia-modelopt"))}
 
 
 def _copy_metadata(src: Path, dst: Path) -> None:
