@@ -215,7 +215,12 @@ def test_build_engines_calls_polygraphy_exactly(fake_trt, dense_dir, sparse_dir,
     out = tmp_path / "engines"
     record = build_engines(onnx_dir, fp16=fp16, sparse=sparse, max_batch=8, max_text_len=40, opt_batch=4,
                            out_dir=out)
-    cache = str(out / "timing.cache")
+    # built in a staging folder inside `out`, moved into `out` once every tower built and matched
+    staged = Path(fake_trt["config"][0]["load_timing_cache"]).parent
+    assert staged.parent == out and staged.name.startswith(".engines.tmp-") and not staged.exists()
+    assert sorted(p.name for p in out.iterdir()) == ["engine.json", "text.plan", "text.trt.log", "vision.plan",
+                                                     "vision.trt.log"]  # (the fake saves no timing cache)
+    cache = str(staged / "timing.cache")
     assert engine_status()["status"] == "available"
     assert record["status"] == "built" and record["tensorrt"] == "10.13.0.35"
     assert record["sparse_weights"] == {"vision": expect_sparse, "text": expect_sparse}
@@ -235,14 +240,14 @@ def test_build_engines_calls_polygraphy_exactly(fake_trt, dense_dir, sparse_dir,
     assert [p for p, _ in fake_trt["network"]] == [str(onnx_dir / "vision.onnx"), str(onnx_dir / "text.onnx")]
     assert [b["save_timing_cache"] for b in fake_trt["build"]] == [cache, cache]
     assert [b["config"].kwargs for b in fake_trt["build"]] == fake_trt["config"]
-    assert [p for _, p in fake_trt["save"]] == [str(out / "vision.plan"), str(out / "text.plan")]
+    assert [p for _, p in fake_trt["save"]] == [str(staged / "vision.plan"), str(staged / "text.plan")]
     # the arguments exist in the real polygraphy API
     real = fake_trt["real"]
     for kwargs in fake_trt["config"]:
         inspect.signature(real["CreateConfig"]).bind(**kwargs)
     inspect.signature(real["engine_from_network"]).bind("network", config="config", save_timing_cache=cache)
     inspect.signature(real["network_from_onnx_path"]).bind(str(onnx_dir / "vision.onnx"))
-    inspect.signature(real["save_engine"]).bind("engine", path=str(out / "vision.plan"))
+    inspect.signature(real["save_engine"]).bind("engine", path=str(staged / "vision.plan"))
     inspect.signature(real["TrtRunner"]).bind("engine", name="tensorrt")
     # log captured to files and parsed; engine I/O read back; parity through polygraphy's Comparator
     for tower in ("vision", "text"):
@@ -274,8 +279,10 @@ def test_engine_parity_failure_is_reported(fake_trt, dense_dir, tmp_path, monkey
         return runner
 
     monkeypatch.setattr(ptrt, "TrtRunner", wrong_runner)
-    record = build_engines(dense_dir, max_batch=4, out_dir=tmp_path)
+    record = build_engines(dense_dir, max_batch=4, out_dir=tmp_path / "e")
     assert record["status"] == "parity_failed"
+    # no plan of a failed build is left behind: only the record that says why
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["engine.json"]
     for tower in ("vision", "text"):
         parity = record["parity"][tower]
         assert not parity["passed"] and not parity["comparator_passed"] and parity["min_cosine"] < 0

@@ -11,6 +11,9 @@ returns the reason plus the equivalent `trtexec` commands.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -239,17 +242,28 @@ def build_engines(onnx_dir: Path, fp16: bool = False, sparse: str = "auto", max_
         out_dir.mkdir(parents=True, exist_ok=True)
         feeds = engine_feeds(onnx_dir, profiles) if check else {}
         engines = {}
-        for tower, path in files.items():
-            engine, info = build_engine(path, out_dir / ENGINE_FILES[tower], profiles[tower], fp16,
-                                        sparse_weights[tower], out_dir / TIMING_CACHE, out_dir / trt_log(tower),
-                                        int8=int8)
-            if check and feeds.get(tower):
-                from polygraphy.backend.trt import TrtRunner
+        # Engines, logs and the timing cache are built in a staging folder and moved into out_dir only when
+        # every tower built and matched ONNX Runtime: a failure (or Ctrl-C, SIGTERM) leaves no partial plans.
+        staging = Path(tempfile.mkdtemp(prefix=".engines.tmp-", dir=out_dir))
+        try:
+            if (out_dir / TIMING_CACHE).is_file():
+                shutil.copy2(out_dir / TIMING_CACHE, staging / TIMING_CACHE)
+            for tower, path in files.items():
+                engine, info = build_engine(path, staging / ENGINE_FILES[tower], profiles[tower], fp16,
+                                            sparse_weights[tower], staging / TIMING_CACHE, staging / trt_log(tower),
+                                            int8=int8)
+                if check and feeds.get(tower):
+                    from polygraphy.backend.trt import TrtRunner
 
-                info["parity"] = compare_with_onnxrt(path, TrtRunner(engine, name="tensorrt"), feeds[tower], fp16,
-                                                     int8=int8)
-            engines[tower] = info
-        passed = all(e.get("parity", {}).get("passed", True) for e in engines.values())
+                    info["parity"] = compare_with_onnxrt(path, TrtRunner(engine, name="tensorrt"), feeds[tower],
+                                                         fp16, int8=int8)
+                engines[tower] = info
+            passed = all(e.get("parity", {}).get("passed", True) for e in engines.values())
+            if passed:
+                for built in staging.iterdir():
+                    os.replace(built, out_dir / built.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         record = {"status": "built" if passed else "parity_failed", "tensorrt": status["tensorrt"], **record,
                   "engines": engines, "parity": {t: e["parity"] for t, e in engines.items() if "parity" in e}}
     if record_file:
