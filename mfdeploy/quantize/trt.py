@@ -55,7 +55,9 @@ def quantize_trt(src: Path, dst: Path, nodes: list[str], feeds: list[Feed], mode
     with tempfile.TemporaryDirectory(prefix="mfdeploy-modelopt-") as tmp:
         arrays = {f"{i}/{k}": v for i, feed in enumerate(feeds) for k, v in feed.items()}
         np.savez(Path(tmp) / "feeds.npz", __count__=np.array(len(feeds)), **arrays)
-        job = {"src": str(src), "dst": str(dst), "nodes": nodes, "mode": mode, "verbose": verbose,
+        # absolute paths: the worker runs in `tmp`
+        job = {"src": str(Path(src).resolve()), "dst": str(Path(dst).resolve()), "nodes": nodes, "mode": mode,
+               "verbose": verbose,
                "feeds": str(Path(tmp) / "feeds.npz")}
         (Path(tmp) / "job.json").write_text(json.dumps(job))
         proc = subprocess.run([sys.executable, "-m", "mfdeploy.quantize.trt_worker", str(Path(tmp) / "job.json")],
