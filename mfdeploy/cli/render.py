@@ -20,7 +20,7 @@ PLAIN = {"highlight": False, "soft_wrap": True, "markup": False}  # a line a use
 def wide_console() -> Console:
     """stdout; when piped or captured, wide enough not to squash a table's columns to 80."""
     console = Console()
-    return console if console.is_terminal else Console(width=160)
+    return console if console.is_terminal else Console(width=220)
 
 
 @contextmanager
