@@ -82,12 +82,14 @@ def compare_with_onnxrt(onnx_path: Path, runner: Any, feeds: list[dict[str, np.n
     with G_LOGGER.verbosity(G_LOGGER.WARNING):
         results = Comparator.run([reference, runner], data_loader=feeds)
         accuracy = Comparator.compare_accuracy(results, compare_func=_compare_func(tol["atol"]))
+    from mfdeploy.export.parity import embedding_errors  # lazily: parity imports torch
+
     abs_errs, cosines = [], []
     for ref_it, got_it in zip(results[reference.name], results[runner.name], strict=True):
         for name, ref in ref_it.items():
-            a, b = np.asarray(ref, dtype=np.float64), np.asarray(got_it[name], dtype=np.float64)
-            abs_errs.append(np.abs(a - b).max())
-            cosines.append(((a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))).min())
+            errors = embedding_errors(np.asarray(ref), np.asarray(got_it[name]))
+            abs_errs.append(errors["max_abs_err"])
+            cosines.append(errors["min_cosine"])
     max_abs, min_cos = float(np.max(abs_errs)), float(np.min(cosines))  # np.max/np.min keep a NaN
     passed = bool(accuracy) and bool(min_cos >= tol["min_cosine"])
     return {"passed": passed, "comparator_passed": bool(accuracy), "max_abs_err": max_abs, "min_cosine": min_cos,

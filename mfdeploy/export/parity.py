@@ -35,7 +35,8 @@ def parity_inputs(adapter, n: int = 16) -> dict[str, Any]:
     return {"pixel_values": pixel_values, "captions": captions}
 
 
-def _compare(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
+def embedding_errors(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
+    """Max absolute error and smallest per-row cosine of two `[B, D]` embedding arrays (NaN propagates)."""
     ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
     cos = (ref64 * got64).sum(-1) / (np.linalg.norm(ref64, axis=-1) * np.linalg.norm(got64, axis=-1))
     return {"max_abs_err": float(np.abs(ref64 - got64).max()), "min_cosine": float(cos.min())}
@@ -103,7 +104,7 @@ def check_parity(adapter, onnx_dir: Path, n: int = 16, min_cosine: float = MIN_C
                 ref = modules[tower](**feed).float().numpy()
             got = session.run([out_name], {k: v.numpy() for k, v in feed.items()})[0]
             shape = list(next(iter(feed.values())).shape)
-            records.append({"run": label, "shape": shape, **_compare(ref, got)})
+            records.append({"run": label, "shape": shape, **embedding_errors(ref, got)})
         # np.max/np.min propagate a NaN (Python's max/min may skip it), so a NaN fails below
         worst = {"max_abs_err": float(np.max([r["max_abs_err"] for r in records])),
                  "min_cosine": float(np.min([r["min_cosine"] for r in records]))}

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from mfdeploy.artifacts.layout import TOWERS
-from mfdeploy.export.parity import parity_inputs, text_batches
+from mfdeploy.export.parity import embedding_errors, parity_inputs, text_batches
 from mfdeploy.ortsession import ort_session
 
 MIN_COSINE = 0.99  # per-row cosine between the quantized and the fp32 tower's embeddings
@@ -29,13 +29,6 @@ def gate_feeds(adapter, n: int = 16) -> dict[str, list[tuple[str, dict[str, np.n
     return {"vision": vision, "text": text}
 
 
-def min_cosine(ref: np.ndarray, got: np.ndarray) -> float:
-    """Smallest per-row cosine of two `[B, D]` embedding arrays (NaN propagates)."""
-    ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
-    cos = (ref64 * got64).sum(-1) / (np.linalg.norm(ref64, axis=-1) * np.linalg.norm(got64, axis=-1))
-    return float(np.min(cos))
-
-
 def compare_tower(fp32: Path, quantized: Path, runs: list[tuple[str, dict[str, np.ndarray]]]) -> dict[str, Any]:
     """Min cosine and max abs error of `quantized` against `fp32` over the runs."""
     ref_s, q_s = ort_session(fp32), ort_session(quantized)  # CPU, no spinning: a one-off check
@@ -43,8 +36,9 @@ def compare_tower(fp32: Path, quantized: Path, runs: list[tuple[str, dict[str, n
     for _label, feed in runs:
         ref = ref_s.run(None, feed)[0]
         got = q_s.run(None, feed)[0]
-        worst_cos = float(np.min([worst_cos, min_cosine(ref, got)]))
-        worst_err = float(np.max([worst_err, np.abs(ref.astype(np.float64) - got).max()]))
+        errors = embedding_errors(ref, got)
+        worst_cos = float(np.min([worst_cos, errors["min_cosine"]]))
+        worst_err = float(np.max([worst_err, errors["max_abs_err"]]))
     return {"min_cosine": worst_cos, "max_abs_err": worst_err, "runs": len(runs)}
 
 
