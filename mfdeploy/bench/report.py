@@ -17,8 +17,6 @@ from mfdeploy.artifacts.io import atomic_file, write_json
 from mfdeploy.artifacts.layout import BENCH_STEM, BENCH_SUFFIXES
 from mfdeploy.bench.stability import MARK, SPREAD_LIMIT, cell_name, unstable_rows
 
-REPORT_SUFFIXES = BENCH_SUFFIXES
-
 RSS_NOTE = ("peak RSS: the process's resident-memory high-water mark (getrusage ru_maxrss) after the cell; "
             "it never decreases, so it covers every model loaded so far in the run, not one backend alone")
 
@@ -189,12 +187,12 @@ def keep_previous(out_dir: Path) -> list[Path]:
     found), so the name says when that report was written. Each rename is
     atomic; a name already taken gets a -2, -3, ... suffix.
     """
-    old = [p for p in (out_dir / f"{BENCH_STEM}{suffix}" for suffix in REPORT_SUFFIXES) if p.is_file()]
+    old = [p for p in (out_dir / f"{BENCH_STEM}{suffix}" for suffix in BENCH_SUFFIXES) if p.is_file()]
     if not old:
         return []
     stamp = datetime.fromtimestamp(old[0].stat().st_mtime, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     stem, n = f"{BENCH_STEM}-{stamp}", 1
-    while any((out_dir / f"{stem}{suffix}").exists() for suffix in REPORT_SUFFIXES):
+    while any((out_dir / f"{stem}{suffix}").exists() for suffix in BENCH_SUFFIXES):
         n += 1
         stem = f"{BENCH_STEM}-{stamp}-{n}"
     kept = []

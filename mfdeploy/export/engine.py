@@ -39,7 +39,6 @@ if TYPE_CHECKING:
     import tensorrt as trt
 
 SPARSE_MODES = ("auto", "on", "off")
-RECORD_FILE = ENGINE_RECORD
 
 
 class EngineError(MfdeployError):
@@ -177,7 +176,7 @@ def _check_qdq(files: dict[str, Path]) -> None:
 def build_engines(onnx_dir: Path, fp16: bool = False, sparse: str = "auto", max_batch: int = 32,
                   max_text_len: int | None = None, *, opt_batch: int | None = None, opt_text_len: int | None = None,
                   out_dir: Path | None = None, check: bool = True,
-                  record_file: str | None = RECORD_FILE, int8: bool = False) -> dict[str, Any]:
+                  record_file: str | None = ENGINE_RECORD, int8: bool = False) -> dict[str, Any]:
     """Build `vision.plan` and `text.plan` from an export directory, or say why not and how elsewhere.
 
     Args:

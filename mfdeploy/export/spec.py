@@ -15,9 +15,8 @@ from mfdeploy.errors import UserError
 MIN_OPSET = 17  # LayerNormalization is a single op from opset 17 on (TensorRT FP16 needs it unfused)
 DYNAMIC_DIMS = ("batch", "text_len")
 META_PREFIX = "mfdeploy."  # ONNX metadata_props keys written by the exporter
-MANIFEST_FILE = EXPORT_MANIFEST
 SAMPLES_FILE = PARITY_INPUTS  # the real parity inputs, kept for engine checks (which have no tokenizer)
-__all__ = ["MANIFEST_FILE", "MIN_OPSET", "SAMPLES_FILE", "TOWERS", "check_onnx_dir", "check_opset",
+__all__ = ["MIN_OPSET", "SAMPLES_FILE", "TOWERS", "check_onnx_dir", "check_opset",
            "concrete_shapes", "dynamic_axes", "model_limits", "onnx_io", "tower_specs"]
 
 def check_opset(opset: int) -> None:
@@ -127,7 +126,7 @@ def model_limits(onnx_dir: Path) -> dict[str, int]:
         for key, value in onnx_io(path)["metadata"].items():
             if value.lstrip("-").isdigit():
                 limits.setdefault(key, int(value))
-    manifest = Path(onnx_dir) / MANIFEST_FILE
+    manifest = Path(onnx_dir) / EXPORT_MANIFEST
     if manifest.is_file():
         try:
             data = json.loads(manifest.read_text())

@@ -2,8 +2,6 @@
 
 from mfdeploy.quantize.gate import MIN_COSINE, check_towers, gate_feeds
 from mfdeploy.quantize.run import (
-    OUT_DIRS,
-    RECORD_FILE,
     QuantizeConfig,
     quantize_towers,
     resolve_source,
@@ -13,8 +11,6 @@ from mfdeploy.quantize.run import (
 
 __all__ = [
     "MIN_COSINE",
-    "OUT_DIRS",
-    "RECORD_FILE",
     "QuantizeConfig",
     "check_towers",
     "gate_feeds",

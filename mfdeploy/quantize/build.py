@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mfdeploy.artifacts.layout import ONNX_DIR
+from mfdeploy.artifacts.layout import ONNX_DIR, QUANTIZED_DIRS
 from mfdeploy.quantize.gate import gate_feeds
-from mfdeploy.quantize.run import OUT_DIRS, QuantizeConfig, quantize_towers
+from mfdeploy.quantize.run import QuantizeConfig, quantize_towers
 
 
 def quantize_build(adapter, build_dir: Path, calib: str | None, calib_samples: int = 128,
@@ -23,7 +23,7 @@ def quantize_build(adapter, build_dir: Path, calib: str | None, calib_samples: i
     """
     feeds = gate_feeds(adapter)  # the same real inputs gate both targets
     summary = {}
-    for target, name in OUT_DIRS.items():
+    for target, name in QUANTIZED_DIRS.items():
         out = Path(build_dir) / name
         out.mkdir()
         cfg = QuantizeConfig(target=target, calib=calib, calib_samples=calib_samples)

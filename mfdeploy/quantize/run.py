@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mfdeploy import __version__
-from mfdeploy.artifacts.layout import EXPORT_MANIFEST, ONNX_DIR, ONNX_FILES, QUANTIZE_MANIFEST, QUANTIZED_DIRS, is_build
+from mfdeploy.artifacts.layout import EXPORT_MANIFEST, ONNX_DIR, ONNX_FILES, QUANTIZE_MANIFEST, is_build
 from mfdeploy.artifacts.manifest import ExportManifest
 from mfdeploy.data.batching import CalibSource, parse_calib
 from mfdeploy.errors import UserError
@@ -25,10 +25,8 @@ from mfdeploy.platform import package_versions
 from mfdeploy.quantize.gate import MIN_COSINE, check_towers, failure_line, gate_feeds
 from mfdeploy.zoo import is_bundled
 
-RECORD_FILE = QUANTIZE_MANIFEST
 TARGETS = ("ort", "trt")
 MODES = ("int8", "fp8")
-OUT_DIRS = QUANTIZED_DIRS  # where a build keeps each target's towers
 
 
 @dataclass
@@ -186,7 +184,7 @@ def quantize_towers(adapter, fp32_dir: Path, out_dir: Path, cfg: QuantizeConfig,
     }
     from mfdeploy.artifacts.io import write_json
 
-    write_json(Path(out_dir) / RECORD_FILE, record)
+    write_json(Path(out_dir) / QUANTIZE_MANIFEST, record)
     return record
 
 
