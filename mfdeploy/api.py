@@ -124,7 +124,7 @@ def prune(model: ModelLike, ratio: float = 0.5, method: str = "multiflow", *, bu
         seed: seeds the random score and ECoFLaP's perturbations.
         progress: show progress bars on stderr.
         **options: further `PruneConfig` fields (e.g. `ecoflap_smax_delta`,
-            `mope_depth_share`, `distill_steps`).
+            `mope_depth_share`, `distill_steps`, `distill_lr`, `distill_params`).
 
     Returns:
         A `PruneResult`; `result.record` is what `mfdeploy prune` writes to prune.json.

@@ -13,8 +13,10 @@ def test_build_tiny(tiny_clip_dir, tmp_path, shapes_pairs_jsonl, capsys):
     out = tmp_path / "build"
     main(["build", "--model", str(tiny_clip_dir), "--ratio", "0.5", "--method", "wanda", "--pattern", "2:4",
           "--calib", "shapes", "--calib-samples", "16", "--eval", str(shapes_pairs_jsonl), "--fp16",
-          "--out", str(out)])
+          "--distill-steps", "2", "--out", str(out)])
     manifest = json.loads((out / "build.json").read_text())
+    # recovery (issue 15) is on the build's record; the 2:4 weights it trained pass the engine's check below
+    assert manifest["distill"]["steps"] == 2 and manifest["distill"]["masks_held"] is True
     for key in ("model", "method", "ratio", "pattern", "seed", "calibration", "sparsity", "artifacts", "parity",
                 "engine", "timings", "versions"):
         assert key in manifest, key
@@ -24,6 +26,8 @@ def test_build_tiny(tiny_clip_dir, tmp_path, shapes_pairs_jsonl, capsys):
         assert f in manifest["artifacts"] and (out / f).is_file()
     assert manifest["engine"]["status"] == "skipped" and manifest["engine"]["reason"]
     assert any("--sparsity=enable" in c for c in manifest["engine"]["trtexec"])  # 2:4 weights: auto -> on
+    # polygraphy's 2:4 check on the exported (distilled) weights: every prunable layer of each tower (2 x 6)
+    assert all(w["n_sparse"] >= 12 for w in manifest["engine"]["weights_2to4"].values()), manifest["engine"]
     for tower in ("vision", "text"):
         assert manifest["parity"]["onnx_vs_torch"][tower]["min_cosine"] >= 0.9999
     ev = manifest["evaluation"]

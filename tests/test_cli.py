@@ -56,7 +56,9 @@ PRUNE_ARGS = {"--model": ("m", "model", "m"), "--method": ("wanda", "method", "w
               "--batch-size": ("3", "batch_size", 3), "--include": ("*fc1*", "include", ["*fc1*"]),
               "--exclude": ("*fc2*", "exclude", ["*fc2*"]), "--seed": ("5", "seed", 5),
               "--smax-delta": ("0.2", "ecoflap_smax_delta", 0.2), "--neuron-group": ("16", "mope_neuron_group", 16),
-              "--depth-share": ("0.25", "mope_depth_share", 0.25), "--distill-steps": ("9", "distill_steps", 9)}
+              "--depth-share": ("0.25", "mope_depth_share", 0.25), "--distill-steps": ("9", "distill_steps", 9),
+              "--distill-lr": ("0.002", "distill_lr", 0.002),
+              "--distill-params": ("prunable", "distill_params", "prunable")}
 
 
 @pytest.mark.parametrize("command", ["prune", "build"])

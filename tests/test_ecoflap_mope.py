@@ -104,7 +104,9 @@ def test_mope_equals_in_memory(tiny_clip_dir, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--ratio", "0.9", "--method", "mope"], "every attention head"),
     (["--ratio", "0.5", "--method", "mope", "--pattern", "2:4"], "unstructured sparsity only"),
-    (["--ratio", "0.5", "--method", "wanda", "--distill-steps", "5"], "mope only"),
+    (["--ratio", "0.5", "--method", "wanda", "--distill-steps", "-1"], "--distill-steps -1"),
+    (["--ratio", "0.5", "--method", "wanda", "--distill-steps", "5", "--distill-lr", "0"], "--distill-lr 0"),
+    (["--ratio", "0.5", "--distill-steps", "5", "--distill-params", "some"], "choose all or prunable"),
 ])
 def test_mope_bad_input(tiny_clip_dir, tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as e:

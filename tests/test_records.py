@@ -38,7 +38,7 @@ def test_short_calibration_file_records_pairs_used(tiny_clip_dir, shapes_pairs_j
     if method == "ecoflap":
         assert record["zeroth_order_pairs"] == 12
     if method == "mope":
-        assert (cal["z_pairs"], cal["distill_pairs"]) == (12, 0)
+        assert cal["z_pairs"] == 12 and "distill" not in record
 
 
 def test_enough_pairs_no_warning(tiny_clip_dir, shapes_pairs_jsonl, caplog):
@@ -84,15 +84,19 @@ def test_mope_record_says_where_z_pairs_came_from(tiny_clip_dir, shapes_pairs_js
                       batch_size=4, mope_neuron_group=32, distill_steps=distill, show_progress=False)
     record = prune_model(load(tiny_clip_dir), cfg)
     cal = record["calibration"]
-    assert record["z_pairs"] == cal["z_pairs"] == 8 and cal["distill_pairs"] == (8 if distill else 0)
+    assert record["z_pairs"] == cal["z_pairs"] == cal["samples"] == 8
+    assert ("distill" in record) == bool(distill)
     if calib == "jsonl":
         assert record["z_held_out"] is False and "held out" not in record["z"].replace("not held out", "")
         assert f"the first 8 pairs of {shapes_pairs_jsonl}" in record["z"]
         assert ("not held out" in record["z"]) == bool(distill)
-        assert cal["samples"] == 8  # Z and distillation read the same 8 pairs
+        if distill:  # an eighth of the 8 pairs (at least 2) held out of training: the last ones
+            d = record["distill"]
+            assert (d["train_pairs"], d["held_out_pairs"]) == (6, 2) and "pairs 7-8 of" in d["held_out"]
     else:
         assert record["z_held_out"] is True and "held out" in record["z"]
-        assert cal["samples"] == 16  # 8 Z pairs from their own seeds + 8 distillation pairs
+        if distill:  # training on the first 8 calibration seeds, 64 held out from their own range
+            assert (record["distill"]["train_pairs"], record["distill"]["held_out_pairs"]) == (8, 64)
 
 
 @pytest.fixture()
@@ -123,7 +127,7 @@ def test_distill_raises_no_warning(tiny_clip_dir, torch_warns_always):
     for _ in range(2):  # the check can fail: with warn-always, torch warns on every such float()
         with pytest.warns(UserWarning, match="requires_grad"):
             float(torch.ones(1, requires_grad=True).sum())
-    result = distill(adapter.model, teacher, batches, steps=3)
+    result = distill(adapter.model, teacher, batches[:1], batches[1:], steps=3)
     assert isinstance(result["loss_first"], float) and isinstance(result["loss_last"], float)
     assert result["loss_first"] > 0 and result["steps"] == 3
 

@@ -35,7 +35,12 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed (random criterion, EC
 SmaxDeltaOpt = Annotated[float, typer.Option("--smax-delta", help="ECoFLaP: cap s_max = ratio + this.")]
 NeuronGroupOpt = Annotated[int, typer.Option("--neuron-group", help="MoPE: MLP neurons per group.")]
 DepthShareOpt = Annotated[float, typer.Option("--depth-share", help="MoPE: share of the ratio taken by whole layers.")]
-DistillStepsOpt = Annotated[int, typer.Option("--distill-steps", help="MoPE: distillation steps after pruning.")]
+DistillStepsOpt = Annotated[int, typer.Option(
+    "--distill-steps", help="Recovery: steps of distillation from the dense model after pruning (any method; "
+    "pruned weights stay zero). 0: none.")]
+DistillLrOpt = Annotated[float, typer.Option("--distill-lr", help="Recovery: AdamW learning rate.")]
+DistillParamsOpt = Annotated[str, typer.Option(
+    "--distill-params", help="Recovery: what trains: all (every weight) | prunable (only the pruned layers).")]
 # Every command's --force: naming only "--force" makes it a plain flag (no --no-force twin).
 ForceOpt = Annotated[bool, typer.Option(
     "--force", help="Replace an output directory that mfdeploy wrote (never one holding other files).")]
@@ -56,6 +61,8 @@ PRUNE_OPTIONS: dict[str, tuple[Any, Any, str]] = {
     "neuron_group": (NeuronGroupOpt, 64, "mope_neuron_group"),
     "depth_share": (DepthShareOpt, 0.0, "mope_depth_share"),
     "distill_steps": (DistillStepsOpt, 0, "distill_steps"),
+    "distill_lr": (DistillLrOpt, 1e-4, "distill_lr"),
+    "distill_params": (DistillParamsOpt, "all", "distill_params"),
 }
 
 

@@ -33,3 +33,7 @@ def prune(
     mods = ", ".join(f"{k} {v:.3f}" for k, v in sp["per_modality"].items())
     out_console.print(f"pruned {record['model']} with {record['method']} ({record['pattern']}): "
                       f"sparsity {sp['overall']:.3f} ({mods}) -> {out}")
+    if record.get("distill"):
+        from mfdeploy.prune.distill import summary
+
+        out_console.print(f"distilled from the dense model: {summary(record['distill'])}")

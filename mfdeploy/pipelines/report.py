@@ -56,6 +56,10 @@ def summary_rows(manifest: dict) -> list[tuple[str, str]]:
         ("sparsity", f"{sp['overall']:.4f} overall; " + ", ".join(f"{k} {v:.4f}"
                                                                   for k, v in sp["per_modality"].items())),
     ]
+    if manifest.get("distill"):
+        from mfdeploy.prune.distill import summary
+
+        rows.append(("distillation", summary(manifest["distill"])))
     rows += _parity_rows(manifest)
     ev = manifest.get("evaluation")
     if ev:
@@ -154,6 +158,7 @@ def write_build_outputs(state: BuildState) -> dict[str, Any]:
         "prune_timings": {k: _rounded(v) for k, v in prune_json["timings"].items()},
         "sparsity": prune_json["sparsity"],
         "budget_by_role": prune_json["budget_by_role"],
+        "distill": prune_json.get("distill"),  # recovery (None: not asked)
         "onnx": {"opset": exported.get("opset"), "towers": exported.get("towers")},
         "parity": {"onnx_vs_torch": records["parity"], "onnx_dense_vs_torch": records.get("parity dense"),
                    "engine_vs_onnx": engine.get("parity"),

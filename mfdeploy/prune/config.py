@@ -37,7 +37,10 @@ class PruneConfig:
     mope_head_dim_group: int = 0
     mope_neuron_group: int = 64
     mope_depth_share: float = 0.0
+    # recovery (every method): distillation from the dense model, masks held fixed
     distill_steps: int = 0
+    distill_lr: float = 1e-4
+    distill_params: str = "all"  # all | prunable
 
 
 def validate(cfg: PruneConfig) -> tuple[int, int] | None:
@@ -76,8 +79,12 @@ def validate(cfg: PruneConfig) -> tuple[int, int] | None:
     if not (math.isfinite(delta) and delta >= 0.0):
         raise UserError(f"--smax-delta {delta}: must be 0 or more (ECoFLaP caps each block at "
                         "ratio + delta; 0 prunes every block at exactly the ratio)")
-    if cfg.distill_steps and cfg.method != "mope":
-        raise UserError("--distill-steps applies to --method mope only")
+    if cfg.distill_steps < 0:
+        raise UserError(f"--distill-steps {cfg.distill_steps}: must be 0 (no distillation) or more")
+    if not (math.isfinite(cfg.distill_lr) and cfg.distill_lr > 0):
+        raise UserError(f"--distill-lr {cfg.distill_lr}: must be a positive learning rate (e.g. 1e-4)")
+    if cfg.distill_params not in ("all", "prunable"):
+        raise UserError(f"--distill-params {cfg.distill_params}: choose all or prunable")
     if cfg.method == "mope" and (cfg.include or cfg.exclude):  # it cuts heads, neurons, layers in every block
         raise UserError("--include/--exclude do not apply to --method mope, which prunes every layer of both "
                         "towers: drop them, or use an unstructured method")

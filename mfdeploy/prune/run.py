@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -53,13 +54,26 @@ def prune_model(adapter: Adapter, cfg: PruneConfig, source: CalibSource | None =
     layers = adapter.prunable_layers(cfg.include or None, cfg.exclude or None)
     if not layers:
         raise UserError("no prunable layers left after --include/--exclude")
-    source = source or calibration_source(cfg, needs_calibration(spec, budget))
+    source = source or calibration_source(cfg, needs_calibration(spec, budget) or cfg.distill_steps > 0)
     # what the source really holds (a short JSONL file yields fewer than asked): sizes the bar, goes on record
     used = calibration_pairs(source, cfg.calib_samples) if source else 0
+    if cfg.distill_steps:
+        from mfdeploy.prune.distill import check_split
+
+        assert source is not None  # calibration_source asked for one
+        check_split(source, used)
     ctx = PruneContext(adapter, layers, cfg, source, pattern, budget, used, reporter or NullReporter())
+    teacher = copy.deepcopy(adapter.model).eval() if cfg.distill_steps else None  # the dense model
     result = spec.run(ctx)
     if result.masks is not None:
         apply_masks(adapter.model, result.masks)  # idempotent where a method already folded them
+    if teacher is not None:
+        from mfdeploy.prune.distill import recover
+
+        t0 = time.perf_counter()
+        result.extra["distill"] = recover(ctx, teacher, result.masks)
+        result.timings["distill_s"] = time.perf_counter() - t0
+        del teacher
     return build_record(ctx, spec, result)
 
 

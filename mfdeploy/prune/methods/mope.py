@@ -92,7 +92,7 @@ def width_plan(n_heads: int, inter: int, group: int, keep_frac: float, where: st
 
 
 def prune_mope(ctx: PruneContext) -> MethodResult:
-    """Width then depth structured pruning of both towers in place (+ optional distillation).
+    """Width then depth structured pruning of both towers in place (distillation, if asked, follows in `prune_model`).
 
     Args:
         ctx: the prune context (method "mope"); `ctx.adapter`'s model is cut in place.
@@ -103,7 +103,7 @@ def prune_mope(ctx: PruneContext) -> MethodResult:
     """
     from mfdeploy.data.batching import pairs_available
 
-    adapter, cfg, source, used = ctx.adapter, ctx.cfg, ctx.source, ctx.used
+    adapter, cfg, source = ctx.adapter, ctx.cfg, ctx.source
     assert source is not None
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -115,11 +115,6 @@ def prune_mope(ctx: PruneContext) -> MethodResult:
         raise UserError("--neuron-group must be positive")
     n_pairs = pairs_available(source, min(cfg.calib_samples, Z_MAX_PAIRS), offset=_offset(source))
     batches = list(ctx.batches(n_pairs, min(cfg.batch_size, n_pairs), offset=_offset(source)))
-    teacher = None
-    if cfg.distill_steps:
-        import copy
-
-        teacher = copy.deepcopy(adapter.model).eval()
     z = _Z(adapter, batches)
     record: dict = {"z": _z_description(source, n_pairs, bool(cfg.distill_steps)), "z_pairs": n_pairs,
                     "z_held_out": source.kind == "shapes", "dense_loss": z.base}
@@ -191,16 +186,6 @@ def prune_mope(ctx: PruneContext) -> MethodResult:
         depth_scores[tower] = errs
     timings["depth_s"] = time.perf_counter() - t0
 
-    if cfg.distill_steps:
-        from mfdeploy.prune.distill import distill
-
-        t0 = time.perf_counter()
-        assert teacher is not None
-        train = list(ctx.batches(cfg.calib_samples, cfg.batch_size))
-        record["distill"] = distill(adapter.model, teacher, train, cfg.distill_steps, seed=cfg.seed,
-                                    progress=ctx.reporter.task("distillation", total=cfg.distill_steps))
-        timings["distill_s"] = time.perf_counter() - t0
-
     after = _prunable_counts(adapter)
     record.update({"neuron_group": group, "depth_share": cfg.mope_depth_share,
                    "mope_width": width_scores, "mope_depth": depth_scores})
@@ -211,8 +196,7 @@ def prune_mope(ctx: PruneContext) -> MethodResult:
         "prunable_weights": sum(dense_prunable.values()),
         "kind": "fraction of prunable parameters removed",
     }
-    calibration = {"samples": _distinct_pairs(source, n_pairs, used, cfg), "z_pairs": n_pairs,
-                   "distill_pairs": used if cfg.distill_steps else 0}
+    calibration = {"samples": n_pairs, "z_pairs": n_pairs}  # distillation records its own pairs
     return MethodResult(masks=None, timings=timings, calibration=calibration,
                         structure=st.describe(adapter.model, final_kept), sparsity=sparsity,
                         budget_by_role=budget_by_role_from_counts(dense_roles, role_counts(adapter)), extra=record)
@@ -251,13 +235,6 @@ def _z_description(source: CalibSource, n_pairs: int, distill: bool) -> str:
                        "held out from the pairs distillation trains on)")
     where = f"the first {n_pairs} pairs of {source.describe()}"
     return what + where + (", the same pairs distillation then trains on (not held out)" if distill else "")
-
-
-def _distinct_pairs(source: CalibSource, z_pairs: int, used: int, cfg) -> int:
-    """Distinct calibration pairs MoPE read: Z's, plus distillation's (disjoint only in the shapes world)."""
-    if not cfg.distill_steps:
-        return z_pairs
-    return z_pairs + used if source.kind == "shapes" else max(z_pairs, used)
 
 
 def _prunable_counts(adapter: Adapter) -> dict[str, int]:
