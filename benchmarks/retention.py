@@ -19,6 +19,13 @@ distillation: each pruned model is exported, quantized for ONNX Runtime as
 `mfdeploy quantize` does (default scheme, shapes calibration) and evaluated
 through ONNX Runtime. `--int8-only` runs just those rows and keeps the other
 rows of an existing retention.json.
+
+"+ distill" rows (issue 15) recover each unstructured method at 0.63, 0.75
+and 0.9 (and MULTIFLOW 2:4) with the 300 distillation steps MoPE uses, masks
+held fixed: each such row records whether its masks are bit-identical to the
+undistilled run's. One more row trains only the pruned layers' weights
+(`--distill-params prunable`), to show whether freezing the rest matters.
+`--distill-only` runs just the distillation rows and keeps the others.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import json
 import time
 from pathlib import Path
 
+import torch
 from rich.console import Console
 
 from mfdeploy.eval import evaluate_model, retention
@@ -37,6 +45,8 @@ from mfdeploy.prune import PruneConfig, prune_model
 
 RATIOS = (0.5, 0.63, 0.75, 0.9)
 CROSSED_RATIOS = (0.5, 0.63, 0.75)
+DISTILL_RATIOS = (0.63, 0.75, 0.9)
+DISTILL_STEPS = 300  # MoPE's, for every "+ distill" row
 # (label, method, extra PruneConfig fields, ratios, also at 2:4)
 METHODS = [
     ("random / uniform", "random", {}, RATIOS, True),
@@ -50,7 +60,16 @@ METHODS = [
     ("wanda / modality", "wanda", {"budget": "modality"}, CROSSED_RATIOS, False),
     ("magnitude / modality", "magnitude", {"budget": "modality"}, CROSSED_RATIOS, False),
     ("mope", "mope", {"mope_depth_share": 0.5}, RATIOS, False),
-    ("mope + distill", "mope", {"mope_depth_share": 0.5, "distill_steps": 300}, RATIOS, False),
+    ("mope + distill", "mope", {"mope_depth_share": 0.5, "distill_steps": DISTILL_STEPS}, RATIOS, False),
+    # recovery for the unstructured methods (issue 15): the same steps as MoPE, masks held fixed
+    ("magnitude / uniform + distill", "magnitude", {"distill_steps": DISTILL_STEPS}, DISTILL_RATIOS, False),
+    ("wanda / uniform + distill", "wanda", {"distill_steps": DISTILL_STEPS}, DISTILL_RATIOS, False),
+    ("multiflow / modality (MULTIFLOW) + distill", "multiflow", {"distill_steps": DISTILL_STEPS}, DISTILL_RATIOS,
+     True),
+    ("wanda / ecoflap (ECoFLaP) + distill", "ecoflap", {"distill_steps": DISTILL_STEPS}, DISTILL_RATIOS, False),
+    # does freezing what is not pruned matter? only the pruned layers' weights train
+    ("MULTIFLOW + distill (pruned layers only)", "multiflow",
+     {"distill_steps": DISTILL_STEPS, "distill_params": "prunable"}, (0.75,), False),
 ]
 
 
@@ -78,21 +97,48 @@ def int8_scores(adapter) -> dict:
                      for t, r in record["towers"].items()}}
 
 
-def run_one(dense, label, method, extra, ratio, pattern, args) -> dict:
+_MASKS: dict[tuple, dict] = {}  # (method, options without distillation, ratio, pattern) -> masks of that run
+
+
+def _prune(dense, method, extra, ratio, pattern, args):
     adapter = copy.deepcopy(dense)
     cfg = PruneConfig(ratio=ratio, method=method, pattern=pattern, calib="shapes", calib_samples=args.calib_samples,
                       batch_size=32, seed=args.seed, show_progress=False, **extra)
     t0 = time.perf_counter()
     record = prune_model(adapter, cfg)
-    prune_s = time.perf_counter() - t0
+    return adapter, record, time.perf_counter() - t0
+
+
+def _same_masks(dense, method, extra, ratio, pattern, args, masks: dict) -> bool:
+    """Whether distillation left pruning's masks as they were: the undistilled run's masks, bit for bit."""
+    plain = {k: v for k, v in extra.items() if not k.startswith("distill_")}
+    key = (method, tuple(sorted(plain.items())), ratio, pattern)
+    if key not in _MASKS:
+        _MASKS[key] = _prune(dense, method, plain, ratio, pattern, args)[1]["_masks"]
+    base = _MASKS[key]
+    return base.keys() == masks.keys() and all(torch.equal(base[n], masks[n]) for n in masks)
+
+
+def run_one(dense, label, method, extra, ratio, pattern, args) -> dict:
+    adapter, record, prune_s = _prune(dense, method, extra, ratio, pattern, args)
     result = evaluate_model(adapter)
     key = (label, ratio, pattern)
-    label = f"{record['score']} / 2:4" if pattern else label
+    distilled = record.get("distill")
+    label = f"{record['score']} / 2:4" + (" + distill" if distilled else "") if pattern else label
     row = {"label": label, "method": method, "score": record["score"], "budget": record["budget"],
            "ratio": ratio, "pattern": record["pattern"],
            "achieved_sparsity": record["sparsity"]["overall"], "prune_s": round(prune_s, 2),
            "budget_by_role": record["budget_by_role"],
            "tasks": result["tasks"], "retrieval": result["retrieval"]}
+    masks = record.get("_masks")
+    if masks is not None and not distilled:
+        plain = {k: v for k, v in extra.items() if not k.startswith("distill_")}
+        _MASKS[(method, tuple(sorted(plain.items())), ratio, pattern)] = masks
+    if distilled:
+        row["distill"] = {k: distilled[k] for k in ("steps", "steps_run", "lr", "params", "stopped_early",
+                                                    "held_out_loss_first", "held_out_loss_best", "seconds")}
+        if masks is not None:
+            row["distill"]["masks_identical"] = _same_masks(dense, method, extra, ratio, pattern, args, masks)
     if args.int8 and key in INT8_ROWS:
         q = int8_scores(adapter)
         fp32 = [*row["tasks"].values(), *row["retrieval"].values()]
@@ -167,6 +213,7 @@ def main() -> None:
     ap.add_argument("--ratios", default=",".join(str(r) for r in RATIOS))
     ap.add_argument("--int8", action="store_true", help="add INT8 rows (see the docstring)")
     ap.add_argument("--int8-only", action="store_true", help="only the rows with INT8 twins; keep the others")
+    ap.add_argument("--distill-only", action="store_true", help="only the '+ distill' rows; keep the others")
     args = ap.parse_args()
     args.int8 = args.int8 or args.int8_only
     args.out.mkdir(parents=True, exist_ok=True)
@@ -181,6 +228,8 @@ def main() -> None:
     jobs += [(label, m, extra, 0.5, "2:4") for label, m, extra, _, two_four in METHODS if two_four and label in wanted]
     if args.int8_only:
         jobs = [j for j in jobs if (j[0], j[3], j[4]) in INT8_ROWS]
+    if args.distill_only:
+        jobs = [j for j in jobs if j[2].get("distill_steps")]
     rows = []
     for i, (label, method, extra, ratio, pattern) in enumerate(jobs, 1):
         made = run_one(dense_adapter, label, method, extra, ratio, pattern, args)
@@ -190,9 +239,12 @@ def main() -> None:
             console.print(f"[{i}/{len(jobs)}] {row['label']} @ {ratio:g} {pattern or ''}: mean task retention "
                           f"{row['retention']['mean_task_retention']:.3f} (prune {row['prune_s']:.1f}s)"
                           + (f", int8 max drop vs fp32 {row['int8_max_drop_vs_fp32']:.3f}"
-                             if "int8_max_drop_vs_fp32" in row else ""))
+                             if "int8_max_drop_vs_fp32" in row else "")
+                          + (f", i2t R@1 {row['retrieval']['i2t_r1']:.3f}, distilled {row['distill']['steps_run']} "
+                             f"steps, masks identical: {row['distill'].get('masks_identical', 'n/a')}"
+                             if "distill" in row else ""))
     previous = args.out / "retention.json"
-    if args.int8_only and previous.exists():  # keep the rows not measured now, in their order
+    if (args.int8_only or args.distill_only) and previous.exists():  # keep the rows not measured now, in their order
         rows = _merged(json.loads(previous.read_text())["rows"], rows)
     total = time.perf_counter() - t_start
     data = {"model": "mfdeploy/clip-shapes", "calib_samples": args.calib_samples, "seed": args.seed,

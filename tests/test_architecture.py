@@ -22,14 +22,15 @@ LEVELS = {
     "data": 1,
     "zoo": 2, "models": 2,
     "runtime": 3,
-    "prune": 4, "export": 4, "quantize": 4, "eval": 4, "bench": 4,
+    "prune": 4, "export": 4, "quantize": 4, "eval": 4, "bench": 4, "server": 4,
     "pipelines": 5, "api": 5,
     "cli": 6,
 }
 # Parts of one level that must not import each other (the rest of a level may).
 FORBIDDEN = {("export", "runtime"), ("runtime", "export"), ("data", "models"), ("export", "eval"),
              ("export", "bench"), ("runtime", "eval"), ("runtime", "bench"), ("prune", "export"),
-             ("export", "prune")}
+             ("export", "prune"),
+             ("server", "export"), ("server", "prune")}  # a server serves artifacts: it never makes them
 # The bundled model's training script is a tool built on the package (it monitors zero-shot accuracy);
 # `_callable` makes the prune and export packages callable as the API's functions, so it calls up by design.
 EXEMPT = {"zoo/train.py", "_callable.py"}
