@@ -286,3 +286,18 @@ def test_not_a_build(tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["serve", str(tmp_path / "missing")])
     assert e.value.code == 2
+
+
+def test_the_openai_client_of_the_readme_works(server):
+    """README's Python example, as written: the OpenAI SDK (base64 by default) for texts and images."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused")
+    texts = client.embeddings.create(model="mfdeploy", input=["a red circle", "a blue square"])
+    image = image_uri(20_000_005)
+    images = client.embeddings.create(model="mfdeploy", input=[image], extra_body={"modality": "image"})
+    assert len(texts.data) == 2 and len(images.data) == 1
+    direct = embeddings(server.post("/v1/embeddings", {"input": ["a red circle", "a blue square"]}))
+    assert np.allclose(np.array([d.embedding for d in texts.data]), direct, atol=1e-6)
+    want = embeddings(server.post("/v1/embeddings", {"input": [image], "modality": "image"}))[0]
+    assert np.allclose(images.data[0].embedding, want, atol=1e-6)

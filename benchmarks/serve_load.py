@@ -1,0 +1,239 @@
+"""Load on `mfdeploy serve` over loopback: throughput and latency at 1, 4, 16 and 64 concurrent clients.
+
+    python benchmarks/serve_load.py [--requests 400] [--vitb32-requests 160] [--skip-vitb32]
+                                    [--bundled-build DIR] [--vitb32-build DIR]
+
+Starts `mfdeploy serve` (ONNX Runtime CPU, its default threads) on
+127.0.0.1 and drives it with N concurrent clients (asyncio + httpx, one
+keep-alive connection each) sending a fixed number of single-item
+`/v1/embeddings` requests (`encoding_format: base64`, as the OpenAI Python
+client sends), for:
+
+1. the bundled model (MULTIFLOW 0.5 build), images and texts;
+2. ViT-B/32 (`CLIPConfig()` defaults, random weights, magnitude 0.5 build
+   made here with `mfdeploy build`, or `--vitb32-build`), images (224x224).
+
+Each is served twice, with dynamic batching (`--max-batch 32 --max-delay-ms
+5`) and without (`--max-batch 1`), and a last run uses a deliberately small
+queue (`--max-queue 4`) so that the 503s it answers are counted. Prints, per
+level: requests, ok, 503s, other failures, throughput, p50/p95/p99 latency
+and the mean items per model call (from `/metrics`); then issue 14's bars:
+batching vs `--max-batch 1` at 16 clients (>= 2x) and p99 / p50 at the level
+where throughput saturates (< 3x). The client runs on the same two cores as
+the server: the numbers are for this machine, loopback, client included.
+Writes benchmarks/results/serve_load.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parents[1]
+LEVELS = (1, 4, 16, 64)
+LISTEN = re.compile(r"on http://([\d.]+):(\d+)")
+
+
+class Server:
+    def __init__(self, build: Path, log: Path, *args: str):
+        env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+        with open(log, "w") as f:
+            self.proc = subprocess.Popen([sys.executable, "-m", "mfdeploy.cli", "serve", str(build), "--port", "0",
+                                          "--max-items", "64", *args], stdout=f, stderr=subprocess.STDOUT, env=env)
+        while (m := LISTEN.search(log.read_text())) is None:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"server failed: {log.read_text()}")
+            time.sleep(0.1)
+        self.url = f"http://{m.group(1)}:{m.group(2)}"
+        while httpx.get(self.url + "/health").status_code != 200:
+            time.sleep(0.1)
+
+    def batch_stats(self, tower: str) -> tuple[float, float]:
+        text = httpx.get(self.url + "/metrics").text
+        found = [re.search(rf'mfdeploy_batch_size_{k}\{{tower="{tower}"\}} ([\d.e+]+)', text) for k in ("sum", "count")]
+        return tuple(float(m.group(1)) if m else 0.0 for m in found)  # no series before the tower's first call
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(timeout=30)
+        assert rc == 0, rc
+
+
+async def drive(url: str, bodies: list[dict], clients: int, n: int) -> dict:
+    """`n` requests from `clients` concurrent clients; latencies of the successful ones."""
+    latencies, codes = [], []
+
+    async def client(c: httpx.AsyncClient, counter) -> None:
+        for i in counter:
+            t0 = time.perf_counter()
+            try:
+                r = await c.post("/v1/embeddings", json=bodies[i % len(bodies)])
+                codes.append(r.status_code)
+                if r.status_code == 200:
+                    latencies.append(time.perf_counter() - t0)
+            except httpx.HTTPError:
+                codes.append(-1)
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as c:
+        warm = iter(range(2 * clients))  # warm-up: open the connections, first calls
+        await asyncio.gather(*(client(c, warm) for _ in range(clients)))
+        latencies.clear()
+        codes.clear()
+        counter = iter(range(n))
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(c, counter) for _ in range(clients)))
+        wall = time.perf_counter() - t0
+    lat = np.array(latencies) * 1000
+    ok = codes.count(200)
+    return {"clients": clients, "requests": n, "ok": ok, "full_503": codes.count(503),
+            "failed": n - ok - codes.count(503), "throughput": ok / wall,
+            **({f"p{q}": float(np.percentile(lat, q)) for q in (50, 95, 99)} if ok else {})}
+
+
+def image_bodies(size: int, count: int = 32) -> list[dict]:
+    from mfdeploy.data import world
+
+    out = []
+    for seed in range(20_000_000, 20_000_000 + count):
+        buf = io.BytesIO()
+        world.render(world.make_scene(seed)).resize((size, size)).save(buf, format="PNG")
+        out.append({"input": ["data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()],
+                    "modality": "image", "encoding_format": "base64"})
+    return out
+
+
+def text_bodies(count: int = 32) -> list[dict]:
+    from mfdeploy.data import world
+
+    return [{"input": [world.make_scene(s).caption()], "encoding_format": "base64"}
+            for s in range(20_000_000, 20_000_000 + count)]
+
+
+def run_server(build: Path, tmp: Path, label: str, bodies: list[dict], tower: str, n: int, args: list[str],
+               levels=LEVELS) -> list[dict]:
+    server = Server(build, tmp / f"{label}.log", *args)
+    rows = []
+    try:
+        for clients in levels:
+            s0, c0 = server.batch_stats(tower)
+            row = asyncio.run(drive(server.url, bodies, clients, n))
+            s1, c1 = server.batch_stats(tower)
+            row.update(label=label, server=" ".join(args), mean_batch=(s1 - s0) / max(1.0, c1 - c0))
+            rows.append(row)
+            print(f"  {label} {' '.join(args)} @ {clients}: {row['throughput']:.1f} req/s, "
+                  f"p50 {row.get('p50', 0):.1f} ms, p99 {row.get('p99', 0):.1f} ms, 503 {row['full_503']}, "
+                  f"failed {row['failed']}", flush=True)
+    finally:
+        server.stop()
+    return rows
+
+
+def vitb32_build(out: Path) -> Path:
+    """A magnitude 0.5 build of the random-weight ViT-B/32, made with `mfdeploy build`."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from vitb32 import WrappedAdapter, vitb32
+
+    if (out / "build" / "build.json").is_file():
+        return out / "build"
+    out.mkdir(parents=True, exist_ok=True)
+    WrappedAdapter(vitb32()).save(out / "model")
+    subprocess.run([sys.executable, "-m", "mfdeploy.cli", "build", "--model", str(out / "model"), "--ratio", "0.5",
+                    "--method", "magnitude", "--out", str(out / "build")], check=True,
+                   env={**os.environ, "PYTHONPATH": str(REPO)})
+    return out / "build"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=400, help="requests per level, bundled model")
+    ap.add_argument("--vitb32-requests", type=int, default=160, help="requests per level, ViT-B/32")
+    ap.add_argument("--skip-vitb32", action="store_true")
+    ap.add_argument("--vitb32-build", type=Path, help="reuse a ViT-B/32 build directory (made there if absent)")
+    ap.add_argument("--bundled-build", type=Path, help="reuse a bundled-model build directory (made there if absent)")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = ap.parse_args()
+    load0 = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp_name:
+        tmp = Path(tmp_name)
+        bundled = args.bundled_build or tmp / "bundled"
+        if not (bundled / "build.json").is_file():
+            print("building the bundled model (MULTIFLOW 0.5) ...", flush=True)
+            subprocess.run([sys.executable, "-m", "mfdeploy.cli", "build", "--ratio", "0.5", "--out", str(bundled)],
+                           check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        plans = [("bundled image", bundled, image_bodies(96), "vision", args.requests),
+                 ("bundled text", bundled, text_bodies(), "text", args.requests)]
+        if not args.skip_vitb32:
+            vit = args.vitb32_build or (tmp / "vitb32")
+            print("building ViT-B/32 (magnitude 0.5) ...", flush=True)
+            plans.append(("ViT-B/32 image", vitb32_build(vit), image_bodies(224), "vision", args.vitb32_requests))
+        rows = []
+        for label, build, bodies, tower, n in plans:
+            rows += run_server(build, tmp, label, bodies, tower, n, ["--max-batch", "32", "--max-delay-ms", "5"])
+            rows += run_server(build, tmp, label, bodies, tower, n, ["--max-batch", "1"], levels=(16,))
+        label, build, bodies, tower, n = plans[0]
+        rows += run_server(build, tmp, label, bodies, tower, n, ["--max-batch", "8", "--max-queue", "4",
+                                                                 "--max-items", "1"], levels=(64,))
+    load1 = os.getloadavg()
+    report(rows, args.out, load0, load1)
+
+
+def report(rows: list[dict], out: Path, load0, load1) -> None:
+    table = Table(title="mfdeploy serve over loopback (ONNX Runtime CPU, 2 cores, client on the same machine)")
+    head = ["workload", "server", "clients", "requests", "ok", "503", "failed", "req/s", "p50 ms", "p95 ms",
+            "p99 ms", "items/call"]
+    for h in head:
+        table.add_column(h, justify="left" if h in ("workload", "server") else "right")
+    md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["label"], r["server"], str(r["clients"]), str(r["requests"]), str(r["ok"]), str(r["full_503"]),
+                 str(r["failed"]), f"{r['throughput']:.1f}", *(f"{r.get(q, float('nan')):.1f}"
+                                                                for q in ("p50", "p95", "p99")),
+                 f"{r['mean_batch']:.1f}"]
+        table.add_row(*cells)
+        md.append("| " + " | ".join(cells) + " |")
+    bars = []
+    for label in dict.fromkeys(r["label"] for r in rows):
+        batched = [r for r in rows if r["label"] == label and r["server"].startswith("--max-batch 32")]
+        single = [r for r in rows if r["label"] == label and r["server"] == "--max-batch 1"]
+        if not batched or not single:
+            continue
+        at16 = next(r for r in batched if r["clients"] == 16)
+        peak = max(r["throughput"] for r in batched)
+        sat = next(r for r in batched if r["throughput"] >= 0.95 * peak)  # the first level within 5% of the peak
+        gain = at16["throughput"] / single[0]["throughput"]
+        bars.append(f"{label}: batching / --max-batch 1 at 16 clients = {gain:.2f}x"
+                    f" (bar >= 2x); saturates at {sat['clients']} clients, p99 / p50 there = "
+                    f"{sat['p99'] / sat['p50']:.2f} (bar < 3)")
+    failed = sum(r["failed"] for r in rows)
+    console = Console(width=200)
+    console.print(table)
+    for line in bars:
+        console.print(line)
+    console.print(f"failed requests (not 503): {failed}; load average before {load0[0]:.2f}, after {load1[0]:.2f}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "serve_load.json").write_text(json.dumps({"rows": rows, "bars": bars, "failed": failed,
+                                                     "loadavg": [load0, load1]}, indent=2))
+    (out / "serve_load.md").write_text("\n".join(md + [""] + [f"- {b}" for b in bars]
+                                                 + [f"- load average before {load0[0]:.2f}, after {load1[0]:.2f}"])
+                                       + "\n")
+
+
+if __name__ == "__main__":
+    main()
