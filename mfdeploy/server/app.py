@@ -83,7 +83,7 @@ def _strings(value: Any, field: str, limit: int, one_allowed: bool = True) -> li
     return value
 
 
-async def _submit(state: ServerState, tower: str, items: list) -> np.ndarray:
+async def _submit(state: ServerState, tower: str, items: list) -> tuple[np.ndarray, np.ndarray]:
     try:
         return await state.batchers[tower].submit(items)
     except QueueFull as e:
@@ -141,12 +141,11 @@ def make_app(state: ServerState) -> Starlette:
             raise ApiError(400, f"dimensions {dims!r}: this model's embeddings have {state.embed_dim}", "dimensions")
         values = _strings(_require(body, "input"), "input", cfg.max_items)
         if modality == "image":
-            rows = await _submit(state, "vision", await _images(values, "input"))
+            rows, _ = await _submit(state, "vision", await _images(values, "input"))
             usage = {"prompt_tokens": 0, "total_tokens": 0, "images": len(values)}
         else:
-            rows = await _submit(state, "text", values)
-            tokens = sum(state.pre.token_counts(values))
-            usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+            rows, tokens = await _submit(state, "text", values)
+            usage = {"prompt_tokens": int(tokens.sum()), "total_tokens": int(tokens.sum())}
         data = [{"object": "embedding", "index": i,
                  "embedding": base64.b64encode(row.astype("<f4").tobytes()).decode() if encoding == "base64"
                  else row.tolist()} for i, row in enumerate(rows)]
@@ -162,7 +161,7 @@ def make_app(state: ServerState) -> Starlette:
                            "e.g. 'a photo of a {}.'", "template")
         image = _require(body, "image")
         (img,) = await _images([image], "image", single=True)
-        img_row, txt_rows = await asyncio.gather(_submit(state, "vision", [img]),
+        (img_row, _), (txt_rows, _) = await asyncio.gather(_submit(state, "vision", [img]),
                                                  _submit(state, "text", [template.format(x) for x in labels]))
         logits = state.pre.logit_scale * (txt_rows @ img_row[0])  # [labels], embeddings are L2-normalised
         scores = np.exp(logits - logits.max())

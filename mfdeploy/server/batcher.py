@@ -23,6 +23,8 @@ import numpy as np
 
 from mfdeploy.server.metrics import Metrics
 
+Rows = tuple[np.ndarray, np.ndarray]  # ([N, D] embeddings, [N] counts)
+
 
 class QueueFull(Exception):
     """The tower's queue holds `max_queue` items already: answer 503 and let the client retry."""
@@ -40,7 +42,8 @@ class Batcher:
 
     Args:
         tower: "vision" or "text" (metrics label).
-        run: items -> `[N, D]` array, one row per item in order; runs on `executor`.
+        run: items -> (`[N, D]` embeddings, `[N]` per-item counts such as tokens), in item order; runs on
+            `executor`.
         max_batch: most items per call.
         max_delay_s: longest the oldest waiting request waits for company.
         max_queue: most items waiting.
@@ -48,7 +51,7 @@ class Batcher:
         metrics: where batch sizes, queue depth and inference times go.
     """
 
-    def __init__(self, tower: str, run: Callable[[Sequence[Any]], np.ndarray], max_batch: int, max_delay_s: float,
+    def __init__(self, tower: str, run: Callable[[Sequence[Any]], Rows], max_batch: int, max_delay_s: float,
                  max_queue: int, executor: Executor, metrics: Metrics):
         self.tower, self.run, self.executor, self.metrics = tower, run, executor, metrics
         self.max_batch, self.max_delay_s, self.max_queue = max_batch, max_delay_s, max_queue
@@ -75,8 +78,8 @@ class Batcher:
                 job.future.set_exception(RuntimeError("the server is shutting down"))
         self._pending.clear()
 
-    async def submit(self, items: Sequence[Any]) -> np.ndarray:
-        """Queue `items` and wait for their rows (`[len(items), D]`).
+    async def submit(self, items: Sequence[Any]) -> Rows:
+        """Queue `items` and wait for their rows (`[len(items), D]`, and `[len(items)]` counts).
 
         Raises:
             QueueFull: the queue cannot take them now.
@@ -119,7 +122,7 @@ class Batcher:
                 continue
             items = [item for j in jobs for item in j.items]
             try:
-                rows = await loop.run_in_executor(self.executor, self._call, items)
+                rows, counts = await loop.run_in_executor(self.executor, self._call, items)
             except Exception as e:  # noqa: BLE001 - the requests get the error; the worker serves on
                 for j in jobs:
                     if not j.future.done():
@@ -128,19 +131,19 @@ class Batcher:
             start = 0
             for j in jobs:
                 if not j.future.done():
-                    j.future.set_result(rows[start:start + len(j.items)])
+                    j.future.set_result((rows[start:start + len(j.items)], counts[start:start + len(j.items)]))
                 start += len(j.items)
 
-    def _call(self, items: Sequence[Any]) -> np.ndarray:
+    def _call(self, items: Sequence[Any]) -> Rows:
         """`run` over `items` in chunks of at most `max_batch` (on the executor's thread)."""
-        out = []
+        out: list[Rows] = []
         for start in range(0, len(items), self.max_batch):
             chunk = items[start:start + self.max_batch]
             t0 = time.perf_counter()
             out.append(self.run(chunk))
             self.metrics.inference.labels(self.tower).observe(time.perf_counter() - t0)
             self.metrics.batch_size.labels(self.tower).observe(len(chunk))
-        return np.concatenate(out, axis=0)
+        return np.concatenate([r for r, _ in out], axis=0), np.concatenate([c for _, c in out], axis=0)
 
 
 __all__ = ["Batcher", "QueueFull"]

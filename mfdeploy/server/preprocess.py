@@ -70,11 +70,6 @@ class Preprocessor:
                              return_tensors="np")
         return enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
 
-    def token_counts(self, texts: Sequence[str]) -> list[int]:
-        """Tokens each text uses (after truncation), for the response's `usage`."""
-        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_text_len)
-        return [len(ids) for ids in enc["input_ids"]]
-
     def images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """`[B, 3, H, W]` float32 pixel values."""
         return np.asarray(self.image_processor(images=list(images), return_tensors="np")["pixel_values"],

@@ -49,19 +49,21 @@ class ServerState:
         build = BuildDir(self.cfg.build_dir)
         backend, variant = BACKENDS[self.cfg.backend]
         pre = Preprocessor(build.path / PRUNED_DIR)
+        # no spinning: idle ONNX Runtime threads would busy-wait on the cores the event loop needs
         runner = make_runner(backend, build, variant=variant, threads=self.cfg.threads,
-                             max_batch=self.cfg.max_batch, max_text_len=pre.max_text_len)
+                             max_batch=self.cfg.max_batch, max_text_len=pre.max_text_len, spin=False)
         probe = runner.embed_texts(*pre.texts(["a"]))  # one real call: a backend that cannot run fails here
         self.model_name = f"{build.model or 'model'} ({build.manifest.get('method')} "\
                           f"{build.manifest.get('ratio')}, {self.cfg.backend})"
         self.embed_dim = int(probe.shape[1])
         self.pre, self.runner = pre, runner
 
-    def _embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return self.runner.embed_texts(*self.pre.texts(texts))
+    def _embed_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        ids, mask = self.pre.texts(texts)
+        return self.runner.embed_texts(ids, mask), mask.sum(axis=1)  # tokens per text, for `usage`
 
-    def _embed_images(self, images: Sequence[Any]) -> np.ndarray:
-        return self.runner.embed_images(self.pre.images(images))
+    def _embed_images(self, images: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        return self.runner.embed_images(self.pre.images(images)), np.zeros(len(images), dtype=np.int64)
 
     async def start(self) -> None:
         """Begin loading; the batchers start once the towers are loaded."""
