@@ -23,6 +23,8 @@ LEVELS = {
     "zoo": 2, "models": 2,
     "runtime": 3,
     "prune": 4, "export": 4, "quantize": 4, "eval": 4, "bench": 4, "server": 4,
+    # a Triton model repository from a build: reads the ONNX graphs (export's tower spec) and checkpoint files
+    "deploy": 4,
     "pipelines": 5, "api": 5,
     "cli": 6,
 }
@@ -38,7 +40,7 @@ EXEMPT = {"zoo/train.py", "_callable.py"}
 FILE_NAMES = ("build.json", "prune.json", "export.json", "quantize.json", "engine.json", "masks.safetensors",
               "vision.onnx", "text.onnx", "vision.plan", "text.plan", "mfdeploy_origin.json",
               "mfdeploy_structure.json", "parity_inputs.npz", "bench.json", "timing.cache", "sparsity.png",
-              "report.md")
+              "report.md", "triton.json", "config.pbtxt", "model.onnx", "model.plan")
 MAX_LINES = 300
 
 

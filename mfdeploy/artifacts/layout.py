@@ -12,6 +12,14 @@ A build directory (`mfdeploy build --out`):
     onnx_int8/ onnx_qdq/  quantized towers (`--int8`), each with quantize.json
     engines/ engines_dense/  TensorRT plans, logs, timing.cache, engine.json
     report.md, bench.json/.md/.png
+
+A Triton Inference Server model repository (`mfdeploy triton BUILD --out REPO`):
+
+    triton.json           the record (`TRITON_RECORD`): models, source files with sha256, max batch, versions
+    README.md             how to start tritonserver on it and call it
+    preprocessing/        the tokenizer and image processor files of the build's pruned/ checkpoint
+    <model>/config.pbtxt  one model per tower and format, e.g. clip_vision_onnx, clip_text_plan
+    <model>/1/model.onnx  (a folder model.onnx/ holding model.onnx and its external data), or model.plan
 """
 
 from __future__ import annotations
@@ -25,7 +33,8 @@ PRUNE_MANIFEST = "prune.json"
 EXPORT_MANIFEST = "export.json"
 QUANTIZE_MANIFEST = "quantize.json"
 ENGINE_RECORD = "engine.json"
-MANIFESTS = (BUILD_MANIFEST, PRUNE_MANIFEST, EXPORT_MANIFEST, QUANTIZE_MANIFEST, ENGINE_RECORD)
+TRITON_RECORD = "triton.json"
+MANIFESTS = (BUILD_MANIFEST, PRUNE_MANIFEST, EXPORT_MANIFEST, QUANTIZE_MANIFEST, ENGINE_RECORD, TRITON_RECORD)
 # output directories that name the dense model they came from; build.json first: written last, it covers all
 SOURCE_MANIFESTS = (BUILD_MANIFEST, PRUNE_MANIFEST)
 FILE_LIST = ".mfdeploy-files"  # every output directory lists the files it was created with (--force)
@@ -52,6 +61,17 @@ ENGINES_DIR = "engines"
 ENGINES_DENSE_DIR = "engines_dense"
 ORT_TRT_CACHE_DIR = "ort_trt_cache"
 QUANTIZED_DIRS = {"ort": ONNX_INT8_DIR, "trt": ONNX_QDQ_DIR}  # quantize target -> a build's folder
+
+# --- a Triton model repository --------------------------------------------------------------------------------
+TRITON_CONFIG = "config.pbtxt"
+TRITON_README = "README.md"
+TRITON_PREPROCESSING_DIR = "preprocessing"
+TRITON_VERSION_DIR = "1"  # the one model version written
+TRITON_MODEL_FILES = {"onnx": "model.onnx", "plan": "model.plan"}  # Triton's default file names per format
+# What a client needs to tokenize and preprocess like the model did, copied from a checkpoint when present:
+# a fast tokenizer (tokenizer.json) or a slow one (vocab.json + merges.txt), and the image processor.
+PREPROCESSING_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                       "vocab.json", "merges.txt", "preprocessor_config.json")
 
 # --- towers --------------------------------------------------------------------------------------------------------
 # What each exported tower takes and returns, as data: drives the exporter (names, dynamic axes), the parity

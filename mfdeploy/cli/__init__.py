@@ -10,7 +10,7 @@ from mfdeploy.cli.app import app, main
 from mfdeploy.cli.options import PRUNE_OPTIONS
 
 # Each verb's module registers it on `app` when imported; `--help` lists them in this order.
-VERBS = ("info", "prune", "eval", "bench", "export", "engine", "quantize", "build", "serve")
+VERBS = ("info", "prune", "eval", "bench", "export", "engine", "quantize", "build", "serve", "triton")
 for _verb in VERBS:
     import_module(f"mfdeploy.cli.{_verb}")
 
