@@ -90,8 +90,8 @@ class _MaskHold:
 
 def distill(student: nn.Module, teacher: nn.Module, train: Sequence[Batch], held_out: Sequence[Batch], steps: int,
             lr: float = 1e-4, *, masks: dict[str, torch.Tensor] | None = None,
-            trainable: Callable[[str], bool] | None = None, eval_every: int | None = None, seed: int = 0,
-            progress: Callable[[int], None] | None = None) -> dict:
+            trainable: Callable[[str], bool] | None = None, eval_every: int | None = None,
+            patience: int = PATIENCE, seed: int = 0, progress: Callable[[int], None] | None = None) -> dict:
     """Train `student` in place against `teacher` for up to `steps` AdamW steps over `train` (cycled).
 
     Args:
@@ -105,6 +105,8 @@ def distill(student: nn.Module, teacher: nn.Module, train: Sequence[Batch], held
         trainable: parameter name -> whether it trains (default: all but `logit_scale`, which the loss
             does not use: it takes the teacher's scale).
         eval_every: steps between held-out evaluations (default: a tenth of `steps`, at most 25).
+        patience: evaluations without a new best before stopping; 0 never stops early (the best
+            weights are still put back at the end).
         seed: seeds torch before training.
         progress: called with 1 after each step.
 
@@ -155,9 +157,9 @@ def distill(student: nn.Module, teacher: nn.Module, train: Sequence[Batch], held
                 best_state = {n: params[n].detach().clone() for n in chosen}
             else:
                 bad += 1
-                if bad >= PATIENCE:
+                if patience and bad >= patience:
                     stop_reason = (f"held-out loss {held:.4g} at step {step} has not improved on its best "
-                                   f"({best:.4g}, step {best_step}) for {PATIENCE} evaluations")
+                                   f"({best:.4g}, step {best_step}) for {patience} evaluations")
                     break
     finally:
         hold.remove()
@@ -177,7 +179,7 @@ def distill(student: nn.Module, teacher: nn.Module, train: Sequence[Batch], held
         "masks_held": masks is not None, "loss": LOSS,
         "loss_first": first, "loss_last": curve[-1]["train_loss"],
         "held_out_loss_first": curve[0]["held_out_loss"], "held_out_loss_best": best, "best_step": best_step,
-        "restored_best": best_step != ran, "eval_every": eval_every, "patience": PATIENCE,
+        "restored_best": best_step != ran, "eval_every": eval_every, "patience": patience,
         "stopped_early": stop_reason is not None, "stop_reason": stop_reason, "curve": curve,
         "seconds": time.perf_counter() - t0,
     }
@@ -219,8 +221,11 @@ def split(ctx: PruneContext) -> tuple[list[Batch], list[Batch], str]:
     return train, held, f"pairs {n_train + 1}-{ctx.used} of {source.describe()} (pruning used them; training does not)"
 
 
-def recover(ctx: PruneContext, teacher: nn.Module, masks: dict[str, torch.Tensor] | None) -> dict:
+def recover(ctx: PruneContext, teacher: nn.Module, masks: dict[str, torch.Tensor] | None,
+            patience: int = PATIENCE) -> dict:
     """Distil the pruned `ctx.adapter` from `teacher` as `ctx.cfg` asks; the masks (if any) stay fixed.
+
+    `patience` 0 runs every step (benchmarks that time a fixed number of steps).
 
     Returns:
         The `distill` record, with what was held out and which weights trained.
@@ -233,7 +238,7 @@ def recover(ctx: PruneContext, teacher: nn.Module, masks: dict[str, torch.Tensor
             param_name(n) for n in ctx.adapter.prunable_layers(cfg.include or None, cfg.exclude or None)}
         trainable = pruned.__contains__
     record = distill(ctx.adapter.model, teacher, train, held, cfg.distill_steps, cfg.distill_lr, masks=masks,
-                     trainable=trainable, seed=cfg.seed,
+                     trainable=trainable, patience=patience, seed=cfg.seed,
                      progress=ctx.reporter.task("distillation", total=cfg.distill_steps))
     if masks is not None:  # the contract, checked: a kept-zero weight would break sparsity and the saved masks
         params = dict(ctx.adapter.model.named_parameters())
