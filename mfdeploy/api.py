@@ -193,9 +193,11 @@ def evaluate(model: ModelLike | str | Path | None, data: str | Path = "shapes", 
         **sizes: `n_images`, `n_retrieval` (shapes suite), `batch_size`.
     """
     from mfdeploy.eval import evaluate_with_retention
+    from mfdeploy.export import export_towers
 
+    # backend "onnx" on a checkpoint without towers exports them to a temporary directory (eval never imports export)
     return evaluate_with_retention(_source(model, tokenizer, processor), data, backend, template=template,
-                                   dense=retention, progress=progress, **sizes)
+                                   dense=retention, progress=progress, exporter=export_towers, **sizes)
 
 
 __all__ = ["PruneResult", "adapter_for", "evaluate", "export", "load", "prune"]

@@ -13,8 +13,8 @@ from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 
 import mfdeploy
 from mfdeploy.errors import UserError
+from mfdeploy.pipelines.prune import run_prune
 from mfdeploy.prune import PruneConfig, prune_model
-from mfdeploy.prune.run import run_prune
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -32,7 +32,9 @@ LEVELS = {
 FORBIDDEN = {("export", "runtime"), ("runtime", "export"), ("data", "models"), ("export", "eval"),
              ("export", "bench"), ("runtime", "eval"), ("runtime", "bench"), ("prune", "export"),
              ("export", "prune"),
-             ("server", "export"), ("server", "prune")}  # a server serves artifacts: it never makes them
+             ("server", "export"), ("server", "prune"),  # a server serves artifacts: it never makes them
+             # evaluation and timing read artifacts; a caller that needs towers made hands in the exporter
+             ("eval", "export"), ("bench", "export")}
 # The bundled model's training script is a tool built on the package (it monitors zero-shot accuracy);
 # `_callable` makes the prune and export packages callable as the API's functions, so it calls up by design.
 EXEMPT = {"zoo/train.py", "_callable.py"}

@@ -69,14 +69,14 @@ def test_prune_options_reach_the_config(command, tmp_path, monkeypatch):
     assert {flag.lstrip("-").replace("-", "_") for flag in PRUNE_ARGS} == set(cli_mod.PRUNE_OPTIONS)
     seen = {}
     if command == "prune":
-        import mfdeploy.prune as prune_pkg
+        import mfdeploy.pipelines.prune as prune_pipeline
 
         def fake_run_prune(cfg, out, force=False, reporter=None):
             seen.update(cfg=cfg, out=out, force=force)
             return {"sparsity": {"overall": 0.3, "per_modality": {}}, "model": "m", "method": cfg.method,
                     "pattern": cfg.pattern}
 
-        monkeypatch.setattr(prune_pkg, "run_prune", fake_run_prune)
+        monkeypatch.setattr(prune_pipeline, "run_prune", fake_run_prune)
     else:
         import mfdeploy.pipelines.build as pipeline
 

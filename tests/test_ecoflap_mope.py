@@ -92,7 +92,7 @@ def test_mope_equals_in_memory(tiny_clip_dir, tmp_path):
         assert len(rec["structure"][tower]["kept_layers"]) == 1
         assert rec["structure"][tower]["layers"] == [{"heads": 2, "intermediate": 128}]
     assert len(adapter.model.vision_model.encoder.layers) == 1
-    from mfdeploy.prune.run import write_prune_outputs
+    from mfdeploy.pipelines.prune import write_prune_outputs
 
     write_prune_outputs(adapter, rec, tmp_path)
     again = load(tmp_path)

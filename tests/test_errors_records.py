@@ -47,8 +47,8 @@ def test_allocation_at_the_cap_with_fractional_shares():
 
 @pytest.mark.parametrize("delta", [-0.1, float("nan"), float("-inf")])
 def test_negative_smax_delta_fails_before_any_work(tiny_clip_dir, tmp_path, capsys, monkeypatch, delta):
+    import mfdeploy.pipelines.prune as run
     import mfdeploy.prune.methods.ecoflap as ecoflap
-    import mfdeploy.prune.run as run
 
     def never(*_a, **_k):
         raise AssertionError("reached the slow steps")
@@ -189,8 +189,8 @@ def test_eval_title_says_pruned(build_dir, tiny_clip_dir, tmp_path, capsys):
 
 def test_onnx_metadata_pruned_and_dense(build_dir, tiny_clip_dir, tmp_path):
     from mfdeploy.export import export_towers, onnx_io
+    from mfdeploy.pipelines.prune import write_prune_outputs
     from mfdeploy.prune import prune_model
-    from mfdeploy.prune.run import write_prune_outputs
 
     for tower in ("vision.onnx", "text.onnx"):
         meta = onnx_io(build_dir / "onnx" / tower)["metadata"]

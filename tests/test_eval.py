@@ -342,6 +342,13 @@ def test_torch_and_onnx_backends_agree(tiny_clip_dir, tmp_path, monkeypatch):
         for name in ("vision.onnx", "text.onnx"):
             shutil.copy(build / "onnx" / name, Path(out_dir) / name)
 
-    monkeypatch.setattr(mfdeploy.export, "export_towers", fake_export)
-    assert evaluate_model(tiny_clip_dir, backend="onnx", **SMALL)["tasks"] == torch_result["tasks"]
+    assert evaluate_model(tiny_clip_dir, backend="onnx", exporter=fake_export, **SMALL)["tasks"] == \
+        torch_result["tasks"]
     assert len(calls) == 1 and not calls[0].exists()  # the temporary export is removed
+    # without an exporter (evaluation never imports one), a model without towers is refused in one line
+    with pytest.raises(UserError, match="has no ONNX towers; export them first"):
+        evaluate_model(tiny_clip_dir, backend="onnx", **SMALL)
+    # the API hands in the real exporter
+    monkeypatch.setattr(mfdeploy.export, "export_towers", fake_export)
+    assert mfdeploy.evaluate(tiny_clip_dir, backend="onnx", retention=False, **SMALL)["tasks"] == torch_result["tasks"]
+    assert len(calls) == 2

@@ -24,11 +24,12 @@ def prune(
     prune_opts: dict[str, Any],
 ) -> None:
     """Prune a model once (task-agnostic) and write masks, the folded checkpoint and a report."""
-    from mfdeploy import prune as prune_pkg
+    from mfdeploy.pipelines import prune as pipeline
+    from mfdeploy.prune import PruneConfig
 
-    cfg = prune_pkg.PruneConfig(ratio=ratio, **prune_opts)
+    cfg = PruneConfig(ratio=ratio, **prune_opts)
     with console_reporter(cfg.show_progress) as reporter:
-        record = prune_pkg.run_prune(cfg, out, force=force, reporter=reporter)
+        record = pipeline.run_prune(cfg, out, force=force, reporter=reporter)
     sp = record["sparsity"]
     mods = ", ".join(f"{k} {v:.3f}" for k, v in sp["per_modality"].items())
     out_console.print(f"pruned {record['model']} with {record['method']} ({record['pattern']}): "

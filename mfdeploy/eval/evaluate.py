@@ -19,6 +19,7 @@ from mfdeploy.models.base import Adapter
 from mfdeploy.runtime.base import Runner
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
+Exporter = Callable[[Adapter, Path], object]  # (model, out_dir): writes vision.onnx and text.onnx
 BATCH_SIZE = 256
 
 
@@ -103,7 +104,8 @@ def _onnx_dir(source: str | Path | Adapter | None, backend: str = "onnx") -> Pat
 
 
 @contextmanager
-def open_runner(source: str | Path | Adapter | None, adapter: Adapter, backend: str = "torch") -> Iterator[Runner]:
+def open_runner(source: str | Path | Adapter | None, adapter: Adapter, backend: str = "torch",
+                exporter: Exporter | None = None) -> Iterator[Runner]:
     """A runner for a model, closed on exit.
 
     Args:
@@ -113,6 +115,9 @@ def open_runner(source: str | Path | Adapter | None, adapter: Adapter, backend: 
             the CPU over the build's `onnx/` towers, or over towers exported
             to a temporary directory for a plain checkpoint), or "onnx-int8"
             (a build's `onnx_int8/`).
+        exporter: writes the towers of `adapter` into a directory (`mfdeploy.export.export_towers`), for
+            "onnx" on a model that has no ONNX towers yet. Evaluation never imports the exporter: the
+            caller (the API, the CLI) hands it in; without one such a model is refused in one line.
     """
     if backend not in BACKENDS:
         raise UserError(f"--backend {backend}: unknown backend (expected one of: {', '.join(BACKENDS)})")
@@ -129,10 +134,11 @@ def open_runner(source: str | Path | Adapter | None, adapter: Adapter, backend: 
     onnx_dir = _onnx_dir(source, backend)
     with tempfile.TemporaryDirectory(prefix="mfdeploy-eval-") as tmp:
         if onnx_dir is None:
-            from mfdeploy.export import export_towers
-
+            if exporter is None:
+                raise UserError(f"--backend {backend}: {source or 'the bundled model'} has no ONNX towers; export "
+                                "them first (`mfdeploy export MODEL --out DIR`) and evaluate DIR")
             onnx_dir = Path(tmp)
-            export_towers(adapter, onnx_dir)
+            exporter(adapter, onnx_dir)
         from mfdeploy.runtime.base import BackendUnavailable
 
         try:
@@ -147,7 +153,7 @@ def open_runner(source: str | Path | Adapter | None, adapter: Adapter, backend: 
 
 def evaluate_model(source: str | Path | Adapter | None = None, data: str | Path = "shapes", backend: str = "torch",
                    *, template: str | None = None, n_images: int = N_IMAGES, n_retrieval: int = N_RETRIEVAL,
-                   batch_size: int = BATCH_SIZE) -> dict:
+                   batch_size: int = BATCH_SIZE, exporter: Exporter | None = None) -> dict:
     """Load a model, evaluate it on `data` with `backend`, and return the result.
 
     Args:
@@ -159,6 +165,7 @@ def evaluate_model(source: str | Path | Adapter | None = None, data: str | Path 
         n_images: attribute images of the shapes suite.
         n_retrieval: retrieval pairs of the shapes suite.
         batch_size: images or texts per forward pass.
+        exporter: see `open_runner` (backend "onnx" on a model without ONNX towers).
 
     Returns:
         The result of `evaluate` plus "model", "backend" and "seconds".
@@ -178,7 +185,7 @@ def evaluate_model(source: str | Path | Adapter | None = None, data: str | Path 
     evalset = resolve_data(data, template, n_images, n_retrieval)  # bad data fails before the model loads
     adapter = source if isinstance(source, Adapter) else load(source)
     prepared = prepare(adapter, evalset)
-    with open_runner(source, adapter, backend) as runner:
+    with open_runner(source, adapter, backend, exporter) as runner:
         result = evaluate(runner, prepared, batch_size)
     # "model" is the dense id a pruned checkpoint came from; "pruned" says how it was pruned
     label = {"pruned": {k: adapter.origin.get(k) for k in ("method", "ratio", "pattern")}} if adapter.origin else {}

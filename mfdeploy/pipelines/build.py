@@ -33,8 +33,9 @@ from mfdeploy.artifacts.layout import (
 )
 from mfdeploy.errors import UserError
 from mfdeploy.pipelines.gate import parity_gate
+from mfdeploy.pipelines.prune import write_prune_outputs
 from mfdeploy.progress import Reporter
-from mfdeploy.prune.run import PruneConfig, record_for_json, validate, write_prune_outputs
+from mfdeploy.prune.run import PruneConfig, record_for_json, validate
 from mfdeploy.zoo import is_bundled
 
 log = logging.getLogger(__name__)  # with logging unconfigured (the CLI), a warning prints as one line

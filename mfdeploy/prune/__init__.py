@@ -12,14 +12,14 @@ from mfdeploy.prune.patterns import mask_layer, mask_nm, mask_rows, parse_patter
 from mfdeploy.prune.record import budget_by_role, record_for_json
 from mfdeploy.prune.registry import METHODS, MethodSpec
 from mfdeploy.prune.result import MethodResult, PruneContext
-from mfdeploy.prune.run import prune_model, run_prune
+from mfdeploy.prune.run import prune_model
 from mfdeploy.prune.stats import ActivationStats, collect_stats
 
 __all__ = [
     "BUDGETS", "METHODS", "SCORES", "ActivationStats", "MethodResult", "MethodSpec", "PruneConfig", "PruneContext",
     "apply_masks", "budget_by_role", "collect_stats", "compute_masks", "layer_budgets", "load_masks",
     "magnitude_score", "mask_layer", "mask_nm", "mask_rows", "multiflow_score", "parse_pattern", "prune_model",
-    "random_score", "record_for_json", "run_prune", "save_masks", "sparsity_report", "validate", "wanda_score",
+    "random_score", "record_for_json", "save_masks", "sparsity_report", "validate", "wanda_score",
 ]
 
 make_callable(__name__, "prune")

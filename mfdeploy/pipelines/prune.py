@@ -1,0 +1,65 @@
+"""`mfdeploy prune` as a pipeline: load, prune, then write masks, the checkpoint, prune.json and the plot.
+
+The algorithms (`mfdeploy.prune.prune_model`) work on a loaded model; this
+module owns the files, written into a temporary directory and renamed into
+place only when all of them are there (`mfdeploy build` writes the same
+files through `write_prune_outputs`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from mfdeploy import __version__
+from mfdeploy.artifacts.io import atomic_dir, check_out_dir, write_json
+from mfdeploy.artifacts.layout import MASKS_FILE, ORIGIN_FILE, PRUNE_MANIFEST, PRUNED_DIR, SPARSITY_PLOT, STRUCTURE_FILE
+from mfdeploy.models import Adapter, load
+from mfdeploy.models.integrity import artifact_records
+from mfdeploy.progress import Reporter
+from mfdeploy.prune.config import PruneConfig, validate
+from mfdeploy.prune.masks import save_masks
+from mfdeploy.prune.record import record_for_json
+from mfdeploy.prune.run import prune_model
+
+
+def run_prune(cfg: PruneConfig, out: Path, force: bool = False, reporter: Reporter | None = None) -> dict:
+    """`mfdeploy prune`: write masks.safetensors, pruned/, prune.json and sparsity.png into `out`."""
+    validate(cfg)
+    out = Path(out)
+    check_out_dir(out, force)
+    t0 = time.perf_counter()
+    adapter = load(cfg.model)
+    record = prune_model(adapter, cfg, reporter=reporter)
+    with atomic_dir(out, force) as tmp:
+        write_prune_outputs(adapter, record, tmp)
+        record["timings"]["total_s"] = time.perf_counter() - t0
+        # sha256 of every file, as build.json has: `load` checks pruned/ and masks.safetensors against it
+        record["artifacts"] = artifact_records(tmp)
+        write_json(tmp / PRUNE_MANIFEST, record_for_json(record))
+    return record
+
+
+def write_prune_outputs(adapter: Adapter, record: dict, out: Path) -> None:
+    """masks.safetensors (unstructured), pruned/ checkpoint, sparsity.png."""
+    from mfdeploy.prune.plot import plot_sparsity
+
+    masks = record.get("_masks")
+    if masks is not None:
+        save_masks(out / MASKS_FILE, masks, {
+            "method": record["method"], "score": record["score"], "budget": record["budget"],
+            "ratio": record["ratio"], "pattern": record["pattern"], "model_id": record["model"], "seed": record["seed"],
+        })
+    adapter.save(out / PRUNED_DIR)
+    origin = {"model_id": record["model"], "method": record["method"], "ratio": record["ratio"],
+              "pattern": record["pattern"], "mfdeploy_version": __version__}
+    (out / PRUNED_DIR / ORIGIN_FILE).write_text(json.dumps(origin, indent=2))
+    adapter.origin = origin  # the in-memory model is now the pruned one: exports made from it say so
+    if "_structure" in record:
+        (out / PRUNED_DIR / STRUCTURE_FILE).write_text(json.dumps(record["_structure"], indent=2))
+    plot_sparsity(record, out / SPARSITY_PLOT)
+
+
+
+__all__ = ["run_prune", "write_prune_outputs"]
