@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+import types
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import FakeEngine
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
+from mfdeploy import platform
 from mfdeploy.data import world
 from mfdeploy.zoo.tokenizer import build_tokenizer
 
@@ -97,3 +102,67 @@ def export_with_cli(tmp_path_factory, model_dir: Path, name: str) -> Path:
     out = tmp_path_factory.mktemp(name) / "onnx"
     main(["export", str(model_dir), "--out", str(out)])
     return out
+
+
+# ---- TensorRT without TensorRT: a recording fake of polygraphy.backend.trt and tensorrt -----------------------------
+
+def _engine_status():
+    from mfdeploy.export import engine_status
+
+    return engine_status()
+
+
+NO_ENGINES = _engine_status()
+needs_no_engines = pytest.mark.skipif(NO_ENGINES["status"] == "available", reason="TensorRT and a GPU are present")
+
+
+@pytest.fixture()
+def fake_trt(monkeypatch):
+    """Replace polygraphy's TensorRT loaders with recorders; TrtRunner becomes ONNX Runtime on the same file."""
+    import polygraphy.backend.trt as ptrt
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.logger import G_LOGGER
+
+    real = {name: getattr(ptrt, name) for name in ("CreateConfig", "network_from_onnx_path", "engine_from_network",
+                                                   "save_engine", "TrtRunner")}
+    calls: dict[str, list] = {"config": [], "network": [], "build": [], "save": [], "real": real}
+
+    class FakeConfig:
+        def __init__(self, **kwargs):
+            calls["config"].append(kwargs)
+            self.kwargs = kwargs
+
+    def network_from_onnx_path(path, **kwargs):
+        calls["network"].append((path, kwargs))
+        return ("builder", "network", "parser", path)
+
+    def engine_from_network(network, config=None, save_timing_cache=None):
+        calls["build"].append({"network": network, "config": config, "save_timing_cache": save_timing_cache})
+        onnx_path = network[3]
+        # What polygraphy's TensorRT logger does with the builder's INFO and VERBOSE messages.
+        G_LOGGER.verbose(f"(Sparsity) Layers eligible for sparse math: {Path(onnx_path).stem}/fc1/MatMul, "
+                         f"{Path(onnx_path).stem}/fc2/MatMul")
+        G_LOGGER.extra_verbose("(Sparsity) TRT inference plan picked sparse implementation for layers: "
+                               f"{Path(onnx_path).stem}/fc1/MatMul")
+        return FakeEngine(onnx_path, config.kwargs["profiles"][0])
+
+    def save_engine(engine, path):
+        calls["save"].append((engine, path))
+        Path(path).write_bytes(b"fake plan for " + engine.onnx_path.encode())
+        return engine
+
+    def trt_runner(engine, name=None):
+        return OnnxrtRunner(SessionFromOnnx(engine.onnx_path, providers=["CPUExecutionProvider"]), name=name)
+
+    for name, fake in (("CreateConfig", FakeConfig), ("network_from_onnx_path", network_from_onnx_path),
+                       ("engine_from_network", engine_from_network), ("save_engine", save_engine),
+                       ("TrtRunner", trt_runner)):
+        monkeypatch.setattr(ptrt, name, fake)
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = "10.13.0.35"
+    trt.Builder = object
+    trt.Runtime = object
+    trt.TensorIOMode = SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(platform, "cuda_device_count", lambda: (1, ""))  # the one probe every part asks
+    return calls

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_serve import make_build
+from helpers import make_build
 
 from mfdeploy.bench import run_bench, time_interleaved
 from mfdeploy.cli import main

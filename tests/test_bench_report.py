@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_serve import make_build
+from helpers import make_build
 
 from mfdeploy.bench import report, run_bench
 from mfdeploy.bench import run as bench

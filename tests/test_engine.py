@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import inspect
 import json
-import sys
-import types
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-from test_export_sparsity import sparsify_2to4
+from conftest import NO_ENGINES, needs_no_engines
+from helpers import sparsify_2to4
 
-from mfdeploy import platform
 from mfdeploy.cli import main
 from mfdeploy.export import (
     build_engines,
@@ -101,8 +98,6 @@ def test_profiles_and_trtexec_commands(dense_dir):
                         "--optShapes=input_ids:2x16,attention_mask:2x16 --maxShapes=input_ids:4x16,attention_mask:4x16")
 
 
-NO_ENGINES = engine_status()
-needs_no_engines = pytest.mark.skipif(NO_ENGINES["status"] == "available", reason="TensorRT and a GPU are present")
 
 
 @needs_no_engines
@@ -116,91 +111,6 @@ def test_engine_status_without_tensorrt_or_gpu():
         assert NO_ENGINES["reason"].startswith("TensorRT is not installed")
     else:
         assert NO_ENGINES["reason"].startswith("no CUDA GPU")
-
-
-# ---- recording fake of polygraphy.backend.trt and tensorrt ---------------------------------------------------------
-
-class FakeEngine:
-    """Answers the ICudaEngine calls `engine_io` makes, from the ONNX file and the profile it was built with."""
-
-    def __init__(self, onnx_path: str, profile):
-        import onnx
-
-        graph = onnx.load(onnx_path, load_external_data=False).graph
-        self.onnx_path = onnx_path
-        self.inputs = [i.name for i in graph.input]
-        self.names = self.inputs + [o.name for o in graph.output]
-        self.profile = profile
-        self.num_io_tensors = len(self.names)
-
-    def get_tensor_name(self, i):
-        return self.names[i]
-
-    def get_tensor_mode(self, name):
-        return "INPUT" if name in self.inputs else "OUTPUT"
-
-    def get_tensor_dtype(self, name):
-        return "DataType.INT64" if name in ("input_ids", "attention_mask") else "DataType.FLOAT"
-
-    def get_tensor_shape(self, name):
-        return [-1, 3, 32, 32] if name == "pixel_values" else [-1, -1] if name in self.inputs else [-1, 16]
-
-    def get_tensor_profile_shape(self, name, index):
-        assert index == 0
-        s = self.profile[name]
-        return [s.min, s.opt, s.max]
-
-
-@pytest.fixture()
-def fake_trt(monkeypatch):
-    """Replace polygraphy's TensorRT loaders with recorders; TrtRunner becomes ONNX Runtime on the same file."""
-    import polygraphy.backend.trt as ptrt
-    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-    from polygraphy.logger import G_LOGGER
-
-    real = {name: getattr(ptrt, name) for name in ("CreateConfig", "network_from_onnx_path", "engine_from_network",
-                                                   "save_engine", "TrtRunner")}
-    calls: dict[str, list] = {"config": [], "network": [], "build": [], "save": [], "real": real}
-
-    class FakeConfig:
-        def __init__(self, **kwargs):
-            calls["config"].append(kwargs)
-            self.kwargs = kwargs
-
-    def network_from_onnx_path(path, **kwargs):
-        calls["network"].append((path, kwargs))
-        return ("builder", "network", "parser", path)
-
-    def engine_from_network(network, config=None, save_timing_cache=None):
-        calls["build"].append({"network": network, "config": config, "save_timing_cache": save_timing_cache})
-        onnx_path = network[3]
-        # What polygraphy's TensorRT logger does with the builder's INFO and VERBOSE messages.
-        G_LOGGER.verbose(f"(Sparsity) Layers eligible for sparse math: {Path(onnx_path).stem}/fc1/MatMul, "
-                         f"{Path(onnx_path).stem}/fc2/MatMul")
-        G_LOGGER.extra_verbose("(Sparsity) TRT inference plan picked sparse implementation for layers: "
-                               f"{Path(onnx_path).stem}/fc1/MatMul")
-        return FakeEngine(onnx_path, config.kwargs["profiles"][0])
-
-    def save_engine(engine, path):
-        calls["save"].append((engine, path))
-        Path(path).write_bytes(b"fake plan for " + engine.onnx_path.encode())
-        return engine
-
-    def trt_runner(engine, name=None):
-        return OnnxrtRunner(SessionFromOnnx(engine.onnx_path, providers=["CPUExecutionProvider"]), name=name)
-
-    for name, fake in (("CreateConfig", FakeConfig), ("network_from_onnx_path", network_from_onnx_path),
-                       ("engine_from_network", engine_from_network), ("save_engine", save_engine),
-                       ("TrtRunner", trt_runner)):
-        monkeypatch.setattr(ptrt, name, fake)
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = "10.13.0.35"
-    trt.Builder = object
-    trt.Runtime = object
-    trt.TensorIOMode = SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
-    monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    monkeypatch.setattr(platform, "cuda_device_count", lambda: (1, ""))  # the one probe every part asks
-    return calls
 
 
 @pytest.mark.parametrize("which,sparse,fp16,expect_sparse", [

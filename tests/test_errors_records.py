@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_engine import NO_ENGINES, fake_trt, needs_no_engines  # noqa: F401 - fixture used by name
+from conftest import NO_ENGINES, needs_no_engines
 
 from mfdeploy.cli import main
 from mfdeploy.errors import UserError

@@ -6,20 +6,9 @@ from pathlib import Path
 
 import onnx
 import pytest
-import torch
+from helpers import sparsify_2to4
 
 from mfdeploy.export import check_2to4, export_towers, prunable_sparsity
-
-
-def sparsify_2to4(adapter) -> None:
-    """Zero the 2 smallest of every 4 consecutive input weights of each prunable Linear, in place."""
-    with torch.no_grad():
-        for layer in adapter.prunable_layers().values():
-            w = layer.module.weight  # [out, in]
-            groups = w.abs().reshape(w.shape[0], -1, 4)  # [out, in/4, 4]
-            drop = groups.argsort(dim=-1)[..., :2]
-            keep = torch.ones_like(groups, dtype=torch.bool).scatter_(-1, drop, False)
-            w.mul_(keep.reshape_as(w))
 
 
 @pytest.fixture(scope="module")

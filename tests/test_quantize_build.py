@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 import pytest
-from test_engine import fake_trt  # noqa: F401  (the recording fake of polygraphy's TensorRT calls)
 
 from mfdeploy.cli import main
 

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_engine import fake_trt  # noqa: F401  (the recording fake of polygraphy's TensorRT calls)
 
 from mfdeploy.cli import main
 from mfdeploy.models import load

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from helpers import CAPTIONS, make_build
 
 from mfdeploy import platform
 from mfdeploy.errors import UserError
@@ -18,55 +17,6 @@ from mfdeploy.runtime import BACKENDS, BackendUnavailable, BuildDir, OrtRunner, 
 from mfdeploy.runtime import trt_runner as trt_runner_mod
 from mfdeploy.runtime.inputs import pixel_values, text_inputs
 from mfdeploy.runtime.registry import engine_command
-
-CAPTIONS = ["a red circle", "two small blue squares to the left of a green triangle", "a square"]
-
-
-def export_onnx(adapter, out: Path) -> Path:
-    """Both towers to `out/` with mfdeploy.export when it exists, else with the legacy torch exporter."""
-    try:
-        from mfdeploy.export import export_towers
-    except ImportError:
-        export_towers = None
-    if export_towers is not None:
-        export_towers(adapter, out)
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-    size = adapter.image_size
-    torch.onnx.export(
-        adapter.vision_tower(), (torch.randn(2, 3, size, size),), str(out / "vision.onnx"), dynamo=False,
-        opset_version=17, input_names=["pixel_values"], output_names=["image_embeds"],
-        dynamic_axes={"pixel_values": {0: "batch"}, "image_embeds": {0: "batch"}},
-    )
-    ids, mask = adapter.tokenize(CAPTIONS[:2])  # padded: the trace keeps the attention-mask path
-    torch.onnx.export(
-        adapter.text_tower(), (ids, mask), str(out / "text.onnx"), dynamo=False, opset_version=17,
-        input_names=["input_ids", "attention_mask"], output_names=["text_embeds"],
-        dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
-                      "text_embeds": {0: "batch"}},
-    )
-    return out
-
-
-def make_build(root: Path, dense_dir: Path, onnx_dense: bool = True) -> Path:
-    """A fake `mfdeploy build` directory: build.json, pruned/ (half the MLP weights zeroed), onnx/, onnx_dense/."""
-    from mfdeploy.models import load
-
-    root.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(dense_dir, root / "pruned")
-    pruned = load(root / "pruned")
-    with torch.no_grad():
-        for name, layer in pruned.prunable_layers().items():
-            if name.endswith(("fc1", "fc2")):
-                layer.module.weight[:, ::2] = 0  # half of every row, along in_features
-    pruned.model.save_pretrained(root / "pruned")
-    export_onnx(load(root / "pruned"), root / "onnx")
-    if onnx_dense:
-        export_onnx(load(dense_dir), root / "onnx_dense")
-    manifest = {"model": str(dense_dir), "method": "magnitude", "ratio": 0.5, "pattern": None,
-                "artifacts": {"pruned": "pruned", "onnx": "onnx"}}
-    (root / "build.json").write_text(json.dumps(manifest))
-    return root
 
 
 @pytest.fixture(scope="module")

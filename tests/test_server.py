@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from test_serve import make_build
+from helpers import make_build
 
 from mfdeploy.data import world
 

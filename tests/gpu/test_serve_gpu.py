@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the shared fake-build helper in tests/
-from test_serve import CAPTIONS, make_build  # noqa: E402
+from helpers import CAPTIONS, make_build  # noqa: E402
 
 from mfdeploy.bench import run_bench  # noqa: E402
 from mfdeploy.platform import cuda_device_count  # noqa: E402
