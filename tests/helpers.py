@@ -8,6 +8,18 @@ from pathlib import Path
 
 import torch
 
+
+def run_cli(argv: list[str]) -> int:
+    """`mfdeploy ARGV` in this process; its exit code (0 when it returns)."""
+    from mfdeploy.cli import main
+
+    try:
+        main(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
 CAPTIONS = ["a red circle", "two small blue squares to the left of a green triangle", "a square"]
 
 

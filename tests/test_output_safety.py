@@ -12,18 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import run_cli
 
 from mfdeploy.artifacts.io import FILE_LIST, atomic_dir, check_out_dir, foreign_files
-from mfdeploy.cli import main
 from mfdeploy.errors import UserError
-
-
-def run_cli(argv: list[str]) -> int:
-    try:
-        main(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
 
 
 def prune_argv(model: Path, out: str) -> list[str]:

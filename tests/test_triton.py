@@ -17,6 +17,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from google.protobuf import text_format
+from helpers import run_cli
 from tritonclient.grpc import model_config_pb2 as mc
 
 from mfdeploy.cli import main
@@ -26,14 +27,6 @@ TOWERS = ("vision", "text")
 ONNX_TO_TRITON = {onnx.TensorProto.FLOAT: mc.TYPE_FP32, onnx.TensorProto.INT64: mc.TYPE_INT64,
                   onnx.TensorProto.FLOAT16: mc.TYPE_FP16, onnx.TensorProto.INT32: mc.TYPE_INT32}
 NUMPY_TO_TRITON = {"float32": "FP32", "int64": "INT64", "float16": "FP16", "int32": "INT32"}
-
-
-def run_cli(argv: list[str]) -> int:
-    try:
-        main(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
 
 
 def sha(path: Path) -> str:
