@@ -190,7 +190,8 @@ def evaluate(model: ModelLike | str | Path | None, data: str | Path = "shapes", 
             add "dense" and "retention" to the result.
         template: prompt template of an image folder's classes.
         progress: called with a short message before each model is evaluated.
-        **sizes: `n_images`, `n_retrieval` (shapes suite), `batch_size`.
+        **sizes: `n_images`, `n_retrieval` (shapes suite), `batch_size`, `device` (backend torch: auto | cpu |
+            cuda | cuda:N).
     """
     from mfdeploy.eval import evaluate_with_retention
     from mfdeploy.export import export_towers

@@ -115,7 +115,7 @@ def _fails(argv, capsys) -> str:
     (["--batch-sizes", "-4"], "--batch-sizes: batch size must be positive, got -4"),
     (["--batch-sizes", "1,x"], "--batch-sizes: 'x' is not an integer"),
     (["--batch-sizes", ","], "--batch-sizes: empty list"),
-    (["--backends", "torch,tflite"], "known: torch, ort-cpu, ort-cuda, ort-trt, trt"),
+    (["--backends", "torch,tflite"], "known: torch, torch-cuda, torch-cuda-sparse, ort-cpu, ort-cuda, ort-trt, trt"),
     (["--towers", "audio"], "--towers: unknown 'audio'; known: vision, text"),
     (["--text-len", "0"], "--text-len: must be between 1"),
     (["--text-len", "999"], "--text-len: must be between 1 and the model's maximum 48, got 999"),

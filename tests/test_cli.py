@@ -58,7 +58,8 @@ PRUNE_ARGS = {"--model": ("m", "model", "m"), "--method": ("wanda", "method", "w
               "--smax-delta": ("0.2", "ecoflap_smax_delta", 0.2), "--neuron-group": ("16", "mope_neuron_group", 16),
               "--depth-share": ("0.25", "mope_depth_share", 0.25), "--distill-steps": ("9", "distill_steps", 9),
               "--distill-lr": ("0.002", "distill_lr", 0.002),
-              "--distill-params": ("prunable", "distill_params", "prunable")}
+              "--distill-params": ("prunable", "distill_params", "prunable"),
+              "--device": ("cpu", "device", "cpu"), "--dtype": ("bfloat16", "dtype", "bfloat16")}
 
 
 @pytest.mark.parametrize("command", ["prune", "build"])

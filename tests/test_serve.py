@@ -139,7 +139,8 @@ def test_tensorrt_ep_options(build_dir, tmp_path):
 
 
 def test_make_runner_rejects_unknown_names(build_dir):
-    with pytest.raises(UserError, match="known backends: torch, ort-cpu, ort-cuda, ort-trt, trt"):
+    known = "torch, torch-cuda, torch-cuda-sparse, ort-cpu, ort-cuda, ort-trt, trt"
+    with pytest.raises(UserError, match=f"known backends: {known}"):
         make_runner("tflite", build_dir)
     with pytest.raises(UserError, match="unknown variant"):
         make_runner("torch", build_dir, variant="sparse")

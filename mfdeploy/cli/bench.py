@@ -15,7 +15,8 @@ from mfdeploy.cli.render import err, print_bench, progress_bar
 def bench(
     build_dir: Annotated[Path, typer.Argument(help="A `mfdeploy build --out` directory.")],
     backends: Annotated[str | None, typer.Option(
-        help="Comma-separated: torch, ort-cpu, ort-cuda, ort-trt, trt (default: all; those that cannot run "
+        help="Comma-separated: torch, torch-cuda, torch-cuda-sparse, ort-cpu, ort-cuda, ort-trt, trt (default: all; "
+             "those that cannot run "
              "here are listed as unavailable, with the reason).")] = None,
     towers: Annotated[str, typer.Option(help="Comma-separated: vision, text.")] = "vision,text",
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated positive batch sizes.")] = "1,8,32",

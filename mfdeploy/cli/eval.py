@@ -29,6 +29,8 @@ def eval_(
     ] = True,
     images: Annotated[int, typer.Option(help="Shapes suite: single-object images for the attribute tasks.")] = 1000,
     pairs: Annotated[int, typer.Option(help="Shapes suite: image-caption pairs for retrieval.")] = 1000,
+    device: Annotated[str, typer.Option(
+        help="auto (CUDA when present) | cpu | cuda | cuda:N: where --backend torch runs.")] = "auto",
 ) -> None:
     """Zero-shot accuracy and retrieval recall of a model; retention against the dense model when known.
 
@@ -44,7 +46,8 @@ def eval_(
         check_json_target(json_path)
     with err.status("evaluating") as status:
         result = api.evaluate(model, data, backend=backend, template=template, retention=retention,
-                              progress=lambda msg: status.update(msg), n_images=images, n_retrieval=pairs)
+                              progress=lambda msg: status.update(msg), n_images=images, n_retrieval=pairs,
+                              device=device)
     out.print(results_table(result))
     if "retention_error" in result:
         err.print(f"[yellow]warning:[/] no retention: {result['retention_error']}", highlight=False)

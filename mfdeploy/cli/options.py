@@ -41,6 +41,10 @@ DistillStepsOpt = Annotated[int, typer.Option(
 DistillLrOpt = Annotated[float, typer.Option("--distill-lr", help="Recovery: AdamW learning rate.")]
 DistillParamsOpt = Annotated[str, typer.Option(
     "--distill-params", help="Recovery: what trains: all (every weight) | prunable (only the pruned layers).")]
+DeviceOpt = Annotated[str, typer.Option(
+    "--device", help="auto (CUDA when present) | cpu | cuda | cuda:N: where pruning runs.")]
+DtypeOpt = Annotated[str, typer.Option(
+    "--dtype", help="float32 | float16 | bfloat16: the model's precision while pruning (statistics stay float32).")]
 # Every command's --force: naming only "--force" makes it a plain flag (no --no-force twin).
 ForceOpt = Annotated[bool, typer.Option(
     "--force", help="Replace an output directory that mfdeploy wrote (never one holding other files).")]
@@ -63,6 +67,8 @@ PRUNE_OPTIONS: dict[str, tuple[Any, Any, str]] = {
     "distill_steps": (DistillStepsOpt, 0, "distill_steps"),
     "distill_lr": (DistillLrOpt, 1e-4, "distill_lr"),
     "distill_params": (DistillParamsOpt, "all", "distill_params"),
+    "device": (DeviceOpt, "auto", "device"),
+    "dtype": (DtypeOpt, "float32", "dtype"),
 }
 
 

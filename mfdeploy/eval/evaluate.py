@@ -153,7 +153,7 @@ def open_runner(source: str | Path | Adapter | None, adapter: Adapter, backend: 
 
 def evaluate_model(source: str | Path | Adapter | None = None, data: str | Path = "shapes", backend: str = "torch",
                    *, template: str | None = None, n_images: int = N_IMAGES, n_retrieval: int = N_RETRIEVAL,
-                   batch_size: int = BATCH_SIZE, exporter: Exporter | None = None) -> dict:
+                   batch_size: int = BATCH_SIZE, exporter: Exporter | None = None, device: str | None = None) -> dict:
     """Load a model, evaluate it on `data` with `backend`, and return the result.
 
     Args:
@@ -166,6 +166,7 @@ def evaluate_model(source: str | Path | Adapter | None = None, data: str | Path 
         n_retrieval: retrieval pairs of the shapes suite.
         batch_size: images or texts per forward pass.
         exporter: see `open_runner` (backend "onnx" on a model without ONNX towers).
+        device: for backend "torch": auto | cpu | cuda | cuda:N, where the model runs (None: where it is).
 
     Returns:
         The result of `evaluate` plus "model", "backend" and "seconds".
@@ -179,11 +180,16 @@ def evaluate_model(source: str | Path | Adapter | None = None, data: str | Path 
         raise UserError(f"--backend {backend}: unknown backend (expected one of: {', '.join(BACKENDS)})")
     if batch_size <= 0:
         raise UserError(f"batch size must be positive, not {batch_size}")
+    from mfdeploy.models.device import resolve_device
+
+    place = resolve_device(device) if device is not None and backend == "torch" else None  # bad --device: now
     if backend in ("onnx", "onnx-int8"):  # fail before the slow steps
         _ort_runner_class()
         _onnx_dir(source, backend)
     evalset = resolve_data(data, template, n_images, n_retrieval)  # bad data fails before the model loads
     adapter = source if isinstance(source, Adapter) else load(source)
+    if place is not None:
+        adapter.model.to(place)
     prepared = prepare(adapter, evalset)
     with open_runner(source, adapter, backend, exporter) as runner:
         result = evaluate(runner, prepared, batch_size)

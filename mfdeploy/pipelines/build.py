@@ -33,7 +33,7 @@ from mfdeploy.artifacts.layout import (
 )
 from mfdeploy.errors import UserError
 from mfdeploy.pipelines.gate import parity_gate
-from mfdeploy.pipelines.prune import write_prune_outputs
+from mfdeploy.pipelines.prune import load_placed, write_prune_outputs
 from mfdeploy.progress import Reporter
 from mfdeploy.prune.run import PruneConfig, record_for_json, validate
 from mfdeploy.zoo import is_bundled
@@ -114,10 +114,9 @@ def parity_dense(state: BuildState) -> dict:
 
 def prune(state: BuildState) -> dict:
     """Prune a fresh copy of the dense checkpoint; write masks, `pruned/`, sparsity.png and prune.json."""
-    from mfdeploy.models import load
     from mfdeploy.prune.run import prune_model
 
-    adapter = load(state.cfg.prune.model)  # its own copy: the dense model the other stages use stays dense
+    adapter = load_placed(state.cfg.prune)  # its own copy (on --device, in --dtype): the dense model stays dense
     record = prune_model(adapter, state.cfg.prune, reporter=state.reporter)
     write_prune_outputs(adapter, record, state.tmp)
     prune_json = record_for_json(record)

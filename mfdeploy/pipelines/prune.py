@@ -12,6 +12,8 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from mfdeploy import __version__
 from mfdeploy.artifacts.io import atomic_dir, check_out_dir, write_json
 from mfdeploy.artifacts.layout import MASKS_FILE, ORIGIN_FILE, PRUNE_MANIFEST, PRUNED_DIR, SPARSITY_PLOT, STRUCTURE_FILE
@@ -30,7 +32,7 @@ def run_prune(cfg: PruneConfig, out: Path, force: bool = False, reporter: Report
     out = Path(out)
     check_out_dir(out, force)
     t0 = time.perf_counter()
-    adapter = load(cfg.model)
+    adapter = load_placed(cfg)
     record = prune_model(adapter, cfg, reporter=reporter)
     with atomic_dir(out, force) as tmp:
         write_prune_outputs(adapter, record, tmp)
@@ -41,9 +43,28 @@ def run_prune(cfg: PruneConfig, out: Path, force: bool = False, reporter: Report
     return record
 
 
+def load_placed(cfg: PruneConfig) -> Adapter:
+    """The model of `cfg`, on `cfg.device` in `cfg.dtype` (statistics and scores stay float32 whatever it is)."""
+    from mfdeploy.models.device import resolve_device, resolve_dtype
+
+    adapter = load(cfg.model)
+    device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype)
+    if device.type != "cpu" or dtype != torch.float32:
+        adapter.model.to(device=device, dtype=dtype)
+    return adapter
+
+
 def write_prune_outputs(adapter: Adapter, record: dict, out: Path) -> None:
-    """masks.safetensors (unstructured), pruned/ checkpoint, sparsity.png."""
+    """masks.safetensors (unstructured), pruned/ checkpoint, sparsity.png.
+
+    The checkpoint is written in float32 from the CPU whatever device and precision pruning ran in, so
+    export, evaluation and serving read it as they read any other (half-precision values widen exactly).
+    """
     from mfdeploy.prune.plot import plot_sparsity
+
+    param = next(adapter.model.parameters())
+    if param.device.type != "cpu" or param.dtype != torch.float32:
+        adapter.model.to(device="cpu", dtype=torch.float32)
 
     masks = record.get("_masks")
     if masks is not None:

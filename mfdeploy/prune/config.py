@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import torch
+
 from mfdeploy.errors import UserError
 from mfdeploy.prune.budgets import BUDGETS
 from mfdeploy.prune.patterns import parse_pattern
@@ -41,6 +43,9 @@ class PruneConfig:
     distill_steps: int = 0
     distill_lr: float = 1e-4
     distill_params: str = "all"  # all | prunable
+    # where `mfdeploy prune`/`build` run the model, and in which precision (statistics and scores stay float32)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "float32"  # float32 | float16 | bfloat16
 
 
 def validate(cfg: PruneConfig) -> tuple[int, int] | None:
@@ -85,6 +90,11 @@ def validate(cfg: PruneConfig) -> tuple[int, int] | None:
         raise UserError(f"--distill-lr {cfg.distill_lr}: must be a positive learning rate (e.g. 1e-4)")
     if cfg.distill_params not in ("all", "prunable"):
         raise UserError(f"--distill-params {cfg.distill_params}: choose all or prunable")
+    from mfdeploy.models.device import resolve_device, resolve_dtype
+
+    if resolve_dtype(cfg.dtype) != torch.float32 and cfg.distill_steps:
+        raise UserError(f"--distill-steps trains in float32: drop --dtype {cfg.dtype} (or --distill-steps)")
+    resolve_device(cfg.device)  # CUDA asked for where there is none: one line, before any work
     if cfg.method == "mope" and (cfg.include or cfg.exclude):  # it cuts heads, neurons, layers in every block
         raise UserError("--include/--exclude do not apply to --method mope, which prunes every layer of both "
                         "towers: drop them, or use an unstructured method")

@@ -68,7 +68,10 @@ def prune_model(adapter: Adapter, cfg: PruneConfig, source: CalibSource | None =
         result.extra["distill"] = recover(ctx, teacher, result.masks)
         result.timings["distill_s"] = time.perf_counter() - t0
         del teacher
-    return build_record(ctx, spec, result)
+    record = build_record(ctx, spec, result)
+    param = next(adapter.model.parameters())
+    record["device"], record["dtype"] = str(param.device), str(param.dtype).removeprefix("torch.")
+    return record
 
 
 __all__ = ["PruneConfig", "calibration_source", "prune_model", "record_for_json", "validate"]

@@ -1,6 +1,8 @@
 """Backends by name, and the build directory they read their artifacts from.
 
     torch     PyTorch eager (CPU), from `pruned/` (dense: `build.json["model"]`)
+    torch-cuda         PyTorch on a CUDA GPU in fp16, same checkpoints
+    torch-cuda-sparse  the same with every 2:4 linear on the sparse tensor cores (to_sparse_semi_structured)
     ort-cpu   ONNX Runtime, CPU EP, from `onnx/` (dense: `onnx_dense/`)
     ort-cuda  ONNX Runtime, CUDA EP, same files
     ort-trt   ONNX Runtime, TensorRT EP, same files; engine/timing caches in `ort_trt_cache/`
@@ -160,6 +162,19 @@ def _torch(build: BuildDir, variant: str, opts: dict) -> Runner:
     return TorchRunner(build.adapter(variant), threads=opts.get("threads"))
 
 
+def _torch_cuda(sparse: bool) -> Callable[[BuildDir, str, dict], Runner]:
+    def make(build: BuildDir, variant: str, opts: dict) -> Runner:
+        from mfdeploy.runtime.torch_cuda import TorchCudaRunner, cuda_unavailable
+
+        _no_int8(variant)
+        reason = cuda_unavailable()
+        if reason is not None:  # said before any model is loaded
+            raise BackendUnavailable(reason)
+        return TorchCudaRunner(build.adapter(variant), sparse=sparse)
+
+    return make
+
+
 def _ort(provider: str) -> Callable[[BuildDir, str, dict], Runner]:
     def make(build: BuildDir, variant: str, opts: dict) -> Runner:
         from mfdeploy.runtime.ort_runner import OrtRunner, check_provider
@@ -213,6 +228,8 @@ def engine_command(build: BuildDir, variant: str) -> str:
 
 BACKENDS: dict[str, Callable[[BuildDir, str, dict], Runner]] = {
     "torch": _torch,
+    "torch-cuda": _torch_cuda(sparse=False),
+    "torch-cuda-sparse": _torch_cuda(sparse=True),
     "ort-cpu": _ort("cpu"),
     "ort-cuda": _ort("cuda"),
     "ort-trt": _ort("tensorrt"),

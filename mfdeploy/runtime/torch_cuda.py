@@ -1,0 +1,81 @@
+"""PyTorch on a CUDA GPU in half precision, with 2:4 weights on the sparse tensor cores (no TensorRT needed).
+
+`torch.sparse.to_sparse_semi_structured` stores a 2:4-masked fp16/bf16
+weight compressed (cuSPARSELt or CUTLASS kernels, Ampere and newer); an
+`nn.Linear` holding one runs its matmul on the sparse tensor cores. Layers
+whose weight is not 2:4, or whose shape the kernels refuse, stay dense and
+are listed in `dense_layers` with the reason.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from mfdeploy.errors import first_line
+from mfdeploy.models.base import Adapter
+from mfdeploy.runtime.base import BackendUnavailable
+from mfdeploy.runtime.torch_runner import TorchRunner
+
+
+def cuda_unavailable() -> str | None:
+    """Why torch cannot run on a CUDA GPU here, or None when it can."""
+    if torch.version.cuda is None:
+        return "this torch is a CPU-only build (no CUDA)"
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA GPU"
+    return None
+
+
+def is_2to4(weight: torch.Tensor) -> bool:
+    """Every group of 4 consecutive input weights of every row holds at least 2 zeros."""
+    if weight.dim() != 2 or weight.shape[1] % 4:
+        return False
+    groups = weight.detach().reshape(weight.shape[0], -1, 4)  # [out, in/4, 4]
+    return bool(((groups == 0).sum(-1) >= 2).all())
+
+
+def sparsify_linears(model: nn.Module) -> tuple[list[str], dict[str, str]]:
+    """Swap the weight of every 2:4 `nn.Linear` for its semi-structured form, in place.
+
+    Returns:
+        (names made sparse, {name: why it stayed dense} for 2:4 layers the kernels refused).
+    """
+    from torch.sparse import to_sparse_semi_structured
+
+    sparse, refused = [], {}
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or not is_2to4(module.weight):
+            continue
+        try:
+            module.weight = nn.Parameter(to_sparse_semi_structured(module.weight.detach()), requires_grad=False)
+            sparse.append(name)
+        except (RuntimeError, ValueError, NotImplementedError) as e:
+            refused[name] = first_line(e)
+    return sparse, refused
+
+
+class TorchCudaRunner(TorchRunner):
+    """Both towers of a copy of the model on a CUDA GPU in `dtype`; `sparse`: 2:4 layers on sparse kernels.
+
+    Embeddings come back as host arrays: the copy to the host waits for the GPU, so a timed call is complete.
+
+    Raises:
+        BackendUnavailable: no CUDA here (the reason says which part is missing).
+    """
+
+    def __init__(self, adapter: Adapter, sparse: bool = False, dtype: torch.dtype = torch.float16,
+                 device: str = "cuda"):
+        reason = cuda_unavailable()
+        if reason is not None:
+            raise BackendUnavailable(reason)
+        self.name = "torch-cuda-sparse" if sparse else "torch-cuda"
+        placed = copy.copy(adapter)  # the caller's model stays where it is (other runners share it)
+        placed.model = copy.deepcopy(adapter.model).to(device=device, dtype=dtype).eval()
+        self.sparse_layers, self.dense_layers = sparsify_linears(placed.model) if sparse else ([], {})
+        super().__init__(placed)
+
+
+__all__ = ["TorchCudaRunner", "cuda_unavailable", "is_2to4", "sparsify_linears"]
