@@ -1,0 +1,221 @@
+"""One command that checks and measures the GPU paths on one CUDA GPU (issue 18), printing as it goes.
+
+    python benchmarks/gpu_check.py [--out benchmarks/results] [--iters 20] [--cpu-dry-run]
+
+1. `mfdeploy build --ratio 0.5 --pattern 2:4 --fp16 --device cuda` on the bundled model, and the same
+   masks made on the CPU (`mfdeploy prune --device cpu`): their agreement (bar: >= 99.9% of weights).
+2. ViT-B/32 (`CLIPConfig()` defaults, random weights, built here): MULTIFLOW 2:4 pruning on CUDA (time, peak
+   GPU memory); then each tower in fp16, dense vs 2:4 semi-structured (`to_sparse_semi_structured`) vs
+   MoPE 0.5, at batch 1, 32 and 256 (images/s, texts/s at 77 tokens, CUDA events around synchronised calls),
+   with each variant's min cosine against the same weights in fp32 on the same inputs (bar: >= 0.999).
+3. The other GPU backends this machine has (`mfdeploy.runtime.probe_backends`: ONNX Runtime CUDA/TensorRT
+   EPs, TensorRT engines), each available or skipped with the reason.
+4. Writes gpu_check.json and gpu_check.md (GPU, driver, torch and CUDA versions in the header).
+
+Budget: under 8 minutes of wall time on one H100. `--cpu-dry-run` runs the flow on the CPU with a 2-layer
+model and no sparse kernels (a check of the script itself; its numbers mean nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from vitb32 import WrappedAdapter, random_batches, vitb32  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+T0 = time.perf_counter()
+
+
+def say(msg: str) -> None:
+    print(f"[{time.perf_counter() - T0:6.1f}s] {msg}", flush=True)
+
+
+def cli(*args: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-m", "mfdeploy.cli", *args], check=True, env=env)
+
+
+def pooled(out) -> torch.Tensor:
+    return getattr(out, "pooler_output", out)  # transformers 5 returns a model output
+
+
+def tower_call(model, tower: str, px: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor):
+    """A no-argument call of one tower of `model` on fixed inputs (the thing timed)."""
+    if tower == "vision":
+        return lambda: pooled(model.get_image_features(pixel_values=px))
+    return lambda: pooled(model.get_text_features(input_ids=ids, attention_mask=mask))
+
+
+def masks_agreement(a: Path, b: Path) -> float:
+    from mfdeploy.prune.masks import load_masks
+
+    (ma, _), (mb, _) = load_masks(a), load_masks(b)
+    same = sum(int((ma[n] == mb[n]).sum()) for n in ma)
+    return same / sum(m.numel() for m in ma.values())
+
+
+def step1(tmp: Path, device: str) -> dict:
+    say("1. bundled model: build on the GPU (2:4, fp16), prune on the CPU, compare masks")
+    t = time.perf_counter()
+    cli("build", "--ratio", "0.5", "--pattern", "2:4", "--fp16", "--device", device, "--out", str(tmp / "build"))
+    build_s = time.perf_counter() - t
+    cli("prune", "--ratio", "0.5", "--pattern", "2:4", "--device", "cpu", "--out", str(tmp / "cpu"))
+    agree = masks_agreement(tmp / "build" / "masks.safetensors", tmp / "cpu" / "masks.safetensors")
+    engine = json.loads((tmp / "build" / "build.json").read_text()).get("engine") or {}
+    say(f"   build {build_s:.1f} s; masks agree on {100 * agree:.4f}% of weights (bar >= 99.9%); "
+        f"engines: {engine.get('status')}")
+    return {"build_s": build_s, "masks_agreement": agree, "passed": agree >= 0.999, "engine": engine.get("status")}
+
+
+def timed(fn, iters: int, cuda: bool) -> float:
+    """Median seconds per call (CUDA events around each call on a GPU)."""
+    fn()
+    times = []
+    for _ in range(iters):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1000)
+        else:
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+def step2(device: str, iters: int, dry: bool) -> dict:
+    import copy
+
+    from mfdeploy.models.inputs import CalibSource
+    from mfdeploy.prune import PruneConfig, prune_model
+    from mfdeploy.runtime.torch_cuda import sparsify_linears
+
+    say("2. ViT-B/32: MULTIFLOW 2:4 and MoPE 0.5 on the GPU, fp16 towers dense / 2:4 / MoPE")
+    cuda = device.startswith("cuda")
+    dense = vitb32(smoke=dry)
+    calib = tuple(random_batches(dense, 32, 32))
+    out: dict = {"prune": {}, "towers": []}
+    variants = {}
+    for name, cfg in (("2:4", PruneConfig(ratio=0.5, method="multiflow", pattern="2:4", batch_size=32,
+                                          calib_samples=32, show_progress=False)),
+                      ("MoPE 0.5", PruneConfig(ratio=0.5, method="mope", mope_neuron_group=32 if dry else 256,
+                                               batch_size=32, calib_samples=32, show_progress=False))):
+        adapter = WrappedAdapter(copy.deepcopy(dense).to(device))
+        batches = tuple(type(b)(*(x.to(device) for x in (b.pixel_values, b.input_ids, b.attention_mask)))
+                        for b in calib)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        prune_model(adapter, cfg, source=CalibSource("memory", batches=batches))
+        seconds = time.perf_counter() - t
+        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+        out["prune"][name] = {"seconds": seconds, "peak_gpu_gb": peak}
+        say(f"   prune {name}: {seconds:.1f} s" + (f", peak GPU memory {peak:.2f} GB" if peak else ""))
+        variants[name] = adapter.model
+    half = torch.float16 if cuda else torch.float32
+    # each fp16 variant is compared with the same weights in fp32: what the GPU path changes, not what pruning did
+    references = {"dense": dense.to(device).float().eval(), "2:4 semi-structured": variants["2:4"].float().eval(),
+                  "MoPE 0.5": variants["MoPE 0.5"].float().eval()}
+    models = {name: copy.deepcopy(ref).to(device, half).eval() for name, ref in references.items()}
+    sparse, refused = sparsify_linears(models["2:4 semi-structured"]) if cuda else ([], {"all": "CPU dry run"})
+    out["sparse_layers"], out["dense_layers"] = len(sparse), refused
+    say(f"   2:4 semi-structured: {len(sparse)} linears sparse, {len(refused)} refused")
+    vc = dense.config.vision_config
+    for batch in (1, 32, 256) if not dry else (1, 4):
+        px = torch.randn(batch, 3, vc.image_size, vc.image_size, device=device)
+        b = random_batches(dense, batch, batch, text_len=77 if not dry else 16)[0]
+        ids, mask = b.input_ids.to(device), b.attention_mask.to(device)
+        with torch.inference_mode():
+            for name, model in models.items():
+                for tower in ("vision", "text"):
+                    call = tower_call(model, tower, px.to(half), ids, mask)
+                    ref = torch.nn.functional.normalize(tower_call(references[name], tower, px, ids, mask)().float(),
+                                                        dim=-1)
+                    emb = torch.nn.functional.normalize(call().float(), dim=-1)
+                    cos = float((emb * ref).sum(-1).min())
+                    sec = timed(call, iters, cuda)
+                    row = {"model": name, "tower": tower, "batch": batch, "items_per_s": batch / sec,
+                           "ms": 1000 * sec, "min_cosine_vs_fp32": cos}
+                    out["towers"].append(row)
+                    say(f"   {name:20s} {tower:6s} batch {batch:3d}: {batch / sec:9.1f} items/s, min cosine vs "
+                        f"fp32 {cos:.5f}" + ("" if cos >= 0.999 else " (below 0.999)"))
+    return out
+
+
+def step3(build: Path) -> dict:
+    from mfdeploy.runtime import probe_backends
+
+    say("3. the other GPU backends on this machine")
+    probed = probe_backends(build, ["ort-cuda", "ort-trt", "trt", "torch-cuda", "torch-cuda-sparse"])
+    for name, reason in probed.items():
+        say(f"   {name}: {'available' if reason is None else 'skipped: ' + reason}")
+    return probed
+
+
+def machine() -> dict:
+    info = {"torch": torch.__version__, "cuda": torch.version.cuda, "gpu": None, "driver": None}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        try:
+            info["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                            capture_output=True, text=True, timeout=20).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            info["driver"] = "unknown (nvidia-smi failed)"
+    return info
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [f"GPU {m['gpu']}, driver {m['driver']}, torch {m['torch']}, CUDA {m['cuda']}", ""]
+    s1 = result.get("bundled")
+    if s1:
+        lines += [f"- bundled 2:4 build on the GPU: {s1['build_s']:.1f} s; masks agree with the CPU's on "
+                  f"{100 * s1['masks_agreement']:.4f}% of weights (bar 99.9%)", ""]
+    lines += ["| model | tower | batch | items/s | ms | min cosine vs fp32 |", "|---|---|---|---|---|---|"]
+    for r in result["vitb32"]["towers"]:
+        cos = f"{r['min_cosine_vs_fp32']:.5f}"
+        lines.append(f"| {r['model']} | {r['tower']} | {r['batch']} | {r['items_per_s']:.1f} | {r['ms']:.2f} | {cos} |")
+    lines += ["", "| backend | status |", "|---|---|"]
+    lines += [f"| {k} | {'available' if v is None else 'skipped: ' + v} |" for k, v in result["backends"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--cpu-dry-run", action="store_true", help="check the script on the CPU (numbers mean nothing)")
+    args = ap.parse_args()
+    if not args.cpu_dry_run and not torch.cuda.is_available():
+        raise SystemExit("gpu_check: no CUDA GPU here (torch.cuda.is_available() is False); "
+                         "--cpu-dry-run checks the script itself")
+    device = "cpu" if args.cpu_dry_run else "cuda"
+    result = {"machine": machine(), "device": device}
+    say(f"{result['machine']}")
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
+        result["bundled"] = step1(Path(tmp), device)
+        result["vitb32"] = step2(device, args.iters if not args.cpu_dry_run else 2, args.cpu_dry_run)
+        result["backends"] = step3(Path(tmp) / "build")
+    result["seconds"] = time.perf_counter() - T0
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = "gpu_check_dry_run" if args.cpu_dry_run else "gpu_check"
+    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
+    (args.out / f"{name}.md").write_text(markdown(result))
+    say(f"done in {result['seconds']:.0f} s: {args.out / name}.json and .md")
+
+
+if __name__ == "__main__":
+    main()
