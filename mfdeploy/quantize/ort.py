@@ -53,6 +53,26 @@ def quiet(verbose: bool = False):
         root.setLevel(level)
 
 
+def external_data_files(path: Path) -> list[Path]:
+    """The external data files an ONNX file keeps initializers in (none: every weight is inside it)."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data as external
+
+    model = onnx.load(str(path), load_external_data=False)
+    names = {e.value for t in model.graph.initializer if external(t) for e in t.external_data if e.key == "location"}
+    return sorted(Path(path).parent / n for n in names)
+
+
+def uses_external_data(path: Path) -> bool:
+    """Whether an ONNX file keeps any initializer in an external data file."""
+    return bool(external_data_files(path))
+
+
+def model_bytes(path: Path) -> int:
+    """Bytes of an ONNX model: the file and its external data files."""
+    return Path(path).stat().st_size + sum(f.stat().st_size for f in external_data_files(path))
+
+
 def preprocess(src: Path, dst: Path) -> str:
     """ONNX Runtime's recommended pre-processing (shape inference, graph optimisation); returns what ran.
 
@@ -62,16 +82,20 @@ def preprocess(src: Path, dst: Path) -> str:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     src, dst = Path(src).resolve(), Path(dst).resolve()
+    # a tower stored with external data (over 2 GiB, or exported so) is written the same way: its weights
+    # beside it as <name>.data, which the quantizer then reads from the same folder
+    external = {"save_as_external_data": True, "all_tensors_to_one_file": True,
+                "external_data_location": dst.name + ".data"} if uses_external_data(src) else {}
     cwd = Path.cwd()
     with tempfile.TemporaryDirectory(prefix="mfdeploy-shapes-") as scratch:
         # A failed symbolic inference saves a debug model (sym_shape_infer_temp.onnx and a <uuid>.data
         # of the weights) into the working directory: run it in a scratch one, never the user's.
         os.chdir(scratch)
         try:
-            quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=False, **external)
             return "symbolic shape inference + optimisation"
         except Exception:  # noqa: BLE001 - ORT raises a bare Exception("Incomplete symbolic shape inference")
-            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True, **external)
             return "onnx shape inference + optimisation (symbolic shape inference incomplete)"
         finally:
             os.chdir(cwd)
@@ -103,14 +127,16 @@ def quantize_ort(src: Path, dst: Path, nodes: list[str], feeds: list[Feed] | Non
         try:
             with quiet(verbose):
                 how = preprocess(src, pre)
+                external = uses_external_data(src)  # the INT8 tower keeps its weights outside too (dst.data)
                 if scheme == "static":
                     quantize_static(str(pre), str(dst), feed_reader(feeds or []), quant_format=QuantFormat.QDQ,
                                     per_channel=True, activation_type=QuantType.QUInt8,
                                     weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
-                                    op_types_to_quantize=list(WEIGHT_OPS))
+                                    op_types_to_quantize=list(WEIGHT_OPS), use_external_data_format=external)
                 else:
                     quantize_dynamic(str(pre), str(dst), per_channel=True, weight_type=QuantType.QInt8,
-                                     nodes_to_quantize=nodes, op_types_to_quantize=list(WEIGHT_OPS))
+                                     nodes_to_quantize=nodes, op_types_to_quantize=list(WEIGHT_OPS),
+                                     use_external_data_format=external)
         except UserError:
             raise
         except Exception as e:  # noqa: BLE001 - the quantizer's failures are many and untyped

@@ -23,6 +23,7 @@ from mfdeploy.errors import UserError
 from mfdeploy.export.spec import check_onnx_dir
 from mfdeploy.platform import package_versions
 from mfdeploy.quantize.gate import MIN_COSINE, check_towers, failure_line, gate_feeds
+from mfdeploy.quantize.ort import model_bytes
 from mfdeploy.zoo import is_bundled
 
 TARGETS = ("ort", "trt")
@@ -112,7 +113,7 @@ def _copy_metadata(src: Path, dst: Path) -> None:
 
     meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props
             if p.key.startswith(META_PREFIX)}
-    model = onnx.load(str(dst))
+    model = onnx.load(str(dst), load_external_data=False)  # external weights stay where they are, untouched
     have = {p.key for p in model.metadata_props}
     if set(meta) - have:
         onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, **meta})
@@ -165,7 +166,7 @@ def quantize_towers(adapter, fp32_dir: Path, out_dir: Path, cfg: QuantizeConfig,
 
             how = quantize_trt(path, dst, plan["quantize"], feeds[tower], cfg.mode, cfg.verbose)
         _copy_metadata(path, dst)
-        fp32_bytes, q_bytes = path.stat().st_size, dst.stat().st_size
+        fp32_bytes, q_bytes = model_bytes(path), model_bytes(dst)  # with any external data files
         towers[tower] = {**how, "file": dst.name, "quantized_nodes": plan["quantize"], "float_nodes": plan["float"],
                          "bytes": q_bytes, "fp32_bytes": fp32_bytes, "size_ratio": round(q_bytes / fp32_bytes, 4),
                          "seconds": round(time.perf_counter() - start, 2)}
