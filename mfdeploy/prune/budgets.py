@@ -31,15 +31,16 @@ _LEVELS = ((16, 15), (0, 16))
 
 
 def _level_hist(bits: torch.Tensor, prefix: int, shift: int, width: int) -> torch.Tensor:
-    """Counts of `bits` whose higher bits are below / equal to / above `prefix`, by this level's digit.
+    """Counts of `bits` (overwritten) whose higher bits are below / equal to / above `prefix`, by this level's digit.
 
     `[2**width + 2]` int32: bin 0 counts the values below the prefix's range, bin
     `1 + d` those in it with digit `d`, the last bin those above it.
     """
-    key = bits >> shift  # [numel]
-    if shift + width < 31:  # the first level's digits are the top bits: nothing below or above
-        key.sub_(prefix << width).clamp_(-1, 1 << width)
-    return torch.bincount(key.add_(1), minlength=(1 << width) + 2).int()
+    key = bits.bitwise_right_shift_(shift) if shift else bits  # [numel], in place: `bits` is a temporary
+    if shift + width == 31:  # the first level: its digits are the top bits, nothing lies below or above
+        return torch.nn.functional.pad(torch.bincount(key, minlength=1 << width), (1, 1)).int()
+    key.sub_((prefix << width) - 1).clamp_(0, (1 << width) + 1)  # below -> 0, digit d -> 1 + d, above -> last
+    return torch.bincount(key, minlength=(1 << width) + 2).int()
 
 
 def _pooled_counts(weights: dict[str, torch.Tensor], sparsity: float) -> dict[str, int]:
