@@ -11,7 +11,7 @@ model's image size, with their captions), then runs
 as a child process and reads its peak RSS (`/usr/bin/time -v`, else
 `getrusage(RUSAGE_CHILDREN)`) and wall time, and the step times from its
 prune.json. One row per model and step; the last row of a model holds the
-whole run: its peak RSS against the target, peak <= 2.5 x fp32 bytes + 0.5 GB.
+whole run: its peak RSS against the target, peak <= 2.5 x fp32 bytes + 0.5 GiB.
 `--smoke`: 2-layer, width-64 models of the same layouts, to check the script.
 """
 
@@ -137,11 +137,11 @@ def table(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         peak = r.get("peak_rss_bytes")
-        cells = [r["model"], f"{r['params'] / 1e6:.0f}M", f"{r['fp32_bytes'] / GB:.2f} GB", r["step"],
+        cells = [r["model"], f"{r['params'] / 1e6:.0f}M", f"{r['fp32_bytes'] / GB:.2f} GiB", r["step"],
                  "-" if r["seconds"] is None else f"{r['seconds']:.1f}",
-                 "" if peak is None else f"{peak / GB:.2f} GB",
+                 "" if peak is None else f"{peak / GB:.2f} GiB",
                  "" if peak is None else f"{r['peak_over_fp32']:.2f}x",
-                 "" if peak is None else f"{r['target_bytes'] / GB:.2f} GB",
+                 "" if peak is None else f"{r['target_bytes'] / GB:.2f} GiB",
                  "" if peak is None else ("yes" if r["within_target"] else "NO"), f"{r['loadavg']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
