@@ -33,9 +33,13 @@ def run_prune(cfg: PruneConfig, out: Path, force: bool = False, reporter: Report
     check_out_dir(out, force)
     t0 = time.perf_counter()
     adapter = load_placed(cfg)
+    load_s = time.perf_counter() - t0
     record = prune_model(adapter, cfg, reporter=reporter)
+    record["timings"]["load_s"] = load_s
     with atomic_dir(out, force) as tmp:
+        t1 = time.perf_counter()
         write_prune_outputs(adapter, record, tmp)
+        record["timings"]["write_s"] = time.perf_counter() - t1
         record["timings"]["total_s"] = time.perf_counter() - t0
         # sha256 of every file, as build.json has: `load` checks pruned/ and masks.safetensors against it
         record["artifacts"] = artifact_records(tmp)

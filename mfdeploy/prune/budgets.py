@@ -15,22 +15,68 @@ import torch
 from mfdeploy.models.base import PrunableLayer
 
 
+def _abs_bits(w: torch.Tensor) -> torch.Tensor:
+    """`|W|` as float32 bit patterns, `[numel]` int32: one layer-sized temporary.
+
+    Clearing the sign bit of a float32 is `abs`, and for non-negative floats
+    (zero, subnormals and infinity included) the integer order of the bit
+    patterns is the value order: selecting on the bits selects on `|W|`.
+    """
+    return w.detach().float().reshape(-1).view(torch.int32) & 0x7FFFFFFF
+
+
+# radix levels over the 31 value bits of a non-negative float32: (shift, width). Two levels: each pass over
+# the weights costs more than the small per-layer histograms it keeps (int32, 128-256 KB per layer).
+_LEVELS = ((16, 15), (0, 16))
+
+
+def _level_hist(bits: torch.Tensor, prefix: int, shift: int, width: int) -> torch.Tensor:
+    """Counts of `bits` (overwritten) whose higher bits are below / equal to / above `prefix`, by this level's digit.
+
+    `[2**width + 2]` int32: bin 0 counts the values below the prefix's range, bin
+    `1 + d` those in it with digit `d`, the last bin those above it.
+    """
+    key = bits.bitwise_right_shift_(shift) if shift else bits  # [numel], in place: `bits` is a temporary
+    if shift + width == 31:  # the first level: its digits are the top bits, nothing lies below or above
+        return torch.nn.functional.pad(torch.bincount(key, minlength=1 << width), (1, 1)).int()
+    key.sub_((prefix << width) - 1).clamp_(0, (1 << width) + 1)  # below -> 0, digit d -> 1 + d, above -> last
+    return torch.bincount(key, minlength=(1 << width) + 2).int()
+
+
 def _pooled_counts(weights: dict[str, torch.Tensor], sparsity: float) -> dict[str, int]:
     """Prune counts per layer from one magnitude threshold over the pooled `|W|` of these layers.
 
-    `k = floor(s * N)` weights lie at or below the threshold `t`; each layer
-    loses its own weights below `t`, and ties at `t` go to layers in order
-    until exactly `k` are pruned (so the pool ends exactly at `s`).
+    `k = floor(s * N)` weights lie at or below the threshold `t` (the k-th
+    smallest `|W|`); each layer loses its own weights below `t`, and ties at
+    `t` go to layers in order until exactly `k` are pruned (so the pool ends
+    exactly at `s`).
+
+    The pool is never materialised: `t` is found digit by digit over the
+    float32 bit patterns of `|W|` (a radix selection, two passes over the
+    layers, one layer's bits alive at a time), counting into small per-layer
+    histograms, which also give every layer's count below and at `t`. Same `t`
+    and counts as `torch.kthvalue` over the concatenated `|W|`.
     """
     total = sum(w.numel() for w in weights.values())
     k = math.floor(sparsity * total)
     if k == 0:
         return dict.fromkeys(weights, 0)
-    pooled = torch.cat([w.detach().float().abs().flatten() for w in weights.values()])  # [N]
-    t = torch.kthvalue(pooled, k).values
-    del pooled
-    below = {n: int((w.detach().float().abs() < t).sum()) for n, w in weights.items()}
-    ties = {n: int((w.detach().float().abs() == t).sum()) for n, w in weights.items()}
+    below = dict.fromkeys(weights, 0)  # per layer: weights whose |W| < t, level by level
+    prefix, rank = 0, k  # the digits of t found so far; t's rank among the values sharing them
+    hists: dict[str, torch.Tensor] = {}
+    device = next(iter(weights.values())).device
+    for shift, width in _LEVELS:
+        pooled = torch.zeros((1 << width) + 2, dtype=torch.int64, device=device)  # [2**width + 2]
+        for n, w in weights.items():
+            hists[n] = _level_hist(_abs_bits(w), prefix, shift, width)
+            pooled += hists[n].to(device)
+        inside = pooled[1:-1].cumsum(0)  # values sharing the prefix, at or below each digit
+        digit = int(torch.searchsorted(inside, rank))  # the first digit reaching the rank
+        rank -= int(inside[digit - 1]) if digit else 0
+        for n, h in hists.items():
+            below[n] += int(h[1:1 + digit].sum())
+        prefix = (prefix << width) | digit
+    ties = {n: int(h[1 + digit]) for n, h in hists.items()}  # digit: t's last digit, h: the last level's
     remaining = k - sum(below.values())
     counts = {}
     for n in weights:

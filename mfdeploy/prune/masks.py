@@ -33,6 +33,7 @@ def compute_masks(
     act_norms: dict[str, torch.Tensor] | None = None,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    fold: bool = False,
 ) -> tuple[Masks, dict]:
     """Masks for every prunable layer, plus what was done (budget, dense-left layers).
 
@@ -46,6 +47,10 @@ def compute_masks(
         act_norms: `a_j` per layer (required by wanda and multiflow).
         seed: seeds the random criterion (a CPU generator: the same masks on every device).
         progress: called with each layer name after it is scored.
+        fold: fold each mask into its weight (`weight *= mask`) as soon as it is computed. Layer
+            by layer, one layer's scores are alive at a time; budgets are computed first, from the
+            dense weights, and a layer's score reads only its own weight, so folding early changes
+            no mask.
     """
     spec = SCORES[score]
     if spec.needs_activations and act_norms is None:
@@ -67,6 +72,10 @@ def compute_masks(
         else:
             assert budgets is not None
             mask = (mask_rows_k if spec.compare == "row" else mask_layer)(scores, budgets[name])
+        del scores  # before the next layer's: one layer's scores alive at a time
+        if fold:
+            with torch.no_grad():
+                w.mul_(mask)
         masks[param_name(name)] = mask
         if progress is not None:
             progress(name)
@@ -81,7 +90,7 @@ def apply_masks(model: torch.nn.Module, masks: Masks) -> None:
     for name, mask in masks.items():
         p = params[name]
         _check_mask(name, mask, p)
-        p.mul_(mask.to(p.dtype))
+        p.mul_(mask)  # bool promotes to 1/0 in p's dtype, without a weight-sized copy of the mask
 
 
 def _check_mask(name: str, mask: torch.Tensor, param: torch.Tensor) -> None:

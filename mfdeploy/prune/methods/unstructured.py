@@ -24,8 +24,7 @@ def prune_unstructured(score: str, ctx: PruneContext) -> MethodResult:
         ctx: the prune context; `ctx.budget` is uniform | global | modality | ecoflap (None with a pattern).
 
     Returns:
-        The masks (not yet folded, except by the block-by-block ECoFLaP flow), timings and
-        calibration tokens.
+        The masks (already folded into the weights, layer by layer), timings and calibration tokens.
     """
     if ctx.budget == "ecoflap":
         from mfdeploy.prune.methods.ecoflap import prune_ecoflap_budget
@@ -47,7 +46,7 @@ def prune_unstructured(score: str, ctx: PruneContext) -> MethodResult:
     t0 = time.perf_counter()
     advance = ctx.reporter.task("scoring layers", total=len(ctx.layers))
     masks, info = compute_masks(ctx.layers, score, cfg.ratio, ctx.budget, ctx.pattern, act, cfg.seed,
-                                progress=lambda _name: advance(1))
+                                progress=lambda _name: advance(1), fold=True)
     timings["scoring_s"] = time.perf_counter() - t0
     return MethodResult(masks=masks, timings=timings, dense_layers=info["dense_layers"], extra=extra)
 
