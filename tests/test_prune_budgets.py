@@ -124,7 +124,7 @@ def test_budget_by_role_counts_pruned_weights(runs):
     (["--scope", "global"], "No such option"),
 ])
 def test_budget_refusals(tiny_clip_dir, tmp_path, capsys, monkeypatch, args, message):
-    import mfdeploy.prune.run as run_mod
+    import mfdeploy.pipelines.prune as run_mod
 
     def never(*_a, **_k):
         raise AssertionError("refused configurations must fail before any work")

@@ -110,7 +110,7 @@ def test_prune_existing_out(tiny_clip_dir, tmp_path, capsys):
 
 
 def test_interrupted_prune_leaves_nothing(tiny_clip_dir, tmp_path, monkeypatch):
-    import mfdeploy.prune.run as run_mod
+    import mfdeploy.pipelines.prune as run_mod
 
     def boom(*a, **k):
         raise KeyboardInterrupt

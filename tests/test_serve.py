@@ -16,7 +16,7 @@ from mfdeploy.errors import UserError
 from mfdeploy.runtime import BACKENDS, BackendUnavailable, BuildDir, OrtRunner, TrtRunner, make_runner, probe_backends
 from mfdeploy.runtime import trt_runner as trt_runner_mod
 from mfdeploy.runtime.inputs import pixel_values, text_inputs
-from mfdeploy.runtime.registry import engine_command
+from mfdeploy.runtime.trt_runner import engine_command
 
 
 @pytest.fixture(scope="module")

@@ -202,28 +202,11 @@ def _ort(provider: str) -> Callable[[BuildDir, str, dict], Runner]:
 
 
 def _trt(build: BuildDir, variant: str, opts: dict) -> Runner:
-    from mfdeploy.runtime.trt_runner import TrtRunner
+    from mfdeploy.runtime.trt_runner import TrtRunner, engine_command
 
     _no_int8(variant)  # `build --int8` on a GPU builds engines/ from onnx_qdq/: the pruned variant is int8
 
     return TrtRunner(build.engines_dir(variant), towers=opts.get("towers", TOWERS), how=engine_command(build, variant))
-
-
-def engine_command(build: BuildDir, variant: str) -> str:
-    """The `mfdeploy engine` command that makes a build's engines (`engines/` or `engines_dense/`) on this machine.
-
-    With the precision and the profile bounds the build recorded (its engine
-    stage computes them even where it skips the build).
-    """
-    fp16, _ = build.tensorrt_flags()
-    onnx_dir = build.path / (ONNX_DIR if variant == "pruned" else ONNX_DENSE_DIR)
-    engine = build.build.engine
-    cmd = f"mfdeploy engine {onnx_dir} --out {build.engines_dir(variant)}" + (" --fp16" if fp16 else "")
-    if engine is not None:
-        for flag, value in (("--max-batch", engine.profile_max("vision", "pixel_values", 0)),
-                            ("--max-text-len", engine.profile_max("text", "input_ids", 1))):
-            cmd += f" {flag} {value}" if value else ""
-    return cmd + (" --sparse off" if variant == "dense" else "")
 
 
 BACKENDS: dict[str, Callable[[BuildDir, str, dict], Runner]] = {

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mfdeploy import platform
-from mfdeploy.artifacts.layout import ENGINE_FILES, INPUT_NAMES, OUTPUT_NAMES, TOWER_NAMES
+from mfdeploy.artifacts.layout import ENGINE_FILES, INPUT_NAMES, ONNX_DENSE_DIR, ONNX_DIR, OUTPUT_NAMES, TOWER_NAMES
 from mfdeploy.errors import first_line
 from mfdeploy.runtime.base import BackendUnavailable, Runner
+
+if TYPE_CHECKING:
+    from mfdeploy.runtime.registry import BuildDir
 
 
 def check_tensorrt() -> None:
@@ -89,3 +93,20 @@ class TrtRunner(Runner):
             if runner.is_active:
                 runner.deactivate()
         self.runners = {}
+
+
+def engine_command(build: BuildDir, variant: str) -> str:
+    """The `mfdeploy engine` command that makes a build's engines (`engines/` or `engines_dense/`) on this machine.
+
+    With the precision and the profile bounds the build recorded (its engine
+    stage computes them even where it skips the build).
+    """
+    fp16, _ = build.tensorrt_flags()
+    onnx_dir = build.path / (ONNX_DIR if variant == "pruned" else ONNX_DENSE_DIR)
+    engine = build.build.engine
+    cmd = f"mfdeploy engine {onnx_dir} --out {build.engines_dir(variant)}" + (" --fp16" if fp16 else "")
+    if engine is not None:
+        for flag, value in (("--max-batch", engine.profile_max("vision", "pixel_values", 0)),
+                            ("--max-text-len", engine.profile_max("text", "input_ids", 1))):
+            cmd += f" {flag} {value}" if value else ""
+    return cmd + (" --sparse off" if variant == "dense" else "")
