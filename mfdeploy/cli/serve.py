@@ -14,7 +14,8 @@ from mfdeploy.cli.render import err
 @app.command()
 def serve(
     build_dir: Annotated[Path, typer.Argument(help="A build directory (`mfdeploy build --out`).")],
-    backend: Annotated[str, typer.Option(help="ort-cpu | ort-int8 (onnx_int8/) | ort-cuda | trt | torch.")] = "ort-cpu",
+    backend: Annotated[str, typer.Option(
+        help="ort-cpu | ort-int8 (onnx_int8/) | ort-cuda | trt | torch | torch-cuda | torch-cuda-sparse.")] = "ort-cpu",
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0: any free port).")] = 8080,
     max_batch: Annotated[int, typer.Option(help="Most items per model call (concurrent requests are gathered).")] = 32,

@@ -15,6 +15,8 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "ort-cuda": ("ort-cuda", "pruned"),
     "trt": ("trt", "pruned"),
     "torch": ("torch", "pruned"),
+    "torch-cuda": ("torch-cuda", "pruned"),  # fp16 on a CUDA GPU
+    "torch-cuda-sparse": ("torch-cuda-sparse", "pruned"),  # ... with 2:4 linears on the sparse tensor cores
 }
 
 
