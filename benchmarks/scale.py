@@ -122,13 +122,23 @@ def bench(size: str, args: argparse.Namespace, tmp: Path) -> list[dict]:
     if rc != 0:
         raise SystemExit(f"{NAMES[size]}: mfdeploy prune failed (exit {rc}):\n{err}")
     timings = json.loads((out / "prune.json").read_text())["timings"]
-    shutil.rmtree(work)  # the next size needs the disk and the page cache
     target = 2.5 * fp32 + 0.5 * GB
+    exported = None
+    if args.export:  # the pruned checkpoint to ONNX, parity gate included, in its own child process
+        export_argv = [sys.executable, "-c", cli, "export", str(out), "--out", str(work / "onnx")]
+        rc, e_wall, e_peak, err = run_child(export_argv)
+        if rc != 0:
+            raise SystemExit(f"{NAMES[size]}: mfdeploy export failed (exit {rc}):\n{err}")
+        exported = {"step": "mfdeploy export (whole run)", "seconds": e_wall, "peak_rss_bytes": e_peak,
+                    "peak_over_fp32": e_peak / fp32, "target_bytes": target, "within_target": e_peak <= target}
+    shutil.rmtree(work)  # the next size needs the disk and the page cache
     base = {"model": NAMES[size] + (" (smoke)" if args.smoke else ""), "params": params, "fp32_bytes": fp32,
             "build_s": build_s, "loadavg": os.getloadavg()[0]}
     rows = [{**base, "step": step, "seconds": timings.get(key)} for step, key in STEPS]
     rows.append({**base, "step": "mfdeploy prune (whole run)", "seconds": wall, "peak_rss_bytes": peak,
                  "peak_over_fp32": peak / fp32, "target_bytes": target, "within_target": peak <= target})
+    if exported is not None:
+        rows.append({**base, **exported})
     return rows
 
 
@@ -153,6 +163,7 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny models of the same layouts")
     ap.add_argument("--method", default="multiflow")
     ap.add_argument("--pairs", type=int, default=32)
+    ap.add_argument("--export", action="store_true", help="also time `mfdeploy export` of each pruned model")
     ap.add_argument("--json", type=Path, help="also write the rows here")
     ap.add_argument("--md", type=Path, help="also write the markdown table here")
     args = ap.parse_args()
