@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers import run_cli
 
-from mfdeploy.quantize.ort import external_data_files, model_bytes
+from mfdeploy.export.external import external_data_files, model_bytes
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,11 @@ from, so a config always describes the file it sits beside.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from mfdeploy.errors import UserError
+from mfdeploy.export.external import external_locations
 
 # ONNX TensorProto element type -> Triton model config DataType (model_config.proto)
 TRITON_TYPES = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 4: "TYPE_UINT16", 5: "TYPE_INT16",
@@ -19,7 +20,6 @@ TRITON_TYPES = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 4: "TYPE_UINT16
                 11: "TYPE_FP64", 12: "TYPE_UINT32", 13: "TYPE_UINT64", 16: "TYPE_BF16"}
 PLATFORMS = {"onnx": "onnxruntime_onnx", "plan": "tensorrt_plan"}
 KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
-_EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
 
 
 @dataclass(frozen=True)
@@ -79,49 +79,6 @@ def _tensor(path: Path, what: str, value: Any) -> Tensor:
                         "batching needs a dynamic batch axis (export the towers with `mfdeploy export`)")
     dims = tuple(d if isinstance(d, int) and d > 0 else -1 for d in shape[1:])
     return Tensor(value.name, TRITON_TYPES[tt.elem_type], dims, shape)
-
-
-def _graph_tensors(graph: Any):
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    yield from _node_tensors(graph.node)
-
-
-def _node_tensors(nodes: Any):
-    for node in nodes:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            if attr.HasField("g"):
-                yield from _graph_tensors(attr.g)
-            for sub in attr.graphs:
-                yield from _graph_tensors(sub)
-
-
-def external_locations(model: Any, path: Path) -> tuple[str, ...]:
-    """The files a graph's external data entries name (`location`), relative to its folder, sorted.
-
-    Raises:
-        UserError: a location that is absolute or leaves the graph's folder (Triton could not find it
-            beside the copied model).
-    """
-    tensors = [*_graph_tensors(model.graph), *(t for f in model.functions for t in _node_tensors(f.node))]
-    found = set()
-    for tensor in tensors:
-        if tensor.data_location != _EXTERNAL:
-            continue
-        entries = {e.key: e.value for e in tensor.external_data}
-        location = entries.get("location", "")
-        rel = PurePosixPath(location.replace("\\", "/"))
-        if not location or rel.is_absolute() or ".." in rel.parts or rel.drive:
-            raise UserError(f"{path}: tensor {tensor.name!r} keeps its data at {location!r}, not a path inside "
-                            "the model's folder; re-save it with `onnx.save_model(..., save_as_external_data=True, "
-                            "location='NAME.data')`")
-        found.add(rel.as_posix())
-    return tuple(sorted(found))
 
 
 def _quote(text: str) -> str:

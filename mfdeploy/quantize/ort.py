@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mfdeploy.errors import UserError, first_line
+from mfdeploy.export.external import external_data_files
 from mfdeploy.quantize.calib import Feed, feed_reader
 from mfdeploy.quantize.nodes import WEIGHT_OPS
 
@@ -53,24 +54,9 @@ def quiet(verbose: bool = False):
         root.setLevel(level)
 
 
-def external_data_files(path: Path) -> list[Path]:
-    """The external data files an ONNX file keeps initializers in (none: every weight is inside it)."""
-    import onnx
-    from onnx.external_data_helper import uses_external_data as external
-
-    model = onnx.load(str(path), load_external_data=False)
-    names = {e.value for t in model.graph.initializer if external(t) for e in t.external_data if e.key == "location"}
-    return sorted(Path(path).parent / n for n in names)
-
-
 def uses_external_data(path: Path) -> bool:
     """Whether an ONNX file keeps any initializer in an external data file."""
     return bool(external_data_files(path))
-
-
-def model_bytes(path: Path) -> int:
-    """Bytes of an ONNX model: the file and its external data files."""
-    return Path(path).stat().st_size + sum(f.stat().st_size for f in external_data_files(path))
 
 
 def preprocess(src: Path, dst: Path) -> str:

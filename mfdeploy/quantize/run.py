@@ -20,10 +20,10 @@ from mfdeploy.artifacts.layout import EXPORT_MANIFEST, ONNX_DIR, ONNX_FILES, QUA
 from mfdeploy.artifacts.manifest import ExportManifest
 from mfdeploy.data.batching import CalibSource, parse_calib
 from mfdeploy.errors import UserError
+from mfdeploy.export.external import model_bytes
 from mfdeploy.export.spec import check_onnx_dir
 from mfdeploy.platform import package_versions
 from mfdeploy.quantize.gate import MIN_COSINE, check_towers, failure_line, gate_feeds
-from mfdeploy.quantize.ort import model_bytes
 from mfdeploy.zoo import is_bundled
 
 TARGETS = ("ort", "trt")
