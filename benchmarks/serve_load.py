@@ -156,22 +156,19 @@ def run_server(build: Path, tmp: Path, label: str, bodies: list[dict], tower: st
 
 
 def model_bound(build: Path, tower: str, bodies: list[dict], batch: int = 16) -> float:
-    """Items/s of the tower alone (the server's runner: ONNX Runtime, no spinning) at `batch` over batch 1.
+    """Items/s of the tower alone at `batch` over batch 1: the server's own model call, no HTTP.
 
     What batching can gain on this CPU at most, with no HTTP in the way: the bar a compute-bound model meets.
     """
-    from mfdeploy.runtime.ort_runner import OrtRunner
-    from mfdeploy.server.preprocess import Preprocessor, decode_image
+    from mfdeploy.server import ServeConfig, ServerState
+    from mfdeploy.server.preprocess import decode_image
 
-    pre = Preprocessor(build / "pruned")
-    runner = OrtRunner(build / "onnx", towers=(tower,), spin=False)
+    state = ServerState(ServeConfig(build_dir=build).validate())
+    state.load()  # the runner and preprocessing `mfdeploy serve` uses (ONNX Runtime, no spinning)
     items = [b["input"][0] for b in bodies]
     if tower == "vision":
-        images = [decode_image(u, "x") for u in items]
-        run = lambda xs: runner.embed_images(pre.images(xs))  # noqa: E731
-        items = images
-    else:
-        run = lambda xs: runner.embed_texts(*pre.texts(xs))  # noqa: E731
+        items = [decode_image(u, "x") for u in items]
+    run = state.embed_images if tower == "vision" else state.embed_texts
     per_item = {}
     for b in (1, batch):
         chunk = (items * batch)[:b]
@@ -181,7 +178,7 @@ def model_bound(build: Path, tower: str, bodies: list[dict], batch: int = 16) ->
             run(chunk)
             calls += 1
         per_item[b] = (time.perf_counter() - t0) / (calls * b)
-    runner.close()
+    state.runner.close()
     return per_item[1] / per_item[batch]
 
 

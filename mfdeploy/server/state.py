@@ -58,11 +58,13 @@ class ServerState:
         self.embed_dim = int(probe.shape[1])
         self.pre, self.runner = pre, runner
 
-    def _embed_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def embed_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """One model call on texts (the text batcher's): embeddings and tokens per text."""
         ids, mask = self.pre.texts(texts)
         return self.runner.embed_texts(ids, mask), mask.sum(axis=1)  # tokens per text, for `usage`
 
-    def _embed_images(self, images: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    def embed_images(self, images: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """One model call on decoded images (the vision batcher's): embeddings and zero counts."""
         return self.runner.embed_images(self.pre.images(images)), np.zeros(len(images), dtype=np.int64)
 
     async def start(self) -> None:
@@ -80,7 +82,7 @@ class ServerState:
                 self.on_failure(self.error)
             return
         cfg = self.cfg
-        for tower, run in (("vision", self._embed_images), ("text", self._embed_texts)):
+        for tower, run in (("vision", self.embed_images), ("text", self.embed_texts)):
             self.batchers[tower] = Batcher(tower, run, cfg.max_batch, cfg.max_delay_ms / 1000, cfg.max_queue,
                                            self._executor, self.metrics)
             self.batchers[tower].start()
