@@ -110,6 +110,7 @@ def check_parity(adapter, onnx_dir: Path, n: int = 16, min_cosine: float = MIN_C
                  "min_cosine": float(np.min([r["min_cosine"] for r in records]))}
         passed = bool(np.isfinite(worst["min_cosine"]) and worst["min_cosine"] >= min_cosine)
         result[tower] = {**worst, "passed": passed, "runs": records}
+        del session  # before the next tower's session opens: one tower's weights in ONNX Runtime at a time
         if not passed:
             failures.append(f"{tower} min cosine {worst['min_cosine']:.6f} (max abs err {worst['max_abs_err']:.2e})")
     if failures:
