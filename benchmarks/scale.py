@@ -1,6 +1,6 @@
 """Prune memory and time on ViT-B/32, ViT-L/14 and ViT-H/14-sized CLIPs (random weights), issue 16.
 
-    python benchmarks/scale.py [--sizes b32,l14,h14] [--smoke] [--method multiflow] [--md OUT.md]
+    python benchmarks/scale.py [--sizes b32,l14,h14] [--export] [--build] [--smoke] [--method multiflow] [--md OUT.md]
 
 Builds each model here (random weights, fp32), saves it as a checkpoint
 directory, writes 32 calibration pairs (shapes-world images resized to the
@@ -12,6 +12,10 @@ as a child process and reads its peak RSS (`/usr/bin/time -v`, else
 `getrusage(RUSAGE_CHILDREN)`) and wall time, and the step times from its
 prune.json. One row per model and step; the last row of a model holds the
 whole run: its peak RSS against the target, peak <= 2.5 x fp32 bytes + 0.5 GiB.
+`--export` adds `mfdeploy export` of the pruned checkpoint (parity gate included)
+against the same target; `--build` adds `mfdeploy build --ratio 0.5` from the
+dense checkpoint with the same pairs, one row per stage (evaluation is skipped:
+a model outside the bundle has no default evaluation data) and its peak.
 `--smoke`: 2-layer, width-64 models of the same layouts, to check the script.
 """
 
@@ -131,6 +135,19 @@ def bench(size: str, args: argparse.Namespace, tmp: Path) -> list[dict]:
             raise SystemExit(f"{NAMES[size]}: mfdeploy export failed (exit {rc}):\n{err}")
         exported = {"step": "mfdeploy export (whole run)", "seconds": e_wall, "peak_rss_bytes": e_peak,
                     "peak_over_fp32": e_peak / fp32, "target_bytes": target, "within_target": e_peak <= target}
+    built = []
+    if args.build:  # the whole `mfdeploy build` (evaluation skipped: no --eval for a model outside the bundle)
+        build_argv = [sys.executable, "-c", cli, "build", "--model", str(model_dir), "--ratio", "0.5",
+                      "--method", args.method, "--calib", str(pairs), "--calib-samples", str(args.pairs),
+                      "--out", str(work / "build")]
+        rc, b_wall, b_peak, err = run_child(build_argv)
+        if rc != 0:
+            raise SystemExit(f"{NAMES[size]}: mfdeploy build failed (exit {rc}):\n{err}")
+        stages = json.loads((work / "build" / "build.json").read_text())["timings"]
+        built = [{"step": f"build: {k[:-2].replace('_', ' ')}", "seconds": v} for k, v in stages.items()
+                 if k.endswith("_s") and v]
+        built.append({"step": "mfdeploy build (whole run)", "seconds": b_wall, "peak_rss_bytes": b_peak,
+                      "peak_over_fp32": b_peak / fp32, "target_bytes": None, "within_target": None})
     shutil.rmtree(work)  # the next size needs the disk and the page cache
     base = {"model": NAMES[size] + (" (smoke)" if args.smoke else ""), "params": params, "fp32_bytes": fp32,
             "build_s": build_s, "loadavg": os.getloadavg()[0]}
@@ -139,6 +156,7 @@ def bench(size: str, args: argparse.Namespace, tmp: Path) -> list[dict]:
                  "peak_over_fp32": peak / fp32, "target_bytes": target, "within_target": peak <= target})
     if exported is not None:
         rows.append({**base, **exported})
+    rows += [{**base, **row} for row in built]
     return rows
 
 
@@ -151,8 +169,9 @@ def table(rows: list[dict]) -> str:
                  "-" if r["seconds"] is None else f"{r['seconds']:.1f}",
                  "" if peak is None else f"{peak / GB:.2f} GiB",
                  "" if peak is None else f"{r['peak_over_fp32']:.2f}x",
-                 "" if peak is None else f"{r['target_bytes'] / GB:.2f} GiB",
-                 "" if peak is None else ("yes" if r["within_target"] else "NO"), f"{r['loadavg']:.2f}"]
+                 "" if r.get("target_bytes") is None else f"{r['target_bytes'] / GB:.2f} GiB",
+                 "" if r.get("within_target") is None else ("yes" if r["within_target"] else "NO"),
+                 f"{r['loadavg']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -164,6 +183,8 @@ def main() -> None:
     ap.add_argument("--method", default="multiflow")
     ap.add_argument("--pairs", type=int, default=32)
     ap.add_argument("--export", action="store_true", help="also time `mfdeploy export` of each pruned model")
+    ap.add_argument("--build", action="store_true",
+                    help="also run `mfdeploy build --ratio 0.5` end to end (one row per stage, from build.json)")
     ap.add_argument("--json", type=Path, help="also write the rows here")
     ap.add_argument("--md", type=Path, help="also write the markdown table here")
     args = ap.parse_args()

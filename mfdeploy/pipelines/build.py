@@ -76,6 +76,13 @@ class BuildState:
             self._models[variant] = load(self.cfg.prune.model if variant == "dense" else self.tmp / PRUNED_DIR)
         return self._models[variant]
 
+    def release(self, variant: str) -> None:
+        """Drop a loaded model once no later stage needs it (a ViT-H-sized model is 4 GB)."""
+        import gc
+
+        if self._models.pop(variant, None) is not None:
+            gc.collect()
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -116,6 +123,7 @@ def prune(state: BuildState) -> dict:
     """Prune a fresh copy of the dense checkpoint; write masks, `pruned/`, sparsity.png and prune.json."""
     from mfdeploy.prune.run import prune_model
 
+    state.release("dense")  # no stage after this one reads the dense model: its memory goes to pruning
     adapter = load_placed(state.cfg.prune)  # its own copy (on --device, in --dtype): the dense model stays dense
     record = prune_model(adapter, state.cfg.prune, reporter=state.reporter)
     write_prune_outputs(adapter, record, state.tmp)
