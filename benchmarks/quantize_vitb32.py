@@ -1,6 +1,6 @@
 """INT8 towers on ViT-B/32 with ONNX Runtime (CPU): fp32 vs dynamic vs static INT8 vs MoPE 0.5 (+ INT8).
 
-    python benchmarks/quantize_vitb32.py [--batch 8] [--text-len 77] [--iters 10] [--threads 2] [--smoke]
+    python benchmarks/quantize_vitb32.py [--batch 8] [--text-len 77] [--iters 10] [--threads 2] [--smoke] [--keep DIR]
 
 Builds ViT-B/32 (`CLIPConfig()` defaults, random weights), prunes a copy
 with MoPE @ 0.5 (width only, as `benchmarks/mope_vitb32.py`), exports both,
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -70,6 +71,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--keep", type=Path, help="keep every graph here (dense/, MoPE 0.5/: fp32, dynamic, static)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     console = Console()
@@ -115,6 +117,8 @@ def main() -> None:
                 rows.append((tower, v, med, base / med, min_cos(ref, outs[v]) if ref is not None else None,
                              variants[v].stat().st_size))
         load_after = os.getloadavg()
+        if args.keep:
+            shutil.copytree(root, args.keep, dirs_exist_ok=True)
     table = Table(title=f"ViT-B/32 ({'smoke' if args.smoke else 'CLIPConfig defaults'}), ONNX Runtime "
                         f"{ort.__version__} CPU, {args.threads} threads, vision batch {args.batch}, text "
                         f"{args.batch} x {text_len} tokens, {args.iters} interleaved calls")

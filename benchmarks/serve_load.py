@@ -11,7 +11,9 @@ client sends), for:
 
 1. the bundled model (MULTIFLOW 0.5 build), images and texts;
 2. ViT-B/32 (`CLIPConfig()` defaults, random weights, magnitude 0.5 build
-   made here with `mfdeploy build`, or `--vitb32-build`), images (224x224).
+   made here with `mfdeploy build --int8`, or `--vitb32-build`), images
+   (224x224), served twice: fp32 towers (`--backend ort-cpu`) and the INT8
+   towers a CPU deployment serves (`--backend ort-int8`).
 
 Each is served twice, with dynamic batching (`--max-batch 32 --max-delay-ms
 5`) and without (`--max-batch 1`), and a last run uses a deliberately small
@@ -137,8 +139,9 @@ def text_bodies(count: int = 32) -> list[dict]:
 
 
 def run_server(build: Path, tmp: Path, label: str, bodies: list[dict], tower: str, n: int, args: list[str],
-               levels=LEVELS) -> list[dict]:
-    server = Server(build, tmp / f"{label.replace('/', '_')}.log", *args)
+               levels=LEVELS, backend: str = "ort-cpu") -> list[dict]:
+    log = tmp / f"{label.replace('/', '_').replace(' ', '_')}.log"
+    server = Server(build, log, "--backend", backend, *args)
     rows = []
     try:
         for clients in levels:
@@ -155,7 +158,7 @@ def run_server(build: Path, tmp: Path, label: str, bodies: list[dict], tower: st
     return rows
 
 
-def model_bound(build: Path, tower: str, bodies: list[dict], batch: int = 16) -> float:
+def model_bound(build: Path, tower: str, bodies: list[dict], batch: int = 16, backend: str = "ort-cpu") -> float:
     """Items/s of the tower alone at `batch` over batch 1: the server's own model call, no HTTP.
 
     What batching can gain on this CPU at most, with no HTTP in the way: the bar a compute-bound model meets.
@@ -163,7 +166,7 @@ def model_bound(build: Path, tower: str, bodies: list[dict], batch: int = 16) ->
     from mfdeploy.server import ServeConfig, ServerState
     from mfdeploy.server.preprocess import decode_image
 
-    state = ServerState(ServeConfig(build_dir=build).validate())
+    state = ServerState(ServeConfig(build_dir=build, backend=backend).validate())
     state.load()  # the runner and preprocessing `mfdeploy serve` uses (ONNX Runtime, no spinning)
     items = [b["input"][0] for b in bodies]
     if tower == "vision":
@@ -183,16 +186,20 @@ def model_bound(build: Path, tower: str, bodies: list[dict], batch: int = 16) ->
 
 
 def vitb32_build(out: Path) -> Path:
-    """A magnitude 0.5 build of the random-weight ViT-B/32, made with `mfdeploy build`."""
+    """A magnitude 0.5 build of the random-weight ViT-B/32 with its INT8 towers, made with `mfdeploy build --int8`."""
     sys.path.insert(0, str(Path(__file__).parent))
+    from scale import write_pairs
     from vitb32 import WrappedAdapter, vitb32
 
     if (out / "build" / "build.json").is_file():
         return out / "build"
     out.mkdir(parents=True, exist_ok=True)
     WrappedAdapter(vitb32()).save(out / "model")
+    pairs = write_pairs(out, 32, 224)  # INT8 calibration: shapes-world images at the model's size, with captions
     subprocess.run([sys.executable, "-m", "mfdeploy.cli", "build", "--model", str(out / "model"), "--ratio", "0.5",
-                    "--method", "magnitude", "--out", str(out / "build")], check=True,
+                    "--method", "magnitude", "--int8", "--calib", str(pairs), "--calib-samples", "32",
+                    "--out", str(out / "build")],
+                   check=True,
                    env={**os.environ, "PYTHONPATH": str(REPO)})
     return out / "build"
 
@@ -214,18 +221,22 @@ def main() -> None:
             print("building the bundled model (MULTIFLOW 0.5) ...", flush=True)
             subprocess.run([sys.executable, "-m", "mfdeploy.cli", "build", "--ratio", "0.5", "--out", str(bundled)],
                            check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-        plans = [("bundled image", bundled, image_bodies(96), "vision", args.requests),
-                 ("bundled text", bundled, text_bodies(), "text", args.requests)]
+        plans = [("bundled image", bundled, image_bodies(96), "vision", args.requests, "ort-cpu"),
+                 ("bundled text", bundled, text_bodies(), "text", args.requests, "ort-cpu")]
         if not args.skip_vitb32:
             vit = args.vitb32_build or (tmp / "vitb32")
-            print("building ViT-B/32 (magnitude 0.5) ...", flush=True)
-            plans.append(("ViT-B/32 image", vitb32_build(vit), image_bodies(224), "vision", args.vitb32_requests))
+            print("building ViT-B/32 (magnitude 0.5, --int8) ...", flush=True)
+            vit = vitb32_build(vit)
+            plans += [("ViT-B/32 image", vit, image_bodies(224), "vision", args.vitb32_requests, "ort-cpu"),
+                      ("ViT-B/32 image, int8", vit, image_bodies(224), "vision", args.vitb32_requests, "ort-int8")]
         rows, bounds = [], {}
-        for label, build, bodies, tower, n in plans:
-            rows += run_server(build, tmp, label, bodies, tower, n, ["--max-batch", "32", "--max-delay-ms", "5"])
-            rows += run_server(build, tmp, label, bodies, tower, n, ["--max-batch", "1"], levels=(16,))
-            bounds[label] = model_bound(build, tower, bodies)
-        label, build, bodies, tower, n = plans[0]
+        for label, build, bodies, tower, n, backend in plans:
+            rows += run_server(build, tmp, label, bodies, tower, n, ["--max-batch", "32", "--max-delay-ms", "5"],
+                               backend=backend)
+            rows += run_server(build, tmp, label, bodies, tower, n, ["--max-batch", "1"], levels=(16,),
+                               backend=backend)
+            bounds[label] = model_bound(build, tower, bodies, backend=backend)
+        label, build, bodies, tower, n, _ = plans[0]
         rows += run_server(build, tmp, label, bodies, tower, n, ["--max-batch", "8", "--max-queue", "4",
                                                                  "--max-items", "1"], levels=(64,))
     load1 = os.getloadavg()
