@@ -45,3 +45,20 @@ def test_quantize_vitb32_smoke():
                for c in [line.split("│")[5].strip()]]
     assert len(cosines) == 8 and min(cosines) >= 0.99  # every INT8 graph against its own fp32 graph
     assert "load average (1, 5, 15 min) before timing" in out and "(target >= 4x)" in out
+
+
+@pytest.mark.slow
+def test_quantize_variants_smoke(tmp_path):
+    env = {**os.environ, "COLUMNS": "200"}
+    keep = subprocess.run([sys.executable, str(BENCHMARKS / "quantize_vitb32.py"), "--smoke", "--iters", "1",
+                           "--keep", str(tmp_path)], capture_output=True, text=True, timeout=600, env=env)
+    assert keep.returncode == 0, keep.stderr[-2000:]
+    run = subprocess.run([sys.executable, str(BENCHMARKS / "quantize_variants.py"), str(tmp_path / "MoPE 0.5" /
+                          "vision.onnx"), "--iters", "1"], capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line.split("|")[2:] for line in run.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| graph")}
+    assert set(rows) == {"fp32", "shipped (static QDQ)", "outputs float", "+ attention MatMuls", "+ Adds",
+                         "clip-optimized"}
+    assert float(rows["fp32"][3]) == 1.0 and float(rows["shipped (static QDQ)"][3]) >= 0.99
+    assert "load average before" in run.stdout

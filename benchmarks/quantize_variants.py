@@ -1,0 +1,113 @@
+"""Other INT8 graphs of one vision tower against the shipped static QDQ graph, timed interleaved in one run.
+
+    python benchmarks/quantize_vitb32.py --keep /tmp/q          # makes the graphs, MoPE 0.5 among them
+    python benchmarks/quantize_variants.py "/tmp/q/MoPE 0.5/vision.onnx" [--iters 6] [--threads 2]
+
+Variants (each from the same fp32 tower and the same 4 random calibration
+batches of 8 images, the nodes `mfdeploy quantize` picks):
+
+- shipped: static QDQ, per-channel int8 weights, uint8 activations;
+- outputs float: the same with MatMul/Conv outputs left unquantized
+  (`OpTypesToExcludeOutputQuantization`);
+- + attention MatMuls: the two activation-activation MatMuls per layer too;
+- + Adds: every Add (bias and residual) too;
+- clip-optimized: ONNX Runtime's transformers optimizer (`model_type="clip"`)
+  first, then the shipped scheme.
+
+Prints median ms at batch 8, speed against the fp32 tower and min cosine
+against it, with the load average before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mfdeploy.quantize.nodes import WEIGHT_OPS, plan_nodes  # noqa: E402
+from mfdeploy.quantize.ort import preprocess  # noqa: E402
+
+
+class Reader(CalibrationDataReader):
+    def __init__(self, feeds: list[dict]):
+        self.it = iter(feeds)
+
+    def get_next(self):
+        return next(self.it, None)
+
+
+def quantize(src: Path, dst: Path, calib: list[dict], more_nodes=(), more_ops=(), extra=None) -> Path:
+    pre = dst.with_suffix(".pre.onnx")
+    preprocess(src, pre)
+    nodes = plan_nodes(src)["quantize"] + list(more_nodes)
+    quantize_static(str(pre), str(dst), Reader(calib), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
+                    op_types_to_quantize=list(WEIGHT_OPS) + list(more_ops), extra_options=extra or {})
+    return dst
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("src", type=Path, help="an fp32 vision tower (pixel_values [B,3,H,W])")
+    ap.add_argument("--iters", type=int, default=6)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    graph = onnx.load(str(args.src), load_external_data=False).graph
+    size = graph.input[0].type.tensor_type.shape.dim[2].dim_value  # the tower's image size
+    rng = np.random.default_rng(1)
+    calib = [{"pixel_values": rng.standard_normal((8, 3, size, size), dtype=np.float32)} for _ in range(4)]
+    weight_nodes = set(plan_nodes(args.src)["quantize"])
+    adds = [n.name for n in graph.node if n.op_type == "Add"]
+    attention = [n.name for n in graph.node if n.op_type == "MatMul" and n.name not in weight_nodes
+                 and "projection" not in n.name]
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        optimize_model(str(args.src), model_type="clip", num_heads=0, hidden_size=0,
+                       opt_level=0).save_model_to_file(str(tmp / "clip.onnx"))
+        paths = {
+            "fp32": args.src,
+            "shipped (static QDQ)": quantize(args.src, tmp / "shipped.onnx", calib),
+            "outputs float": quantize(args.src, tmp / "outfloat.onnx", calib,
+                                      extra={"OpTypesToExcludeOutputQuantization": ["MatMul", "Conv"]}),
+            "+ attention MatMuls": quantize(args.src, tmp / "attn.onnx", calib, more_nodes=attention),
+            "+ Adds": quantize(args.src, tmp / "adds.onnx", calib, more_nodes=adds, more_ops=["Add"]),
+            "clip-optimized": quantize(tmp / "clip.onnx", tmp / "clipq.onnx", calib),
+        }
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = args.threads
+        opts.log_severity_level = 3
+        sessions = {k: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
+                    for k, p in paths.items()}
+        x = {"pixel_values": np.random.default_rng(0).standard_normal((8, 3, size, size), dtype=np.float32)}
+        outs = {k: s.run(None, x)[0].astype(np.float64) for k, s in sessions.items()}
+        times: dict[str, list[float]] = {k: [] for k in sessions}
+        load0 = os.getloadavg()
+        for _ in range(args.iters):  # interleaved: load hits every graph alike
+            for k, s in sessions.items():
+                t = time.perf_counter()
+                s.run(None, x)
+                times[k].append(time.perf_counter() - t)
+        load1 = os.getloadavg()
+    base, ref = float(np.median(times["fp32"])), outs["fp32"]
+    print("| graph | median ms | vs fp32 | vs shipped | min cosine vs fp32 |\n|---|---:|---:|---:|---:|")
+    shipped = float(np.median(times["shipped (static QDQ)"]))
+    for k in sessions:
+        med, o = float(np.median(times[k])), outs[k]
+        cos = ((ref * o).sum(-1) / np.linalg.norm(ref, axis=-1) / np.linalg.norm(o, axis=-1)).min()
+        print(f"| {k} | {1000 * med:.1f} | {base / med:.2f}x | {shipped / med:.2f}x | {cos:.5f} |")
+    print(f"\nload average before {load0[0]:.2f}, after {load1[0]:.2f}; {args.threads} threads, batch 8")
+
+
+if __name__ == "__main__":
+    main()
