@@ -4,8 +4,9 @@ torch's TorchScript exporter writes the graph without weights
 (`export_params=False`, `graph_only_export`); `write_model` attaches the
 module's own tensors while writing the file, one at a time, so no second
 copy of a tower's weights exists in memory at any point (torch's own file
-export holds them two or three times over: folded transposes, the
-serialised message, the bytes handed back to Python):
+export, loaded back and optimised, held them several times over: folded
+transposes, the serialised message, the bytes handed back to Python, the
+loaded and optimised copies):
 
 - external data (`save_as_external_data`): every tensor of at least
   `size_threshold` bytes is appended to `<model>.onnx.data` (offsets aligned
@@ -150,14 +151,14 @@ def _matmul_linears(module: nn.Module):
     try:
         for m in module.modules():
             if type(m) is nn.Linear:  # exact type: subclasses keep their own forward
+                patched.append(m)
                 m.register_parameter("weight_t", nn.Parameter(m.weight.detach().t(), requires_grad=False))
                 m.forward = types.MethodType(_matmul_forward, m)
-                patched.append(m)
         yield
     finally:
         for m in patched:
-            del m.forward
-            del m.weight_t
+            vars(m).pop("forward", None)
+            m._parameters.pop("weight_t", None)
 
 
 def graph_only_export(module: nn.Module, spec: dict[str, Any], example: dict[str, torch.Tensor],
