@@ -15,7 +15,8 @@ batches of 8 images, the nodes `mfdeploy quantize` picks):
   first, then the shipped scheme.
 
 Prints median ms at batch 8, speed against the fp32 tower and min cosine
-against it, with the load average before and after.
+against it, with the load average before and after; `--profile` adds the
+shipped graph's kernel time by op type from ONNX Runtime's profiler.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def main() -> None:
     ap.add_argument("src", type=Path, help="an fp32 vision tower (pixel_values [B,3,H,W])")
     ap.add_argument("--iters", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--profile", action="store_true", help="also print where the shipped graph's time goes, by op")
     args = ap.parse_args()
     graph = onnx.load(str(args.src), load_external_data=False).graph
     size = graph.input[0].type.tensor_type.shape.dim[2].dim_value  # the tower's image size
@@ -99,6 +101,7 @@ def main() -> None:
                 s.run(None, x)
                 times[k].append(time.perf_counter() - t)
         load1 = os.getloadavg()
+        shares = op_shares(paths["shipped (static QDQ)"], x, args.threads, tmp) if args.profile else None
     base, ref = float(np.median(times["fp32"])), outs["fp32"]
     print("| graph | median ms | vs fp32 | vs shipped | min cosine vs fp32 |\n|---|---:|---:|---:|---:|")
     shipped = float(np.median(times["shipped (static QDQ)"]))
@@ -107,6 +110,33 @@ def main() -> None:
         cos = ((ref * o).sum(-1) / np.linalg.norm(ref, axis=-1) / np.linalg.norm(o, axis=-1)).min()
         print(f"| {k} | {1000 * med:.1f} | {base / med:.2f}x | {shipped / med:.2f}x | {cos:.5f} |")
     print(f"\nload average before {load0[0]:.2f}, after {load1[0]:.2f}; {args.threads} threads, batch 8")
+    if shares:
+        print("\nshipped graph, ONNX Runtime profile (kernel time by op type, 3 runs):")
+        for op, share in shares:
+            print(f"  {op:24s} {100 * share:5.1f}%")
+
+
+def op_shares(path: Path, feed: dict, threads: int, tmp: Path, runs: int = 3) -> list[tuple[str, float]]:
+    """Share of kernel time per op type in ONNX Runtime's own profile, largest first."""
+    import json
+    from collections import Counter
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(tmp / "profile")
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    session.run(None, feed)  # warm-up, counted out below by taking the last `runs` runs' share alike
+    for _ in range(runs):
+        session.run(None, feed)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    by_op: Counter = Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            by_op[e["args"]["op_name"]] += e["dur"]
+    total = sum(by_op.values())
+    return [(op, d / total) for op, d in by_op.most_common(8)]
 
 
 if __name__ == "__main__":
