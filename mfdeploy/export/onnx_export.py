@@ -122,7 +122,7 @@ def export_tower(module: nn.Module, tower: str, spec: dict[str, Any], example: d
     """Export one tower module to `path` following `spec` (see `mfdeploy.export.spec`).
 
     The TorchScript exporter writes the graph alone (`export_params=False`, see
-    `_graph_only_export`) and `mfdeploy.export.writer` streams the module's own
+    `mfdeploy.export.lean.graph_only_export`) and `lean.write_model` streams the module's own
     tensors into the file: besides the loaded model, one tensor at a time is
     copied. The dynamo exporter (and a graph whose weights cannot be named)
     goes through torch's own file, which holds the weights several times over.
@@ -133,6 +133,7 @@ def export_tower(module: nn.Module, tower: str, spec: dict[str, Any], example: d
     n_bytes = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
     use_external = n_bytes > AUTO_EXTERNAL_BYTES if external_data is None else bool(external_data)
     data_file = path.with_name(path.name + ".data")
+    props = {META_PREFIX + k: v for k, v in metadata.items()}
     lean = None
     try:
         if exporter == "torchscript":
@@ -150,7 +151,7 @@ def export_tower(module: nn.Module, tower: str, spec: dict[str, Any], example: d
         info = inspect_graph(graph)  # weights are still typed graph inputs here: no data needed
         del graph.graph.input[:]
         graph.graph.input.extend(inputs)
-        onnx.helper.set_model_props(graph, {META_PREFIX + k: v for k, v in metadata.items()})
+        onnx.helper.set_model_props(graph, props)
         written = write_model(graph, [(n, t) for n, t in tensors.items() if n in weights], path,
                               external=use_external)
         if written is None and path.stat().st_size >= PROTO_LIMIT:
@@ -160,7 +161,7 @@ def export_tower(module: nn.Module, tower: str, spec: dict[str, Any], example: d
         use_external = written is not None
     else:
         _check_io(tower, spec, [i.name for i in model.graph.input], [o.name for o in model.graph.output])
-        onnx.helper.set_model_props(model, {META_PREFIX + k: v for k, v in metadata.items()})
+        onnx.helper.set_model_props(model, props)
         for stale in (path, data_file):
             stale.unlink(missing_ok=True)
         try:
