@@ -31,28 +31,28 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mfdeploy.quantize.calib import feed_reader  # noqa: E402
 from mfdeploy.quantize.nodes import WEIGHT_OPS, plan_nodes  # noqa: E402
-from mfdeploy.quantize.ort import preprocess  # noqa: E402
+from mfdeploy.quantize.ort import preprocess, quantize_ort  # noqa: E402
 
 
-class Reader(CalibrationDataReader):
-    def __init__(self, feeds: list[dict]):
-        self.it = iter(feeds)
-
-    def get_next(self):
-        return next(self.it, None)
-
-
-def quantize(src: Path, dst: Path, calib: list[dict], more_nodes=(), more_ops=(), extra=None) -> Path:
+def variant(src: Path, dst: Path, calib: list[dict], more_nodes=(), more_ops=(), extra=None) -> Path:
+    """The shipped static scheme with one thing changed (more nodes or op types, extra quantizer options)."""
     pre = dst.with_suffix(".pre.onnx")
     preprocess(src, pre)
     nodes = plan_nodes(src)["quantize"] + list(more_nodes)
-    quantize_static(str(pre), str(dst), Reader(calib), quant_format=QuantFormat.QDQ, per_channel=True,
+    quantize_static(str(pre), str(dst), feed_reader(calib), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
                     op_types_to_quantize=list(WEIGHT_OPS) + list(more_ops), extra_options=extra or {})
+    return dst
+
+
+def quantize_shipped(src: Path, dst: Path, calib: list[dict]) -> Path:
+    """What `mfdeploy quantize --scheme static` writes: the same function, the same node plan."""
+    quantize_ort(src, dst, plan_nodes(src)["quantize"], calib, "static")
     return dst
 
 
@@ -79,12 +79,12 @@ def main() -> None:
                        opt_level=0).save_model_to_file(str(tmp / "clip.onnx"))
         paths = {
             "fp32": args.src,
-            "shipped (static QDQ)": quantize(args.src, tmp / "shipped.onnx", calib),
-            "outputs float": quantize(args.src, tmp / "outfloat.onnx", calib,
-                                      extra={"OpTypesToExcludeOutputQuantization": ["MatMul", "Conv"]}),
-            "+ attention MatMuls": quantize(args.src, tmp / "attn.onnx", calib, more_nodes=attention),
-            "+ Adds": quantize(args.src, tmp / "adds.onnx", calib, more_nodes=adds, more_ops=["Add"]),
-            "clip-optimized": quantize(tmp / "clip.onnx", tmp / "clipq.onnx", calib),
+            "shipped (static QDQ)": quantize_shipped(args.src, tmp / "shipped.onnx", calib),
+            "outputs float": variant(args.src, tmp / "outfloat.onnx", calib,
+                                     extra={"OpTypesToExcludeOutputQuantization": ["MatMul", "Conv"]}),
+            "+ attention MatMuls": variant(args.src, tmp / "attn.onnx", calib, more_nodes=attention),
+            "+ Adds": variant(args.src, tmp / "adds.onnx", calib, more_nodes=adds, more_ops=["Add"]),
+            "clip-optimized": quantize_shipped(tmp / "clip.onnx", tmp / "clipq.onnx", calib),
         }
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = args.threads
