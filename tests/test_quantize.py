@@ -214,3 +214,44 @@ def test_a_model_other_than_the_bundled_one_needs_calib(exported, wide_clip_dir,
     assert code == 2 and "--int8 needs --calib" in err and not (tmp_path / "b").exists()
     main(["quantize", str(exported), "--out", str(tmp_path / "d"), "--scheme", "dynamic"])  # no calibration needed
     assert (tmp_path / "d" / "quantize.json").is_file()
+
+
+def _ort_optimized(path: Path, tmp_path: Path) -> onnx.ModelProto:
+    """The graph ONNX Runtime's CPU provider actually runs, after its QDQ fusions."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    opts.log_severity_level = 3
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return onnx.load(str(tmp_path / "optimized.onnx"), load_external_data=False)
+
+
+def test_static_graph_runs_as_integer_matmuls_with_float_outputs(quantized, tmp_path):
+    """The static vision tower: every quantized MatMul leaves its output float (no Q after it), so ONNX
+    Runtime runs it as MatMulIntegerToFloat, not QLinearMatMul + DequantizeLinear; the patch Conv stays a
+    QLinearConv; and no Shape reads a dequantized copy of a tensor it could read directly."""
+    record = json.loads((quantized["ort"] / "quantize.json").read_text())
+    assert record["towers"]["vision"]["scheme"] == "static"
+    path = quantized["ort"] / "vision.onnx"
+    graph = onnx.load(str(path), load_external_data=False).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def made_by(name: str) -> str:
+        return producer[name].op_type if name in producer else "input"
+
+    matmuls = [n for n in graph.node if n.op_type == "MatMul" and made_by(n.input[1]) == "DequantizeLinear"]
+    assert len(matmuls) >= 2 * 6  # q/k/v/out_proj, fc1, fc2 of 2 layers
+    assert not [n.name for n in matmuls if any(c.op_type == "QuantizeLinear" for c in consumers[n.output[0]])]
+    for shape in (n for n in graph.node if n.op_type == "Shape" and made_by(n.input[0]) == "DequantizeLinear"):
+        # the one Shape left on a DQ copy reads the quantized Conv's output: moving it onto the Conv
+        # would give the Conv a second consumer and undo its fusion
+        q = producer[producer[shape.input[0]].input[0]]
+        assert made_by(q.input[0]) == "Conv", shape.name
+    ops = [n.op_type for n in _ort_optimized(path, tmp_path).graph.node]
+    assert ops.count("MatMulIntegerToFloat") == len(matmuls) and "QLinearMatMul" not in ops
+    assert ops.count("QLinearConv") == 1 and "Conv" not in ops
