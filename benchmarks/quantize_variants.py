@@ -6,9 +6,11 @@
 Variants (each from the same fp32 tower and the same 4 random calibration
 batches of 8 images, the nodes `mfdeploy quantize` picks):
 
-- shipped: static QDQ, per-channel int8 weights, uint8 activations;
-- outputs float: the same with MatMul/Conv outputs left unquantized
-  (`OpTypesToExcludeOutputQuantization`);
+- shipped: static QDQ, per-channel int8 weights, uint8 activations, the
+  MatMul outputs left float (ONNX Runtime runs MatMulIntegerToFloat);
+- MatMul outputs quantized: what shipped before, a Q after every MatMul
+  (ONNX Runtime runs QLinearMatMul, then a DequantizeLinear before the bias);
+- Conv output float too: the patch Conv's output also left unquantized;
 - + attention MatMuls: the two activation-activation MatMuls per layer too;
 - + Adds: every Add (bias and residual) too;
 - clip-optimized: ONNX Runtime's transformers optimizer (`model_type="clip"`)
@@ -36,17 +38,19 @@ from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mfdeploy.quantize.calib import feed_reader  # noqa: E402
 from mfdeploy.quantize.nodes import WEIGHT_OPS, plan_nodes  # noqa: E402
-from mfdeploy.quantize.ort import preprocess, quantize_ort  # noqa: E402
+from mfdeploy.quantize.ort import STATIC_EXTRA_OPTIONS, preprocess, quantize_ort, shapes_from_float  # noqa: E402
 
 
 def variant(src: Path, dst: Path, calib: list[dict], more_nodes=(), more_ops=(), extra=None) -> Path:
-    """The shipped static scheme with one thing changed (more nodes or op types, extra quantizer options)."""
+    """The shipped static scheme with one thing changed (more nodes or op types, other quantizer options)."""
     pre = dst.with_suffix(".pre.onnx")
     preprocess(src, pre)
     nodes = plan_nodes(src)["quantize"] + list(more_nodes)
     quantize_static(str(pre), str(dst), feed_reader(calib), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
-                    op_types_to_quantize=list(WEIGHT_OPS) + list(more_ops), extra_options=extra or {})
+                    op_types_to_quantize=list(WEIGHT_OPS) + list(more_ops),
+                    extra_options=dict(STATIC_EXTRA_OPTIONS) if extra is None else extra)
+    shapes_from_float(dst)
     return dst
 
 
@@ -80,8 +84,9 @@ def main() -> None:
         paths = {
             "fp32": args.src,
             "shipped (static QDQ)": quantize_shipped(args.src, tmp / "shipped.onnx", calib),
-            "outputs float": variant(args.src, tmp / "outfloat.onnx", calib,
-                                     extra={"OpTypesToExcludeOutputQuantization": ["MatMul", "Conv"]}),
+            "MatMul outputs quantized": variant(args.src, tmp / "outq.onnx", calib, extra={}),
+            "Conv output float too": variant(args.src, tmp / "convfloat.onnx", calib,
+                                             extra={"OpTypesToExcludeOutputQuantization": ["MatMul", "Conv"]}),
             "+ attention MatMuls": variant(args.src, tmp / "attn.onnx", calib, more_nodes=attention),
             "+ Adds": variant(args.src, tmp / "adds.onnx", calib, more_nodes=adds, more_ops=["Add"]),
             "clip-optimized": quantize_shipped(tmp / "clip.onnx", tmp / "clipq.onnx", calib),

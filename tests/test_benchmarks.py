@@ -58,7 +58,7 @@ def test_quantize_variants_smoke(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     rows = {line.split("|")[1].strip(): line.split("|")[2:] for line in run.stdout.splitlines()
             if line.startswith("| ") and not line.startswith("| graph")}
-    assert set(rows) == {"fp32", "shipped (static QDQ)", "outputs float", "+ attention MatMuls", "+ Adds",
-                         "clip-optimized"}
+    assert set(rows) == {"fp32", "shipped (static QDQ)", "MatMul outputs quantized", "Conv output float too",
+                         "+ attention MatMuls", "+ Adds", "clip-optimized"}
     assert float(rows["fp32"][3]) == 1.0 and float(rows["shipped (static QDQ)"][3]) >= 0.99
     assert "load average before" in run.stdout

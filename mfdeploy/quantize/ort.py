@@ -94,6 +94,7 @@ def preprocess(src: Path, dst: Path) -> str:
 
 # static scheme: which ops' outputs get no QuantizeLinear (see the module docstring)
 FLOAT_OUTPUT_OPS = ("MatMul", "Gemm")
+STATIC_EXTRA_OPTIONS = {"OpTypesToExcludeOutputQuantization": list(FLOAT_OUTPUT_OPS)}
 
 
 def shapes_from_float(path: Path) -> int:
@@ -161,7 +162,7 @@ def quantize_ort(src: Path, dst: Path, nodes: list[str], feeds: list[Feed] | Non
                                     per_channel=True, activation_type=QuantType.QUInt8,
                                     weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
                                     op_types_to_quantize=list(WEIGHT_OPS), use_external_data_format=external,
-                                    extra_options={"OpTypesToExcludeOutputQuantization": list(FLOAT_OUTPUT_OPS)})
+                                    extra_options=dict(STATIC_EXTRA_OPTIONS))
                     shapes_from_float(dst)
                 else:
                     quantize_dynamic(str(pre), str(dst), per_channel=True, weight_type=QuantType.QInt8,
