@@ -1,7 +1,8 @@
-"""Other INT8 graphs of one vision tower against the shipped static QDQ graph, timed interleaved in one run.
+"""Other INT8 graphs of one vision tower against the shipped static QDQ graph, timed in alternating blocks in one run.
 
     python benchmarks/quantize_vitb32.py --keep /tmp/q          # makes the graphs, MoPE 0.5 among them
-    python benchmarks/quantize_variants.py "/tmp/q/MoPE 0.5/vision.onnx" [--iters 6] [--threads 2]
+    python benchmarks/quantize_variants.py "/tmp/q/MoPE 0.5/vision.onnx" [--rounds 4] [--block 3] [--threads 2]
+                                           [--no-spin] [--profile]
 
 Variants (each from the same fp32 tower and the same 4 random calibration
 batches of 8 images, the nodes `mfdeploy quantize` picks):
@@ -17,7 +18,9 @@ batches of 8 images, the nodes `mfdeploy quantize` picks):
   first, then the shipped scheme.
 
 Prints median ms at batch 8, speed against the fp32 tower and min cosine
-against it, with the load average before and after; `--profile` adds the
+against it, with the load average before and after. Timed as
+`quantize_vitb32.py` times: alternating blocks of back-to-back calls, idle
+threads spinning unless `--no-spin`; `--profile` adds the
 shipped graph's kernel time by op type from ONNX Runtime's profiler.
 """
 
@@ -27,7 +30,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,8 @@ import onnxruntime as ort
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mfdeploy.bench.run import time_blocks  # noqa: E402
+from mfdeploy.ortsession import ort_session  # noqa: E402
 from mfdeploy.quantize.calib import feed_reader  # noqa: E402
 from mfdeploy.quantize.nodes import WEIGHT_OPS, plan_nodes  # noqa: E402
 from mfdeploy.quantize.ort import STATIC_EXTRA_OPTIONS, preprocess, quantize_ort, shapes_from_float  # noqa: E402
@@ -63,7 +67,9 @@ def quantize_shipped(src: Path, dst: Path, calib: list[dict]) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("src", type=Path, help="an fp32 vision tower (pixel_values [B,3,H,W])")
-    ap.add_argument("--iters", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--block", type=int, default=3, help="timed calls per block (after one untimed)")
+    ap.add_argument("--no-spin", action="store_true", help="sessions do not spin their idle threads")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--profile", action="store_true", help="also print where the shipped graph's time goes, by op")
     args = ap.parse_args()
@@ -91,20 +97,11 @@ def main() -> None:
             "+ Adds": variant(args.src, tmp / "adds.onnx", calib, more_nodes=adds, more_ops=["Add"]),
             "clip-optimized": quantize_shipped(tmp / "clip.onnx", tmp / "clipq.onnx", calib),
         }
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = args.threads
-        opts.log_severity_level = 3
-        sessions = {k: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
-                    for k, p in paths.items()}
+        sessions = {k: ort_session(p, threads=args.threads, spin=not args.no_spin) for k, p in paths.items()}
         x = {"pixel_values": np.random.default_rng(0).standard_normal((8, 3, size, size), dtype=np.float32)}
         outs = {k: s.run(None, x)[0].astype(np.float64) for k, s in sessions.items()}
-        times: dict[str, list[float]] = {k: [] for k in sessions}
         load0 = os.getloadavg()
-        for _ in range(args.iters):  # interleaved: load hits every graph alike
-            for k, s in sessions.items():
-                t = time.perf_counter()
-                s.run(None, x)
-                times[k].append(time.perf_counter() - t)
+        times = time_blocks({k: lambda s=s: s.run(None, x) for k, s in sessions.items()}, args.rounds, args.block)
         load1 = os.getloadavg()
         shares = op_shares(paths["shipped (static QDQ)"], x, args.threads, tmp) if args.profile else None
     base, ref = float(np.median(times["fp32"])), outs["fp32"]
@@ -114,7 +111,8 @@ def main() -> None:
         med, o = float(np.median(times[k])), outs[k]
         cos = ((ref * o).sum(-1) / np.linalg.norm(ref, axis=-1) / np.linalg.norm(o, axis=-1)).min()
         print(f"| {k} | {1000 * med:.1f} | {base / med:.2f}x | {shipped / med:.2f}x | {cos:.5f} |")
-    print(f"\nload average before {load0[0]:.2f}, after {load1[0]:.2f}; {args.threads} threads, batch 8")
+    print(f"\nload average before {load0[0]:.2f}, after {load1[0]:.2f}; {args.threads} threads "
+          f"({'no spinning' if args.no_spin else 'spinning'}), batch 8, {args.rounds} rounds of {args.block} calls")
     if shares:
         print("\nshipped graph, ONNX Runtime profile (kernel time by op type, 3 runs):")
         for op, share in shares:

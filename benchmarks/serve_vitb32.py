@@ -63,6 +63,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).parent))
 from vitb32 import WrappedAdapter, vitb32  # noqa: E402
 
+from mfdeploy.bench.run import time_blocks  # noqa: E402
 from mfdeploy.platform import physical_cores
 from mfdeploy.runtime.inputs import pixel_values, text_inputs
 
@@ -89,24 +90,6 @@ def text_flops(cfg, proj_dim: int, text_len: int) -> float:
     """FLOPs per text of `text_len` tokens of the text tower (see the module docstring)."""
     body = cfg.num_hidden_layers * layer_flops(text_len, cfg.hidden_size, cfg.intermediate_size)
     return float(body + 2 * cfg.hidden_size * proj_dim)
-
-
-def time_blocks(calls: dict, rounds: int, block: int) -> dict[str, np.ndarray]:
-    """Latencies in seconds per call name: `rounds` rounds, each running every call `block` + 1 times back to back.
-
-    The first call of each block is untimed (it pays for the other library
-    having just run); the order of the names alternates between rounds.
-    """
-    order = list(calls)
-    lat: dict[str, list[float]] = {name: [] for name in order}
-    for r in range(rounds):
-        for name in order if r % 2 == 0 else order[::-1]:
-            calls[name]()
-            for _ in range(block):
-                t0 = time.perf_counter()
-                calls[name]()
-                lat[name].append(time.perf_counter() - t0)
-    return {name: np.asarray(v) for name, v in lat.items()}
 
 
 def _ort_session(nodes, inputs, outputs, initializers=(), threads: int | None = None):

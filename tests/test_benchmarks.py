@@ -33,7 +33,8 @@ def test_serve_vitb32_smoke():
 
 @pytest.mark.slow
 def test_quantize_vitb32_smoke():
-    run = subprocess.run([sys.executable, str(BENCHMARKS / "quantize_vitb32.py"), "--smoke", "--iters", "2"],
+    run = subprocess.run([sys.executable, str(BENCHMARKS / "quantize_vitb32.py"), "--smoke", "--rounds", "2",
+                          "--block", "1"],
                          capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
     assert run.returncode == 0, run.stderr[-2000:]
     out = run.stdout
@@ -50,11 +51,13 @@ def test_quantize_vitb32_smoke():
 @pytest.mark.slow
 def test_quantize_variants_smoke(tmp_path):
     env = {**os.environ, "COLUMNS": "200"}
-    keep = subprocess.run([sys.executable, str(BENCHMARKS / "quantize_vitb32.py"), "--smoke", "--iters", "1",
-                           "--keep", str(tmp_path)], capture_output=True, text=True, timeout=600, env=env)
+    keep = subprocess.run([sys.executable, str(BENCHMARKS / "quantize_vitb32.py"), "--smoke", "--rounds", "1",
+                           "--block", "1", "--keep", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, env=env)
     assert keep.returncode == 0, keep.stderr[-2000:]
     run = subprocess.run([sys.executable, str(BENCHMARKS / "quantize_variants.py"), str(tmp_path / "MoPE 0.5" /
-                          "vision.onnx"), "--iters", "1"], capture_output=True, text=True, timeout=600, env=env)
+                          "vision.onnx"), "--rounds", "1", "--block", "1"],
+                         capture_output=True, text=True, timeout=600, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     rows = {line.split("|")[1].strip(): line.split("|")[2:] for line in run.stdout.splitlines()
             if line.startswith("| ") and not line.startswith("| graph")}

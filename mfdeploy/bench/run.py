@@ -61,6 +61,27 @@ def time_interleaved(
     return {name: np.asarray(v) for name, v in lat.items()}
 
 
+def time_blocks(calls: dict, rounds: int, block: int) -> dict[str, np.ndarray]:
+    """Latencies in seconds per call name: `rounds` rounds, each running every call `block` + 1 times back to back.
+
+    Each call runs as a serving process runs it (its own threads warm, spinning
+    if its session spins), while drift on a shared host still hits every name
+    alike. The first call of each block is untimed: it pays for the previous
+    name having just run (cold worker threads, that name's threads still
+    spinning, its weights in the cache). The order alternates between rounds.
+    """
+    order = list(calls)
+    lat: dict[str, list[float]] = {name: [] for name in order}
+    for r in range(rounds):
+        for name in order if r % 2 == 0 else order[::-1]:
+            calls[name]()
+            for _ in range(block):
+                t0 = time.perf_counter()
+                calls[name]()
+                lat[name].append(time.perf_counter() - t0)
+    return {name: np.asarray(v) for name, v in lat.items()}
+
+
 def _stats(latencies: np.ndarray, batch: int) -> dict[str, float]:
     ms = latencies * 1e3
     return {
