@@ -40,6 +40,7 @@ from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mfdeploy.bench.run import time_blocks  # noqa: E402
 from mfdeploy.ortsession import ort_session  # noqa: E402
+from mfdeploy.platform import cpu_description  # noqa: E402
 from mfdeploy.quantize.calib import feed_reader  # noqa: E402
 from mfdeploy.quantize.nodes import WEIGHT_OPS, plan_nodes  # noqa: E402
 from mfdeploy.quantize.ort import STATIC_EXTRA_OPTIONS, preprocess, quantize_ort, shapes_from_float  # noqa: E402
@@ -112,7 +113,8 @@ def main() -> None:
         cos = ((ref * o).sum(-1) / np.linalg.norm(ref, axis=-1) / np.linalg.norm(o, axis=-1)).min()
         print(f"| {k} | {1000 * med:.1f} | {base / med:.2f}x | {shipped / med:.2f}x | {cos:.5f} |")
     print(f"\nload average before {load0[0]:.2f}, after {load1[0]:.2f}; {args.threads} threads "
-          f"({'no spinning' if args.no_spin else 'spinning'}), batch 8, {args.rounds} rounds of {args.block} calls")
+          f"({'no spinning' if args.no_spin else 'spinning'}), batch 8, {args.rounds} rounds of {args.block} calls; "
+          f"{cpu_description()}")
     if shares:
         print("\nshipped graph, ONNX Runtime profile (kernel time by op type, 3 runs):")
         for op, share in shares:

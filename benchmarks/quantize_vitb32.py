@@ -49,6 +49,7 @@ from mfdeploy.bench.run import time_blocks  # noqa: E402
 from mfdeploy.data.batching import CalibSource  # noqa: E402
 from mfdeploy.export import export_towers  # noqa: E402
 from mfdeploy.ortsession import ort_session  # noqa: E402
+from mfdeploy.platform import cpu_description  # noqa: E402
 from mfdeploy.prune import PruneConfig, prune_model  # noqa: E402
 from mfdeploy.quantize.nodes import plan_nodes  # noqa: E402
 from mfdeploy.quantize.ort import quantize_ort  # noqa: E402
@@ -133,6 +134,7 @@ def main() -> None:
     console.print(f"load average (1, 5, 15 min) before timing: {load_before[0]:.2f} {load_before[1]:.2f} "
                   f"{load_before[2]:.2f}; after: {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f} "
                   f"on {os.cpu_count()} CPUs", highlight=False)
+    console.print(f"CPU: {cpu_description()}", highlight=False)
     for tower, target in (("vision", 2.5), ("text", 2.0)):
         best = max((r for r in rows if r[0] == tower and r[1].startswith("dense int8")), key=lambda r: r[3])
         console.print(f"{tower}: best dense int8 = {best[1]} at {best[3]:.2f}x (target >= {target}x)", highlight=False)

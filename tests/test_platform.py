@@ -1,0 +1,32 @@
+"""The machine probes that benchmark tables print beside their numbers."""
+
+from __future__ import annotations
+
+from mfdeploy.platform import cpu_description, describe_cpuinfo
+
+X86 = """processor\t: 0
+model name\t: Intel(R) Xeon(R) Processor
+flags\t\t: fpu sse avx2 avx512f avx512_vnni amx_tile amx_int8
+
+processor\t: 1
+model name\t: Other
+flags\t\t: fpu
+"""
+
+ARM = """processor\t: 0
+BogoMIPS\t: 243.75
+Features\t: fp asimd asimddp i8mm
+"""
+
+
+def test_describe_cpuinfo_names_the_first_cpu_and_its_gemm_features():
+    assert describe_cpuinfo(X86) == "Intel(R) Xeon(R) Processor (avx2 avx512f avx512_vnni amx_int8)"
+    arm = describe_cpuinfo(ARM)
+    assert arm.endswith("(asimddp i8mm)")
+    assert describe_cpuinfo("processor\t: 0\nmodel name\t: Old\nflags\t: fpu sse\n") == \
+        "Old (no SIMD GEMM features listed)"
+
+
+def test_cpu_description_on_this_machine():
+    text = cpu_description()
+    assert text and "(" in text and text.endswith(")")
