@@ -88,6 +88,23 @@ def test_time_interleaved_alternates_and_honours_min_time():
     assert len(lat["a"]) > 1 and lat["a"].sum() >= 0.01 or len(lat["a"]) == 10_000
 
 
+def test_time_blocks_runs_back_to_back_and_leaves_each_first_call_untimed():
+    import time
+
+    from mfdeploy.bench.run import time_blocks
+
+    calls, slow = [], iter([0.05, 0, 0, 0.05, 0, 0, 0.05, 0, 0, 0.05, 0, 0])
+
+    def call(name):
+        calls.append(name)
+        time.sleep(next(slow))  # the first call of every block is the slow one
+
+    lat = time_blocks({"a": lambda: call("a"), "b": lambda: call("b")}, rounds=2, block=2)
+    assert calls == ["a"] * 3 + ["b"] * 3 + ["b"] * 3 + ["a"] * 3  # blocks of 1 + 2, order alternating
+    assert len(lat["a"]) == len(lat["b"]) == 4
+    assert lat["a"].max() < 0.04 and lat["b"].max() < 0.04  # the slow first calls were not timed
+
+
 def test_cli_bench(build_dir, tmp_path, capsys):
     main(["bench", str(build_dir), "--backends", "ort-cpu,trt", "--towers", "vision", "--batch-sizes", "1,2",
           "--warmup", "0", "--iters", "2", "--min-time", "0", "--threads", "1", "--no-dense",
