@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -38,6 +39,7 @@ from mfdeploy.bench.run import _stats, time_interleaved  # noqa: E402
 from mfdeploy.data.batching import CalibSource  # noqa: E402
 from mfdeploy.export import export_towers  # noqa: E402
 from mfdeploy.models import load  # noqa: E402
+from mfdeploy.platform import cpu_description  # noqa: E402
 from mfdeploy.prune import PruneConfig, prune_model  # noqa: E402
 from mfdeploy.quantize.nodes import plan_nodes  # noqa: E402
 from mfdeploy.quantize.ort import AUTO_SCHEME, quantize_ort  # noqa: E402
@@ -80,6 +82,7 @@ def main() -> None:
     args = ap.parse_args()
     console = Console()
     rows = []
+    loads: dict[str, list[float]] = {}
     batches = [int(b) for b in args.batch_sizes.split(",")]
     for model in args.models.split(","):
         vs = variants(model)
@@ -103,6 +106,7 @@ def main() -> None:
             size = dense.image_size
             text_len = min(16, dense.max_text_len)
             eos = dense.model.config.text_config.eos_token_id
+            loads[model] = [os.getloadavg()[0]]
             for tower in ("vision", "text"):
                 for b in batches:
                     if tower == "vision":
@@ -120,6 +124,7 @@ def main() -> None:
                                      "vs_dense": st["throughput"] / base})
                     console.print(f"{model} {tower} b{b}: " + ", ".join(
                         f"{r['variant']} {r['throughput']:.0f}/s ({r['vs_dense']:.2f}x)" for r in rows[-len(lat):]))
+            loads[model].append(os.getloadavg()[0])
     args.out.mkdir(parents=True, exist_ok=True)
     previous = args.out / "speed.json"
     if previous.exists():  # keep the rows of models not measured now (each model's cells are one run's)
@@ -131,6 +136,8 @@ def main() -> None:
     lines = ["| model | tower | batch | variant | items/s | p50 ms | vs dense |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['tower']} | {r['batch']} | {r['variant']} | {r['throughput']:.1f} | "
               f"{r['p50_ms']:.2f} | {r['vs_dense']:.2f}x |" for r in rows]
+    lines += ["", f"CPU: {cpu_description()}; load average (1 min) before / after timing: " + ", ".join(
+        f"{m} {a:.2f} / {b:.2f}" for m, (a, b) in loads.items()) + f" on {os.cpu_count()} CPUs"]
     (args.out / "speed.md").write_text("\n".join(lines) + "\n")
     console.print("\n".join(lines))
 
