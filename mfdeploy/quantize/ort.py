@@ -15,9 +15,10 @@ Two schemes, both int8 weights per output channel on the weight MatMuls
 
 Why these defaults (measured side by side, `benchmarks/quantize_vitb32.py`,
 README "Quantization"): per-channel weights cost nothing in speed and keep
-more accuracy than per-tensor; QDQ and operator format ran at the same
-speed, and QDQ is the format other runtimes read; float MatMul outputs made the MoPE
-0.5 vision tower about 1.3x faster than quantized ones; quantizing every op
+more accuracy than per-tensor; QDQ with quantized MatMul outputs and the
+operator format (both QLinearMatMul) ran at the same speed, and QDQ is the
+format other runtimes read; leaving the MatMul outputs float made the MoPE
+0.5 vision tower 1.18x-1.22x faster again (`benchmarks/quantize_variants.py`); quantizing every op
 (LayerNorm, Softmax, Gelu, Add) lowered the bundled model's vision min
 cosine from 0.9993 to 0.98.
 """
