@@ -181,10 +181,18 @@ def test_build_directory_source(exported, tmp_path):
 
 def test_quantize_writes_nothing_into_the_working_directory(exported, tmp_path, monkeypatch, capsys):
     """ONNX Runtime's symbolic shape inference dumps a debug model into the working directory when it
-    cannot finish (the text tower): that must happen in a scratch directory, not in the user's."""
+    cannot finish (the text tower): that dump must not happen, and the process's working directory (which
+    every thread shares) must not change on the way."""
+    import os
+
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
+
+    def no_chdir(path):
+        raise AssertionError(f"os.chdir({path!r}) during quantize")
+
+    monkeypatch.setattr(os, "chdir", no_chdir)
     for target in ("ort", "trt"):  # relative --out paths too: ModelOpt's worker runs in its own scratch folder
         main(["quantize", str(exported), "--out", f"../q_{target}", "--target", target, "--calib-samples", "8",
               "--calib", "shapes"])

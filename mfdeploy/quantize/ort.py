@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -65,6 +64,38 @@ def uses_external_data(path: Path) -> bool:
     return bool(external_data_files(path))
 
 
+class _NoDebugDump:
+    """`onnx` as ONNX Runtime's symbolic shape inference sees it, minus the debug dump it saves on failure.
+
+    On an incomplete inference it saves the whole model (sym_shape_infer_temp.onnx
+    and a <uuid>.data of the weights) into the working directory, the user's. Only
+    that module's name `onnx` is replaced, for the call: every other caller of
+    `onnx.save_model` and the process's working directory are untouched.
+    """
+
+    def __init__(self, onnx_module: Any):
+        self._onnx = onnx_module
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._onnx, name)
+
+    @staticmethod
+    def save_model(*args: Any, **kwargs: Any) -> None:
+        return None
+
+
+@contextlib.contextmanager
+def _no_shape_inference_dump():
+    import onnxruntime.tools.symbolic_shape_infer as ssi
+
+    real = ssi.onnx
+    ssi.onnx = _NoDebugDump(real)
+    try:
+        yield
+    finally:
+        ssi.onnx = real
+
+
 def preprocess(src: Path, dst: Path) -> str:
     """ONNX Runtime's recommended pre-processing (shape inference, graph optimisation); returns what ran.
 
@@ -78,19 +109,13 @@ def preprocess(src: Path, dst: Path) -> str:
     # beside it as <name>.data, which the quantizer then reads from the same folder
     external = {"save_as_external_data": True, "all_tensors_to_one_file": True,
                 "external_data_location": dst.name + ".data"} if uses_external_data(src) else {}
-    cwd = Path.cwd()
-    with tempfile.TemporaryDirectory(prefix="mfdeploy-shapes-") as scratch:
-        # A failed symbolic inference saves a debug model (sym_shape_infer_temp.onnx and a <uuid>.data
-        # of the weights) into the working directory: run it in a scratch one, never the user's.
-        os.chdir(scratch)
+    with _no_shape_inference_dump():
         try:
             quant_pre_process(str(src), str(dst), skip_symbolic_shape=False, **external)
             return "symbolic shape inference + optimisation"
         except Exception:  # noqa: BLE001 - ORT raises a bare Exception("Incomplete symbolic shape inference")
             quant_pre_process(str(src), str(dst), skip_symbolic_shape=True, **external)
             return "onnx shape inference + optimisation (symbolic shape inference incomplete)"
-        finally:
-            os.chdir(cwd)
 
 
 # static scheme: which ops' outputs get no QuantizeLinear (see the module docstring)
