@@ -60,6 +60,18 @@ def test_export_writes_towers_and_manifest(exported):
     assert manifest["model"]["max_text_len"] == 48
 
 
+def test_attention_is_exported_eager_without_the_nan_guard(exported, adapter, tmp_path):
+    """sdpa's export puts IsNaN + Where after every softmax; the eager export has none, gives the same
+    embeddings (the parity gate above), and leaves the model's own attention setting as it was."""
+    assert json.loads((exported / "export.json").read_text())["attention"] == "eager"
+    ops = inspect_graph(exported / "text.onnx")["ops"]
+    assert "IsNaN" not in ops and ops.get("Softmax") == 2  # one per layer, 2 layers
+    assert adapter.model.config._attn_implementation == "sdpa"  # transformers' default: the switch happens
+    assert export_towers(adapter, tmp_path / "again")["attention"] == "eager"
+    assert adapter.model.config._attn_implementation == "sdpa"
+    assert adapter.model.text_model.config._attn_implementation == "sdpa"
+
+
 def test_io_names_dtypes_and_dynamic_axes(exported):
     vision, text = onnx_io(exported / "vision.onnx"), onnx_io(exported / "text.onnx")
     assert vision["inputs"] == {"pixel_values": {"dtype": "float32", "shape": ["batch", 3, 32, 32]}}

@@ -83,6 +83,7 @@ def export_model(source: str | Path | Adapter | None, out: Path, opset: int = MI
             "model": {"id": adapter.model_id, "source": adapter.source, **exported["model"]},
             "opset": exported["opset"],
             "exporter": exported["exporter"],
+            "attention": exported["attention"],
             "towers": exported["towers"],
             "parity": parity,
             "files": file_records(tmp, recursive=False),
