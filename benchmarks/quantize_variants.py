@@ -35,27 +35,21 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mfdeploy.bench.run import time_blocks  # noqa: E402
 from mfdeploy.ortsession import ort_session  # noqa: E402
 from mfdeploy.platform import cpu_description  # noqa: E402
-from mfdeploy.quantize.calib import feed_reader  # noqa: E402
 from mfdeploy.quantize.nodes import WEIGHT_OPS, plan_nodes  # noqa: E402
-from mfdeploy.quantize.ort import STATIC_EXTRA_OPTIONS, preprocess, quantize_ort, shapes_from_float  # noqa: E402
+from mfdeploy.quantize.ort import preprocess, quantize_ort, quantize_static_qdq  # noqa: E402
 
 
 def variant(src: Path, dst: Path, calib: list[dict], more_nodes=(), more_ops=(), extra=None) -> Path:
     """The shipped static scheme with one thing changed (more nodes or op types, other quantizer options)."""
     pre = dst.with_suffix(".pre.onnx")
     preprocess(src, pre)
-    nodes = plan_nodes(src)["quantize"] + list(more_nodes)
-    quantize_static(str(pre), str(dst), feed_reader(calib), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
-                    op_types_to_quantize=list(WEIGHT_OPS) + list(more_ops),
-                    extra_options=dict(STATIC_EXTRA_OPTIONS) if extra is None else extra)
-    shapes_from_float(dst)
+    quantize_static_qdq(pre, dst, plan_nodes(src)["quantize"] + list(more_nodes), calib,
+                        op_types=WEIGHT_OPS + tuple(more_ops), extra_options=extra)
     return dst
 
 

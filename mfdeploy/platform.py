@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import resource
 from dataclasses import dataclass
 from functools import lru_cache
@@ -49,8 +50,6 @@ def cpu_description() -> str:
     over fp32 with AVX-512 VNNI and more with AMX tiles. Read from
     /proc/cpuinfo; elsewhere `platform.processor()`.
     """
-    import platform
-
     try:
         return describe_cpuinfo(Path("/proc/cpuinfo").read_text())
     except OSError:
@@ -59,8 +58,6 @@ def cpu_description() -> str:
 
 def describe_cpuinfo(text: str) -> str:
     """`cpu_description` from the text of a /proc/cpuinfo (x86 "model name"/"flags", Arm "Features")."""
-    import platform
-
     first = text.split("\n\n")[0]  # the first processor's block
     fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in first.splitlines() if ":" in line)}
     name = fields.get("model name") or fields.get("Hardware") or platform.machine()

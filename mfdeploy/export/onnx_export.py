@@ -131,7 +131,7 @@ def eager_attention(model: nn.Module | None):
     docstring); yields the implementation the export saw. The model's own setting is restored after."""
     config = getattr(model, "config", None)
     current = getattr(config, "_attn_implementation", None)
-    if model is None or current in (None, "eager") or not hasattr(model, "set_attn_implementation"):
+    if current in (None, "eager") or not hasattr(model, "set_attn_implementation"):
         yield current or "the model's own"
         return
     model.set_attn_implementation("eager")

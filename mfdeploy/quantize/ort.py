@@ -137,23 +137,41 @@ def shapes_from_float(path: Path) -> int:
 
     model = onnx.load(str(path), load_external_data=False)
     producer = {o: n for n in model.graph.node for o in n.output}
+
+    def made_by(name: str, op: str):
+        node = producer.get(name)
+        return node if node is not None and node.op_type == op else None
+
     moved = 0
     for node in model.graph.node:
-        if node.op_type != "Shape":
+        dq = made_by(node.input[0], "DequantizeLinear") if node.op_type == "Shape" else None
+        q = made_by(dq.input[0], "QuantizeLinear") if dq is not None else None
+        if q is None:
             continue
-        dq = producer.get(node.input[0])
-        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-        source = producer.get(q.input[0]) if q is not None and q.op_type == "QuantizeLinear" else None
         # A quantized node (DQ inputs, Q output: the patch Conv) is fused with its Q only while that Q
         # is its sole consumer, so a Shape never moves onto its output.
-        if q is not None and q.op_type == "QuantizeLinear" and not (
-                source is not None and any(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear"
-                                           for i in source.input)):
-            node.input[0] = q.input[0]
-            moved += 1
+        source = producer.get(q.input[0])
+        if source is not None and any(made_by(i, "DequantizeLinear") for i in source.input):
+            continue
+        node.input[0] = q.input[0]
+        moved += 1
     if moved:
         onnx.save(model, str(path))
     return moved
+
+
+def quantize_static_qdq(pre: Path, dst: Path, nodes: list[str], feeds: list[Feed], *, external: bool = False,
+                        op_types: tuple[str, ...] = WEIGHT_OPS, extra_options: dict[str, Any] | None = None) -> None:
+    """The static scheme on a pre-processed tower: QDQ, int8 weights per channel, uint8 activations
+    calibrated on `feeds`, then `shapes_from_float`. `op_types` and `extra_options` (default
+    `STATIC_EXTRA_OPTIONS`) are what `benchmarks/quantize_variants.py` varies."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    quantize_static(str(pre), str(dst), feed_reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
+                    op_types_to_quantize=list(op_types), use_external_data_format=external,
+                    extra_options=dict(STATIC_EXTRA_OPTIONS if extra_options is None else extra_options))
+    shapes_from_float(dst)
 
 
 def quantize_ort(src: Path, dst: Path, nodes: list[str], feeds: list[Feed] | None, scheme: str = "static",
@@ -171,7 +189,7 @@ def quantize_ort(src: Path, dst: Path, nodes: list[str], feeds: list[Feed] | Non
     Returns:
         What was done: scheme, formats, types, pre-processing.
     """
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     if scheme not in SCHEMES:
         raise UserError(f"--scheme {scheme}: expected one of {', '.join(SCHEMES)}")
@@ -184,12 +202,7 @@ def quantize_ort(src: Path, dst: Path, nodes: list[str], feeds: list[Feed] | Non
                 how = preprocess(src, pre)
                 external = uses_external_data(src)  # the INT8 tower keeps its weights outside too (dst.data)
                 if scheme == "static":
-                    quantize_static(str(pre), str(dst), feed_reader(feeds or []), quant_format=QuantFormat.QDQ,
-                                    per_channel=True, activation_type=QuantType.QUInt8,
-                                    weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
-                                    op_types_to_quantize=list(WEIGHT_OPS), use_external_data_format=external,
-                                    extra_options=dict(STATIC_EXTRA_OPTIONS))
-                    shapes_from_float(dst)
+                    quantize_static_qdq(pre, dst, nodes, feeds or [], external=external)
                 else:
                     quantize_dynamic(str(pre), str(dst), per_channel=True, weight_type=QuantType.QInt8,
                                      nodes_to_quantize=nodes, op_types_to_quantize=list(WEIGHT_OPS),
