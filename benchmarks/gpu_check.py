@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -41,8 +42,9 @@ def say(msg: str) -> None:
 
 
 def cli(*args: str) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    subprocess.run([sys.executable, "-m", "mfdeploy.cli", *args], check=True, env=env)
+    """`mfdeploy ARGS` from this checkout (the caller's PYTHONPATH kept after it: packages carried there)."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    subprocess.run([sys.executable, "-m", "mfdeploy.cli", *args], check=True, env={**os.environ, "PYTHONPATH": path})
 
 
 def pooled(out) -> torch.Tensor:
@@ -126,6 +128,8 @@ def step2(device: str, iters: int, dry: bool) -> dict:
         say(f"   prune {name}: {seconds:.1f} s" + (f", peak GPU memory {peak:.2f} GB" if peak else ""))
         variants[name] = adapter.model
     half = torch.float16 if cuda else torch.float32
+    torch.backends.cudnn.allow_tf32 = False  # the fp32 references in true fp32 (cuDNN's convolutions default to TF32)
+    torch.backends.cuda.matmul.allow_tf32 = False
     # each fp16 variant is compared with the same weights in fp32: what the GPU path changes, not what pruning did
     references = {"dense": dense.to(device).float().eval(), "2:4 semi-structured": variants["2:4"].float().eval(),
                   "MoPE 0.5": variants["MoPE 0.5"].float().eval()}
@@ -165,6 +169,15 @@ def step3(build: Path) -> dict:
     return probed
 
 
+def step_bench(build: Path) -> list[dict]:
+    """`mfdeploy bench` on the bundled GPU build: torch (CPU) against torch-cuda and torch-cuda-sparse."""
+    say("3b. mfdeploy bench on the bundled build: torch, torch-cuda, torch-cuda-sparse (pruned vs dense)")
+    rows_path = build / "gpu_bench_rows.json"
+    cli("bench", str(build), "--backends", "torch,torch-cuda,torch-cuda-sparse", "--batch-sizes", "1,32",
+        "--iters", "20", "--min-time", "0.2", "--json", str(rows_path))
+    return json.loads(rows_path.read_text())
+
+
 def machine() -> dict:
     info = {"torch": torch.__version__, "cuda": torch.version.cuda, "gpu": None, "driver": None}
     if torch.cuda.is_available():
@@ -178,19 +191,55 @@ def machine() -> dict:
 
 
 def markdown(result: dict) -> str:
+    """The report: whatever steps ran (a step that failed shows its error)."""
     m = result["machine"]
     lines = [f"GPU {m['gpu']}, driver {m['driver']}, torch {m['torch']}, CUDA {m['cuda']}", ""]
+    lines += [f"- **step {name} failed**: {err}" for name, err in result.get("errors", {}).items()]
     s1 = result.get("bundled")
     if s1:
         lines += [f"- bundled 2:4 build on the GPU: {s1['build_s']:.1f} s; masks agree with the CPU's on "
-                  f"{100 * s1['masks_agreement']:.4f}% of weights (bar 99.9%)", ""]
-    lines += ["| model | tower | batch | items/s | ms | min cosine vs fp32 |", "|---|---|---|---|---|---|"]
-    for r in result["vitb32"]["towers"]:
-        cos = f"{r['min_cosine_vs_fp32']:.5f}"
-        lines.append(f"| {r['model']} | {r['tower']} | {r['batch']} | {r['items_per_s']:.1f} | {r['ms']:.2f} | {cos} |")
-    lines += ["", "| backend | status |", "|---|---|"]
-    lines += [f"| {k} | {'available' if v is None else 'skipped: ' + v} |" for k, v in result["backends"].items()]
+                  f"{100 * s1['masks_agreement']:.4f}% of weights (bar 99.9%)"]
+    v = result.get("vitb32")
+    if v:
+        for name, p in v["prune"].items():
+            peak = "" if p["peak_gpu_gb"] is None else f", peak GPU memory {p['peak_gpu_gb']:.2f} GB"
+            lines.append(f"- ViT-B/32 prune {name}: {p['seconds']:.1f} s{peak}")
+        lines.append(f"- 2:4 semi-structured: {v['sparse_layers']} linears on sparse kernels, "
+                     f"{len(v['dense_layers'])} refused {sorted(v['dense_layers'])[:4]}")
+        lines += ["", "| model | tower | batch | items/s | ms | min cosine vs fp32 |", "|---|---|---|---|---|---|"]
+        for r in v["towers"]:
+            lines.append(f"| {r['model']} | {r['tower']} | {r['batch']} | {r['items_per_s']:.1f} | {r['ms']:.2f} "
+                         f"| {r['min_cosine_vs_fp32']:.5f} |")
+    if result.get("backends"):
+        lines += ["", "| backend | status |", "|---|---|"]
+        lines += [f"| {k} | {'available' if v is None else 'skipped: ' + v} |" for k, v in result["backends"].items()]
+    if result.get("bench"):
+        lines += ["", "`mfdeploy bench` (bundled build, text at 16 tokens):", "",
+                  "| backend | variant | tower | batch | items/s | p50 ms |", "|---|---|---|---|---|---|"]
+        for r in result["bench"]:
+            if "throughput" in r:
+                lines.append(f"| {r['backend']} | {r['variant']} | {r['tower']} | {r['batch']} | "
+                             f"{r['throughput']:.1f} | {r['p50_ms']:.2f} |")
+            elif r.get("tower") in (None, "vision") and r.get("batch") in (None, 1):
+                lines.append(f"| {r['backend']} | {r.get('variant', '')} | unavailable: {r.get('reason', '')} "
+                             "| | | |")
     return "\n".join(lines) + "\n"
+
+
+def guarded(result: dict, key: str, step) -> None:
+    """Run one step into result[key]; a failure is printed and recorded, and the later steps still run."""
+    try:
+        result[key] = step()
+    except Exception as e:  # noqa: BLE001 - the report says which step failed and why, then goes on
+        result.setdefault("errors", {})[key] = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+        say(f"   step {key} FAILED: {result['errors'][key]}")
+        traceback.print_exc()
+
+
+def write(result: dict, out: Path, name: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
+    (out / f"{name}.md").write_text(markdown(result))
 
 
 def main() -> None:
@@ -205,16 +254,22 @@ def main() -> None:
     device = "cpu" if args.cpu_dry_run else "cuda"
     result = {"machine": machine(), "device": device}
     say(f"{result['machine']}")
-    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
-        result["bundled"] = step1(Path(tmp), device)
-        result["vitb32"] = step2(device, args.iters if not args.cpu_dry_run else 2, args.cpu_dry_run)
-        result["backends"] = step3(Path(tmp) / "build")
-    result["seconds"] = time.perf_counter() - T0
-    args.out.mkdir(parents=True, exist_ok=True)
     name = "gpu_check_dry_run" if args.cpu_dry_run else "gpu_check"
-    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
-    (args.out / f"{name}.md").write_text(markdown(result))
-    say(f"done in {result['seconds']:.0f} s: {args.out / name}.json and .md")
+    iters = args.iters if not args.cpu_dry_run else 2
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
+        build = Path(tmp) / "build"
+        steps = (("bundled", lambda: step1(Path(tmp), device)),
+                 ("vitb32", lambda: step2(device, iters, args.cpu_dry_run)),
+                 ("backends", lambda: step3(build)),
+                 ("bench", lambda: step_bench(build)))
+        for key, step in steps:
+            guarded(result, key, step)
+            result["seconds"] = time.perf_counter() - T0
+            write(result, args.out, name)  # after every step: a run cut short still leaves its report
+    say(f"done in {result['seconds']:.0f} s: {args.out / name}.json and .md"
+        + (f"; FAILED steps: {', '.join(result['errors'])}" if result.get("errors") else ""))
+    if result.get("errors"):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
