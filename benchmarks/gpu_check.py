@@ -19,6 +19,7 @@ model and no sparse kernels (a check of the script itself; its numbers mean noth
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import subprocess
@@ -80,8 +81,9 @@ def step1(tmp: Path, device: str) -> dict:
 
 
 def timed(fn, iters: int, cuda: bool) -> float:
-    """Median seconds per call (CUDA events around each call on a GPU)."""
-    fn()
+    """Median seconds per call (CUDA events around each call on a GPU), after 3 untimed calls."""
+    for _ in range(3):
+        fn()
     times = []
     for _ in range(iters):
         if cuda:
@@ -99,8 +101,6 @@ def timed(fn, iters: int, cuda: bool) -> float:
 
 
 def step2(device: str, iters: int, dry: bool) -> dict:
-    import copy
-
     from mfdeploy.models.inputs import CalibSource
     from mfdeploy.prune import PruneConfig, prune_model
     from mfdeploy.runtime.torch_cuda import sparsify_linears
@@ -133,10 +133,15 @@ def step2(device: str, iters: int, dry: bool) -> dict:
     # each fp16 variant is compared with the same weights in fp32: what the GPU path changes, not what pruning did
     references = {"dense": dense.to(device).float().eval(), "2:4 semi-structured": variants["2:4"].float().eval(),
                   "MoPE 0.5": variants["MoPE 0.5"].float().eval()}
+    references["2:4 CUTLASS"] = references["2:4 semi-structured"]
     models = {name: copy.deepcopy(ref).to(device, half).eval() for name, ref in references.items()}
-    sparse, refused = sparsify_linears(models["2:4 semi-structured"]) if cuda else ([], {"all": "CPU dry run"})
-    out["sparse_layers"], out["dense_layers"] = len(sparse), refused
-    say(f"   2:4 semi-structured: {len(sparse)} linears sparse, {len(refused)} refused")
+    out["sparse_layers"], out["dense_layers"] = {}, {}
+    for name, kernels in (("2:4 semi-structured", "default"), ("2:4 CUTLASS", "cutlass")):
+        sparse, refused = sparsify_linears(models[name], kernels) if cuda else ([], {"all": "CPU dry run"})
+        out["sparse_layers"][name], out["dense_layers"][name] = len(sparse), refused
+        say(f"   {name}: {len(sparse)} linears sparse, {len(refused)} refused")
+    if cuda:
+        warm_gpu()
     vc = dense.config.vision_config
     for batch in (1, 32, 256) if not dry else (1, 4):
         px = torch.randn(batch, 3, vc.image_size, vc.image_size, device=device)
@@ -157,6 +162,48 @@ def step2(device: str, iters: int, dry: bool) -> dict:
                     say(f"   {name:20s} {tower:6s} batch {batch:3d}: {batch / sec:9.1f} items/s, min cosine vs "
                         f"fp32 {cos:.5f}" + ("" if cos >= 0.999 else " (below 0.999)"))
     return out
+
+
+def warm_gpu(seconds: float = 2.0) -> None:
+    """Bring the GPU's clocks up from idle before timing (an idle H100/H200 sits at a few hundred MHz)."""
+    a = torch.randn(4096, 4096, device="cuda", dtype=torch.float16)
+    t = time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        for _ in range(20):
+            a @ a
+        torch.cuda.synchronize()
+
+
+def step_kernels(iters: int) -> list[dict]:
+    """One fp16 linear of ViT-B/32's MLP shapes: dense vs 2:4 on cuSPARSELt vs 2:4 on CUTLASS (CUDA events)."""
+    from torch import nn
+
+    from mfdeploy.prune.patterns import mask_nm
+    from mfdeploy.runtime.torch_cuda import sparsify_linears
+
+    say("2b. one linear, ViT-B/32 MLP shapes: dense vs 2:4 cuSPARSELt vs 2:4 CUTLASS (fp16)")
+    warm_gpu()
+    rows = []
+    torch.manual_seed(0)
+    for d_in, d_out in ((768, 3072), (3072, 768)):
+        layer = nn.Linear(d_in, d_out).cuda().half()
+        with torch.no_grad():
+            layer.weight.mul_(mask_nm(layer.weight.float().abs(), 2, 4).to(layer.weight.dtype))
+        layers = {"dense": layer}
+        for kernels in ("cusparselt", "cutlass"):
+            layers[kernels] = copy.deepcopy(layer)
+            done, refused = sparsify_linears(nn.Sequential(layers[kernels]), kernels)
+            if refused:
+                say(f"   {kernels} refused {d_out}x{d_in}: {refused}")
+                del layers[kernels]
+        for tokens in (50, 1600, 12800):  # 1, 32 and 256 images of 50 tokens
+            x = torch.randn(tokens, d_in, device="cuda", dtype=torch.float16)
+            with torch.inference_mode():
+                ms = {k: 1000 * timed(lambda m=m, x=x: m(x), iters, True) for k, m in layers.items()}
+            rows.append({"in": d_in, "out": d_out, "tokens": tokens, "ms": ms})
+            say(f"   {d_out}x{d_in} @ {tokens:5d} tokens: " + ", ".join(
+                f"{k} {v:.3f} ms ({ms['dense'] / v:.2f}x)" for k, v in ms.items()))
+    return rows
 
 
 def step3(build: Path) -> dict:
@@ -204,12 +251,22 @@ def markdown(result: dict) -> str:
         for name, p in v["prune"].items():
             peak = "" if p["peak_gpu_gb"] is None else f", peak GPU memory {p['peak_gpu_gb']:.2f} GB"
             lines.append(f"- ViT-B/32 prune {name}: {p['seconds']:.1f} s{peak}")
-        lines.append(f"- 2:4 semi-structured: {v['sparse_layers']} linears on sparse kernels, "
-                     f"{len(v['dense_layers'])} refused {sorted(v['dense_layers'])[:4]}")
+        for name, n in v["sparse_layers"].items():
+            refused = v["dense_layers"][name]
+            lines.append(f"- {name}: {n} linears on sparse kernels, {len(refused)} refused {sorted(refused)[:4]}")
         lines += ["", "| model | tower | batch | items/s | ms | min cosine vs fp32 |", "|---|---|---|---|---|---|"]
         for r in v["towers"]:
             lines.append(f"| {r['model']} | {r['tower']} | {r['batch']} | {r['items_per_s']:.1f} | {r['ms']:.2f} "
                          f"| {r['min_cosine_vs_fp32']:.5f} |")
+    if result.get("kernels"):
+        names = list(result["kernels"][0]["ms"])
+        lines += ["", "One fp16 linear (ms per call; x: dense / this):", "",
+                  "| shape | tokens | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+        for r in result["kernels"]:
+            d = r["ms"]["dense"]
+            lines.append(f"| {r['out']}x{r['in']} | {r['tokens']} | "
+                         + " | ".join(f"{r['ms'][k]:.3f} ({d / r['ms'][k]:.2f}x)" if k in r["ms"] else "-"
+                                      for k in names) + " |")
     if result.get("backends"):
         lines += ["", "| backend | status |", "|---|---|"]
         lines += [f"| {k} | {'available' if v is None else 'skipped: ' + v} |" for k, v in result["backends"].items()]
@@ -260,6 +317,7 @@ def main() -> None:
         build = Path(tmp) / "build"
         steps = (("bundled", lambda: step1(Path(tmp), device)),
                  ("vitb32", lambda: step2(device, iters, args.cpu_dry_run)),
+                 *((("kernels", lambda: step_kernels(iters)),) if not args.cpu_dry_run else ()),
                  ("backends", lambda: step3(build)),
                  ("bench", lambda: step_bench(build)))
         for key, step in steps:

@@ -37,20 +37,39 @@ def is_2to4(weight: torch.Tensor) -> bool:
     return bool(((groups == 0).sum(-1) >= 2).all())
 
 
-def sparsify_linears(model: nn.Module) -> tuple[list[str], dict[str, str]]:
+SPARSE_KERNELS = ("default", "cusparselt", "cutlass")
+
+
+def _semi_structured(kernels: str):
+    """The function that compresses a 2:4 weight for `kernels` (torch's own choice for "default")."""
+    from torch.sparse import (
+        SparseSemiStructuredTensorCUSPARSELT,
+        SparseSemiStructuredTensorCUTLASS,
+        to_sparse_semi_structured,
+    )
+
+    if kernels not in SPARSE_KERNELS:
+        raise ValueError(f"unknown sparse kernels {kernels!r}; known: {', '.join(SPARSE_KERNELS)}")
+    return {"default": to_sparse_semi_structured, "cusparselt": SparseSemiStructuredTensorCUSPARSELT.from_dense,
+            "cutlass": SparseSemiStructuredTensorCUTLASS.from_dense}[kernels]
+
+
+def sparsify_linears(model: nn.Module, kernels: str = "default") -> tuple[list[str], dict[str, str]]:
     """Swap the weight of every 2:4 `nn.Linear` for its semi-structured form, in place.
+
+    Args:
+        kernels: "default" (torch's choice: cuSPARSELt where torch has it), "cusparselt" or "cutlass".
 
     Returns:
         (names made sparse, {name: why it stayed dense} for 2:4 layers the kernels refused).
     """
-    from torch.sparse import to_sparse_semi_structured
-
+    compress = _semi_structured(kernels)
     sparse, refused = [], {}
     for name, module in model.named_modules():
         if not isinstance(module, nn.Linear) or not is_2to4(module.weight):
             continue
         try:
-            module.weight = nn.Parameter(to_sparse_semi_structured(module.weight.detach()), requires_grad=False)
+            module.weight = nn.Parameter(compress(module.weight.detach()), requires_grad=False)
             sparse.append(name)
         except (RuntimeError, ValueError, NotImplementedError) as e:
             refused[name] = first_line(e)
@@ -67,15 +86,15 @@ class TorchCudaRunner(TorchRunner):
     """
 
     def __init__(self, adapter: Adapter, sparse: bool = False, dtype: torch.dtype = torch.float16,
-                 device: str = "cuda"):
+                 device: str = "cuda", kernels: str = "default"):
         reason = cuda_unavailable()
         if reason is not None:
             raise BackendUnavailable(reason)
         self.name = "torch-cuda-sparse" if sparse else "torch-cuda"
         placed = copy.copy(adapter)  # the caller's model stays where it is (other runners share it)
         placed.model = copy.deepcopy(adapter.model).to(device=device, dtype=dtype).eval()
-        self.sparse_layers, self.dense_layers = sparsify_linears(placed.model) if sparse else ([], {})
+        self.sparse_layers, self.dense_layers = sparsify_linears(placed.model, kernels) if sparse else ([], {})
         super().__init__(placed)
 
 
-__all__ = ["TorchCudaRunner", "cuda_unavailable", "is_2to4", "sparsify_linears"]
+__all__ = ["SPARSE_KERNELS", "TorchCudaRunner", "cuda_unavailable", "is_2to4", "sparsify_linears"]
