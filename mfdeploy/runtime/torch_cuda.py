@@ -69,7 +69,10 @@ def sparsify_linears(model: nn.Module, kernels: str = "default") -> tuple[list[s
         if not isinstance(module, nn.Linear) or not is_2to4(module.weight):
             continue
         try:
-            module.weight = nn.Parameter(compress(module.weight.detach()), requires_grad=False)
+            weight = compress(module.weight.detach())
+            # a first call: some kernels refuse only when run (CUTLASS's need compute capability 8.x)
+            nn.functional.linear(torch.zeros(32, weight.shape[1], dtype=weight.dtype, device=weight.device), weight)
+            module.weight = nn.Parameter(weight, requires_grad=False)
             sparse.append(name)
         except (RuntimeError, ValueError, NotImplementedError) as e:
             refused[name] = first_line(e)
