@@ -12,8 +12,9 @@
    EPs, TensorRT engines), each available or skipped with the reason.
 4. Writes gpu_check.json and gpu_check.md (GPU, driver, torch and CUDA versions in the header).
 
-Budget: under 8 minutes of wall time on one H100. `--cpu-dry-run` runs the flow on the CPU with a 2-layer
-model and no sparse kernels (a check of the script itself; its numbers mean nothing).
+Budget: under 8 minutes of wall time on one GPU; the whole script took 99 s on an H200 (README, "On a GPU").
+`--cpu-dry-run` runs the flow on the CPU with a 2-layer model and no sparse kernels (a check of the script
+itself; its numbers mean nothing). Without CUDA (and without `--cpu-dry-run`) it exits at once, in one line.
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ from vitb32 import WrappedAdapter, random_batches, vitb32  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = time.perf_counter()
+
+
+def why(e: BaseException) -> str:
+    """What a report says of a failure: the exception's type and first line."""
+    from mfdeploy.errors import first_line
+
+    return f"{type(e).__name__}: {first_line(e)}"
 
 
 def say(msg: str) -> None:
@@ -132,7 +140,7 @@ def tower_row(model, reference, tower: str, batch: int, px, ids, mask, half, ite
             graph_sec = timed(graphed(call), iters, cuda)
             row.update(graph_items_per_s=batch / graph_sec, graph_ms=1000 * graph_sec)
         except Exception as e:  # noqa: BLE001 - capture can fail (a host sync in the model): said in the row
-            row["graph_error"] = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+            row["graph_error"] = why(e)
     return row
 
 
@@ -195,7 +203,7 @@ def step2(device: str, iters: int, dry: bool) -> dict:
                     try:
                         row.update(tower_row(model, references[name], tower, batch, px, ids, mask, half, iters, cuda))
                     except Exception as e:  # noqa: BLE001 - one variant failing leaves the others' rows
-                        row["error"] = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+                        row["error"] = why(e)
                     say(f"   {name:20s} {tower:6s} batch {batch:3d}: " + (
                         row["error"] if "error" in row else
                         f"{row['items_per_s']:9.1f} items/s eager, "
@@ -339,7 +347,7 @@ def guarded(result: dict, key: str, step) -> None:
     try:
         result[key] = step()
     except Exception as e:  # noqa: BLE001 - the report says which step failed and why, then goes on
-        result.setdefault("errors", {})[key] = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+        result.setdefault("errors", {})[key] = why(e)
         say(f"   step {key} FAILED: {result['errors'][key]}")
         traceback.print_exc()
 
@@ -357,8 +365,8 @@ def main() -> None:
     ap.add_argument("--cpu-dry-run", action="store_true", help="check the script on the CPU (numbers mean nothing)")
     args = ap.parse_args()
     if not args.cpu_dry_run and not torch.cuda.is_available():
-        raise SystemExit("gpu_check: no CUDA GPU here (torch.cuda.is_available() is False); "
-                         "--cpu-dry-run checks the script itself")
+        raise SystemExit("gpu_check needs a CUDA GPU, and torch sees none here (torch.cuda.is_available() is "
+                         "False); --cpu-dry-run checks the script itself on the CPU")
     device = "cpu" if args.cpu_dry_run else "cuda"
     result = {"machine": machine(), "device": device}
     say(f"{result['machine']}")

@@ -80,3 +80,80 @@ def test_torch_cuda_backends_say_why_they_cannot_run(tiny_clip_dir, tmp_path):
         assert probed == {"torch-cuda": reason, "torch-cuda-sparse": reason} and "CUDA" in reason
     w = torch.tensor([[1.0, 0.0, 2.0, 0.0, 0.0, 0.0, 3.0, 4.0]])
     assert is_2to4(w) and not is_2to4(w + 1) and not is_2to4(w[:, :6])
+
+
+def test_sparsify_linears_lists_the_layers_its_kernels_refuse():
+    """A 2:4 linear whose kernels cannot run stays dense and is listed with the reason; a dense one is left alone."""
+    from torch import nn
+
+    from mfdeploy.prune.patterns import mask_nm
+    from mfdeploy.runtime.torch_cuda import sparsify_linears
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.Linear(32, 16))
+    with torch.no_grad():
+        model[0].weight.mul_(mask_nm(model[0].weight.abs(), 2, 4))
+    before = model[0].weight.detach().clone()
+    with pytest.raises(ValueError, match="unknown sparse kernels 'cuda'"):
+        sparsify_linears(model, "cuda")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: tests/gpu covers the sparse path")
+    sparse, refused = sparsify_linears(model, "cutlass")
+    assert sparse == [] and list(refused) == ["0"] and "CUDA" in refused["0"]  # layer 1 is not 2:4: not tried
+    assert type(model[0].weight) is nn.Parameter and torch.equal(model[0].weight, before)
+
+
+@no_cuda
+def test_gpu_check_refuses_without_cuda_in_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    proc = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "out")], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert proc.stderr.strip().count("\n") == 0 and "needs a CUDA GPU" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_gpu_check_reports_a_failed_step_and_goes_on(monkeypatch):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import gpu_check
+
+    result = {"machine": {"gpu": None, "driver": None, "torch": "t", "cuda": None}}
+
+    def broken():
+        raise RuntimeError("kernels refused\nsecond line")
+
+    gpu_check.guarded(result, "vitb32", broken)
+    gpu_check.guarded(result, "backends", lambda: {"torch-cuda": "no CUDA"})
+    assert result["errors"] == {"vitb32": "RuntimeError: kernels refused"}
+    assert result["backends"] == {"torch-cuda": "no CUDA"}
+    md = gpu_check.markdown(result)
+    assert "**step vitb32 failed**: RuntimeError: kernels refused" in md and "| torch-cuda | skipped: no CUDA |" in md
+
+
+@pytest.mark.slow
+def test_gpu_check_cpu_dry_run_writes_its_report(tmp_path):
+    """The script's whole flow on the CPU (tiny ViT, no sparse kernels): the JSON and markdown it writes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    proc = subprocess.run([sys.executable, str(script), "--cpu-dry-run", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "gpu_check_dry_run.json").read_text())
+    assert "errors" not in result and result["bundled"]["masks_agreement"] == 1.0
+    rows = result["vitb32"]["towers"]
+    assert {(r["model"], r["tower"]) for r in rows} == {(m, t) for m in ("dense", "MoPE 0.5")
+                                                        for t in ("vision", "text")}
+    assert all(r["min_cosine_vs_fp32"] > 0.999 and r["items_per_s"] > 0 for r in rows)
+    assert set(result["backends"]) == {"ort-cuda", "ort-trt", "trt", "torch-cuda", "torch-cuda-sparse"}
+    assert {r["backend"] for r in result["bench"]} == {"torch", "torch-cuda", "torch-cuda-sparse"}
+    assert "| dense | vision | 1 |" in (tmp_path / "gpu_check_dry_run.md").read_text()
