@@ -88,6 +88,37 @@ def test_time_interleaved_alternates_and_honours_min_time():
     assert len(lat["a"]) > 1 and lat["a"].sum() >= 0.01 or len(lat["a"]) == 10_000
 
 
+def test_time_interleaved_uses_each_variants_timer():
+    """A runner's own clock (CUDA events for torch on a GPU) times its calls; the others get the wall clock."""
+    calls = []
+    lat = time_interleaved({"gpu": lambda: calls.append("gpu"), "cpu": lambda: calls.append("cpu")}, warmup=0,
+                           iters=4, timers={"gpu": lambda call: (call(), 0.25)[1]})
+    assert calls == ["gpu", "cpu", "cpu", "gpu"] * 2
+    assert list(lat["gpu"]) == [0.25] * 4 and all(0 <= t < 0.25 for t in lat["cpu"])
+
+
+def test_runner_time_call_is_the_wall_clock_and_rows_say_so(tiny_clip_dir, tmp_path):
+    import time
+
+    from helpers import make_build
+
+    from mfdeploy.runtime.base import Runner
+
+    class Sleepy(Runner):
+        name = "sleepy"
+
+        def embed_images(self, pixel_values):
+            return pixel_values
+
+        def embed_texts(self, input_ids, attention_mask):
+            return input_ids
+
+    assert 0.02 <= Sleepy().time_call(lambda: time.sleep(0.02)) < 1.0
+    rows = run_bench(make_build(tmp_path / "b", tiny_clip_dir, onnx_dense=False), backends=["torch"],
+                     towers=["vision"], batch_sizes=[1], warmup=0, iters=2, min_time=0.0, write=False)
+    assert {r["timing"] for r in rows} == {"wall clock"}
+
+
 def test_time_blocks_runs_back_to_back_and_leaves_each_first_call_untimed():
     import time
 

@@ -15,6 +15,7 @@ from mfdeploy.bench import report, run_bench
 from mfdeploy.bench import run as bench
 from mfdeploy.bench.stability import spread_reason, warning
 from mfdeploy.cli import main
+from mfdeploy.runtime.base import Runner
 
 FAST = dict(backends=["ort-cpu"], towers=["vision"], batch_sizes=[1], warmup=0, iters=2, min_time=0.0, threads=1)
 OLD = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc).timestamp()
@@ -34,7 +35,7 @@ def fresh_build(build_dir):
 
 def _fake_timings(latencies_ms: dict[str, list[float]]):
     """A stand-in for `time_interleaved` that returns fixed latencies per variant (in ms)."""
-    def fake(calls, warmup, iters, min_time=0.0):
+    def fake(calls, warmup, iters, min_time=0.0, timers=None):
         return {name: np.asarray(latencies_ms[name]) / 1e3 for name in calls}
     return fake
 
@@ -81,11 +82,14 @@ def test_spread_reason():
     assert reason == "pruned p95 9.0x p50 (45.00 vs 5.00 ms); dense p95 2.1x p50 (21.00 vs 10.00 ms) (> 2x)"
 
 
-class _FakeRunner:
-    device = "cpu"
+class _FakeRunner(Runner):
+    name = "fake"
 
     def embed_images(self, x):
         return x
+
+    def embed_texts(self, input_ids, attention_mask):
+        return input_ids
 
 
 def _cell(monkeypatch, latencies):

@@ -32,7 +32,8 @@ MAX_ITERS = 10_000  # cap on timed iterations per cell when --min-time keeps ask
 
 
 def time_interleaved(
-    calls: dict[str, Callable[[], Any]], warmup: int, iters: int, min_time: float = 0.0
+    calls: dict[str, Callable[[], Any]], warmup: int, iters: int, min_time: float = 0.0,
+    timers: dict[str, Callable[[Callable[[], Any]], float]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Latencies in seconds of each call, timed in alternating order.
 
@@ -42,23 +43,30 @@ def time_interleaved(
         iters: at least this many timed rounds.
         min_time: and keep going until each call has run at least this many
             seconds in total (bounded by `MAX_ITERS`).
+        timers: variant name -> what times one call of it (a runner's `time_call`: CUDA events for torch on a
+            GPU); the wall clock for a name without one.
     """
     for _ in range(warmup):
         for call in calls.values():
             call()
     order = list(calls)
+    clocks = {name: (timers or {}).get(name, _wall) for name in order}
     lat: dict[str, list[float]] = {name: [] for name in order}
     spent = dict.fromkeys(order, 0.0)
     i = 0
     while i < iters or (min(spent.values()) < min_time and i < MAX_ITERS):
         for name in order if i % 2 == 0 else order[::-1]:
-            t0 = time.perf_counter()
-            calls[name]()
-            dt = time.perf_counter() - t0
+            dt = clocks[name](calls[name])
             lat[name].append(dt)
             spent[name] += dt
         i += 1
     return {name: np.asarray(v) for name, v in lat.items()}
+
+
+def _wall(call: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    call()
+    return time.perf_counter() - t0
 
 
 def time_blocks(calls: dict, rounds: int, block: int) -> dict[str, np.ndarray]:
@@ -260,7 +268,7 @@ def _cell(runners: dict[str, Runner], name: str, tower: str, batch: int, text_le
         ids, mask = texts[batch]
         calls = {v: (lambda r=r: r.embed_texts(ids, mask)) for v, r in runners.items()}
     load_start = load_average()
-    latencies = time_interleaved(calls, warmup, iters, min_time)
+    latencies = time_interleaved(calls, warmup, iters, min_time, {v: r.time_call for v, r in runners.items()})
     load_end = load_average()
     stats = {v: _stats(lat, batch) for v, lat in latencies.items()}
     ratio = stats["pruned"]["throughput"] / stats["dense"]["throughput"] if "dense" in stats else None
@@ -278,6 +286,7 @@ def _cell(runners: dict[str, Runner], name: str, tower: str, batch: int, text_le
             "over_dense": s["throughput"] / stats["dense"]["throughput"] if "dense" in stats else None,
             "onnx_mb": (sizes or {}).get((variant, tower)),
             "device": runners[variant].device,
+            "timing": runners[variant].timing,
             "threads": threads if runners[variant].device == "cpu" else None,
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "rss_mb": round(current_rss_mb(), 1),

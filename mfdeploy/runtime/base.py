@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -16,6 +19,7 @@ class Runner(ABC):
 
     name: str  # backend name, e.g. "torch", "ort-cpu"
     device: str = "cpu"
+    timing = "wall clock"  # how `time_call` measures (reported beside each benchmark row)
 
     @abstractmethod
     def embed_images(self, pixel_values: np.ndarray) -> np.ndarray:
@@ -24,6 +28,13 @@ class Runner(ABC):
     @abstractmethod
     def embed_texts(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """`[B,L] int64, [B,L] int64 -> [B,D] float32`, L2-normalised."""
+
+    def time_call(self, call: Callable[[], Any]) -> float:
+        """Seconds one call of `call` (an inference of this runner's) takes; it returns with its outputs on the
+        host, so the wall clock around it covers the whole call."""
+        start = time.perf_counter()
+        call()
+        return time.perf_counter() - start
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release sessions/engines."""

@@ -47,3 +47,28 @@ def test_semi_structured_linear_matches_dense_fp16():
     got = model(x).float()
     cos = torch.nn.functional.cosine_similarity(got, want, dim=-1)
     assert float(cos.min()) >= 0.999
+
+
+def test_bench_times_torch_cuda_with_cuda_events(tiny_clip_dir, tmp_path):
+    """`mfdeploy bench` rows for both torch-cuda backends: measured on cuda:0, pruned and dense, by CUDA events."""
+    import time
+
+    from helpers import make_build
+
+    from mfdeploy.bench import run_bench
+    from mfdeploy.runtime import BuildDir, make_runner
+
+    build_dir = make_build(tmp_path / "b", tiny_clip_dir, onnx_dense=False)
+    rows = run_bench(build_dir, backends=["torch-cuda", "torch-cuda-sparse"], towers=["vision", "text"],
+                     batch_sizes=[1, 4], warmup=1, iters=3, min_time=0.0, write=False)
+    measured = [r for r in rows if "throughput" in r]
+    assert len(measured) == 2 * 2 * 2 * 2  # backends x towers x batches x (pruned, dense)
+    assert all(r["device"].startswith("cuda") and r["timing"] == "CUDA events" for r in measured)
+    with BuildDir(build_dir) as build:
+        runner = make_runner("torch-cuda", build)
+        images = torch.zeros(2, 3, 32, 32).numpy()
+        runner.embed_images(images)
+        t0 = time.perf_counter()
+        gpu = runner.time_call(lambda: (runner.embed_images(images), time.sleep(0.01)))
+        wall = time.perf_counter() - t0
+        assert 0 < gpu <= wall + 1e-3 and gpu >= 0.01  # the events bracket the call, its host wait included
