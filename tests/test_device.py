@@ -157,3 +157,16 @@ def test_gpu_check_cpu_dry_run_writes_its_report(tmp_path):
     assert set(result["backends"]) == {"ort-cuda", "ort-trt", "trt", "torch-cuda", "torch-cuda-sparse"}
     assert {r["backend"] for r in result["bench"]} == {"torch", "torch-cuda", "torch-cuda-sparse"}
     assert "| dense | vision | 1 |" in (tmp_path / "gpu_check_dry_run.md").read_text()
+
+
+def test_half_precision_embeddings_come_back_unit_norm_in_float32():
+    """torch-cuda's fp16 towers normalise in fp16 (norms off by ~4e-4 on an H200): the runner renormalises."""
+    from mfdeploy.runtime.torch_runner import _unit_float32
+
+    torch.manual_seed(0)
+    off = (torch.nn.functional.normalize(torch.randn(3, 512), dim=-1) * 1.0004).half()
+    out = _unit_float32(off)
+    assert out.dtype == torch.float32 and torch.allclose(out.norm(dim=-1), torch.ones(3), atol=1e-6)
+    assert (off.float().norm(dim=-1) - 1).abs().min() > 2e-4  # the fp16 input really was off
+    exact = torch.nn.functional.normalize(torch.randn(2, 8), dim=-1)
+    assert _unit_float32(exact) is exact  # float32 output is passed through untouched
