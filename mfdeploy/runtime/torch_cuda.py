@@ -15,6 +15,8 @@ capability 9.x. MoPE (structured) is what runs faster there.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -93,6 +95,8 @@ class TorchCudaRunner(TorchRunner):
         BackendUnavailable: no CUDA here (the reason says which part is missing).
     """
 
+    timing = "CUDA events"
+
     def __init__(self, adapter: Adapter, sparse: bool = False, dtype: torch.dtype = torch.float16,
                  device: str = "cuda", kernels: str = "default"):
         reason = cuda_unavailable()
@@ -104,9 +108,7 @@ class TorchCudaRunner(TorchRunner):
         self.sparse_layers, self.dense_layers = sparsify_linears(placed.model, kernels) if sparse else ([], {})
         super().__init__(placed)
 
-    timing = "CUDA events"
-
-    def time_call(self, call) -> float:
+    def time_call(self, call: Callable[[], Any]) -> float:
         """Seconds between CUDA events recorded around `call`, the device synchronised before and after: the
         GPU's time from the input's copy in to the embeddings' copy out, host gaps between its kernels included."""
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
