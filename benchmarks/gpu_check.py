@@ -90,22 +90,13 @@ def step1(tmp: Path, device: str) -> dict:
 
 def timed(fn, iters: int, cuda: bool) -> float:
     """Median seconds per call (CUDA events around each call on a GPU), after 3 untimed calls."""
+    from mfdeploy.runtime.base import wall_seconds
+    from mfdeploy.runtime.torch_cuda import cuda_event_seconds
+
     for _ in range(3):
         fn()
-    times = []
-    for _ in range(iters):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1000)
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+    clock = cuda_event_seconds if cuda else wall_seconds
+    return sorted(clock(fn) for _ in range(iters))[iters // 2]
 
 
 def graphed(fn):

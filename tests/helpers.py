@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from mfdeploy.runtime.base import Runner
+
 
 def run_cli(argv: list[str]) -> int:
     """`mfdeploy ARGV` in this process; its exit code (0 when it returns)."""
@@ -92,3 +94,15 @@ class FakeEngine:
         assert index == 0
         s = self.profile[name]
         return [s.min, s.opt, s.max]
+
+
+class EchoRunner(Runner):
+    """A runner that hands its inputs back: for tests of what surrounds the inference (timing, reports)."""
+
+    name = "echo"
+
+    def embed_images(self, pixel_values):
+        return pixel_values
+
+    def embed_texts(self, input_ids, attention_mask):
+        return input_ids

@@ -100,20 +100,9 @@ def test_time_interleaved_uses_each_variants_timer():
 def test_runner_time_call_is_the_wall_clock_and_rows_say_so(tiny_clip_dir, tmp_path):
     import time
 
-    from helpers import make_build
+    from helpers import EchoRunner, make_build
 
-    from mfdeploy.runtime.base import Runner
-
-    class Sleepy(Runner):
-        name = "sleepy"
-
-        def embed_images(self, pixel_values):
-            return pixel_values
-
-        def embed_texts(self, input_ids, attention_mask):
-            return input_ids
-
-    assert 0.02 <= Sleepy().time_call(lambda: time.sleep(0.02)) < 1.0
+    assert 0.02 <= EchoRunner().time_call(lambda: time.sleep(0.02)) < 1.0
     rows = run_bench(make_build(tmp_path / "b", tiny_clip_dir, onnx_dense=False), backends=["torch"],
                      towers=["vision"], batch_sizes=[1], warmup=0, iters=2, min_time=0.0, write=False)
     assert {r["timing"] for r in rows} == {"wall clock"}

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import make_build
+from helpers import EchoRunner, make_build
 
 from mfdeploy.bench import report, run_bench
 from mfdeploy.bench import run as bench
 from mfdeploy.bench.stability import spread_reason, warning
 from mfdeploy.cli import main
-from mfdeploy.runtime.base import Runner
 
 FAST = dict(backends=["ort-cpu"], towers=["vision"], batch_sizes=[1], warmup=0, iters=2, min_time=0.0, threads=1)
 OLD = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc).timestamp()
@@ -82,20 +81,10 @@ def test_spread_reason():
     assert reason == "pruned p95 9.0x p50 (45.00 vs 5.00 ms); dense p95 2.1x p50 (21.00 vs 10.00 ms) (> 2x)"
 
 
-class _FakeRunner(Runner):
-    name = "fake"
-
-    def embed_images(self, x):
-        return x
-
-    def embed_texts(self, input_ids, attention_mask):
-        return input_ids
-
-
 def _cell(monkeypatch, latencies):
     monkeypatch.setattr(bench, "time_interleaved", _fake_timings(latencies))
     monkeypatch.setattr(os, "getloadavg", lambda: (7.0, 5.0, 3.0))
-    runners = {"pruned": _FakeRunner(), "dense": _FakeRunner()}
+    runners = {"pruned": EchoRunner(), "dense": EchoRunner()}
     return bench._cell(runners, "ort-cpu", "vision", 8, 16, {8: np.zeros(1)}, {}, 0, 20, 0.0, 2)
 
 

@@ -4,6 +4,9 @@ half precision prunes with float32 statistics; the checkpoint is written in floa
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +16,7 @@ from mfdeploy.errors import UserError
 from mfdeploy.models.device import resolve_device, resolve_dtype
 from mfdeploy.prune.masks import load_masks
 
+GPU_CHECK = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 
 
@@ -105,12 +109,7 @@ def test_sparsify_linears_lists_the_layers_its_kernels_refuse():
 
 @no_cuda
 def test_gpu_check_refuses_without_cuda_in_one_line(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
-    proc = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "out")], capture_output=True,
+    proc = subprocess.run([sys.executable, str(GPU_CHECK), "--out", str(tmp_path / "out")], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode != 0 and proc.stdout == ""
     assert proc.stderr.strip().count("\n") == 0 and "needs a CUDA GPU" in proc.stderr
@@ -118,10 +117,7 @@ def test_gpu_check_refuses_without_cuda_in_one_line(tmp_path):
 
 
 def test_gpu_check_reports_a_failed_step_and_goes_on(monkeypatch):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    monkeypatch.syspath_prepend(str(GPU_CHECK.parent))
     import gpu_check
 
     result = {"machine": {"gpu": None, "driver": None, "torch": "t", "cuda": None}}
@@ -140,12 +136,7 @@ def test_gpu_check_reports_a_failed_step_and_goes_on(monkeypatch):
 @pytest.mark.slow
 def test_gpu_check_cpu_dry_run_writes_its_report(tmp_path):
     """The script's whole flow on the CPU (tiny ViT, no sparse kernels): the JSON and markdown it writes."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
-    proc = subprocess.run([sys.executable, str(script), "--cpu-dry-run", "--out", str(tmp_path)],
+    proc = subprocess.run([sys.executable, str(GPU_CHECK), "--cpu-dry-run", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((tmp_path / "gpu_check_dry_run.json").read_text())

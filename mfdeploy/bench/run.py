@@ -7,7 +7,6 @@ processes hit both alike and their ratio stays meaningful on a busy machine.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from mfdeploy.bench.args import check_args, parse_batch_sizes, parse_list
 from mfdeploy.bench.stability import load_average, spread_reason
 from mfdeploy.errors import UserError
 from mfdeploy.platform import current_rss_mb, peak_rss_mb, physical_cores
-from mfdeploy.runtime.base import BackendUnavailable, Runner
+from mfdeploy.runtime.base import BackendUnavailable, Runner, wall_seconds
 from mfdeploy.runtime.inputs import DEFAULT_TEXT_LEN, pixel_values, text_inputs
 from mfdeploy.runtime.registry import BACKENDS, TOWERS, BuildDir, check_backends, make_runner
 
@@ -50,7 +49,7 @@ def time_interleaved(
         for call in calls.values():
             call()
     order = list(calls)
-    clocks = {name: (timers or {}).get(name, _wall) for name in order}
+    clocks = {name: (timers or {}).get(name, wall_seconds) for name in order}
     lat: dict[str, list[float]] = {name: [] for name in order}
     spent = dict.fromkeys(order, 0.0)
     i = 0
@@ -61,12 +60,6 @@ def time_interleaved(
             spent[name] += dt
         i += 1
     return {name: np.asarray(v) for name, v in lat.items()}
-
-
-def _wall(call: Callable[[], Any]) -> float:
-    t0 = time.perf_counter()
-    call()
-    return time.perf_counter() - t0
 
 
 def time_blocks(calls: dict, rounds: int, block: int) -> dict[str, np.ndarray]:
@@ -84,9 +77,7 @@ def time_blocks(calls: dict, rounds: int, block: int) -> dict[str, np.ndarray]:
         for name in order if r % 2 == 0 else order[::-1]:
             calls[name]()
             for _ in range(block):
-                t0 = time.perf_counter()
-                calls[name]()
-                lat[name].append(time.perf_counter() - t0)
+                lat[name].append(wall_seconds(calls[name]))
     return {name: np.asarray(v) for name, v in lat.items()}
 
 

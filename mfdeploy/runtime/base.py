@@ -10,6 +10,13 @@ from typing import Any
 import numpy as np
 
 
+def wall_seconds(call: Callable[[], Any]) -> float:
+    """Seconds one call of `call` takes by the wall clock."""
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
 class BackendUnavailable(Exception):
     """A backend cannot run on this machine; the message says why (missing package, no GPU...)."""
 
@@ -32,9 +39,7 @@ class Runner(ABC):
     def time_call(self, call: Callable[[], Any]) -> float:
         """Seconds one call of `call` (an inference of this runner's) takes; it returns with its outputs on the
         host, so the wall clock around it covers the whole call."""
-        start = time.perf_counter()
-        call()
-        return time.perf_counter() - start
+        return wall_seconds(call)
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release sessions/engines."""

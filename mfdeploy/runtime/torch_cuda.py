@@ -36,6 +36,18 @@ def cuda_unavailable() -> str | None:
     return None
 
 
+def cuda_event_seconds(call: Callable[[], Any], device: torch.device | str | None = None) -> float:
+    """Seconds between CUDA events recorded around `call`, the device synchronised before and after (host gaps
+    between its kernels included)."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize(device)
+    start.record()
+    call()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
 def is_2to4(weight: torch.Tensor) -> bool:
     """Every group of 4 consecutive input weights of every row holds at least 2 zeros."""
     if weight.dim() != 2 or weight.shape[1] % 4:
@@ -109,15 +121,8 @@ class TorchCudaRunner(TorchRunner):
         super().__init__(placed)
 
     def time_call(self, call: Callable[[], Any]) -> float:
-        """Seconds between CUDA events recorded around `call`, the device synchronised before and after: the
-        GPU's time from the input's copy in to the embeddings' copy out, host gaps between its kernels included."""
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize(self._device)
-        start.record()
-        call()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3
+        """The GPU's time from the input's copy in to the embeddings' copy out (`cuda_event_seconds`)."""
+        return cuda_event_seconds(call, self._device)
 
 
-__all__ = ["SPARSE_KERNELS", "TorchCudaRunner", "cuda_unavailable", "is_2to4", "sparsify_linears"]
+__all__ = ["SPARSE_KERNELS", "TorchCudaRunner", "cuda_event_seconds", "cuda_unavailable", "is_2to4", "sparsify_linears"]
