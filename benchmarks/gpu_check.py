@@ -35,6 +35,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from vitb32 import WrappedAdapter, random_batches, vitb32  # noqa: E402
 
+from mfdeploy.bench.stability import load_average  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 T0 = time.perf_counter()
 
@@ -283,7 +285,9 @@ def machine() -> dict:
 def markdown(result: dict) -> str:
     """The report: whatever steps ran (a step that failed shows its error)."""
     m = result["machine"]
-    lines = [f"GPU {m['gpu']}, driver {m['driver']}, torch {m['torch']}, CUDA {m['cuda']}", ""]
+    lines = [f"GPU {m['gpu']}, driver {m['driver']}, torch {m['torch']}, CUDA {m['cuda']}; host load average "
+             f"(1, 5, 15 min) at the start {result.get('load_avg_start')}, at the end {result.get('load_avg_end')}",
+             ""]
     lines += [f"- **step {name} failed**: {err}" for name, err in result.get("errors", {}).items()]
     s1 = result.get("bundled")
     if s1:
@@ -344,9 +348,11 @@ def guarded(result: dict, key: str, step) -> None:
 
 
 def write(result: dict, out: Path, name: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
-    (out / f"{name}.md").write_text(markdown(result))
+    """Both reports, each written whole (temporary file + rename)."""
+    from mfdeploy.artifacts.io import atomic_file, write_json
+
+    write_json(out / f"{name}.json", result)
+    atomic_file(out / f"{name}.md", lambda tmp: tmp.write_text(markdown(result)))
 
 
 def main() -> None:
@@ -359,8 +365,8 @@ def main() -> None:
         raise SystemExit("gpu_check needs a CUDA GPU, and torch sees none here (torch.cuda.is_available() is "
                          "False); --cpu-dry-run checks the script itself on the CPU")
     device = "cpu" if args.cpu_dry_run else "cuda"
-    result = {"machine": machine(), "device": device}
-    say(f"{result['machine']}")
+    result = {"machine": machine(), "device": device, "load_avg_start": load_average()}
+    say(f"{result['machine']}; load average {result['load_avg_start']}")
     name = "gpu_check_dry_run" if args.cpu_dry_run else "gpu_check"
     iters = args.iters if not args.cpu_dry_run else 2
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
@@ -372,7 +378,7 @@ def main() -> None:
                  ("bench", lambda: step_bench(build)))
         for key, step in steps:
             guarded(result, key, step)
-            result["seconds"] = time.perf_counter() - T0
+            result["seconds"], result["load_avg_end"] = time.perf_counter() - T0, load_average()
             write(result, args.out, name)  # after every step: a run cut short still leaves its report
     say(f"done in {result['seconds']:.0f} s: {args.out / name}.json and .md"
         + (f"; FAILED steps: {', '.join(result['errors'])}" if result.get("errors") else ""))
