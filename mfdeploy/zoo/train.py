@@ -1,9 +1,13 @@
-"""Train the bundled reference CLIP on the shapes world, on the CPU.
+"""Train the bundled reference models on the shapes world, on the CPU.
 
     python -m mfdeploy.zoo.train --out mfdeploy/zoo/clip-shapes
+    python -m mfdeploy.zoo.train --family siglip --out mfdeploy/zoo/siglip-shapes
 
 A genuine `transformers.CLIPModel` (4 layers per tower, width 160) trained
-with the symmetric contrastive loss. Scenes are rendered once into memory
+with the symmetric contrastive loss, or a genuine `transformers.SiglipModel`
+of the same size trained with SigLIP's pairwise sigmoid loss (text padded to
+a fixed length, no attention mask, as SigLIP is trained; the last token
+pools). Scenes are rendered once into memory
 (in parallel), captions are drawn anew at every step. Reproducible from
 `--seed` (same machine, same thread count).
 
@@ -30,7 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, SiglipConfig, SiglipModel
+from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
 from mfdeploy.data import world
 from mfdeploy.eval.metrics import zero_shot_accuracy
@@ -58,10 +63,109 @@ def make_config(vocab_size: int, pad_id: int, bos_id: int, eos_id: int, width: i
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=128)
 
 
+def make_siglip_config(vocab_size: int, pad_id: int, bos_id: int, eos_id: int, width: int = 160,
+                       layers: int = 4) -> SiglipConfig:
+    """The CLIP reference architecture as a SiglipModel (attention-pooling vision head, last-token text head)."""
+    text = dict(vocab_size=vocab_size, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
+                num_attention_heads=4, max_position_embeddings=MAX_TEXT_LEN, pad_token_id=pad_id,
+                bos_token_id=bos_id, eos_token_id=eos_id, projection_size=width)
+    vision = dict(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers, num_attention_heads=4,
+                  image_size=world.IMAGE_SIZE, patch_size=32, num_channels=3)
+    return SiglipConfig(text_config=text, vision_config=vision)
+
+
 def image_processor() -> CLIPImageProcessor:
     size = world.IMAGE_SIZE
     return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
                               image_mean=list(MEAN), image_std=list(STD), do_convert_rgb=True)
+
+
+def siglip_image_processor() -> SiglipImageProcessorPil:
+    """Resize to the model's size (world images already are) and normalise; no center crop, as SigLIP's."""
+    size = world.IMAGE_SIZE
+    return SiglipImageProcessorPil(size={"height": size, "width": size}, image_mean=list(MEAN),
+                                   image_std=list(STD), do_convert_rgb=True)
+
+
+class Family:
+    """What training needs of a model family: build, embed, score, and the loss."""
+
+    name = "clip"
+    padding: str | bool = True  # pad to the longest caption of the batch, with an attention mask
+
+    def build(self, tok) -> torch.nn.Module:
+        return CLIPModel(make_config(len(tok), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id))
+
+    def fast_params(self) -> set[str]:
+        return {"vision_model.embeddings.position_embedding.weight", "vision_model.embeddings.class_embedding"}
+
+    def encode_text(self, tok, texts: list[str]) -> dict[str, torch.Tensor]:
+        enc = tok(texts, padding=self.padding, max_length=MAX_TEXT_LEN, truncation=True, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def image_embeds(self, model, pixels: torch.Tensor) -> torch.Tensor:
+        return model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)
+
+    def text_embeds(self, model, enc: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model.text_projection(model.text_model(**enc).pooler_output)
+
+    def logits(self, model, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
+        """`[B_images, B_texts]` logits of L2-normalised embeddings."""
+        return model.logit_scale.exp() * img @ txt.t()
+
+    def loss(self, logits: torch.Tensor) -> torch.Tensor:
+        target = torch.arange(len(logits))
+        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+    def after_step(self, model) -> None:
+        model.logit_scale.clamp_(0, math.log(100))
+
+    def image_processor(self):
+        return image_processor()
+
+
+class SiglipFamily(Family):
+    """SigLIP: pairwise sigmoid loss with a learned bias; fixed-length text, no attention mask."""
+
+    name = "siglip"
+    padding = "max_length"
+
+    def build(self, tok) -> torch.nn.Module:
+        model = SiglipModel(make_siglip_config(len(tok), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id))
+        with torch.no_grad():  # the paper's initialisation: t' = log 10, b = -10
+            model.logit_scale.fill_(math.log(10.0))
+            model.logit_bias.fill_(-10.0)
+        return model
+
+    def fast_params(self) -> set[str]:
+        return {"vision_model.embeddings.position_embedding.weight"}
+
+    def encode_text(self, tok, texts: list[str]) -> dict[str, torch.Tensor]:
+        enc = tok(texts, padding=self.padding, max_length=MAX_TEXT_LEN, truncation=True, return_tensors="pt")
+        return {"input_ids": enc["input_ids"]}  # SigLIP is trained without an attention mask
+
+    def image_embeds(self, model, pixels: torch.Tensor) -> torch.Tensor:
+        return model.vision_model(pixel_values=pixels).pooler_output
+
+    def text_embeds(self, model, enc: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model.text_model(**enc).pooler_output
+
+    def logits(self, model, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
+        return model.logit_scale.exp() * img @ txt.t() + model.logit_bias
+
+    def loss(self, logits: torch.Tensor) -> torch.Tensor:
+        # -log sigmoid(z_ij * logit_ij), z = +1 on the diagonal (matching pairs), -1 elsewhere; mean over images
+        signs = 2 * torch.eye(len(logits)) - 1
+        return -F.logsigmoid(signs * logits).sum(dim=-1).mean()
+
+    def after_step(self, model) -> None:
+        pass
+
+    def image_processor(self):
+        return siglip_image_processor()
+
+
+FAMILIES = {"clip": Family(), "siglip": SiglipFamily()}
 
 
 GROUP_SEED_OFFSET = 5_000_000  # contrast-group scenes take train seeds from here on, past the random scenes
@@ -99,17 +203,20 @@ def group_caption(scene: world.Scene, attr: str, rng: np.random.Generator) -> st
 
 
 @torch.no_grad()
-def zero_shot(model: CLIPModel, tok, images: np.ndarray, scenes: list[world.Scene]) -> dict[str, float]:
-    """Zero-shot accuracy per attribute task on single-object scenes (training-time monitor)."""
+def zero_shot(model: torch.nn.Module, tok, images: np.ndarray, scenes: list[world.Scene],
+              family: Family | None = None) -> dict[str, float]:
+    """Zero-shot accuracy per attribute task on single-object scenes (training-time monitor).
+
+    The argmax over classes of the cosine is the same under softmax (CLIP) and sigmoid (SigLIP) scoring.
+    """
+    family = family or FAMILIES["clip"]
     was_training = model.training
     model.eval()
-    img = model.visual_projection(model.vision_model(pixel_values=to_pixels(images)).pooler_output)
-    img = F.normalize(img, dim=-1).numpy()
+    img = F.normalize(family.image_embeds(model, to_pixels(images)), dim=-1).numpy()
     out = {}
     for attr, (classes, template) in world.TASKS.items():
-        enc = tok([template.format(c) for c in classes], padding=True, return_tensors="pt")
-        txt = model.text_projection(model.text_model(**enc).pooler_output)
-        txt = F.normalize(txt, dim=-1).numpy()
+        enc = family.encode_text(tok, [template.format(c) for c in classes])
+        txt = F.normalize(family.text_embeds(model, enc), dim=-1).numpy()
         truth = np.array([classes.index(getattr(sc.objects[0], attr)) for sc in scenes])
         out[attr] = round(zero_shot_accuracy(img, txt, truth), 4)
     model.train(was_training)
@@ -127,6 +234,7 @@ def to_pixels(images: np.ndarray) -> torch.Tensor:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--family", choices=sorted(FAMILIES), default="clip")
     ap.add_argument("--scenes", type=int, default=80_000)
     ap.add_argument("--steps", type=int, default=2600)
     ap.add_argument("--batch-size", type=int, default=192)
@@ -137,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
+    family = FAMILIES[args.family]
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -165,12 +274,11 @@ def main(argv: list[str] | None = None) -> None:
     n_random = args.batch_size - sum(per_attr[a] * len(v) for a, v in CONTRASTS.items())
 
     tok = build_tokenizer(world.vocabulary(), MAX_TEXT_LEN)
-    config = make_config(len(tok), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id)
-    model = CLIPModel(config)
+    model = family.build(tok)
     model.train()
     # The image's position embeddings start (std 0.02) ~70x smaller than a 32x32x3 patch's embedding, and at
     # the base rate they take most of the run to grow: position then stays at chance. They learn 10x faster.
-    fast = {"vision_model.embeddings.position_embedding.weight", "vision_model.embeddings.class_embedding"}
+    fast = family.fast_params()
     params = dict(model.named_parameters())
     decay = [p for n, p in params.items() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in params.items() if not (p.ndim >= 2 and "embedding" not in n) and n not in fast]
@@ -195,25 +303,25 @@ def main(argv: list[str] | None = None) -> None:
                 idx.extend(members)
                 captions.extend(group_caption(flat[i], attr, rng) for i in members)
         pixels = to_pixels(images[idx])
-        enc = tok(captions, padding=True, return_tensors="pt")
+        enc = family.encode_text(tok, captions)
         for g in opt.param_groups:
             g["lr"] = lr_at(step) * g["lr_mult"]
-        out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], pixel_values=pixels)
-        logits = out.logits_per_image  # [B, B]
-        target = torch.arange(len(idx))
-        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+        img = F.normalize(family.image_embeds(model, pixels), dim=-1)
+        txt = F.normalize(family.text_embeds(model, enc), dim=-1)
+        logits = family.logits(model, img, txt)  # [B, B], images x captions
+        loss = family.loss(logits)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
+            family.after_step(model)
         if step % 50 == 0 or step == args.steps - 1:
-            acc = (logits.argmax(1) == target).float().mean().item()
+            acc = (logits.argmax(1) == torch.arange(len(idx))).float().mean().item()
             print(f"step {step} loss {loss.item():.3f} acc {acc:.3f} lr {lr_at(step):.2e} "
                   f"t {time.time() - t0:.0f}s", flush=True)
         if args.monitor_every and (step + 1) % args.monitor_every == 0 or step == args.steps - 1:
-            history.append({"step": step + 1, **zero_shot(model, tok, monitor_images, monitor)})
+            history.append({"step": step + 1, **zero_shot(model, tok, monitor_images, monitor, family)})
             print(f"zero-shot on 384 calibration scenes: {history[-1]}", flush=True)
 
     elapsed = time.time() - t0
@@ -221,10 +329,11 @@ def main(argv: list[str] | None = None) -> None:
     model.eval()
     model.save_pretrained(args.out)
     tok.save_pretrained(args.out)
-    image_processor().save_pretrained(args.out)
+    family.image_processor().save_pretrained(args.out)
     (args.out / "training.json").write_text(json.dumps({
         "command": "python -m mfdeploy.zoo.train " + " ".join(sys.argv[1:] if argv is None else argv),
-        "seed": args.seed, "scenes": args.scenes, "groups": args.groups, "group_share": args.group_share,
+        "family": family.name, "seed": args.seed, "scenes": args.scenes, "groups": args.groups,
+        "group_share": args.group_share,
         "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "threads": args.threads,
         "seconds": round(elapsed, 1), "monitor": history,
         "torch": torch.__version__,
