@@ -1,7 +1,8 @@
 """Load on `mfdeploy serve` over loopback: throughput and latency at 1, 4, 16 and 64 concurrent clients.
 
     python benchmarks/serve_load.py [--requests 400] [--vitb32-requests 160] [--skip-vitb32]
-                                    [--bundled-build DIR] [--vitb32-build DIR]
+                                    [--bundled-build DIR] [--vitb32-build DIR] [--backends ort-cpu]
+                                    [--vitb32-backends ort-cpu,ort-int8]
 
 Starts `mfdeploy serve` (ONNX Runtime CPU, its default threads) on
 127.0.0.1 and drives it with N concurrent clients (asyncio + aiohttp, one
@@ -14,6 +15,11 @@ client sends), for:
    made here with `mfdeploy build --int8`, or `--vitb32-build`), images
    (224x224), served twice: fp32 towers (`--backend ort-cpu`) and the INT8
    towers a CPU deployment serves (`--backend ort-int8`).
+
+`--backends` and `--vitb32-backends` serve each workload with other
+`mfdeploy serve --backend`s too (e.g. `openvino`, `openvino-int8`: OpenVINO
+in the CPU's native precision, bf16 where it has it), one after the other
+in the same run; each is compared with `ort-cpu` at 16 clients.
 
 Each is served twice, with dynamic batching (`--max-batch 32 --max-delay-ms
 5`) and without (`--max-batch 1`), and a last run uses a deliberately small
@@ -148,7 +154,8 @@ def run_server(build: Path, tmp: Path, label: str, bodies: list[dict], tower: st
             s0, c0 = server.batch_stats(tower)
             row = asyncio.run(drive(server.url, bodies, clients, n))
             s1, c1 = server.batch_stats(tower)
-            row.update(label=label, server=" ".join(args), mean_batch=(s1 - s0) / max(1.0, c1 - c0))
+            row.update(label=label, server=" ".join(args), backend=backend,
+                       mean_batch=(s1 - s0) / max(1.0, c1 - c0))
             rows.append(row)
             print(f"  {label} {' '.join(args)} @ {clients}: {row['throughput']:.1f} req/s, "
                   f"p50 {row.get('p50', 0):.1f} ms, p99 {row.get('p99', 0):.1f} ms, 503 {row['full_503']}, "
@@ -170,7 +177,7 @@ def model_bound(build: Path, tower: str, bodies: list[dict], batch: int = 16, ba
     state.load()  # the runner and preprocessing `mfdeploy serve` uses (ONNX Runtime, no spinning)
     items = [b["input"][0] for b in bodies]
     if tower == "vision":
-        items = [decode_image(u, "x") for u in items]
+        items = [state.pre.images([decode_image(u, "x")])[0] for u in items]  # what the server queues: [3, H, W]
     run = state.embed_images if tower == "vision" else state.embed_texts
     per_item = {}
     for b in (1, batch):
@@ -212,6 +219,8 @@ def main() -> None:
     ap.add_argument("--vitb32-build", type=Path, help="reuse a ViT-B/32 build directory (made there if absent)")
     ap.add_argument("--bundled-build", type=Path, help="reuse a bundled-model build directory (made there if absent)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--backends", default="ort-cpu", help="`mfdeploy serve --backend`s of the bundled model")
+    ap.add_argument("--vitb32-backends", default="ort-cpu,ort-int8", help="... and of ViT-B/32's images")
     args = ap.parse_args()
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp_name:
@@ -221,14 +230,15 @@ def main() -> None:
             print("building the bundled model (MULTIFLOW 0.5) ...", flush=True)
             subprocess.run([sys.executable, "-m", "mfdeploy.cli", "build", "--ratio", "0.5", "--out", str(bundled)],
                            check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-        plans = [("bundled image", bundled, image_bodies(96), "vision", args.requests, "ort-cpu"),
-                 ("bundled text", bundled, text_bodies(), "text", args.requests, "ort-cpu")]
+        plans = [(run_label(f"bundled {what}", backend), bundled, bodies, tower, args.requests, backend)
+                 for backend in args.backends.split(",")
+                 for what, bodies, tower in (("image", image_bodies(96), "vision"), ("text", text_bodies(), "text"))]
         if not args.skip_vitb32:
             vit = args.vitb32_build or (tmp / "vitb32")
             print("building ViT-B/32 (magnitude 0.5, --int8) ...", flush=True)
             vit = vitb32_build(vit)
-            plans += [("ViT-B/32 image", vit, image_bodies(224), "vision", args.vitb32_requests, "ort-cpu"),
-                      ("ViT-B/32 image, int8", vit, image_bodies(224), "vision", args.vitb32_requests, "ort-int8")]
+            plans += [(run_label("ViT-B/32 image", backend), vit, image_bodies(224), "vision", args.vitb32_requests,
+                       backend) for backend in args.vitb32_backends.split(",")]
         rows, bounds = [], {}
         for label, build, bodies, tower, n, backend in plans:
             rows += run_server(build, tmp, label, bodies, tower, n, ["--max-batch", "32", "--max-delay-ms", "5"],
@@ -243,8 +253,22 @@ def main() -> None:
     report(rows, bounds, args.out, load0, load1)
 
 
+def run_label(workload: str, backend: str) -> str:
+    """A run's name: the workload, and the backend unless it is ort-cpu (`ort-int8`: "int8", as before)."""
+    return workload if backend == "ort-cpu" else f"{workload}, {'int8' if backend == 'ort-int8' else backend}"
+
+
+def versus_ort(rows: list[dict]) -> list[str]:
+    """Each other backend's throughput at 16 clients (batching on) over ort-cpu's on the same workload."""
+    at16 = {(r["label"].split(", ")[0], r.get("backend")): r["throughput"] for r in rows
+            if r["clients"] == 16 and r["server"].startswith("--max-batch 32")}
+    return [f"{workload}: {backend} / ort-cpu at 16 clients = {value / at16[workload, 'ort-cpu']:.2f}x"
+            + (" (issue 29's bar for openvino: >= 1.7x)" if backend == "openvino" else "")
+            for (workload, backend), value in at16.items() if backend != "ort-cpu" and (workload, "ort-cpu") in at16]
+
+
 def report(rows: list[dict], bounds: dict[str, float], out: Path, load0, load1) -> None:
-    table = Table(title="mfdeploy serve over loopback (ONNX Runtime CPU, 2 cores, client on the same machine)")
+    table = Table(title="mfdeploy serve over loopback (CPU backends, 2 cores, client on the same machine)")
     head = ["workload", "server", "clients", "requests", "ok", "503", "failed", "req/s", "p50 ms", "p95 ms",
             "p99 ms", "items/call"]
     for h in head:
@@ -270,6 +294,7 @@ def report(rows: list[dict], bounds: dict[str, float], out: Path, load0, load1) 
         bars.append(f"{label}: batching / --max-batch 1 at 16 clients = {gain:.2f}x"
                     f" (bar >= 2x; the tower alone gains {bounds[label]:.2f}x from batch 1 to 16); saturates at "
                     f"{sat['clients']} clients, p99 / p50 there = {sat['p99'] / sat['p50']:.2f} (bar < 3)")
+    bars += versus_ort(rows)
     failed = sum(r["failed"] for r in rows)
     console = Console(width=200)
     console.print(table)

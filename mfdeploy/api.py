@@ -1,7 +1,7 @@
-"""The Python API: prune, export and evaluate a Hugging Face CLIP model held in memory.
+"""The Python API: prune, export and evaluate a Hugging Face CLIP or SigLIP model held in memory.
 
-These functions take what a notebook or a training script already holds: a `transformers.CLIPModel` (any dtype, any
-device, fine-tuned or not) with its tokenizer and image processor, or an
+These functions take what a notebook or a training script already holds: a `transformers.CLIPModel` or
+`SiglipModel` (any dtype, any device, fine-tuned or not) with its tokenizer and image processor, or an
 adapter from `mfdeploy.load`; `export` and `evaluate` also take a path or hub
 id. The CLI's `export` and `eval` verbs call these same functions.
 
@@ -24,7 +24,7 @@ import torch
 from mfdeploy.errors import UserError
 from mfdeploy.models.base import Adapter
 
-ModelLike = Any  # a transformers CLIPModel or a mfdeploy Adapter
+ModelLike = Any  # a transformers CLIPModel or SiglipModel, or a mfdeploy Adapter
 
 
 @dataclass
@@ -54,31 +54,30 @@ def load(source: str | Path | None = None) -> Adapter:
 
 def adapter_for(model: ModelLike, tokenizer: Any = None, processor: Any = None,
                 model_id: str | None = None) -> Adapter:
-    """An Adapter over an in-memory `CLIPModel` (or the adapter itself, unchanged).
+    """An Adapter over an in-memory `CLIPModel` or `SiglipModel` (or the adapter itself, unchanged).
+
+    The adapter is the family's (`mfdeploy.models.registry.ADAPTERS`, by the config's `model_type`).
 
     Args:
-        model: a `transformers.CLIPModel` or an Adapter.
+        model: a `transformers.CLIPModel`, `SiglipModel`, or an Adapter.
         tokenizer: the model's tokenizer (needed to calibrate from image-caption pairs, export, evaluate).
         processor: the model's image processor (same).
         model_id: the name recorded in reports (default: the config's `_name_or_path`).
     """
     if isinstance(model, Adapter):
         return model
-    from transformers import CLIPModel
+    from mfdeploy.models.registry import adapter_for_model
 
-    from mfdeploy.models.clip import CLIPAdapter
-
-    if not isinstance(model, CLIPModel):
-        raise UserError(f"expected a transformers CLIPModel or a mfdeploy adapter, got {type(model).__name__}")
-    source = model_id or getattr(model.config, "_name_or_path", "") or "in-memory CLIPModel"
+    adapter_cls = adapter_for_model(model)  # UserError for anything but a supported family's model
+    source = model_id or getattr(model.config, "_name_or_path", "") or f"in-memory {type(model).__name__}"
     if model_id:
         model.config._name_or_path = model_id
-    return CLIPAdapter(model, tokenizer, processor, source=source)
+    return adapter_cls(model, tokenizer, processor, source=source)
 
 
 def _calib_source(adapter: Adapter, calib: Any, n: int):
     """A calibration source from what a Python user holds: a path, "shapes", pairs, or model-input batches."""
-    from mfdeploy.models.inputs import Batch, CalibSource, make_batch, parse_calib
+    from mfdeploy.models.inputs import Batch, CalibSource, count_truncated, make_batch, parse_calib, warn_truncated
 
     if calib is None or isinstance(calib, (str, Path)):
         return parse_calib(None if calib is None else str(calib))
@@ -86,13 +85,17 @@ def _calib_source(adapter: Adapter, calib: Any, n: int):
     if not items:
         raise UserError("calib: expected 'shapes', a JSONL path, (image, caption) pairs or input batches")
     if isinstance(items[0], Mapping | Batch):
+        masked = "attention_mask" in adapter.tower_inputs["text"]  # SigLIP attends everywhere: an all-ones mask
         batches = [b if isinstance(b, Batch) else
-                   Batch(b["pixel_values"].float(), b["input_ids"].long(), b["attention_mask"].long())
+                   Batch(b["pixel_values"].float(), b["input_ids"].long(),
+                         b["attention_mask"].long() if masked else torch.ones_like(b["input_ids"]).long())
                    for b in items]
         return CalibSource("memory", batches=tuple(batches))
     if adapter.tokenizer is None or adapter.image_processor is None:
         raise UserError("calibrating from (image, caption) pairs needs the model's tokenizer= and processor=")
     pairs = items[:n]
+    captions = [p[1] for p in pairs]
+    warn_truncated(adapter, count_truncated(adapter, captions), len(captions), "calibration captions")
     batches = [make_batch(adapter, [p[0] for p in pairs[i:i + 32]], [p[1] for p in pairs[i:i + 32]])
                for i in range(0, len(pairs), 32)]
     return CalibSource("memory", batches=tuple(batches))
@@ -106,7 +109,7 @@ def prune(model: ModelLike, ratio: float = 0.5, method: str = "multiflow", *, bu
     """Prune a model in place, once, task-agnostically.
 
     Args:
-        model: a `transformers.CLIPModel` or an adapter from `load`; its weights are
+        model: a `transformers.CLIPModel` or `SiglipModel`, or an adapter from `load`; its weights are
             masked in place (`weight *= mask`; copy it first to keep the dense one).
         ratio: fraction of prunable weights to remove, in (0, 1).
         method: multiflow | magnitude | wanda | random | ecoflap | mope (the score, and its default
@@ -118,7 +121,7 @@ def prune(model: ModelLike, ratio: float = 0.5, method: str = "multiflow", *, bu
             `(PIL.Image, caption)` pairs, or a list of model-input batches (dicts with
             `pixel_values`, `input_ids`, `attention_mask`). Needed by every method but
             random and magnitude.
-        tokenizer, processor: the model's own, for a `CLIPModel` calibrated from pairs or files.
+        tokenizer, processor: the model's own, for a `CLIPModel`/`SiglipModel` calibrated from pairs or files.
         calib_samples, batch_size: calibration pairs used, and pairs per forward pass.
         include, exclude: fnmatch globs over prunable layer names.
         seed: seeds the random score and ECoFLaP's perturbations.
@@ -158,9 +161,10 @@ def export(model: ModelLike | str | Path | None, out_dir: str | Path, *, tokeniz
     """Export both towers to ONNX in `out_dir` (vision.onnx, text.onnx, export.json), parity-checked.
 
     Args:
-        model: a `CLIPModel` or Adapter, or a hub id, checkpoint or prune directory (None: the bundled model).
+        model: a `CLIPModel`, `SiglipModel` or Adapter, or a hub id, checkpoint or prune directory (None: the
+            bundled model).
         out_dir: the output directory; it must not exist unless `force`.
-        tokenizer, processor: the model's own, for a `CLIPModel`.
+        tokenizer, processor: the model's own, for a `CLIPModel`/`SiglipModel`.
         opset: ONNX opset (>= 17).
         force: replace an output directory mfdeploy wrote.
         external_data: weights in `.onnx.data` files (None: only for models near 2 GiB).
@@ -181,17 +185,17 @@ def evaluate(model: ModelLike | str | Path | None, data: str | Path = "shapes", 
     """Zero-shot accuracy and retrieval recall on "shapes", a JSONL of pairs, or an image folder.
 
     Args:
-        model: a `CLIPModel` or Adapter (run on the device it is on), or a hub id, checkpoint,
+        model: a `CLIPModel`, `SiglipModel` or Adapter (run on the device it is on), or a hub id, checkpoint,
             prune or build directory (None: the bundled model).
         data: "shapes", a JSONL file of image-caption pairs, or an image folder.
-        tokenizer, processor: the model's own, for a `CLIPModel`.
-        backend: torch | onnx | onnx-int8.
+        tokenizer, processor: the model's own, for a `CLIPModel`/`SiglipModel`.
+        backend: torch | onnx | onnx-int8 | openvino | openvino-int8.
         retention: for a prune or build directory, also evaluate the dense model it came from and
             add "dense" and "retention" to the result.
         template: prompt template of an image folder's classes.
         progress: called with a short message before each model is evaluated.
         **sizes: `n_images`, `n_retrieval` (shapes suite), `batch_size`, `device` (backend torch: auto | cpu |
-            cuda | cuda:N).
+            cuda | cuda:N), `precision` (OpenVINO: auto | f32 | bf16 | f16), `dtype` (torch: float32 | bfloat16).
     """
     from mfdeploy.eval import evaluate_with_retention
     from mfdeploy.export import export_towers

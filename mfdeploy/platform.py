@@ -107,6 +107,26 @@ def current_rss_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def release_freed_memory() -> bool:
+    """Hand memory the process has freed back to the OS (glibc's `malloc_trim(0)`; a no-op elsewhere).
+
+    glibc keeps freed heap memory for reuse, in every thread's arena: after a
+    burst of large decoded images a server's RSS would otherwise stay at its
+    peak. Returns whether anything was released.
+    """
+    libc = _libc()
+    trim = getattr(libc, "malloc_trim", None) if libc is not None else None
+    return bool(trim(0)) if trim is not None else False
+
+
+@lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(None)  # the libc the interpreter is linked with
+    except OSError:
+        return None
+
+
 @dataclass(frozen=True)
 class Probe:
     """The answer to "can X run here?": `ok`, else `reason` (one line); `version` when known."""

@@ -52,6 +52,22 @@ def tiny_clip_other_dir(tmp_path_factory) -> Path:
     return save_tiny_clip(tmp_path_factory.mktemp("tiny_clip_other"), seed=1, width=48, layers=3)
 
 
+@pytest.fixture(scope="session")
+def tiny_siglip_dir(tmp_path_factory) -> Path:
+    """A tiny random SigLIP checkpoint (SiglipModel, 2 layers per tower, width 32, 32x32 images, 32 tokens)."""
+    from siglip_models import save_tiny_siglip
+
+    return save_tiny_siglip(tmp_path_factory.mktemp("tiny_siglip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip2_dir(tmp_path_factory) -> Path:
+    """A tiny random fixed-resolution SigLIP 2 checkpoint (SiglipModel with a Siglip2Tokenizer)."""
+    from siglip_models import save_tiny_siglip
+
+    return save_tiny_siglip(tmp_path_factory.mktemp("tiny_siglip2"), variant="siglip2", seed=1)
+
+
 @pytest.fixture()
 def tiny_adapter(tiny_clip_dir):
     from mfdeploy.models import load

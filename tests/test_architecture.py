@@ -16,6 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mfdeploy"
 # Level of each top-level part: a module may import its own part and parts of a lower level only.
 LEVELS = {
     "errors": 0, "artifacts": 0, "platform": 0, "progress": 0, "_callable": 0,
+    "extras": 0,  # which options need which pip extra (find_spec only): checked by the CLI and the pipelines
     # the one ONNX Runtime session setup: export (parity) and runtime (runners) both build sessions and may
     # not import each other, so it sits below both, beside the platform probe it reads the core count from
     "ortsession": 0,

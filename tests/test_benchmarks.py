@@ -65,3 +65,26 @@ def test_quantize_variants_smoke(tmp_path):
                          "+ attention MatMuls", "+ Adds", "clip-optimized"}
     assert float(rows["fp32"][3]) == 1.0 and float(rows["shipped (static QDQ)"][3]) >= 0.99
     assert "load average before" in run.stdout
+
+
+@pytest.mark.slow
+def test_bf16_cpu_smoke():
+    pytest.importorskip("openvino")
+    run = subprocess.run([sys.executable, str(BENCHMARKS / "bf16_cpu.py"), "--smoke", "--rounds", "1", "--block", "1"],
+                         capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "250"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = run.stdout
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in out.splitlines()
+            if line.startswith("│ vision") or line.startswith("│ text")]
+    names = ("ORT fp32", "OpenVINO f32", "torch fp32", "torch bf16", "ORT int8", "OpenVINO int8", "MoPE 0.5 ORT fp32",
+             "MoPE 0.5 ORT int8", "MoPE 0.5 OpenVINO int8")
+    for tower in ("vision", "text"):
+        for batch in ("1", "8"):
+            got = {r[2]: r for r in rows if r[0] == tower and r[1] == batch}
+            assert set(names) <= set(got), (tower, batch, sorted(got))
+            assert got["ORT fp32"][4] == "1.00x" and float(got["OpenVINO f32"][5]) >= 0.99999
+            assert all(float(r[5]) >= 0.99 for r in got.values())  # every row against its model's ORT fp32
+            assert got["torch bf16"][6] == "bf16" and got["ORT int8"][6] == "int8+f32"
+            assert got["OpenVINO int8"][6].startswith(("int8+", "f32"))
+    assert "load average (1, 5, 15 min) before timing" in out and "OpenVINO CPU capabilities:" in out
+    assert "(target >= 6x)" in out

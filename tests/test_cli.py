@@ -40,7 +40,7 @@ def test_info_counts(tiny_clip_dir, capsys):
 
 @pytest.mark.parametrize("make,message", [
     (lambda p: p / "missing", "does not exist"),
-    (lambda p: p, "not a CLIP checkpoint"),
+    (lambda p: p, "not a model checkpoint"),
 ])
 def test_info_bad_model(tmp_path, capsys, make, message):
     with pytest.raises(SystemExit) as e:

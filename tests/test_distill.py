@@ -9,6 +9,7 @@ import torch
 from mfdeploy.cli import main
 from mfdeploy.errors import UserError
 from mfdeploy.models import load
+from mfdeploy.models.family import PairScorer
 from mfdeploy.models.inputs import CalibSource, pair_batches
 from mfdeploy.prune import PruneConfig, prune_model
 from mfdeploy.prune.distill import _embed, distill, loss_fn
@@ -83,9 +84,9 @@ def test_two_four_survives_distillation_and_export(tiny_clip_dir, tmp_path):
 
 
 def _held_loss(adapter, teacher, batches) -> float:
-    scale = teacher.logit_scale.exp()
+    pairs = PairScorer.of(adapter.family, teacher)
     with torch.no_grad():
-        losses = [loss_fn(_embed(adapter.model, b), _embed(teacher, b), scale).item() * len(b) for b in batches]
+        losses = [loss_fn(_embed(adapter.model, b), _embed(teacher, b), pairs).item() * len(b) for b in batches]
     return sum(losses) / sum(len(b) for b in batches)
 
 

@@ -203,7 +203,7 @@ def test_cli_engine_without_tensorrt(dense_dir, capsys):
     main(["engine", str(dense_dir), "--fp16", "--sparse", "on", "--max-batch", "8"])  # returns: exit code 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith(f"TensorRT engines not built: {NO_ENGINES['reason']}. Build them elsewhere")
-    assert lines[1:] == [VISION_CMD, TEXT_CMD]
+    assert lines[1:] == [f"cd {dense_dir}", VISION_CMD, TEXT_CMD]  # the engines go beside the towers
     record = json.loads((dense_dir / "engine.json").read_text())
     assert record["status"] == "skipped" and record["trtexec"] == [VISION_CMD, TEXT_CMD]
     assert record["reason"] == NO_ENGINES["reason"]

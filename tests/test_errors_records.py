@@ -128,9 +128,11 @@ def test_cli_engine_on_build_dir_without_tensorrt(build_dir, capsys):
     main(["engine", str(build_dir), "--max-batch", "4"])
     printed = capsys.readouterr().out
     assert f"TensorRT engines not built: {NO_ENGINES['reason']}" in printed
-    assert f"inside {build_dir / 'onnx'}:" in printed and "trtexec --onnx=vision.onnx" in printed
+    # run in the build directory: they read onnx/ and write engines/, where bench and serve look for them
+    assert (f"\ncd {build_dir}\nmkdir -p engines\ntrtexec --onnx=onnx/vision.onnx --saveEngine=engines/vision.plan "
+            in printed)
     record = json.loads((build_dir / "engines" / "engine.json").read_text())
-    assert record["status"] == "skipped" and record["trtexec_cwd"] == str(build_dir / "onnx")
+    assert record["status"] == "skipped" and record["trtexec_cwd"] == str(build_dir)
     shutil.rmtree(build_dir / "engines")
 
 

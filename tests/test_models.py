@@ -38,7 +38,7 @@ def test_prunable_layers_and_globs(tiny_adapter):
 def test_load_errors(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         load(tmp_path / "nope")
-    with pytest.raises(UserError, match="not a CLIP checkpoint"):
+    with pytest.raises(UserError, match="not a model checkpoint"):
         load(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(UserError, match="model_type='bert'"):

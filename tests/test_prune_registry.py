@@ -12,7 +12,9 @@ from mfdeploy.models import load
 from mfdeploy.progress import NullReporter
 from mfdeploy.prune import METHODS, MethodResult, MethodSpec, PruneConfig, PruneContext, prune_model
 from mfdeploy.prune.criteria import random_score
-from mfdeploy.prune.methods.ecoflap import contrastive_loss, direction
+from mfdeploy.models.clip import CLIP
+from mfdeploy.models.family import PairScorer
+from mfdeploy.prune.methods.ecoflap import direction
 from mfdeploy.prune.stats import ActivationStats
 
 PRUNE_DIR = Path(__file__).resolve().parents[1] / "mfdeploy" / "prune"
@@ -94,7 +96,7 @@ def test_perturbations_and_targets_on_the_weights_device():
     assert torch.equal(z_cpu, torch.randn(4, 6, generator=torch.Generator().manual_seed(3)))
     assert torch.equal(direction(w.double(), torch.Generator().manual_seed(3)), z_cpu.double())
     img = torch.nn.functional.normalize(torch.ones(3, 5, device="meta"), dim=-1)
-    assert contrastive_loss(img, img, torch.tensor(1.0, device="meta")).device.type == "meta"
+    assert PairScorer(CLIP, torch.ones(1, device="meta")).loss(img, img).device.type == "meta"
     assert random_score(w.to("meta"), None, torch.Generator().manual_seed(0)).device.type == "meta"
 
 

@@ -252,6 +252,55 @@ def test_options_reach_the_configs(build, tmp_path):
         assert fp32.dynamic_batching.max_queue_delay_microseconds == 0
 
 
+def _openvino_embeds(model: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """The model file run as Triton's OpenVINO backend loads it (OpenVINO reading the ONNX file), in f32."""
+    ov = pytest.importorskip("openvino")
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(model)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    return np.asarray(compiled(inputs)[0])
+
+
+def test_openvino_kind_writes_openvino_backend_configs(repo, build, tmp_path):
+    out = tmp_path / "repo"
+    assert run_cli(["triton", str(build), "--out", str(out), "--onnx-kind", "openvino"]) == 0
+    record = json.loads((out / "triton.json").read_text())
+    assert sorted(record["models"]) == sorted(f"clip_{t}_openvino{s}" for t in TOWERS for s in ("", "_int8"))
+    for name, entry in record["models"].items():
+        config = read_config(out / name)
+        folder = "onnx_int8" if name.endswith("_int8") else "onnx"
+        tower = name.split("_")[1]
+        assert config.name == name and config.backend == "openvino" and config.platform == ""
+        assert config.default_model_filename == "model.onnx"
+        assert {k: v.string_value for k, v in config.parameters.items()} == {"NUM_STREAMS": "1",
+                                                                            "PERFORMANCE_HINT": "LATENCY"}
+        assert [g.kind for g in config.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]  # OpenVINO: CPU only
+        assert config.max_batch_size == 32 and config.dynamic_batching.max_queue_delay_microseconds == 100
+        assert_config_states(config, build / folder / f"{tower}.onnx")
+        assert sha(out / name / "1" / "model.onnx") == sha(build / folder / f"{tower}.onnx")
+        assert entry["format"] == entry["platform"] == "openvino" and entry["io_from"] == f"{folder}/{tower}.onnx"
+        inputs = feeds(tower, build)  # the copied file, as OpenVINO runs it, gives the build's tower's embeddings
+        np.testing.assert_allclose(_openvino_embeds(out / name / "1" / "model.onnx", inputs),
+                                   run(build / folder / f"{tower}.onnx", inputs), rtol=0, atol=1e-5)
+    readme = (out / "README.md").read_text()
+    assert "OpenVINO backend" in readme and "mfdeploy eval BUILD --backend openvino" in readme
+    assert "--load-model=clip_vision_openvino" in readme
+    # the ONNX Runtime repository's configs say nothing of OpenVINO
+    assert "openvino" not in (repo / "clip_vision_onnx" / "config.pbtxt").read_text()
+
+
+def test_openvino_external_data_sits_beside_the_model_it_names(build, build_copy, tmp_path):
+    """OpenVINO reads the file the config names (not Triton's model.onnx folder): its data goes beside it."""
+    _external(build_copy, "weights/vision.bin")
+    out = tmp_path / "repo"
+    assert run_cli(["triton", str(build_copy), "--out", str(out), "--onnx-kind", "openvino"]) == 0
+    version = out / "clip_vision_openvino" / "1"
+    assert (version / "model.onnx").is_file() and sha(version / "weights" / "vision.bin") == \
+        sha(build_copy / "onnx" / "weights" / "vision.bin")
+    inputs = feeds("vision", build)
+    np.testing.assert_allclose(_openvino_embeds(version / "model.onnx", inputs),
+                               run(build / "onnx" / "vision.onnx", inputs), rtol=0, atol=1e-5)
+
+
 def _with_engines(build: Path, max_batch: int = 8, int8: bool = False, engine_json: int | None = None) -> None:
     """Fake TensorRT plans in `engines/`, and build.json's engine record saying they were built (profile max)."""
     (build / "engines").mkdir()
@@ -381,7 +430,7 @@ def _escape(build: Path) -> None:
     ("not-a-build", "not a build directory"),
     ("no-onnx", "no onnx/vision.onnx or onnx/text.onnx"),
     ("max-batch-0", "--max-batch must be 1 or more"),
-    ("onnx-kind", "--onnx-kind must be one of cpu, gpu"),
+    ("onnx-kind", "--onnx-kind must be one of cpu, gpu, openvino (got 'tpu')"),
     ("prefix", "--prefix"),
     ("out-is-build", "would replace the build directory"),
     ("escaping-external-data", "not a path inside the model's folder"),

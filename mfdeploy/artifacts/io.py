@@ -7,14 +7,15 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mfdeploy.artifacts.layout import ADDED_LATER, FILE_LIST, MANIFESTS
-from mfdeploy.errors import UserError
+from mfdeploy.artifacts.layout import ADDED_LATER, FILE_LIST, MANIFESTS, TEMP_OWNER
+from mfdeploy.artifacts.tempdirs import make_temp_dir, sweep
+from mfdeploy.artifacts.writable import as_write_error, check_writable, make_parents, remove_empty
+from mfdeploy.errors import WRITE_ERRNOS, UserError, errno_of, write_error
 
 
 def _umask() -> int:
@@ -88,7 +89,7 @@ def foreign_files(out: Path) -> list[str] | None:
             if not any(k.startswith(rel + "/") for k in known) and not any(path.iterdir()):
                 foreign.append(rel + "/")  # an empty folder nobody listed
             continue
-        if rel in known:
+        if rel in known or rel == TEMP_OWNER:  # the record a kill may leave in an output just put in place
             continue
         parent, name = str(Path(rel).parent.as_posix()), path.name
         if parent in known_dirs and any(fnmatch.fnmatchcase(name, g) for g in ADDED_LATER):
@@ -102,14 +103,18 @@ def check_out_dir(out: Path, force: bool) -> None:
 
     `--force` replaces only an empty directory or one mfdeploy wrote (it holds one of
     `MANIFESTS`) and that holds nothing else; never the current directory, one of its
-    parents, the home directory, the root, a symlink or a file.
+    parents, the home directory, the root, a symlink or a file. Stale temporary folders of killed runs
+    beside `out` are removed first (`tempdirs.sweep`), and a folder `out` cannot be written into fails here,
+    before any work.
 
     Raises:
-        UserError: one line saying why `out` cannot be used; nothing is touched.
+        UserError: one line saying why `out` cannot be used; nothing else is touched.
     """
     out = Path(out)
     if not out.parent.exists():
         raise UserError(f"{out.parent}: parent directory does not exist")
+    sweep(out.parent)  # first: a killed run's `.old-` folder may hold the previous `out`, put back here
+    check_writable(out.parent, out)
     if not (out.exists() or out.is_symlink()):
         return
     if not force:
@@ -139,7 +144,7 @@ def _publish(tmp: Path) -> None:
     mask = _umask()
     files = []
     for path in sorted(tmp.rglob("*")):
-        if path.is_symlink():
+        if path.is_symlink() or path == tmp / TEMP_OWNER:
             continue
         # mkdtemp makes folders 0700 and safetensors writes 0600: outputs are shared artifacts
         path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
@@ -162,41 +167,93 @@ def atomic_dir(out: Path, force: bool = False) -> Iterator[Path]:
     On any exception, Ctrl-C or SIGTERM (`Terminated`) the temporary directory
     is removed and `out` is left as it was: never a half-written output.
     `out` is checked with `check_out_dir` before the block and again before
-    it is replaced (it may have changed meanwhile).
+    it is replaced (it may have changed meanwhile). The folder records its
+    owner (`tempdirs`), so one a SIGKILL leaves behind is removed by a later run.
+
+    Raises:
+        WriteError: the filesystem refused a write (full, read-only, no permission, not a folder): one line
+            naming the path in `out` and the cause; nothing is left behind.
     """
     out = Path(out)
     check_out_dir(out, force)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        yield tmp
-        _publish(tmp)
-        if out.exists() or out.is_symlink():
-            check_out_dir(out, force)
-            # move the old tree aside first, so that `out` is never missing nor half deleted
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        tmp = make_temp_dir(out.parent, f".{out.name}.tmp-")
+    except OSError as e:
+        raise write_error(out, e) from None
+    try:
+        try:
+            yield tmp
+            _publish(tmp)
+            _put_in_place(tmp, out, force)
+        except Exception as e:  # noqa: BLE001 - only filesystem failures are converted; the rest re-raised
+            failure = as_write_error(e, out, tmp)
+            if failure is None:
+                raise
+            raise failure from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def atomic_file(path: Path, write: Callable[[Path], None]) -> Path:
-    """Create `path` through `write(tmp)` on a temporary sibling, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+def _put_in_place(tmp: Path, out: Path, force: bool) -> None:
+    """Rename the finished `tmp` to `out`; an existing `out` is moved aside first and back on failure.
+
+    The owner record goes last, from `out`: until the rename a kill leaves a folder a later run can tell.
+    """
+    if not (out.exists() or out.is_symlink()):
+        os.replace(tmp, out)
+        (out / TEMP_OWNER).unlink(missing_ok=True)
+        return
+    check_out_dir(out, force)
+    # move the old tree aside first, so that `out` is never missing nor half deleted; should this process
+    # die before the new tree is in place, a later run's sweep puts the old one back (its `restore`)
+    old = make_temp_dir(out.parent, f".{out.name}.old-", restore=out.name)
     try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600
+        os.replace(out, old / out.name)
+    except BaseException:
+        shutil.rmtree(old, ignore_errors=True)
+        raise
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old / out.name, out)  # should this fail too, `old` keeps it for the sweep to put back
+        shutil.rmtree(old, ignore_errors=True)
+        raise
+    (out / TEMP_OWNER).unlink(missing_ok=True)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def atomic_file(path: Path, write: Callable[[Path], None]) -> Path:
+    """Create `path` through `write(tmp)` on a temporary sibling, then rename: never a half-written file.
+
+    `write` gets a file of the same name in a hidden temporary folder beside `path` (which records its owner,
+    `tempdirs`); missing parent folders are created, and removed again should the write fail.
+
+    Raises:
+        WriteError: the filesystem refused a write: one line naming `path` and the cause; nothing is left.
+    """
+    path = Path(path)
+    created: list[Path] = []
+    tmp_dir: Path | None = None
+    try:
+        make_parents(path.parent, created)
+        sweep(path.parent)
+        tmp_dir = make_temp_dir(path.parent, f".{path.name}.tmp-")
+        tmp = tmp_dir / path.name
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # a writer may make it 0600: outputs are shared artifacts
         os.replace(tmp, path)
+    except BaseException as e:
+        if tmp_dir is not None:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+        remove_empty(created)
+        failure = write_error(path, e) if errno_of(e) in WRITE_ERRNOS else None
+        if failure is None:
+            raise
+        raise failure from None
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp_dir is not None and tmp_dir.exists():
+            shutil.rmtree(tmp_dir, ignore_errors=True)
     return path
 
 
@@ -238,6 +295,6 @@ def file_records(root: Path, *, recursive: bool = True, skip: Iterable[str] = ()
     out = {}
     for p in sorted(paths):
         rel = p.relative_to(root).as_posix()
-        if p.is_file() and rel not in skipped:
+        if p.is_file() and rel not in skipped and p.name != TEMP_OWNER:  # the owner record goes before publishing
             out[rel] = {"sha256": sha256(p), "bytes": p.stat().st_size}
     return out

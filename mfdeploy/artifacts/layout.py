@@ -38,6 +38,7 @@ MANIFESTS = (BUILD_MANIFEST, PRUNE_MANIFEST, EXPORT_MANIFEST, QUANTIZE_MANIFEST,
 # output directories that name the dense model they came from; build.json first: written last, it covers all
 SOURCE_MANIFESTS = (BUILD_MANIFEST, PRUNE_MANIFEST)
 FILE_LIST = ".mfdeploy-files"  # every output directory lists the files it was created with (--force)
+TEMP_OWNER = ".mfdeploy-owner"  # in every temporary folder: who made it, so a killed run's folder can be told
 
 # --- files -------------------------------------------------------------------------------------------------------
 MASKS_FILE = "masks.safetensors"
@@ -67,17 +68,25 @@ TRITON_CONFIG = "config.pbtxt"
 TRITON_README = "README.md"
 TRITON_PREPROCESSING_DIR = "preprocessing"
 TRITON_VERSION_DIR = "1"  # the one model version written
-TRITON_MODEL_FILES = {"onnx": "model.onnx", "plan": "model.plan"}  # Triton's default file names per format
+# Triton's file name per format; its openvino backend reads the same ONNX file, named in the config
+TRITON_MODEL_FILES = {"onnx": "model.onnx", "plan": "model.plan", "openvino": "model.onnx"}
 # What a client needs to tokenize and preprocess like the model did, copied from a checkpoint when present:
-# a fast tokenizer (tokenizer.json) or a slow one (vocab.json + merges.txt), and the image processor.
+# a fast tokenizer (tokenizer.json) or a slow one (vocab.json + merges.txt; SentencePiece: spiece.model for SigLIP,
+# tokenizer.model for SigLIP 2's Gemma tokenizer), and the image processor.
 PREPROCESSING_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                       "vocab.json", "merges.txt", "preprocessor_config.json")
+                       "vocab.json", "merges.txt", "spiece.model", "tokenizer.model", "preprocessor_config.json")
 
 # --- towers --------------------------------------------------------------------------------------------------------
 # What each exported tower takes and returns, as data: drives the exporter (names, dynamic axes), the parity
 # check, the engine builder (profiles, trtexec shapes) and the runners. Dimension entries are ints (fixed),
 # names of model sizes resolved from the adapter (`image_size`, `embed_dim`), or names of dynamic axes
 # (`batch`, `text_len`) that stay symbolic in the ONNX graph.
+# The family of the model decides which of a tower's inputs it takes and which axes it fixes
+# (`Adapter.tower_inputs`, `Adapter.fixed_text_len`): CLIP's text tower takes `input_ids` and `attention_mask`
+# with a dynamic `text_len`; SigLIP's takes `input_ids` alone, `max_text_len` long (its model reads fixed-length
+# text and no mask). The exporter records the choice in the ONNX metadata (`mfdeploy.family`,
+# `mfdeploy.text_inputs`, `mfdeploy.text_padding`, `mfdeploy.scoring`) and in export.json (`model.family`, each
+# tower's `inputs`); readers take a tower's inputs from its graph.
 TOWERS: dict[str, dict[str, Any]] = {
     "vision": {
         "file": "vision.onnx",

@@ -53,7 +53,14 @@ def _lat(r: dict | None) -> str:
 
 
 HEADER = ["backend", "tower", "batch", "text len", "pruned items/s", "dense items/s", "pruned/dense",
-          "pruned p50/p95/p99 ms", "dense p50/p95/p99 ms", "device", "peak RSS MiB"]
+          "pruned p50/p95/p99 ms", "dense p50/p95/p99 ms", "device", "precision", "peak RSS MiB"]
+
+
+def precision_cell(p: dict, d: dict | None) -> str:
+    """The precision that ran: the pruned row's, and the dense row's after it where they differ."""
+    mine = p.get("precision") or "-"
+    other = d.get("precision") if d else None
+    return f"{mine} | {other}" if other and other != mine else mine
 
 
 def ratio_cell(p: dict) -> str:
@@ -62,7 +69,7 @@ def ratio_cell(p: dict) -> str:
     return f"{ratio} {MARK}" if p.get("unstable") else ratio
 
 
-INT8_HEADER = ["int8 items/s", "int8/dense", "ONNX MiB fp32 / int8"]
+INT8_HEADER = ["int8 items/s", "int8/dense", "ONNX MiB fp32 / int8", "int8 precision"]
 
 
 def header(rows: list[dict]) -> list[str]:
@@ -73,9 +80,10 @@ def header(rows: list[dict]) -> list[str]:
 def int8_cells(p: dict, q: dict | None) -> list[str]:
     """The int8 columns of a pruned row `p`: int8 throughput, int8/dense, ONNX sizes (`q`: its int8 row)."""
     if q is None:
-        return ["-", "-", "-"]
+        return ["-", "-", "-", "-"]
     ratio = "-" if q["over_dense"] is None else f"{q['over_dense']:.2f}x"
-    return [fmt(q["throughput"]), ratio, f"{fmt(p.get('onnx_mb'))} / {fmt(q.get('onnx_mb'))}"]
+    return [fmt(q["throughput"]), ratio, f"{fmt(p.get('onnx_mb'))} / {fmt(q.get('onnx_mb'))}",
+            q.get("precision") or "-"]
 
 
 def table_rows(rows: list[dict]) -> list[list[str]]:
@@ -84,7 +92,7 @@ def table_rows(rows: list[dict]) -> list[list[str]]:
     for p, d in pairs(rows):
         line = [
             p["backend"], p["tower"], str(p["batch"]), fmt(p["text_len"], "d"), fmt(p["throughput"]),
-            fmt(d and d["throughput"]), ratio_cell(p), _lat(p), _lat(d), p["device"],
+            fmt(d and d["throughput"]), ratio_cell(p), _lat(p), _lat(d), p["device"], precision_cell(p, d),
             fmt((d or p)["peak_rss_mb"], ".0f"),
         ]
         if int8:
@@ -128,7 +136,10 @@ def markdown(rows: list[dict], meta: dict[str, Any]) -> str:
         for r in gone:
             what = r["backend"] + (f" ({r['variant']})" if r.get("variant") else "")
             lines.append(f"- **{what}**: {r['reason']}")
-    lines += ["", "Throughput: items (images or texts) per second at the median latency, batch / p50 (bench.json "
+    lines += ["", "Precision: what the tower's compute layers ran in, as the backend reports it (pruned | dense "
+              "where they differ; int8+f32: integer matmuls, float elsewhere); a runner in less than fp32 ran "
+              "only after matching the fp32 towers (bench.json: gate_min_cosine).",
+              "", "Throughput: items (images or texts) per second at the median latency, batch / p50 (bench.json "
               "also has `mean_throughput`, items over total timed seconds); pruned/dense: the ratio of the two "
               "throughputs (> 1: the pruned model is faster)" + ("; int8/dense: the same for the build's "
               "onnx_int8/ towers, timed in turn with pruned and dense; ONNX MiB: the tower's graph on disk"

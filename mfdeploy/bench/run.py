@@ -13,14 +13,16 @@ from typing import Any
 
 import numpy as np
 
-from mfdeploy.artifacts.layout import ONNX_INT8_DIR
+from mfdeploy.artifacts.layout import BENCH_JSON, ONNX_INT8_DIR
+from mfdeploy.artifacts.writable import check_file_target, check_writable
 from mfdeploy.bench.args import check_args, parse_batch_sizes, parse_list
+from mfdeploy.bench.runners import check_precision_options, open_runners, precision_fields
 from mfdeploy.bench.stability import load_average, spread_reason
 from mfdeploy.errors import UserError
 from mfdeploy.platform import current_rss_mb, peak_rss_mb, physical_cores
-from mfdeploy.runtime.base import BackendUnavailable, Runner, wall_seconds
+from mfdeploy.runtime.base import Runner, wall_seconds
 from mfdeploy.runtime.inputs import DEFAULT_TEXT_LEN, pixel_values, text_inputs
-from mfdeploy.runtime.registry import BACKENDS, TOWERS, BuildDir, check_backends, make_runner
+from mfdeploy.runtime.registry import BACKENDS, ONNX_BACKENDS, TOWERS, BuildDir, check_backends
 
 # on_progress(description, cells done, cells in all): how a caller shows the run (the CLI draws a bar)
 Progress = Callable[[str, int, int], None]
@@ -111,6 +113,8 @@ def run_bench(
     write: bool = True,
     on_progress: Progress | None = None,
     on_written: Callable[[dict[str, Any]], None] | None = None,
+    precision: str | None = None,
+    dtype: str | None = None,
 ) -> list[dict[str, Any]]:
     """Benchmark a build's backends, pruned against dense, and write the reports.
 
@@ -120,7 +124,7 @@ def run_bench(
             run here become "unavailable" rows with the reason).
         towers: "vision" and/or "text".
         batch_sizes: batch sizes to time.
-        text_len: tokens per text (default 16, capped at the model's maximum).
+        text_len: tokens per text (default 16, capped at the model's maximum; a fixed-length family: its length).
         warmup: untimed calls per variant and cell.
         iters: minimum timed calls per variant and cell.
         threads: CPU threads for torch and ONNX Runtime (default: physical cores).
@@ -133,6 +137,9 @@ def run_bench(
         on_progress: called as the run goes, with what it does, the cells done and the cells in all.
         on_written: called with `report.write_reports`'s paths once the
             reports are written (`"previous"`: where the last report was moved).
+        precision: OpenVINO's inference precision, auto | f32 | bf16 | f16 (None: auto).
+        dtype: the torch backend's, float32 | bfloat16 (None: float32). A reduced precision is gated against
+            the fp32 towers first (`mfdeploy.runtime.gate`); a refused variant becomes an "unavailable" row.
 
     Returns:
         Measurement rows `{backend, tower, variant, batch, text_len, throughput
@@ -140,7 +147,8 @@ def run_bench(
         timed seconds), p50_ms, p95_ms, p99_ms, iters, pruned_over_dense
         (throughput ratio), over_dense (this variant's ratio to dense), onnx_mb (the tower's ONNX
         file(s) on disk, ONNX Runtime backends), device, threads, peak_rss_mb, rss_mb, unstable
-        (p95 > 2x p50 for a variant of the cell; then also unstable_reason),
+        (p95 > 2x p50 for a variant of the cell; then also unstable_reason), precision (what the tower's
+        compute ran in, as the backend reports it), gate_min_cosine (against the fp32 towers, where gated),
         load_avg_start, load_avg_end (`os.getloadavg()` around the cell)}`, and
         `{backend, variant (when only one variant failed), status: "unavailable", reason}` rows.
 
@@ -158,11 +166,20 @@ def run_bench(
     torch_threads = torch.get_num_threads()
     rows: list[dict[str, Any]] = []
     check_args(towers, batch_sizes, text_len, None, warmup, iters, threads, min_time)
+    check_precision_options(names, precision, dtype)
+    if write and Path(build_dir).is_dir():  # where the reports go must take them: found now, not after the timing
+        check_writable(Path(build_dir), Path(build_dir) / BENCH_JSON)
+    if json_path is not None:
+        check_file_target(Path(json_path))
     load_start = load_average()
     with BuildDir(build_dir) as build:
         adapter = build.adapter("pruned")  # image size, tokenizer, text limit
         check_args(towers, batch_sizes, text_len, adapter.max_text_len, warmup, iters, threads, min_time)
-        length = text_len or min(DEFAULT_TEXT_LEN, adapter.max_text_len)
+        fixed = adapter.fixed_text_len  # a family that reads one text length (SigLIP) is timed at it
+        if fixed is not None and text_len not in (None, fixed):
+            raise UserError(f"--text-len {text_len}: {adapter.family.title} reads exactly {fixed} tokens (every "
+                            "text is padded to that length); leave --text-len out")
+        length = fixed or text_len or min(DEFAULT_TEXT_LEN, adapter.max_text_len)
         images = {b: pixel_values(b, adapter.image_size, seed=b) for b in batch_sizes}
         texts = {b: text_inputs(b, length, tokenizer=adapter.tokenizer) for b in batch_sizes}
         variants = ["pruned", "dense"] if dense else ["pruned"]
@@ -173,9 +190,9 @@ def run_bench(
         try:
             for name in names:
                 say(f"{name}: loading", done, total)
-                ort = name.startswith("ort-")
-                runners = _open_runners(build, name, variants + (["int8"] if with_int8 and ort else []), towers,
-                                        threads_used, max(batch_sizes), length, rows)
+                ort = name in ONNX_BACKENDS  # the ONNX graphs: the build's int8 ones too
+                runners = open_runners(build, name, variants + (["int8"] if with_int8 and ort else []), towers,
+                                       threads_used, max(batch_sizes), length, rows, precision, dtype)
                 sizes = {(v, t): _onnx_mb(build, v, t) for v in runners for t in towers} if ort else {}
                 try:
                     for tower in towers:
@@ -224,25 +241,6 @@ def bench_meta(build: BuildDir, towers: list[str], batch_sizes: list[int], lengt
     }
 
 
-def _open_runners(build: BuildDir, name: str, variants: list[str], towers: list[str], threads: int, max_batch: int,
-                  text_len: int, rows: list[dict]) -> dict[str, Runner]:
-    """Runners per variant; an unavailable variant becomes a row (never dropped silently)."""
-    runners: dict[str, Runner] = {}
-    for variant in variants:
-        try:
-            runners[variant] = make_runner(
-                name, build, variant=variant, threads=threads, towers=towers, max_batch=max_batch,
-                max_text_len=text_len,
-                spin=len(variants) == 1,  # sessions taking turns must not spin against each other
-            )
-        except BackendUnavailable as e:
-            if variant == "pruned":
-                rows.append({"backend": name, "status": "unavailable", "reason": str(e)})
-                break  # the dense variant would fail the same way
-            rows.append({"backend": name, "variant": variant, "status": "unavailable", "reason": str(e)})
-    return runners
-
-
 def _onnx_mb(build: BuildDir, variant: str, tower: str) -> float | None:
     """Size on disk of a variant's tower ONNX (with its external data), MiB."""
     folder = build.onnx_dir(variant)
@@ -277,6 +275,7 @@ def _cell(runners: dict[str, Runner], name: str, tower: str, batch: int, text_le
             "over_dense": s["throughput"] / stats["dense"]["throughput"] if "dense" in stats else None,
             "onnx_mb": (sizes or {}).get((variant, tower)),
             "device": runners[variant].device,
+            **precision_fields(runners[variant], tower),
             "timing": runners[variant].timing,
             "threads": threads if runners[variant].device == "cpu" else None,
             "peak_rss_mb": round(peak_rss_mb(), 1),

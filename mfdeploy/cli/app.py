@@ -7,24 +7,40 @@ Each verb lives in its own module of this package and registers itself on
 
 from __future__ import annotations
 
+import functools
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 
 from mfdeploy import __version__
 from mfdeploy.cli.help import Command, Group
-from mfdeploy.cli.render import err, out
-from mfdeploy.errors import MfdeployError
+from mfdeploy.cli.render import error, out
+from mfdeploy.errors import MfdeployError, os_error_line
+from mfdeploy.extras import require
 
 
 class _App(typer.Typer):
-    """typer.Typer whose commands render their help the usual way (`mfdeploy.cli.help`)."""
+    """typer.Typer whose commands render their help the usual way (`mfdeploy.cli.help`), and check the optional
+    packages their options need (`mfdeploy.extras`) before they run."""
 
-    def command(self, *args: Any, cls: Any = None, **kwargs: Any) -> Any:  # noqa: D102
-        return super().command(*args, cls=cls or Command, **kwargs)
+    def command(self, name: str | None = None, *args: Any, cls: Any = None, **kwargs: Any) -> Any:  # noqa: D102
+        register = super().command(name, *args, cls=cls or Command, **kwargs)
+
+        def decorator(f: Callable[..., Any]) -> Any:
+            verb = name or f.__name__.replace("_", "-")  # the name typer gives the command
+
+            @functools.wraps(f)  # typer reads the options from the wrapped signature
+            def checked(*a: Any, **options: Any) -> Any:
+                require(verb, **options)  # before the first step: a missing extra fails at once, in one line
+                return f(*a, **options)
+
+            return register(checked)
+
+        return decorator
 
 
 app = _App(
@@ -52,7 +68,11 @@ def _root(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: user errors end in one line on stderr and exit code 2, never a traceback."""
+    """Console entry point: user errors end in one line on stderr and exit code 2, never a traceback.
+
+    So do filesystem errors (`OSError`: a path that cannot be read or written, a full disk), named with
+    their path and errno.
+    """
     import mfdeploy.cli  # noqa: F401  (registers every verb on `app`)
     from mfdeploy.artifacts.io import Terminated
     from mfdeploy.cli.help import usage_errors
@@ -66,10 +86,13 @@ def main(argv: list[str] | None = None) -> None:
         rc = app(args=argv, standalone_mode=False)
         if isinstance(rc, int) and rc != 0:  # typer returns (not raises) the code of Exit and of Ctrl-C
             if rc == 130:
-                err.print("[bold red]error:[/] interrupted")
+                error("interrupted")
             sys.exit(rc)
     except MfdeployError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        error(str(e))
+        sys.exit(2)
+    except OSError as e:  # a filesystem failure no command explained (temporary outputs are gone by now)
+        error(os_error_line(e))
         sys.exit(2)
     except usage_errors() as e:  # a bad command line: typer's own "Usage: ... Error: ..." lines, exit 2
         e.show()  # type: ignore[attr-defined]
@@ -77,10 +100,10 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except (typer.Abort, KeyboardInterrupt):
-        err.print("[bold red]error:[/] interrupted")
+        error("interrupted")
         sys.exit(130)
     except Terminated:
-        err.print("[bold red]error:[/] terminated (SIGTERM); nothing was left half written")
+        error("terminated (SIGTERM); nothing was left half written")
         sys.exit(143)
     finally:
         if main_thread:

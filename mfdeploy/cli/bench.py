@@ -8,14 +8,17 @@ from typing import Annotated, Any
 import typer
 
 from mfdeploy.cli.app import app
+from mfdeploy.cli.options import PrecisionOpt, RunDtypeOpt
 from mfdeploy.cli.render import err, print_bench, progress_bar
+from mfdeploy.cli.render import warning as show_warning
 
 
 @app.command()
 def bench(
     build_dir: Annotated[Path, typer.Argument(help="A `mfdeploy build --out` directory.")],
     backends: Annotated[str | None, typer.Option(
-        help="Comma-separated: torch, torch-cuda, torch-cuda-sparse, ort-cpu, ort-cuda, ort-trt, trt (default: all; "
+        help="Comma-separated: torch, torch-cuda, torch-cuda-sparse, ort-cpu, ort-cuda, ort-trt, trt, openvino "
+             "(default: all; "
              "those that cannot run "
              "here are listed as unavailable, with the reason).")] = None,
     towers: Annotated[str, typer.Option(help="Comma-separated: vision, text.")] = "vision,text",
@@ -27,13 +30,15 @@ def bench(
     min_time: Annotated[float, typer.Option(
         help="Minimum timed seconds per variant and cell (longer: steadier numbers).")] = 0.5,
     threads: Annotated[int | None, typer.Option(
-        help="CPU threads for torch and ONNX Runtime (default: physical cores).")] = None,
+        help="CPU threads for torch, ONNX Runtime and OpenVINO (default: physical cores).")] = None,
     dense: Annotated[bool, typer.Option(
         "--dense/--no-dense", help="Also time the dense model, interleaved with the pruned one.")] = True,
     int8: Annotated[bool | None, typer.Option(
-        "--int8/--no-int8", help="Also time the build's onnx_int8/ towers (ONNX Runtime backends), in turn with "
+        "--int8/--no-int8", help="Also time the build's onnx_int8/ towers (ONNX Runtime, OpenVINO), in turn with "
                                  "pruned and dense (default: when the build has them).")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the JSON rows here.")] = None,
+    precision: PrecisionOpt = None,
+    dtype: RunDtypeOpt = None,
 ) -> None:
     """Throughput and latency of every backend, pruned vs dense; writes bench.json/.md/.png into BUILD_DIR.
 
@@ -54,7 +59,7 @@ def bench(
             build_dir, backends=names, towers=parse_list(towers, "towers", list(TOWERS)),
             batch_sizes=parse_batch_sizes(batch_sizes), text_len=text_len, warmup=warmup, iters=iters,
             threads=threads, dense=dense, int8=int8, min_time=min_time, json_path=json_path, on_written=written.update,
-            on_progress=update,
+            on_progress=update, precision=precision, dtype=dtype,
         )
     print_bench(rows, BuildManifest.read(build_dir).model)
     report = build_dir / f"{BENCH_STEM}.md"
@@ -68,4 +73,4 @@ def bench(
               soft_wrap=True, highlight=False, markup=False)
     unstable = warning(rows, {"load_avg_start": load_start, "load_avg_end": load_average()})
     if unstable:
-        err.print(f"[yellow]warning:[/] {unstable}", soft_wrap=True, highlight=False)
+        show_warning(unstable)

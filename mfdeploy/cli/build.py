@@ -19,7 +19,7 @@ from mfdeploy.cli.options import (
     SparseOpt,
     with_prune_options,
 )
-from mfdeploy.cli.render import PLAIN, build_table, console_reporter, err, wide_console
+from mfdeploy.cli.render import PLAIN, build_table, console_reporter, err, labelled, wide_console
 
 
 @app.command()
@@ -51,7 +51,7 @@ def build(
                                force=force, int8=int8)
 
     def on_stage(name: str, step: int, total: int) -> None:
-        err.print(f"[bold cyan][{step}/{total}][/] {name}", highlight=False)
+        err.print(labelled(f"[{step}/{total}]", "bold cyan", name), highlight=False)
 
     with console_reporter(cfg.prune.show_progress) as reporter:
         manifest = pipeline.run_build(cfg, on_stage=on_stage, reporter=reporter)

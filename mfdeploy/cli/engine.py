@@ -31,16 +31,16 @@ def engine(
     """Build TensorRT engines (vision.plan, text.plan) in ONNX_DIR or --out, else print the trtexec commands."""
     from mfdeploy.export import EngineError, build_engines
     from mfdeploy.export.engine import engine_dirs
+    from mfdeploy.export.trtexec import trtexec_script
 
     onnx_dir, out_dir = engine_dirs(onnx_dir, out_dir)  # a build directory: its onnx/ and engines/
     with err.status("building TensorRT engines"):
         record = build_engines(onnx_dir, fp16=fp16, sparse=sparse, max_batch=max_batch, max_text_len=max_text_len,
                                out_dir=out_dir, int8=int8)
     if record["status"] == "skipped":
-        out.print(f"TensorRT engines not built: {record['reason']}. Build them elsewhere by running, "
-                  f"inside {onnx_dir}:", **PLAIN)
-        for command in record["trtexec"]:
-            out.print(command, **PLAIN)
+        out.print(f"TensorRT engines not built: {record['reason']}. Build them elsewhere by running:", **PLAIN)
+        for line in trtexec_script(record["trtexec"], record["trtexec_cwd"]):  # cd, mkdir -p, the commands
+            out.print(line, **PLAIN)
         return
     for tower, built in record["engines"].items():
         sp, parity = built["sparsity"], built.get("parity")

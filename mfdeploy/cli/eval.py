@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from mfdeploy.cli.app import app
-from mfdeploy.cli.options import ModelArg
-from mfdeploy.cli.render import err, out, results_table
+from mfdeploy.cli.options import ModelArg, PrecisionOpt, RunDtypeOpt
+from mfdeploy.cli.render import err, out, results_table, status_text, warning
 
 
 @app.command("eval")
@@ -19,7 +19,10 @@ def eval_(
         help="'shapes', a JSONL of image-caption pairs, or an image folder with one sub-folder per class "
              "(see above).")] = "shapes",
     backend: Annotated[str, typer.Option(
-        help="torch | onnx (ONNX Runtime on the CPU) | onnx-int8 (a build's onnx_int8/).")] = "torch",
+        help="torch | onnx (ONNX Runtime on the CPU) | onnx-int8 (a build's onnx_int8/) | openvino (OpenVINO on the "
+             "CPU, same towers) | openvino-int8.")] = "torch",
+    precision: PrecisionOpt = None,
+    dtype: RunDtypeOpt = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON here.")] = None,
     template: Annotated[
         str | None, typer.Option(help="Prompt template of an image folder's classes (default: 'a photo of a {}.').")
@@ -46,10 +49,15 @@ def eval_(
         check_json_target(json_path)
     with err.status("evaluating") as status:
         result = api.evaluate(model, data, backend=backend, template=template, retention=retention,
-                              progress=lambda msg: status.update(msg), n_images=images, n_retrieval=pairs,
-                              device=device)
+                              progress=lambda msg: status.update(status_text(msg)), n_images=images, n_retrieval=pairs,
+                              device=device, precision=precision, dtype=dtype)
     out.print(results_table(result))
+    if "gate" in result:  # below fp32: what ran, and how close it came to the fp32 towers
+        gate = result["gate"]
+        err.print("precision: " + ", ".join(f"{t} {p} (min cosine {gate[t]['min_cosine']:.5f} against the fp32 towers)"
+                                            for t, p in result["precision"].items() if t in gate),
+                  highlight=False, soft_wrap=True, markup=False)
     if "retention_error" in result:
-        err.print(f"[yellow]warning:[/] no retention: {result['retention_error']}", highlight=False)
+        warning(f"no retention: {result['retention_error']}")
     if json_path is not None:
         err.print(f"wrote {write_result(result, json_path)}", highlight=False)

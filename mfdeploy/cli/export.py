@@ -9,7 +9,7 @@ import typer
 
 from mfdeploy.cli.app import app
 from mfdeploy.cli.options import ForceOpt, OpsetOpt
-from mfdeploy.cli.render import err, out
+from mfdeploy.cli.render import err, out, status_text
 
 
 @app.command()
@@ -29,7 +29,7 @@ def export(
 
     with err.status("exporting") as status:
         manifest = api.export(model, out_dir, opset=opset, force=force, external_data=external_data,
-                              on_step=lambda msg: status.update(msg))
+                              on_step=lambda msg: status.update(status_text(msg)))
     parity = manifest["parity"]
     out.print(f"exported {manifest['model']['id']} (opset {manifest['opset']}) -> {out_dir}: ONNX Runtime vs "
               f"PyTorch min cosine vision {parity['vision']['min_cosine']:.6f}, "

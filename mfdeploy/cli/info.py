@@ -16,12 +16,16 @@ def info(model: ModelArg = None) -> None:
     counts = adapter.parameter_counts()
     layers = adapter.prunable_layers()
     label = adapter.pruned_label
-    rows = [(modality, sum(p.numel() for p in getattr(adapter.model, attr).parameters()),
+    rows = [(modality, sum(p.numel() for p in adapter.tower_module(modality).parameters()),
              sum(1 for v in layers.values() if v.modality == modality), counts.get("prunable_" + modality, 0))
-            for modality, attr in (("vision", "vision_model"), ("text", "text_model"))]
+            for modality in ("vision", "text")]
     out.print(info_table(f"{adapter.model_id}" + (" (pruned)" if label else ""), rows))
     if label:
         out.print(f"pruned: {label}", highlight=False, soft_wrap=True)
+    family = adapter.family
+    out.print(f"family: {family.name} ({family.title}; pairs scored by {family.scoring})", highlight=False)
+    out.print(f"pooling: {family.pooling}; kept dense: {', '.join(family.head)}", highlight=False, soft_wrap=True)
+    out.print(f"text input: {family.text_convention(adapter.max_text_len)}", highlight=False, soft_wrap=True)
     out.print(f"total parameters: {counts['total']:,}")
     out.print(f"prunable layers: {len(layers)}")
     out.print(f"image size: {adapter.image_size}x{adapter.image_size}")

@@ -45,6 +45,13 @@ DeviceOpt = Annotated[str, typer.Option(
     "--device", help="auto (CUDA when present) | cpu | cuda | cuda:N: where pruning runs.")]
 DtypeOpt = Annotated[str, typer.Option(
     "--dtype", help="float32 | float16 | bfloat16: the model's precision while pruning (statistics stay float32).")]
+# The inference precision of the CPU backends (`bench`, `eval`, `serve`): anything under fp32 is checked against the
+# fp32 towers on the build's parity inputs first, and refused with its cosines when it falls under the gate.
+PrecisionOpt = Annotated[str | None, typer.Option(
+    "--precision", help="OpenVINO backends: auto (default: what the CPU runs natively, bf16 with AVX-512 BF16 or "
+    "AMX) | f32 | bf16 | f16; gated against the fp32 towers.")]
+RunDtypeOpt = Annotated[str | None, typer.Option(
+    "--dtype", help="torch backend (CPU): float32 (default) | bfloat16; bfloat16 is gated against the fp32 towers.")]
 # Every command's --force: naming only "--force" makes it a plain flag (no --no-force twin).
 ForceOpt = Annotated[bool, typer.Option(
     "--force", help="Replace an output directory that mfdeploy wrote (never one holding other files).")]

@@ -9,7 +9,7 @@ import typer
 
 from mfdeploy.cli.app import app
 from mfdeploy.cli.options import CalibOpt, ForceOpt
-from mfdeploy.cli.render import err, out
+from mfdeploy.cli.render import err, out, warning
 
 
 @app.command()
@@ -35,8 +35,7 @@ def quantize(
     cfg = QuantizeConfig(target=target, mode=mode, scheme=scheme, calib=calib, calib_samples=calib_samples,
                          keep_float=keep_float or [], verbose=verbose)
     with err.status("quantizing"):
-        record = run_quantize(src, out_dir, cfg, force=force, warn=lambda msg: err.print(
-            f"[yellow]warning:[/] {msg}", highlight=False, soft_wrap=True))
+        record = run_quantize(src, out_dir, cfg, force=force, warn=warning)
     for tower, rec in record["towers"].items():
         out.print(f"{tower}: {len(rec['quantized_nodes'])} nodes {record['mode']}, {len(rec['float_nodes'])} kept "
                   f"float, {rec['bytes'] / 2**20:.1f} MiB ({rec['size_ratio']:.2f}x fp32), min cosine vs fp32 "

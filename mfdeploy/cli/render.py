@@ -11,23 +11,46 @@ from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-out = Console()
-err = Console(stderr=True)
+# Console markup is off: what is printed holds paths, model ids and messages with brackets (`mfdeploy[modelopt]`,
+# `a[0]`) that rich would read as tags and drop. Styles are given as data instead (`labelled`, `style=`).
+out = Console(markup=False)
+err = Console(stderr=True, markup=False)
 PLAIN = {"highlight": False, "soft_wrap": True, "markup": False}  # a line a user may paste
 
 
 def wide_console() -> Console:
     """stdout; when piped or captured, wide enough not to squash a table's columns to 80."""
-    console = Console()
-    return console if console.is_terminal else Console(width=220)
+    console = Console(markup=False)
+    return console if console.is_terminal else Console(width=220, markup=False)
+
+
+def labelled(label: str, style: str, message: str) -> Text:
+    """`label message` with the label styled and the message taken literally (never read as rich markup)."""
+    return Text.assemble((label, style), " ", message)
+
+
+def error(message: str) -> None:
+    """`error: MESSAGE` on stderr, on one line however long."""
+    err.print(labelled("error:", "bold red", message), highlight=False, soft_wrap=True)
+
+
+def warning(message: str) -> None:
+    """`warning: MESSAGE` on stderr, on one line however long."""
+    err.print(labelled("warning:", "yellow", message), highlight=False, soft_wrap=True)
+
+
+def status_text(message: str) -> Text:
+    """A spinner's text: rich reads a plain string there as markup whatever the console says."""
+    return Text(message)
 
 
 @contextmanager
 def progress_bar(enabled: bool = True) -> Iterator[Any]:
     """A transient progress bar on stderr; yields `update(description, done, total)`."""
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   console=err, transient=True, disable=not enabled)
+    bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), console=err, transient=True, disable=not enabled)
     task = bar.add_task("", total=None)
 
     def update(description: str, done: int, total: int) -> None:
@@ -102,11 +125,11 @@ def results_table(result: dict) -> Table:
 # --- bench --------------------------------------------------------------------------------------------------------
 def bench_table(rows: list[dict], model: str | None) -> Table:
     """The bench table: p50/p95/p99 as `pruned | dense`, the ratio marked when its cell is unstable."""
-    from mfdeploy.bench.report import INT8_HEADER, fmt, int8_cells, int8_rows, pairs, ratio_cell
+    from mfdeploy.bench.report import INT8_HEADER, fmt, int8_cells, int8_rows, pairs, precision_cell, ratio_cell
 
     table = Table(title=f"mfdeploy bench: {model} (pruned vs dense)", box=box.SIMPLE_HEAD)
     header = ["backend", "tower", "batch", "len", "pruned/s", "dense/s", "pruned/dense", "p50 ms", "p95 ms",
-              "p99 ms", "device", "peak RSS MiB"]
+              "p99 ms", "device", "precision", "peak RSS MiB"]
     int8 = int8_rows(rows)
     for h in header + (INT8_HEADER if int8 else []):
         table.add_column(h, justify="left" if h in ("backend", "tower", "device") else "right", no_wrap=True)
@@ -114,8 +137,8 @@ def bench_table(rows: list[dict], model: str | None) -> Table:
         lat = [f"{p[k]:.2f} | {d[k]:.2f}" if d else f"{p[k]:.2f}" for k in ("p50_ms", "p95_ms", "p99_ms")]
         extra = int8_cells(p, int8.get((p["backend"], p["tower"], p["batch"]))) if int8 else []
         table.add_row(p["backend"], p["tower"], str(p["batch"]), fmt(p["text_len"], "d"), fmt(p["throughput"]),
-                      fmt(d and d["throughput"]), ratio_cell(p), *lat, p["device"], fmt((d or p)["peak_rss_mb"], ".0f"),
-                      *extra)
+                      fmt(d and d["throughput"]), ratio_cell(p), *lat, p["device"], precision_cell(p, d),
+                      fmt((d or p)["peak_rss_mb"], ".0f"), *extra)
     return table
 
 
@@ -131,7 +154,7 @@ def print_bench(rows: list[dict], model: str | None) -> None:
                   style="dim", highlight=False)
     for r in unavailable(rows):
         what = r["backend"] + (f" ({r['variant']})" if r.get("variant") else "")
-        console.print(f"[yellow]unavailable[/] {what}: {r['reason']}", highlight=False, soft_wrap=True)
+        console.print(labelled("unavailable", "yellow", f"{what}: {r['reason']}"), highlight=False, soft_wrap=True)
 
 
 # --- build --------------------------------------------------------------------------------------------------------
@@ -170,7 +193,7 @@ def console_reporter(enabled: bool = True) -> Iterator[Any]:
     if not enabled:
         yield NullReporter()
         return
-    prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=Console(stderr=True), transient=False)
+    prog = Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=Console(stderr=True, markup=False), transient=False)
     with prog:
         yield _RichReporter(prog)

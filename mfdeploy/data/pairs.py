@@ -6,8 +6,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from mfdeploy.data.images import DEFAULT_MAX_PIXELS, load_rgb
 from mfdeploy.errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -56,14 +57,10 @@ def load_pairs(path: str | Path) -> list[Pair]:
     return pairs
 
 
-def open_image(path: Path, origin: str = "") -> Image.Image:
-    """Decode an image as RGB, or fail with one line naming it."""
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (OSError, UnidentifiedImageError) as e:
-        where = f"{origin}: " if origin else ""
-        raise UserError(f"{where}cannot read image {path} ({type(e).__name__})") from None
+def open_image(path: Path, origin: str = "", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode an image file as RGB (`mfdeploy.data.images` rules and pixel limit), or fail in one line naming it."""
+    where = f"{origin}: " if origin else ""
+    return load_rgb(path, f"{where}cannot read image {path}", max_pixels)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mfdeploy.artifacts.layout import TRITON_MODEL_FILES
 from mfdeploy.errors import UserError
 from mfdeploy.export.external import external_locations
 
@@ -18,7 +19,12 @@ from mfdeploy.export.external import external_locations
 TRITON_TYPES = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 4: "TYPE_UINT16", 5: "TYPE_INT16",
                 6: "TYPE_INT32", 7: "TYPE_INT64", 8: "TYPE_STRING", 9: "TYPE_BOOL", 10: "TYPE_FP16",
                 11: "TYPE_FP64", 12: "TYPE_UINT32", 13: "TYPE_UINT64", 16: "TYPE_BF16"}
-PLATFORMS = {"onnx": "onnxruntime_onnx", "plan": "tensorrt_plan"}
+PLATFORMS = {"onnx": "onnxruntime_onnx", "plan": "tensorrt_plan", "openvino": "openvino"}
+# formats served by a backend named in the config (`backend:`), not a platform: Triton's OpenVINO backend reads
+# the ONNX file named by `default_model_filename`, on the CPU only; one stream, for latency (its README's
+# latency mode), as `mfdeploy serve --backend openvino` runs it
+BACKEND_FORMATS = {"openvino": {"default_model_filename": TRITON_MODEL_FILES["openvino"],
+                                "parameters": {"NUM_STREAMS": "1", "PERFORMANCE_HINT": "LATENCY"}}}
 KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 
 
@@ -99,14 +105,20 @@ def render_config(name: str, fmt: str, io: GraphIO, max_batch: int, kind: str, m
 
     Args:
         name: the model's name (its folder in the repository).
-        fmt: "onnx" or "plan" (platform onnxruntime_onnx or tensorrt_plan).
+        fmt: "onnx", "plan" or "openvino" (platform onnxruntime_onnx, tensorrt_plan; backend openvino).
         io: the graph the model's inputs and outputs are read from.
         max_batch: Triton's `max_batch_size`; the batch axis is left out of every `dims`.
         kind: "cpu" or "gpu" (the instance group's kind).
         max_queue_delay_us: how long the dynamic batcher waits to fill a batch.
     """
-    lines = [f"name: {_quote(name)}", f"platform: {_quote(PLATFORMS[fmt])}", f"max_batch_size: {max_batch}",
+    backend = BACKEND_FORMATS.get(fmt)
+    runs = ([f"backend: {_quote(PLATFORMS[fmt])}",
+             f"default_model_filename: {_quote(backend['default_model_filename'])}"]
+            if backend else [f"platform: {_quote(PLATFORMS[fmt])}"])
+    lines = [f"name: {_quote(name)}", *runs, f"max_batch_size: {max_batch}",
              "input [", *_tensor_block(io.inputs), "]", "output [", *_tensor_block(io.outputs), "]",
              "dynamic_batching {", f"  max_queue_delay_microseconds: {max_queue_delay_us}", "}",
              "instance_group [", "  {", "    count: 1", f"    kind: {KINDS[kind]}", "  }", "]"]
+    for key, value in (backend or {}).get("parameters", {}).items():
+        lines += ["parameters {", f"  key: {_quote(key)}", f"  value: {{ string_value: {_quote(value)} }}", "}"]
     return "\n".join(lines) + "\n"

@@ -25,6 +25,7 @@ from mfdeploy.deploy.model_config import KINDS, GraphIO, read_graph
 from mfdeploy.errors import UserError
 
 DEFAULT_MAX_BATCH = 32  # without an engine profile recorded in the build
+ONNX_KINDS = (*KINDS, "openvino")  # --onnx-kind: ONNX Runtime on the CPU or a GPU, or OpenVINO (CPU)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -33,15 +34,17 @@ class TritonConfig:
     """Options of `mfdeploy triton`.
 
     Attributes:
-        prefix: model names start with it (`<prefix>_vision_onnx`).
+        prefix: model names start with it (`<prefix>_vision_onnx`); None: the build's model family (`clip`,
+            `siglip`; `clip` for a build that records none).
         max_batch: Triton's `max_batch_size` for every model (None: the build's engine profile max, else 32);
             never above a TensorRT plan's profile.
-        onnx_kind: "cpu" or "gpu": the instance kind of the fp32 ONNX models (INT8 ones stay on CPU, where
-            ONNX Runtime has their kernels; plans always run on a GPU).
+        onnx_kind: "cpu" or "gpu": the instance kind of the fp32 ONNX models under ONNX Runtime (INT8 ones stay
+            on CPU, where ONNX Runtime has their kernels; plans always run on a GPU); "openvino": every ONNX
+            model, fp32 and INT8, under Triton's OpenVINO backend (CPU only).
         max_queue_delay_us: how long the dynamic batcher may hold a request to fill a batch.
     """
 
-    prefix: str = "clip"
+    prefix: str | None = None
     max_batch: int | None = None
     onnx_kind: str = "cpu"
     max_queue_delay_us: int = 100
@@ -53,7 +56,7 @@ class ModelPlan:
 
     name: str
     tower: str
-    fmt: str  # "onnx" | "plan"
+    fmt: str  # "onnx" | "plan" | "openvino" (the ONNX file under Triton's OpenVINO backend)
     variant: str  # "fp32" | "int8" | "engine"
     source: Path  # the file copied into the version folder
     io: GraphIO  # read from the source itself, or for a plan from the ONNX it was built from
@@ -66,13 +69,13 @@ def validate(cfg: TritonConfig) -> None:
     Raises:
         UserError: a bad prefix, --max-batch below 1, an unknown --onnx-kind or a negative queue delay.
     """
-    if not _NAME.fullmatch(cfg.prefix):
+    if cfg.prefix is not None and not _NAME.fullmatch(cfg.prefix):
         raise UserError(f"--prefix {cfg.prefix!r}: use letters, digits, '_', '.' or '-' (it starts every model "
                         "name, and so a folder name)")
     if cfg.max_batch is not None and cfg.max_batch < 1:
         raise UserError(f"--max-batch must be 1 or more (got {cfg.max_batch})")
-    if cfg.onnx_kind not in KINDS:
-        raise UserError(f"--onnx-kind must be one of {', '.join(KINDS)} (got {cfg.onnx_kind!r})")
+    if cfg.onnx_kind not in ONNX_KINDS:
+        raise UserError(f"--onnx-kind must be one of {', '.join(ONNX_KINDS)} (got {cfg.onnx_kind!r})")
     if cfg.max_queue_delay_us < 0:
         raise UserError(f"--max-queue-delay-us must be 0 or more (got {cfg.max_queue_delay_us})")
 
@@ -108,8 +111,9 @@ def plan_models(build: Path, cfg: TritonConfig, engine: EngineRecord | None) -> 
     """The repository's models, every graph read (and checked) before anything is written."""
     build = Path(build)
     models = []
-    for folder, variant, suffix in ((ONNX_DIR, "fp32", "onnx"), (ONNX_INT8_DIR, "int8", "onnx_int8")):
-        kind = cfg.onnx_kind if variant == "fp32" else "cpu"
+    fmt = "openvino" if cfg.onnx_kind == "openvino" else "onnx"
+    for folder, variant, suffix in ((ONNX_DIR, "fp32", fmt), (ONNX_INT8_DIR, "int8", f"{fmt}_int8")):
+        kind = cfg.onnx_kind if variant == "fp32" and fmt == "onnx" else "cpu"
         for tower in TOWER_NAMES:
             source = build / folder / ONNX_FILES[tower]
             if source.is_file():
@@ -118,7 +122,7 @@ def plan_models(build: Path, cfg: TritonConfig, engine: EngineRecord | None) -> 
                     if not (source.parent / location).is_file():
                         raise UserError(f"{source}: its external data file {source.parent / location} is missing "
                                         "(an incomplete build: rerun `mfdeploy build`)")
-                models.append(ModelPlan(f"{cfg.prefix}_{tower}_{suffix}", tower, "onnx", variant, source, io, kind))
+                models.append(ModelPlan(f"{cfg.prefix}_{tower}_{suffix}", tower, fmt, variant, source, io, kind))
     # an INT8 build's engines come from the QDQ towers; either way the plan has the graph's inputs and outputs
     graphs = build / (ONNX_QDQ_DIR if engine is not None and engine.int8 else ONNX_DIR)
     for tower in TOWER_NAMES:

@@ -28,6 +28,8 @@ def _client(record: dict[str, Any]) -> list[str]:
     text_name, text = _pick(models, "text")
     vision_name, vision = _pick(models, "vision")
     length = min(n for n in (limits.get("max_text_len"), limits.get("plan_max_text_len"), 77) if n)
+    fixed = next((d for t in text["inputs"] for d in t["dims"] if d > 0), None)  # a fixed-length text tower
+    length = fixed or length
     text_in = [f'    "{t["name"]}": texts["{t["name"]}"].astype(np.{_NUMPY.get(t["data_type"], "int64")}),'
                for t in text["inputs"]]
     pixels = vision["inputs"][0]
@@ -54,7 +56,8 @@ def _client(record: dict[str, Any]) -> list[str]:
         "    return result.as_numpy(output)",
         "",
         "",
-        f"# texts: ids and attention mask padded to one length (at most {length}), so that requests batch together",
+        f"# texts: {' and '.join(t['name'] for t in text['inputs'])} padded to one length "
+        f"({'exactly' if fixed else 'at most'} {length}), so that requests batch together",
         f'texts = tokenizer(["a photo of a red circle", "a photo of a dog"], padding="max_length", '
         f'max_length={length},',
         '                  truncation=True, return_tensors="np")',
@@ -84,6 +87,7 @@ def render_readme(record: dict[str, Any]) -> str:
         rows.append(f"| `{name}` | {m['platform']} | {m['instance_kind']} | `{m['io_from']}` | {io} | {out} |")
     cpu = [n for n, m in models.items() if m["instance_kind"] == "KIND_CPU"]
     plans = [n for n, m in models.items() if m["format"] == "plan"]
+    openvino = [n for n, m in models.items() if m["format"] == "openvino"]
     engine = record.get("engine") or {}
     trt = f" (these were built with TensorRT {engine['tensorrt']})" if engine.get("tensorrt") else ""
     lines = [
@@ -112,6 +116,11 @@ def render_readme(record: dict[str, Any]) -> str:
         "## Start the server",
         "",
         "The NGC image `nvcr.io/nvidia/tritonserver:<YY.MM>-py3` ships the onnxruntime and tensorrt backends.",
+        *(["The `openvino` models (`backend: \"openvino\"`, the same ONNX files) need Triton's OpenVINO backend",
+           "(github.com/triton-inference-server/openvino_backend) and run on the CPU in its native precision: bf16",
+           "on CPUs with AVX-512 BF16 or AMX, else f32. Check that precision on the serving CPU against the fp32",
+           "towers first: `mfdeploy eval BUILD --backend openvino` (`--backend openvino-int8` for the INT8 ones)",
+           "refuses a tower whose embeddings fall under the gate.", ""] if openvino else []),
         *([f"A TensorRT plan loads only with the TensorRT version it was built with{trt}, on the same GPU model:",
            "pick the release whose TensorRT version matches (NVIDIA's Triton release notes list it).", ""]
           if plans else [""]),

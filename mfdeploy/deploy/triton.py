@@ -4,6 +4,7 @@ One model per tower and format, each `REPO/<model>/config.pbtxt` + `REPO/<model>
 
     <prefix>_{vision,text}_onnx       onnxruntime_onnx, from onnx/
     <prefix>_{vision,text}_onnx_int8  onnxruntime_onnx, from onnx_int8/ (a `build --int8`)
+    <prefix>_{vision,text}_openvino[_int8]  instead of the two above with --onnx-kind openvino: backend openvino
     <prefix>_{vision,text}_plan       tensorrt_plan, from engines/*.plan (where they were built)
 
 plus the tokenizer and image processor files (`preprocessing/`), a README and `triton.json`. Each config's
@@ -13,6 +14,7 @@ from), and the whole repository is written atomically: a failure leaves nothing 
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -47,7 +49,7 @@ from mfdeploy.errors import UserError
 from mfdeploy.export.spec import META_PREFIX
 from mfdeploy.platform import package_versions
 
-_VERSIONS = ("onnx", "onnxruntime", "transformers", "tokenizers", "tensorrt")
+_VERSIONS = ("onnx", "onnxruntime", "openvino", "transformers", "tokenizers", "tensorrt")
 
 
 def _copy(src: Path, dst: Path, build: Path, files: dict[str, dict[str, Any]], tmp: Path) -> None:
@@ -73,6 +75,9 @@ def _write_model(tmp: Path, build: Path, m: ModelPlan, cfg: TritonConfig, max_ba
             _copy(m.source.parent / location, target.parent / location, build, files, tmp)
     else:
         target = version / model_file
+        if m.fmt == "openvino":  # OpenVINO reads the file the config names, its external data beside it
+            for location in m.io.external:
+                _copy(m.source.parent / location, version / location, build, files, tmp)
     _copy(m.source, target, build, files, tmp)
     config = tmp / m.name / TRITON_CONFIG
     config.write_text(render_config(m.name, m.fmt, m.io, max_batch, m.kind, cfg.max_queue_delay_us),
@@ -138,6 +143,8 @@ def write_triton_repo(build: Path, out: Path, cfg: TritonConfig, force: bool = F
     validate(cfg)
     build, out = Path(build).expanduser(), Path(out).expanduser()
     manifest = open_build(build)
+    if cfg.prefix is None:  # models named after the build's family: siglip_text_onnx, clip_vision_plan, ...
+        cfg = dataclasses.replace(cfg, prefix=str(manifest.data.get("family") or "clip"))
     real_build, real_out = build.resolve(), out.resolve()
     if real_out == real_build or real_out in real_build.parents:
         raise UserError(f"--out {out} would replace the build directory {build} itself: choose another --out")
@@ -161,9 +168,11 @@ def write_triton_repo(build: Path, out: Path, cfg: TritonConfig, force: bool = F
             "mfdeploy_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "build": str(real_build), "build_sha256": sha256(build / BUILD_MANIFEST),
-            "model": manifest.model, "method": manifest.method, "ratio": manifest.ratio, "pattern": manifest.pattern,
+            "model": manifest.model, "family": manifest.data.get("family"), "method": manifest.method,
+            "ratio": manifest.ratio, "pattern": manifest.pattern,
             "max_batch": max_batch, "max_queue_delay_microseconds": cfg.max_queue_delay_us,
-            "onnx_kind": KINDS[cfg.onnx_kind], "limits": limits, "models": entries, "preprocessing": preprocessing,
+            "onnx_kind": KINDS.get(cfg.onnx_kind, cfg.onnx_kind), "limits": limits, "models": entries,
+            "preprocessing": preprocessing,
             "engine": ({"tensorrt": engine.data.get("tensorrt"), "int8": engine.int8, "fp16": engine.fp16,
                         "profiles": engine.profiles} if any(m.fmt == "plan" for m in models) and engine else None),
             "served_by_triton": False,  # no tritonserver loaded it when it was written

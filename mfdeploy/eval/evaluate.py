@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,14 +10,16 @@ from pathlib import Path
 import numpy as np
 
 from mfdeploy.artifacts.layout import ONNX_DIR, ONNX_FILES, ONNX_INT8_DIR, QUANTIZE_MANIFEST, has_towers, is_build
+from mfdeploy.artifacts.tempdirs import owned_tempdir
 from mfdeploy.errors import UserError
 from mfdeploy.eval.datasets import N_IMAGES, N_RETRIEVAL, resolve_data
 from mfdeploy.eval.metrics import retention, retrieval_recall, zero_shot_accuracy
+from mfdeploy.eval.precision import check_options, onnx_runner, precision_record, torch_runner
 from mfdeploy.eval.prepare import Prepared, prepare
 from mfdeploy.models.base import Adapter
 from mfdeploy.runtime.base import Runner
 
-BACKENDS = ("torch", "onnx", "onnx-int8")
+BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
 Exporter = Callable[[Adapter, Path], object]  # (model, out_dir): writes vision.onnx and text.onnx
 BATCH_SIZE = 256
 
@@ -73,22 +74,14 @@ def evaluate(runner: Runner, prepared: Prepared, batch_size: int = BATCH_SIZE) -
             "tasks": tasks, "retrieval": retrieval}
 
 
-def _ort_runner_class() -> type:
-    try:
-        from mfdeploy.runtime.ort_runner import OrtRunner
-    except ImportError as e:
-        raise UserError(f"--backend onnx: the ONNX Runtime runner is not available ({e})") from None
-    return OrtRunner
-
-
 def _onnx_dir(source: str | Path | Adapter | None, backend: str = "onnx") -> Path | None:
     """The exported towers of a build directory (or of a directory holding them), None for a checkpoint."""
-    if backend == "onnx-int8":
+    if backend.endswith("-int8"):
         path = Path(str(source)).expanduser()
         for candidate in (path / ONNX_INT8_DIR, path):
             if (candidate / QUANTIZE_MANIFEST).is_file():
                 return candidate
-        raise UserError(f"--backend onnx-int8: {source} has no {ONNX_INT8_DIR}/ (build with --int8, or run "
+        raise UserError(f"--backend {backend}: {source} has no {ONNX_INT8_DIR}/ (build with --int8, or run "
                         f"`mfdeploy quantize BUILD --out BUILD/{ONNX_INT8_DIR}`)")
     if source is None or isinstance(source, Adapter):
         return None
@@ -103,10 +96,19 @@ def _onnx_dir(source: str | Path | Adapter | None, backend: str = "onnx") -> Pat
     return None
 
 
+def _parity_dir(source: str | Path | Adapter | None) -> Path | None:
+    """The folder of fp32 ONNX towers (and their parity inputs) the source has, if any."""
+    try:
+        return _onnx_dir(source, "onnx")
+    except UserError:  # a build without onnx/: the gate makes its own inputs
+        return None
+
+
 @contextmanager
 def open_runner(source: str | Path | Adapter | None, adapter: Adapter, backend: str = "torch",
-                exporter: Exporter | None = None) -> Iterator[Runner]:
-    """A runner for a model, closed on exit.
+                exporter: Exporter | None = None, precision: str | None = None,
+                dtype: str | None = None) -> Iterator[Runner]:
+    """A runner for a model, closed on exit; below fp32, only once it matches the fp32 towers (`eval.precision`).
 
     Args:
         source: what the user named (used to find a build directory's `onnx/`).
@@ -114,37 +116,31 @@ def open_runner(source: str | Path | Adapter | None, adapter: Adapter, backend: 
         backend: "torch" (eager PyTorch, on the device the model is on) or "onnx" (ONNX Runtime on
             the CPU over the build's `onnx/` towers, or over towers exported
             to a temporary directory for a plain checkpoint), or "onnx-int8"
-            (a build's `onnx_int8/`).
+            (a build's `onnx_int8/`); "openvino", "openvino-int8": OpenVINO over the same towers.
         exporter: writes the towers of `adapter` into a directory (`mfdeploy.export.export_towers`), for
             "onnx" on a model that has no ONNX towers yet. Evaluation never imports the exporter: the
             caller (the API, the CLI) hands it in; without one such a model is refused in one line.
+        precision: OpenVINO's inference precision (auto | f32 | bf16 | f16; None: auto).
+        dtype: torch's (float32 | bfloat16; None: as loaded).
     """
     if backend not in BACKENDS:
         raise UserError(f"--backend {backend}: unknown backend (expected one of: {', '.join(BACKENDS)})")
     if backend == "torch":
-        from mfdeploy.runtime.torch_runner import TorchRunner
-
-        runner: Runner = TorchRunner(adapter)
+        runner: Runner = torch_runner(adapter, dtype, _parity_dir(source))
         try:
             yield runner
         finally:
             runner.close()
         return
-    ort_runner = _ort_runner_class()
     onnx_dir = _onnx_dir(source, backend)
-    with tempfile.TemporaryDirectory(prefix="mfdeploy-eval-") as tmp:
+    with owned_tempdir("mfdeploy-eval-") as tmp:
         if onnx_dir is None:
             if exporter is None:
                 raise UserError(f"--backend {backend}: {source or 'the bundled model'} has no ONNX towers; export "
                                 "them first (`mfdeploy export MODEL --out DIR`) and evaluate DIR")
             onnx_dir = Path(tmp)
             exporter(adapter, onnx_dir)
-        from mfdeploy.runtime.base import BackendUnavailable
-
-        try:
-            runner = ort_runner(onnx_dir, provider="cpu")
-        except BackendUnavailable as e:
-            raise UserError(f"--backend {backend}: {e}") from None
+        runner = onnx_runner(backend, onnx_dir, adapter, precision, _parity_dir(source) or onnx_dir)
         try:
             yield runner
         finally:
@@ -153,23 +149,27 @@ def open_runner(source: str | Path | Adapter | None, adapter: Adapter, backend: 
 
 def evaluate_model(source: str | Path | Adapter | None = None, data: str | Path = "shapes", backend: str = "torch",
                    *, template: str | None = None, n_images: int = N_IMAGES, n_retrieval: int = N_RETRIEVAL,
-                   batch_size: int = BATCH_SIZE, exporter: Exporter | None = None, device: str | None = None) -> dict:
+                   batch_size: int = BATCH_SIZE, exporter: Exporter | None = None, device: str | None = None,
+                   precision: str | None = None, dtype: str | None = None) -> dict:
     """Load a model, evaluate it on `data` with `backend`, and return the result.
 
     Args:
         source: hub id, checkpoint, prune/build directory, a loaded Adapter,
             or None for the bundled model.
         data: "shapes", a JSONL file of image-caption pairs, or an image folder.
-        backend: "torch" or "onnx".
+        backend: one of `BACKENDS` (torch, onnx, onnx-int8, openvino, openvino-int8).
         template: prompt template for an image folder's classes.
         n_images: attribute images of the shapes suite.
         n_retrieval: retrieval pairs of the shapes suite.
         batch_size: images or texts per forward pass.
         exporter: see `open_runner` (backend "onnx" on a model without ONNX towers).
         device: for backend "torch": auto | cpu | cuda | cuda:N, where the model runs (None: where it is).
+        precision: for the OpenVINO backends: auto | f32 | bf16 | f16 (None: auto).
+        dtype: for backend "torch": float32 | bfloat16 (None: as loaded).
 
     Returns:
-        The result of `evaluate` plus "model", "backend" and "seconds".
+        The result of `evaluate` plus "model", "backend", "precision" (per tower, what ran), "gate" (below
+        fp32: the cosines against the fp32 towers it passed) and "seconds".
     """
     from mfdeploy.models import load, resolve_checkpoint
 
@@ -183,16 +183,16 @@ def evaluate_model(source: str | Path | Adapter | None = None, data: str | Path 
     from mfdeploy.models.device import resolve_device
 
     place = resolve_device(device) if device is not None and backend == "torch" else None  # bad --device: now
-    if backend in ("onnx", "onnx-int8"):  # fail before the slow steps
-        _ort_runner_class()
+    check_options(backend, precision, dtype)
+    if backend != "torch":  # fail before the slow steps
         _onnx_dir(source, backend)
     evalset = resolve_data(data, template, n_images, n_retrieval)  # bad data fails before the model loads
     adapter = source if isinstance(source, Adapter) else load(source)
     if place is not None:
         adapter.model.to(place)
     prepared = prepare(adapter, evalset)
-    with open_runner(source, adapter, backend, exporter) as runner:
-        result = evaluate(runner, prepared, batch_size)
+    with open_runner(source, adapter, backend, exporter, precision, dtype) as runner:
+        result = {**evaluate(runner, prepared, batch_size), **precision_record(runner)}
     # "model" is the dense id a pruned checkpoint came from; "pruned" says how it was pruned
     label = {"pruned": {k: adapter.origin.get(k) for k in ("method", "ratio", "pattern")}} if adapter.origin else {}
     return {"model": adapter.model_id, **label, "backend": backend, **result,
@@ -240,8 +240,9 @@ def evaluate_with_retention(source: str | Path | Adapter | None = None, data: st
     if reference is None:
         return result
     say(f"evaluating the dense model {reference} (torch)")
+    dense_kwargs = {k: v for k, v in kwargs.items() if k not in ("precision", "dtype")}  # the fp32 reference
     try:
-        dense_result = evaluate_model(reference, data, "torch", template=template, **kwargs)
+        dense_result = evaluate_model(reference, data, "torch", template=template, **dense_kwargs)
     except MfdeployError as e:
         result["retention_error"] = f"dense model {reference}: {e}"
         return result

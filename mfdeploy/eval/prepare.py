@@ -20,6 +20,7 @@ from PIL import Image
 from mfdeploy.data.pairs import open_image
 from mfdeploy.eval.datasets import EvalSet
 from mfdeploy.models.base import Adapter
+from mfdeploy.models.inputs import count_truncated, warn_truncated
 
 _CHUNK = 256  # images decoded and preprocessed at once
 _CACHE_SIZE = 2  # a shapes suite at the default sizes holds ~100 MB of pixels
@@ -98,6 +99,9 @@ def prepare(adapter: Adapter, evalset: EvalSet) -> Prepared:
         positives = np.zeros((len(evalset.retrieval_images), len(evalset.captions)), dtype=bool)
         img_idx, cap_idx = np.asarray(evalset.pairs, dtype=np.int64).T
         positives[img_idx, cap_idx] = True
+    texts = [p for task in evalset.tasks.values() for p in task.prompts] + list(evalset.captions)
+    warn_truncated(adapter, count_truncated(adapter, texts), len(texts),
+                   f"prompts and captions of {origin or 'the set'}")
     prepared = Prepared(evalset, pixels, prompts, labels, r_pixels, ids, mask, positives)
     _cache[key] = prepared
     while len(_cache) > _CACHE_SIZE:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from mfdeploy.artifacts.io import write_json
+from mfdeploy.artifacts.writable import check_file_target
 from mfdeploy.errors import UserError
 
 
@@ -14,12 +14,7 @@ def check_json_target(path: str | Path) -> Path:
     path = Path(path).expanduser()
     if path.is_dir():
         raise UserError(f"--json {path}: is a directory (give a file name)")
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise UserError(f"--json {path}: cannot write in {parent}")
-    return path
+    return check_file_target(path)  # tried, not read from permission bits: root, read-only mounts, /proc
 
 
 def write_result(result: dict, path: str | Path) -> Path:

@@ -37,6 +37,7 @@ _WHERE = {
     "parse_sparsity_log": "trtlog",
     "capture_trt_log": "trtlog",
     "trtexec_commands": "trtexec",
+    "trtexec_script": "trtexec",
 }
 
 __all__ = sorted(_WHERE)

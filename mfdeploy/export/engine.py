@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,13 +25,16 @@ from mfdeploy.artifacts.layout import (
     ENGINES_DIR,
     ONNX_DIR,
     ONNX_FILES,
+    TEMP_OWNER,
     TIMING_CACHE,
     trt_log,
 )
+from mfdeploy.artifacts.tempdirs import make_temp_dir, sweep
+from mfdeploy.artifacts.writable import as_write_error, check_folder_target, make_parents, remove_empty
 from mfdeploy.errors import MfdeployError, UserError, first_line
 from mfdeploy.export.engine_check import compare_with_onnxrt, engine_feeds
-from mfdeploy.export.spec import check_onnx_dir, concrete_shapes, model_limits, onnx_io
-from mfdeploy.export.trtexec import trtexec_commands
+from mfdeploy.export.spec import check_onnx_dir, concrete_shapes, fixed_text_len, model_limits, onnx_io
+from mfdeploy.export.trtexec import trtexec_commands, trtexec_paths
 from mfdeploy.export.trtlog import capture_trt_log, parse_sparsity_log
 
 if TYPE_CHECKING:
@@ -85,10 +87,15 @@ def profile_shapes(onnx_dir: Path, max_batch: int, max_text_len: int | None = No
     batches are where the time goes.
 
     Raises:
-        UserError: a bad size, or `max_text_len` beyond the model's position embeddings.
+        UserError: a bad size, `max_text_len` beyond the model's position embeddings, or other than the one
+            length a fixed-length text tower reads (SigLIP's).
     """
     files = check_onnx_dir(onnx_dir)
     model_max = model_limits(onnx_dir).get("max_text_len")
+    fixed = fixed_text_len(files["text"])
+    if fixed is not None and max_text_len not in (None, fixed):
+        raise UserError(f"--max-text-len {max_text_len}: this text tower reads exactly {fixed} tokens (its model "
+                        "pads every text to that length); leave --max-text-len out")
     if max_text_len is None:
         if model_max is None:
             raise UserError(f"{onnx_dir}: cannot tell the model's maximum text length; pass --max-text-len")
@@ -210,6 +217,7 @@ def build_engines(onnx_dir: Path, fp16: bool = False, sparse: str = "auto", max_
         raise UserError(f"--sparse must be one of {', '.join(SPARSE_MODES)} (got {sparse!r})")
     onnx_dir, out_dir = engine_dirs(onnx_dir, out_dir)
     files = check_onnx_dir(onnx_dir)
+    check_folder_target(out_dir)  # an --out that cannot be written fails now, not after the build
     if int8:
         _check_qdq(files)
         fp16 = True  # INT8 + FP16 fallback: the float parts of a QDQ graph run in FP16
@@ -227,24 +235,29 @@ def build_engines(onnx_dir: Path, fp16: bool = False, sparse: str = "auto", max_
         notes.append("2:4 sparse kernels need --fp16: an FP32 build will pick dense kernels")
     if sparse == "on" and weights and not any(w["n_sparse"] for w in weights.values()):
         notes.append("--sparse on, but no weight holds the 2:4 pattern: TensorRT will find nothing to sparsify")
-    names = {tower: (ONNX_FILES[tower], ENGINE_FILES[tower]) for tower in files}
+    # the commands read onnx_dir and write out_dir, as this build does; their paths are relative to trtexec_cwd
+    cwd, names, cache = trtexec_paths(onnx_dir, out_dir, {t: (ONNX_FILES[t], ENGINE_FILES[t]) for t in files})
     record: dict[str, Any] = {
         "fp16": fp16, "int8": int8, "sparse": sparse, "sparse_weights": sparse_weights, "weights_2to4": weights,
         "profiles": profiles,
-        "trtexec": trtexec_commands(profiles, fp16, sparse_weights, names, TIMING_CACHE, int8=int8),
-        "trtexec_cwd": str(onnx_dir), "notes": notes,
+        "trtexec": trtexec_commands(profiles, fp16, sparse_weights, names, cache, int8=int8),
+        "trtexec_cwd": cwd, "notes": notes,
     }
     status = engine_status()
     if status["status"] != "available":
         record = {"status": "skipped", "reason": status["reason"], **record}
     else:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        feeds = engine_feeds(onnx_dir, profiles) if check else {}
-        engines = {}
-        # Engines, logs and the timing cache are built in a staging folder and moved into out_dir only when
-        # every tower built and matched ONNX Runtime: a failure (or Ctrl-C, SIGTERM) leaves no partial plans.
-        staging = Path(tempfile.mkdtemp(prefix=".engines.tmp-", dir=out_dir))
+        created: list[Path] = []
+        staging: Path | None = None
         try:
+            make_parents(out_dir, created)
+            feeds = engine_feeds(onnx_dir, profiles) if check else {}
+            engines = {}
+            # Engines, logs and the timing cache are built in a staging folder and moved into out_dir only when
+            # every tower built and matched ONNX Runtime: a failure (or Ctrl-C, SIGTERM) leaves no partial
+            # plans, and one a SIGKILL leaves is removed by the next build here (it records its owner).
+            sweep(out_dir)
+            staging = make_temp_dir(out_dir, ".engines.tmp-")
             if (out_dir / TIMING_CACHE).is_file():
                 shutil.copy2(out_dir / TIMING_CACHE, staging / TIMING_CACHE)
             for tower, path in files.items():
@@ -260,9 +273,19 @@ def build_engines(onnx_dir: Path, fp16: bool = False, sparse: str = "auto", max_
             passed = all(e.get("parity", {}).get("passed", True) for e in engines.values())
             if passed:
                 for built in staging.iterdir():
-                    os.replace(built, out_dir / built.name)
+                    if built.name != TEMP_OWNER:
+                        os.replace(built, out_dir / built.name)
+        except BaseException as e:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+            remove_empty(created)  # an --out folder this call made, left empty
+            failure = as_write_error(e, out_dir, staging or out_dir) if isinstance(e, Exception) else None
+            if failure is None:
+                raise
+            raise failure from None
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
         record = {"status": "built" if passed else "parity_failed", "tensorrt": status["tensorrt"], **record,
                   "engines": engines, "parity": {t: e["parity"] for t, e in engines.items() if "parity" in e}}
     if record_file:

@@ -41,6 +41,7 @@ def engine_feeds(onnx_dir: Path, profiles: dict[str, dict[str, dict[str, list[in
             ids[:, -1] = limits.get("eos_token_id", vocab - 1)
             mask = np.ones_like(ids)
     feeds: dict[str, list[dict]] = {"vision": [], "text": []}
+    takes = profiles["text"]  # the graph's inputs: a family's text tower may take input_ids alone
     if pv is not None:
         feeds["vision"] = [{"pixel_values": pv[:max_batch]}, {"pixel_values": pv[:1]}]
     if ids is not None and mask is not None:
@@ -49,8 +50,9 @@ def engine_feeds(onnx_dir: Path, profiles: dict[str, dict[str, dict[str, list[in
         if len(ids):
             width = int(mask.sum(1).max())
             first = int(mask[0].sum())
-            feeds["text"] = [{"input_ids": ids[:, :width], "attention_mask": mask[:, :width]},
-                             {"input_ids": ids[:1, :first], "attention_mask": mask[:1, :first]}]
+            runs = [{"input_ids": ids[:, :width], "attention_mask": mask[:, :width]},
+                    {"input_ids": ids[:1, :first], "attention_mask": mask[:1, :first]}]
+            feeds["text"] = [{k: v for k, v in run.items() if k in takes} for run in runs]
     return feeds
 
 

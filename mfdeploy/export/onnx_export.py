@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import tempfile
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -34,52 +33,26 @@ import torch
 from torch import nn
 
 from mfdeploy import __version__
-from mfdeploy.errors import MfdeployError, UserError, first_line
+from mfdeploy.artifacts.tempdirs import owned_tempdir
+from mfdeploy.errors import WRITE_ERRNOS, MfdeployError, UserError, errno_of, first_line, write_error
 from mfdeploy.export.lean import graph_only_export, write_model
-from mfdeploy.export.spec import META_PREFIX, MIN_OPSET, check_opset, dynamic_axes, tower_specs
+from mfdeploy.export.model_info import (  # noqa: F401 - example_inputs and model_sizes are part of this API
+    EXAMPLE_CAPTIONS,
+    adapter_specs,
+    example_inputs,
+    family_metadata,
+    model_sizes,
+    pruning_metadata,
+)
+from mfdeploy.export.spec import META_PREFIX, MIN_OPSET, check_opset, dynamic_axes
 
 EXPORTERS = ("torchscript", "dynamo")
 PROTO_LIMIT = 2**31  # protobuf cannot serialise a message of 2 GiB or more
 AUTO_EXTERNAL_BYTES = int(0.9 * PROTO_LIMIT)  # leave room for the graph itself
-# Two captions of different lengths, so the traced text graph contains padding (attention_mask == 0).
-EXAMPLE_CAPTIONS = ("a photo of a red circle.",
-                    "a photo of a small blue square at the top left and a large green star.")
 
 
 class ExportError(MfdeployError):
     """The exporter could not turn a tower into a valid ONNX graph."""
-
-
-def model_sizes(adapter) -> dict[str, int]:
-    """The sizes an exported model is bound by, recorded in the ONNX metadata and export.json."""
-    sizes = {"image_size": int(adapter.image_size), "max_text_len": int(adapter.max_text_len),
-             "embed_dim": int(adapter.embed_dim)}
-    tok = adapter.tokenizer
-    sizes["vocab_size"] = len(tok)
-    for key in ("pad_token_id", "eos_token_id"):
-        if getattr(tok, key, None) is not None:
-            sizes[key] = int(getattr(tok, key))
-    return sizes
-
-
-def pruning_metadata(adapter) -> dict[str, str]:
-    """What the exported weights are: `pruned`, `method`, `ratio`, `pattern` (a dense model says "dense")."""
-    origin = getattr(adapter, "origin", None)
-    if not origin:
-        return {"pruned": "false", "method": "dense", "ratio": "0.0", "pattern": "dense"}
-    # the ratio as a float string, so `model_limits` (which reads integer-valued metadata as sizes) skips it
-    return {"pruned": "true", "method": str(origin.get("method")), "ratio": str(float(origin.get("ratio", 0.0))),
-            "pattern": str(origin.get("pattern") or "unstructured")}
-
-
-def example_inputs(adapter) -> dict[str, dict[str, torch.Tensor]]:
-    """The inputs the towers are traced with: batch 2, and padded text of the example captions."""
-    g = torch.Generator().manual_seed(0)
-    size = adapter.image_size
-    pixel_values = torch.randn(2, 3, size, size, generator=g)  # [B,3,H,W]
-    input_ids, attention_mask = adapter.tokenize(list(EXAMPLE_CAPTIONS))  # [B,L] int64
-    return {"vision": {"pixel_values": pixel_values},
-            "text": {"input_ids": input_ids, "attention_mask": attention_mask}}
 
 
 def export_towers(adapter, out_dir: Path, opset: int = MIN_OPSET, external_data: bool | None = None,
@@ -95,8 +68,9 @@ def export_towers(adapter, out_dir: Path, opset: int = MIN_OPSET, external_data:
         exporter: "torchscript" (default, see the module docstring) or "dynamo".
 
     Returns:
-        A JSON-able record: opset, exporter, model sizes, and per tower its file,
-        spec, example shapes, external-data flag and a summary of the graph.
+        A JSON-able record: opset, exporter, model sizes, the family's `conventions` (family name,
+        scoring, text padding, text inputs, loss), and per tower its file, spec (the inputs it
+        takes), example shapes, external-data flag and a summary of the graph.
 
     Raises:
         UserError: opset too old, or an unknown exporter.
@@ -110,14 +84,16 @@ def export_towers(adapter, out_dir: Path, opset: int = MIN_OPSET, external_data:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sizes = model_sizes(adapter)
-    specs = tower_specs(sizes)
+    specs = adapter_specs(adapter, sizes)
     examples = example_inputs(adapter)
     modules = {"vision": adapter.vision_tower(), "text": adapter.text_tower()}
-    record: dict[str, Any] = {"opset": opset, "exporter": exporter, "model": sizes, "towers": {}}
+    family = family_metadata(adapter)
+    record: dict[str, Any] = {"opset": opset, "exporter": exporter, "model": sizes, "towers": {},
+                              "conventions": adapter.family.conventions()}
     with eager_attention(getattr(adapter, "model", None)) as attention:
         record["attention"] = attention
         for tower, module in modules.items():
-            meta = {"tower": tower, "model_id": adapter.model_id, "mfdeploy_version": __version__,
+            meta = {"tower": tower, "model_id": adapter.model_id, "mfdeploy_version": __version__, **family,
                     **pruning_metadata(adapter), **{k: str(v) for k, v in sizes.items()}}
             record["towers"][tower] = export_tower(
                 module, tower, specs[tower], examples[tower], out_dir / specs[tower]["file"], opset=opset,
@@ -166,6 +142,8 @@ def export_tower(module: nn.Module, tower: str, spec: dict[str, Any], example: d
         if lean is None:
             model = _torch_file_export(module, spec, example, path, opset, exporter, max_text_len)
     except Exception as e:  # torch raises many types here; the user needs one line
+        if errno_of(e) in WRITE_ERRNOS:  # a full disk, not an export bug: say which file and why
+            raise write_error(getattr(e, "filename", None) or path, e) from None
         raise ExportError(f"ONNX export of the {tower} tower failed: {first_line(e)}") from e
     if lean is not None:
         graph, tensors = lean
@@ -218,7 +196,7 @@ def _torch_file_export(module: nn.Module, spec: dict[str, Any], example: dict[st
     """torch writes the file with its weights; returns it loaded and optimised."""
     import onnx
 
-    with tempfile.TemporaryDirectory(prefix=".raw-", dir=path.parent) as raw_dir:
+    with owned_tempdir(".raw-", path.parent) as raw_dir:
         raw = Path(raw_dir) / path.name
         _torch_export(module, spec, example, raw, opset, exporter, max_text_len)
         model = onnx.load(str(raw))  # also pulls in any external data torch wrote for a large model

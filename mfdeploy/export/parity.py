@@ -50,9 +50,14 @@ def _pad_to(ids: torch.Tensor, mask: torch.Tensor, length: int, pad_id: int) -> 
 
 
 def text_batches(adapter, captions: list[str]) -> list[tuple[str, dict[str, torch.Tensor]]]:
-    """Text runs: all captions padded to the longest, each caption alone, and padding to the maximum."""
+    """Text runs: all captions padded to the longest, each caption alone, and padding to the maximum.
+
+    Tokenized as the family does: for a family that pads to a fixed length every run has that length (the
+    last run then repeats the first captions at it).
+    """
     ids, mask = adapter.tokenize(captions)
-    runs = [(f"batch {len(captions)}, padded to longest", {"input_ids": ids, "attention_mask": mask})]
+    padded = "longest" if adapter.fixed_text_len is None else f"the fixed length {adapter.fixed_text_len}"
+    runs = [(f"batch {len(captions)}, padded to {padded}", {"input_ids": ids, "attention_mask": mask})]
     for i, caption in enumerate(captions):
         one_ids, one_mask = adapter.tokenize([caption])
         runs.append((f"caption {i} alone", {"input_ids": one_ids, "attention_mask": one_mask}))
@@ -104,12 +109,13 @@ def check_parity(adapter, onnx_dir: Path, n: int = 16, min_cosine: float = MIN_C
     for tower, spec in TOWERS.items():
         session = ort_session(onnx_dir / spec["file"])  # CPU, no spinning: a one-off check on a shared machine
         out_name = next(iter(spec["outputs"]))
+        takes = {i.name for i in session.get_inputs()}  # the family's inputs (SigLIP's text: input_ids alone)
         records = []
         for label, feed, ref in runs[tower]:
             if ref is None:
                 with torch.no_grad():
                     ref = modules[tower](**feed).float().numpy()
-            got = session.run([out_name], {k: v.numpy() for k, v in feed.items()})[0]
+            got = session.run([out_name], {k: v.numpy() for k, v in feed.items() if k in takes})[0]
             shape = list(next(iter(feed.values())).shape)
             records.append({"run": label, "shape": shape, **embedding_errors(ref, got)})
         # np.max/np.min propagate a NaN (Python's max/min may skip it), so a NaN fails below

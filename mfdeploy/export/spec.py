@@ -17,7 +17,7 @@ DYNAMIC_DIMS = ("batch", "text_len")
 META_PREFIX = "mfdeploy."  # ONNX metadata_props keys written by the exporter
 SAMPLES_FILE = PARITY_INPUTS  # the real parity inputs, kept for engine checks (which have no tokenizer)
 __all__ = ["MIN_OPSET", "SAMPLES_FILE", "TOWERS", "check_onnx_dir", "check_opset",
-           "concrete_shapes", "dynamic_axes", "model_limits", "onnx_io", "tower_specs"]
+           "concrete_shapes", "dynamic_axes", "fixed_text_len", "model_limits", "onnx_io", "tower_specs"]
 
 def check_opset(opset: int) -> None:
     """Opsets before 17 decompose LayerNorm into ReduceMean/Pow/Sqrt, which overflows in TensorRT FP16."""
@@ -26,19 +26,31 @@ def check_opset(opset: int) -> None:
                         "(LayerNorm must export as one LayerNormalization op)")
 
 
-def tower_specs(sizes: dict[str, int]) -> dict[str, dict[str, Any]]:
+def tower_specs(sizes: dict[str, int], inputs: dict[str, tuple[str, ...]] | None = None,
+                fixed: dict[str, int] | None = None) -> dict[str, dict[str, Any]]:
     """The tower specs with model sizes filled in; dynamic axes keep their names.
 
     Args:
         sizes: values of the named model sizes, e.g. `{"image_size": 224, "embed_dim": 512}`.
+        inputs: the inputs each tower of the model's family takes (`Adapter.tower_inputs`), a subset of the
+            contract's, in its order; None: all of them (CLIP's).
+        fixed: dynamic axes the family fixes, e.g. `{"text_len": 64}` for SigLIP's fixed-length text.
     """
     specs = copy.deepcopy(TOWERS)
-    for spec in specs.values():
+    fixed = fixed or {}
+    for tower, spec in specs.items():
+        if inputs is not None:
+            unknown = [n for n in inputs[tower] if n not in spec["inputs"]]
+            if unknown:
+                raise KeyError(f"the {tower} tower spec has no input {unknown[0]!r}")
+            spec["inputs"] = {n: t for n, t in spec["inputs"].items() if n in inputs[tower]}
         for group in ("inputs", "outputs"):
             for tensor in spec[group].values():
                 shape = []
                 for dim in tensor["shape"]:
-                    if isinstance(dim, str) and dim not in DYNAMIC_DIMS:
+                    if isinstance(dim, str) and dim in fixed:
+                        dim = int(fixed[dim])
+                    elif isinstance(dim, str) and dim not in DYNAMIC_DIMS:
                         if dim not in sizes:
                             raise KeyError(f"tower spec needs the model size {dim!r}")
                         dim = int(sizes[dim])
@@ -99,6 +111,12 @@ def onnx_io(path: Path) -> dict[str, Any]:
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     return {"inputs": tensors(model.graph.input), "outputs": tensors(model.graph.output), "metadata": meta,
             "opset": opset}
+
+
+def fixed_text_len(text_onnx: Path) -> int | None:
+    """The text length a text tower's graph fixes (SigLIP's: `input_ids [B, 64]`), None when it is dynamic."""
+    dims = onnx_io(text_onnx)["inputs"].get("input_ids", {}).get("shape", [])
+    return dims[1] if len(dims) > 1 and isinstance(dims[1], int) and dims[1] > 0 else None
 
 
 def check_onnx_dir(onnx_dir: Path) -> dict[str, Path]:

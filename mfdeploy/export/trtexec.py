@@ -1,14 +1,22 @@
 """The `trtexec` commands equivalent to `build_engines`, for machines where it cannot run.
 
-They use file names relative to the ONNX directory (run them inside it), the
-same optimisation profile, precision, sparsity flag and timing cache file as
-the polygraphy build, so an engine built elsewhere matches one built here.
+They read the towers from the ONNX directory and write the engines and the
+timing cache where `build_engines` would (its `out_dir`), with the same
+optimisation profile, precision and sparsity flag, so an engine built
+elsewhere matches one built here. Their paths are relative to one folder
+(`trtexec_paths`: the one holding both, e.g. a build directory:
+`onnx_qdq/vision.onnx` -> `engines/vision.plan`), which is recorded beside
+them (`trtexec_cwd`). `trtexec_script` is the one place that turns them into
+the lines printed and written into report.md: `cd`, `mkdir -p`, the commands,
+every path shell-quoted.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from mfdeploy.artifacts.layout import TIMING_CACHE
 
@@ -69,3 +77,40 @@ def trtexec_commands(profiles: Profiles, fp16: bool, sparse: Mapping[str, bool],
     return [trtexec_command(files[tower][0], files[tower][1], inputs, fp16, sparse.get(tower, False), timing_cache,
                             int8)
             for tower, inputs in profiles.items()]
+
+
+def trtexec_paths(onnx_dir: Path, out_dir: Path, files: Mapping[str, tuple[str, str]],
+                  timing_cache: str = TIMING_CACHE) -> tuple[str, dict[str, tuple[str, str]], str]:
+    """Where the commands run, and the files they name relative to it.
+
+    Args:
+        onnx_dir: where the towers are read.
+        out_dir: where the engines and the timing cache go.
+        files: tower -> (ONNX file name, engine file name).
+        timing_cache: the timing cache's file name.
+
+    Returns:
+        `(cwd, tower -> (ONNX path, engine path), timing cache path)`: cwd is `onnx_dir` when the engines
+        go there too, else the (absolute) folder holding both.
+    """
+    if Path(onnx_dir) == Path(out_dir):
+        cwd = str(onnx_dir)
+    else:
+        cwd = os.path.commonpath([os.path.abspath(onnx_dir), os.path.abspath(out_dir)])
+
+    def rel(folder: Path, name: str) -> str:
+        return Path(os.path.relpath(os.path.abspath(Path(folder) / name), os.path.abspath(cwd))).as_posix()
+
+    paths = {tower: (rel(onnx_dir, onnx), rel(out_dir, plan)) for tower, (onnx, plan) in files.items()}
+    return cwd, paths, rel(out_dir, timing_cache)
+
+
+def trtexec_script(commands: Sequence[str], cwd: str | None) -> list[str]:
+    """The shell lines that build the engines: `cd CWD` (None: none), `mkdir -p` their folder, the commands.
+
+    One line each, never wrapped, every path quoted for a POSIX shell, so each can be pasted as it is.
+    """
+    folders = sorted({os.path.dirname(arg.split("=", 1)[1]) for command in commands
+                      for arg in shlex.split(command) if arg.startswith("--saveEngine=")} - {""})
+    return ([shlex.join(["cd", cwd])] if cwd is not None else []) + (
+        [shlex.join(["mkdir", "-p", *folders])] if folders else []) + list(commands)

@@ -1,8 +1,9 @@
 """The adapter interface: what the stages need to know about a dual-encoder model.
 
-Stages (prune, export, serve, eval) only talk to an `Adapter`, so a SigLIP or
-open_clip adapter can be added by implementing this class, without touching
-them.
+Stages (prune, export, serve, eval) only talk to an `Adapter`, so a family
+(CLIP in `clip.py`, SigLIP in `siglip.py`) is added by implementing this
+class and its `Family` (`family.py`) and registering it in `registry.py`,
+without touching them.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from PIL import Image
 from torch import nn
+
+from mfdeploy.data.images import to_rgb
+from mfdeploy.models.family import Family, PairScorer
 
 MODALITIES = ("vision", "text")
 
@@ -34,6 +38,7 @@ class PrunableLayer:
 class Adapter(ABC):
     """A loaded dual-encoder checkpoint and everything the stages need from it."""
 
+    family: ClassVar[Family]  # conventions, pair score and loss of the model's family
     model: nn.Module
     source: str  # hub id or local path it came from
     tokenizer: Any
@@ -60,7 +65,14 @@ class Adapter(ABC):
 
     @abstractmethod
     def text_tower(self) -> nn.Module:
-        """`input_ids [B,L] int64, attention_mask [B,L] int64 -> text_embeds [B,D]`, L2-normalised."""
+        """`input_ids [B,L] int64, attention_mask [B,L] int64 -> text_embeds [B,D]`, L2-normalised.
+
+        A family whose text tower takes no mask (`family.text_inputs`) accepts it and ignores it.
+        """
+
+    @abstractmethod
+    def tower_module(self, modality: str) -> nn.Module:
+        """The model's whole tower of `modality` ("vision" or "text"), for parameter counts."""
 
     @abstractmethod
     def _all_prunable(self) -> dict[str, PrunableLayer]:
@@ -99,16 +111,49 @@ class Adapter(ABC):
         return layers
 
     def pixel_values(self, images: Iterable[Image.Image]) -> torch.Tensor:
-        """Preprocess images with the model's own image processor -> `[B,3,H,W]` float32."""
-        out = self.image_processor(images=list(images), return_tensors="pt")
+        """Preprocess images with the model's own image processor -> `[B,3,H,W]` float32.
+
+        Every image is first made RGB by `mfdeploy.data.images.to_rgb` (16-bit, float, transparent,
+        EXIF-rotated and animated images decoded right), whatever handed it in.
+        """
+        out = self.image_processor(images=[to_rgb(im) for im in images], return_tensors="pt")
         return out["pixel_values"].float()
 
     def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokenize, pad to the longest text of the batch -> `(input_ids, attention_mask)` int64 `[B,L]`."""
-        enc = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_text_len, return_tensors="pt"
-        )
-        return enc["input_ids"].long(), enc["attention_mask"].long()
+        """Tokenize as the family does -> `(input_ids, attention_mask)` int64 `[B,L]`.
+
+        CLIP pads to the longest text of the batch; SigLIP pads to `max_text_len`
+        and attends to every position (its mask is all ones), see `Family.tokenize`.
+        """
+        ids, mask = self.family.tokenize(self.tokenizer, texts, self.max_text_len)
+        return torch.from_numpy(ids), torch.from_numpy(mask)
+
+    @property
+    def tower_inputs(self) -> dict[str, tuple[str, ...]]:
+        """The inputs each exported tower takes, in order (the artifact contract of the family)."""
+        return {"vision": ("pixel_values",), "text": tuple(self.family.text_inputs)}
+
+    @property
+    def fixed_text_len(self) -> int | None:
+        """The one text length the model reads (a family padding to `max_text_len`), else None (any length)."""
+        return self.max_text_len if self.family.text_padding == "max_length" else None
+
+    def pair_scorer(self) -> PairScorer:
+        """The family's pair score with this model's logit scale (and bias), detached."""
+        return PairScorer.of(self.family, self.model)
+
+    def pair_logits(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+        """`[B_img, B_txt]` float32 logits of L2-normalised embeddings, as the model scores pairs."""
+        return self.pair_scorer().logits(image_embeds, text_embeds)
+
+    def pair_loss(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor,
+                  teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """The family's training loss of matched pairs (CLIP: symmetric softmax cross-entropy; SigLIP: sigmoid)."""
+        return self.pair_scorer().loss(image_embeds, text_embeds, teacher_logits)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Pair logits -> probabilities: softmax over the texts (CLIP) or independent sigmoids (SigLIP)."""
+        return self.family.probabilities(logits)
 
     def parameter_counts(self) -> dict[str, int]:
         """Total parameters, prunable weights per modality."""

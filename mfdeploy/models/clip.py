@@ -1,21 +1,26 @@
-"""Adapter over a Hugging Face `CLIPModel` checkpoint."""
+"""The CLIP family: Hugging Face `CLIPModel` (OpenAI CLIP, the bundled model, and fine-tunes of either).
+
+Conventions: text padded to the longest text of a batch, with an attention
+mask (causal text attention, EOS pooling); images resized and center-cropped
+by the checkpoint's own `CLIPImageProcessor`. Pairs are scored with a softmax
+over the texts of `exp(logit_scale) * cosine`, and trained with the symmetric
+contrastive (InfoNCE) loss.
+
+Prunable: the six linears of every encoder layer of both towers (q/k/v/out
+projections, fc1, fc2). `visual_projection` and `text_projection` stay dense:
+each maps one pooled token to the embedding, so pruning them saves almost no
+compute while every embedding passes through them.
+"""
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPModel
 
-from mfdeploy.models.base import Adapter, PrunableLayer
-
-PRUNABLE_ROLES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
-                  "mlp.fc1", "mlp.fc2")
-TOWERS = {"vision": "vision_model", "text": "text_model"}
+from mfdeploy.models.family import Family
+from mfdeploy.models.hf import HFAdapter
 
 
 class VisionTower(nn.Module):
@@ -56,85 +61,49 @@ class TextTower(nn.Module):
         return F.normalize(self.text_projection(pooled), dim=-1)
 
 
-class CLIPAdapter(Adapter):
+class ClipFamily(Family):
+    """Softmax-contrastive dual encoders with an attention-masked, EOS-pooled text tower."""
+
+    name = "clip"
+    title = "CLIP"
+    model_class = "CLIPModel"
+    scoring = "softmax"
+    text_padding = "longest"
+    text_inputs = ("input_ids", "attention_mask")
+    loss_name = "symmetric softmax contrastive loss (InfoNCE, image->text and text->image)"
+    pooling = "vision: CLS token + visual_projection; text: end-of-text token + text_projection"
+    head = ("visual_projection", "text_projection")
+
+    def vision_tower(self, model: nn.Module) -> nn.Module:
+        return VisionTower(model)
+
+    def text_tower(self, model: nn.Module) -> nn.Module:
+        return TextTower(model)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.softmax(dim=-1)  # one distribution over the texts per image
+
+    def loss(self, logits: torch.Tensor, teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
+        if teacher_logits is None:
+            target = torch.arange(logits.shape[0], device=logits.device)
+            return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+        # soft targets: the teacher's distribution over texts per image, and over images per text
+        i2t = -(teacher_logits.softmax(1) * logits.log_softmax(1)).sum(1).mean()
+        t2i = -(teacher_logits.t().softmax(1) * logits.t().log_softmax(1)).sum(1).mean()
+        return 0.5 * (i2t + t2i)
+
+
+CLIP = ClipFamily()
+
+
+class CLIPAdapter(HFAdapter):
     """Hugging Face `CLIPModel` (OpenAI CLIP, the bundled model, and fine-tunes of either)."""
 
-    def __init__(self, model: CLIPModel, tokenizer, image_processor, source: str,
-                 origin: dict[str, Any] | None = None, loaders: dict[str, Callable[[], Any]] | None = None):
-        """Wrap a loaded model.
-
-        Args:
-            model: the `CLIPModel`.
-            tokenizer: its tokenizer, or None to load it on first use through `loaders`.
-            image_processor: its image processor, or None to load it on first use through `loaders`.
-            source: the hub id or directory it came from.
-            origin: what a pruned checkpoint was made from (`mfdeploy_origin.json`); None when dense.
-            loaders: `{"tokenizer": fn, "image_processor": fn}`, called once when first needed.
-        """
-        self.model = model.eval()
-        self._processors = {"tokenizer": tokenizer, "image_processor": image_processor}
-        self._loaders = dict(loaders or {})
-        self.source = source
-        self.origin = origin
-
-    def _processor(self, name: str) -> Any:
-        if self._processors[name] is None and name in self._loaders:
-            self._processors[name] = self._loaders.pop(name)()
-        return self._processors[name]
-
-    @property
-    def tokenizer(self) -> Any:
-        return self._processor("tokenizer")
-
-    @tokenizer.setter
-    def tokenizer(self, value: Any) -> None:
-        self._processors["tokenizer"] = value
-
-    @property
-    def image_processor(self) -> Any:
-        return self._processor("image_processor")
-
-    @image_processor.setter
-    def image_processor(self, value: Any) -> None:
-        self._processors["image_processor"] = value
-
-    @property
-    def model_id(self) -> str:
-        name = getattr(self.model.config, "_name_or_path", "") or self.source
-        return str(name)
-
-    def vision_tower(self) -> nn.Module:
-        return VisionTower(self.model).eval()
-
-    def text_tower(self) -> nn.Module:
-        return TextTower(self.model).eval()
-
-    def _all_prunable(self) -> dict[str, PrunableLayer]:
-        out: dict[str, PrunableLayer] = {}
-        for modality, attr in TOWERS.items():
-            tower = getattr(self.model, attr)
-            for i, layer in enumerate(tower.encoder.layers):
-                block = f"{attr}.encoder.layers.{i}"
-                for role in PRUNABLE_ROLES:
-                    module = layer.get_submodule(role)
-                    assert isinstance(module, nn.Linear)
-                    out[f"{block}.{role}"] = PrunableLayer(module, modality, block, role.split(".")[-1])
-        return out
-
-    @property
-    def image_size(self) -> int:
-        return int(self.model.config.vision_config.image_size)
-
-    @property
-    def max_text_len(self) -> int:
-        return int(self.model.config.text_config.max_position_embeddings)
+    family = CLIP
 
     @property
     def embed_dim(self) -> int:
         return int(self.model.config.projection_dim)
 
-    def save(self, out: Path) -> None:
-        out = Path(out)
-        self.model.save_pretrained(out)
-        self.tokenizer.save_pretrained(out)
-        self.image_processor.save_pretrained(out)
+
+__all__ = ["CLIP", "CLIPAdapter", "ClipFamily", "TextTower", "VisionTower"]

@@ -9,8 +9,10 @@ from typing import Any
 from mfdeploy.artifacts.layout import MASKS_FILE, ORIGIN_FILE, PRUNED_DIR
 from mfdeploy.errors import UserError
 from mfdeploy.models.base import Adapter
+from mfdeploy.models.hf import HFAdapter
 from mfdeploy.models.integrity import MANIFESTS, verify_artifacts
 from mfdeploy.models.processors import load_image_processor, load_tokenizer, one_line
+from mfdeploy.models.registry import adapter_class, model_class, read_config
 from mfdeploy.models.structure import STRUCTURE_FILE  # written by structured pruning: the cut shapes
 from mfdeploy.zoo import BUNDLED_DIR, BUNDLED_NAME
 
@@ -31,17 +33,10 @@ def resolve_checkpoint(source: str | Path | None) -> tuple[Path | str, str]:
     path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise UserError(f"{path}: not a directory (expected a CLIP checkpoint or a prune/build directory)")
+            raise UserError(f"{path}: not a directory (expected a model checkpoint or a prune/build directory)")
         if (path / PRUNED_DIR / "config.json").is_file():
             path = path / PRUNED_DIR
-        if not (path / "config.json").is_file():
-            raise UserError(f"{path}: not a CLIP checkpoint (no config.json)")
-        try:
-            config = json.loads((path / "config.json").read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise UserError(f"{path / 'config.json'}: unreadable ({one_line(e)})") from None
-        if config.get("model_type") != "clip":
-            raise UserError(f"{path}: not a CLIP checkpoint (model_type={config.get('model_type')!r})")
+        adapter_class(read_config(path), path)  # an unsupported family fails here, before any weights load
         return path, str(path)
     text = str(source)
     looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text
@@ -88,26 +83,37 @@ def check_weight_files(checkpoint: Path) -> None:
                             "(rerun the prune or save_pretrained that made it)") from None
 
 
-def _load_weights(where: Path | str):
-    from transformers import CLIPModel
+def _config(where: Path | str) -> dict[str, Any]:
+    """config.json of a local checkpoint, or of a hub id (fetched, or read from the local cache)."""
+    if isinstance(where, Path):
+        return read_config(where)
+    from transformers import AutoConfig
 
+    try:
+        return AutoConfig.from_pretrained(where).to_dict()
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"cannot load {where}: {one_line(e)}") from None
+
+
+def _load_weights(where: Path | str, adapter: type[HFAdapter]):
+    model_cls = model_class(adapter)
     if isinstance(where, Path):
         check_weight_files(where)
     if isinstance(where, Path) and (where / STRUCTURE_FILE).is_file():
         from mfdeploy.models.structure import load_structured
 
-        return load_structured(where)
-    return CLIPModel.from_pretrained(where)
+        return load_structured(where, model_cls)
+    return model_cls.from_pretrained(where)
 
 
 def load(source: str | Path | None = None, need_processors: bool = True) -> Adapter:
-    """Load a CLIP-style checkpoint as an Adapter.
+    """Load a dual-encoder checkpoint as the Adapter of its family (`registry.ADAPTERS`, by `model_type`).
 
     A prune or build directory is first checked against the sha256 its
     manifest records for `pruned/` and `masks.safetensors`.
 
     Args:
-        source: a Hugging Face hub id (`openai/clip-vit-base-patch32`), a local
+        source: a Hugging Face hub id (`openai/clip-vit-base-patch32`, `google/siglip-base-patch16-224`), a local
             checkpoint directory, a `mfdeploy prune`/`build` output directory,
             or None for the bundled reference model.
         need_processors: load the tokenizer and image processor now, so a
@@ -116,12 +122,11 @@ def load(source: str | Path | None = None, need_processors: bool = True) -> Adap
             saved with only `model.save_pretrained` still loads.
 
     Raises:
-        UserError: no such model, a file that does not match its manifest, or
-            weights, tokenizer or image processor that cannot be read.
+        UserError: no such model, a family mfdeploy does not support (SigLIP 2 NaFlex is
+            refused by name), a file that does not match its manifest, or weights,
+            tokenizer or image processor that cannot be read.
     """
     from transformers.utils import logging as hf_logging
-
-    from mfdeploy.models.clip import CLIPAdapter
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -132,15 +137,16 @@ def load(source: str | Path | None = None, need_processors: bool = True) -> Adap
         if root is not None:
             verify_artifacts(root, CHECKED_FILES)
         origin = read_origin(where)
+    adapter_cls = adapter_class(_config(where), source if source is not None else where)
     try:
-        model = _load_weights(where)
+        model = _load_weights(where, adapter_cls)
     except (OSError, ValueError, KeyError, RuntimeError) as e:  # what transformers and torch raise on bad files
         raise UserError(f"cannot load the weights of {source if source is not None else where}: "
                         f"{one_line(e)}") from None
     if origin is not None:
         model_id = str(origin.get("model_id", model_id))
     model.config._name_or_path = model_id
-    adapter = CLIPAdapter(model, None, None, source=str(where), origin=origin,
+    adapter = adapter_cls(model, None, None, source=str(where), origin=origin,
                           loaders={"tokenizer": lambda: load_tokenizer(where),
                                    "image_processor": lambda: load_image_processor(where)})
     if need_processors:

@@ -9,14 +9,15 @@ first, so the user is told which one is missing and how to supply it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from mfdeploy.errors import UserError
 
-# Either file set is a complete CLIP tokenizer (fast serialisation, or the slow BPE vocabulary).
-TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
+# Each file set is a complete tokenizer: the fast serialisation, CLIP's slow BPE vocabulary, or a SentencePiece
+# model (SigLIP's spiece.model, the Gemma tokenizer.model of SigLIP 2).
+TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"), ("spiece.model",), ("tokenizer.model",))
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 COPY_HINT = ("copy them from the model it was pruned or fine-tuned from into {dir} "
              "(e.g. `cp DENSE/tokenizer*.json DENSE/preprocessor_config.json {dir}/`, or call "
@@ -46,8 +47,8 @@ def load_tokenizer(where: Path | str) -> Any:
 
     present = not isinstance(where, Path) or any(all((where / f).is_file() for f in group)
                                                  for group in TOKENIZER_FILES)
-    return _load(where, "tokenizer", present, "no tokenizer.json (nor vocab.json + merges.txt): this checkpoint "
-                 "has no tokenizer", AutoTokenizer.from_pretrained)
+    return _load(where, "tokenizer", present, "no tokenizer.json (nor vocab.json + merges.txt, spiece.model or "
+                 "tokenizer.model): this checkpoint has no tokenizer", AutoTokenizer.from_pretrained)
 
 
 def load_image_processor(where: Path | str) -> Any:
@@ -71,3 +72,15 @@ def _load(where: Path | str, what: str, present: bool, missing: str, loader: Cal
         return loader(where)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{where}: cannot load the {what}: {one_line(e)}") from None
+
+
+def token_counts(tokenizer: Any, texts: Sequence[str]) -> list[int]:
+    """How many tokens each text is before any truncation, special tokens included.
+
+    This is what the model's text length is compared with, to find the texts that tokenizing would cut.
+    """
+    if not texts:
+        return []
+    # verbose=False: transformers would log its own warning (once, raw) for a text over the model's length
+    enc = tokenizer(list(texts), truncation=False, padding=False, verbose=False)
+    return [len(ids) for ids in enc["input_ids"]]

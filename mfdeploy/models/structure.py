@@ -1,4 +1,9 @@
-"""Structured (width/depth) pruning of CLIP layers: cut heads, neurons and whole layers, and rebuild on load.
+"""Structured (width/depth) pruning of encoder layers: cut heads, neurons and whole layers, and rebuild on load.
+
+The layers of every supported family (CLIP, SigLIP) share the layout used
+here: `<tower>.encoder.layers[i]` with `self_attn.{q,k,v,out}_proj`
+(`head_dim`, `num_heads`) and `mlp.fc1`/`fc2`. Heads stay whole (the pooling
+heads after the encoders are never cut).
 
 The pruned checkpoint stores, next to its weights, `mfdeploy_structure.json`:
 for each tower the original indices of the layers kept and, per kept layer,
@@ -98,18 +103,17 @@ def apply_structure(model: nn.Module, structure: dict) -> None:
             prune_neurons(layer.mlp, torch.arange(shape["intermediate"]))
 
 
-def load_structured(path: Path):
-    """Load a structurally pruned CLIP checkpoint directory."""
+def load_structured(path: Path, model_cls: type):
+    """Load a structurally pruned checkpoint directory as `model_cls` (its family's transformers class)."""
     from safetensors.torch import load_file
-    from transformers import CLIPConfig, CLIPModel
 
     path = Path(path)
     structure = json.loads((path / STRUCTURE_FILE).read_text())
-    config = CLIPConfig.from_pretrained(path)
+    config = model_cls.config_class.from_pretrained(path)
     # the saved config holds the kept layer counts; rebuild the dense depth first, then cut
     for tower, sub in (("vision_model", config.vision_config), ("text_model", config.text_config)):
         sub.num_hidden_layers = max(structure[tower]["kept_layers"]) + 1
-    model = CLIPModel(config)
+    model = model_cls(config)
     apply_structure(model, structure)
     files = sorted(path.glob("*.safetensors"))
     if not files:

@@ -13,6 +13,7 @@ directory is renamed into place only when every stage succeeded; `build.json`
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from mfdeploy.artifacts.layout import (
     PRUNED_DIR,
 )
 from mfdeploy.errors import UserError
+from mfdeploy.extras import require
 from mfdeploy.pipelines.gate import parity_gate
 from mfdeploy.pipelines.prune import load_placed, write_prune_outputs
 from mfdeploy.progress import Reporter
@@ -100,6 +102,10 @@ def load_dense(state: BuildState) -> None:
     if state.cfg.max_text_len is not None and state.cfg.max_text_len > adapter.max_text_len:
         raise UserError(f"--max-text-len {state.cfg.max_text_len} exceeds the model's {adapter.max_text_len} "
                         "positions")
+    fixed = adapter.fixed_text_len
+    if fixed is not None and state.cfg.max_text_len not in (None, fixed):
+        raise UserError(f"--max-text-len {state.cfg.max_text_len}: {adapter.family.title} reads exactly {fixed} "
+                        "tokens (every text is padded to that length); leave --max-text-len out")
 
 
 def evaluate(variant: str) -> Callable[[BuildState], dict]:
@@ -165,8 +171,7 @@ def engine(state: BuildState) -> dict:
                                   max_text_len=cfg.max_text_len, out_dir=state.tmp / ENGINES_DIR, record_file=None,
                                   int8=cfg.int8)
     _fail_on_engine_parity(ENGINES_DIR, record)
-    record["trtexec_cwd"] = str(Path(cfg.out) / folder)  # where the commands run once the build is in place
-    return record
+    return _in_place(record, state)
 
 
 def engine_dense(state: BuildState) -> dict:
@@ -177,7 +182,14 @@ def engine_dense(state: BuildState) -> dict:
                                   max_text_len=cfg.max_text_len, out_dir=state.tmp / ENGINES_DENSE_DIR,
                                   record_file=None)
     _fail_on_engine_parity(ENGINES_DENSE_DIR, record)
-    record["trtexec_cwd"] = str(Path(cfg.out) / ONNX_DENSE_DIR)
+    return _in_place(record, state)
+
+
+def _in_place(record: dict, state: BuildState) -> dict:
+    """The engine record with its trtexec folder where it will be once the build is in place (not the temporary
+    folder it was computed in): the build directory, whose onnx*/ the commands read and engines*/ they write."""
+    where = Path(os.path.abspath(record["trtexec_cwd"])).relative_to(os.path.abspath(state.tmp))
+    record["trtexec_cwd"] = str(Path(state.cfg.out) / where)
     return record
 
 
@@ -236,6 +248,7 @@ def run_build(cfg: BuildConfig, on_stage: Callable[[str, int, int], None] | None
     from mfdeploy.export.spec import check_opset
 
     validate(cfg.prune)
+    require("build", int8=cfg.int8)  # ModelOpt for onnx_qdq/: missing, it fails now, not at the quantize stage
     if cfg.int8 and cfg.prune.calib is None and not is_bundled(cfg.prune.model):
         raise UserError(f"--int8 needs --calib for {cfg.prune.model}: INT8 calibration uses image-caption pairs "
                         "(the shapes world only fits the bundled model)")

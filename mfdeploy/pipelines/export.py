@@ -80,7 +80,9 @@ def export_model(source: str | Path | Adapter | None, out: Path, opset: int = MI
         manifest = {
             "mfdeploy_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "model": {"id": adapter.model_id, "source": adapter.source, **exported["model"]},
+            "model": {"id": adapter.model_id, "source": adapter.source, "family": adapter.family.name,
+                      **exported["model"]},
+            "conventions": exported["conventions"],  # the family's: text inputs and padding, scoring, loss
             "opset": exported["opset"],
             "exporter": exported["exporter"],
             "attention": exported["attention"],

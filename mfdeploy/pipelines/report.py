@@ -3,13 +3,14 @@ the CLI prints at the end of a build."""
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mfdeploy import __version__
 from mfdeploy.artifacts.io import file_records, write_json
-from mfdeploy.artifacts.layout import BUILD_MANIFEST, ONNX_DIR, REPORT_FILE, SPARSITY_PLOT
+from mfdeploy.artifacts.layout import BUILD_MANIFEST, REPORT_FILE, SPARSITY_PLOT, TEMP_OWNER
 
 if TYPE_CHECKING:
     from mfdeploy.pipelines.build import BuildState
@@ -39,12 +40,14 @@ def _parity_rows(manifest: dict) -> list[tuple[str, str]]:
 
 
 def trtexec_lines(engine: dict, where: str) -> list[str]:
-    """The skipped-engine advice: the reason, the folder to run the commands in (`where`), the commands.
+    """The skipped-engine advice: the reason, then the shell lines (`cd WHERE`, `mkdir -p`, the commands).
 
-    One command per line, never wrapped, so each can be pasted as it is.
+    One command per line, never wrapped and shell-quoted (`trtexec_script`), so each can be pasted as it is.
     """
+    from mfdeploy.export.trtexec import trtexec_script
+
     return [f"TensorRT engines not built: {engine.get('reason', '')}",
-            f"Build them where a GPU is present by running, inside {where}:", *engine["trtexec"]]
+            "Build them where a GPU is present by running:", *trtexec_script(engine["trtexec"], where)]
 
 
 def summary_rows(manifest: dict) -> list[tuple[str, str]]:
@@ -90,21 +93,31 @@ def artifact_sizes(manifest: dict) -> list[tuple[str, str]]:
             if name.endswith((".onnx", ".plan", ".safetensors", ".onnx.data"))]
 
 
-def write_report(out: Path, manifest: dict) -> None:
-    """Write `report.md` (with the sparsity plot) into a build directory."""
+def write_report(out: Path, manifest: dict, home: Path | None = None) -> None:
+    """Write `report.md` (with the sparsity plot) into a build directory.
+
+    Args:
+        out: the folder to write it in (the build's temporary folder while it runs).
+        manifest: the build's manifest.
+        home: where the build will be (its --out; default `out`): the trtexec commands' folder is given
+            relative to it, so the report stays right wherever the build is copied.
+    """
     lines = [f"# mfdeploy build: {manifest['method']} @ {manifest['ratio']:g} ({manifest['pattern']})", "",
              "| | |", "|---|---|"]
     lines += [f"| {k.strip()} | {v} |" for k, v in summary_rows(manifest)]
     lines += ["", f"![per-layer sparsity]({SPARSITY_PLOT})", ""]
-    files = sorted(p for p in out.rglob("*") if p.is_file())
+    files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != TEMP_OWNER)  # not an artifact
     lines += ["## Artifacts", "", "| file | size |", "|---|---|"]
     lines += [f"| {p.relative_to(out)} | {_size(p.stat().st_size)} |" for p in files]
     eng = manifest.get("engine") or {}
     if eng.get("trtexec"):
+        from mfdeploy.export.trtexec import trtexec_script
+
+        where = os.path.relpath(os.path.abspath(eng.get("trtexec_cwd", home or out)), os.path.abspath(home or out))
         lines += ["", "## TensorRT engines", "", f"Status: {eng.get('status')}. {eng.get('reason', '')}", "",
-                  f"Build them on a machine with a GPU and TensorRT, inside this build directory's `{ONNX_DIR}/` "
-                  "(the file names are relative to it):", "", "```sh", f"cd {ONNX_DIR}"]
-        lines += list(eng["trtexec"]) + ["```"]
+                  "Build them on a machine with a GPU and TensorRT, from this build directory (the paths are "
+                  "relative to it):", "", "```sh", *trtexec_script(eng["trtexec"], None if where == "." else where),
+                  "```"]
     lines += ["", "## Timings (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in manifest["timings"].items()]
     (out / REPORT_FILE).write_text("\n".join(lines) + "\n")
@@ -145,6 +158,8 @@ def write_build_outputs(state: BuildState) -> dict[str, Any]:
         "mfdeploy_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": prune_json["model"],
+        "family": prune_json.get("family"),
+        "conventions": exported.get("conventions"),  # the family's: text inputs and padding, scoring, loss
         "method": prune_json["method"],
         "score": prune_json["score"],
         "budget": prune_json["budget"],
@@ -174,7 +189,7 @@ def write_build_outputs(state: BuildState) -> dict[str, Any]:
     }
     if "structure" in prune_json:
         manifest["structure"] = prune_json["structure"]
-    write_report(state.tmp, manifest)
+    write_report(state.tmp, manifest, home=Path(state.cfg.out))
     manifest["artifacts"] = file_records(state.tmp, skip=(BUILD_MANIFEST,))
     write_json(state.tmp / BUILD_MANIFEST, manifest)
     return manifest

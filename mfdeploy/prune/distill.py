@@ -1,8 +1,11 @@
 """Recovery after pruning: distillation from the dense model, with the sparsity held fixed.
 
-Loss = cross-modal KL between teacher and student image-text similarity
-logits (both directions, with the teacher's logit scale) + MSE between
-student and teacher embeddings of each tower (L2-normalised).
+Loss = the divergence of the student's pair probabilities from the
+teacher's, measured with the model family's own loss (`Family.loss` with the
+teacher's logits as soft targets, minus its value at the teacher: for CLIP
+the KL of the softmax over texts and over images, for SigLIP the binary KL of
+every pair's sigmoid), both scored with the teacher's logit scale (and bias),
++ MSE between student and teacher embeddings of each tower (L2-normalised).
 
 For masked (unstructured, N:M) models every masked weight's gradient is
 multiplied by its mask and the weight is masked again after each optimiser
@@ -26,7 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mfdeploy.errors import UserError
+from mfdeploy.models.family import PairScorer
 from mfdeploy.models.inputs import Batch, CalibSource
+from mfdeploy.models.registry import family_of_model
 from mfdeploy.prune.masks import param_name
 from mfdeploy.prune.result import PruneContext
 
@@ -34,38 +39,40 @@ HELD_OUT_OFFSET = 900_000  # shapes: held-out seeds, past those pruning (offset 
 HELD_OUT_PAIRS = 64  # shapes: pairs held out
 MIN_PAIRS = 8  # a file or in-memory source: fewer cannot give both a training set and a held-out slice
 PATIENCE = 2  # evaluations without a new best before stopping
-PARAMS = ("all", "prunable")  # what trains: every weight but the logit scale, or only the pruned layers' weights
-LOSS = "KL(similarity logits, both directions) + MSE(normalised embeddings)"
+PARAMS = ("all", "prunable")  # what trains: every weight but the logit scale and bias, or only the pruned layers'
+LOSS = "KL(teacher || student pair probabilities, the family's scoring) + MSE(normalised embeddings)"
+FROZEN = ("logit_scale", "logit_bias")  # the loss scores both models with the teacher's: they would not train
 
 Embeds = tuple[torch.Tensor, torch.Tensor]
 
 
 def _embed(model: nn.Module, b: Batch) -> Embeds:
-    img = model.get_image_features(pixel_values=b.pixel_values)
-    txt = model.get_text_features(input_ids=b.input_ids, attention_mask=b.attention_mask)
-    img = getattr(img, "pooler_output", img)  # transformers 5 returns a model output
-    txt = getattr(txt, "pooler_output", txt)
-    return F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
+    """Normalised embeddings of a batch through the family's own towers (what export and serving compute)."""
+    family = family_of_model(model)
+    return family.vision_tower(model)(b.pixel_values), family.text_tower(model)(b.input_ids, b.attention_mask)
 
 
-def loss_fn(student: Embeds, teacher: Embeds, scale: torch.Tensor) -> torch.Tensor:
-    """The distillation loss of one batch (student and teacher normalised embeddings)."""
+def loss_fn(student: Embeds, teacher: Embeds, pairs: PairScorer) -> torch.Tensor:
+    """The distillation loss of one batch (student and teacher normalised embeddings).
+
+    Args:
+        student, teacher: `(image_embeds, text_embeds)`, each `[B, D]`.
+        pairs: the family's pair score with the teacher's logit scale and bias.
+    """
     (s_img, s_txt), (t_img, t_txt) = student, teacher
-    s_logits, t_logits = scale * s_img @ s_txt.t(), scale * t_img @ t_txt.t()  # [B, B]
-    kl = 0.5 * (F.kl_div(F.log_softmax(s_logits, 1), F.log_softmax(t_logits, 1), log_target=True,
-                         reduction="batchmean")
-                + F.kl_div(F.log_softmax(s_logits.t(), 1), F.log_softmax(t_logits.t(), 1), log_target=True,
-                           reduction="batchmean"))
+    t_logits = pairs.logits(t_img, t_txt)  # [B, B]
+    # the family's loss against the teacher's soft targets, less its floor (the teacher's own): a KL, 0 at the teacher
+    kl = pairs.loss(s_img, s_txt, t_logits) - pairs.family.loss(t_logits, t_logits)
     return kl + F.mse_loss(s_img, t_img) + F.mse_loss(s_txt, t_txt)
 
 
 @torch.no_grad()
 def _held_out_loss(student: nn.Module, batches: Sequence[Batch], targets: Sequence[Embeds],
-                   scale: torch.Tensor) -> float:
+                   pairs: PairScorer) -> float:
     """Mean loss over the held-out batches, weighted by pairs."""
     was_training = student.training
     student.eval()
-    total = sum(loss_fn(_embed(student, b), t, scale).item() * len(b) for b, t in zip(batches, targets))
+    total = sum(loss_fn(_embed(student, b), t, pairs).item() * len(b) for b, t in zip(batches, targets))
     student.train(was_training)
     return total / sum(len(b) for b in batches)
 
@@ -102,8 +109,8 @@ def distill(student: nn.Module, teacher: nn.Module, train: Sequence[Batch], held
         steps: optimiser steps asked for.
         lr: AdamW learning rate (no weight decay: it would pull kept weights, never masked ones, to zero).
         masks: parameter name -> bool mask (True = keep): those weights keep their zeros exactly.
-        trainable: parameter name -> whether it trains (default: all but `logit_scale`, which the loss
-            does not use: it takes the teacher's scale).
+        trainable: parameter name -> whether it trains (default: all but `logit_scale` and `logit_bias`,
+            which the loss does not use: it takes the teacher's).
         eval_every: steps between held-out evaluations (default: a tenth of `steps`, at most 25).
         patience: evaluations without a new best before stopping; 0 never stops early (the best
             weights are still put back at the end).
@@ -118,7 +125,7 @@ def distill(student: nn.Module, teacher: nn.Module, train: Sequence[Batch], held
     eval_every = eval_every or max(1, min(25, steps // 10))
     params = dict(student.named_parameters())
     wanted = trainable or (lambda name: True)
-    chosen = {n for n in params if wanted(n) and not n.endswith("logit_scale")}
+    chosen = {n for n in params if wanted(n) and not n.endswith(FROZEN)}
     flags = {n: p.requires_grad for n, p in params.items()}
     for n, p in params.items():
         p.requires_grad_(n in chosen)
@@ -127,9 +134,9 @@ def distill(student: nn.Module, teacher: nn.Module, train: Sequence[Batch], held
     with torch.no_grad():
         targets = [_embed(teacher, b) for b in train]
         held_targets = [_embed(teacher, b) for b in held_out]
-    scale = teacher.logit_scale.detach().exp()
+    pairs = PairScorer.of(family_of_model(teacher), teacher)
     opt = torch.optim.AdamW([params[n] for n in sorted(chosen)], lr=lr, weight_decay=0.0)
-    best = _held_out_loss(student, held_out, held_targets, scale)
+    best = _held_out_loss(student, held_out, held_targets, pairs)
     curve = [{"step": 0, "train_loss": None, "held_out_loss": best}]
     best_step, bad, first, window = 0, 0, None, []
     best_state = {n: params[n].detach().clone() for n in chosen}  # put back if no step improves on the pruned model
@@ -138,7 +145,7 @@ def distill(student: nn.Module, teacher: nn.Module, train: Sequence[Batch], held
     try:
         for step in range(1, steps + 1):
             i = (step - 1) % len(train)
-            loss = loss_fn(_embed(student, train[i]), targets[i], scale)
+            loss = loss_fn(_embed(student, train[i]), targets[i], pairs)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -149,7 +156,7 @@ def distill(student: nn.Module, teacher: nn.Module, train: Sequence[Batch], held
                 progress(1)
             if step % eval_every and step != steps:
                 continue
-            held = _held_out_loss(student, held_out, held_targets, scale)
+            held = _held_out_loss(student, held_out, held_targets, pairs)
             curve.append({"step": step, "train_loss": sum(window) / len(window), "held_out_loss": held})
             window = []
             if held < best:
@@ -245,7 +252,7 @@ def recover(ctx: PruneContext, teacher: nn.Module, masks: dict[str, torch.Tensor
         moved = [n for n, keep in masks.items() if bool(params[n].detach()[~keep.to(params[n].device)].any())]
         if moved:
             raise RuntimeError(f"distillation moved pruned weights of {', '.join(moved[:3])}: masks not held")
-    params_desc = ("every weight but the logit scale (embeddings, LayerNorms, biases, projections included)"
+    params_desc = ("every weight but the logit scale and bias (embeddings, LayerNorms, biases, heads included)"
                    if cfg.distill_params == "all" else "only the pruned layers' weights (the rest frozen)")
     return {**record, "params": cfg.distill_params, "trained": params_desc, "held_out": held_desc}
 

@@ -69,6 +69,7 @@ def build_record(ctx: PruneContext, spec: MethodSpec, result: MethodResult) -> d
     source = ctx.source
     record = {
         "model": ctx.adapter.model_id,
+        "family": ctx.adapter.family.name,
         "method": cfg.method,
         "score": spec.score,
         "budget": ctx.budget,

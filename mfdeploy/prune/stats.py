@@ -16,7 +16,9 @@ class ActivationStats:
     """One float32 accumulator per layer: the running mean of x_j^2 over calibration tokens.
 
     Text padding tokens (attention_mask == 0) are excluded; every image token
-    (patches and CLS) counts. Memory is O(in_features) per layer.
+    (patches and CLS) counts. A family whose text tower attends to padding
+    (SigLIP) gives an all-ones mask, so its padding counts as the model
+    computes it. Memory is O(in_features) per layer.
     """
 
     def __init__(self, layers: dict[str, PrunableLayer]):

@@ -31,15 +31,19 @@ def calibration_feeds(adapter, source: CalibSource, n: int, batch_size: int = 32
         warn: called with a one-line warning when the source has fewer than `n` pairs.
 
     Returns:
-        `({"vision": [{"pixel_values": ...}], "text": [{"input_ids", "attention_mask"}]}, pairs used)`.
+        `({"vision": [{"pixel_values": ...}], "text": [{"input_ids", "attention_mask"}]}, pairs used)`: each
+        tower's feeds hold the inputs its graph takes (`adapter.tower_inputs`; SigLIP's text: input_ids alone),
+        tokenized as the model's family does (SigLIP: padded to the fixed length).
     """
     if n <= 0 or batch_size <= 0:
         raise UserError(f"--calib-samples must be positive (got {n})")
     feeds: dict[str, list[Feed]] = {"vision": [], "text": []}
     used = 0
+    takes = adapter.tower_inputs["text"]
     for batch in pair_batches(adapter, source, n, batch_size):
         feeds["vision"].append({"pixel_values": batch.pixel_values.numpy()})
-        feeds["text"].append({"input_ids": batch.input_ids.numpy(), "attention_mask": batch.attention_mask.numpy()})
+        text = {"input_ids": batch.input_ids.numpy(), "attention_mask": batch.attention_mask.numpy()}
+        feeds["text"].append({k: text[k] for k in takes})
         used += len(batch)
     if used < n and warn is not None:
         warn(f"{source.describe()} holds {used} calibration pairs, fewer than --calib-samples {n}: using {used}")

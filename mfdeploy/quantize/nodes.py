@@ -4,8 +4,12 @@ The towers' time is in the MatMuls with constant weights (q/k/v/out_proj,
 fc1, fc2): those are quantized, and so is the vision tower's patch
 embedding Conv (a quarter of the small bundled model's weights). The attention score MatMuls (two
 activations), the embedding gathers, LayerNorm, the end-of-text pooling
-and the final projection + L2 normalisation stay float, so the embedding
-that leaves the tower is computed exactly from the last hidden state.
+and the embedding head + L2 normalisation stay float, so the embedding
+that leaves the tower is computed exactly from the last hidden state. The
+head is CLIP's final projection (`visual_projection`, `text_projection`) or
+SigLIP's `head` (the vision attention-pooling head, the text head linear):
+they run on one pooled token (the pooling head's keys and values aside),
+and every embedding passes through them.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 FLOAT_KEEP_REASONS = {
-    "projection": "final projection before L2 normalisation: kept exact so the embedding keeps its direction",
+    "projection": "embedding head (final projection or pooling head) before L2 normalisation: kept exact so the "
+                  "embedding keeps its direction",
     "activation_matmul": "attention score/value MatMul of two activations: no weight to quantize, small share of time",
     "user": "kept in float on request (--keep-float)",
     "sensitive": "sensitive layer: quantizing it alone moved the embedding most (see sensitivity)",
@@ -37,8 +42,10 @@ def weight_nodes(path: Path) -> list[str]:
 
 
 def _is_projection(name: str) -> bool:
-    parts = name.split("/")  # torch.onnx names nodes after their module path: /visual_projection/MatMul
-    return len(parts) >= 2 and parts[-2].endswith("projection")
+    """A node of the embedding head: CLIP's `/visual_projection/MatMul`, or under SigLIP's `head` module
+    (`/vision_model/head/mlp/fc1/MatMul`, `/text_model/head/MatMul`)."""
+    parts = name.split("/")  # torch.onnx names nodes after their module path
+    return (len(parts) >= 2 and parts[-2].endswith("projection")) or "head" in parts[1:-1]
 
 
 def plan_nodes(path: Path, keep_float: list[str] | None = None,

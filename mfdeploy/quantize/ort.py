@@ -28,11 +28,11 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from mfdeploy.errors import UserError, first_line
+from mfdeploy.artifacts.tempdirs import owned_tempdir
+from mfdeploy.errors import WRITE_ERRNOS, UserError, errno_of, first_line, write_error
 from mfdeploy.export.external import external_data_files
 from mfdeploy.quantize.calib import Feed, feed_reader
 from mfdeploy.quantize.nodes import WEIGHT_OPS
@@ -195,7 +195,7 @@ def quantize_ort(src: Path, dst: Path, nodes: list[str], feeds: list[Feed] | Non
         raise UserError(f"--scheme {scheme}: expected one of {', '.join(SCHEMES)}")
     if scheme == "static" and not feeds:
         raise UserError("static quantization needs calibration pairs (got none)")
-    with tempfile.TemporaryDirectory(prefix="mfdeploy-quant-") as tmp:
+    with owned_tempdir("mfdeploy-quant-") as tmp:  # model copies: a SIGKILL's are swept by the next run
         pre = Path(tmp) / src.name
         try:
             with quiet(verbose):
@@ -210,6 +210,8 @@ def quantize_ort(src: Path, dst: Path, nodes: list[str], feeds: list[Feed] | Non
         except UserError:
             raise
         except Exception as e:  # noqa: BLE001 - the quantizer's failures are many and untyped
+            if errno_of(e) in WRITE_ERRNOS:  # a full disk, not a quantizer bug: say which file and why
+                raise write_error(getattr(e, "filename", None) or dst, e) from None
             raise UserError(f"ONNX Runtime could not quantize {src.name}: {first_line(e)}") from None
     record = {"scheme": scheme, "preprocess": how, "weights": "int8, per output channel, symmetric"}
     if scheme == "static":

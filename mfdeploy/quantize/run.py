@@ -193,9 +193,11 @@ def run_quantize(src: Path, out: Path, cfg: QuantizeConfig, force: bool = False,
                  warn: Callable[[str], None] | None = None) -> dict[str, Any]:
     """`mfdeploy quantize SRC --out DIR`: quantized towers + `quantize.json` in DIR, written atomically."""
     from mfdeploy.artifacts.io import atomic_dir, check_out_dir
+    from mfdeploy.extras import require
     from mfdeploy.models import load
 
     validate(cfg)  # bad options fail before the model loads
+    require("quantize", target=cfg.target)  # a missing ModelOpt too, not after calibration
     fp32_dir, model = resolve_source(src)
     out = Path(out)
     check_out_dir(out, force)

@@ -16,13 +16,13 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mfdeploy.artifacts.tempdirs import owned_tempdir
 from mfdeploy.errors import UserError
 from mfdeploy.quantize.calib import Feed
 
@@ -52,7 +52,7 @@ def quantize_trt(src: Path, dst: Path, nodes: list[str], feeds: list[Feed], mode
         mo_version = version("nvidia-modelopt")
     except PackageNotFoundError:
         raise UserError("--target trt needs NVIDIA ModelOpt: pip install 'mfdeploy[modelopt]'") from None
-    with tempfile.TemporaryDirectory(prefix="mfdeploy-modelopt-") as tmp:
+    with owned_tempdir("mfdeploy-modelopt-") as tmp:  # a SIGKILL's leftovers: swept by the next run
         arrays = {f"{i}/{k}": v for i, feed in enumerate(feeds) for k, v in feed.items()}
         np.savez(Path(tmp) / "feeds.npz", __count__=np.array(len(feeds)), **arrays)
         # absolute paths: the worker runs in `tmp`

@@ -1,7 +1,7 @@
-"""Runtime: runners (torch, ONNX Runtime CPU/CUDA/TensorRT, TensorRT engines) behind one interface, over the
+"""Runtime: runners (torch, ONNX Runtime CPU/CUDA/TensorRT, TensorRT engines, OpenVINO) behind one interface, over the
 artifacts a build wrote. It reads artifacts only: it never imports the exporter.
 
-Importing this package is cheap: torch, onnxruntime, tensorrt and
+Importing this package is cheap: torch, onnxruntime, tensorrt, openvino and
 matplotlib are imported only when a name that needs them is used.
 """
 
@@ -16,9 +16,11 @@ _LAZY = {
     "TorchRunner": "mfdeploy.runtime.torch_runner",
     "OrtRunner": "mfdeploy.runtime.ort_runner",
     "TrtRunner": "mfdeploy.runtime.trt_runner",
+    "OpenVinoRunner": "mfdeploy.runtime.openvino_runner",
+    "GateRefused": "mfdeploy.runtime.gate",
     "BACKENDS": "mfdeploy.runtime.registry",
     "TOWERS": "mfdeploy.runtime.registry",
-    "BuildDir": "mfdeploy.runtime.registry",
+    "BuildDir": "mfdeploy.runtime.build_dir",
     "check_backends": "mfdeploy.runtime.registry",
     "make_runner": "mfdeploy.runtime.registry",
     "probe_backends": "mfdeploy.runtime.registry",
@@ -29,6 +31,8 @@ __all__ = [
     "TOWERS",
     "BackendUnavailable",
     "BuildDir",
+    "GateRefused",
+    "OpenVinoRunner",
     "OrtRunner",
     "Runner",
     "TorchRunner",
@@ -39,8 +43,11 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from mfdeploy.runtime.build_dir import BuildDir
+    from mfdeploy.runtime.gate import GateRefused
+    from mfdeploy.runtime.openvino_runner import OpenVinoRunner
     from mfdeploy.runtime.ort_runner import OrtRunner
-    from mfdeploy.runtime.registry import BACKENDS, TOWERS, BuildDir, check_backends, make_runner, probe_backends
+    from mfdeploy.runtime.registry import BACKENDS, TOWERS, check_backends, make_runner, probe_backends
     from mfdeploy.runtime.torch_runner import TorchRunner
     from mfdeploy.runtime.trt_runner import TrtRunner
 

@@ -27,6 +27,7 @@ class Runner(ABC):
     name: str  # backend name, e.g. "torch", "ort-cpu"
     device: str = "cpu"
     timing = "wall clock"  # how `time_call` measures (reported beside each benchmark row)
+    precision = "f32"  # the arithmetic precision it runs in, as the backend reports it (bench rows show it)
 
     @abstractmethod
     def embed_images(self, pixel_values: np.ndarray) -> np.ndarray:
@@ -35,6 +36,10 @@ class Runner(ABC):
     @abstractmethod
     def embed_texts(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """`[B,L] int64, [B,L] int64 -> [B,D] float32`, L2-normalised."""
+
+    def tower_precision(self, tower: str) -> str:
+        """The precision a tower's compute layers ran in (default: the runner's `precision`)."""
+        return self.precision
 
     def time_call(self, call: Callable[[], Any]) -> float:
         """Seconds one call of `call` (an inference of this runner's) takes; it returns with its outputs on the

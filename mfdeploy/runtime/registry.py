@@ -1,165 +1,73 @@
 """Backends by name, and the build directory they read their artifacts from.
 
-    torch     PyTorch eager (CPU), from `pruned/` (dense: `build.json["model"]`)
+    torch     PyTorch eager (CPU), from `pruned/` (dense: `build.json["model"]`); `dtype="bfloat16"`: in bf16
     torch-cuda         PyTorch on a CUDA GPU in fp16, same checkpoints
     torch-cuda-sparse  the same with every 2:4 linear on the sparse tensor cores (to_sparse_semi_structured)
     ort-cpu   ONNX Runtime, CPU EP, from `onnx/` (dense: `onnx_dense/`)
     ort-cuda  ONNX Runtime, CUDA EP, same files
     ort-trt   ONNX Runtime, TensorRT EP, same files; engine/timing caches in `ort_trt_cache/`
     trt       TensorRT engines `engines/*.plan` (dense: `engines_dense/`), via polygraphy
+    openvino  OpenVINO's CPU plugin over the ONNX Runtime files, in `precision` auto | f32 | bf16 | f16
 
-The "int8" variant is a build's `onnx_int8/` (`build --int8`), for the ONNX Runtime backends.
+The "int8" variant is a build's `onnx_int8/` (`build --int8`), for the ONNX backends (ONNX Runtime, OpenVINO).
+A runner computing in less than fp32 (OpenVINO, torch in bf16) passes the precision gate
+(`mfdeploy.runtime.gate`) against the fp32 towers before it is returned, or is refused.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
-from mfdeploy.artifacts.layout import (
-    BUILD_MANIFEST,
-    ENGINES_DENSE_DIR,
-    ENGINES_DIR,
-    ONNX_DENSE_DIR,
-    ONNX_DIR,
-    ONNX_FILES,
-    ONNX_INT8_DIR,
-    ORT_TRT_CACHE_DIR,
-    PRUNED_DIR,
-    TOWER_NAMES,
-)
-from mfdeploy.artifacts.manifest import BuildManifest
+from mfdeploy.artifacts.layout import ONNX_DIR, ORT_TRT_CACHE_DIR, TOWER_NAMES
 from mfdeploy.errors import UserError
 from mfdeploy.runtime.base import BackendUnavailable, Runner
+from mfdeploy.runtime.build_dir import BuildDir
 
 VARIANTS = ("pruned", "dense", "int8")
 TOWERS = TOWER_NAMES
 
 
-class BuildDir:
-    """A `mfdeploy build` output directory: manifest, pruned checkpoint, ONNX towers, engines.
-
-    It only reads what the build wrote: loaded models are cached on the object,
-    so several backends share them. A build without `onnx_dense/` has no dense
-    ONNX towers; the ONNX Runtime backends then say which command makes them.
-    """
-
-    def __init__(self, path: str | Path, require_onnx: bool = True):
-        """Open and check a build directory.
-
-        Args:
-            path: the directory `mfdeploy build --out` wrote.
-            require_onnx: fail unless `onnx/` holds the exported towers.
-
-        Raises:
-            UserError: not a directory, no or unreadable `build.json`, no `onnx/`.
-        """
-        self.path = Path(path).expanduser()
-        if not self.path.is_dir():
-            raise UserError(f"{self.path}: not a directory (expected a build directory from `mfdeploy build --out`)")
-        self.build = BuildManifest.read(self.path)
-        if require_onnx and not any((self.path / ONNX_DIR / f).is_file() for f in ONNX_FILES.values()):
-            missing = " or ".join(f"{ONNX_DIR}/{name}" for name in ONNX_FILES.values())
-            raise UserError(f"{self.path}: no {missing} (an incomplete build: "
-                            "rerun `mfdeploy build`)")
-        self._adapters: dict[str, Any] = {}
-
-    @property
-    def manifest(self) -> dict[str, Any]:
-        """build.json as a dict (`self.build` is the typed view)."""
-        return self.build.data
-
-    @manifest.setter
-    def manifest(self, data: dict[str, Any]) -> None:
-        self.build = BuildManifest.from_json(data)
-
-    def __enter__(self) -> BuildDir:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    @property
-    def model(self) -> str | None:
-        """The dense model the build started from (hub id or path), as recorded in build.json."""
-        return self.build.model
-
-    def adapter(self, variant: str = "pruned"):
-        """The pruned checkpoint (`pruned/`) or the dense model, loaded once.
-
-        Raises:
-            UserError: the pruned checkpoint is missing or broken.
-            BackendUnavailable: the dense model cannot be loaded (variant "dense").
-        """
-        if variant not in self._adapters:
-            from mfdeploy.models import load
-
-            if variant == "pruned":
-                if not (self.path / PRUNED_DIR / "config.json").is_file():
-                    raise UserError(f"{self.path}: no {PRUNED_DIR}/ checkpoint (an incomplete build: rerun "
-                                    "`mfdeploy build`)")
-                self._adapters[variant] = load(self.path / PRUNED_DIR)
-            else:
-                source = self._dense_source()
-                try:
-                    self._adapters[variant] = load(source)
-                except UserError as e:
-                    raise BackendUnavailable(f"cannot load the dense model: {e}") from None
-        return self._adapters[variant]
-
-    def _dense_source(self) -> str:
-        model = self.model
-        if model is None:
-            raise BackendUnavailable(f"{BUILD_MANIFEST} names no dense model ('model' key)")
-        # a relative path recorded at build time may be relative to the build directory
-        if not Path(model).expanduser().exists() and (self.path / model).exists():
-            return str(self.path / model)
-        return model
-
-    def onnx_dir(self, variant: str = "pruned") -> Path:
-        """`onnx/`, `onnx_int8/`, or for the dense model `onnx_dense/`.
-
-        Raises:
-            BackendUnavailable: the build lacks the folder; the message gives the command that makes it.
-        """
-        if variant == "pruned":
-            return self.path / ONNX_DIR
-        if variant == "int8":
-            if not (self.path / ONNX_INT8_DIR).is_dir():
-                raise BackendUnavailable(f"no {ONNX_INT8_DIR}/ in {self.path}: build it with `mfdeploy build --int8`")
-            return self.path / ONNX_INT8_DIR
-        dense = self.path / ONNX_DENSE_DIR
-        if not all((dense / f).is_file() for f in ONNX_FILES.values()):
-            model = self.model or "MODEL"
-            raise BackendUnavailable(f"no {ONNX_DENSE_DIR}/ in the build (made by an older mfdeploy): export the "
-                                     f"dense towers with `mfdeploy export {model} --out {dense}`")
-        return dense
-
-    def tensorrt_flags(self) -> tuple[bool, bool]:
-        """(fp16, sparse) the build's engines were made with, for the TensorRT EP to match (see `BuildManifest`)."""
-        return self.build.tensorrt_flags()
-
-    def engines_dir(self, variant: str = "pruned") -> Path:
-        """`engines/` (pruned) or `engines_dense/` (dense)."""
-        return self.path / (ENGINES_DIR if variant == "pruned" else ENGINES_DENSE_DIR)
-
-    def close(self) -> None:
-        """Drop loaded models."""
-        self._adapters.clear()
-
-
 def _no_int8(variant: str) -> None:
     if variant == "int8":
-        raise BackendUnavailable("the int8 towers are ONNX graphs: time them with the ONNX Runtime backends")
+        raise BackendUnavailable("the int8 towers are ONNX graphs: time them with the ONNX Runtime or OpenVINO "
+                                 "backends")
 
 
 def _torch(build: BuildDir, variant: str, opts: dict) -> Runner:
-    from mfdeploy.runtime.torch_runner import TorchRunner
+    from mfdeploy.runtime.gate import gate_runner
+    from mfdeploy.runtime.torch_runner import TorchRunner, check_dtype
 
     _no_int8(variant)
+    dtype = opts.get("dtype")
+    if dtype is not None:
+        check_dtype(dtype)  # a bad --dtype before the model loads
+    adapter = build.adapter(variant)
+    runner = TorchRunner(adapter, threads=opts.get("threads"), dtype=dtype)
+    if runner.precision == "f32":
+        return runner
+    # the fp32 towers it was copied from are the reference
+    return gate_runner(runner, TorchRunner(adapter, dtype="float32"), build.path / ONNX_DIR,
+                       lambda: build.adapter("pruned"), variant, opts.get("towers", TOWERS),
+                       label=f"torch {runner.precision} ({variant})", fix="use --dtype float32")
 
-    return TorchRunner(build.adapter(variant), threads=opts.get("threads"))
+
+def _openvino(build: BuildDir, variant: str, opts: dict) -> Runner:
+    from mfdeploy.runtime.gate import gate_runner
+    from mfdeploy.runtime.openvino_runner import OpenVinoRunner, check_precision, require_openvino
+    from mfdeploy.runtime.ort_runner import OrtRunner
+
+    precision = check_precision(opts.get("precision") or "auto")
+    require_openvino()  # a missing package says so before any file is read
+    towers = opts.get("towers", TOWERS)
+    folder = build.onnx_dir(variant)
+    runner = OpenVinoRunner(folder, precision=precision, threads=opts.get("threads"), towers=towers)
+    # the reference: ONNX Runtime over the fp32 graphs (an int8 graph's are the pruned ones it was quantized from)
+    reference = OrtRunner(build.onnx_dir("dense" if variant == "dense" else "pruned"), threads=opts.get("threads"),
+                          towers=towers, spin=False)
+    fix = "use --precision f32" if runner.precision != "f32" else "serve these towers with ONNX Runtime (ort-cpu)"
+    return gate_runner(runner, reference, build.path / ONNX_DIR, lambda: build.adapter("pruned"), variant, towers,
+                       label=f"openvino {runner.precision} ({folder.name}/)", fix=fix)
 
 
 def _torch_cuda(sparse: bool) -> Callable[[BuildDir, str, dict], Runner]:
@@ -185,7 +93,7 @@ def _ort(provider: str) -> Callable[[BuildDir, str, dict], Runner]:
             default_fp16, default_sparse = build.tensorrt_flags()
             fp16 = default_fp16 if fp16 is None else fp16
             sparse = default_sparse if sparse is None else sparse
-        return OrtRunner(
+        runner = OrtRunner(
             build.onnx_dir(variant),
             provider=provider,
             threads=opts.get("threads"),
@@ -197,6 +105,8 @@ def _ort(provider: str) -> Callable[[BuildDir, str, dict], Runner]:
             max_text_len=opts.get("max_text_len"),
             spin=opts.get("spin", True),
         )
+        runner.precision = "int8+f32" if variant == "int8" else "f16" if provider == "tensorrt" and fp16 else "f32"
+        return runner
 
     return make
 
@@ -206,7 +116,12 @@ def _trt(build: BuildDir, variant: str, opts: dict) -> Runner:
 
     _no_int8(variant)  # `build --int8` on a GPU builds engines/ from onnx_qdq/: the pruned variant is int8
 
-    return TrtRunner(build.engines_dir(variant), towers=opts.get("towers", TOWERS), how=engine_command(build, variant))
+    runner = TrtRunner(build.engines_dir(variant), towers=opts.get("towers", TOWERS),
+                       how=engine_command(build, variant))
+    engine = build.build.engine
+    runner.precision = "int8+f16" if engine is not None and engine.int8 and variant == "pruned" else \
+        "f16" if build.tensorrt_flags()[0] else "f32"
+    return runner
 
 
 BACKENDS: dict[str, Callable[[BuildDir, str, dict], Runner]] = {
@@ -217,7 +132,9 @@ BACKENDS: dict[str, Callable[[BuildDir, str, dict], Runner]] = {
     "ort-cuda": _ort("cuda"),
     "ort-trt": _ort("tensorrt"),
     "trt": _trt,
+    "openvino": _openvino,
 }
+ONNX_BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "openvino")  # they run the ONNX graphs, int8 ones included
 
 
 def check_backends(names: Sequence[str]) -> list[str]:
@@ -246,14 +163,16 @@ def make_runner(
     max_batch: int | None = None,
     max_text_len: int | None = None,
     spin: bool = True,
+    precision: str | None = None,
+    dtype: str | None = None,
 ) -> Runner:
     """A runner for one backend over one variant of a build.
 
     Args:
-        backend: one of `BACKENDS` (torch, ort-cpu, ort-cuda, ort-trt, trt).
+        backend: one of `BACKENDS` (torch, ort-cpu, ort-cuda, ort-trt, trt, openvino).
         build_dir: a build directory, or an open `BuildDir` (shares loaded models).
         variant: "pruned" (the build's artifacts), "dense" (the model it started from) or "int8"
-            (the build's `onnx_int8/`, ONNX Runtime backends only).
+            (the build's `onnx_int8/`, the ONNX backends only).
         threads: CPU intra-op threads (default: the physical cores).
         fp16: TensorRT EP FP16 kernels (default: as the build's engines, `BuildDir.tensorrt_flags`).
         sparse: TensorRT EP 2:4 sparse kernels (default: as the build's engines).
@@ -261,17 +180,20 @@ def make_runner(
         max_batch: TensorRT EP optimisation profile bound.
         max_text_len: TensorRT EP optimisation profile bound.
         spin: ONNX Runtime thread spinning (off when sessions take turns).
+        precision: OpenVINO's inference precision: auto (default: native on this CPU) | f32 | bf16 | f16.
+        dtype: torch (CPU): float32 (default) | bfloat16.
 
     Raises:
-        BackendUnavailable: the backend cannot run here; the message says why.
-        UserError: unknown backend or variant, or a broken build directory.
+        BackendUnavailable: the backend cannot run here; the message says why. `GateRefused` (a subclass): a
+            reduced precision whose embeddings fall under the gate against the fp32 towers.
+        UserError: unknown backend, variant, precision or dtype, or a broken build directory.
     """
     check_backends([backend])
     if variant not in VARIANTS:
         raise UserError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
     build = build_dir if isinstance(build_dir, BuildDir) else BuildDir(build_dir, require_onnx=False)
     opts = dict(threads=threads, fp16=fp16, sparse=sparse, towers=tuple(towers), max_batch=max_batch,
-                max_text_len=max_text_len, spin=spin)
+                max_text_len=max_text_len, spin=spin, precision=precision, dtype=dtype)
     return BACKENDS[backend](build, variant, opts)
 
 

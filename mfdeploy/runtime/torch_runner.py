@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
+from mfdeploy.errors import UserError
 from mfdeploy.models.base import Adapter
 from mfdeploy.runtime.base import Runner
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # --dtype of the CPU backend
+_PRECISIONS = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
+
+
+def check_dtype(dtype: str) -> torch.dtype:
+    """The torch dtype `--dtype` names.
+
+    Raises:
+        UserError: not one of `DTYPES`, in one line listing them.
+    """
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
 
 
 def _unit_float32(emb: torch.Tensor) -> torch.Tensor:
@@ -22,7 +39,8 @@ class TorchRunner(Runner):
 
     name = "torch"
 
-    def __init__(self, adapter: Adapter, device: str | torch.device | None = None, threads: int | None = None):
+    def __init__(self, adapter: Adapter, device: str | torch.device | None = None, threads: int | None = None,
+                 dtype: str | None = None):
         """Wrap the adapter's two towers.
 
         Args:
@@ -31,6 +49,9 @@ class TorchRunner(Runner):
                 there). A device given explicitly moves the model's towers to it.
             threads: intra-op threads; `torch.set_num_threads` is process-wide,
                 so this changes it for every torch user in the process.
+            dtype: "float32" or "bfloat16": run in it, on copies of the towers where the model is in another
+                dtype (the adapter's own stay as they are: a build's loaded models are shared); None: the model
+                as loaded.
         """
         if threads:
             torch.set_num_threads(threads)
@@ -38,9 +59,13 @@ class TorchRunner(Runner):
         self.text = adapter.text_tower()
         if device is not None:
             self.vision, self.text = self.vision.to(device), self.text.to(device)
+        if dtype is not None and check_dtype(dtype) != next(self.vision.parameters()).dtype:
+            self.vision = copy.deepcopy(self.vision).to(DTYPES[dtype])
+            self.text = copy.deepcopy(self.text).to(DTYPES[dtype])
         param = next(self.vision.parameters())
         self._device, self._dtype = param.device, param.dtype  # inputs follow the weights
         self.device = str(self._device)
+        self.precision = _PRECISIONS.get(self._dtype, str(self._dtype))
 
     @torch.inference_mode()
     def embed_images(self, pixel_values: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -9,7 +10,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mfdeploy import platform
-from mfdeploy.artifacts.layout import ENGINE_FILES, INPUT_NAMES, ONNX_DENSE_DIR, ONNX_DIR, OUTPUT_NAMES, TOWER_NAMES
+from mfdeploy.artifacts.layout import (
+    ENGINE_FILES,
+    INPUT_NAMES,
+    ONNX_DENSE_DIR,
+    ONNX_DIR,
+    ONNX_QDQ_DIR,
+    OUTPUT_NAMES,
+    TOWER_NAMES,
+)
 from mfdeploy.errors import first_line
 from mfdeploy.runtime.base import BackendUnavailable, Runner
 
@@ -99,14 +108,19 @@ def engine_command(build: BuildDir, variant: str) -> str:
     """The `mfdeploy engine` command that makes a build's engines (`engines/` or `engines_dense/`) on this machine.
 
     With the precision and the profile bounds the build recorded (its engine
-    stage computes them even where it skips the build).
+    stage computes them even where it skips the build); an `--int8` build's
+    engines come from its `onnx_qdq/`. Shell-quoted: it can be pasted as it is.
     """
     fp16, _ = build.tensorrt_flags()
-    onnx_dir = build.path / (ONNX_DIR if variant == "pruned" else ONNX_DENSE_DIR)
     engine = build.build.engine
-    cmd = f"mfdeploy engine {onnx_dir} --out {build.engines_dir(variant)}" + (" --fp16" if fp16 else "")
+    int8 = variant == "pruned" and engine is not None and engine.int8
+    onnx_dir = build.path / (ONNX_QDQ_DIR if int8 else ONNX_DIR if variant == "pruned" else ONNX_DENSE_DIR)
+    args = ["mfdeploy", "engine", str(onnx_dir), "--out", str(build.engines_dir(variant))]
+    args += (["--int8"] if int8 else []) + (["--fp16"] if fp16 and not int8 else [])  # --int8 turns on FP16
     if engine is not None:
         for flag, value in (("--max-batch", engine.profile_max("vision", "pixel_values", 0)),
                             ("--max-text-len", engine.profile_max("text", "input_ids", 1))):
-            cmd += f" {flag} {value}" if value else ""
-    return cmd + (" --sparse off" if variant == "dense" else "")
+            args += [flag, str(value)] if value else []
+    # the dense baseline keeps dense kernels; INT8 weights hide the 2:4 pattern from --sparse auto: as the build did
+    sparse = ["--sparse", "off"] if variant == "dense" else ["--sparse", "on"] if int8 and engine.sparse else []
+    return shlex.join(args + sparse)

@@ -23,8 +23,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from mfdeploy.server.batcher import QueueFull
-from mfdeploy.server.preprocess import BadInput, decode_image
+from mfdeploy.server.batcher import QueueFull, ShuttingDown
+from mfdeploy.server.decoding import PixelBudget, request_images
+from mfdeploy.server.middleware import AccessLog, ApiKeyAuth
+from mfdeploy.server.preprocess import BadInput, TooLarge
 from mfdeploy.server.state import ServerState
 
 log = logging.getLogger("mfdeploy.server")
@@ -47,7 +49,11 @@ class ApiError(Exception):
 
 
 async def _json_body(request: Request, limit: int) -> dict:
-    """The request's JSON object, read up to `limit` bytes."""
+    """The request's JSON object, read up to `limit` bytes; the body must be declared `application/json`."""
+    declared_type = request.headers.get("content-type")
+    if declared_type is None or declared_type.split(";")[0].strip().lower() != "application/json":
+        shown = "no Content-Type" if declared_type is None else f"Content-Type {declared_type.split(';')[0]!r}"
+        raise ApiError(415, f"{shown}: send the body as JSON with 'Content-Type: application/json'")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"request body of {int(declared)} bytes is over the limit of {limit} (--max-body-mb)")
@@ -89,16 +95,58 @@ async def _submit(state: ServerState, tower: str, items: list) -> tuple[np.ndarr
     except QueueFull as e:
         raise ApiError(503, f"{e}: retry shortly", kind="server_overloaded",
                        headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+    except ShuttingDown as e:
+        raise _stopping(str(e)) from None
 
 
-async def _images(values: list[str], field: str, single: bool = False) -> list:
-    def decode() -> list:
-        return [decode_image(v, field if single else f"{field}[{i}]") for i, v in enumerate(values)]
+def _stopping(message: str = "the server is shutting down") -> ApiError:
+    """503 for a request the stopping server will not answer: retry (on another replica, or after the restart)."""
+    return ApiError(503, f"{message}: retry", kind="server_shutting_down", headers={"Retry-After": str(RETRY_AFTER_S)})
 
-    try:
-        return await run_in_threadpool(decode)  # decoding is CPU work: off the event loop
+
+async def _images(state: ServerState, budget: PixelBudget, values: list[str], field: str,
+                  single: bool = False) -> list[np.ndarray]:
+    """The request's images -> `[3, H, W]` pixel values each; sizes checked from the headers first (413)."""
+    cfg = state.cfg
+    names = [field] if single else [f"{field}[{i}]" for i in range(len(values))]
+
+    def decode() -> list[np.ndarray]:
+        return request_images(values, names, cfg.max_image_pixels, cfg.max_request_pixels, state.image_pixels,
+                              budget)
+
+    try:  # decoding is CPU work: off the event loop
+        return await run_in_threadpool(decode)
+    except TooLarge as e:
+        raise ApiError(413, str(e), field) from None
     except BadInput as e:
         raise ApiError(400, str(e), field) from None
+
+
+def _truncate(body: dict, default: bool) -> bool:
+    """The request's `truncate` (a JSON boolean), else the server's --truncate."""
+    value = body.get("truncate")
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ApiError(400, f"'truncate' must be true or false, not {json.dumps(value)[:40]}", "truncate")
+    return value
+
+
+async def _check_lengths(state: ServerState, texts: list[str], names: list[str], field: str) -> None:
+    """400 naming the first text longer than the model's text length (tokenizing would cut it).
+
+    Args:
+        state: the server (its tokenizer and text length).
+        texts: the texts the model would embed.
+        names: how the error names each text (e.g. `'input[2]'`).
+        field: the request field they come from (the error's `param`).
+    """
+    counts = await run_in_threadpool(state.pre.token_counts, texts)  # a long text takes a while: off the loop
+    limit = state.pre.max_text_len
+    for name, n in zip(names, counts):
+        if n > limit:
+            raise ApiError(400, f"{name} is {n} tokens, over this model's limit of {limit} tokens: shorten it, "
+                           "or send \"truncate\": true to embed its first tokens", field)
 
 
 def _require(body: dict, field: str) -> Any:
@@ -110,14 +158,22 @@ def _require(body: dict, field: str) -> Any:
 def make_app(state: ServerState) -> Starlette:
     """The Starlette app over `state` (which loads the towers when the app starts)."""
     cfg = state.cfg
+    budget = PixelBudget(2 * cfg.max_image_pixels)  # full-size pictures held at once, server-wide (decoding.py)
 
     def endpoint(fn: Callable) -> Callable:
         async def handler(request: Request) -> Response:
+            if state.draining:
+                return _stopping().response()
             if not state.ready:
                 reason = state.error or "the towers are still loading"
                 return ApiError(503, reason, kind="not_ready", headers={"Retry-After": str(RETRY_AFTER_S)}).response()
             try:
-                return await fn(request)
+                return await state.in_time(fn(request), cfg.request_timeout_s)
+            except asyncio.TimeoutError:
+                return ApiError(504, f"the request took longer than {cfg.request_timeout_s:g} s "
+                                "(--request-timeout)", kind="timeout").response()
+            except ShuttingDown as e:
+                return _stopping(str(e)).response()
             except ApiError as e:
                 return e.response()
             except ClientDisconnect:
@@ -139,11 +195,16 @@ def make_app(state: ServerState) -> Starlette:
         dims = body.get("dimensions")
         if dims is not None and dims != state.embed_dim:
             raise ApiError(400, f"dimensions {dims!r}: this model's embeddings have {state.embed_dim}", "dimensions")
-        values = _strings(_require(body, "input"), "input", cfg.max_items)
+        raw = _require(body, "input")
+        values = _strings(raw, "input", cfg.max_items)
+        truncate = _truncate(body, cfg.truncate)
         if modality == "image":
-            rows, _ = await _submit(state, "vision", await _images(values, "input"))
+            rows, _ = await _submit(state, "vision", await _images(state, budget, values, "input"))
             usage = {"prompt_tokens": 0, "total_tokens": 0, "images": len(values)}
         else:
+            if not truncate:
+                names = ["'input'"] if isinstance(raw, str) else [f"'input[{i}]'" for i in range(len(values))]
+                await _check_lengths(state, values, names, "input")
             rows, tokens = await _submit(state, "text", values)
             usage = {"prompt_tokens": int(tokens.sum()), "total_tokens": int(tokens.sum())}
         data = [{"object": "embedding", "index": i,
@@ -160,21 +221,25 @@ def make_app(state: ServerState) -> Starlette:
             raise ApiError(400, "'template' must be a string with one '{}' where the label goes, "
                            "e.g. 'a photo of a {}.'", "template")
         image = _require(body, "image")
-        (img,) = await _images([image], "image", single=True)
+        prompts = [template.format(x) for x in labels]
+        if not _truncate(body, cfg.truncate):
+            await _check_lengths(state, prompts, [f"the prompt of 'labels[{i}]'" for i in range(len(labels))],
+                                 "labels")
+        (img,) = await _images(state, budget, [image], "image", single=True)
         (img_row, _), (txt_rows, _) = await asyncio.gather(_submit(state, "vision", [img]),
-                                                 _submit(state, "text", [template.format(x) for x in labels]))
-        logits = state.pre.logit_scale * (txt_rows @ img_row[0])  # [labels], embeddings are L2-normalised
-        scores = np.exp(logits - logits.max())
-        scores /= scores.sum()
+                                                           _submit(state, "text", prompts))
+        # the family's scoring: one softmax over the labels (CLIP), or an independent sigmoid per label (SigLIP)
+        scores = state.pre.scores(img_row[0], txt_rows)  # [labels]
         return JSONResponse({"labels": labels, "scores": scores.tolist(), "label": labels[int(scores.argmax())],
+                             "scoring": state.pre.family.scoring,
                              "model": state.model_name})
 
     async def health(request: Request) -> Response:
-        body = {"status": "ok" if state.ready else ("error" if state.error else "loading"),
-                "backend": cfg.backend, "build": str(cfg.build_dir), "model": state.model_name}
+        status = "stopping" if state.draining else "ok" if state.ready else "error" if state.error else "loading"
+        body = {"status": status, "backend": cfg.backend, "build": str(cfg.build_dir), "model": state.model_name}
         if state.error:
             body["error"] = state.error
-        return JSONResponse(body, status_code=200 if state.ready else 503)
+        return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
     async def metrics(request: Request) -> Response:
         return Response(state.metrics.render(), media_type=state.metrics.content_type)
@@ -190,41 +255,12 @@ def make_app(state: ServerState) -> Starlette:
     routes = [Route("/health", health, methods=["GET"]), Route("/metrics", metrics, methods=["GET"]),
               Route("/v1/embeddings", embeddings, methods=["POST"]), Route("/v1/classify", classify, methods=["POST"])]
     app = Starlette(routes=routes, lifespan=lifespan)
-    app.add_middleware(AccessLog, state=state)
+    if cfg.api_key is not None:
+        app.add_middleware(ApiKeyAuth, key=cfg.api_key, reject=lambda: ApiError(
+            401, "missing or wrong API key: send the header 'Authorization: Bearer KEY' with the server's key "
+            "(--api-key)", kind="invalid_request_error", headers={"WWW-Authenticate": "Bearer"}).response())
+    app.add_middleware(AccessLog, state=state)  # added last: outermost, so refused requests are logged too
     return app
-
-
-class AccessLog:
-    """ASGI middleware: one log line and the request metrics for every HTTP request."""
-
-    KNOWN = ("/health", "/metrics", "/v1/embeddings", "/v1/classify")
-
-    def __init__(self, app: Any, state: ServerState):
-        self.app, self.state = app, state
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        loop = asyncio.get_running_loop()
-        t0, status = loop.time(), [500]
-
-        async def record(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, record)
-        finally:
-            seconds = loop.time() - t0
-            path = scope["path"] if scope["path"] in self.KNOWN else "other"
-            m = self.state.metrics
-            m.requests.labels(path, str(status[0])).inc()
-            m.latency.labels(path).observe(seconds)
-            if status[0] >= 400:
-                m.errors.labels(path, "client" if status[0] < 500 else "server").inc()
-            log.info("%s %s %d %.1f ms", scope["method"], scope["path"], status[0], 1000 * seconds)
 
 
 __all__ = ["ApiError", "make_app"]

@@ -6,18 +6,25 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from mfdeploy.data.images import DEFAULT_MAX_PIXELS
 from mfdeploy.errors import UserError
 
-# serve backend -> (runtime backend, build variant)
+# serve backend -> (runtime backend, precision): "int8" serves a build's onnx_int8/, "fp" the --variant's towers
 BACKENDS: dict[str, tuple[str, str]] = {
-    "ort-cpu": ("ort-cpu", "pruned"),
+    "ort-cpu": ("ort-cpu", "fp"),
     "ort-int8": ("ort-cpu", "int8"),
-    "ort-cuda": ("ort-cuda", "pruned"),
-    "trt": ("trt", "pruned"),
-    "torch": ("torch", "pruned"),
-    "torch-cuda": ("torch-cuda", "pruned"),  # fp16 on a CUDA GPU
-    "torch-cuda-sparse": ("torch-cuda-sparse", "pruned"),  # ... with 2:4 linears on the sparse tensor cores
+    "ort-cuda": ("ort-cuda", "fp"),
+    "trt": ("trt", "fp"),
+    "torch": ("torch", "fp"),
+    "torch-cuda": ("torch-cuda", "fp"),  # fp16 on a CUDA GPU
+    "torch-cuda-sparse": ("torch-cuda-sparse", "fp"),  # ... with 2:4 linears on the sparse tensor cores
+    "openvino": ("openvino", "fp"),  # OpenVINO on the CPU, --precision auto | f32 | bf16 | f16
+    "openvino-int8": ("openvino", "int8"),
 }
+# the option that sets a backend's precision -> the backends it applies to (others refuse it)
+PRECISION_OPTIONS = {"--precision": ("openvino", "openvino-int8"), "--dtype": ("torch",)}
+VARIANTS = ("pruned", "dense")  # which model of a build (an export directory holds one)
+API_KEY_ENV = "MFDEPLOY_API_KEY"
 
 
 @dataclass
@@ -25,8 +32,9 @@ class ServeConfig:
     """The server's settings (built by the CLI or by hand; never from CLI objects).
 
     Attributes:
-        build_dir: a `mfdeploy build --out` directory.
+        build_dir: a `mfdeploy build --out` directory, or a `mfdeploy export --out` directory.
         backend: which runner serves the towers (`BACKENDS`).
+        variant: which model of a build: "pruned" or "dense" (None: pruned; an export directory has one).
         host, port: where to listen (port 0: a free port, chosen by the OS).
         max_batch: most items one model call takes; concurrent requests are gathered up to it.
         max_delay_ms: longest a request waits for others to fill its batch.
@@ -34,6 +42,16 @@ class ServeConfig:
         max_items: most inputs (texts, images, labels) in one request.
         max_body_mb: largest request body.
         threads: intra-op threads of the runner (default: the physical cores).
+        max_image_pixels: most pixels (width x height, read from the header) of one image; over it: 413.
+        max_request_pixels: most pixels of all the images of one request together; over it: 413.
+        truncate: cut texts longer than the model's text length instead of answering 400 (a request's
+            `"truncate": true` does the same for that request).
+        grace_s: on SIGTERM, how long requests in flight may take; those that cannot finish get 503.
+        request_timeout_s: longest one request may take before it is answered 504 (None: no limit).
+        api_key: the key every route but /health and /metrics requires as `Authorization: Bearer KEY`.
+        precision: OpenVINO's inference precision, auto | f32 | bf16 | f16 (None: auto).
+        dtype: the torch (CPU) backend's, float32 | bfloat16 (None: float32). Below fp32, the towers serve only
+            once they match the fp32 towers (`mfdeploy.runtime.gate`); otherwise the server refuses to start.
     """
 
     build_dir: Path
@@ -46,6 +64,15 @@ class ServeConfig:
     max_items: int = 64
     max_body_mb: float = 16.0
     threads: int | None = None
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    max_request_pixels: int = 4 * DEFAULT_MAX_PIXELS
+    truncate: bool = False
+    variant: str | None = None
+    grace_s: float = 10.0
+    request_timeout_s: float | None = 60.0
+    api_key: str | None = None
+    precision: str | None = None
+    dtype: str | None = None
 
     @property
     def max_body_bytes(self) -> int:
@@ -70,7 +97,43 @@ class ServeConfig:
                             "request could never be queued")
         if self.threads is not None and self.threads < 1:
             raise UserError(f"--threads {self.threads}: must be 1 or more")
+        for flag, value in (("--max-image-pixels", self.max_image_pixels),
+                            ("--max-request-pixels", self.max_request_pixels)):
+            if value < 1:
+                raise UserError(f"{flag} {value}: must be 1 or more")
+        if self.max_request_pixels < self.max_image_pixels:
+            raise UserError(f"--max-request-pixels {self.max_request_pixels} is below --max-image-pixels "
+                            f"{self.max_image_pixels}: an image of the largest size could never be sent")
+        if self.variant is not None and self.variant not in VARIANTS:
+            raise UserError(f"--variant {self.variant}: choose one of {', '.join(VARIANTS)}")
+        if not (math.isfinite(self.grace_s) and self.grace_s >= 0):
+            raise UserError(f"--grace-s {self.grace_s}: must be 0 or more")
+        if self.request_timeout_s is not None and not (math.isfinite(self.request_timeout_s)
+                                                       and self.request_timeout_s > 0):
+            raise UserError(f"--request-timeout {self.request_timeout_s}: must be positive (0: no limit)")
+        key = self.api_key
+        if key is not None and not (key and key.isascii() and key.isprintable() and len(key.split()) == 1
+                                    and key.split()[0] == key):
+            raise UserError(f"--api-key (or {API_KEY_ENV}): must be non-empty printable ASCII without spaces (it "
+                            "travels in an HTTP header)")
+        self._check_precision()
         return self
 
+    def _check_precision(self) -> None:
+        from mfdeploy.runtime.openvino_runner import check_precision
 
-__all__ = ["BACKENDS", "ServeConfig"]
+        if self.precision is not None:
+            check_precision(self.precision)
+        if self.dtype is not None and self.dtype not in ("float32", "bfloat16"):
+            raise UserError(f"--dtype {self.dtype}: choose one of float32, bfloat16")
+        for flag, value in (("--precision", self.precision), ("--dtype", self.dtype)):
+            backends = PRECISION_OPTIONS[flag]
+            if value is not None and self.backend not in backends:
+                raise UserError(f"{flag} {value}: applies to --backend {' or '.join(backends)}, not {self.backend}")
+
+    def runner_options(self) -> dict[str, str]:
+        """The precision options the runner of `backend` takes (`mfdeploy.runtime.make_runner`), those set only."""
+        return {k: v for k, v in (("precision", self.precision), ("dtype", self.dtype)) if v is not None}
+
+
+__all__ = ["API_KEY_ENV", "BACKENDS", "VARIANTS", "ServeConfig"]

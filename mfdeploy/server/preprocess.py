@@ -1,24 +1,31 @@
 """Request inputs to tower inputs, with the build's own tokenizer and image processor.
 
 The server embeds exactly what `onnx/` embeds for the same text or image:
-texts are tokenized as the evaluation and parity checks tokenize them (padded
-to the longest text of the model call, truncated at the model's text length),
-images go through the checkpoint's own image processor.
+texts are tokenized as the evaluation and parity checks tokenize them, by the
+model family's convention (CLIP: padded to the longest text of the model call;
+SigLIP: padded to its fixed length, no mask), truncated at the model's text length,
+which the app allows only when asked: `token_counts` finds the texts it would
+cut), images are decoded by `mfdeploy.data.images` (sizes checked from the
+headers first; `decoding.py` bounds the pictures decoded at once) and go
+through the checkpoint's own image processor.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import io
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+import torch
+from PIL import Image
 
-from mfdeploy.models.processors import load_image_processor, load_tokenizer
+from mfdeploy.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageTooLarge, open_checked, to_rgb
+from mfdeploy.models.family import PairScorer
+from mfdeploy.models.processors import load_image_processor, load_tokenizer, token_counts
+from mfdeploy.models.registry import family_of
 
 DATA_URI = re.compile(r"^data:(?P<mime>[\w/+.-]+)?(?:;[\w=.-]+)*;base64,", re.IGNORECASE)
 
@@ -27,12 +34,12 @@ class BadInput(ValueError):
     """An input the server cannot use; the message names which one and why."""
 
 
-def decode_image(value: object, where: str) -> Image.Image:
-    """A `data:image/...;base64,...` URI or bare base64 -> an RGB image (decoded in full, so errors show here).
+class TooLarge(BadInput):
+    """Images over the pixel limits (`--max-image-pixels`, `--max-request-pixels`): answered 413."""
 
-    Raises:
-        BadInput: not a string, not base64, or not an image PIL can decode.
-    """
+
+def _raw(value: object, where: str) -> bytes:
+    """A `data:image/...;base64,...` URI or bare base64 -> the file's bytes."""
     if not isinstance(value, str) or not value:
         raise BadInput(f"{where}: expected an image as a base64 string or a data:image/...;base64 URI")
     match = DATA_URI.match(value)
@@ -42,33 +49,75 @@ def decode_image(value: object, where: str) -> Image.Image:
             raise BadInput(f"{where}: a data URI of type {mime}, not an image")
         value = value[match.end():]
     try:
-        raw = base64.b64decode(value, validate=True)
+        return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise BadInput(f"{where}: not valid base64") from None
+
+
+def open_image(value: object, where: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """A base64 image opened, header only, its size checked (`mfdeploy.data.images.open_checked`).
+
+    Raises:
+        TooLarge: more than `max_pixels` pixels.
+        BadInput: not a string, not base64, or not an image Pillow can open.
+    """
+    raw = _raw(value, where)
     try:
-        with Image.open(io.BytesIO(raw)) as img:
-            return img.convert("RGB")  # decodes every pixel: a truncated file fails here, not in the model call
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError, ValueError) as e:
-        raise BadInput(f"{where}: not a decodable image ({type(e).__name__})") from None
+        return open_checked(raw, where, max_pixels)
+    except ImageTooLarge as e:
+        raise TooLarge(f"{e} (--max-image-pixels)") from None
+    except ImageError as e:
+        raise BadInput(str(e)) from None
+
+
+def decode_image(value: object, where: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """A base64 image -> its RGB picture (decoded in full, by the rules of `mfdeploy.data.images`).
+
+    Raises:
+        TooLarge: more than `max_pixels` pixels (found from the header: nothing decoded).
+        BadInput: not a string, not base64, not an image Pillow can decode, or a mode without a rule.
+    """
+    with open_image(value, where, max_pixels) as img:
+        try:
+            return to_rgb(img, where)  # decodes every pixel: a truncated file fails here, not in the model call
+        except ImageError as e:
+            raise BadInput(str(e)) from None
 
 
 class Preprocessor:
-    """The tokenizer, image processor, text length and logit scale of a build's `pruned/` checkpoint."""
+    """The tokenizer, image processor, text length, family and pair score of a build's `pruned/` checkpoint."""
 
     def __init__(self, checkpoint: Path):
         from transformers import AutoConfig
 
+        self.family = family_of(checkpoint)  # its tokenization convention and scoring (CLIP softmax, SigLIP sigmoid)
         self.tokenizer = load_tokenizer(checkpoint)
         self.image_processor = load_image_processor(checkpoint)
         config = AutoConfig.from_pretrained(checkpoint)
         self.max_text_len = int(config.text_config.max_position_embeddings)
-        self.logit_scale = _logit_scale(checkpoint, float(getattr(config, "logit_scale_init_value", 2.6592)))
+        scalars = _scalars(checkpoint, ("logit_scale", "logit_bias"))
+        scale = scalars.get("logit_scale", float(getattr(config, "logit_scale_init_value", 2.6592)))
+        self.logit_scale = float(np.exp(scale))
+        bias = scalars.get("logit_bias")
+        self.scorer = PairScorer(self.family, torch.tensor([self.logit_scale]),
+                                 None if bias is None else torch.tensor([bias]))
 
     def texts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """`[B, L]` int64 ids and attention mask, padded to the longest text, truncated at the model's length."""
-        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_text_len,
-                             return_tensors="np")
-        return enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+        """`[B, L]` int64 ids and attention mask as the model's family tokenizes (`Family.tokenize`), truncated
+        at the model's length: CLIP pads to the longest text; SigLIP to its fixed length, all positions attended."""
+        return self.family.tokenize(self.tokenizer, texts, self.max_text_len)
+
+    def scores(self, image_embeds: np.ndarray, text_embeds: np.ndarray) -> np.ndarray:
+        """`[D]` and `[N, D]` L2-normalised -> `[N]` probabilities by the family's scoring: a softmax over the
+        N texts (CLIP), or one independent sigmoid per text, with the logit bias (SigLIP)."""
+        with torch.no_grad():
+            probs = self.scorer.probabilities(torch.from_numpy(np.asarray(image_embeds, dtype=np.float32)[None]),
+                                              torch.from_numpy(np.asarray(text_embeds, dtype=np.float32)))
+        return probs[0].double().numpy()
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text before truncation (special tokens included), to compare with `max_text_len`."""
+        return token_counts(self.tokenizer, texts)
 
     def images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """`[B, 3, H, W]` float32 pixel values."""
@@ -76,15 +125,16 @@ class Preprocessor:
                           dtype=np.float32)
 
 
-def _logit_scale(checkpoint: Path, init_value: float) -> float:
-    """exp(logit_scale) from the checkpoint's weights (the trained value; the config's initial one if absent)."""
+def _scalars(checkpoint: Path, names: Sequence[str]) -> dict[str, float]:
+    """The one-element weights `names` (logit scale, SigLIP's logit bias) from the checkpoint's safetensors files."""
     from safetensors import safe_open
 
+    found: dict[str, float] = {}
     for path in sorted(Path(checkpoint).glob("*.safetensors")):
         with safe_open(str(path), framework="np") as f:
-            if "logit_scale" in f.keys():  # noqa: SIM118 - safe_open is not a mapping
-                return float(np.exp(np.asarray(f.get_tensor("logit_scale"), dtype=np.float64)).reshape(-1)[0])
-    return float(np.exp(init_value))
+            for name in set(names) & set(f.keys()):
+                found[name] = float(np.asarray(f.get_tensor(name), dtype=np.float64).reshape(-1)[0])
+    return found
 
 
-__all__ = ["BadInput", "Preprocessor", "decode_image"]
+__all__ = ["BadInput", "Preprocessor", "TooLarge", "decode_image", "open_image"]

@@ -1,7 +1,16 @@
-"""`mfdeploy serve`: the app under uvicorn, stopped cleanly by SIGTERM or Ctrl-C."""
+"""`mfdeploy serve`: the app under uvicorn, stopped cleanly by SIGTERM or Ctrl-C.
+
+On SIGTERM uvicorn stops accepting and closes idle connections; before it
+waits for the rest, the batchers start draining (`ServerState.drain`), so
+every request is answered (200, or 503 with Retry-After when it cannot
+finish) by `grace_s - answer_margin(grace_s)` and uvicorn's own graceful
+timeout, `grace_s`, never has to cancel a request (a cancelled request is a
+reset connection).
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import signal
 import sys
@@ -12,27 +21,35 @@ import uvicorn
 
 from mfdeploy.errors import UserError
 from mfdeploy.server.app import make_app
-from mfdeploy.server.config import ServeConfig
+from mfdeploy.server.config import API_KEY_ENV, ServeConfig
+from mfdeploy.server.source import resolve
 from mfdeploy.server.state import ServerState
 
-GRACE_S = 10  # longest SIGTERM waits for requests in flight
+log = logging.getLogger("mfdeploy.server")
+
+
+def answer_margin(grace_s: float) -> float:
+    """Seconds kept at the end of the grace period to write the last answers and close their connections."""
+    return min(1.0, grace_s / 4)
 
 
 def serve(cfg: ServeConfig, on_listen: Callable[[str, int], None] | None = None) -> None:
-    """Serve until SIGTERM or Ctrl-C, then return (requests in flight are finished first).
+    """Serve until SIGTERM or Ctrl-C, then return within `cfg.grace_s` (every request answered first).
 
     Args:
         cfg: the configuration (validated here).
         on_listen: called with (host, port) once the socket listens (port 0 resolved).
 
     Raises:
-        UserError: a bad setting, a build that is not one, or towers the backend cannot load.
+        UserError: a bad setting, a directory that is neither a build nor an export, or towers the backend
+            cannot load.
     """
-    from mfdeploy.runtime import BuildDir
-
     cfg.validate()
-    BuildDir(cfg.build_dir)  # a missing or broken build fails here, in one line, before the socket opens
+    served = resolve(cfg)  # a missing or broken directory fails here, in one line, before the socket opens
     _logging()
+    if cfg.api_key is None and not _loopback(cfg.host):
+        log.warning("listening on %s without an API key: anyone who can reach this port can use the model "
+                    "(set --api-key or %s)", cfg.host, API_KEY_ENV)
     failure: list[str] = []
     server: uvicorn.Server | None = None
 
@@ -41,10 +58,10 @@ def serve(cfg: ServeConfig, on_listen: Callable[[str, int], None] | None = None)
         if server is not None:
             server.should_exit = True
 
-    state = ServerState(cfg, on_failure=failed)
+    state = ServerState(cfg, on_failure=failed, served=served)
     config = uvicorn.Config(make_app(state), host=cfg.host, port=cfg.port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=GRACE_S, lifespan="on")
-    server = _Server(config, on_listen)
+                            timeout_graceful_shutdown=cfg.grace_s, lifespan="on")
+    server = _Server(config, on_listen, state)
     main_thread = threading.current_thread() is threading.main_thread()
     # uvicorn re-raises the signal that stopped it once it is done; a SIGTERM here means "stop", handled: exit 0
     previous = signal.signal(signal.SIGTERM, signal.SIG_IGN) if main_thread else None
@@ -58,17 +75,33 @@ def serve(cfg: ServeConfig, on_listen: Callable[[str, int], None] | None = None)
 
 
 class _Server(uvicorn.Server):
-    """uvicorn.Server that reports where it listens once the socket is bound."""
+    """uvicorn.Server that reports where it listens once the socket is bound, and drains before it stops."""
 
-    def __init__(self, config: uvicorn.Config, on_listen: Callable[[str, int], None] | None):
+    def __init__(self, config: uvicorn.Config, on_listen: Callable[[str, int], None] | None, state: ServerState):
         super().__init__(config)
-        self.on_listen = on_listen
+        self.on_listen, self.state = on_listen, state
 
     async def startup(self, sockets=None) -> None:
         await super().startup(sockets)
         if self.on_listen is not None and self.servers:
             host, port = self.servers[0].sockets[0].getsockname()[:2]
             self.on_listen(host, port)
+
+    async def shutdown(self, sockets=None) -> None:
+        grace = float(self.config.timeout_graceful_shutdown or 0.0)
+        self.state.drain(max(0.0, grace - answer_margin(grace)))
+        log.info("stopping: answering every request within %g s", grace)
+        await super().shutdown(sockets)
+
+
+def _loopback(host: str) -> bool:
+    """Whether `host` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any address
+        return False
 
 
 def _logging() -> None:

@@ -4,57 +4,65 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from mfdeploy.artifacts.layout import PRUNED_DIR
+from mfdeploy.data.images import allow_pixels
 from mfdeploy.errors import MfdeployError
 from mfdeploy.runtime.base import BackendUnavailable
-from mfdeploy.server.batcher import Batcher
-from mfdeploy.server.config import BACKENDS, ServeConfig
+from mfdeploy.server.batcher import Batcher, ModelThread, ShuttingDown
+from mfdeploy.server.config import ServeConfig
 from mfdeploy.server.metrics import Metrics
 from mfdeploy.server.preprocess import Preprocessor
+from mfdeploy.server.source import Served, make_runner, resolve
 
 log = logging.getLogger("mfdeploy.server")
 
 
 class ServerState:
-    """Loads the build's towers when the app starts (in a thread: `/health` answers 503 meanwhile).
+    """Loads the towers when the app starts (in a thread: `/health` answers 503 meanwhile).
 
     Args:
         cfg: the validated configuration.
         on_failure: called with the reason when loading fails (the CLI stops the server there).
+        served: what to serve, from `source.resolve(cfg)` (resolved at load time when not given).
     """
 
-    def __init__(self, cfg: ServeConfig, on_failure: Callable[[str], None] | None = None):
-        self.cfg, self.on_failure = cfg, on_failure
+    def __init__(self, cfg: ServeConfig, on_failure: Callable[[str], None] | None = None,
+                 served: Served | None = None):
+        self.cfg, self.on_failure, self.served = cfg, on_failure, served
+        allow_pixels(cfg.max_image_pixels)  # Pillow's own bomb limit never refuses what --max-image-pixels allows
         self.metrics = Metrics()
         self.ready = False
+        self.draining = False  # SIGTERM came: no new requests, /health answers 503
+        self.deadline: float | None = None  # time.monotonic() by which every request is answered (draining)
+        self.stopped = asyncio.Event()  # set at the deadline: requests still unanswered get 503 then
         self.error: str | None = None
         self.runner: Any = None
         self.pre: Preprocessor | None = None  # type: ignore[assignment]
         self.batchers: dict[str, Batcher] = {}
         self.model_name = ""
         self.embed_dim = 0
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="mfdeploy-model")  # one model call at a time
+        self._executor = ModelThread()  # one model call at a time, for both towers
         self._loading: asyncio.Task | None = None
 
     def load(self) -> None:
-        """Open the build, its preprocessing and the runner (blocking; runs on a thread)."""
-        from mfdeploy.runtime import BuildDir, make_runner
-
-        build = BuildDir(self.cfg.build_dir)
-        backend, variant = BACKENDS[self.cfg.backend]
-        pre = Preprocessor(build.path / PRUNED_DIR)
+        """Open the model's preprocessing and the runner (blocking; runs on a thread)."""
+        served = self.served = self.served or resolve(self.cfg)
+        pre = Preprocessor(served.checkpoint)
         # no spinning: idle ONNX Runtime threads would busy-wait on the cores the event loop needs
-        runner = make_runner(backend, build, variant=variant, threads=self.cfg.threads,
-                             max_batch=self.cfg.max_batch, max_text_len=pre.max_text_len, spin=False)
+        runner = make_runner(served, self.cfg.backend, threads=self.cfg.threads, max_batch=self.cfg.max_batch,
+                             max_text_len=pre.max_text_len, spin=False, **self.cfg.runner_options())
+        if getattr(runner, "gate", None):  # below fp32: say what runs, and how close it came to the fp32 towers
+            gate = runner.gate
+            log.info("%s against the fp32 towers: %s", self.cfg.backend, ", ".join(
+                f"{t} in {runner.tower_precision(t)}, min cosine {gate[t]['min_cosine']:.5f}"
+                for t in ("vision", "text") if t in gate))
         probe = runner.embed_texts(*pre.texts(["a"]))  # one real call: a backend that cannot run fails here
-        self.model_name = f"{build.model or 'model'} ({build.manifest.get('method')} "\
-                          f"{build.manifest.get('ratio')}, {self.cfg.backend})"
+        self.model_name = served.label
         self.embed_dim = int(probe.shape[1])
         self.pre, self.runner = pre, runner
 
@@ -63,9 +71,12 @@ class ServerState:
         ids, mask = self.pre.texts(texts)
         return self.runner.embed_texts(ids, mask), mask.sum(axis=1)  # tokens per text, for `usage`
 
-    def embed_images(self, images: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
-        """One model call on decoded images (the vision batcher's): embeddings and zero counts."""
-        return self.runner.embed_images(self.pre.images(images)), np.zeros(len(images), dtype=np.int64)
+    def embed_images(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """One model call on preprocessed images (`[3, H, W]` pixel values each; the vision batcher's).
+
+        The queue holds these model-size arrays, never the decoded pictures (`preprocess.request_images`).
+        """
+        return self.runner.embed_images(np.stack(images)), np.zeros(len(images), dtype=np.int64)
 
     async def start(self) -> None:
         """Begin loading; the batchers start once the towers are loaded."""
@@ -82,13 +93,66 @@ class ServerState:
                 self.on_failure(self.error)
             return
         cfg = self.cfg
+        if self.draining:  # stopped while loading: nothing to serve
+            return
         for tower, run in (("vision", self.embed_images), ("text", self.embed_texts)):
             self.batchers[tower] = Batcher(tower, run, cfg.max_batch, cfg.max_delay_ms / 1000, cfg.max_queue,
                                            self._executor, self.metrics)
             self.batchers[tower].start()
         self.ready = True
         self.metrics.ready.set(1)
-        log.info("serving %s with %s: ready", cfg.build_dir, cfg.backend)
+        log.info("serving %s: ready", self.model_name)
+
+    def drain(self, grace_s: float) -> float:
+        """Begin a graceful shutdown (on the event loop): no new requests, every request answered within `grace_s`.
+
+        Returns:
+            The `time.monotonic()` deadline by which every request is answered.
+        """
+        self.draining = True
+        self.deadline = deadline = time.monotonic() + grace_s
+        asyncio.get_running_loop().call_later(grace_s, self.stopped.set)
+        for batcher in self.batchers.values():
+            batcher.drain(deadline)
+        return deadline
+
+    def image_pixels(self, picture: Any) -> np.ndarray:
+        """One decoded picture -> its `[3, H, W]` pixel values (on a decoding thread, between two pictures).
+
+        Raises:
+            ShuttingDown: the shutdown deadline passed: the request's answer (503) is sent already, and its
+                remaining pictures are not decoded (a decoding thread would hold the process's exit).
+        """
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise ShuttingDown("the server is shutting down")
+        return self.pre.images([picture])[0]
+
+    async def in_time(self, work: Awaitable[Any], timeout_s: float | None) -> Any:
+        """`work`'s result, unless the request time limit or the shutdown deadline comes first.
+
+        Then the work is cancelled and left to end on its own: the answer (504, or 503) does not wait for it,
+        because a decoding thread cannot be stopped in the middle of a picture (it stops at the next one).
+
+        Raises:
+            asyncio.TimeoutError: `timeout_s` passed (a stuck model call, a slow upload).
+            ShuttingDown: the shutdown deadline passed.
+        """
+        task = asyncio.ensure_future(work)
+        stop = asyncio.ensure_future(self.stopped.wait())
+        try:
+            done, _ = await asyncio.wait({task, stop}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # the request itself was cancelled: so is its work
+            task.cancel()
+            raise
+        finally:
+            stop.cancel()
+        if task in done:
+            return task.result()
+        task.cancel()
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no "never retrieved" noise
+        if stop in done:
+            raise ShuttingDown("the server is shutting down: the request could not finish in the grace period")
+        raise asyncio.TimeoutError
 
     async def stop(self) -> None:
         if self._loading is not None and not self._loading.done():
@@ -96,7 +160,9 @@ class ServerState:
         for batcher in self.batchers.values():
             await batcher.stop()
         self.ready = False
-        if self.runner is not None:
+        if self._executor.busy:  # a call overran the grace period: its requests got 503; the process exits anyway
+            log.warning("a model call was still running at shutdown: left to end with the process")
+        elif self.runner is not None:
             self.runner.close()
         self._executor.shutdown(wait=False)
 

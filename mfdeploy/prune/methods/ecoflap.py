@@ -3,8 +3,10 @@ local score per block (Wanda for `--method ecoflap`; any score with `--budget ec
 
 1. Each transformer block of either tower is a group.
 2. Block score: for each calibration batch and each weight tensor, the
-   central difference |L(W+eps z) - L(W-eps z)| / (2 eps) of the symmetric
-   CLIP contrastive loss along a seeded Gaussian direction z; summed per block.
+   central difference |L(W+eps z) - L(W-eps z)| / (2 eps) of the model
+   family's own training loss (`adapter.pair_loss`: CLIP's symmetric
+   contrastive loss, SigLIP's sigmoid loss) along a seeded Gaussian direction
+   z; summed per block.
 3. Keep budgets: every block starts at ceil(n (1 - s_max)) (see `min_keep` for
    the integer edge s_max = s, which is feasible); the rest of the
    global keep budget is handed out in proportion to the scores, capped at
@@ -22,7 +24,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mfdeploy.errors import UserError
 from mfdeploy.models.base import Adapter, PrunableLayer
@@ -34,13 +35,6 @@ from mfdeploy.prune.result import MethodResult, PruneContext
 from mfdeploy.prune.stats import collect_stats
 
 EPS = 1e-3
-
-
-def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric CLIP loss of L2-normalised embeddings `[B, D]`."""
-    logits = logit_scale.exp() * img @ txt.t()  # [B, B]
-    target = torch.arange(img.shape[0], device=logits.device)
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
 def direction(weight: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -57,7 +51,7 @@ def zeroth_order_scores(adapter: Adapter, layers: dict[str, PrunableLayer], batc
                         seed: int = 0, eps: float = EPS, progress=None) -> dict[str, float]:
     """Per-block zeroth-order importance (sum over the block's tensors and the batches)."""
     vision, text = adapter.vision_tower(), adapter.text_tower()
-    logit_scale = adapter.model.logit_scale.detach().float()
+    pairs = adapter.pair_scorer()  # the family's loss with the model's logit scale (and bias)
     gen = torch.Generator().manual_seed(seed)
     scores = {l.block: 0.0 for l in layers.values()}
     for batch in batches:
@@ -73,10 +67,9 @@ def zeroth_order_scores(adapter: Adapter, layers: dict[str, PrunableLayer], batc
                     w.copy_(original + sign * eps * z)
                     # only the perturbed tower changes: reuse the other tower's embeddings
                     if layer.modality == "vision":
-                        losses.append(contrastive_loss(vision(batch.pixel_values), txt, logit_scale))
+                        losses.append(pairs.loss(vision(batch.pixel_values), txt))
                     else:
-                        losses.append(contrastive_loss(img, text(batch.input_ids, batch.attention_mask),
-                                                       logit_scale))
+                        losses.append(pairs.loss(img, text(batch.input_ids, batch.attention_mask)))
             finally:
                 w.copy_(original)
             scores[layer.block] += abs(float(losses[0] - losses[1])) / (2 * eps)

@@ -1,8 +1,9 @@
 """MoPE-CLIP style structured pruning: width (heads, MLP neuron groups), then depth (whole layers).
 
 Module-wise Pruning Error of a module: how much a cross-modal quality
-measure degrades when the module is removed. Here `Z` is the symmetric CLIP
-contrastive loss on up to 128 calibration pairs (continuous and cheap; recall
+measure degrades when the module is removed. Here `Z` is the model family's
+own training loss (`adapter.pair_loss`: CLIP's symmetric contrastive loss,
+SigLIP's sigmoid loss) on up to 128 calibration pairs (continuous and cheap; recall
 on a few hundred pairs is too noisy to rank 200 modules), so
 `MoPE(theta) = L(model without theta) - L(model)`: higher = more important.
 With the shapes world those pairs come from seeds apart from the ones
@@ -28,7 +29,6 @@ from mfdeploy.errors import UserError
 from mfdeploy.models import structure as st
 from mfdeploy.models.base import Adapter
 from mfdeploy.models.inputs import Batch, CalibSource
-from mfdeploy.prune.methods.ecoflap import contrastive_loss
 from mfdeploy.prune.record import budget_by_role_from_counts, role_counts
 from mfdeploy.prune.result import MethodResult, PruneContext
 
@@ -37,13 +37,13 @@ Z_MAX_PAIRS = 128
 
 
 class _Z:
-    """Contrastive loss of the model on fixed pairs, caching the tower that a change does not touch."""
+    """The family's loss of the model on fixed pairs, caching the tower that a change does not touch."""
 
     def __init__(self, adapter: Adapter, batches: Sequence[Batch]):
         self.adapter = adapter
         self.batches = batches
         self.vision, self.text = adapter.vision_tower(), adapter.text_tower()
-        self.scale = adapter.model.logit_scale.detach().float()
+        self.pairs = adapter.pair_scorer()
         self.refresh()
 
     @torch.inference_mode()
@@ -60,7 +60,7 @@ class _Z:
                 img = self.vision(b.pixel_values)
             elif changed == "text":
                 txt = self.text(b.input_ids, b.attention_mask)
-            total += float(contrastive_loss(img, txt, self.scale))
+            total += float(self.pairs.loss(img, txt))
         return total / len(self.batches)
 
 
@@ -116,7 +116,7 @@ def prune_mope(ctx: PruneContext) -> MethodResult:
     n_pairs = pairs_available(source, min(cfg.calib_samples, Z_MAX_PAIRS), offset=_offset(source))
     batches = list(ctx.batches(n_pairs, min(cfg.batch_size, n_pairs), offset=_offset(source)))
     z = _Z(adapter, batches)
-    record: dict = {"z": _z_description(source, n_pairs, bool(cfg.distill_steps)), "z_pairs": n_pairs,
+    record: dict = {"z": _z_description(adapter, source, n_pairs, bool(cfg.distill_steps)), "z_pairs": n_pairs,
                     "z_held_out": source.kind == "shapes", "dense_loss": z.base}
 
     # depth budget: layers removed per tower, the rest of the ratio comes from width
@@ -227,9 +227,9 @@ def _offset(source: CalibSource) -> int:
     return HELD_OUT_OFFSET if source.kind == "shapes" else 0
 
 
-def _z_description(source: CalibSource, n_pairs: int, distill: bool) -> str:
+def _z_description(adapter: Adapter, source: CalibSource, n_pairs: int, distill: bool) -> str:
     """What Z was measured on, as it happened (for prune.json)."""
-    what = "symmetric contrastive loss on "
+    what = f"{adapter.family.loss_name} on "
     if source.kind == "shapes":
         return what + (f"{n_pairs} shapes-world calibration pairs (seeds from offset {HELD_OUT_OFFSET}, "
                        "held out from the pairs distillation trains on)")

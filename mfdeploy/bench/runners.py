@@ -1,0 +1,77 @@
+"""The runners a bench run opens (one per variant of a backend, each failure a row), and their precision.
+
+`--precision` sets OpenVINO's inference precision and `--dtype` the torch
+CPU backend's; a runner computing in less than fp32 has passed the
+precision gate against the fp32 towers (`mfdeploy.runtime.gate`) before it
+is timed, and a refused one becomes a row with the cosines that refused it.
+Every timed row says the precision that actually ran.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from mfdeploy.errors import UserError
+from mfdeploy.runtime.base import BackendUnavailable, Runner
+from mfdeploy.runtime.build_dir import BuildDir
+from mfdeploy.runtime.registry import make_runner
+
+# option -> (the backends it applies to, how it is checked)
+PRECISION_BACKENDS = {"--precision": ("openvino",), "--dtype": ("torch",)}
+
+
+def check_precision_options(names: Sequence[str], precision: str | None, dtype: str | None) -> None:
+    """Refuse a bad `--precision`/`--dtype`, or one given for a run that times no backend it applies to.
+
+    Raises:
+        UserError: in one line.
+    """
+    from mfdeploy.runtime.openvino_runner import check_precision
+
+    if precision is not None:
+        check_precision(precision)
+    if dtype is not None:
+        from mfdeploy.runtime.torch_runner import check_dtype
+
+        check_dtype(dtype)
+    for flag, value in (("--precision", precision), ("--dtype", dtype)):
+        applies = PRECISION_BACKENDS[flag]
+        if value is not None and not set(applies) & set(names):
+            raise UserError(f"{flag} {value}: it sets the {' and '.join(applies)} backend's precision, which this "
+                            f"run does not time (add it to --backends)")
+
+
+def open_runners(build: BuildDir, name: str, variants: list[str], towers: list[str], threads: int, max_batch: int,
+                 text_len: int, rows: list[dict], precision: str | None = None,
+                 dtype: str | None = None) -> dict[str, Runner]:
+    """Runners per variant; an unavailable or refused variant becomes a row (never dropped silently)."""
+    from mfdeploy.runtime.gate import GateRefused
+
+    runners: dict[str, Runner] = {}
+    for variant in variants:
+        try:
+            runners[variant] = make_runner(
+                name, build, variant=variant, threads=threads, towers=towers, max_batch=max_batch,
+                max_text_len=text_len,
+                spin=len(variants) == 1,  # sessions taking turns must not spin against each other
+                precision=precision if name == "openvino" else None, dtype=dtype if name == "torch" else None,
+            )
+        except GateRefused as e:  # this variant's towers only: another variant may pass
+            rows.append({"backend": name, "variant": variant, "status": "unavailable", "reason": str(e)})
+        except BackendUnavailable as e:
+            if variant == "pruned":
+                rows.append({"backend": name, "status": "unavailable", "reason": str(e)})
+                break  # the dense variant would fail the same way
+            rows.append({"backend": name, "variant": variant, "status": "unavailable", "reason": str(e)})
+    return runners
+
+
+def precision_fields(runner: Runner, tower: str) -> dict[str, Any]:
+    """What a timed row says of its precision: what ran, and the gate's cosine where one was passed."""
+    gate = getattr(runner, "gate", None) or {}
+    return {"precision": runner.tower_precision(tower),
+            "gate_min_cosine": (gate.get(tower) or {}).get("min_cosine")}
+
+
+__all__ = ["check_precision_options", "open_runners", "precision_fields"]

@@ -1,0 +1,188 @@
+"""OpenVINO runner: the CPU plugin over the same `vision.onnx`/`text.onnx` ONNX Runtime reads.
+
+OpenVINO reads the ONNX files directly (no conversion step, no new
+artifact) and, unlike ONNX Runtime on x86, runs their float parts in BF16
+on CPUs that have BF16 instructions (AVX-512 BF16, AMX). Its precision is
+a choice (`--precision`), read back from the compiled model afterwards:
+what a bench row or a server reports is what ran, not what was asked.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mfdeploy import platform
+from mfdeploy.artifacts.layout import INPUT_NAMES, ONNX_FILES, TOWER_NAMES
+from mfdeploy.errors import UserError, first_line
+from mfdeploy.runtime.base import BackendUnavailable, Runner
+
+EXTRA = "pip install 'mfdeploy[openvino]'"
+PRECISIONS = ("auto", "f32", "bf16", "f16")
+# --precision -> the CPU capability (`OPTIMIZATION_CAPABILITIES`) that runs it natively
+_NEEDS = {"bf16": "BF16", "f16": "FP16"}
+# OpenVINO's names of element types -> ours (an integer layer of an INT8 graph: "int8", whatever its signedness)
+_TYPES = {"f32": "f32", "bf16": "bf16", "f16": "f16", "u8": "int8", "i8": "int8"}
+# the layers that hold the arithmetic (matmuls, the patch convolution): their execution precision is reported
+_COMPUTE_LAYERS = ("FullyConnected", "MatMul", "Convolution")
+
+
+def require_openvino() -> Any:
+    """The `openvino` module.
+
+    Raises:
+        BackendUnavailable: it is not installed; the message names the extra that installs it.
+    """
+    try:
+        import openvino
+    except ImportError:
+        raise BackendUnavailable(f"OpenVINO is not installed: {EXTRA}") from None
+    return openvino
+
+
+def check_precision(precision: str) -> str:
+    """`precision` if it is one of `PRECISIONS`, before anything is loaded.
+
+    Raises:
+        UserError: another value, in one line listing the choices.
+    """
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def cpu_capabilities(core: Any = None) -> list[str]:
+    """What OpenVINO's CPU plugin says this CPU runs natively, e.g. `['BF16', 'FP32', 'INT8', ...]`."""
+    core = core or require_openvino().Core()
+    return [str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+
+
+def resolve_precision(precision: str, capabilities: Sequence[str]) -> tuple[str, str]:
+    """The inference precision to compile with, and why.
+
+    `auto` is what the CPU does natively: BF16 where it has BF16 instructions,
+    else FP16 where it has native FP16 (Arm), else f32.
+
+    Raises:
+        UserError: an unknown precision.
+        BackendUnavailable: `bf16` or `f16` on a CPU without them (OpenVINO would quietly run something else).
+    """
+    check_precision(precision)
+    caps = ", ".join(capabilities)
+    if precision == "auto":
+        chosen = next((p for p in ("bf16", "f16") if _NEEDS[p] in capabilities), "f32")
+        return chosen, f"auto: {chosen}, native on this CPU (OpenVINO CPU capabilities: {caps})"
+    if precision in _NEEDS and _NEEDS[precision] not in capabilities:
+        raise BackendUnavailable(f"--precision {precision}: this CPU has no native {_NEEDS[precision]} (OpenVINO "
+                                 f"CPU capabilities: {caps}); use --precision auto or f32")
+    return precision, f"{precision}, as asked (OpenVINO CPU capabilities: {caps})"
+
+
+class OpenVinoRunner(Runner):
+    """OpenVINO's CPU plugin over an export directory holding `vision.onnx` and `text.onnx`.
+
+    Each tower is compiled once, with dynamic batch and text length, for latency (one stream using
+    every thread, as ONNX Runtime's sequential session does), and keeps one infer request.
+    """
+
+    name = "openvino"
+
+    def __init__(self, onnx_dir: str | Path, precision: str = "auto", threads: int | None = None,
+                 towers: Sequence[str] = TOWER_NAMES):
+        """Compile one model per tower.
+
+        Args:
+            onnx_dir: directory with `vision.onnx` and/or `text.onnx` (`onnx/`, `onnx_dense/`, `onnx_int8/`).
+            precision: auto | f32 | bf16 | f16: OpenVINO's inference precision of the float layers.
+            threads: inference threads (default: the physical cores).
+            towers: which towers to load.
+
+        Raises:
+            BackendUnavailable: OpenVINO is not installed, the precision is not native here, or OpenVINO
+                compiled another precision than asked.
+            UserError: an unknown precision, a model file missing or unreadable.
+        """
+        check_precision(precision)
+        ov = require_openvino()
+        core = ov.Core()
+        self.threads = threads or platform.physical_cores()
+        self.capabilities = cpu_capabilities(core)
+        self.precision, self.precision_note = resolve_precision(precision, self.capabilities)
+        self.onnx_dir = Path(onnx_dir)
+        config = {"INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": "LATENCY",
+                  "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": self.threads}
+        self.compiled: dict[str, Any] = {}
+        self.requests: dict[str, Any] = {}
+        self.execution: dict[str, dict[str, int]] = {}  # tower -> {precision: compute layers run in it}
+        for tower in towers:
+            path = self.onnx_dir / ONNX_FILES[tower]
+            if not path.is_file():
+                raise UserError(f"{path}: missing (export the towers with `mfdeploy export`)")
+            try:
+                compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+            except RuntimeError as e:  # OpenVINO raises RuntimeError with a multi-line trace of its sources
+                raise UserError(f"{path}: OpenVINO cannot load it ({first_line(e)})") from None
+            got = _type_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
+            if got != self.precision:
+                raise BackendUnavailable(f"OpenVINO compiled {path.name} in {got}, not the {self.precision} asked "
+                                         f"for (OpenVINO CPU capabilities: {', '.join(self.capabilities)})")
+            self.compiled[tower] = compiled
+            self.requests[tower] = compiled.create_infer_request()
+            self.execution[tower] = execution_precisions(compiled)
+
+    def tower_precision(self, tower: str) -> str:
+        """What the tower's compute layers ran in, most used first, e.g. "bf16", "int8+bf16" (an INT8 graph)."""
+        counts = self.execution.get(tower)
+        return "+".join(p for p, _ in Counter(counts).most_common()) if counts else self.precision
+
+    def _run(self, tower: str, arrays: Sequence[np.ndarray]) -> np.ndarray:
+        request = self.requests.get(tower)
+        if request is None:
+            raise RuntimeError(f"{self.name}: the {tower} tower was not loaded")
+        by_name = dict(zip(INPUT_NAMES[tower], arrays, strict=False))
+        feed = {}
+        for k, port in enumerate(self.compiled[tower].inputs):
+            name = port.any_name
+            a = by_name.get(name, arrays[k])  # by name, else by position (a text tower without a mask)
+            feed[name] = np.ascontiguousarray(a, dtype=np.float32 if tower == "vision" else np.int64)
+        request.infer(feed, share_inputs=True)
+        # the output tensor is the request's own memory, overwritten by the next call: copy it out
+        return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+
+    def embed_images(self, pixel_values: np.ndarray) -> np.ndarray:
+        return self._run("vision", [pixel_values])
+
+    def embed_texts(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        return self._run("text", [input_ids, attention_mask])
+
+    def close(self) -> None:
+        self.requests.clear()
+        self.compiled.clear()
+
+
+def _type_name(element_type: Any) -> str:
+    """`<Type: 'bfloat16'>` -> "bf16"."""
+    name = element_type.get_type_name() if hasattr(element_type, "get_type_name") else str(element_type)
+    return _TYPES.get(name, name)
+
+
+def execution_precisions(compiled: Any) -> dict[str, int]:
+    """How many compute layers (matmuls, convolutions) of a compiled model run in each precision.
+
+    Read from the runtime graph OpenVINO executes (`runtimePrecision` of each layer), so an INT8 graph
+    shows its integer layers, and float layers OpenVINO kept in f32 show as such.
+    """
+    counts: Counter[str] = Counter()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if "layerType" in info and info["layerType"].astype(str) in _COMPUTE_LAYERS and "runtimePrecision" in info:
+            counts[_TYPES.get(info["runtimePrecision"].astype(str), info["runtimePrecision"].astype(str))] += 1
+    return dict(counts)
+
+
+__all__ = ["EXTRA", "PRECISIONS", "OpenVinoRunner", "check_precision", "cpu_capabilities", "require_openvino",
+           "resolve_precision"]

@@ -1,0 +1,76 @@
+"""ASGI middleware of the server: the API key check, and one access-log line plus metrics per request."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from starlette.responses import Response
+
+from mfdeploy.server.state import ServerState
+
+log = logging.getLogger("mfdeploy.server")
+OPEN_PATHS = ("/health", "/metrics")  # probes and scrapers carry no key (as in vLLM and text-embeddings-inference)
+
+
+class ApiKeyAuth:
+    """Every HTTP request but those to `open_paths` needs `Authorization: Bearer KEY`; others get `reject()`.
+
+    The key is compared with `hmac.compare_digest`, whose time does not depend on where the strings differ,
+    so a client cannot find the key one character at a time by timing the 401s.
+    """
+
+    def __init__(self, app: Any, key: str, reject: Callable[[], Response], open_paths: tuple[str, ...] = OPEN_PATHS):
+        self.app, self.key, self.reject, self.open_paths = app, key.encode("ascii"), reject, open_paths
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope["path"] in self.open_paths or self._authorized(scope["headers"]):
+            await self.app(scope, receive, send)
+            return
+        await self.reject()(scope, receive, send)
+
+    def _authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        values = [value for name, value in headers if name.lower() == b"authorization"]
+        if len(values) != 1:
+            return False
+        scheme, _, token = values[0].strip().partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key)
+
+
+class AccessLog:
+    """ASGI middleware: one log line and the request metrics for every HTTP request."""
+
+    KNOWN = ("/health", "/metrics", "/v1/embeddings", "/v1/classify")
+
+    def __init__(self, app: Any, state: ServerState):
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        t0, status = loop.time(), [500]
+
+        async def record(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record)
+        finally:
+            seconds = loop.time() - t0
+            path = scope["path"] if scope["path"] in self.KNOWN else "other"
+            m = self.state.metrics
+            m.requests.labels(path, str(status[0])).inc()
+            m.latency.labels(path).observe(seconds)
+            if status[0] >= 400:
+                m.errors.labels(path, "client" if status[0] < 500 else "server").inc()
+            log.info("%s %s %d %.1f ms", scope["method"], scope["path"], status[0], 1000 * seconds)
+
+
+__all__ = ["OPEN_PATHS", "AccessLog", "ApiKeyAuth"]

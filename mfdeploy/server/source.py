@@ -1,0 +1,170 @@
+"""What `mfdeploy serve` serves: one model of a build (pruned, dense, its INT8 towers) or a plain export directory.
+
+A build directory holds several models; `--variant` picks one and
+`--backend` says how it runs:
+
+    backend          --variant pruned (default)   --variant dense
+    ort-cpu/ort-cuda onnx/                        onnx_dense/
+    ort-int8         onnx_int8/                   refused: a build quantizes the pruned towers only
+    openvino         onnx/                        onnx_dense/
+    openvino-int8    onnx_int8/                   refused, as ort-int8
+    trt              engines/                     engines_dense/
+    torch*           pruned/                      the model build.json names
+
+An export directory (`mfdeploy export --out DIR`: vision.onnx, text.onnx,
+export.json) holds one model, served with ONNX Runtime (`ort-cpu`,
+`ort-cuda`) or, once `mfdeploy engine DIR` built its plans, `trt`.
+
+Texts and images are preprocessed with the tokenizer and image processor of
+the checkpoint the towers came from: a build's `pruned/` (pruning copies
+them unchanged from the dense model, so they serve the dense variant too),
+or the checkpoint an export directory's `export.json` names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mfdeploy.artifacts.layout import EXPORT_MANIFEST, PRUNED_DIR, has_towers, is_build
+from mfdeploy.artifacts.manifest import ExportManifest
+from mfdeploy.errors import UserError
+from mfdeploy.runtime.base import BackendUnavailable
+from mfdeploy.server.config import BACKENDS, ServeConfig
+
+EXPORT_BACKENDS = ("ort-cpu", "ort-cuda", "trt")  # an export directory holds ONNX towers (and maybe plans)
+_ORT_PROVIDERS = {"ort-cpu": "cpu", "ort-cuda": "cuda"}
+
+
+@dataclass(frozen=True)
+class Served:
+    """The model to serve, resolved and checked before the socket opens.
+
+    Attributes:
+        path: the build or export directory.
+        kind: "build" or "export".
+        variant: "pruned" or "dense" (a build), "export" (an export directory).
+        checkpoint: whose tokenizer, image processor and logit scale preprocess the requests.
+        label: how responses and `/health` name the model.
+    """
+
+    path: Path
+    kind: str
+    variant: str
+    checkpoint: Path | str
+    label: str
+
+
+def resolve(cfg: ServeConfig) -> Served:
+    """Check that `cfg.build_dir` is a build or an export directory `cfg.backend` and `cfg.variant` can serve.
+
+    Raises:
+        UserError: not such a directory, or a backend or variant it cannot serve (one line naming the fix).
+    """
+    path = Path(cfg.build_dir).expanduser()
+    if is_build(path):
+        return _build(path, cfg)
+    if path.is_dir() and has_towers(path):
+        return _export(path, cfg)
+    if path.is_dir() and is_build(path.parent):
+        _inside_build(path)
+    raise UserError(f"{path}: not a build directory (`mfdeploy build --out`, with build.json) nor an export "
+                    "directory (`mfdeploy export --out`, with vision.onnx, text.onnx and export.json)")
+
+
+def _build(path: Path, cfg: ServeConfig) -> Served:
+    from mfdeploy.runtime import BuildDir
+
+    build = BuildDir(path)  # a broken build fails here, in one line
+    variant = cfg.variant or "pruned"
+    if variant == "dense" and BACKENDS[cfg.backend][1] == "int8":
+        raise UserError(f"--backend {cfg.backend} --variant dense: a build's INT8 towers (onnx_int8/) are the pruned "
+                        f"model's; serve the dense model with --backend {BACKENDS[cfg.backend][0]}")
+    runtime_backend, precision = BACKENDS[cfg.backend]
+    if runtime_backend.startswith("ort"):  # a missing folder is named before the socket opens, with its command
+        try:
+            build.onnx_dir(precision if precision == "int8" else variant)
+        except BackendUnavailable as e:
+            raise UserError(f"cannot serve {path} with {cfg.backend}: {e}") from None
+    what = "dense" if variant == "dense" else f"{build.manifest.get('method')} {build.manifest.get('ratio')}"
+    return Served(path, "build", variant, path / PRUNED_DIR, f"{build.model or 'model'} ({what}, {cfg.backend})")
+
+
+def _export(path: Path, cfg: ServeConfig) -> Served:
+    if is_build(path.parent):
+        _inside_build(path)
+    if cfg.variant is not None:
+        raise UserError(f"--variant {cfg.variant}: {path} is an export directory, which holds one model; "
+                        "--variant chooses among a build's models")
+    if cfg.backend not in EXPORT_BACKENDS:
+        hint = " (quantized towers are a build's onnx_int8/: `mfdeploy build --int8`)" \
+            if cfg.backend == "ort-int8" else ""
+        raise UserError(f"--backend {cfg.backend}: {path} is an export directory of ONNX towers; serve it with "
+                        f"{', '.join(EXPORT_BACKENDS[:-1])} or {EXPORT_BACKENDS[-1]} (after `mfdeploy engine "
+                        f"{path}`){hint}")
+    if not (path / EXPORT_MANIFEST).is_file():
+        raise UserError(f"{path}: no {EXPORT_MANIFEST} naming the model whose tokenizer and image processor "
+                        "the server needs (export with `mfdeploy export MODEL --out DIR`)")
+    manifest = ExportManifest.read(path)
+    if not manifest.model_source:
+        raise UserError(f"{path / EXPORT_MANIFEST}: names no model ('model.source'); re-export with "
+                        "`mfdeploy export MODEL --out DIR`")
+    return Served(path, "export", "export", _checkpoint(manifest.model_source, path),
+                  f"{manifest.model_id or path.name} (export, {cfg.backend})")
+
+
+def _inside_build(path: Path) -> None:
+    raise UserError(f"{path} is a folder of the build {path.parent}: serve {path.parent} (and choose the model "
+                    "with --variant pruned|dense)")
+
+
+def _checkpoint(source: str, path: Path) -> Path | str:
+    """The local checkpoint an export directory came from (a local path, or a hub id's cached snapshot)."""
+    local = Path(source).expanduser()
+    if local.is_dir():
+        return local
+    if source.startswith((".", "/", "~")):
+        raise UserError(f"{path / EXPORT_MANIFEST}: the model it was exported from, {source}, no longer exists; "
+                        "its tokenizer and image processor preprocess the requests")
+    from huggingface_hub import snapshot_download
+
+    try:  # the export loaded it, so it is in the cache: its logit scale is read from its weights' file
+        return Path(snapshot_download(source, local_files_only=True,
+                                      allow_patterns=["*.json", "*.txt", "*.safetensors"]))
+    except Exception as e:  # noqa: BLE001 - LocalEntryNotFoundError and kin: one line, with the fix
+        raise UserError(f"{path / EXPORT_MANIFEST}: the model it was exported from, {source}, is not in the "
+                        f"Hugging Face cache here ({type(e).__name__}): download it with "
+                        f"`huggingface-cli download {source}`") from None
+
+
+def make_runner(served: Served, backend: str, **opts: Any) -> Any:
+    """The runner over `served` (blocking: loads sessions or engines).
+
+    Args:
+        served: from `resolve`.
+        backend: the serve backend (`BACKENDS`).
+        opts: threads, max_batch, max_text_len, spin (as `mfdeploy.runtime.make_runner` takes them).
+
+    Raises:
+        BackendUnavailable: the backend cannot run here, or the build lacks the variant's files (with the command
+            that makes them).
+    """
+    if served.kind == "build":
+        from mfdeploy.runtime import make_runner as runtime_runner
+
+        runtime_backend, precision = BACKENDS[backend]
+        return runtime_runner(runtime_backend, served.path, variant=precision if precision == "int8"
+                              else served.variant, **opts)
+    if backend == "trt":
+        from mfdeploy.runtime import TrtRunner
+
+        return TrtRunner(served.path, how=f"mfdeploy engine {served.path}")
+    from mfdeploy.runtime.ort_runner import OrtRunner, check_provider
+
+    provider = _ORT_PROVIDERS[backend]
+    check_provider(provider)
+    return OrtRunner(served.path, provider=provider, **opts)
+
+
+__all__ = ["EXPORT_BACKENDS", "Served", "make_runner", "resolve"]
