@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -122,6 +123,24 @@ def test_folder_without_write_permission(verb, tiny_clip_dir, tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert lines[-1] == f"error: cannot write {target}: Permission denied (errno {errno.EACCES})", proc.stderr
     assert list(locked.iterdir()) == []
+
+
+def test_bench_into_a_read_only_build(build, tmp_path):
+    """bench writes its reports into the build: a read-only build fails before the timing, not after it."""
+    how = _as_ordinary_user()
+    copy = tmp_path / "read-only build"
+    shutil.copytree(build, copy)
+    copy.chmod(0o555)
+    argv = writing_verbs(Path("unused"), copy, tmp_path / "rows.json")["bench --json"]
+    try:
+        proc = subprocess.run([sys.executable, "-m", "mfdeploy.cli", *argv], capture_output=True, text=True,
+                              timeout=300, **how)
+    finally:
+        copy.chmod(0o755)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (f"error: cannot write {copy / 'bench.json'}: Permission denied "
+                                                    f"(errno {errno.EACCES})")
+    assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in build.iterdir())
 
 
 # --- a full disk: a real ENOSPC on a small tmpfs ------------------------------------------------------------------

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from mfdeploy.models import load
+from mfdeploy.models.clip import CLIP
+from mfdeploy.models.family import PairScorer
 from mfdeploy.progress import NullReporter
 from mfdeploy.prune import METHODS, MethodResult, MethodSpec, PruneConfig, PruneContext, prune_model
 from mfdeploy.prune.criteria import random_score
-from mfdeploy.models.clip import CLIP
-from mfdeploy.models.family import PairScorer
 from mfdeploy.prune.methods.ecoflap import direction
 from mfdeploy.prune.stats import ActivationStats
 

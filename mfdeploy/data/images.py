@@ -31,13 +31,14 @@ limit in pixels (`DEFAULT_MAX_PIXELS` unless the caller gives another).
 from __future__ import annotations
 
 import io
+import logging
 import re
 import warnings
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps
 
 from mfdeploy.errors import UserError, first_line
 
@@ -50,7 +51,14 @@ _BLOCK_PIXELS = 4_000_000  # integer/float images are rescaled in row blocks of 
 
 # mfdeploy bounds pixels itself (from the header, in one line); Pillow's warning for the same thing would
 # only print a second, raw message on stderr. Its DecompressionBombError (at twice its limit) is still caught.
+# Pillow's UserWarnings about a damaged file ("Corrupt EXIF data", "Truncated File Read") would print raw too:
+# the file either decodes (its pixels are fine) or fails here in one line.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
+# Pillow also logs some failures before raising them ("More samples per pixel than can be decoded"); with
+# logging unconfigured (the CLI) Python would print them raw. A NullHandler stops that and nothing else:
+# records still reach the handlers of a program that configures logging.
+logging.getLogger("PIL").addHandler(logging.NullHandler())
 
 
 class ImageError(UserError):
@@ -91,7 +99,9 @@ def open_checked(source: str | Path | bytes | BinaryIO, where: str = "",
         limit = max_pixels if max_pixels is not None else 2 * int(Image.MAX_IMAGE_PIXELS or 0)
         raise ImageTooLarge(f"{prefix}an image of {pixels:,} pixels is over the limit of {limit:,} pixels per "
                             "image", pixels, limit) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever a format plugin raises on a bad file (struct.error, ...)
         raise ImageError(f"{prefix}not a decodable image ({type(e).__name__})") from None
     width, height = img.size
     if max_pixels is not None and width * height > max_pixels:
@@ -127,7 +137,9 @@ def to_rgb(img: Image.Image, where: str = "") -> Image.Image:
             return img.convert("RGB")
         if mode in _SIXTEEN_BIT or mode in {"I", "F"}:
             return Image.fromarray(_levels(np.asarray(img), mode, prefix)).convert("RGB")
-    except (OSError, SyntaxError, ValueError) as e:
+    except (ImageError, MemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever a decoder raises on bad pixel data or EXIF is the file's
         raise ImageError(f"{prefix}not a decodable image ({type(e).__name__}: {first_line(e)})") from None
     raise ImageError(f"{prefix}image mode {mode} is not supported (convert it to RGB, L or a 16-bit PNG)")
 

@@ -15,8 +15,11 @@ def zero_shot_accuracy(image_embeds: np.ndarray, class_embeds: np.ndarray, label
 
     The predicted class of an image is the argmax of the cosine similarity
     between its embedding and the embeddings of the class prompts (the
-    embeddings are L2-normalised, so a dot product is the cosine; the logit
-    scale of CLIP does not change an argmax).
+    embeddings are L2-normalised, so a dot product is the cosine). Every
+    family's score is increasing in the cosine: CLIP's softmax of
+    `exp(logit_scale) * cos` and SigLIP's per-pair sigmoid of
+    `exp(logit_scale) * cos + logit_bias` both rank the classes as the cosine
+    does, so the accuracy (and retrieval recall) is the family's own.
 
     Args:
         image_embeds: `[N, D]` L2-normalised image embeddings.

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -114,8 +115,8 @@ async def _images(state: ServerState, budget: PixelBudget, values: list[str], fi
         return request_images(values, names, cfg.max_image_pixels, cfg.max_request_pixels, state.image_pixels,
                               budget)
 
-    try:  # decoding is CPU work: off the event loop
-        return await run_in_threadpool(decode)
+    try:  # decoding is CPU work: off the event loop, on as many threads as there are cores (`state.decoders`)
+        return await anyio.to_thread.run_sync(decode, limiter=state.decoders)
     except TooLarge as e:
         raise ApiError(413, str(e), field) from None
     except BadInput as e:

@@ -8,10 +8,12 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import anyio
 import numpy as np
 
 from mfdeploy.data.images import allow_pixels
 from mfdeploy.errors import MfdeployError
+from mfdeploy.platform import physical_cores
 from mfdeploy.runtime.base import BackendUnavailable
 from mfdeploy.server.batcher import Batcher, ModelThread, ShuttingDown
 from mfdeploy.server.config import ServeConfig
@@ -40,6 +42,11 @@ class ServerState:
         self.draining = False  # SIGTERM came: no new requests, /health answers 503
         self.deadline: float | None = None  # time.monotonic() by which every request is answered (draining)
         self.stopped = asyncio.Event()  # set at the deadline: requests still unanswered get 503 then
+        # Threads that decode images, about one per core (two at least, so one large picture cannot hold up every
+        # small one): more would only share the cores, each picture taking longer, and one picture is what a
+        # decoding thread finishes after the shutdown deadline before it stops (`image_pixels`). Requests waiting
+        # for a thread wait on the event loop, where the deadline cancels them at once.
+        self.decoders = anyio.CapacityLimiter(max(2, physical_cores()))
         self.error: str | None = None
         self.runner: Any = None
         self.pre: Preprocessor | None = None  # type: ignore[assignment]
