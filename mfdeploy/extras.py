@@ -27,13 +27,18 @@ class Extra:
 
 @dataclass(frozen=True)
 class Need:
-    """A command option that needs an extra when it has `value`: `quantize --target trt` needs `[modelopt]`."""
+    """A command option that needs an extra when it takes one of `values`: `quantize --target trt` needs
+    `[modelopt]`."""
 
     command: str
     option: str  # the command's parameter name
-    value: Any
     flag: str  # as the user writes it
+    values: tuple[Any, ...]  # True: a flag that is set
     extra: str
+
+    def written(self, value: Any) -> str:
+        """The option as the user wrote it: `--int8`, `--target trt`."""
+        return self.flag if value is True else f"{self.flag} {value}"
 
 
 EXTRAS = {
@@ -41,15 +46,19 @@ EXTRAS = {
     "modelopt": Extra("modelopt", "NVIDIA ModelOpt's ONNX quantizer",
                       ("modelopt", "onnx_graphsurgeon", "onnxslim", "lief", "ml_dtypes")),
     "gpu": Extra("gpu", "TensorRT", ("tensorrt",)),
+    "openvino": Extra("openvino", "OpenVINO", ("openvino",)),
 }
 
 # Every option that needs an optional package. Where a package is missing by design the command says so
 # instead of failing (`engine` and `build` print the trtexec commands, `bench` lists the backend as
-# unavailable with the reason): those are not here.
+# unavailable with the reason): those are not here. ONNX Runtime's CUDA provider (`[gpu]`'s onnxruntime-gpu)
+# installs no module of its own: the runners ask ONNX Runtime before they load anything.
 NEEDS = (
-    Need("build", "int8", True, "--int8", "modelopt"),  # onnx_qdq/ (TensorRT INT8) is part of every --int8 build
-    Need("quantize", "target", "trt", "--target trt", "modelopt"),
-    Need("serve", "backend", "trt", "--backend trt", "gpu"),
+    Need("build", "int8", "--int8", (True,), "modelopt"),  # onnx_qdq/ (TensorRT INT8) is part of every --int8 build
+    Need("quantize", "target", "--target", ("trt",), "modelopt"),
+    Need("serve", "backend", "--backend", ("trt",), "gpu"),
+    Need("serve", "backend", "--backend", ("openvino", "openvino-int8"), "openvino"),
+    Need("eval", "backend", "--backend", ("openvino", "openvino-int8"), "openvino"),
 )
 
 
@@ -78,10 +87,11 @@ def require(command: str, **options: Any) -> None:
             'modelopt'): pip install 'mfdeploy[modelopt]'`.
     """
     for need in NEEDS:
-        if need.command != command or options.get(need.option) != need.value:
+        value = options.get(need.option)
+        if need.command != command or value not in need.values:
             continue
         absent = missing(need.extra)
         if absent:
             extra = EXTRAS[need.extra]
-            raise UserError(f"{command} {need.flag} needs {extra.provides}, which is not installed (no module "
-                            f"{absent[0]!r}): pip install 'mfdeploy[{extra.name}]'")
+            raise UserError(f"{command} {need.written(value)} needs {extra.provides}, which is not installed (no "
+                            f"module {absent[0]!r}): pip install 'mfdeploy[{extra.name}]'")

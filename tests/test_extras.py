@@ -17,7 +17,10 @@ from mfdeploy.extras import EXTRAS, NEEDS, missing
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mfdeploy"
 # the arguments each verb of the table needs besides the option under test (all refused before they are read)
-REQUIRED = {"build": ["--out", "{tmp}/b"], "quantize": ["{tmp}/src", "--out", "{tmp}/q"], "serve": ["{tmp}/b"]}
+REQUIRED = {"build": ["--out", "{tmp}/b"], "quantize": ["{tmp}/src", "--out", "{tmp}/q"], "serve": ["{tmp}/b"],
+            "eval": ["{tmp}/model"]}
+# one row per option value
+CASES = [(need, value) for need in NEEDS for value in need.values]
 
 
 def hide(monkeypatch, extra: str) -> None:
@@ -26,12 +29,14 @@ def hide(monkeypatch, extra: str) -> None:
         monkeypatch.setitem(sys.modules, module, None)
 
 
-def _id(need) -> str:
-    return f"{need.command} {need.flag}"
+def _id(case) -> str:
+    need, value = case
+    return f"{need.command} {need.written(value)}"
 
 
-@pytest.mark.parametrize("need", NEEDS, ids=_id)
-def test_missing_extra_refused_before_the_first_step(need, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_missing_extra_refused_before_the_first_step(case, tmp_path, monkeypatch, capsys):
+    need, value = case
     import mfdeploy.models
 
     def no_work(*args, **kwargs):
@@ -39,11 +44,12 @@ def test_missing_extra_refused_before_the_first_step(need, tmp_path, monkeypatch
 
     monkeypatch.setattr(mfdeploy.models, "load", no_work)
     hide(monkeypatch, need.extra)
-    argv = [need.command, *(a.format(tmp=tmp_path) for a in REQUIRED[need.command]), *shlex.split(need.flag)]
+    written = need.written(value)
+    argv = [need.command, *(a.format(tmp=tmp_path) for a in REQUIRED[need.command]), *shlex.split(written)]
     assert run_cli(argv) == 2
     err = capsys.readouterr().err
     extra = EXTRAS[need.extra]
-    assert err.strip() == (f"error: {need.command} {need.flag} needs {extra.provides}, which is not installed (no "
+    assert err.strip() == (f"error: {need.command} {written} needs {extra.provides}, which is not installed (no "
                            f"module {extra.modules[0]!r}): pip install 'mfdeploy[{extra.name}]'")
     assert list(tmp_path.iterdir()) == []
 
@@ -53,8 +59,7 @@ def test_the_table_names_real_options():
     commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
     for need in NEEDS:
         params = {p.name: p for p in commands[need.command].params}
-        assert need.option in params, _id(need)
-        assert shlex.split(need.flag)[0] in params[need.option].opts, _id(need)
+        assert need.option in params and need.flag in params[need.option].opts, need
         assert need.extra in EXTRAS
 
 

@@ -127,7 +127,8 @@ def sweep(parent: Path) -> list[str]:
         if record is None or record.get("dir") != entry.name or owner_alive(record):
             continue  # not a temporary folder (an output renamed into place keeps no record), or not stale
         target = record.get("restore")
-        if isinstance(target, str) and (folder / target).exists() and not os.path.lexists(parent / target):
+        if (isinstance(target, str) and Path(target).name == target and target not in ("", ".", "..")
+                and (folder / target).exists() and not os.path.lexists(parent / target)):
             try:  # the previous output, moved aside by a run killed before it put the new one in place
                 os.replace(folder / target, parent / target)
             except OSError:

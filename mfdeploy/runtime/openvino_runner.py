@@ -148,7 +148,7 @@ class OpenVinoRunner(Runner):
         for k, port in enumerate(self.compiled[tower].inputs):
             name = port.any_name
             a = by_name.get(name, arrays[k])  # by name, else by position (a text tower without a mask)
-            feed[name] = np.ascontiguousarray(a, dtype=np.float32 if tower == "vision" else np.int64)
+            feed[name] = np.ascontiguousarray(a, dtype=port.get_element_type().to_dtype())  # the graph's own type
         request.infer(feed, share_inputs=True)
         # the output tensor is the request's own memory, overwritten by the next call: copy it out
         return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
