@@ -88,3 +88,29 @@ def test_bf16_cpu_smoke():
             assert got["OpenVINO int8"][6].startswith(("int8+", "f32"))
     assert "load average (1, 5, 15 min) before timing" in out and "OpenVINO CPU capabilities:" in out
     assert "(target >= 6x)" in out
+
+
+@pytest.mark.slow
+def test_serve_faults_quick(tiny_clip_dir, tmp_path):
+    """benchmarks/serve_faults.py in its quick mode over a tiny build: every scenario gets the codes it should."""
+    import re
+
+    from helpers import make_build
+
+    build = make_build(tmp_path / "build", tiny_clip_dir, onnx_dense=False)
+    run = subprocess.run([sys.executable, str(BENCHMARKS / "serve_faults.py"), "--quick", "--build", str(build)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    out = run.stdout
+    rows = {line.split("|")[1].strip().split(":")[0]: line.split("|")[3].strip() for line in out.splitlines()
+            if line.startswith("| ") and line.count("|") == 7}
+    assert rows["oversized"] == "413: 4" and rows["large, under the limit"] == "200: 4", rows
+    assert "-1" not in rows["bad requests"] and "500" not in rows["bad requests"], rows
+    sigterm = next(v for k, v in rows.items() if k.startswith("SIGTERM"))
+    assert set(re.findall(r"(-?\d+): \d+", sigterm)) <= {"200", "503"}, sigterm
+    bad = [line for line in out.splitlines() if line.startswith("| ") and line.count("|") == 5][1:]
+    assert len(bad) >= 20 and not any("MISMATCH" in line for line in bad), bad
+    exit_s = float(re.search(r"SIGTERM to exit: ([\d.]+) s \(--grace-s 2\), exit code 0, every 503 with "
+                             r"Retry-After: True, tracebacks in the log: 0", out).group(1))
+    assert exit_s < 4
+    assert "load average (1, 5, 15 min) before" in out

@@ -139,6 +139,7 @@ def test_classify_is_the_zero_shot_softmax(server, reference):
     want = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     assert body["labels"] == labels and np.allclose(body["scores"], want, atol=1e-4)
     assert body["label"] == labels[int(np.argmax(want))] and abs(sum(body["scores"]) - 1) < 1e-5
+    assert body["scoring"] == "softmax"  # CLIP's family scoring, stated in the response
 
 
 def test_concurrent_requests_are_batched_and_answered_in_order(server, reference):

@@ -49,7 +49,8 @@ def serve(
         help="Cut texts longer than the model's text length (default: answer 400, unless the request says "
              "\"truncate\": true).")] = False,
 ) -> None:
-    """Serve a build over HTTP: /v1/embeddings (OpenAI format), /v1/classify, /health, /metrics."""
+    """Serve a build (or an export directory) over HTTP: /v1/embeddings (OpenAI format), /v1/classify, /health,
+    /metrics."""
     from mfdeploy.server import ServeConfig
     from mfdeploy.server import serve as run
 

@@ -82,7 +82,8 @@ def _build(path: Path, cfg: ServeConfig) -> Served:
         raise UserError(f"--backend {cfg.backend} --variant dense: a build's INT8 towers (onnx_int8/) are the pruned "
                         f"model's; serve the dense model with --backend {BACKENDS[cfg.backend][0]}")
     runtime_backend, precision = BACKENDS[cfg.backend]
-    if runtime_backend.startswith("ort"):  # a missing folder is named before the socket opens, with its command
+    # the backends that read ONNX folders: a missing one is named before the socket opens, with its command
+    if runtime_backend in ("ort-cpu", "ort-cuda", "openvino"):
         try:
             build.onnx_dir(precision if precision == "int8" else variant)
         except BackendUnavailable as e:

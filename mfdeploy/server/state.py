@@ -168,7 +168,7 @@ class ServerState:
             await batcher.stop()
         self.ready = False
         if self._executor.busy:  # a call overran the grace period: its requests got 503; the process exits anyway
-            log.warning("a model call was still running at shutdown: left to end with the process")
+            log.warning("a model call (or the loading) was still running at shutdown: left to end with the process")
         elif self.runner is not None:
             self.runner.close()
         self._executor.shutdown(wait=False)
