@@ -24,7 +24,7 @@ def bench(
     towers: Annotated[str, typer.Option(help="Comma-separated: vision, text.")] = "vision,text",
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated positive batch sizes.")] = "1,8,32",
     text_len: Annotated[int | None, typer.Option(
-        help="Tokens per text (default 16, capped at the model's maximum).")] = None,
+        help="Tokens per text (default 16, capped at the model's maximum; SigLIP reads one length, its own).")] = None,
     warmup: Annotated[int, typer.Option(help="Untimed calls per variant before timing each cell.")] = 3,
     iters: Annotated[int, typer.Option(help="Minimum timed calls per variant and cell.")] = 20,
     min_time: Annotated[float, typer.Option(
