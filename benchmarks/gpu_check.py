@@ -12,7 +12,7 @@
    EPs, TensorRT engines), each available or skipped with the reason.
 4. Writes gpu_check.json and gpu_check.md (GPU, driver, torch and CUDA versions in the header).
 
-Budget: under 8 minutes of wall time on one GPU; the whole script took 99 s on an H200 (README, "On a GPU").
+Budget: under 8 minutes of wall time on one GPU; the whole script took 99 s on an H200 (docs/results/gpu.md).
 `--cpu-dry-run` runs the flow on the CPU with a 2-layer model and no sparse kernels (a check of the script
 itself; its numbers mean nothing). Without CUDA (and without `--cpu-dry-run`) it exits at once, in one line.
 """

@@ -290,7 +290,7 @@ def test_not_a_build(tmp_path):
 
 
 def test_the_openai_client_of_the_readme_works(server):
-    """README's Python example, as written: the OpenAI SDK (base64 by default) for texts and images."""
+    """docs/guides/serve.md's Python example, as written: the OpenAI SDK (base64 by default) for texts and images."""
     from openai import OpenAI
 
     client = OpenAI(base_url=server.url + "/v1", api_key="unused")

@@ -127,7 +127,7 @@ def markdown(rows: list[dict], meta: dict[str, Any]) -> str:
     bad = unstable_rows(rows)
     if bad:
         lines += ["", f"{MARK} Unstable: p95 latency above {SPREAD_LIMIT:g}x p50 for a variant of the cell, so its "
-                  "pruned/dense ratio is not to be trusted (a loaded machine; README, bench, says how to get "
+                  "pruned/dense ratio is not to be trusted (a loaded machine; docs/guides/bench.md says how to get "
                   "stable numbers):", ""]
         lines += [f"- {cell_name(r)}: {r['unstable_reason']}" for r in bad]
     gone = unavailable(rows)

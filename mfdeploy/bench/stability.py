@@ -59,4 +59,4 @@ def warning(rows: list[dict], meta: dict[str, Any]) -> str | None:
     return (f"{len(bad)} of {cells} cells timed unstably (p95 > {SPREAD_LIMIT:g}x p50, marked {MARK} in bench.md; "
             f"load average {_load(meta.get('load_avg_start'))} at start, {_load(meta.get('load_avg_end'))} at end): "
             f"their pruned/dense ratios are not to be trusted; rerun on a quiet machine, with a longer --min-time "
-            f"and --threads at most the idle cores (README: bench)")
+            f"and --threads at most the idle cores (docs/guides/bench.md)")

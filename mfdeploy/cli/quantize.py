@@ -22,7 +22,7 @@ def quantize(
     mode: Annotated[str, typer.Option(help="int8 | fp8 (fp8: --target trt only).")] = "int8",
     scheme: Annotated[str, typer.Option(
         help="--target ort: static (calibrated QDQ) | dynamic | auto (per tower, the faster one measured: "
-             "README, Quantization).")] = "auto",
+             "docs/results/cpu-speed.md, INT8 on ViT-B/32).")] = "auto",
     keep_float: Annotated[list[str] | None, typer.Option(
         "--keep-float", metavar="GLOB", help="Keep nodes whose name matches this glob in float; repeat for more.")
     ] = None,

@@ -56,7 +56,9 @@ def processor_fingerprint(adapter: Adapter) -> tuple[str, str]:
         tok_text = backend.to_str()
     else:
         tok_text = repr(sorted(tok.get_vocab().items()))
-    tok_fp = _fingerprint(tok, f"{tok_text}|{adapter.max_text_len}|{getattr(tok, 'padding_side', '')}")
+    # the family's convention too: CLIP and SigLIP checkpoints can share a tokenizer but not how it pads
+    convention = f"{adapter.family.text_padding}|{','.join(adapter.family.text_inputs)}"
+    tok_fp = _fingerprint(tok, f"{tok_text}|{adapter.max_text_len}|{getattr(tok, 'padding_side', '')}|{convention}")
     return proc_fp, tok_fp
 
 

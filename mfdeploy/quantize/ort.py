@@ -14,7 +14,7 @@ Two schemes, both int8 weights per output channel on the weight MatMuls
   (MatMulInteger); no calibration data is needed.
 
 Why these defaults (measured side by side, `benchmarks/quantize_vitb32.py`,
-README "Quantization"): per-channel weights cost nothing in speed and keep
+docs/results/cpu-speed.md): per-channel weights cost nothing in speed and keep
 more accuracy than per-tensor; QDQ with quantized MatMul outputs and the
 operator format (both QLinearMatMul) ran at the same speed, and QDQ is the
 format other runtimes read; leaving the MatMul outputs float made the MoPE
@@ -39,7 +39,7 @@ from mfdeploy.quantize.nodes import WEIGHT_OPS
 
 SCHEMES = ("static", "dynamic")
 # `--scheme auto` (the default): per tower, the scheme that was faster at equal accuracy on ViT-B/32 in
-# benchmarks/quantize_vitb32.py on a quiet machine (README, Quantization, has the table and the command).
+# benchmarks/quantize_vitb32.py on a quiet machine (docs/results/cpu-speed.md has the table and the command).
 AUTO_SCHEME = {"vision": "static", "text": "dynamic"}
 
 

@@ -6,7 +6,7 @@ weight compressed (cuSPARSELt or CUTLASS kernels, Ampere and newer); an
 whose weight is not 2:4, or whose shape the kernels refuse, stay dense and
 are listed in `dense_layers` with the reason.
 
-Measured on an H200 with torch 2.11 (README, "On a GPU"): each cuSPARSELt
+Measured on an H200 with torch 2.11 (docs/results/gpu.md): each cuSPARSELt
 call costs about 1 ms of host time, so 2:4 towers run slower than dense
 ones, even replayed from a CUDA graph; CUTLASS's kernels refuse compute
 capability 9.x. MoPE (structured) is what runs faster there.
