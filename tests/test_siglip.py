@@ -149,3 +149,14 @@ def test_distillation_term_is_the_familys_divergence(variant, request):
         p, q = pairs.probabilities(*t).double(), pairs.probabilities(*s).double()
         binary_kl = (p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log()).sum(1).mean()
         assert kl == pytest.approx(float(binary_kl), rel=1e-3)
+
+
+def test_eval_inputs_are_cached_per_family_convention(tiny_clip_dir, tmp_path):
+    """A SigLIP checkpoint with the very tokenizer of a CLIP one still gets its own (fixed-length) text inputs."""
+    from siglip_models import save_tiny_siglip
+
+    from mfdeploy.eval.prepare import processor_fingerprint
+
+    clip, siglip = load(tiny_clip_dir), load(save_tiny_siglip(tmp_path / "s", max_text_len=48))
+    assert clip.tokenizer.backend_tokenizer.to_str() == siglip.tokenizer.backend_tokenizer.to_str()
+    assert processor_fingerprint(clip)[1] != processor_fingerprint(siglip)[1]

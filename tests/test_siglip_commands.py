@@ -149,6 +149,7 @@ def test_mope_checkpoint_reloads_and_exports(tiny_siglip_dir, tmp_path):
     assert cosines(img, ref["img"]).min() >= 0.9999 and cosines(txt, ref["txt"]).min() >= 0.9999
 
 
+@pytest.mark.slow  # the module's build takes ~30 s
 def test_build_records_the_family_and_its_int8_towers_pass_the_gate(build, ref2):
     manifest = json.loads((build / "build.json").read_text())
     assert manifest["family"] == "siglip" and manifest["conventions"]["scoring"] == "sigmoid"
@@ -167,6 +168,7 @@ def test_build_records_the_family_and_its_int8_towers_pass_the_gate(build, ref2)
         assert "--minShapes=input_ids:1x32 " in text_cmd and "attention_mask" not in text_cmd
 
 
+@pytest.mark.slow  # the module's build takes ~30 s
 @needs_no_engines
 def test_engine_profiles_fix_the_text_length(fake_trt, build, tmp_path, capsys):
     assert run_cli(["engine", str(build / "onnx"), "--out", str(tmp_path / "e"), "--max-batch", "4"]) == 0
@@ -177,6 +179,7 @@ def test_engine_profiles_fix_the_text_length(fake_trt, build, tmp_path, capsys):
     assert "reads exactly 32 tokens" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the module's build takes ~30 s
 def test_eval_and_bench(build, tmp_path, capsys):
     assert run_cli(["eval", str(build), "--backend", "onnx", "--images", "40", "--pairs", "40",
                     "--json", str(tmp_path / "e.json")]) == 0
@@ -190,6 +193,7 @@ def test_eval_and_bench(build, tmp_path, capsys):
     assert "reads exactly 32 tokens" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the module's build takes ~30 s
 def test_served_embeddings_and_sigmoid_classification(build, ref2):
     from mfdeploy.server.app import make_app
     from mfdeploy.server.config import ServeConfig
@@ -224,6 +228,7 @@ def test_served_embeddings_and_sigmoid_classification(build, ref2):
     assert np.allclose(body["scores"], want, atol=1e-4)
 
 
+@pytest.mark.slow  # the module's build takes ~30 s
 def test_triton_repository_takes_input_ids_alone(build, tmp_path):
     repo = tmp_path / "repo"
     assert run_cli(["triton", str(build), "--out", str(repo)]) == 0
