@@ -49,9 +49,9 @@ from vitb32 import WrappedAdapter, random_batches, vitb32  # noqa: E402
 
 from mfdeploy.bench.run import time_blocks  # noqa: E402
 from mfdeploy.data.batching import CalibSource  # noqa: E402
-from mfdeploy.export import export_towers  # noqa: E402
+from mfdeploy.exporting import export_towers  # noqa: E402
 from mfdeploy.platform import cpu_description, package_versions  # noqa: E402
-from mfdeploy.prune import PruneConfig, prune_model  # noqa: E402
+from mfdeploy.pruning import PruneConfig, prune_model  # noqa: E402
 from mfdeploy.quantize.nodes import plan_nodes  # noqa: E402
 from mfdeploy.quantize.ort import AUTO_SCHEME, quantize_ort  # noqa: E402
 from mfdeploy.runtime.base import BackendUnavailable  # noqa: E402

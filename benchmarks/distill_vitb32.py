@@ -33,9 +33,9 @@ from vitb32 import WrappedAdapter, random_batches, vitb32  # noqa: E402
 
 from mfdeploy.models.inputs import CalibSource  # noqa: E402
 from mfdeploy.platform import current_rss_mb, peak_rss_mb  # noqa: E402
-from mfdeploy.prune import PruneConfig, prune_model  # noqa: E402
-from mfdeploy.prune.distill import recover  # noqa: E402
-from mfdeploy.prune.result import PruneContext  # noqa: E402
+from mfdeploy.pruning import PruneConfig, prune_model  # noqa: E402
+from mfdeploy.pruning.distill import recover  # noqa: E402
+from mfdeploy.pruning.result import PruneContext  # noqa: E402
 
 
 class RssSampler:

@@ -70,7 +70,7 @@ def tower_call(model, tower: str, px: torch.Tensor, ids: torch.Tensor, mask: tor
 
 
 def masks_agreement(a: Path, b: Path) -> float:
-    from mfdeploy.prune.masks import load_masks
+    from mfdeploy.pruning.masks import load_masks
 
     (ma, _), (mb, _) = load_masks(a), load_masks(b)
     same = sum(int((ma[n] == mb[n]).sum()) for n in ma)
@@ -139,7 +139,7 @@ def tower_row(model, reference, tower: str, batch: int, px, ids, mask, half, ite
 
 def step2(device: str, iters: int, dry: bool) -> dict:
     from mfdeploy.models.inputs import CalibSource
-    from mfdeploy.prune import PruneConfig, prune_model
+    from mfdeploy.pruning import PruneConfig, prune_model
     from mfdeploy.runtime.torch_cuda import sparsify_linears
 
     say("2. ViT-B/32: MULTIFLOW 2:4 and MoPE 0.5 on the GPU, fp16 towers dense / 2:4 / MoPE")
@@ -221,7 +221,7 @@ def step_kernels(iters: int) -> list[dict]:
     """One fp16 linear of ViT-B/32's MLP shapes: dense vs 2:4 on cuSPARSELt vs 2:4 on CUTLASS (CUDA events)."""
     from torch import nn
 
-    from mfdeploy.prune.patterns import mask_nm
+    from mfdeploy.pruning.patterns import mask_nm
     from mfdeploy.runtime.torch_cuda import sparsify_linears
 
     say("2b. one linear, ViT-B/32 MLP shapes: dense vs 2:4 cuSPARSELt vs 2:4 CUTLASS (fp16)")

@@ -32,11 +32,11 @@ from vitb32 import WrappedAdapter, random_batches, vitb32  # noqa: E402
 
 from mfdeploy.bench.run import time_blocks  # noqa: E402
 from mfdeploy.data.batching import CalibSource  # noqa: E402
-from mfdeploy.export import export_towers  # noqa: E402
+from mfdeploy.exporting import export_towers  # noqa: E402
 from mfdeploy.ortsession import ort_session  # noqa: E402
 from mfdeploy.platform import cpu_description  # noqa: E402
 from mfdeploy.progress import tqdm_reporter  # noqa: E402
-from mfdeploy.prune import PruneConfig, prune_model  # noqa: E402
+from mfdeploy.pruning import PruneConfig, prune_model  # noqa: E402
 
 
 def main() -> None:

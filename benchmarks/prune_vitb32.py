@@ -24,7 +24,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).parent))
 from vitb32 import WrappedAdapter, random_batches, vitb32  # noqa: E402
 
-from mfdeploy.prune import METHODS, collect_stats, compute_masks, sparsity_report  # noqa: E402
+from mfdeploy.pruning import METHODS, collect_stats, compute_masks, sparsity_report  # noqa: E402
 
 
 def peak_rss_gb() -> float:

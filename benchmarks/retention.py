@@ -1,6 +1,9 @@
 """What each method keeps: every task, retrieval and mean retention vs dense, on the bundled model.
 
     python benchmarks/retention.py [--calib-samples 256] [--out benchmarks/results]
+    python benchmarks/retention.py --model mfdeploy/siglip-shapes --int8-all --ratios 0.5,0.75 \
+        --methods "magnitude / uniform,wanda / uniform,multiflow / modality (MULTIFLOW),mope,mope + distill,\
+magnitude / uniform + distill,wanda / uniform + distill,multiflow / modality (MULTIFLOW) + distill"
 
 Rows are labelled `score / budget` (`--method` picks the score and its
 default budget, `--budget` overrides the budget): every method at its default
@@ -18,7 +21,10 @@ pruned model in fp32) for MULTIFLOW @ 0.5, MULTIFLOW 2:4 and MoPE @ 0.5 +
 distillation: each pruned model is exported, quantized for ONNX Runtime as
 `mfdeploy quantize` does (default scheme, shapes calibration) and evaluated
 through ONNX Runtime. `--int8-only` runs just those rows and keeps the other
-rows of an existing retention.json.
+rows of an existing retention.json. `--int8-all` gives every row an INT8 twin.
+
+`--model` measures another bundled model (e.g. `mfdeploy/siglip-shapes`) with the
+same rows; its files are named after it (`retention_siglip-shapes.*`).
 
 "+ distill" rows (issue 15) recover each unstructured method at 0.63, 0.75
 and 0.9 (and MULTIFLOW 2:4) with the 300 distillation steps MoPE uses, masks
@@ -41,11 +47,11 @@ from rich.console import Console
 
 from mfdeploy.eval import evaluate_model, retention
 from mfdeploy.models import load
-from mfdeploy.prune import PruneConfig, prune_model
+from mfdeploy.pruning import PruneConfig, prune_model
 
 RATIOS = (0.5, 0.63, 0.75, 0.9)
 CROSSED_RATIOS = (0.5, 0.63, 0.75)
-DISTILL_RATIOS = (0.63, 0.75, 0.9)
+DISTILL_RATIOS = (0.5, 0.63, 0.75, 0.9)
 DISTILL_STEPS = 300  # MoPE's, for every "+ distill" row
 # (label, method, extra PruneConfig fields, ratios, also at 2:4)
 METHODS = [
@@ -82,7 +88,7 @@ def int8_scores(adapter) -> dict:
     """The pruned model's towers exported, quantized for ONNX Runtime (`mfdeploy quantize`'s defaults), evaluated."""
     import tempfile
 
-    from mfdeploy.export import export_towers
+    from mfdeploy.exporting import export_towers
     from mfdeploy.quantize.build import evaluate_int8
     from mfdeploy.quantize.run import QuantizeConfig, quantize_towers
 
@@ -139,7 +145,7 @@ def run_one(dense, label, method, extra, ratio, pattern, args) -> dict:
                                                     "held_out_loss_first", "held_out_loss_best", "seconds")}
         if masks is not None:
             row["distill"]["masks_identical"] = _same_masks(dense, method, extra, ratio, pattern, args, masks)
-    if args.int8 and key in INT8_ROWS:
+    if args.int8 and (key in INT8_ROWS or args.int8_all):
         q = int8_scores(adapter)
         fp32 = [*row["tasks"].values(), *row["retrieval"].values()]
         drop = max(a - b for a, b in zip(fp32, [*q["tasks"].values(), *q["retrieval"].values()]))
@@ -179,7 +185,7 @@ def markdown(rows: list[dict], dense: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, model: str = "bundled model") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -196,7 +202,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.scatter([], [], marker="x", color="k", label="2:4 @ 0.5 (each criterion)")
     ax.set_xlabel("ratio (fraction of prunable weights removed)")
     ax.set_ylabel("mean task retention (pruned / dense)")
-    ax.set_title("bundled model: zero-shot retention vs ratio")
+    ax.set_title(f"{model}: zero-shot retention vs ratio")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -214,12 +220,16 @@ def main() -> None:
     ap.add_argument("--int8", action="store_true", help="add INT8 rows (see the docstring)")
     ap.add_argument("--int8-only", action="store_true", help="only the rows with INT8 twins; keep the others")
     ap.add_argument("--distill-only", action="store_true", help="only the '+ distill' rows; keep the others")
+    ap.add_argument("--int8-all", action="store_true", help="an INT8 row for every row, not only the three of issue 19")
+    ap.add_argument("--model", default="mfdeploy/clip-shapes", help="a bundled model (its files get its name)")
     args = ap.parse_args()
-    args.int8 = args.int8 or args.int8_only
+    args.int8 = args.int8 or args.int8_only or args.int8_all
+    default_model = args.model == "mfdeploy/clip-shapes"
+    stem = "retention" if default_model else "retention_" + args.model.rsplit("/", 1)[-1]
     args.out.mkdir(parents=True, exist_ok=True)
     console = Console()
     t_start = time.perf_counter()
-    dense_adapter = load(None)
+    dense_adapter = load(args.model)
     dense = evaluate_model(dense_adapter)
     wanted = set(args.methods.split(","))
     ratios = [float(r) for r in args.ratios.split(",")]
@@ -243,17 +253,17 @@ def main() -> None:
                           + (f", i2t R@1 {row['retrieval']['i2t_r1']:.3f}, distilled {row['distill']['steps_run']} "
                              f"steps, masks identical: {row['distill'].get('masks_identical', 'n/a')}"
                              if "distill" in row else ""))
-    previous = args.out / "retention.json"
+    previous = args.out / f"{stem}.json"
     if (args.int8_only or args.distill_only) and previous.exists():  # keep the rows not measured now, in their order
         rows = _merged(json.loads(previous.read_text())["rows"], rows)
     total = time.perf_counter() - t_start
-    data = {"model": "mfdeploy/clip-shapes", "calib_samples": args.calib_samples, "seed": args.seed,
+    data = {"model": args.model, "calib_samples": args.calib_samples, "seed": args.seed,
             "dense": {"tasks": dense["tasks"], "retrieval": dense["retrieval"]}, "rows": rows,
             "seconds": round(total, 1)}
-    (args.out / "retention.json").write_text(json.dumps(data, indent=2))
+    (args.out / f"{stem}.json").write_text(json.dumps(data, indent=2))
     md = markdown(rows, dense)
-    (args.out / "retention.md").write_text(md)
-    plot(rows, args.out / "retention.png")
+    (args.out / f"{stem}.md").write_text(md)
+    plot(rows, args.out / f"{stem}.png", args.model)
     console.print(md)
     console.print(f"total {total / 60:.1f} min")
 

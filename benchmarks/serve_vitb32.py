@@ -4,7 +4,7 @@
 
 Builds `CLIPModel(CLIPConfig())` (the ViT-B/32 shapes: 224x224 images, patch
 32, width 768/512, 12+12 layers, 77 text positions; random weights, ~151M
-parameters: no download), exports both towers with `mfdeploy.export` into a
+parameters: no download), exports both towers with `mfdeploy.exporting` into a
 temporary directory and, in one run:
 
 1. measures the machine's fp32 matmul peak: the best rate of ten 1024x1024
@@ -174,11 +174,11 @@ def build_model(smoke: bool = False):
 
 
 def export(adapter, out: Path) -> str:
-    """Both towers with mfdeploy.export (the project's exporter); returns how."""
-    from mfdeploy.export import export_towers
+    """Both towers with mfdeploy.exporting (the project's exporter); returns how."""
+    from mfdeploy.exporting import export_towers
 
     export_towers(adapter, out)
-    return "mfdeploy.export.export_towers (TorchScript exporter, opset 17, onnxscript-optimised)"
+    return "mfdeploy.exporting.export_towers (TorchScript exporter, opset 17, onnxscript-optimised)"
 
 
 def export_fused(adapter, config, out: Path) -> dict[str, dict[str, int]]:

@@ -6,7 +6,7 @@ Rows of models not named in `--models` are kept from an existing speed.json.
 
 For each model, builds the pruned variants in memory (unstructured
 multiflow @ 0.5, multiflow 2:4, mope @ 0.5 width-only), exports every
-variant's towers with `mfdeploy.export`, and times all variants of a cell
+variant's towers with `mfdeploy.exporting`, and times all variants of a cell
 interleaved in one run (ONNX Runtime CPU EP, graph optimisation ALL,
 intra-op threads = physical cores). The ViT-B/32 variants use magnitude
 instead of multiflow (random weights need no calibration: the graph and the
@@ -37,10 +37,10 @@ from vitb32 import WrappedAdapter, random_batches, vitb32  # noqa: E402
 
 from mfdeploy.bench.run import _stats, time_interleaved  # noqa: E402
 from mfdeploy.data.batching import CalibSource  # noqa: E402
-from mfdeploy.export import export_towers  # noqa: E402
+from mfdeploy.exporting import export_towers  # noqa: E402
 from mfdeploy.models import load  # noqa: E402
 from mfdeploy.platform import cpu_description  # noqa: E402
-from mfdeploy.prune import PruneConfig, prune_model  # noqa: E402
+from mfdeploy.pruning import PruneConfig, prune_model  # noqa: E402
 from mfdeploy.quantize.nodes import plan_nodes  # noqa: E402
 from mfdeploy.quantize.ort import AUTO_SCHEME, quantize_ort  # noqa: E402
 from mfdeploy.runtime.inputs import pixel_values, text_inputs  # noqa: E402

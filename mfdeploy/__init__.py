@@ -3,26 +3,26 @@
 The Python API (README "Python"): `load`, `prune`, `export`, `evaluate`,
 `adapter_for` and `PruneResult`, defined in `mfdeploy.api`. They are
 imported on first use, so `import mfdeploy` (and the CLI's start-up) does not
-import torch.
+import torch. They are plain functions and classes: the stages' packages are
+`mfdeploy.pruning` and `mfdeploy.exporting`, so no package shares a name with
+an API function.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from mfdeploy._version import __version__
 
-_API = ("PruneResult", "adapter_for", "evaluate", "export", "load", "prune")
+if TYPE_CHECKING:  # what type checkers and IDEs see: the functions themselves, with their signatures
+    from mfdeploy.api import PruneResult, adapter_for, evaluate, export, load, prune
+
+__all__ = ["PruneResult", "__version__", "adapter_for", "evaluate", "export", "load", "prune"]
+_API = frozenset(__all__) - {"__version__"}  # resolved from mfdeploy.api on first use
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("prune", "export"):  # packages too: callable as the API functions (mfdeploy._callable)
-        import importlib
-
-        return importlib.import_module(f"mfdeploy.{name}")
     if name in _API:
         from mfdeploy import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'mfdeploy' has no attribute {name!r}")
 
-
-__all__ = ["__version__", *_API]

@@ -38,7 +38,7 @@ class PruneResult:
     def save_masks(self, path: str | Path) -> Path:
         """Write the masks as `masks.safetensors` (metadata in the header), atomically."""
         from mfdeploy.artifacts.io import atomic_file
-        from mfdeploy.prune.masks import save_masks
+        from mfdeploy.pruning.masks import save_masks
 
         meta = {k: self.record[k] for k in ("method", "score", "budget", "ratio", "pattern", "seed")}
         meta["model_id"] = self.record["model"]
@@ -133,7 +133,7 @@ def prune(model: ModelLike, ratio: float = 0.5, method: str = "multiflow", *, bu
         A `PruneResult`; `result.record` is what `mfdeploy prune` writes to prune.json.
     """
     from mfdeploy.progress import tqdm_reporter
-    from mfdeploy.prune.run import PruneConfig, prune_model, record_for_json
+    from mfdeploy.pruning.run import PruneConfig, prune_model, record_for_json
 
     adapter = adapter_for(model, tokenizer, processor)
     source = _calib_source(adapter, calib, calib_samples)
@@ -198,7 +198,7 @@ def evaluate(model: ModelLike | str | Path | None, data: str | Path = "shapes", 
             cuda | cuda:N), `precision` (OpenVINO: auto | f32 | bf16 | f16), `dtype` (torch: float32 | bfloat16).
     """
     from mfdeploy.eval import evaluate_with_retention
-    from mfdeploy.export import export_towers
+    from mfdeploy.exporting import export_towers
 
     # backend "onnx" on a checkpoint without towers exports them to a temporary directory (eval never imports export)
     return evaluate_with_retention(_source(model, tokenizer, processor), data, backend, template=template,

@@ -1,6 +1,6 @@
 """Progress reporting: one small protocol for algorithm code.
 
-Algorithm code (`mfdeploy.prune`) only ever sees a `Reporter`: it asks for a
+Algorithm code (`mfdeploy.pruning`) only ever sees a `Reporter`: it asks for a
 task and gets back a function that advances it. Whether anything is drawn,
 and how, is the caller's business: the CLI draws with rich
 (`mfdeploy.cli.render.console_reporter`), the Python API with tqdm

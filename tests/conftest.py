@@ -123,7 +123,7 @@ def export_with_cli(tmp_path_factory, model_dir: Path, name: str) -> Path:
 # ---- TensorRT without TensorRT: a recording fake of polygraphy.backend.trt and tensorrt -----------------------------
 
 def _engine_status():
-    from mfdeploy.export import engine_status
+    from mfdeploy.exporting import engine_status
 
     return engine_status()
 

@@ -27,7 +27,7 @@ CAPTIONS = ["a red circle", "two small blue squares to the left of a green trian
 
 def export_onnx(adapter, out: Path) -> Path:
     """Both towers to `out/` with mfdeploy's exporter."""
-    from mfdeploy.export import export_towers
+    from mfdeploy.exporting import export_towers
 
     export_towers(adapter, out)
     return out

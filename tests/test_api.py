@@ -14,7 +14,7 @@ from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 import mfdeploy
 from mfdeploy.errors import UserError
 from mfdeploy.pipelines.prune import run_prune
-from mfdeploy.prune import PruneConfig, prune_model
+from mfdeploy.pruning import PruneConfig, prune_model
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -101,9 +101,31 @@ def test_export_and_evaluate_in_memory(tiny_clip_dir, tmp_path):
     assert via_api["tasks"] == via_adapter["tasks"] and via_api["retrieval"] == via_adapter["retrieval"]
 
 
-def test_prune_and_export_packages_are_callable():
-    import mfdeploy.export.spec  # noqa: F401  (binds the package to the attribute)
-    import mfdeploy.prune.run  # noqa: F401
+def test_prune_and_export_are_plain_functions_and_the_old_packages_are_gone():
+    """`mfdeploy.prune`/`export` are the API's functions, however much of the stages' packages is loaded; the
+    packages live at `mfdeploy.pruning`/`mfdeploy.exporting`, and nothing is left at the old paths."""
+    import importlib
+    import importlib.util
+    import inspect
+    import sys
+    import types
 
-    assert callable(mfdeploy.prune) and callable(mfdeploy.export)
-    assert mfdeploy.prune.PruneConfig is PruneConfig
+    import mfdeploy.exporting.spec  # noqa: F401  (a loaded subpackage binds only its own name on `mfdeploy`)
+    import mfdeploy.pruning.run  # noqa: F401
+    from mfdeploy import api
+
+    for name, package, module in (("prune", "pruning", "masks"), ("export", "exporting", "spec")):
+        function = getattr(mfdeploy, name)
+        assert callable(function) and inspect.isfunction(function) and function is getattr(api, name)
+        assert function.__module__ == "mfdeploy.api"
+        assert importlib.util.find_spec(f"mfdeploy.{package}.{module}") is not None
+        # a module left at the old path (stale bytecode, an empty folder) would be found here
+        with pytest.raises(ModuleNotFoundError, match=f"No module named 'mfdeploy.{name}'"):
+            importlib.util.find_spec(f"mfdeploy.{name}.{module}")
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module(f"mfdeploy.{name}")
+        assert not (Path(mfdeploy.__file__).parent / name).exists()
+    # no module object is patched into something else
+    ours = {m: mod for m, mod in sys.modules.items() if m == "mfdeploy" or m.startswith("mfdeploy.")}
+    assert len(ours) > 10 and all(type(mod) is types.ModuleType for mod in ours.values())
+    assert mfdeploy.pruning.PruneConfig is PruneConfig

@@ -90,7 +90,7 @@ def test_one_hasher(tmp_path):
 def test_layout_is_the_tower_spec():
     assert ONNX_FILES == {"vision": "vision.onnx", "text": "text.onnx"}
     assert ENGINE_FILES == {"vision": "vision.plan", "text": "text.plan"}
-    from mfdeploy.export.spec import TOWERS as EXPORT_TOWERS
+    from mfdeploy.exporting.spec import TOWERS as EXPORT_TOWERS
 
     assert EXPORT_TOWERS is TOWERS  # the exporter reads the same dict the runners read
 
@@ -98,7 +98,7 @@ def test_layout_is_the_tower_spec():
 @pytest.mark.parametrize("attrs", [(), ("Builder",), ("Runtime",)])
 def test_one_tensorrt_probe(attrs, monkeypatch):
     """Engine building and the trt runner ask the same probe: a partial `tensorrt` module fails both alike."""
-    from mfdeploy.export import engine_status
+    from mfdeploy.exporting import engine_status
     from mfdeploy.runtime.base import BackendUnavailable
     from mfdeploy.runtime.trt_runner import check_tensorrt
 

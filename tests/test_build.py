@@ -71,7 +71,7 @@ def test_build_existing_dir_and_failing_stage(tiny_clip_dir, tmp_path, capsys, m
         main(["build", "--model", str(tiny_clip_dir), "--method", "magnitude", "--out", str(out)])
     assert e.value.code == 2 and "--force" in capsys.readouterr().err
 
-    import mfdeploy.export as export_mod
+    import mfdeploy.exporting as export_mod
 
     def broken(*a, **k):
         from mfdeploy.errors import MfdeployError

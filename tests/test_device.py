@@ -14,7 +14,7 @@ import torch
 from mfdeploy.cli import main
 from mfdeploy.errors import UserError
 from mfdeploy.models.device import resolve_device, resolve_dtype
-from mfdeploy.prune.masks import load_masks
+from mfdeploy.pruning.masks import load_masks
 
 GPU_CHECK = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
@@ -90,7 +90,7 @@ def test_sparsify_linears_lists_the_layers_its_kernels_refuse():
     """A 2:4 linear whose kernels cannot run stays dense and is listed with the reason; a dense one is left alone."""
     from torch import nn
 
-    from mfdeploy.prune.patterns import mask_nm
+    from mfdeploy.pruning.patterns import mask_nm
     from mfdeploy.runtime.torch_cuda import sparsify_linears
 
     torch.manual_seed(0)

@@ -11,10 +11,10 @@ from mfdeploy.errors import UserError
 from mfdeploy.models import load
 from mfdeploy.models.family import PairScorer
 from mfdeploy.models.inputs import CalibSource, pair_batches
-from mfdeploy.prune import PruneConfig, prune_model
-from mfdeploy.prune.distill import _embed, distill, loss_fn
-from mfdeploy.prune.masks import load_masks
-from mfdeploy.prune.registry import METHODS
+from mfdeploy.pruning import PruneConfig, prune_model
+from mfdeploy.pruning.distill import _embed, distill, loss_fn
+from mfdeploy.pruning.masks import load_masks
+from mfdeploy.pruning.registry import METHODS
 
 STEPS = 4
 LR = 1e-4  # Adam moves every trained weight by about this much per step
@@ -60,7 +60,7 @@ def test_every_method_distils_and_masked_weights_stay_zero(tiny_clip_dir, method
 def test_two_four_survives_distillation_and_export(tiny_clip_dir, tmp_path):
     """MULTIFLOW 2:4 + distillation: the masks file is the undistilled run's byte for byte, and the exported
     ONNX weights pass the 2:4 check `mfdeploy engine` runs (polygraphy)."""
-    from mfdeploy.export.sparsity import prunable_sparsity
+    from mfdeploy.exporting.sparsity import prunable_sparsity
 
     common = ["--model", str(tiny_clip_dir), "--ratio", "0.5", "--pattern", "2:4", "--calib", "shapes",
               "--calib-samples", "16", "--batch-size", "8"]

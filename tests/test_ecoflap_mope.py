@@ -8,8 +8,8 @@ import torch
 from mfdeploy.cli import main
 from mfdeploy.models import load
 from mfdeploy.models.inputs import CalibSource, pair_batches
-from mfdeploy.prune import PruneConfig, prune_model
-from mfdeploy.prune.methods.ecoflap import allocate_keep, zeroth_order_scores
+from mfdeploy.pruning import PruneConfig, prune_model
+from mfdeploy.pruning.methods.ecoflap import allocate_keep, zeroth_order_scores
 
 
 @pytest.mark.parametrize("sparsity,delta", [(0.5, 0.1), (0.75, 0.1), (0.3, 0.2)])

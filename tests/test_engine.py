@@ -11,7 +11,7 @@ from conftest import NO_ENGINES, needs_no_engines
 from helpers import sparsify_2to4
 
 from mfdeploy.cli import main
-from mfdeploy.export import (
+from mfdeploy.exporting import (
     build_engines,
     check_parity,
     engine_status,

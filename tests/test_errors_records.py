@@ -13,9 +13,9 @@ from mfdeploy.cli import main
 from mfdeploy.errors import UserError
 from mfdeploy.models import load
 from mfdeploy.models.integrity import artifact_records
-from mfdeploy.prune import PruneConfig
-from mfdeploy.prune.methods.ecoflap import allocate_keep, min_keep
-from mfdeploy.prune.run import validate
+from mfdeploy.pruning import PruneConfig
+from mfdeploy.pruning.methods.ecoflap import allocate_keep, min_keep
+from mfdeploy.pruning.run import validate
 
 
 def run_fails(argv: list[str], capsys) -> str:
@@ -48,7 +48,7 @@ def test_allocation_at_the_cap_with_fractional_shares():
 @pytest.mark.parametrize("delta", [-0.1, float("nan"), float("-inf")])
 def test_negative_smax_delta_fails_before_any_work(tiny_clip_dir, tmp_path, capsys, monkeypatch, delta):
     import mfdeploy.pipelines.prune as run
-    import mfdeploy.prune.methods.ecoflap as ecoflap
+    import mfdeploy.pruning.methods.ecoflap as ecoflap
 
     def never(*_a, **_k):
         raise AssertionError("reached the slow steps")
@@ -100,7 +100,7 @@ def test_smax_delta_past_one_is_clamped(tiny_clip_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def build_dir(tiny_clip_dir, tmp_path_factory) -> Path:
-    from mfdeploy.export import check_parity, export_towers
+    from mfdeploy.exporting import check_parity, export_towers
 
     root = tmp_path_factory.mktemp("errs_build") / "b"
     main(["prune", "--model", str(tiny_clip_dir), "--ratio", "0.5", "--method", "magnitude", "--out", str(root)])
@@ -116,7 +116,7 @@ def build_dir(tiny_clip_dir, tmp_path_factory) -> Path:
 # ---- item 6: `mfdeploy engine BUILD_DIR` ---------------------------------------------------------------------------
 
 def test_engine_dirs_of_a_build(build_dir, tmp_path):
-    from mfdeploy.export.engine import engine_dirs
+    from mfdeploy.exporting.engine import engine_dirs
 
     assert engine_dirs(build_dir) == (build_dir / "onnx", build_dir / "engines")
     assert engine_dirs(build_dir, tmp_path) == (build_dir / "onnx", tmp_path)
@@ -190,9 +190,9 @@ def test_eval_title_says_pruned(build_dir, tiny_clip_dir, tmp_path, capsys):
 
 
 def test_onnx_metadata_pruned_and_dense(build_dir, tiny_clip_dir, tmp_path):
-    from mfdeploy.export import export_towers, onnx_io
+    from mfdeploy.exporting import export_towers, onnx_io
     from mfdeploy.pipelines.prune import write_prune_outputs
-    from mfdeploy.prune import prune_model
+    from mfdeploy.pruning import prune_model
 
     for tower in ("vision.onnx", "text.onnx"):
         meta = onnx_io(build_dir / "onnx" / tower)["metadata"]

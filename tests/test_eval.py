@@ -321,8 +321,8 @@ def test_cli_eval_bad_inputs_one_line(tmp_path, tiny_clip_dir, shapes_pairs_json
 
 def test_torch_and_onnx_backends_agree(tiny_clip_dir, tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
-    import mfdeploy.export
-    from mfdeploy.export import export_towers
+    import mfdeploy.exporting
+    from mfdeploy.exporting import export_towers
     from mfdeploy.models import load
 
     torch_result = evaluate_model(tiny_clip_dir, backend="torch", **SMALL)
@@ -349,6 +349,6 @@ def test_torch_and_onnx_backends_agree(tiny_clip_dir, tmp_path, monkeypatch):
     with pytest.raises(UserError, match="has no ONNX towers; export them first"):
         evaluate_model(tiny_clip_dir, backend="onnx", **SMALL)
     # the API hands in the real exporter
-    monkeypatch.setattr(mfdeploy.export, "export_towers", fake_export)
+    monkeypatch.setattr(mfdeploy.exporting, "export_towers", fake_export)
     assert mfdeploy.evaluate(tiny_clip_dir, backend="onnx", retention=False, **SMALL)["tasks"] == torch_result["tasks"]
     assert len(calls) == 2

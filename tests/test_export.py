@@ -13,8 +13,8 @@ from conftest import export_with_cli
 
 from mfdeploy.cli import main
 from mfdeploy.errors import UserError
-from mfdeploy.export import check_parity, export_towers, inspect_graph, model_limits, onnx_io
-from mfdeploy.export.onnx_export import example_inputs
+from mfdeploy.exporting import check_parity, export_towers, inspect_graph, model_limits, onnx_io
+from mfdeploy.exporting.onnx_export import example_inputs
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -173,7 +173,7 @@ def test_cli_bad_inputs(case, tmp_path, tiny_clip_dir, capsys):
 
 
 def test_cli_failed_parity_leaves_nothing(tmp_path, tiny_clip_dir, capsys, monkeypatch):
-    import mfdeploy.export as export_pkg
+    import mfdeploy.exporting as export_pkg
 
     def failing(*args, **kwargs):
         raise UserError("ONNX export does not match PyTorch (forced by the test)")
@@ -185,7 +185,7 @@ def test_cli_failed_parity_leaves_nothing(tmp_path, tiny_clip_dir, capsys, monke
 
 
 def test_cli_force_replaces(tmp_path, tiny_clip_dir, monkeypatch):
-    import mfdeploy.export as export_pkg
+    import mfdeploy.exporting as export_pkg
 
     monkeypatch.setattr(export_pkg, "check_parity", lambda *a, **k: {"vision": {"min_cosine": 1.0},
                                                                   "text": {"min_cosine": 1.0}})

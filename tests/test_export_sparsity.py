@@ -8,7 +8,7 @@ import onnx
 import pytest
 from helpers import sparsify_2to4
 
-from mfdeploy.export import check_2to4, export_towers, prunable_sparsity
+from mfdeploy.exporting import check_2to4, export_towers, prunable_sparsity
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers import run_cli
 
-from mfdeploy.export.external import external_data_files, model_bytes
+from mfdeploy.exporting.external import external_data_files, model_bytes
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_quantize_keeps_external_data_and_counts_it(moved_export, tmp_path):
 
 
 def test_engine_stage_reads_the_weights(moved_export, tmp_path):
-    from mfdeploy.export.sparsity import check_2to4
+    from mfdeploy.exporting.sparsity import check_2to4
 
     report = check_2to4(moved_export / "vision.onnx")  # the engine's 2:4 check loads the external weights
     assert report["n_eligible"] > 0 and report["n_sparse"] == 0  # dense weights: nothing 2:4

@@ -192,7 +192,7 @@ def test_prune_write_refused_midway(code, tiny_clip_dir, tmp_path, monkeypatch, 
 
 def test_export_lean_writer_out_of_space(tiny_clip_dir, tmp_path, monkeypatch, capsys):
     """The streamed ONNX writer's `f.write` fails with ENOSPC (no file name in the error): the output is named."""
-    import mfdeploy.export.onnx_export as onnx_export
+    import mfdeploy.exporting.onnx_export as onnx_export
 
     real = onnx_export.write_model
 

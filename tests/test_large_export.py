@@ -17,8 +17,8 @@ from conftest import save_tiny_clip
 from helpers import run_cli
 from transformers import CLIPConfig, CLIPModel
 
-from mfdeploy.export.external import external_data_files, model_bytes
-from mfdeploy.export.onnx_export import PROTO_LIMIT
+from mfdeploy.exporting.external import external_data_files, model_bytes
+from mfdeploy.exporting.onnx_export import PROTO_LIMIT
 
 pytestmark = pytest.mark.slow
 # 7 layers x (85M weights: MLP 2 x 1536 x 24576, attention 4 x 1536^2) x 4 bytes = 2.38 GB > 2 GiB. Wider and

@@ -9,9 +9,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from mfdeploy.export.lean import ALIGN, _matmul_linears, graph_only_export, write_model
-from mfdeploy.export.onnx_export import example_inputs, model_sizes
-from mfdeploy.export.spec import tower_specs
+from mfdeploy.exporting.lean import ALIGN, _matmul_linears, graph_only_export, write_model
+from mfdeploy.exporting.onnx_export import example_inputs, model_sizes
+from mfdeploy.exporting.spec import tower_specs
 
 
 def _graph():

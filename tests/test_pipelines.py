@@ -9,7 +9,7 @@ import torch
 
 from mfdeploy.artifacts.layout import ONNX_DENSE_DIR, ONNX_DIR, PRUNED_DIR
 from mfdeploy.pipelines import build as pipeline
-from mfdeploy.prune import PruneConfig
+from mfdeploy.pruning import PruneConfig
 
 
 def test_stages_are_data():

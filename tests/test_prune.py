@@ -7,7 +7,7 @@ import torch
 from mfdeploy.errors import UserError
 from mfdeploy.models import load
 from mfdeploy.models.inputs import Batch, CalibSource, pair_batches
-from mfdeploy.prune import (
+from mfdeploy.pruning import (
     ActivationStats,
     PruneConfig,
     apply_masks,
@@ -19,7 +19,7 @@ from mfdeploy.prune import (
     save_masks,
     sparsity_report,
 )
-from mfdeploy.prune.patterns import mask_nm
+from mfdeploy.pruning.patterns import mask_nm
 
 SHAPES = CalibSource("shapes")
 

@@ -11,7 +11,7 @@ import torch
 from mfdeploy.cli import main
 from mfdeploy.errors import UserError
 from mfdeploy.models import load
-from mfdeploy.prune import BUDGETS, SCORES, PruneConfig, prune_model
+from mfdeploy.pruning import BUDGETS, SCORES, PruneConfig, prune_model
 
 ROLES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from mfdeploy.models import load
-from mfdeploy.prune import SCORES, PruneConfig, prune_model
-from mfdeploy.prune import budgets as budgets_mod
-from mfdeploy.prune.methods import unstructured
+from mfdeploy.pruning import SCORES, PruneConfig, prune_model
+from mfdeploy.pruning import budgets as budgets_mod
+from mfdeploy.pruning.methods import unstructured
 from mfdeploy.zoo import BUNDLED_DIR
 
 

@@ -12,10 +12,10 @@ from mfdeploy.models import load
 from mfdeploy.models.clip import CLIP
 from mfdeploy.models.family import PairScorer
 from mfdeploy.progress import NullReporter
-from mfdeploy.prune import METHODS, MethodResult, MethodSpec, PruneConfig, PruneContext, prune_model
-from mfdeploy.prune.criteria import random_score
-from mfdeploy.prune.methods.ecoflap import direction
-from mfdeploy.prune.stats import ActivationStats
+from mfdeploy.pruning import METHODS, MethodResult, MethodSpec, PruneConfig, PruneContext, prune_model
+from mfdeploy.pruning.criteria import random_score
+from mfdeploy.pruning.methods.ecoflap import direction
+from mfdeploy.pruning.stats import ActivationStats
 
 PRUNE_DIR = Path(__file__).resolve().parents[1] / "mfdeploy" / "prune"
 

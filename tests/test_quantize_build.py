@@ -76,7 +76,7 @@ def test_build_int8_gate_failure_leaves_nothing(tiny_clip_dir, tmp_path, capsys,
 
 
 def test_engine_int8_commands_and_refusal(tiny_clip_dir, tmp_path, capsys):
-    from mfdeploy.export import build_engines, engine_status
+    from mfdeploy.exporting import build_engines, engine_status
 
     src = tmp_path / "onnx"
     main(["export", str(tiny_clip_dir), "--out", str(src)])

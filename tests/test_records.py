@@ -13,7 +13,7 @@ import pytest
 
 from mfdeploy.cli import main
 from mfdeploy.models import load
-from mfdeploy.prune.run import PruneConfig, prune_model
+from mfdeploy.pruning.run import PruneConfig, prune_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,7 +116,7 @@ def test_distill_raises_no_warning(tiny_clip_dir, torch_warns_always):
     import torch
 
     from mfdeploy.models.inputs import CalibSource, pair_batches
-    from mfdeploy.prune.distill import distill
+    from mfdeploy.pruning.distill import distill
 
     adapter = load(tiny_clip_dir)
     teacher = copy.deepcopy(adapter.model)
@@ -178,7 +178,7 @@ def test_build_fails_when_dense_towers_do_not_match(tiny_clip_dir, tmp_path, cap
     import onnx
     from onnx import numpy_helper
 
-    import mfdeploy.export as export_mod
+    import mfdeploy.exporting as export_mod
 
     real_export = export_mod.export_towers
 
@@ -205,7 +205,7 @@ def test_build_fails_when_dense_towers_do_not_match(tiny_clip_dir, tmp_path, cap
 
 def test_build_fails_when_an_engine_does_not_match(fake_trt, tiny_clip_dir, tmp_path, capsys,  # noqa: F811
                                                   monkeypatch):
-    import mfdeploy.export.engine as engine_mod
+    import mfdeploy.exporting.engine as engine_mod
 
     monkeypatch.setattr(engine_mod, "compare_with_onnxrt",
                         lambda *a, **k: {"passed": False, "min_cosine": 0.5, "max_abs_err": 1.0})
@@ -224,7 +224,7 @@ def test_sparsity_plot_names_layers_and_roles(tiny_clip_dir, tmp_path, method):
     from matplotlib.colors import to_hex
     from matplotlib.patches import Rectangle
 
-    from mfdeploy.prune.plot import parse_layer_name, plot_sparsity
+    from mfdeploy.pruning.plot import parse_layer_name, plot_sparsity
 
     cfg = PruneConfig(ratio=0.5, model=str(tiny_clip_dir), method=method, calib="shapes", calib_samples=8,
                       batch_size=8, mope_neuron_group=32, show_progress=False)

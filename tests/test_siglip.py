@@ -25,7 +25,7 @@ from mfdeploy.models.clip import CLIP, CLIPAdapter
 from mfdeploy.models.family import PairScorer
 from mfdeploy.models.registry import ADAPTERS, FAMILIES, family_of
 from mfdeploy.models.siglip import SIGLIP, SiglipAdapter
-from mfdeploy.prune.distill import _embed, loss_fn
+from mfdeploy.pruning.distill import _embed, loss_fn
 
 VARIANTS = ["tiny_siglip_dir", "tiny_siglip2_dir"]
 

@@ -90,7 +90,7 @@ def test_export_contract_and_parity_with_the_models_own_features(tiny_siglip_dir
     assert manifest["conventions"] == {"family": "siglip", "scoring": "sigmoid", "text_padding": "max_length",
                                        "text_inputs": ["input_ids"], "loss": manifest["conventions"]["loss"]}
     assert manifest["towers"]["text"]["inputs"] == {"input_ids": {"dtype": "int64", "shape": ["batch", 32]}}
-    from mfdeploy.export import onnx_io
+    from mfdeploy.exporting import onnx_io
 
     text = onnx_io(out / "text.onnx")
     assert text["inputs"] == {"input_ids": {"dtype": "int64", "shape": ["batch", 32]}}  # fixed length, no mask
@@ -126,7 +126,7 @@ def test_every_method_and_budget_prunes_siglip(method, budget, tiny_siglip_dir):
 
 
 def test_prune_2to4_with_distillation_then_export_keeps_the_pattern(tiny_siglip_dir, shapes_pairs_jsonl, tmp_path):
-    from mfdeploy.export import prunable_sparsity
+    from mfdeploy.exporting import prunable_sparsity
 
     assert run_cli(["prune", "--model", str(tiny_siglip_dir), "--method", "wanda", "--ratio", "0.5", "--pattern", "2:4",
                     "--distill-steps", "3", "--calib", str(shapes_pairs_jsonl), "--calib-samples", "12",

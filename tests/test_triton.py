@@ -386,7 +386,7 @@ def test_external_data_is_copied_beside_the_model(build, build_copy, tmp_path, l
 def test_exporters_external_data_is_copied(build, build_copy, tmp_path):
     """The towers `mfdeploy export --external-data` writes (what a model near 2 GB gets) keep working."""
     from mfdeploy.artifacts.io import file_records
-    from mfdeploy.export import export_towers
+    from mfdeploy.exporting import export_towers
     from mfdeploy.models import load
 
     staging = tmp_path / "onnx"

@@ -18,7 +18,7 @@ import pytest
 from conftest import needs_no_engines
 
 from mfdeploy.cli import main
-from mfdeploy.export.trtexec import trtexec_script
+from mfdeploy.exporting.trtexec import trtexec_script
 
 FAKE_TRTEXEC = """\
 import pathlib, sys

@@ -223,7 +223,7 @@ def _put_in_place(tmp: Path, out: Path, force: bool) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def atomic_file(path: Path, write: Callable[[Path], None]) -> Path:
+def atomic_file(path: Path, write: Callable[[Path], object]) -> Path:  # what `write` returns is ignored
     """Create `path` through `write(tmp)` on a temporary sibling, then rename: never a half-written file.
 
     `write` gets a file of the same name in a hidden temporary folder beside `path` (which records its owner,

@@ -203,7 +203,9 @@ class ExportManifest:
     def read(cls, directory: Path) -> ExportManifest:
         """`directory/export.json`."""
         data = read_object(Path(directory) / EXPORT_MANIFEST)
-        model = data.get("model") if isinstance(data.get("model"), dict) else {}
+        model = data.get("model")
+        if not isinstance(model, dict):
+            model = {}
         return cls(model_id=model.get("id"), model_source=model.get("source"),
                    sizes={k: v for k, v in model.items() if isinstance(v, int) and not isinstance(v, bool)},
                    opset=data.get("opset"), data=data)

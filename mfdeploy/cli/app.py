@@ -1,70 +1,21 @@
-"""The `mfdeploy` typer app, its entry point `main`, and how errors become exit codes.
+"""The `mfdeploy` entry point `main`, and how errors become exit codes.
 
 Each verb lives in its own module of this package and registers itself on
-`app` when imported (`mfdeploy.cli.__init__` imports them all, in the order
-`--help` lists them).
+`app` (`mfdeploy.cli.root`) when imported; `mfdeploy.cli.verbs` imports them
+all, in the order `--help` lists them.
 """
 
 from __future__ import annotations
 
-import functools
 import signal
 import sys
 import threading
-from collections.abc import Callable
-from typing import Annotated, Any
 
 import typer
 
-from mfdeploy import __version__
-from mfdeploy.cli.help import Command, Group
-from mfdeploy.cli.render import error, out
+from mfdeploy.cli.render import error
+from mfdeploy.cli.root import app
 from mfdeploy.errors import MfdeployError, os_error_line
-from mfdeploy.extras import require
-
-
-class _App(typer.Typer):
-    """typer.Typer whose commands render their help the usual way (`mfdeploy.cli.help`), and check the optional
-    packages their options need (`mfdeploy.extras`) before they run."""
-
-    def command(self, name: str | None = None, *args: Any, cls: Any = None, **kwargs: Any) -> Any:  # noqa: D102
-        register = super().command(name, *args, cls=cls or Command, **kwargs)
-
-        def decorator(f: Callable[..., Any]) -> Any:
-            verb = name or f.__name__.replace("_", "-")  # the name typer gives the command
-
-            @functools.wraps(f)  # typer reads the options from the wrapped signature
-            def checked(*a: Any, **options: Any) -> Any:
-                require(verb, **options)  # before the first step: a missing extra fails at once, in one line
-                return f(*a, **options)
-
-            return register(checked)
-
-        return decorator
-
-
-app = _App(
-    cls=Group,
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    help="Prune CLIP-style models once (MULTIFLOW, 2:4), export to ONNX, build TensorRT engines, serve and bench.",
-)
-
-
-def _version(value: bool) -> None:
-    if value:
-        out.print(f"mfdeploy {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: Annotated[
-        bool | None, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
-    ] = None,
-) -> None:
-    """mfdeploy: prune, export, build, serve."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -73,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     So do filesystem errors (`OSError`: a path that cannot be read or written, a full disk), named with
     their path and errno.
     """
-    import mfdeploy.cli  # noqa: F401  (registers every verb on `app`)
+    import mfdeploy.cli.verbs  # noqa: F401  (registers every verb on `app`)
     from mfdeploy.artifacts.io import Terminated
     from mfdeploy.cli.help import usage_errors
 
@@ -108,3 +59,6 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
+
+
+__all__ = ["app", "main"]

@@ -7,10 +7,10 @@ from typing import Annotated, Any
 
 import typer
 
-from mfdeploy.cli.app import app
 from mfdeploy.cli.options import PrecisionOpt, RunDtypeOpt
 from mfdeploy.cli.render import err, print_bench, progress_bar
 from mfdeploy.cli.render import warning as show_warning
+from mfdeploy.cli.root import app
 
 
 @app.command()
@@ -43,7 +43,8 @@ def bench(
     """Throughput and latency of every backend, pruned vs dense; writes bench.json/.md/.png into BUILD_DIR.
 
     An earlier report there is kept, renamed bench-<UTC time it was written>.json/.md/.png. Cells whose p95 latency
-    exceeds 2x p50 are flagged as unstable (a busy machine): see docs/guides/bench.md (Stable numbers) for steadier ones.
+    exceeds 2x p50 are flagged as unstable (a busy machine): see docs/guides/bench.md (Stable numbers) for
+    steadier ones.
     """
     from mfdeploy.artifacts.layout import BENCH_STEM
     from mfdeploy.artifacts.manifest import BuildManifest

@@ -8,7 +8,6 @@ from typing import Annotated, Any
 import typer
 
 from mfdeploy.artifacts.layout import ONNX_DIR
-from mfdeploy.cli.app import app
 from mfdeploy.cli.options import (
     ForceOpt,
     Fp16Opt,
@@ -20,6 +19,7 @@ from mfdeploy.cli.options import (
     with_prune_options,
 )
 from mfdeploy.cli.render import PLAIN, build_table, console_reporter, err, labelled, wide_console
+from mfdeploy.cli.root import app
 
 
 @app.command()
@@ -44,7 +44,7 @@ def build(
     """The whole pipeline: prune, fold, export, engines where possible, evaluate, report."""
     from mfdeploy.pipelines import build as pipeline
     from mfdeploy.pipelines.report import trtexec_lines
-    from mfdeploy.prune import PruneConfig
+    from mfdeploy.pruning import PruneConfig
 
     cfg = pipeline.BuildConfig(prune=PruneConfig(ratio=ratio, **prune_opts), out=out, fp16=fp16, sparse=sparse,
                                opset=opset, max_batch=max_batch, max_text_len=max_text_len, eval_data=eval_data,

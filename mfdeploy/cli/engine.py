@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 
 from mfdeploy.artifacts.layout import ENGINE_RECORD
-from mfdeploy.cli.app import app
 from mfdeploy.cli.options import Fp16Opt, MaxBatchOpt, MaxTextLenOpt, SparseOpt
 from mfdeploy.cli.render import PLAIN, err, out
+from mfdeploy.cli.root import app
 
 
 @app.command()
@@ -29,9 +29,9 @@ def engine(
     ] = False,
 ) -> None:
     """Build TensorRT engines (vision.plan, text.plan) in ONNX_DIR or --out, else print the trtexec commands."""
-    from mfdeploy.export import EngineError, build_engines
-    from mfdeploy.export.engine import engine_dirs
-    from mfdeploy.export.trtexec import trtexec_script
+    from mfdeploy.exporting import EngineError, build_engines
+    from mfdeploy.exporting.engine import engine_dirs
+    from mfdeploy.exporting.trtexec import trtexec_script
 
     onnx_dir, out_dir = engine_dirs(onnx_dir, out_dir)  # a build directory: its onnx/ and engines/
     with err.status("building TensorRT engines"):

@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from mfdeploy.cli.app import app
 from mfdeploy.cli.options import ModelArg, PrecisionOpt, RunDtypeOpt
 from mfdeploy.cli.render import err, out, results_table, status_text, warning
+from mfdeploy.cli.root import app
 
 
 @app.command("eval")

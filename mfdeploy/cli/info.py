@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from mfdeploy.cli.app import app
 from mfdeploy.cli.options import ModelArg
 from mfdeploy.cli.render import info_table, out
+from mfdeploy.cli.root import app
 
 
 @app.command()

@@ -8,10 +8,10 @@ from typing import Annotated, Any
 import typer
 
 from mfdeploy.artifacts.layout import MASKS_FILE, PRUNE_MANIFEST, PRUNED_DIR
-from mfdeploy.cli.app import app
 from mfdeploy.cli.options import ForceOpt, RatioHelp, with_prune_options
 from mfdeploy.cli.render import console_reporter
 from mfdeploy.cli.render import out as out_console
+from mfdeploy.cli.root import app
 
 
 @app.command()
@@ -25,7 +25,7 @@ def prune(
 ) -> None:
     """Prune a model once (task-agnostic) and write masks, the folded checkpoint and a report."""
     from mfdeploy.pipelines import prune as pipeline
-    from mfdeploy.prune import PruneConfig
+    from mfdeploy.pruning import PruneConfig
 
     cfg = PruneConfig(ratio=ratio, **prune_opts)
     with console_reporter(cfg.show_progress) as reporter:
@@ -35,6 +35,6 @@ def prune(
     out_console.print(f"pruned {record['model']} with {record['method']} ({record['pattern']}): "
                       f"sparsity {sp['overall']:.3f} ({mods}) -> {out}")
     if record.get("distill"):
-        from mfdeploy.prune.distill import summary
+        from mfdeploy.pruning.distill import summary
 
         out_console.print(f"distilled from the dense model: {summary(record['distill'])}")

@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from mfdeploy.cli.app import app
 from mfdeploy.cli.options import CalibOpt, ForceOpt
 from mfdeploy.cli.render import err, out, warning
+from mfdeploy.cli.root import app
 
 
 @app.command()

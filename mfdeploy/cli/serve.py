@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from mfdeploy.cli.app import app
 from mfdeploy.cli.options import PrecisionOpt, RunDtypeOpt
 from mfdeploy.cli.render import err
+from mfdeploy.cli.root import app
 
 
 @app.command()

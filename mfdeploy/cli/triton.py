@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 
 from mfdeploy.artifacts.layout import TRITON_PREPROCESSING_DIR, TRITON_README
-from mfdeploy.cli.app import app
 from mfdeploy.cli.options import ForceOpt
 from mfdeploy.cli.render import PLAIN, err, out, warning
+from mfdeploy.cli.root import app
 
 
 @app.command()

@@ -83,7 +83,7 @@ def load_image_folder(root: str | Path, template: str = "a photo of a {}.") -> F
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
         raise UserError(f"{root}: an image folder needs at least two class sub-folders")
-    items = []
+    items: list[tuple[Path, int]] = []  # (image, class index)
     for i, c in enumerate(classes):
         files = sorted(f for f in (root / c).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
         if not files:

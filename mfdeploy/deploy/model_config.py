@@ -13,7 +13,7 @@ from typing import Any
 
 from mfdeploy.artifacts.layout import TRITON_MODEL_FILES
 from mfdeploy.errors import UserError
-from mfdeploy.export.external import external_locations
+from mfdeploy.exporting.external import external_locations
 
 # ONNX TensorProto element type -> Triton model config DataType (model_config.proto)
 TRITON_TYPES = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 4: "TYPE_UINT16", 5: "TYPE_INT16",

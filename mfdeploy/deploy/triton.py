@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mfdeploy import __version__
+from mfdeploy._version import __version__
 from mfdeploy.artifacts.layout import (
     BUILD_MANIFEST,
     INPUT_NAMES,
@@ -46,7 +46,7 @@ from mfdeploy.deploy.plan import (
     validate,
 )
 from mfdeploy.errors import UserError
-from mfdeploy.export.spec import META_PREFIX
+from mfdeploy.exporting.spec import META_PREFIX
 from mfdeploy.platform import package_versions
 
 _VERSIONS = ("onnx", "onnxruntime", "openvino", "transformers", "tokenizers", "tensorrt")

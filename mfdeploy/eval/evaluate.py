@@ -67,6 +67,7 @@ def evaluate(runner: Runner, prepared: Prepared, batch_size: int = BATCH_SIZE) -
             tasks[name] = zero_shot_accuracy(image_embeds, class_embeds, prepared.labels[name])
     retrieval: dict[str, float] = {}
     if prepared.retrieval_pixels is not None:
+        assert prepared.caption_ids is not None and prepared.caption_mask is not None  # prepared with the pixels
         img = embed_images(runner, prepared.retrieval_pixels, batch_size)  # [Ni, D]
         txt = embed_texts(runner, prepared.caption_ids, prepared.caption_mask, batch_size)  # [Nt, D]
         retrieval = retrieval_recall(img @ txt.T, prepared.positives)
@@ -117,7 +118,7 @@ def open_runner(source: str | Path | Adapter | None, adapter: Adapter, backend: 
             the CPU over the build's `onnx/` towers, or over towers exported
             to a temporary directory for a plain checkpoint), or "onnx-int8"
             (a build's `onnx_int8/`); "openvino", "openvino-int8": OpenVINO over the same towers.
-        exporter: writes the towers of `adapter` into a directory (`mfdeploy.export.export_towers`), for
+        exporter: writes the towers of `adapter` into a directory (`mfdeploy.exporting.export_towers`), for
             "onnx" on a model that has no ONNX towers yet. Evaluation never imports the exporter: the
             caller (the API, the CLI) hands it in; without one such a model is refused in one line.
         precision: OpenVINO's inference precision (auto | f32 | bf16 | f16; None: auto).

@@ -14,6 +14,8 @@ compute while every embedding passes through them.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -47,7 +49,8 @@ class TextTower(nn.Module):
         super().__init__()
         self.text_model = model.text_model
         self.text_projection = model.text_projection
-        self.eos_token_id = int(model.config.text_config.eos_token_id)
+        text_config: Any = model.config.text_config  # a CLIPTextConfig once built (typed as its constructor's input)
+        self.eos_token_id = int(text_config.eos_token_id)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B,L,W]
@@ -75,10 +78,10 @@ class ClipFamily(Family):
     head = ("visual_projection", "text_projection")
 
     def vision_tower(self, model: nn.Module) -> nn.Module:
-        return VisionTower(model)
+        return VisionTower(cast(CLIPModel, model))  # a family's adapter holds its own model class
 
     def text_tower(self, model: nn.Module) -> nn.Module:
-        return TextTower(model)
+        return TextTower(cast(CLIPModel, model))
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.softmax(dim=-1)  # one distribution over the texts per image

@@ -20,7 +20,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
@@ -106,7 +106,8 @@ class PairScorer:
     def of(cls, family: Family, model: nn.Module) -> PairScorer:
         """The scorer of a loaded model, from its `logit_scale` (and `logit_bias`), detached."""
         bias = getattr(model, "logit_bias", None)
-        return cls(family, model.logit_scale.detach().float().exp(),
+        scale = cast(torch.Tensor, model.logit_scale)  # a parameter of every family's model
+        return cls(family, scale.detach().float().exp(),
                    None if bias is None else bias.detach().float())
 
     def logits(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import nn
 
 from mfdeploy.models.base import Adapter, PrunableLayer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 # The linears of every encoder layer, CLIP's and SigLIP's alike (`layer.self_attn.q_proj`, ... `layer.mlp.fc2`).
 ENCODER_ROLES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
@@ -27,8 +30,9 @@ class HFAdapter(Adapter):
 
     roles: ClassVar[tuple[str, ...]] = ENCODER_ROLES  # prunable linears of an encoder layer, by submodule path
     tower_attrs: ClassVar[dict[str, str]] = TOWER_ATTRS  # modality -> the model's tower attribute
+    model: PreTrainedModel  # the transformers model of the family (`family.model_class`)
 
-    def __init__(self, model: nn.Module, tokenizer: Any, image_processor: Any, source: str,
+    def __init__(self, model: PreTrainedModel, tokenizer: Any, image_processor: Any, source: str,
                  origin: dict[str, Any] | None = None, loaders: dict[str, Callable[[], Any]] | None = None):
         """Wrap a loaded model.
 

@@ -14,7 +14,7 @@ from mfdeploy.models.integrity import MANIFESTS, verify_artifacts
 from mfdeploy.models.processors import load_image_processor, load_tokenizer, one_line
 from mfdeploy.models.registry import adapter_class, model_class, read_config
 from mfdeploy.models.structure import STRUCTURE_FILE  # written by structured pruning: the cut shapes
-from mfdeploy.zoo import BUNDLED_DIR, BUNDLED_NAME
+from mfdeploy.zoo import BUNDLED, bundled_name
 
 CHECKED_FILES = (f"{PRUNED_DIR}/", MASKS_FILE)  # what loading a prune/build directory relies on
 
@@ -22,14 +22,18 @@ CHECKED_FILES = (f"{PRUNED_DIR}/", MASKS_FILE)  # what loading a prune/build dir
 def resolve_checkpoint(source: str | Path | None) -> tuple[Path | str, str]:
     """Where the weights are, and the model id to record.
 
-    `None`/"bundled" is the bundled model; a prune or build directory resolves
+    `None`/"bundled" is the default bundled model, `mfdeploy/siglip-shapes` (or `siglip-shapes`) the bundled
+    SigLIP; a prune or build directory resolves
     to its `pruned/` checkpoint; anything that is not an existing path is
     taken as a hub id.
     """
-    if source is None or str(source) in ("bundled", BUNDLED_NAME):
-        if not (BUNDLED_DIR / "config.json").is_file():
-            raise UserError(f"the bundled model is missing from {BUNDLED_DIR}: reinstall mfdeploy")
-        return BUNDLED_DIR, BUNDLED_NAME
+    name = bundled_name(source) if source is None or not Path(str(source)).exists() else None
+    if name is not None:
+        where = BUNDLED[name]
+        if not (where / "config.json").is_file():
+            raise UserError(f"the bundled model {name} is missing from {where}: reinstall mfdeploy")
+        return where, name
+    assert source is not None  # None is the default bundled model, returned above
     path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():

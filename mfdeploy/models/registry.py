@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -18,6 +18,9 @@ from mfdeploy.models.clip import CLIPAdapter
 from mfdeploy.models.family import Family
 from mfdeploy.models.hf import HFAdapter
 from mfdeploy.models.siglip import SiglipAdapter
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 # config.json's model_type -> the adapter of its family
 ADAPTERS: dict[str, type[HFAdapter]] = {"clip": CLIPAdapter, "siglip": SiglipAdapter}
@@ -82,7 +85,8 @@ def adapter_for_model(model: nn.Module) -> type[HFAdapter]:
     Raises:
         UserError: not an instance of a supported family's model class.
     """
-    adapter = ADAPTERS.get(getattr(getattr(model, "config", None), "model_type", None))
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    adapter = ADAPTERS.get(model_type) if isinstance(model_type, str) else None
     if adapter is None or not isinstance(model, model_class(adapter)):
         names = ", ".join(cls.family.model_class for cls in ADAPTERS.values())
         raise UserError(f"expected a transformers {names} or a mfdeploy adapter, got {type(model).__name__}")
@@ -94,7 +98,7 @@ def family_of_model(model: nn.Module) -> Family:
     return adapter_for_model(model).family
 
 
-def model_class(adapter: type[HFAdapter]) -> type:
+def model_class(adapter: type[HFAdapter]) -> type[PreTrainedModel]:
     """The transformers model class a family's checkpoints load as (imported on use)."""
     import transformers
 

@@ -32,7 +32,7 @@ loading (`registry.UNSUPPORTED`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -89,10 +89,10 @@ class SiglipFamily(Family):
     head = ("vision_model.head", "text_model.head")
 
     def vision_tower(self, model: nn.Module) -> nn.Module:
-        return VisionTower(model)
+        return VisionTower(cast("SiglipModel", model))  # a family's adapter holds its own model class
 
     def text_tower(self, model: nn.Module) -> nn.Module:
-        return TextTower(model)
+        return TextTower(cast("SiglipModel", model))
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.sigmoid()  # each pair on its own: the probabilities of an image need not sum to 1

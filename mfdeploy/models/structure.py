@@ -17,13 +17,47 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
 
 from mfdeploy.artifacts.layout import STRUCTURE_FILE
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 TOWER_ATTRS = ("vision_model", "text_model")
+
+
+class Attention(Protocol):
+    """The attention of an encoder layer, as every supported family lays it out."""
+
+    q_proj: nn.Linear
+    k_proj: nn.Linear
+    v_proj: nn.Linear
+    out_proj: nn.Linear
+    head_dim: int
+    num_heads: int
+
+
+class Mlp(Protocol):
+    """The MLP of an encoder layer."""
+
+    fc1: nn.Linear
+    fc2: nn.Linear
+
+
+class EncoderLayer(Protocol):
+    """One transformer layer of a tower: `self_attn` and `mlp`."""
+
+    self_attn: Attention
+    mlp: Mlp
+
+
+def encoder_layers(model: nn.Module, tower: str) -> Sequence[EncoderLayer]:
+    """The transformer layers of `tower` ("vision_model" | "text_model"): `<tower>.encoder.layers`."""
+    return getattr(model, tower).encoder.layers
 
 
 def _linear(in_f: int, out_f: int, bias: bool, like: nn.Linear) -> nn.Linear:
@@ -50,11 +84,11 @@ def cut_cols(layer: nn.Linear, keep: torch.Tensor) -> nn.Linear:
     return new
 
 
-def head_dim(attn: nn.Module) -> int:
+def head_dim(attn: Attention) -> int:
     return int(attn.head_dim)
 
 
-def prune_heads(attn: nn.Module, keep_heads: Sequence[int]) -> None:
+def prune_heads(attn: Attention, keep_heads: Sequence[int]) -> None:
     """Keep only the listed attention heads: q/k/v rows and out_proj columns of the others are cut."""
     hd = head_dim(attn)
     idx = torch.cat([torch.arange(h * hd, (h + 1) * hd) for h in sorted(keep_heads)])
@@ -65,7 +99,7 @@ def prune_heads(attn: nn.Module, keep_heads: Sequence[int]) -> None:
     attn.num_heads = len(keep_heads)
 
 
-def prune_neurons(mlp: nn.Module, keep: torch.Tensor) -> None:
+def prune_neurons(mlp: Mlp, keep: torch.Tensor) -> None:
     """Keep only the listed MLP neurons: fc1 rows and fc2 columns of the others are cut."""
     keep = torch.sort(keep).values
     mlp.fc1 = cut_rows(mlp.fc1, keep)
@@ -76,7 +110,9 @@ def keep_layers(model: nn.Module, tower: str, kept: Sequence[int]) -> None:
     """Drop whole transformer layers of a tower (original indices `kept` stay, in order)."""
     encoder = getattr(model, tower).encoder
     encoder.layers = nn.ModuleList([encoder.layers[i] for i in kept])
-    sub = model.config.vision_config if tower == "vision_model" else model.config.text_config
+    # the transformers config: a plain attribute, which nn.Module's typing (params, buffers, submodules) misses
+    config: Any = model.config
+    sub = config.vision_config if tower == "vision_model" else config.text_config
     sub.num_hidden_layers = len(kept)
 
 
@@ -84,7 +120,7 @@ def describe(model: nn.Module, kept_layers: dict[str, list[int]]) -> dict:
     """The structure record of a (cut) model."""
     out = {}
     for tower in TOWER_ATTRS:
-        layers = getattr(model, tower).encoder.layers
+        layers = encoder_layers(model, tower)
         out[tower] = {
             "kept_layers": kept_layers[tower],
             "layers": [{"heads": int(l.self_attn.q_proj.out_features // head_dim(l.self_attn)),
@@ -98,18 +134,20 @@ def apply_structure(model: nn.Module, structure: dict) -> None:
     for tower in TOWER_ATTRS:
         spec = structure[tower]
         keep_layers(model, tower, spec["kept_layers"])
-        for layer, shape in zip(getattr(model, tower).encoder.layers, spec["layers"]):
+        for layer, shape in zip(encoder_layers(model, tower), spec["layers"]):
             prune_heads(layer.self_attn, list(range(shape["heads"])))
             prune_neurons(layer.mlp, torch.arange(shape["intermediate"]))
 
 
-def load_structured(path: Path, model_cls: type):
+def load_structured(path: Path, model_cls: type[PreTrainedModel]) -> PreTrainedModel:
     """Load a structurally pruned checkpoint directory as `model_cls` (its family's transformers class)."""
     from safetensors.torch import load_file
 
     path = Path(path)
     structure = json.loads((path / STRUCTURE_FILE).read_text())
-    config = model_cls.config_class.from_pretrained(path)
+    config_class = model_cls.config_class
+    assert config_class is not None  # each family's model class names its config class
+    config = config_class.from_pretrained(path)
     # the saved config holds the kept layer counts; rebuild the dense depth first, then cut
     for tower, sub in (("vision_model", config.vision_config), ("text_model", config.text_config)):
         sub.num_hidden_layers = max(structure[tower]["kept_layers"]) + 1

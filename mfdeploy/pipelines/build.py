@@ -16,11 +16,9 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from mfdeploy import export
+from mfdeploy import exporting  # through the package: tests (and users) can wrap a step there
 from mfdeploy.artifacts.io import atomic_dir, check_out_dir, write_json
 from mfdeploy.artifacts.layout import (
     ENGINES_DENSE_DIR,
@@ -30,69 +28,17 @@ from mfdeploy.artifacts.layout import (
     ONNX_INT8_DIR,
     ONNX_QDQ_DIR,
     PRUNE_MANIFEST,
-    PRUNED_DIR,
 )
 from mfdeploy.errors import UserError
 from mfdeploy.extras import require
+from mfdeploy.pipelines.build_state import BuildConfig, BuildState, Stage
 from mfdeploy.pipelines.gate import parity_gate
 from mfdeploy.pipelines.prune import load_placed, write_prune_outputs
 from mfdeploy.progress import Reporter
-from mfdeploy.prune.run import PruneConfig, record_for_json, validate
+from mfdeploy.pruning.run import record_for_json, validate
 from mfdeploy.zoo import is_bundled
 
 log = logging.getLogger(__name__)  # with logging unconfigured (the CLI), a warning prints as one line
-
-@dataclass
-class BuildConfig:
-    """What `mfdeploy build` does; the prune part is a `PruneConfig`."""
-
-    prune: PruneConfig
-    out: Path = Path("build")
-    fp16: bool = False
-    sparse: str = "auto"
-    opset: int = 17
-    max_batch: int = 32
-    max_text_len: int | None = None
-    eval_data: str | None = None  # None: the shapes suite for the bundled model, no evaluation otherwise
-    dense_onnx: bool = True  # also export the dense towers (onnx_dense/) and, on a GPU, build engines_dense/
-    force: bool = False
-    int8: bool = False  # also onnx_int8/ and onnx_qdq/ (mfdeploy.quantize), engines from onnx_qdq/
-
-
-@dataclass
-class BuildState:
-    """What the stages share: the config, the temporary build directory, and the records stages returned."""
-
-    cfg: BuildConfig
-    tmp: Path
-    eval_data: str | None
-    records: dict[str, Any] = field(default_factory=dict)  # stage name -> what it returned
-    reporter: Reporter | None = None  # the prune stage's progress (the CLI passes a console one)
-    _models: dict[str, Any] = field(default_factory=dict)
-
-    def model(self, variant: str) -> Any:
-        """The dense checkpoint the build starts from, or the pruned checkpoint in `pruned/`, loaded once."""
-        if variant not in self._models:
-            from mfdeploy.models import load
-
-            self._models[variant] = load(self.cfg.prune.model if variant == "dense" else self.tmp / PRUNED_DIR)
-        return self._models[variant]
-
-    def release(self, variant: str) -> None:
-        """Drop a loaded model once no later stage needs it (a ViT-H-sized model is 4 GB)."""
-        import gc
-
-        if self._models.pop(variant, None) is not None:
-            gc.collect()
-
-
-@dataclass(frozen=True)
-class Stage:
-    """A named step: `run(state)` returns its record; `runs(cfg, state)` says whether it runs in this build."""
-
-    name: str
-    run: Callable[[BuildState], Any]
-    runs: Callable[[BuildConfig, str | None], bool] = lambda cfg, eval_data: True
 
 
 # --- the stages ---------------------------------------------------------------------------------------------------
@@ -118,7 +64,7 @@ def evaluate(variant: str) -> Callable[[BuildState], dict]:
 
 
 def export_dense(state: BuildState) -> dict:
-    return export.export_towers(state.model("dense"), state.tmp / ONNX_DENSE_DIR, opset=state.cfg.opset)
+    return exporting.export_towers(state.model("dense"), state.tmp / ONNX_DENSE_DIR, opset=state.cfg.opset)
 
 
 def parity_dense(state: BuildState) -> dict:
@@ -127,7 +73,7 @@ def parity_dense(state: BuildState) -> dict:
 
 def prune(state: BuildState) -> dict:
     """Prune a fresh copy of the dense checkpoint; write masks, `pruned/`, sparsity.png and prune.json."""
-    from mfdeploy.prune.run import prune_model
+    from mfdeploy.pruning.run import prune_model
 
     state.release("dense")  # no stage after this one reads the dense model: its memory goes to pruning
     adapter = load_placed(state.cfg.prune)  # its own copy (on --device, in --dtype): the dense model stays dense
@@ -139,7 +85,7 @@ def prune(state: BuildState) -> dict:
 
 
 def export_pruned(state: BuildState) -> dict:
-    return export.export_towers(state.model("pruned"), state.tmp / ONNX_DIR, opset=state.cfg.opset)
+    return exporting.export_towers(state.model("pruned"), state.tmp / ONNX_DIR, opset=state.cfg.opset)
 
 
 def parity_pruned(state: BuildState) -> dict:
@@ -167,7 +113,7 @@ def engine(state: BuildState) -> dict:
     # --int8: engines from the QDQ towers; their weights are int8, so a 2:4 build asks for sparse kernels
     sparse = "on" if cfg.int8 and cfg.sparse == "auto" and state.records["prune"]["pattern"] == "2:4" else cfg.sparse
     folder = ONNX_QDQ_DIR if cfg.int8 else ONNX_DIR
-    record = export.build_engines(state.tmp / folder, fp16=cfg.fp16, sparse=sparse, max_batch=cfg.max_batch,
+    record = exporting.build_engines(state.tmp / folder, fp16=cfg.fp16, sparse=sparse, max_batch=cfg.max_batch,
                                   max_text_len=cfg.max_text_len, out_dir=state.tmp / ENGINES_DIR, record_file=None,
                                   int8=cfg.int8)
     _fail_on_engine_parity(ENGINES_DIR, record)
@@ -178,7 +124,7 @@ def engine_dense(state: BuildState) -> dict:
     """The dense baseline `mfdeploy bench` times the trt backend against: same precision and profiles, dense
     kernels (the dense weights hold no 2:4 pattern to exploit)."""
     cfg = state.cfg
-    record = export.build_engines(state.tmp / ONNX_DENSE_DIR, fp16=cfg.fp16, sparse="off", max_batch=cfg.max_batch,
+    record = exporting.build_engines(state.tmp / ONNX_DENSE_DIR, fp16=cfg.fp16, sparse="off", max_batch=cfg.max_batch,
                                   max_text_len=cfg.max_text_len, out_dir=state.tmp / ENGINES_DENSE_DIR,
                                   record_file=None)
     _fail_on_engine_parity(ENGINES_DENSE_DIR, record)
@@ -206,7 +152,7 @@ def report(state: BuildState) -> dict:
 
 
 def _engines_here(cfg: BuildConfig, eval_data: str | None) -> bool:
-    return cfg.dense_onnx and export.engine_status()["status"] == "available"
+    return cfg.dense_onnx and exporting.engine_status()["status"] == "available"
 
 
 STAGES: list[Stage] = [
@@ -245,7 +191,7 @@ def run_build(cfg: BuildConfig, on_stage: Callable[[str, int, int], None] | None
     among the stages that run here (`planned_stages`), counted from 1.
     `reporter` shows the prune stage's progress (default: none).
     """
-    from mfdeploy.export.spec import check_opset
+    from mfdeploy.exporting.spec import check_opset
 
     validate(cfg.prune)
     require("build", int8=cfg.int8)  # ModelOpt for onnx_qdq/: missing, it fails now, not at the quantize stage
@@ -279,5 +225,5 @@ def _fail_on_engine_parity(folder: str, record: dict) -> None:
     if record.get("status") == "parity_failed":
         bad = ", ".join(f"{t} min cosine {p.get('min_cosine', float('nan')):.5f}"
                         for t, p in (record.get("parity") or {}).items() if not p.get("passed", True))
-        raise export.EngineError(f"TensorRT {folder}/ does not match ONNX Runtime within tolerance ({bad}): "
+        raise exporting.EngineError(f"TensorRT {folder}/ does not match ONNX Runtime within tolerance ({bad}): "
                                  "the build is discarded; try without --fp16, or report the model")

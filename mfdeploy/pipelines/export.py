@@ -14,13 +14,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mfdeploy import __version__
+from mfdeploy._version import __version__
 from mfdeploy.artifacts.io import atomic_dir, check_out_dir, file_records, write_json
 from mfdeploy.artifacts.layout import EXPORT_MANIFEST
 from mfdeploy.errors import UserError
-from mfdeploy.export.onnx_export import export_towers
-from mfdeploy.export.parity import MIN_COSINE
-from mfdeploy.export.spec import MIN_OPSET, check_opset
+from mfdeploy.exporting.onnx_export import export_towers
+from mfdeploy.exporting.parity import MIN_COSINE
+from mfdeploy.exporting.spec import MIN_OPSET, check_opset
 from mfdeploy.models.base import Adapter
 from mfdeploy.pipelines.gate import parity_gate
 from mfdeploy.platform import package_versions

@@ -1,7 +1,7 @@
 """The one parity gate every exported artifact of a pipeline goes through (onnx/, onnx_dense/, the int8 ones).
 
 It runs the towers of a folder in ONNX Runtime against the PyTorch model
-they came from (`mfdeploy.export.check_parity`) and, on failure, names the
+they came from (`mfdeploy.exporting.check_parity`) and, on failure, names the
 folder in the one-line error, so a user knows which artifact failed.
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mfdeploy import export
+from mfdeploy import exporting
 from mfdeploy.errors import UserError
-from mfdeploy.export.parity import MIN_COSINE
+from mfdeploy.exporting.parity import MIN_COSINE
 
 
 def parity_gate(adapter: Any, onnx_dir: Path, *, label: str | None = None, min_cosine: float = MIN_COSINE,
@@ -32,7 +32,7 @@ def parity_gate(adapter: Any, onnx_dir: Path, *, label: str | None = None, min_c
     """
     try:
         # through the package's public name, so a test (or a user) can wrap the check in one place
-        return export.check_parity(adapter, Path(onnx_dir), n=n, min_cosine=min_cosine, save_inputs=save_inputs)
+        return exporting.check_parity(adapter, Path(onnx_dir), n=n, min_cosine=min_cosine, save_inputs=save_inputs)
     except UserError as e:
         if label is None:
             raise

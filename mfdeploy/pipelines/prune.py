@@ -1,6 +1,6 @@
 """`mfdeploy prune` as a pipeline: load, prune, then write masks, the checkpoint, prune.json and the plot.
 
-The algorithms (`mfdeploy.prune.prune_model`) work on a loaded model; this
+The algorithms (`mfdeploy.pruning.prune_model`) work on a loaded model; this
 module owns the files, written into a temporary directory and renamed into
 place only when all of them are there (`mfdeploy build` writes the same
 files through `write_prune_outputs`).
@@ -14,16 +14,17 @@ from pathlib import Path
 
 import torch
 
-from mfdeploy import __version__
+from mfdeploy._version import __version__
 from mfdeploy.artifacts.io import atomic_dir, check_out_dir, write_json
 from mfdeploy.artifacts.layout import MASKS_FILE, ORIGIN_FILE, PRUNE_MANIFEST, PRUNED_DIR, SPARSITY_PLOT, STRUCTURE_FILE
 from mfdeploy.models import Adapter, load
 from mfdeploy.models.integrity import artifact_records
 from mfdeploy.progress import Reporter
-from mfdeploy.prune.config import PruneConfig, validate
-from mfdeploy.prune.masks import save_masks
-from mfdeploy.prune.record import record_for_json
-from mfdeploy.prune.run import prune_model
+from mfdeploy.pruning.checks import validate
+from mfdeploy.pruning.config import PruneConfig
+from mfdeploy.pruning.masks import save_masks
+from mfdeploy.pruning.record import record_for_json
+from mfdeploy.pruning.run import prune_model
 
 
 def run_prune(cfg: PruneConfig, out: Path, force: bool = False, reporter: Reporter | None = None) -> dict:
@@ -64,7 +65,7 @@ def write_prune_outputs(adapter: Adapter, record: dict, out: Path) -> None:
     The checkpoint is written in float32 from the CPU whatever device and precision pruning ran in, so
     export, evaluation and serving read it as they read any other (half-precision values widen exactly).
     """
-    from mfdeploy.prune.plot import plot_sparsity
+    from mfdeploy.pruning.plot import plot_sparsity
 
     param = next(adapter.model.parameters())
     if param.device.type != "cpu" or param.dtype != torch.float32:

@@ -6,14 +6,12 @@ from __future__ import annotations
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from mfdeploy import __version__
+from mfdeploy._version import __version__
 from mfdeploy.artifacts.io import file_records, write_json
 from mfdeploy.artifacts.layout import BUILD_MANIFEST, REPORT_FILE, SPARSITY_PLOT, TEMP_OWNER
-
-if TYPE_CHECKING:
-    from mfdeploy.pipelines.build import BuildState
+from mfdeploy.pipelines.build_state import BuildState
 
 
 def _size(n: int) -> str:
@@ -44,7 +42,7 @@ def trtexec_lines(engine: dict, where: str) -> list[str]:
 
     One command per line, never wrapped and shell-quoted (`trtexec_script`), so each can be pasted as it is.
     """
-    from mfdeploy.export.trtexec import trtexec_script
+    from mfdeploy.exporting.trtexec import trtexec_script
 
     return [f"TensorRT engines not built: {engine.get('reason', '')}",
             "Build them where a GPU is present by running:", *trtexec_script(engine["trtexec"], where)]
@@ -60,7 +58,7 @@ def summary_rows(manifest: dict) -> list[tuple[str, str]]:
                                                                   for k, v in sp["per_modality"].items())),
     ]
     if manifest.get("distill"):
-        from mfdeploy.prune.distill import summary
+        from mfdeploy.pruning.distill import summary
 
         rows.append(("distillation", summary(manifest["distill"])))
     rows += _parity_rows(manifest)
@@ -111,7 +109,7 @@ def write_report(out: Path, manifest: dict, home: Path | None = None) -> None:
     lines += [f"| {p.relative_to(out)} | {_size(p.stat().st_size)} |" for p in files]
     eng = manifest.get("engine") or {}
     if eng.get("trtexec"):
-        from mfdeploy.export.trtexec import trtexec_script
+        from mfdeploy.exporting.trtexec import trtexec_script
 
         where = os.path.relpath(os.path.abspath(eng.get("trtexec_cwd", home or out)), os.path.abspath(home or out))
         lines += ["", "## TensorRT engines", "", f"Status: {eng.get('status')}. {eng.get('reason', '')}", "",

@@ -1,6 +1,6 @@
 """Parity gate of quantized towers: ONNX Runtime (CPU) runs the fp32 and the quantized graph on real inputs.
 
-The inputs are those of the export parity check (`mfdeploy.export.parity`):
+The inputs are those of the export parity check (`mfdeploy.exporting.parity`):
 held-out scenes through the model's own processor, captions of varied
 lengths alone, batched, and padded to the model's maximum length. They are
 not the calibration pairs.
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from mfdeploy.artifacts.layout import TOWERS
-from mfdeploy.export.parity import embedding_errors, parity_inputs, text_batches
+from mfdeploy.exporting.parity import embedding_errors, parity_inputs, text_batches
 from mfdeploy.ortsession import ort_session
 
 MIN_COSINE = 0.99  # per-row cosine between the quantized and the fp32 tower's embeddings

@@ -33,7 +33,7 @@ from typing import Any
 
 from mfdeploy.artifacts.tempdirs import owned_tempdir
 from mfdeploy.errors import WRITE_ERRNOS, UserError, errno_of, first_line, write_error
-from mfdeploy.export.external import external_data_files
+from mfdeploy.exporting.external import external_data_files
 from mfdeploy.quantize.calib import Feed, feed_reader
 from mfdeploy.quantize.nodes import WEIGHT_OPS
 

@@ -15,13 +15,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mfdeploy import __version__
+from mfdeploy._version import __version__
 from mfdeploy.artifacts.layout import EXPORT_MANIFEST, ONNX_DIR, ONNX_FILES, QUANTIZE_MANIFEST, is_build
 from mfdeploy.artifacts.manifest import ExportManifest
 from mfdeploy.data.batching import CalibSource, parse_calib
 from mfdeploy.errors import UserError
-from mfdeploy.export.external import model_bytes
-from mfdeploy.export.spec import check_onnx_dir
+from mfdeploy.exporting.external import model_bytes
+from mfdeploy.exporting.spec import check_onnx_dir
 from mfdeploy.platform import package_versions
 from mfdeploy.quantize.gate import MIN_COSINE, check_towers, failure_line, gate_feeds
 from mfdeploy.zoo import is_bundled
@@ -109,7 +109,7 @@ def _copy_metadata(src: Path, dst: Path) -> None:
     """Carry the exporter's `mfdeploy.*` metadata (model sizes the engine profiles read) over to the quantized graph."""
     import onnx
 
-    from mfdeploy.export.spec import META_PREFIX
+    from mfdeploy.exporting.spec import META_PREFIX
 
     meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props
             if p.key.startswith(META_PREFIX)}

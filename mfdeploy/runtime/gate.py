@@ -1,6 +1,6 @@
 """The precision gate: a runner that computes in less than fp32 serves only once it matches the fp32 towers.
 
-The check is the one the build's artifacts passed (`mfdeploy.export.parity`,
+The check is the one the build's artifacts passed (`mfdeploy.exporting.parity`,
 `mfdeploy.quantize.gate`): the smallest per-row cosine between the runner's
 embeddings and the fp32 towers' on the build's parity inputs (the real
 images and captions `mfdeploy export` kept beside the towers), at full batch

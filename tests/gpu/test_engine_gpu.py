@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mfdeploy.export import build_engines, check_parity, export_towers
+from mfdeploy.exporting import build_engines, check_parity, export_towers
 from mfdeploy.platform import cuda_device_count
 
 pytestmark = pytest.mark.gpu

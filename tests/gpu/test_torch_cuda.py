@@ -16,7 +16,7 @@ if not torch.cuda.is_available():
 
 def test_cuda_masks_agree_with_cpu_masks():
     from mfdeploy.models import load
-    from mfdeploy.prune import PruneConfig, prune_model
+    from mfdeploy.pruning import PruneConfig, prune_model
 
     masks = {}
     for device in ("cpu", "cuda"):
@@ -31,7 +31,7 @@ def test_cuda_masks_agree_with_cpu_masks():
 def test_semi_structured_linear_matches_dense_fp16():
     from torch import nn
 
-    from mfdeploy.prune.patterns import mask_nm
+    from mfdeploy.pruning.patterns import mask_nm
     from mfdeploy.runtime.torch_cuda import is_2to4, sparsify_linears
 
     torch.manual_seed(0)

@@ -18,7 +18,7 @@ import torch
 from mfdeploy.artifacts.layout import PARITY_INPUTS, TOWERS
 from mfdeploy.data import world
 from mfdeploy.errors import UserError
-from mfdeploy.export.onnx_export import float32_tower
+from mfdeploy.exporting.onnx_export import float32_tower
 from mfdeploy.ortsession import ort_session
 
 MIN_COSINE = 0.9999  # per-row cosine between ONNX Runtime and PyTorch embeddings

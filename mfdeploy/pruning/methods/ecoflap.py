@@ -28,11 +28,11 @@ import torch
 from mfdeploy.errors import UserError
 from mfdeploy.models.base import Adapter, PrunableLayer
 from mfdeploy.models.inputs import Batch, pairs_available
-from mfdeploy.prune.criteria import SCORES
-from mfdeploy.prune.masks import Masks, param_name
-from mfdeploy.prune.patterns import mask_layer, mask_rows
-from mfdeploy.prune.result import MethodResult, PruneContext
-from mfdeploy.prune.stats import collect_stats
+from mfdeploy.pruning.criteria import SCORES
+from mfdeploy.pruning.masks import Masks, param_name
+from mfdeploy.pruning.patterns import mask_layer, mask_rows
+from mfdeploy.pruning.result import MethodResult, PruneContext
+from mfdeploy.pruning.stats import collect_stats
 
 EPS = 1e-3
 

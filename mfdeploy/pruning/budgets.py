@@ -3,7 +3,7 @@
 A budget is independent of the score that later picks *which* weights go
 (`--budget` vs `--method`). `uniform`, `global` and `modality` are computed
 here from the weights alone; `ecoflap` needs the model and calibration pairs
-and lives in `mfdeploy.prune.methods.ecoflap`.
+and lives in `mfdeploy.pruning.methods.ecoflap`.
 """
 
 from __future__ import annotations

@@ -32,8 +32,8 @@ from mfdeploy.errors import UserError
 from mfdeploy.models.family import PairScorer
 from mfdeploy.models.inputs import Batch, CalibSource
 from mfdeploy.models.registry import family_of_model
-from mfdeploy.prune.masks import param_name
-from mfdeploy.prune.result import PruneContext
+from mfdeploy.pruning.masks import param_name
+from mfdeploy.pruning.result import PruneContext
 
 HELD_OUT_OFFSET = 900_000  # shapes: held-out seeds, past those pruning (offset 0) and MoPE's Z (500_000) read
 HELD_OUT_PAIRS = 64  # shapes: pairs held out

@@ -101,7 +101,7 @@ def prunable_sparsity(adapter, onnx_dir: Path, fast: bool | None = None) -> dict
     """
     from onnx import numpy_helper
 
-    from mfdeploy.export.spec import TOWERS
+    from mfdeploy.exporting.spec import TOWERS
 
     by_key: dict[tuple, list[str]] = {}
     modality: dict[str, str] = {}

@@ -1,20 +1,19 @@
-"""What a pruning method receives (`PruneContext`) and returns (`MethodResult`): the same for every method."""
+"""What a pruning method receives (`PruneContext`) and returns (`MethodResult`), the same for every method, and
+what the registry knows about each method (`MethodSpec`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 
 from mfdeploy.models.base import Adapter, PrunableLayer
 from mfdeploy.models.inputs import Batch, CalibSource, pair_batches
 from mfdeploy.progress import NullReporter, Reporter
-from mfdeploy.prune.masks import Masks
+from mfdeploy.pruning.config import PruneConfig
+from mfdeploy.pruning.masks import Masks
 
-if TYPE_CHECKING:
-    from mfdeploy.prune.config import PruneConfig
 
 @dataclass
 class PruneContext:
@@ -81,4 +80,25 @@ class MethodResult:
     extra: dict = field(default_factory=dict)
 
 
-__all__ = ["Masks", "MethodResult", "PruneContext"]
+@dataclass(frozen=True)
+class MethodSpec:
+    """A pruning method and what `prune_model` needs to know about it.
+
+    Attributes:
+        run: computes the masks (or cuts the structure) for a context.
+        score: the importance score it ranks weights or modules by (recorded as `score`).
+        default_budget: the layer budget used without `--budget`; None for methods that
+            set their own structure (then `--budget` is refused).
+        calibrates: needs calibration pairs whatever the budget (the `ecoflap` budget
+            needs them for every score).
+        patterns: accepts `--pattern N:M`.
+    """
+
+    run: Callable[[PruneContext], MethodResult]
+    score: str
+    default_budget: str | None
+    calibrates: bool
+    patterns: bool = True
+
+
+__all__ = ["Masks", "MethodResult", "MethodSpec", "PruneContext"]

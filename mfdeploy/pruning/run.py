@@ -9,11 +9,12 @@ from mfdeploy.errors import UserError
 from mfdeploy.models import Adapter
 from mfdeploy.models.inputs import CalibSource, calibration_pairs, parse_calib
 from mfdeploy.progress import NullReporter, Reporter
-from mfdeploy.prune.config import PruneConfig, resolved_budget, validate
-from mfdeploy.prune.masks import apply_masks
-from mfdeploy.prune.record import build_record, record_for_json
-from mfdeploy.prune.registry import METHODS, needs_calibration
-from mfdeploy.prune.result import PruneContext
+from mfdeploy.pruning.checks import resolved_budget, validate
+from mfdeploy.pruning.config import PruneConfig
+from mfdeploy.pruning.masks import apply_masks
+from mfdeploy.pruning.record import build_record, record_for_json
+from mfdeploy.pruning.registry import METHODS, needs_calibration
+from mfdeploy.pruning.result import PruneContext
 from mfdeploy.zoo import is_bundled
 
 
@@ -52,7 +53,7 @@ def prune_model(adapter: Adapter, cfg: PruneConfig, source: CalibSource | None =
     # what the source really holds (a short JSONL file yields fewer than asked): sizes the bar, goes on record
     used = calibration_pairs(source, cfg.calib_samples) if source else 0
     if cfg.distill_steps:
-        from mfdeploy.prune.distill import check_split
+        from mfdeploy.pruning.distill import check_split
 
         assert source is not None  # calibration_source asked for one
         check_split(source, used)
@@ -62,7 +63,7 @@ def prune_model(adapter: Adapter, cfg: PruneConfig, source: CalibSource | None =
     if result.masks is not None:
         apply_masks(adapter.model, result.masks)  # idempotent where a method already folded them
     if teacher is not None:
-        from mfdeploy.prune.distill import recover
+        from mfdeploy.pruning.distill import recover
 
         t0 = time.perf_counter()
         result.extra["distill"] = recover(ctx, teacher, result.masks)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from mfdeploy.artifacts.layout import PARITY_INPUTS
-from mfdeploy.export.spec import model_limits
+from mfdeploy.exporting.spec import model_limits
 
 # Engine vs ONNX Runtime on unit-norm embeddings (entries ~ 1/sqrt(D)). FP32 builds keep TF32 off
 # (polygraphy's default), so they agree to float rounding; FP16 keeps about 3 significant digits.
@@ -84,7 +84,7 @@ def compare_with_onnxrt(onnx_path: Path, runner: Any, feeds: list[dict[str, np.n
     with G_LOGGER.verbosity(G_LOGGER.WARNING):
         results = Comparator.run([reference, runner], data_loader=feeds)
         accuracy = Comparator.compare_accuracy(results, compare_func=_compare_func(tol["atol"]))
-    from mfdeploy.export.parity import embedding_errors  # lazily: parity imports torch
+    from mfdeploy.exporting.parity import embedding_errors  # lazily: parity imports torch
 
     abs_errs, cosines = [], []
     for ref_it, got_it in zip(results[reference.name], results[runner.name], strict=True):

@@ -7,7 +7,7 @@ text length to make it dynamic, names nodes after their modules
 (`/text_model/encoder/layers.0/self_attn/q_proj/MatMul`, which TensorRT's
 sparsity log then repeats) and exports in well under a second where dynamo
 takes tens of seconds. It exports the graph alone and the weights are
-streamed into the file from the module's own tensors (`mfdeploy.export.lean`):
+streamed into the file from the module's own tensors (`mfdeploy.exporting.lean`):
 peak memory is the loaded model plus one tensor, which is what lets a
 ViT-H/14-sized tower export on a 24 GB machine. The graph is cleaned with
 onnxscript's optimizer (constant folding, no Identity/Constant clutter,
@@ -32,11 +32,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from mfdeploy import __version__
+from mfdeploy._version import __version__
 from mfdeploy.artifacts.tempdirs import owned_tempdir
 from mfdeploy.errors import WRITE_ERRNOS, MfdeployError, UserError, errno_of, first_line, write_error
-from mfdeploy.export.lean import graph_only_export, write_model
-from mfdeploy.export.model_info import (  # noqa: F401 - example_inputs and model_sizes are part of this API
+from mfdeploy.exporting.lean import graph_only_export, write_model
+from mfdeploy.exporting.model_info import (  # noqa: F401 - example_inputs and model_sizes are part of this API
     EXAMPLE_CAPTIONS,
     adapter_specs,
     example_inputs,
@@ -44,7 +44,7 @@ from mfdeploy.export.model_info import (  # noqa: F401 - example_inputs and mode
     model_sizes,
     pruning_metadata,
 )
-from mfdeploy.export.spec import META_PREFIX, MIN_OPSET, check_opset, dynamic_axes
+from mfdeploy.exporting.spec import META_PREFIX, MIN_OPSET, check_opset, dynamic_axes
 
 EXPORTERS = ("torchscript", "dynamo")
 PROTO_LIMIT = 2**31  # protobuf cannot serialise a message of 2 GiB or more
@@ -102,9 +102,12 @@ def export_towers(adapter, out_dir: Path, opset: int = MIN_OPSET, external_data:
 
 
 @contextlib.contextmanager
-def eager_attention(model: nn.Module | None):
+def eager_attention(model: Any):
     """Run `model`'s attention as Hugging Face's "eager" implementation inside the block (see the module
-    docstring); yields the implementation the export saw. The model's own setting is restored after."""
+    docstring); yields the implementation the export saw. The model's own setting is restored after.
+
+    `model` is a transformers model (None, or one without `set_attn_implementation`: nothing to set).
+    """
     config = getattr(model, "config", None)
     current = getattr(config, "_attn_implementation", None)
     if current in (None, "eager") or not hasattr(model, "set_attn_implementation"):
@@ -120,10 +123,10 @@ def eager_attention(model: nn.Module | None):
 def export_tower(module: nn.Module, tower: str, spec: dict[str, Any], example: dict[str, torch.Tensor], path: Path,
                  opset: int, external_data: bool | None, exporter: str, max_text_len: int,
                  metadata: dict[str, str]) -> dict[str, Any]:
-    """Export one tower module to `path` following `spec` (see `mfdeploy.export.spec`).
+    """Export one tower module to `path` following `spec` (see `mfdeploy.exporting.spec`).
 
     The TorchScript exporter writes the graph alone (`export_params=False`, see
-    `mfdeploy.export.lean.graph_only_export`) and `lean.write_model` streams the module's own
+    `mfdeploy.exporting.lean.graph_only_export`) and `lean.write_model` streams the module's own
     tensors into the file: besides the loaded model, one tensor at a time is
     copied. The dynamo exporter (and a graph whose weights cannot be named)
     goes through torch's own file, which holds the weights several times over.

@@ -10,12 +10,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from mfdeploy import __version__
+from mfdeploy._version import __version__
 from mfdeploy.errors import UserError, first_line
 from mfdeploy.models.base import Adapter, PrunableLayer
-from mfdeploy.prune.budgets import layer_budgets
-from mfdeploy.prune.criteria import SCORES
-from mfdeploy.prune.patterns import mask_layer, mask_nm, mask_rows_k, nm_eligible
+from mfdeploy.pruning.budgets import layer_budgets
+from mfdeploy.pruning.criteria import SCORES
+from mfdeploy.pruning.patterns import mask_layer, mask_nm, mask_rows_k, nm_eligible
 
 Masks = dict[str, torch.Tensor]  # parameter name -> bool tensor shaped like the weight, True = keep
 
@@ -103,7 +103,8 @@ def _check_mask(name: str, mask: torch.Tensor, param: torch.Tensor) -> None:
 
 def sparsity_report(masks: Masks, layers: dict[str, PrunableLayer]) -> dict:
     """Overall, per-modality and per-layer sparsity (fraction of zeros in the masks)."""
-    per_layer, by_mod = {}, {}
+    per_layer: dict[str, dict] = {}
+    by_mod: dict[str, list[int]] = {}  # modality -> [zeros, weights]
     total = zeros = 0
     for name, layer in layers.items():
         m = masks[param_name(name)]

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from mfdeploy import __version__
+from mfdeploy._version import __version__
 from mfdeploy.models.base import Adapter, PrunableLayer
-from mfdeploy.prune.masks import Masks, param_name, sparsity_report
-from mfdeploy.prune.result import MethodResult, PruneContext
-
-if TYPE_CHECKING:
-    from mfdeploy.prune.registry import MethodSpec
+from mfdeploy.pruning.masks import Masks, param_name, sparsity_report
+from mfdeploy.pruning.result import MethodResult, MethodSpec, PruneContext
 
 ROLES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 

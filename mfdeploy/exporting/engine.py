@@ -32,10 +32,10 @@ from mfdeploy.artifacts.layout import (
 from mfdeploy.artifacts.tempdirs import make_temp_dir, sweep
 from mfdeploy.artifacts.writable import as_write_error, check_folder_target, make_parents, remove_empty
 from mfdeploy.errors import MfdeployError, UserError, first_line
-from mfdeploy.export.engine_check import compare_with_onnxrt, engine_feeds
-from mfdeploy.export.spec import check_onnx_dir, concrete_shapes, fixed_text_len, model_limits, onnx_io
-from mfdeploy.export.trtexec import trtexec_commands, trtexec_paths
-from mfdeploy.export.trtlog import capture_trt_log, parse_sparsity_log
+from mfdeploy.exporting.engine_check import compare_with_onnxrt, engine_feeds
+from mfdeploy.exporting.spec import check_onnx_dir, concrete_shapes, fixed_text_len, model_limits, onnx_io
+from mfdeploy.exporting.trtexec import trtexec_commands, trtexec_paths
+from mfdeploy.exporting.trtlog import capture_trt_log, parse_sparsity_log
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -211,7 +211,7 @@ def build_engines(onnx_dir: Path, fp16: bool = False, sparse: str = "auto", max_
         UserError: not an export directory, or a bad option.
         EngineError: TensorRT failed to parse or build a tower.
     """
-    from mfdeploy.export.sparsity import check_2to4
+    from mfdeploy.exporting.sparsity import check_2to4
 
     if sparse not in SPARSE_MODES:
         raise UserError(f"--sparse must be one of {', '.join(SPARSE_MODES)} (got {sparse!r})")

@@ -3,7 +3,7 @@
 A method is a function `run(ctx: PruneContext) -> MethodResult` plus a few
 facts about it (`MethodSpec`). Adding one takes one file and one line:
 
-    # mfdeploy/prune/methods/mine.py
+    # mfdeploy/pruning/methods/mine.py
     def prune_mine(ctx: PruneContext) -> MethodResult:
         ...                                   # masks for ctx.layers at ctx.cfg.ratio
         return MethodResult(masks=masks, timings={"scoring_s": dt})
@@ -21,33 +21,11 @@ own. Score-based (unstructured) methods share one implementation
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 
-from mfdeploy.prune.methods.mope import prune_mope
-from mfdeploy.prune.methods.unstructured import prune_unstructured
-from mfdeploy.prune.result import MethodResult, PruneContext
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """A pruning method and what `prune_model` needs to know about it.
-
-    Attributes:
-        run: computes the masks (or cuts the structure) for a context.
-        score: the importance score it ranks weights or modules by (recorded as `score`).
-        default_budget: the layer budget used without `--budget`; None for methods that
-            set their own structure (then `--budget` is refused).
-        calibrates: needs calibration pairs whatever the budget (the `ecoflap` budget
-            needs them for every score).
-        patterns: accepts `--pattern N:M`.
-    """
-
-    run: Callable[[PruneContext], MethodResult]
-    score: str
-    default_budget: str | None
-    calibrates: bool
-    patterns: bool = True
+from mfdeploy.pruning.methods.mope import prune_mope
+from mfdeploy.pruning.methods.unstructured import prune_unstructured
+from mfdeploy.pruning.result import MethodResult, MethodSpec, PruneContext
 
 
 def _score(name: str) -> Callable[[PruneContext], MethodResult]:

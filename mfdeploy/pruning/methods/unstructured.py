@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import time
 
-from mfdeploy.prune.criteria import SCORES
-from mfdeploy.prune.masks import compute_masks
-from mfdeploy.prune.result import MethodResult, PruneContext
-from mfdeploy.prune.stats import collect_stats
+from mfdeploy.pruning.criteria import SCORES
+from mfdeploy.pruning.masks import compute_masks
+from mfdeploy.pruning.result import MethodResult, PruneContext
+from mfdeploy.pruning.stats import collect_stats
 
 
 def prune_unstructured(score: str, ctx: PruneContext) -> MethodResult:
@@ -27,7 +27,7 @@ def prune_unstructured(score: str, ctx: PruneContext) -> MethodResult:
         The masks (already folded into the weights, layer by layer), timings and calibration tokens.
     """
     if ctx.budget == "ecoflap":
-        from mfdeploy.prune.methods.ecoflap import prune_ecoflap_budget
+        from mfdeploy.pruning.methods.ecoflap import prune_ecoflap_budget
 
         return prune_ecoflap_budget(ctx, score)
     spec = SCORES[score]

@@ -27,13 +27,13 @@ import types
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
 
-from mfdeploy.export.spec import dynamic_axes
+from mfdeploy.exporting.spec import dynamic_axes
 
 ALIGN = 4096
 _GRAPH_FIELD = 7  # ModelProto.graph
@@ -119,7 +119,7 @@ def write_model(model: Any, tensors: Mapping[str, torch.Tensor] | Iterable[tuple
                 if offset % ALIGN:
                     data.write(b"\0" * (ALIGN - offset % ALIGN))
                     offset = data.tell()
-                data.write(memoryview(arr.reshape(-1).view(np.uint8)))
+                data.write(arr.reshape(-1).view(np.uint8).data)  # the array's own bytes, no copy
                 proto.data_location = TensorProto.EXTERNAL
                 for key, value in (("location", data_path.name), ("offset", str(offset)),
                                    ("length", str(arr.nbytes))):
@@ -134,7 +134,7 @@ def write_model(model: Any, tensors: Mapping[str, torch.Tensor] | Iterable[tuple
 
 
 def _matmul_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    y = torch.matmul(x, self.weight_t)
+    y = torch.matmul(x, cast(torch.Tensor, self.weight_t))  # registered by `_matmul_linears`
     return y if self.bias is None else y + self.bias
 
 
@@ -153,7 +153,7 @@ def _matmul_linears(module: nn.Module):
             if type(m) is nn.Linear:  # exact type: subclasses keep their own forward
                 patched.append(m)
                 m.register_parameter("weight_t", nn.Parameter(m.weight.detach().t(), requires_grad=False))
-                m.forward = types.MethodType(_matmul_forward, m)
+                vars(m)["forward"] = types.MethodType(_matmul_forward, m)  # the instance's own, popped below
         yield
     finally:
         for m in patched:
@@ -176,7 +176,9 @@ def graph_only_export(module: nn.Module, spec: dict[str, Any], example: dict[str
     with _matmul_linears(module), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings: parity proves the graph general
         named = {**dict(module.named_buffers()), **dict(module.named_parameters())}
-        torch.onnx.export(module, args, buf, dynamo=False, export_params=False, dynamic_axes=dynamic_axes(spec),
+        # the TorchScript exporter (dynamo=False) writes to a file object too, which torch's annotation omits
+        torch.onnx.export(module, args, buf,  # type: ignore[arg-type]
+                          dynamo=False, export_params=False, dynamic_axes=dynamic_axes(spec),
                           do_constant_folding=True, input_names=list(spec["inputs"]),
                           output_names=list(spec["outputs"]), opset_version=opset)
     graph = onnx.load_from_string(buf.getvalue())

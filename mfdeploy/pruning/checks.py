@@ -1,57 +1,24 @@
-"""The prune configuration (a typed dataclass the CLI and the API build) and its checks, run before any work."""
+"""The checks a prune configuration goes through before any work, against the method registry.
+
+They live apart from `PruneConfig` (`mfdeploy.pruning.config`, plain data): the registry's methods receive the
+configuration, so the configuration's module cannot import the registry without an import cycle.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 
 from mfdeploy.errors import UserError
-from mfdeploy.prune.budgets import BUDGETS
-from mfdeploy.prune.patterns import parse_pattern
-
-
-@dataclass
-class PruneConfig:
-    """Everything `mfdeploy prune` needs; built by the CLI, never from CLI objects.
-
-    `method` picks the score (and, unless `budget` is given, its default layer
-    budget); `budget` overrides the layer budget of any unstructured score.
-    """
-
-    ratio: float
-    model: str | None = None  # None = bundled
-    method: str = "multiflow"
-    budget: str | None = None  # None = the method's default (registry)
-    pattern: str | None = None
-    calib: str | None = None  # "shapes" | PAIRS.jsonl; default shapes for the bundled model
-    calib_samples: int = 256
-    batch_size: int = 32
-    include: list[str] = field(default_factory=list)
-    exclude: list[str] = field(default_factory=list)
-    seed: int = 0
-    show_progress: bool = True
-    # ecoflap budget
-    ecoflap_smax_delta: float = 0.1
-    ecoflap_samples: int = 32
-    # mope
-    mope_head_dim_group: int = 0
-    mope_neuron_group: int = 64
-    mope_depth_share: float = 0.0
-    # recovery (every method): distillation from the dense model, masks held fixed
-    distill_steps: int = 0
-    distill_lr: float = 1e-4
-    distill_params: str = "all"  # all | prunable
-    # where `mfdeploy prune`/`build` run the model, and in which precision (statistics and scores stay float32)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "float32"  # float32 | float16 | bfloat16
+from mfdeploy.pruning.budgets import BUDGETS
+from mfdeploy.pruning.config import PruneConfig
+from mfdeploy.pruning.patterns import parse_pattern
+from mfdeploy.pruning.registry import METHODS
 
 
 def validate(cfg: PruneConfig) -> tuple[int, int] | None:
     """Check the configuration before any work; returns the parsed N:M pattern."""
-    from mfdeploy.prune.registry import METHODS
-
     if not 0.0 < cfg.ratio < 1.0:
         raise UserError(f"--ratio {cfg.ratio}: must be strictly between 0 and 1")
     if cfg.method not in METHODS:
@@ -103,11 +70,9 @@ def validate(cfg: PruneConfig) -> tuple[int, int] | None:
 
 def resolved_budget(cfg: PruneConfig, pattern: tuple[int, int] | None) -> str | None:
     """The layer budget this run uses: --budget, else the method's default; None with N:M or structured."""
-    from mfdeploy.prune.registry import METHODS
-
     if pattern is not None:
         return None
     return cfg.budget or METHODS[cfg.method].default_budget
 
 
-__all__ = ["PruneConfig", "resolved_budget", "validate"]
+__all__ = ["resolved_budget", "validate"]

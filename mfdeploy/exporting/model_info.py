@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from mfdeploy.export.spec import tower_specs
+from mfdeploy.exporting.spec import tower_specs
 
 # Two captions of different lengths, so the traced text graph contains padding (attention_mask == 0).
 EXAMPLE_CAPTIONS = ("a photo of a red circle.",

@@ -1,6 +1,9 @@
 """Export stage: ONNX towers with parity checks, 2:4 sparsity checks, TensorRT engines.
 
-Names are resolved on first use (PEP 562), so `import mfdeploy.export` loads
+The Python API's `mfdeploy.export(...)` is `mfdeploy.api.export`, which runs the
+export pipeline (`mfdeploy.pipelines.export`); this package is what it is built on.
+
+Names are resolved on first use (PEP 562), so `import mfdeploy.exporting` loads
 neither torch nor onnx nor polygraphy, and nothing here imports TensorRT at
 import time: the engine module imports it inside its functions.
 """
@@ -9,8 +12,6 @@ from __future__ import annotations
 
 import importlib
 from typing import Any
-
-from mfdeploy._callable import make_callable
 
 _WHERE = {
     # ONNX export and parity (the export pipeline, export.json included, is `mfdeploy.pipelines.export`)
@@ -54,5 +55,3 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted([*globals(), *_WHERE])
 
-
-make_callable(__name__, "export")

@@ -23,15 +23,15 @@ import time
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 
 from mfdeploy.errors import UserError
 from mfdeploy.models import structure as st
 from mfdeploy.models.base import Adapter
 from mfdeploy.models.inputs import Batch, CalibSource
-from mfdeploy.prune.record import budget_by_role_from_counts, role_counts
-from mfdeploy.prune.result import MethodResult, PruneContext
+from mfdeploy.pruning.record import budget_by_role_from_counts, role_counts
+from mfdeploy.pruning.result import MethodResult, PruneContext
 
+Index = slice | tuple[slice, slice]  # the part of a parameter a module's removal zeroes
 HELD_OUT_OFFSET = 500_000  # shapes: Z's pairs come from seeds the distillation pairs (offset 0) never reach
 Z_MAX_PAIRS = 128
 
@@ -65,7 +65,7 @@ class _Z:
 
 
 @torch.no_grad()
-def _error_without(z: _Z, modality: str, tensors: list[tuple[torch.Tensor, object]]) -> float:
+def _error_without(z: _Z, modality: str, tensors: list[tuple[torch.Tensor, Index]]) -> float:
     """MoPE of the module whose parameters are zeroed by `tensors` [(param, index)]."""
     saved = [(p, idx, p[idx].clone()) for p, idx in tensors]
     try:
@@ -77,8 +77,8 @@ def _error_without(z: _Z, modality: str, tensors: list[tuple[torch.Tensor, objec
             p[idx] = value
 
 
-def _layers(adapter: Adapter, tower: str) -> nn.ModuleList:
-    return getattr(adapter.model, tower).encoder.layers
+def _layers(adapter: Adapter, tower: str) -> Sequence[st.EncoderLayer]:
+    return st.encoder_layers(adapter.model, tower)
 
 
 def width_plan(n_heads: int, inter: int, group: int, keep_frac: float, where: str) -> tuple[int, int]:
@@ -133,7 +133,7 @@ def prune_mope(ctx: PruneContext) -> MethodResult:
         depth_plan[tower] = (n_layers, n_drop)
 
     # width: MoPE of every head and neuron group, uniform target width per layer
-    width_scores: dict[str, list] = {}
+    width_scores: dict[str, dict] = {}  # layer -> errors of its heads and neuron groups, heads kept
     total = sum(l.self_attn.q_proj.out_features // st.head_dim(l.self_attn) + math.ceil(l.mlp.fc1.out_features / group)
                 for t in st.TOWER_ATTRS for l in _layers(adapter, t))
     advance = ctx.reporter.task("MoPE width (heads, neurons)", total=total)

@@ -1,1 +1,0 @@
-"""Pruning methods: one file each, registered in `mfdeploy.prune.registry`."""

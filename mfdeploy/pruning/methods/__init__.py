@@ -1,0 +1,1 @@
+"""Pruning methods: one file each, registered in `mfdeploy.pruning.registry`."""
