@@ -1,7 +1,7 @@
 """INT8 towers on ViT-B/32 with ONNX Runtime (CPU): fp32 vs dynamic vs static INT8 vs MoPE 0.5 (+ INT8).
 
     python benchmarks/quantize_vitb32.py [--batch 8] [--text-len 77] [--rounds 5] [--block 3] [--threads 2]
-                                         [--no-spin] [--smoke] [--keep DIR]
+                                         [--no-spin] [--smoke] [--keep DIR] [--family clip|siglip]
 
 Builds ViT-B/32 (`CLIPConfig()` defaults, random weights), prunes a copy
 with MoPE @ 0.5 (width only, as `benchmarks/mope_vitb32.py`), exports both,
@@ -23,7 +23,8 @@ in blocks). The table gives the speed-up over dense fp32, the min cosine
 of each INT8 graph against its own fp32 graph (random inputs), and the
 file size. The load average is printed before and after: compare ratios
 only within one run. `--smoke`: a 2-layer, width-64 model, to check the
-script in seconds.
+script in seconds. `--family siglip`: the same on a SigLIP-base/16-sized
+model (`vitb32.siglip_b16`; text at its one length, 64 tokens, no mask).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))
-from vitb32 import WrappedAdapter, random_batches, vitb32  # noqa: E402
+from vitb32 import WrappedAdapter, random_batches, siglip_b16, vitb32  # noqa: E402
 
 from mfdeploy.bench.run import time_blocks  # noqa: E402
 from mfdeploy.data.batching import CalibSource  # noqa: E402
@@ -58,9 +59,18 @@ TOWER_FILES = {"vision": "vision.onnx", "text": "text.onnx"}
 
 
 def feeds(model, batch: int, text_len: int, seed: int) -> dict[str, dict[str, np.ndarray]]:
+    """Inputs of each tower (a SigLIP text tower takes `input_ids` alone: `only_inputs` drops the mask)."""
     b = random_batches(model, batch, batch, text_len=text_len, seed=seed)[0]
     return {"vision": {"pixel_values": b.pixel_values.numpy()},
             "text": {"input_ids": b.input_ids.numpy(), "attention_mask": b.attention_mask.numpy()}}
+
+
+def only_inputs(path: Path, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The entries of `feed` that the graph at `path` takes."""
+    import onnx
+
+    names = {i.name for i in onnx.load(str(path), load_external_data=False).graph.input}
+    return {k: v for k, v in feed.items() if k in names}
 
 
 def min_cos(a: np.ndarray, b: np.ndarray) -> float:
@@ -77,12 +87,14 @@ def main() -> None:
     ap.add_argument("--no-spin", action="store_true", help="sessions do not spin their idle threads")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--family", choices=("clip", "siglip"), default="clip",
+                    help="clip: ViT-B/32; siglip: a SigLIP-base/16-sized model")
     ap.add_argument("--keep", type=Path, help="keep every graph here (dense/, MoPE 0.5/: fp32, dynamic, static)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     console = Console()
     text_len = min(args.text_len, 77)
-    dense = WrappedAdapter(vitb32(smoke=args.smoke))
+    dense = WrappedAdapter(siglip_b16(smoke=args.smoke) if args.family == "siglip" else vitb32(smoke=args.smoke))
     pruned = WrappedAdapter(copy.deepcopy(dense.model))
     calib = tuple(random_batches(dense.model, 8, 8))
     group = 32 if args.smoke else 256
@@ -104,13 +116,14 @@ def main() -> None:
                 nodes = plan_nodes(src)["quantize"]
                 for scheme in ("dynamic", "static"):
                     dst = root / name / f"{tower}.{scheme}.onnx"
-                    quantize_ort(src, dst, nodes, [c[tower] for c in calib_feeds], scheme)
+                    quantize_ort(src, dst, nodes, [only_inputs(src, c[tower]) for c in calib_feeds], scheme)
                     paths[tower][f"{name} int8 {scheme}"] = dst
         load_before = os.getloadavg()
         for tower, variants in paths.items():
             sessions = {v: ort_session(p, threads=args.threads, spin=not args.no_spin) for v, p in variants.items()}
-            outs = {v: s.run(None, test[tower])[0] for v, s in sessions.items()}
-            times = time_blocks({v: lambda s=s, f=test[tower]: s.run(None, f) for v, s in sessions.items()},
+            fed = {v: only_inputs(p, test[tower]) for v, p in variants.items()}
+            outs = {v: s.run(None, fed[v])[0] for v, s in sessions.items()}
+            times = time_blocks({v: lambda s=s, f=fed[v]: s.run(None, f) for v, s in sessions.items()},
                                 args.rounds, args.block)
             base = float(np.median(times["dense fp32"]))
             for v in sessions:
@@ -121,7 +134,9 @@ def main() -> None:
         load_after = os.getloadavg()
         if args.keep:
             shutil.copytree(root, args.keep, dirs_exist_ok=True)
-    table = Table(title=f"ViT-B/32 ({'smoke' if args.smoke else 'CLIPConfig defaults'}), ONNX Runtime "
+    name = "SigLIP-base/16" if args.family == "siglip" else "ViT-B/32"
+    text_len = dense.max_text_len if args.family == "siglip" else text_len
+    table = Table(title=f"{name} ({'smoke' if args.smoke else 'random weights'}), ONNX Runtime "
                         f"{ort.__version__} CPU, {args.threads} threads "
                         f"({'no spinning' if args.no_spin else 'spinning'}), vision batch {args.batch}, text "
                         f"{args.batch} x {text_len} tokens, {args.rounds} rounds of {args.block} calls per graph")

@@ -38,7 +38,7 @@ import torch
 from transformers import CLIPConfig, CLIPModel
 
 sys.path.insert(0, str(Path(__file__).parent))
-from vitb32 import WrappedAdapter  # noqa: E402
+from vitb32 import WrappedAdapter, siglip_b16  # noqa: E402
 
 GB = 1024**3
 # (vision, text, projection); vision: hidden, layers, heads, mlp, patch; text: hidden, layers, heads, mlp
@@ -46,8 +46,9 @@ SIZES = {
     "b32": None,  # CLIPConfig() defaults
     "l14": dict(vision=(1024, 24, 16, 4096, 14), text=(768, 12, 12, 3072), projection=768),
     "h14": dict(vision=(1280, 32, 16, 5120, 14), text=(1024, 24, 16, 4096), projection=1024),
+    "siglip-b16": "siglip",  # SigLIP base patch16-224's layout (benchmarks/vitb32.siglip_b16)
 }
-NAMES = {"b32": "ViT-B/32", "l14": "ViT-L/14", "h14": "ViT-H/14"}
+NAMES = {"b32": "ViT-B/32", "l14": "ViT-L/14", "h14": "ViT-H/14", "siglip-b16": "SigLIP-B/16"}
 STEPS = (("load", "load_s"), ("statistics", "calibration_s"), ("scoring+masking", "scoring_s"),
          ("write outputs", "write_s"))
 
@@ -72,7 +73,7 @@ def config(size: str, smoke: bool) -> CLIPConfig:
 def build(size: str, smoke: bool, out: Path) -> tuple[int, int]:
     """Save a random-weight model of this size into `out`; returns (parameters, fp32 bytes)."""
     torch.manual_seed(0)
-    model = CLIPModel(config(size, smoke)).eval()
+    model = siglip_b16(smoke=smoke) if SIZES[size] == "siglip" else CLIPModel(config(size, smoke)).eval()
     params = sum(p.numel() for p in model.parameters())
     WrappedAdapter(model).save(out)
     del model
@@ -121,7 +122,8 @@ def bench(size: str, args: argparse.Namespace, tmp: Path) -> list[dict]:
     pairs = write_pairs(work, args.pairs, image)
     cli = "import sys; from mfdeploy.cli import main; sys.exit(main())"
     argv = [sys.executable, "-c", cli, "prune", "--model", str(model_dir), "--ratio", "0.5",
-            "--method", args.method, "--calib", str(pairs), "--calib-samples", str(args.pairs), "--out", str(out)]
+            "--method", args.method, "--calib", str(pairs), "--calib-samples", str(args.pairs), "--out", str(out),
+            *(["--neuron-group", str(args.neuron_group)] if args.method == "mope" else [])]
     rc, wall, peak, err = run_child(argv)
     if rc != 0:
         raise SystemExit(f"{NAMES[size]}: mfdeploy prune failed (exit {rc}):\n{err}")
@@ -139,7 +141,8 @@ def bench(size: str, args: argparse.Namespace, tmp: Path) -> list[dict]:
     if args.build:  # the whole `mfdeploy build` (evaluation skipped: no --eval for a model outside the bundle)
         build_argv = [sys.executable, "-c", cli, "build", "--model", str(model_dir), "--ratio", "0.5",
                       "--method", args.method, "--calib", str(pairs), "--calib-samples", str(args.pairs),
-                      "--out", str(work / "build")]
+                      "--out", str(work / "build"), *(["--int8"] if args.int8 else []),
+                      *(["--neuron-group", str(args.neuron_group)] if args.method == "mope" else [])]
         rc, b_wall, b_peak, err = run_child(build_argv)
         if rc != 0:
             raise SystemExit(f"{NAMES[size]}: mfdeploy build failed (exit {rc}):\n{err}")
@@ -178,13 +181,16 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="b32,l14", help="comma-separated: b32, l14, h14 (default: b32,l14)")
+    ap.add_argument("--sizes", default="b32,l14",
+                    help="comma-separated: b32, l14, h14, siglip-b16 (default: b32,l14)")
     ap.add_argument("--smoke", action="store_true", help="tiny models of the same layouts")
     ap.add_argument("--method", default="multiflow")
     ap.add_argument("--pairs", type=int, default=32)
     ap.add_argument("--export", action="store_true", help="also time `mfdeploy export` of each pruned model")
     ap.add_argument("--build", action="store_true",
                     help="also run `mfdeploy build --ratio 0.5` end to end (one row per stage, from build.json)")
+    ap.add_argument("--int8", action="store_true", help="--build with --int8 (INT8 towers too)")
+    ap.add_argument("--neuron-group", type=int, default=64, help="MoPE's MLP neurons per group (--method mope)")
     ap.add_argument("--json", type=Path, help="also write the rows here")
     ap.add_argument("--md", type=Path, help="also write the markdown table here")
     args = ap.parse_args()
@@ -197,7 +203,8 @@ def main() -> None:
         for size in sizes:
             rows += bench(size, args, Path(tmp))
             print(table([r for r in rows if r["model"].startswith(NAMES[size])]), flush=True)
-    print(f"\n{args.method} 0.5, {args.pairs} pairs, {torch.get_num_threads()} threads, "
+    int8 = " + int8" if args.int8 else ""
+    print(f"\n{args.method} 0.5{int8}, {args.pairs} pairs, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} cores; load average (1 min) per model in the table\n")
     print(table(rows))
     if args.json:

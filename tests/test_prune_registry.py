@@ -17,7 +17,7 @@ from mfdeploy.pruning.criteria import random_score
 from mfdeploy.pruning.methods.ecoflap import direction
 from mfdeploy.pruning.stats import ActivationStats
 
-PRUNE_DIR = Path(__file__).resolve().parents[1] / "mfdeploy" / "prune"
+PRUNE_DIR = Path(__file__).resolve().parents[1] / "mfdeploy" / "pruning"
 
 
 def _keep_first_half(ctx: PruneContext) -> MethodResult:

@@ -45,6 +45,7 @@ def test_build_int8_with_engines_and_eval(fake_trt, tiny_clip_dir, tmp_path, sha
           "--json", str(json_path)])
     result = json.loads(json_path.read_text())
     assert result["backend"] == "onnx-int8" and result["retrieval"] == ev["int8"]["retrieval"]
+    assert result["precision"] == {"vision": "int8+f32", "text": "int8+f32"}  # what ran, not "f32"
 
 
 def test_build_int8_gate_failure_leaves_nothing(tiny_clip_dir, tmp_path, capsys, monkeypatch):

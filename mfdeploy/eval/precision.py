@@ -81,7 +81,9 @@ def onnx_runner(backend: str, onnx_dir: Path, adapter: Any, precision: str | Non
         else:
             from mfdeploy.runtime.ort_runner import OrtRunner
 
-            return OrtRunner(onnx_dir, provider="cpu")
+            ort = OrtRunner(onnx_dir, provider="cpu")
+            ort.precision = "int8+f32" if backend.endswith("int8") else "f32"  # as the runtime registry labels it
+            return ort
     except (BackendUnavailable, ImportError) as e:
         raise UserError(f"--backend {backend}: {e}") from None
     fix = "evaluate with --precision f32" if runner.precision != "f32" else "evaluate with --backend onnx"

@@ -10,8 +10,8 @@ from mfdeploy.pruning.criteria import SCORES, magnitude_score, multiflow_score, 
 from mfdeploy.pruning.masks import apply_masks, compute_masks, load_masks, save_masks, sparsity_report
 from mfdeploy.pruning.patterns import mask_layer, mask_nm, mask_rows, parse_pattern
 from mfdeploy.pruning.record import budget_by_role, record_for_json
-from mfdeploy.pruning.registry import METHODS, MethodSpec
-from mfdeploy.pruning.result import MethodResult, PruneContext
+from mfdeploy.pruning.registry import METHODS
+from mfdeploy.pruning.result import MethodResult, MethodSpec, PruneContext
 from mfdeploy.pruning.run import prune_model
 from mfdeploy.pruning.stats import ActivationStats, collect_stats
 
