@@ -205,4 +205,44 @@ def evaluate(model: ModelLike | str | Path | None, data: str | Path = "shapes", 
                                    dense=retention, progress=progress, exporter=export_towers, **sizes)
 
 
-__all__ = ["PruneResult", "adapter_for", "evaluate", "export", "load", "prune"]
+def tune(model: str | Path | None = None, *, out: str | Path = "tune", calib: str | None = None,
+         eval_data: str | None = None, backend: str = "ort-cpu", batch_size: int = 8, max_drop: float | None = None,
+         min_speedup: float | None = None, max_latency_ms: float | None = None, max_size_mb: float | None = None,
+         time_budget: float = 15.0, space: str = "default", force: bool = False, seed: int = 0,
+         pick: int | None = None, progress: Callable[[str], None] | None = None) -> Any:
+    """`mfdeploy tune`: search method x ratio x precision on `backend` and `eval_data`, build the pick.
+
+    Args:
+        model: hub id or checkpoint directory (None: the bundled model).
+        out: the tune directory (journal, tune.json/.md, pareto.png, best/); an earlier tune there resumes.
+        calib: calibration pairs ("shapes" or a JSONL; needed for a model that is not bundled).
+        eval_data: quality data (JSONL of pairs or image folder; default: the shapes suite, bundled models).
+        backend: ort-cpu | ort-int8 | openvino | openvino-int8 | torch | torch-cuda.
+        batch_size: images and texts per timed call.
+        max_drop, min_speedup, max_latency_ms, max_size_mb: the constraints of the pick (none: max_drop 1).
+        time_budget: minutes of search.
+        space: default | quick | a TOML file.
+        force: start over in an existing tune directory.
+        seed: search order and prune seed.
+        pick: build trial N of the tune in `out` as out/best without searching (the other arguments are ignored).
+        progress: called with one line per finished trial (default: printed to stderr).
+
+    Returns:
+        A `mfdeploy.tuning.TuneResult`: `.trials` (every trial record), `.front` (the non-dominated ones),
+        `.pick` and `.why`, `.out`, `.summary` (what tune.json holds).
+
+    Raises:
+        UserError: a bad argument, or no candidate meeting the constraints (the message names the closest).
+    """
+    from mfdeploy.tuning import Constraints, TuneConfig, pick_trial, run_tune
+
+    if pick is not None:
+        return pick_trial(Path(out), pick, say=progress)
+    cfg = TuneConfig(out=Path(out), model=None if model is None else str(model), calib=calib, eval_data=eval_data,
+                     backend=backend, batch_size=batch_size,
+                     constraints=Constraints(max_drop, min_speedup, max_latency_ms, max_size_mb),
+                     time_budget_min=time_budget, space=space, force=force, seed=seed)
+    return run_tune(cfg, say=progress)
+
+
+__all__ = ["PruneResult", "adapter_for", "evaluate", "export", "load", "prune", "tune"]

@@ -59,6 +59,8 @@ NEEDS = (
     Need("serve", "backend", "--backend", ("trt",), "gpu"),
     Need("serve", "backend", "--backend", ("openvino", "openvino-int8"), "openvino"),
     Need("eval", "backend", "--backend", ("openvino", "openvino-int8"), "openvino"),
+    Need("tune", "backend", "--backend", ("openvino", "openvino-int8"), "openvino"),
+    Need("tune", "int8", "with int8 in its space", (True,), "modelopt"),  # an INT8 candidate is a --int8 build
 )
 
 

@@ -29,6 +29,7 @@ LEVELS = {
     # a Triton model repository from a build: reads the ONNX graphs (exporting's tower spec) and checkpoint files
     "deploy": 4,
     "pipelines": 5, "api": 5,
+    "tuning": 5,  # `mfdeploy tune` runs builds (pipelines) and measures them (eval, bench)
     "cli": 6,
 }
 # Parts of one level that must not import each other (the rest of a level may).

@@ -1,5 +1,7 @@
 """The command line itself: version, help on every subcommand, info."""
 
+from pathlib import Path
+
 import pytest
 
 from mfdeploy import __version__
@@ -57,6 +59,7 @@ PRUNE_ARGS = {"--model": ("m", "model", "m"), "--method": ("wanda", "method", "w
               "--exclude": ("*fc2*", "exclude", ["*fc2*"]), "--seed": ("5", "seed", 5),
               "--smax-delta": ("0.2", "ecoflap_smax_delta", 0.2), "--neuron-group": ("16", "mope_neuron_group", 16),
               "--depth-share": ("0.25", "mope_depth_share", 0.25), "--distill-steps": ("9", "distill_steps", 9),
+              "--mope-cache": ("mc", "mope_cache", Path("mc")),
               "--distill-lr": ("0.002", "distill_lr", 0.002),
               "--distill-params": ("prunable", "distill_params", "prunable"),
               "--device": ("cpu", "device", "cpu"), "--dtype": ("bfloat16", "dtype", "bfloat16")}

@@ -27,7 +27,7 @@ from mfdeploy.runtime.registry import BACKENDS, ONNX_BACKENDS, TOWERS, BuildDir,
 # on_progress(description, cells done, cells in all): how a caller shows the run (the CLI draws a bar)
 Progress = Callable[[str, int, int], None]
 
-__all__ = ["parse_batch_sizes", "parse_list", "run_bench", "time_interleaved"]
+__all__ = ["latency_stats", "parse_batch_sizes", "parse_list", "run_bench", "time_interleaved"]
 DEFAULT_BATCH_SIZES = (1, 8, 32)
 MAX_ITERS = 10_000  # cap on timed iterations per cell when --min-time keeps asking for more
 
@@ -83,7 +83,8 @@ def time_blocks(calls: dict, rounds: int, block: int) -> dict[str, np.ndarray]:
     return {name: np.asarray(v) for name, v in lat.items()}
 
 
-def _stats(latencies: np.ndarray, batch: int) -> dict[str, float]:
+def latency_stats(latencies: np.ndarray, batch: int) -> dict[str, float]:
+    """Throughput and p50/p95/p99 latency of one variant's calls (seconds each) at `batch` items per call."""
     ms = latencies * 1e3
     return {
         # at the median call: robust to the stalls other processes cause on a shared machine
@@ -259,7 +260,7 @@ def _cell(runners: dict[str, Runner], name: str, tower: str, batch: int, text_le
     load_start = load_average()
     latencies = time_interleaved(calls, warmup, iters, min_time, {v: r.time_call for v, r in runners.items()})
     load_end = load_average()
-    stats = {v: _stats(lat, batch) for v, lat in latencies.items()}
+    stats = {v: latency_stats(lat, batch) for v, lat in latencies.items()}
     ratio = stats["pruned"]["throughput"] / stats["dense"]["throughput"] if "dense" in stats else None
     unstable = spread_reason(stats)  # flags the whole cell: its ratio is what a wide spread spoils
     out = []

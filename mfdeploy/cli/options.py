@@ -35,6 +35,9 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed (random criterion, EC
 SmaxDeltaOpt = Annotated[float, typer.Option("--smax-delta", help="ECoFLaP: cap s_max = ratio + this.")]
 NeuronGroupOpt = Annotated[int, typer.Option("--neuron-group", help="MoPE: MLP neurons per group.")]
 DepthShareOpt = Annotated[float, typer.Option("--depth-share", help="MoPE: share of the ratio taken by whole layers.")]
+MopeCacheOpt = Annotated[Path | None, typer.Option(
+    "--mope-cache", metavar="DIR", help="MoPE: a folder of module errors scored by earlier runs, reused where the "
+    "model, calibration pairs, neuron group and earlier layers' cuts match (written as scored; a killed run resumes).")]
 DistillStepsOpt = Annotated[int, typer.Option(
     "--distill-steps", help="Recovery: steps of distillation from the dense model after pruning (any method; "
     "pruned weights stay zero). 0: none.")]
@@ -71,6 +74,7 @@ PRUNE_OPTIONS: dict[str, tuple[Any, Any, str]] = {
     "smax_delta": (SmaxDeltaOpt, 0.1, "ecoflap_smax_delta"),
     "neuron_group": (NeuronGroupOpt, 64, "mope_neuron_group"),
     "depth_share": (DepthShareOpt, 0.0, "mope_depth_share"),
+    "mope_cache": (MopeCacheOpt, None, "mope_cache"),
     "distill_steps": (DistillStepsOpt, 0, "distill_steps"),
     "distill_lr": (DistillLrOpt, 1e-4, "distill_lr"),
     "distill_params": (DistillParamsOpt, "all", "distill_params"),

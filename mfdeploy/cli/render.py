@@ -187,13 +187,23 @@ class _RichReporter:
 
 @contextmanager
 def console_reporter(enabled: bool = True) -> Iterator[Any]:
-    """Progress bars on stderr while the block runs (the prune stage's); `enabled=False`: nothing drawn."""
-    from mfdeploy.progress import NullReporter
+    """Progress bars on stderr while the block runs (the prune stage's); `enabled=False`: nothing drawn.
+
+    Where stderr is no terminal (CI logs, `nohup`, a pipe), plain lines instead (`LineReporter`): a bar
+    redrawn in a log file is either lost or a wall of carriage returns.
+    """
+    from mfdeploy.progress import LineReporter, NullReporter
 
     if not enabled:
         yield NullReporter()
         return
+    console = Console(stderr=True, markup=False)
+    if not console.is_terminal:
+        lines = LineReporter()
+        yield lines
+        lines.close()  # not after a failure: its one error line is the last word
+        return
     prog = Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=Console(stderr=True, markup=False), transient=False)
+                    TimeElapsedColumn(), console=console, transient=False)
     with prog:
         yield _RichReporter(prog)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mfdeploy import exporting  # through the package: tests (and users) can wrap a step there
@@ -174,22 +174,32 @@ STAGES: list[Stage] = [
 
 def eval_data_for(cfg: BuildConfig) -> str | None:
     """The evaluation data of a build: `--eval`, else the shapes suite for the bundled model, else none."""
+    if not cfg.evaluate:
+        return None
     return cfg.eval_data or ("shapes" if is_bundled(cfg.prune.model) else None)
 
 
-def planned_stages(cfg: BuildConfig) -> list[Stage]:
-    """The stages `run_build` will run for `cfg` on this machine, in order (a subset of `STAGES`)."""
+def planned_stages(cfg: BuildConfig, extra: Sequence[tuple[str, Stage]] = ()) -> list[Stage]:
+    """The stages `run_build` will run for `cfg` on this machine, in order (a subset of `STAGES`), with each
+    `extra` stage right after the stage it names."""
     data = eval_data_for(cfg)
-    return [s for s in STAGES if s.runs(cfg, data)]
+    plan: list[Stage] = []
+    for stage in STAGES:
+        if stage.runs(cfg, data):
+            plan.append(stage)
+            plan.extend(s for after, s in extra if after == stage.name and s.runs(cfg, data))
+    return plan
 
 
 def run_build(cfg: BuildConfig, on_stage: Callable[[str, int, int], None] | None = None,
-              reporter: Reporter | None = None) -> dict:
+              reporter: Reporter | None = None, extra: Sequence[tuple[str, Stage]] = ()) -> dict:
     """Run the planned stages; returns the manifest written to `cfg.out/build.json`.
 
     `on_stage(name, step, total)` is called as each stage starts: its place
     among the stages that run here (`planned_stages`), counted from 1.
-    `reporter` shows the prune stage's progress (default: none).
+    `reporter` shows the prune stage's progress (default: none). `extra`: (stage name, stage) pairs, each run
+    right after the named stage (`mfdeploy tune` screens a pruned model before it is exported); a stage that
+    raises discards the whole build, as any failed stage does.
     """
     from mfdeploy.exporting.spec import check_opset
 
@@ -203,7 +213,7 @@ def run_build(cfg: BuildConfig, on_stage: Callable[[str, int, int], None] | None
         raise UserError(f"--sparse {cfg.sparse}: expected auto, on or off")
     out = Path(cfg.out)
     check_out_dir(out, cfg.force)
-    plan = planned_stages(cfg)
+    plan = planned_stages(cfg, extra)
     timings: dict[str, float] = {}
     with atomic_dir(out, cfg.force) as tmp:
         state = BuildState(cfg, tmp, eval_data_for(cfg), reporter=reporter)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -32,6 +33,7 @@ class PruneConfig:
     mope_head_dim_group: int = 0
     mope_neuron_group: int = 64
     mope_depth_share: float = 0.0
+    mope_cache: Path | None = None  # a folder of module errors earlier runs scored (content-addressed), reused
     # recovery (every method): distillation from the dense model, masks held fixed
     distill_steps: int = 0
     distill_lr: float = 1e-4

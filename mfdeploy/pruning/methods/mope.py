@@ -27,54 +27,18 @@ import torch
 from mfdeploy.errors import UserError
 from mfdeploy.models import structure as st
 from mfdeploy.models.base import Adapter
-from mfdeploy.models.inputs import Batch, CalibSource
+from mfdeploy.models.inputs import CalibSource
+from mfdeploy.progress import Advance
+from mfdeploy.pruning.methods.mope_cache import ScoreCache
+from mfdeploy.pruning.methods.mope_replay import Replay, Z, error_without
 from mfdeploy.pruning.record import budget_by_role_from_counts, role_counts
 from mfdeploy.pruning.result import MethodResult, PruneContext
 
-Index = slice | tuple[slice, slice]  # the part of a parameter a module's removal zeroes
 HELD_OUT_OFFSET = 500_000  # shapes: Z's pairs come from seeds the distillation pairs (offset 0) never reach
 Z_MAX_PAIRS = 128
-
-
-class _Z:
-    """The family's loss of the model on fixed pairs, caching the tower that a change does not touch."""
-
-    def __init__(self, adapter: Adapter, batches: Sequence[Batch]):
-        self.adapter = adapter
-        self.batches = batches
-        self.vision, self.text = adapter.vision_tower(), adapter.text_tower()
-        self.pairs = adapter.pair_scorer()
-        self.refresh()
-
-    @torch.inference_mode()
-    def refresh(self) -> None:
-        self.img = [self.vision(b.pixel_values) for b in self.batches]
-        self.txt = [self.text(b.input_ids, b.attention_mask) for b in self.batches]
-        self.base = self.loss()
-
-    @torch.inference_mode()
-    def loss(self, changed: str | None = None) -> float:
-        total = 0.0
-        for b, img, txt in zip(self.batches, self.img, self.txt):
-            if changed == "vision":
-                img = self.vision(b.pixel_values)
-            elif changed == "text":
-                txt = self.text(b.input_ids, b.attention_mask)
-            total += float(self.pairs.loss(img, txt))
-        return total / len(self.batches)
-
-
-@torch.no_grad()
-def _error_without(z: _Z, modality: str, tensors: list[tuple[torch.Tensor, Index]]) -> float:
-    """MoPE of the module whose parameters are zeroed by `tensors` [(param, index)]."""
-    saved = [(p, idx, p[idx].clone()) for p, idx in tensors]
-    try:
-        for p, idx, _ in saved:
-            p[idx] = 0
-        return z.loss(modality) - z.base
-    finally:
-        for p, idx, value in saved:
-            p[idx] = value
+# Score each module by replaying its tower from the module's layer (`mope_replay`), bit-identical to a full
+# forward per module; False: the full forwards (the reference the tests and benchmarks/mope_scoring.py compare to).
+FAST_SCORING = True
 
 
 def _layers(adapter: Adapter, tower: str) -> Sequence[st.EncoderLayer]:
@@ -115,7 +79,10 @@ def prune_mope(ctx: PruneContext) -> MethodResult:
         raise UserError("--neuron-group must be positive")
     n_pairs = pairs_available(source, min(cfg.calib_samples, Z_MAX_PAIRS), offset=_offset(source))
     batches = list(ctx.batches(n_pairs, min(cfg.batch_size, n_pairs), offset=_offset(source)))
-    z = _Z(adapter, batches)
+    # the cache's keys start from the dense model: fingerprinted before anything is cut
+    base = ScoreCache.base_of(adapter.model, batches, adapter.family.name, group) if cfg.mope_cache else None
+    cache = ScoreCache(cfg.mope_cache, base)
+    z = Z(adapter, batches)
     record: dict = {"z": _z_description(adapter, source, n_pairs, bool(cfg.distill_steps)), "z_pairs": n_pairs,
                     "z_held_out": source.kind == "shapes", "dense_loss": z.base}
 
@@ -137,26 +104,26 @@ def prune_mope(ctx: PruneContext) -> MethodResult:
     total = sum(l.self_attn.q_proj.out_features // st.head_dim(l.self_attn) + math.ceil(l.mlp.fc1.out_features / group)
                 for t in st.TOWER_ATTRS for l in _layers(adapter, t))
     advance = ctx.reporter.task("MoPE width (heads, neurons)", total=total)
+    replayed: dict[str, bool] = {}  # towers scored by replay (False: some of it by full forwards)
+    decisions: dict[str, list[dict]] = {}  # tower -> per layer, the heads and neuron groups kept
     for tower in st.TOWER_ATTRS:
         modality = "vision" if tower == "vision_model" else "text"
+        replay = z.replay(tower, FAST_SCORING)
+        earlier: list[dict] = []  # what the layers before kept: the errors of the next depend on it
         for i, layer in enumerate(_layers(adapter, tower)):
             attn, mlp = layer.self_attn, layer.mlp
-            hd = st.head_dim(attn)
-            n_heads = attn.q_proj.out_features // hd
-            heads_keep, groups_keep = width_plan(n_heads, mlp.fc1.out_features, group, keep_frac[tower],
-                                                 f"{tower} layer {i}")
-            head_err = []
-            for h in range(n_heads):
-                cols = slice(h * hd, (h + 1) * hd)
-                head_err.append(_error_without(z, modality, [(attn.out_proj.weight, (slice(None), cols))]))
-                advance(1)
+            n_heads = attn.q_proj.out_features // st.head_dim(attn)
             inter = mlp.fc1.out_features
+            heads_keep, groups_keep = width_plan(n_heads, inter, group, keep_frac[tower], f"{tower} layer {i}")
             starts = list(range(0, inter, group))
-            group_err = []
-            for s in starts:
-                cols = slice(s, min(s + group, inter))
-                group_err.append(_error_without(z, modality, [(mlp.fc2.weight, (slice(None), cols))]))
-                advance(1)
+            parts = {"scores": "width", "tower": tower, "layer": i, "earlier": earlier}
+            errors = cache.get("width_layers", parts, {"heads": n_heads, "neuron_groups": len(starts)})
+            if errors is None:
+                errors = _width_errors(z, replay, modality, i, layer, group, advance)
+                cache.put(parts, errors)
+            else:
+                advance(n_heads + len(starts))
+            head_err, group_err = errors["heads"], errors["neuron_groups"]
             top_heads = sorted(torch.tensor(head_err).argsort(descending=True, stable=True)[:heads_keep].tolist())
             top_groups = torch.tensor(group_err).argsort(descending=True, stable=True)[:groups_keep].tolist()
             neurons = torch.cat([torch.arange(starts[g], min(starts[g] + group, inter)) for g in sorted(top_groups)])
@@ -164,6 +131,9 @@ def prune_mope(ctx: PruneContext) -> MethodResult:
             st.prune_neurons(mlp, neurons)
             width_scores[f"{tower}.encoder.layers.{i}"] = {"heads": head_err, "neuron_groups": group_err,
                                                            "kept_heads": top_heads}
+            earlier = [*earlier, {"heads": top_heads, "neuron_groups": sorted(top_groups)}]
+        decisions[tower] = earlier
+        replayed[tower] = replay.replayed
     timings["width_s"] = time.perf_counter() - t0
 
     # depth: MoPE of each (width-pruned) layer, drop the lowest
@@ -174,11 +144,15 @@ def prune_mope(ctx: PruneContext) -> MethodResult:
     for tower in st.TOWER_ATTRS:
         modality = "vision" if tower == "vision_model" else "text"
         n_layers, n_drop = depth_plan[tower]
-        errs = []
-        for layer in _layers(adapter, tower):
-            a, m = layer.self_attn.out_proj, layer.mlp.fc2
-            errs.append(_error_without(z, modality, [(a.weight, slice(None)), (a.bias, slice(None)),
-                                                     (m.weight, slice(None)), (m.bias, slice(None))]))
+        parts = {"scores": "depth", "tower": tower, "width": decisions}
+        cached = cache.get("depth_towers", parts, {"layers": n_layers})
+        if cached is None:
+            replay = z.replay(tower, FAST_SCORING)
+            errs = _depth_errors(z, replay, modality, _layers(adapter, tower))
+            replayed[tower] = replayed[tower] and replay.replayed
+            cache.put(parts, {"layers": errs})
+        else:
+            errs = cached["layers"]
         order = torch.tensor(errs).argsort(descending=True, stable=True)
         kept = sorted(order[: n_layers - n_drop].tolist())
         st.keep_layers(adapter.model, tower, kept)
@@ -188,7 +162,9 @@ def prune_mope(ctx: PruneContext) -> MethodResult:
 
     after = _prunable_counts(adapter)
     record.update({"neuron_group": group, "depth_share": cfg.mope_depth_share,
-                   "mope_width": width_scores, "mope_depth": depth_scores})
+                   "mope_width": width_scores, "mope_depth": depth_scores, "z_replay": replayed})
+    if cache.root is not None:
+        record["mope_cache"] = cache.record()
     sparsity = {
         "overall": 1 - sum(after.values()) / sum(dense_prunable.values()),
         "per_modality": {k: 1 - after[k] / dense_prunable[k] for k in dense_prunable},
@@ -200,6 +176,38 @@ def prune_mope(ctx: PruneContext) -> MethodResult:
     return MethodResult(masks=None, timings=timings, calibration=calibration,
                         structure=st.describe(adapter.model, final_kept), sparsity=sparsity,
                         budget_by_role=budget_by_role_from_counts(dense_roles, role_counts(adapter)), extra=record)
+
+
+def _width_errors(z: Z, replay: Replay, modality: str, i: int, layer: st.EncoderLayer, group: int,
+                  advance: Advance) -> dict[str, list[float]]:
+    """MoPE of every head and neuron group of layer `i` (its earlier layers already cut)."""
+    attn, mlp = layer.self_attn, layer.mlp
+    hd = st.head_dim(attn)
+    inter = mlp.fc1.out_features
+    errors: dict[str, list[float]] = {"heads": [], "neuron_groups": []}
+    with replay.scoring(i, "heads") as r:
+        for h in range(attn.q_proj.out_features // hd):
+            cols = slice(h * hd, (h + 1) * hd)
+            errors["heads"].append(error_without(z, modality, [(attn.out_proj.weight, (slice(None), cols))], r))
+            advance(1)
+    with replay.scoring(i, "neurons") as r:
+        for s in range(0, inter, group):
+            cols = slice(s, min(s + group, inter))
+            errors["neuron_groups"].append(error_without(z, modality, [(mlp.fc2.weight, (slice(None), cols))], r))
+            advance(1)
+    replay.release()
+    return errors
+
+
+def _depth_errors(z: Z, replay: Replay, modality: str, layers: Sequence[st.EncoderLayer]) -> list[float]:
+    """MoPE of each whole (width-cut) layer: its out_proj and fc2 zeroed, which makes its block the identity."""
+    errs = []
+    for i, layer in enumerate(layers):
+        a, m = layer.self_attn.out_proj, layer.mlp.fc2
+        with replay.scoring(i, "layer") as r:
+            errs.append(error_without(z, modality, [(a.weight, slice(None)), (a.bias, slice(None)),
+                                                    (m.weight, slice(None)), (m.bias, slice(None))], r))
+    return errs
 
 
 def _block_counts(adapter: Adapter) -> dict[str, tuple[str, int]]:

@@ -1,0 +1,112 @@
+"""The tune journal: `DIR/trials.jsonl`, one JSON line per finished trial, appended as each trial finishes.
+
+Why not Optuna's own journal storage: it logs several operations per trial (create, each parameter, the
+values, the state), and a damaged line in the middle makes it refuse the whole file. Here a trial is one line
+written with one `write` and flushed to disk, so a kill leaves at most an unfinished last line, and a damaged
+line costs exactly that trial: it is named in one warning, skipped, and that trial runs again. The Optuna study
+is rebuilt in memory from these lines at every start (`mfdeploy.tuning.run`), so the sampler never proposes a
+trial that finished.
+
+`DIR/tune_settings.json` holds what makes measurements comparable (model, backend, batch, data, space): a
+resumed tune must match it. `DIR/.lock` keeps two tunes out of one directory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mfdeploy.artifacts.io import write_json
+from mfdeploy.errors import UserError
+from mfdeploy.tuning.records import Record
+
+TRIALS = "trials.jsonl"
+SETTINGS = "tune_settings.json"
+LOCK = ".lock"
+
+
+def read_records(out: Path, warn: Callable[[str], None]) -> list[Record]:
+    """The finished trials in `out/trials.jsonl` (none if it does not exist); a damaged line is warned about
+    (file and line number) and skipped, so its trial runs again."""
+    path = out / TRIALS
+    if not path.is_file():
+        return []
+    records: list[Record] = []
+    seen: set[str] = set()
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                record = json.loads(raw)
+                if not isinstance(record, dict) or not isinstance(record.get("key"), str) or "state" not in record:
+                    raise ValueError("not a trial record")
+            except (ValueError, UnicodeDecodeError) as e:
+                cut = "" if raw.endswith(b"\n") else " (cut off: the run was killed while writing it)"
+                warn(f"{path}: line {number} is not a trial record{cut}: skipped, that trial runs again ({e})")
+                continue
+            if record["key"] in seen:  # two workers finished the same trial: the first one counts
+                continue
+            seen.add(record["key"])
+            records.append(record)
+    return records
+
+
+def append_record(out: Path, record: Record) -> None:
+    """Add a finished trial: one line, one write, flushed to the disk before the next trial starts."""
+    line = json.dumps(record, default=str, allow_nan=False) + "\n"
+    fd = os.open(out / TRIALS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def check_settings(out: Path, settings: dict[str, Any]) -> None:
+    """Record the settings of a new tune, or refuse to resume one whose settings differ (its trials would not
+    compare with the new ones)."""
+    path = out / SETTINGS
+    if not path.is_file():
+        write_json(path, settings)
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable ({e}); use another --out, or --force to start over") from None
+    for key, value in settings.items():
+        if old.get(key) != value:
+            raise UserError(f"{out} holds a tune with different settings ({key}: {old.get(key)!r} there, {value!r} "
+                            "now): its trials would not compare; use another --out, or --force to start over")
+
+
+class DirLock:
+    """An exclusive lock on a tune directory for the life of one tune (released by the OS if it dies)."""
+
+    def __init__(self, out: Path):
+        self.path = out / LOCK
+        self.fd: int | None = None
+
+    def __enter__(self) -> DirLock:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(self.fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(self.fd)
+            self.fd = None
+            raise UserError(f"{self.path.parent}: another tune is running there (pid {holder}); wait for it or use "
+                            "another --out") from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, str(os.getpid()).encode())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+__all__ = ["LOCK", "SETTINGS", "TRIALS", "DirLock", "append_record", "check_settings", "read_records"]

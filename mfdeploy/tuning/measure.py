@@ -1,0 +1,146 @@
+"""How tune measures a candidate: its quality through the backend and precision it would be served with, and its
+speed with `mfdeploy bench`'s interleaved timing against the dense model on the same backend, in the same run.
+
+Quality is the mean zero-shot accuracy over the evaluation data's tasks (the shapes suite, an image folder), or,
+for image-caption pairs that have no tasks, the mean of image-to-text and text-to-image recall@1; the record
+names which. Speed is the p50 latency of embedding `batch` images and `batch` texts (vision + text), the
+candidate and the dense fp32 towers on the same backend taking turns call by call (`bench.run.time_interleaved`).
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from mfdeploy.artifacts.layout import ONNX_DIR, ONNX_INT8_DIR, PRUNED_DIR
+from mfdeploy.errors import UserError
+
+SCREEN_IMAGES = 200  # the cheap first rung on the shapes suite: images per task and retrieval pairs
+# backend, precision -> (eval backend, its options)
+EVAL: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
+    ("ort-cpu", "fp32"): ("onnx", {}),
+    ("ort-cpu", "int8"): ("onnx-int8", {}),
+    ("openvino", "fp32"): ("openvino", {"precision": "f32"}),
+    ("openvino", "bf16"): ("openvino", {"precision": "bf16"}),
+    ("openvino", "int8"): ("openvino-int8", {}),
+    ("torch", "fp32"): ("torch", {}),
+    ("torch", "bf16"): ("torch", {"dtype": "bfloat16"}),
+    ("torch-cuda", "fp32"): ("torch", {"device": "cuda"}),
+    ("torch-cuda", "bf16"): ("torch", {"device": "cuda", "dtype": "bfloat16"}),
+}
+ONNX_BASED = ("ort-cpu", "openvino")  # backends that time the build's ONNX files (they need onnx_dense/)
+
+
+def runner_options(backend: str, precision: str) -> tuple[str, dict[str, Any]]:
+    """(build variant, make_runner options) that serve `precision` on `backend`; fp32 is also the dense baseline."""
+    if precision == "int8":
+        return "int8", {}
+    if backend == "openvino":
+        return "pruned", {"precision": "bf16" if precision == "bf16" else "f32"}
+    if backend.startswith("torch"):
+        return "pruned", {"dtype": "bfloat16" if precision == "bf16" else None}
+    return "pruned", {}
+
+
+def quality_of(result: dict, dense: dict) -> dict[str, Any]:
+    """Mean accuracy (or recall), its drop from dense in points, and the mean per-task retention."""
+    if result.get("tasks"):
+        metric, values, reference = "mean zero-shot accuracy", result["tasks"], dense["tasks"]
+    else:
+        keys = ("i2t_r1", "t2i_r1")
+        metric = "mean retrieval recall@1 (image-to-text, text-to-image)"
+        values = {k: result["retrieval"][k] for k in keys}
+        reference = {k: dense["retrieval"][k] for k in keys}
+    value = statistics.fmean(values.values())
+    dense_value = statistics.fmean(reference.values())
+    per_task = {k: (v / reference[k] if reference[k] > 0 else 1.0) for k, v in values.items()}
+    return {"metric": metric, "value": value, "dense_value": dense_value,
+            "drop_points": round((dense_value - value) * 100, 4), "retention": statistics.fmean(per_task.values()),
+            "retention_per_task": per_task, "tasks": result.get("tasks", {}), "retrieval": result.get("retrieval", {})}
+
+
+def evaluate(source: Any, data: str, backend: str, precision: str, *, screen: bool = False) -> dict:
+    """`mfdeploy eval` of a build directory (or, for the dense reference, a model) through `backend` at
+    `precision`; `screen`: PyTorch fp32 on a subset of the shapes suite (the whole of other data)."""
+    from mfdeploy.eval import evaluate_model
+    from mfdeploy.exporting import export_towers
+
+    if screen:
+        sizes = {"n_images": SCREEN_IMAGES, "n_retrieval": SCREEN_IMAGES} if data == "shapes" else {}
+        return evaluate_model(source, data, "torch", **sizes)
+    name, options = EVAL[(backend, precision)]
+    return evaluate_model(source, data, name, exporter=lambda a, d: export_towers(a, d), **options)
+
+
+def time_candidate(build_dir: Path, backend: str, precision: str, batch: int, threads: int) -> dict[str, Any]:
+    """p50 latency of the candidate and of the dense fp32 towers, interleaved, per tower at `batch`.
+
+    Raises:
+        UserError: the backend cannot run the candidate (the reason in one line).
+    """
+    import torch
+
+    from mfdeploy.bench.run import latency_stats, time_interleaved
+    from mfdeploy.bench.stability import load_average
+    from mfdeploy.runtime.base import BackendUnavailable
+    from mfdeploy.runtime.build_dir import BuildDir
+    from mfdeploy.runtime.inputs import DEFAULT_TEXT_LEN, pixel_values, text_inputs
+    from mfdeploy.runtime.registry import make_runner
+
+    variant, options = runner_options(backend, precision)
+    _, dense_options = runner_options(backend, "fp32")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    runners = {}
+    try:
+        with BuildDir(build_dir) as build:
+            adapter = build.adapter("pruned")
+            length = adapter.fixed_text_len or min(DEFAULT_TEXT_LEN, adapter.max_text_len)
+            common = dict(threads=threads, max_batch=batch, max_text_len=length, spin=False)
+            try:
+                runners["candidate"] = make_runner(backend, build, variant=variant, **common, **options)
+                runners["dense"] = make_runner(backend, build, variant="dense", **common, **dense_options)
+            except BackendUnavailable as e:
+                raise UserError(f"{backend} cannot run this candidate: {e}") from None
+            images = pixel_values(batch, adapter.image_size, seed=batch)
+            ids, mask = text_inputs(batch, length, tokenizer=adapter.tokenizer)
+            load_start = load_average()
+            towers: dict[str, Any] = {}
+            for tower in ("vision", "text"):
+                if tower == "vision":
+                    calls = {v: (lambda r=r: r.embed_images(images)) for v, r in runners.items()}
+                else:
+                    calls = {v: (lambda r=r: r.embed_texts(ids, mask)) for v, r in runners.items()}
+                lat = time_interleaved(calls, warmup=3, iters=20, min_time=0.5,
+                                       timers={v: r.time_call for v, r in runners.items()})
+                stats = {v: latency_stats(x, batch) for v, x in lat.items()}
+                towers[tower] = {"p50_ms": stats["candidate"]["p50_ms"], "dense_p50_ms": stats["dense"]["p50_ms"],
+                                 "p95_ms": stats["candidate"]["p95_ms"], "iters": stats["candidate"]["iters"],
+                                 "speedup": stats["dense"]["p50_ms"] / stats["candidate"]["p50_ms"],
+                                 "precision": runners["candidate"].tower_precision(tower)}
+            load_end = load_average()
+    finally:
+        for runner in runners.values():
+            runner.close()
+        torch.set_num_threads(before)
+    latency = sum(t["p50_ms"] for t in towers.values())
+    dense = sum(t["dense_p50_ms"] for t in towers.values())
+    return {"speedup": dense / latency, "latency_ms": latency, "dense_latency_ms": dense, "towers": towers,
+            "batch": batch, "backend": backend, "threads": threads, "load_avg_start": load_start,
+            "load_avg_end": load_end, "shared_with": None}
+
+
+def size_mb(build_dir: Path, backend: str, precision: str) -> float:
+    """The towers this candidate serves, on disk: the ONNX files (with external data) or the checkpoint."""
+    if backend in ONNX_BASED:
+        folder = build_dir / (ONNX_INT8_DIR if precision == "int8" else ONNX_DIR)
+        files = [f for f in folder.glob("*.onnx*") if f.is_file()] + \
+            [f for f in folder.glob("*.data") if f.is_file()]
+    else:
+        files = [f for f in (build_dir / PRUNED_DIR).glob("*.safetensors")]
+    total = sum(f.stat().st_size for f in set(files)) / 2**20
+    return round(total / (2 if precision == "bf16" and backend.startswith("torch") else 1), 3)
+
+
+__all__ = ["EVAL", "SCREEN_IMAGES", "evaluate", "quality_of", "runner_options", "size_mb", "time_candidate"]

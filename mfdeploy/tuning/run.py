@@ -1,0 +1,150 @@
+"""`mfdeploy tune`: search method x ratio x precision on the user's backend and data, keep the Pareto front of
+quality against speed, build the pick.
+
+How the search spends its time (docs/guides/tune.md says the same for users):
+
+1. **Order.** An Optuna study over the space (`mfdeploy.tuning.space`) with `BruteForceSampler`: the space is a
+   small grid of categorical choices whose every point costs minutes to measure, where a model-based sampler
+   (TPE, NSGA-II) needs more trials than the budget holds before it beats a shuffled grid, and re-proposes
+   points that already finished. The first trials are enqueued: the first unstructured method and MoPE at the
+   middle ratio, at every precision, so the front has its corners early (unpruned-speed accuracy, INT8,
+   structured, both).
+2. **Two rungs (successive halving with a constraint).** A candidate's pruned model is first evaluated with
+   PyTorch fp32 on a fifth of the shapes suite (the whole of other data): if its drop from dense exceeds the
+   `--max-drop` bound by more than `SCREEN_SLACK` points it is stopped there (state "screened"), before any
+   export, quantization or timing. The rest are exported, quantized, evaluated in full through the backend and
+   precision they would be served with, and timed.
+3. **Reuse.** Candidates that share a pruning configuration share one build (pruned once, exported once,
+   quantized once) under `DIR/work/builds/`; candidates whose speed cannot differ (unstructured masks on a
+   dense backend: the shapes are the dense ones) share one timing, and the record says whose; MoPE's module
+   scores are cached under `DIR/cache/mope` for any later prune that reaches the same layers.
+4. **Budget.** A trial starts only if the median time of the finished ones fits in what is left of
+   `--time-budget`; the first always starts.
+5. **Resume.** Each finished trial is one line of `DIR/trials.jsonl` (`mfdeploy.tuning.journal`); a killed tune
+   re-run with the same arguments rebuilds the study from it and never repeats a finished trial.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mfdeploy.errors import UserError
+from mfdeploy.tuning import journal
+from mfdeploy.tuning.config import TuneConfig, TuneResult
+from mfdeploy.tuning.outputs import finish
+from mfdeploy.tuning.search import Search
+from mfdeploy.tuning.space import Space, load_space, resolve_backend
+
+
+def run_tune(cfg: TuneConfig, say: Callable[[str], None] | None = None) -> TuneResult:
+    """Search, write `DIR/trials.jsonl` as trials finish, then tune.json/.md, pareto.png and `DIR/best/`.
+
+    Raises:
+        UserError: a bad option, an unusable output directory, or no candidate meeting the constraints (after
+            the reports are written; the message names the closest).
+    """
+    say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    started = time.monotonic()
+    backend, _ = resolve_backend(cfg.backend)
+    space = load_space(cfg.space, cfg.backend)
+    data = _eval_data(cfg)
+    _check_options(cfg, space, backend)
+    out = _prepare_out(Path(cfg.out), cfg.force)
+    with journal.DirLock(out):
+        journal.check_settings(out, _settings(cfg, space, backend, data))
+        records = journal.read_records(out, lambda m: say(f"warning: {m}"))
+        search = Search(cfg, space, backend, data, out, records, say)
+        search.run(started)
+        return finish(search, time.monotonic() - started)
+
+
+def pick_trial(out: Path, number: int, say: Callable[[str], None] | None = None) -> TuneResult:
+    """`mfdeploy tune DIR --pick N`: build trial N of the front as `DIR/best` from the journal, without searching.
+
+    Raises:
+        UserError: no tune in `out`, or N is not a complete trial.
+    """
+    import json
+
+    say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    out = Path(out).expanduser()
+    settings_path = out / journal.SETTINGS
+    if not settings_path.is_file():
+        raise UserError(f"{out}: no tune there (no {journal.SETTINGS}); run `mfdeploy tune --out {out}` first")
+    settings = json.loads(settings_path.read_text())
+    with journal.DirLock(out):
+        records = journal.read_records(out, lambda m: say(f"warning: {m}"))
+        chosen = [r for r in records if r.get("number") == number]
+        if not chosen or chosen[0]["state"] != "complete":
+            numbers = ", ".join(f"#{r['number']}" for r in records if r["state"] == "complete") or "none"
+            raise UserError(f"--pick {number}: not a complete trial of {out} (complete: {numbers})")
+        cfg = TuneConfig(out=out, model=settings.get("model"), backend=settings["backend_asked"],
+                         batch_size=settings["batch_size"], eval_data=settings["eval"], space=settings["space_spec"])
+        space = load_space(cfg.space, cfg.backend)
+        search = Search(cfg, space, settings["backend"], settings["eval"], out, records, say)
+        search._dense()  # dense.json, written by the search
+        return finish(search, None, forced=(chosen[0], f"chosen with --pick {number}"))
+
+
+def _eval_data(cfg: TuneConfig) -> str:
+    from mfdeploy.zoo import is_bundled
+
+    if cfg.eval_data:
+        return cfg.eval_data
+    if cfg.model is None or is_bundled(cfg.model):
+        return "shapes"
+    raise UserError(f"--eval DATA is needed for {cfg.model}: tune measures each candidate's quality on your data "
+                    "(a JSONL of image-caption pairs or an image folder); the shapes suite fits bundled models only")
+
+
+def _check_options(cfg: TuneConfig, space: Space, backend: str) -> None:
+    from mfdeploy.extras import require
+    from mfdeploy.zoo import is_bundled
+
+    c = cfg.constraints
+    for flag, value in (("--max-drop", c.max_drop), ("--min-speedup", c.min_speedup),
+                        ("--max-latency-ms", c.max_latency_ms), ("--max-size-mb", c.max_size_mb)):
+        if value is not None and not value >= 0:
+            raise UserError(f"{flag} {value}: must be 0 or more")
+    if cfg.batch_size <= 0:
+        raise UserError(f"--batch-size {cfg.batch_size}: must be positive")
+    if not cfg.time_budget_min > 0:
+        raise UserError(f"--time-budget {cfg.time_budget_min}: must be a positive number of minutes")
+    require("tune", backend=cfg.backend, int8="int8" in space.precisions)
+    if cfg.calib is None and cfg.model is not None and not is_bundled(cfg.model):
+        raise UserError(f"--calib PAIRS.jsonl is needed for {cfg.model}: pruning and INT8 calibration use "
+                        "image-caption pairs (the shapes world only fits the bundled models)")
+    if cfg.model is not None:
+        from mfdeploy.models import resolve_checkpoint
+
+        resolve_checkpoint(cfg.model)
+
+
+def _settings(cfg: TuneConfig, space: Space, backend: str, data: str) -> dict[str, Any]:
+    return {"model": cfg.model, "backend": backend, "backend_asked": cfg.backend, "batch_size": cfg.batch_size,
+            "eval": data, "calib": cfg.calib, "space": space.fingerprint(), "space_spec": cfg.space,
+            "seed": cfg.seed}
+
+
+def _prepare_out(out: Path, force: bool) -> Path:
+    from mfdeploy.artifacts.writable import check_writable
+
+    out = out.expanduser()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: a file is there, not a directory")
+    is_tune = (out / journal.SETTINGS).is_file() or (out / journal.TRIALS).is_file()
+    if out.is_dir() and any(out.iterdir()) and not is_tune:
+        raise UserError(f"--out {out}: not empty and not a tune directory; choose another")
+    if force and is_tune:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out, out / journal.TRIALS)
+    return out
+
+
+__all__ = ["TuneConfig", "TuneResult", "pick_trial", "run_tune"]

@@ -1,0 +1,355 @@
+"""The search of `mfdeploy tune`: which candidates run, in which order, and how each is measured.
+
+How the search spends its time (docs/guides/tune.md says the same for users):
+
+1. **Order.** An Optuna study over the space (`mfdeploy.tuning.space`) with `BruteForceSampler`: the space is a
+   small grid of categorical choices whose every point costs minutes to measure, where a model-based sampler
+   (TPE, NSGA-II) needs more trials than the budget holds before it beats a shuffled grid, and re-proposes
+   points that already finished. The first trials are enqueued: the first unstructured method and MoPE at the
+   middle ratio, at every precision, so the front has its corners early (unpruned-speed accuracy, INT8,
+   structured, both).
+2. **Two rungs.** A candidate's pruned model is first evaluated with PyTorch fp32 on a fifth of the shapes
+   suite (the whole of other data). It stops there (state "screened") when it cannot reach the front: a
+   finished trial with its shapes and precision, hence its speed, lost more than `SCREEN_SLACK` points fewer on
+   that rung; or when its drop is far outside the bound: over `FAR` x (`--max-drop` + `SCREEN_SLACK`), checked
+   before the model is exported. The rest are exported, quantized, evaluated in full through the backend and
+   precision they would be served with, and timed.
+3. **Reuse.** Candidates that share a pruning configuration share one build (pruned once, exported once,
+   quantized once) under `DIR/work/builds/`; candidates whose speed cannot differ (unstructured masks on a
+   dense backend: the shapes are the dense ones) share one timing, and the record says whose; MoPE's module
+   scores are cached under `DIR/cache/mope` for any later prune that reaches the same layers.
+4. **Budget.** A trial starts only if the median time of the finished ones fits in what is left of
+   `--time-budget`; the first always starts.
+5. **Resume.** Each finished trial is one line of `DIR/trials.jsonl` (`mfdeploy.tuning.journal`); a killed tune
+   re-run with the same arguments rebuilds the study from it and never repeats a finished trial.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mfdeploy.artifacts.io import write_json
+from mfdeploy.artifacts.layout import BUILD_MANIFEST, ONNX_DENSE_DIR, ONNX_FILES
+from mfdeploy.errors import MfdeployError, WriteError
+from mfdeploy.tuning import journal, measure
+from mfdeploy.tuning.config import TuneConfig
+from mfdeploy.tuning.records import Record
+from mfdeploy.tuning.space import FIXED_BUDGET, Candidate, Space, pattern_ratio
+
+SCREEN_SLACK = 2.0  # points: a fifth of the shapes suite measures a drop within about this of the full suite
+FAR = 3.0  # a first-rung drop over FAR x (--max-drop + SCREEN_SLACK) is too far from the bound to be worth more
+WORK_DIR = "work"
+DENSE_JSON = "dense.json"
+
+
+class Screened(Exception):
+    """A candidate stopped at the first rung (its screen record is attached)."""
+
+    def __init__(self, screen: dict):
+        super().__init__(screen["reason"])
+        self.screen = screen
+
+
+
+class Search:
+    """One tune: the study, the trials it runs, the dense reference (see the module docstring)."""
+
+    def __init__(self, cfg: TuneConfig, space: Space, backend: str, data: str, out: Path, records: list[Record],
+                 say: Callable[[str], None]):
+        self.cfg, self.space, self.backend, self.data, self.out, self.say = cfg, space, backend, data, out, say
+        self.records = records
+        self.by_key = {r["key"]: r for r in records}
+        self.work = out / WORK_DIR
+        self.stopped = ""
+        self.dense: dict[str, Any] = {}
+
+    # the study --------------------------------------------------------------------------------------------------
+    def _study(self):
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        with warnings.catch_warnings():  # "experimental" since 3.1: the grid walk tune relies on is its whole job
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = optuna.samplers.BruteForceSampler(seed=self.cfg.seed)
+        study = optuna.create_study(directions=["maximize", "maximize"], sampler=sampler)
+        for record in self.records:  # what finished before: the sampler never proposes it again
+            cand = Candidate(**record["config"])
+            params, dists = optuna_params(cand, self.space)
+            state = optuna.trial.TrialState.COMPLETE if record["state"] == "complete" else \
+                optuna.trial.TrialState.PRUNED
+            values = [record["quality"]["retention"], record["speed"]["speedup"]] if state.name == "COMPLETE" else None
+            study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, values=values, state=state,
+                                                      user_attrs={"key": record["key"]}))
+        for cand in self._seeds():
+            if cand.key not in self.by_key:
+                study.enqueue_trial(optuna_params(cand, self.space)[0], skip_if_exists=True)
+        return study
+
+    def _seeds(self) -> list[Candidate]:
+        mid = sorted(self.space.ratios)[len(self.space.ratios) // 2]
+        unstructured = [m for m in self.space.methods if m not in FIXED_BUDGET]
+        methods = unstructured[:1] + [m for m in self.space.methods if m == "mope"]
+        return [Candidate(m, mid, p, distill_steps=min(self.space.distill_steps)) for m in methods
+                for p in self.space.precisions]
+
+    def run(self, started: float) -> None:
+        all_keys = {c.key for c in self.space.candidates()}
+        budget = self.cfg.time_budget_min * 60
+        self.say(f"tune: {len(all_keys)} candidates in the {self.space.name} space, {len(self.records)} already "
+                 f"done in {self.out}, {self.cfg.time_budget_min:g} min budget")
+        self._dense()
+        study = self._study()
+        while True:
+            left = budget - (time.monotonic() - started)
+            done = all_keys & set(self.by_key)
+            if done == all_keys:
+                self.stopped = "every candidate of the space was measured"
+                break
+            spent = [r["seconds"]["total"] for r in self.records if r.get("seconds", {}).get("run_here")]
+            estimate = sorted(spent)[len(spent) // 2] if spent else 0.0
+            if left <= 0 or (spent and estimate > left):
+                self.stopped = f"time budget: {max(left, 0):.0f} s left, a trial takes about {estimate:.0f} s"
+                break
+            # a candidate's own failure is recorded by `_measure`; anything else (a full disk) ends the tune
+            study.optimize(lambda trial: self._objective(trial, started, budget), n_trials=1)
+
+    def _objective(self, trial, started: float, budget: float) -> tuple[float, float]:
+        import optuna
+
+        cand = suggest(trial, self.space)
+        trial.set_user_attr("key", cand.key)
+        if cand.key in self.by_key:  # a re-proposed point (several workers, or the grid wrapped): nothing to run
+            raise optuna.TrialPruned(f"{cand.key} already measured")
+        record = self._measure(cand)
+        self._add(record)
+        total = len(list(self.space.candidates()))
+        left = max(0.0, budget - (time.monotonic() - started))
+        front = self._front()
+        state = record["state"]
+        detail = (f"retention {record['quality']['retention']:.1%}, drop {record['quality']['drop_points']:.2f} "
+                  f"points, {record['speed']['speedup']:.2f}x" + (" (shared timing)" if record['speed']['shared_with']
+                                                                   else "")
+                  if state == "complete" else record.get("reason", ""))
+        self.say(f"[{len(self.by_key)}/{total}] #{record['number']} {cand.key}: {state}: {detail} | front: "
+                 f"{len(front)} point(s) | {left / 60:.1f} min left")
+        if state != "complete":
+            raise optuna.TrialPruned(record.get("reason", state))
+        return record["quality"]["retention"], record["speed"]["speedup"]
+
+    def _add(self, record: Record) -> None:
+        journal.append_record(self.out, record)
+        self.records.append(record)
+        self.by_key[record["key"]] = record
+
+    def _front(self) -> list[Record]:
+        from mfdeploy.tuning.front import pareto_front
+
+        return pareto_front(self.records)
+
+    # measuring one candidate ------------------------------------------------------------------------------------
+    def _measure(self, cand: Candidate) -> Record:
+        t0 = time.monotonic()
+        record: Record = {"number": len(self.records), "key": cand.key, "config": cand.config(), "state": "complete",
+                          "seconds": {"run_here": True}}
+        seconds = record["seconds"]
+        try:
+            earlier = self._same_prune(cand)
+            if earlier is not None:
+                record["screen"] = earlier["screen"]
+                if earlier["screen"].get("far"):
+                    record.update(state="screened", reason=f"{earlier['reason']} (the same pruned model as #"
+                                                           f"{earlier['number']})")
+                    return record
+            t = time.monotonic()
+            build_dir = self._build(cand, record)
+            seconds["build"] = round(time.monotonic() - t, 2)
+            dominated = self._dominated(cand, record.get("screen"))
+            if dominated:
+                record.update(state="screened", reason=dominated, build=str(build_dir.relative_to(self.out)))
+                return record
+            t = time.monotonic()
+            result = measure.evaluate(build_dir, self.data, self.backend, cand.precision)
+            record["quality"] = {**measure.quality_of(result, self.dense["full"]),
+                                 "backend": result.get("backend"), "precision": result.get("precision")}
+            seconds["evaluate"] = round(time.monotonic() - t, 2)
+            t = time.monotonic()
+            record["speed"] = self._speed(cand, build_dir)
+            seconds["time"] = round(time.monotonic() - t, 2)
+            record["size_mb"] = measure.size_mb(build_dir, self.backend, cand.precision)
+            record["build"] = str(build_dir.relative_to(self.out))
+        except Screened as e:
+            record.update(state="screened", reason=str(e), screen=e.screen)
+        except WriteError:
+            raise  # the tune directory, not the candidate: every later trial would fail the same way
+        except MfdeployError as e:
+            record.update(state="failed", reason=str(e))
+        finally:
+            seconds["total"] = round(time.monotonic() - t0, 2)
+        return record
+
+    def _same_prune(self, cand: Candidate) -> Record | None:
+        for r in self.records:
+            if Candidate(**r["config"]).prune_key == cand.prune_key and r["state"] in ("complete", "screened") \
+                    and r.get("screen"):
+                return r
+        return None
+
+    def _dominated(self, cand: Candidate, screen: dict | None) -> str | None:
+        """Why `cand` cannot reach the front, or None: a finished trial with its shapes and precision (hence its
+        speed) lost clearly fewer points on the first rung."""
+        if not screen:
+            return None
+        shapes = cand.shapes_key(self.backend)
+        for r in self.records:
+            if r["state"] != "complete" or not r.get("screen") or Candidate(**r["config"]).shapes_key(self.backend) \
+                    != shapes:
+                continue
+            if screen["drop_points"] > r["screen"]["drop_points"] + SCREEN_SLACK:
+                return (f"screened out: cannot reach the front: #{r['number']} {r['key']} runs at the same speed "
+                        f"(same shapes and precision) and lost {r['screen']['drop_points']:.2f} points on the first "
+                        f"rung to this one's {screen['drop_points']:.2f}")
+        return None
+
+    def _build(self, cand: Candidate, record: Record) -> Path:
+        """The build of the candidate's pruning configuration: made once (screened on the way), then reused."""
+        import hashlib
+
+        from mfdeploy.pipelines.build import BuildConfig, run_build
+        from mfdeploy.pipelines.build_state import Stage
+        from mfdeploy.pruning import PruneConfig
+
+        name = hashlib.sha256(cand.prune_key.encode()).hexdigest()[:12]
+        out = self.work / "builds" / name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if (out / BUILD_MANIFEST).is_file():
+            return out
+        mope = self.space.mope
+        prune = PruneConfig(ratio=cand.ratio, model=self.cfg.model, method=cand.method, budget=cand.budget,
+                            pattern=cand.pattern, calib=self.cfg.calib, seed=self.cfg.seed,
+                            distill_steps=cand.distill_steps, show_progress=False,
+                            mope_neuron_group=mope.get("neuron_group", 64),
+                            mope_depth_share=mope.get("depth_share", 0.0), mope_cache=self.out / "cache" / "mope",
+                            **({"calib_samples": self.space.calib_samples} if self.space.calib_samples else {}))
+
+        def screen(state) -> dict:
+            t = time.monotonic()
+            result = measure.evaluate(state.model("pruned"), self.data, self.backend, "fp32", screen=True)
+            quality = measure.quality_of(result, self.dense["screen"])
+            found = {"metric": quality["metric"], "value": quality["value"], "drop_points": quality["drop_points"],
+                     "retention": quality["retention"], "seconds": round(time.monotonic() - t, 2),
+                     "what": "PyTorch fp32" + (f", {measure.SCREEN_IMAGES} images per task" if self.data == "shapes"
+                                               else "")}
+            record["screen"] = found
+            bound = self.cfg.constraints.effective().max_drop
+            if bound is not None and quality["drop_points"] > FAR * (bound + SCREEN_SLACK):
+                found["far"] = True
+                found["reason"] = (f"screened out: drop {quality['drop_points']:.2f} points on the first rung, over "
+                                   f"{FAR:g}x (--max-drop {bound:g} + {SCREEN_SLACK:g})")
+                raise Screened(found)
+            return found
+
+        cfg = BuildConfig(prune=prune, out=out, dense_onnx=False, evaluate=False, force=True,
+                          int8="int8" in self.space.precisions, max_batch=max(32, self.cfg.batch_size))
+        run_build(cfg, extra=[("prune", Stage("screen", screen))])
+        if self.backend in measure.ONNX_BASED:
+            link_tree(self._dense_onnx(), out / ONNX_DENSE_DIR)
+        return out
+
+    def _speed(self, cand: Candidate, build_dir: Path) -> dict[str, Any]:
+        shapes = cand.shapes_key(self.backend)
+        for r in self.records:
+            if r["state"] == "complete" and Candidate(**r["config"]).shapes_key(self.backend) == shapes:
+                return {**r["speed"], "shared_with": r["key"],
+                        "shared_why": "same tower shapes and precision on a dense backend (an unstructured mask "
+                                      "multiplies zeros): one timing serves both"
+                        if "dense shapes" in shapes else "same structure and precision"}
+        from mfdeploy.platform import physical_cores
+
+        return measure.time_candidate(build_dir, self.backend, cand.precision, self.cfg.batch_size,
+                                      self.cfg.threads or physical_cores())
+
+    # the dense reference ----------------------------------------------------------------------------------------
+    def _dense(self) -> None:
+        import json
+
+        path = self.out / DENSE_JSON
+        if path.is_file():
+            try:
+                self.dense = json.loads(path.read_text())
+                return
+            except ValueError:
+                self.say(f"warning: {path} is damaged: measuring the dense model again")
+        self.say("tune: evaluating the dense model (first rung and full, through the backend)")
+        model = self.cfg.model
+        self.dense = {"screen": measure.evaluate(model, self.data, self.backend, "fp32", screen=True),
+                      "full": measure.evaluate(model, self.data, self.backend, "fp32")}
+        write_json(path, self.dense)
+
+    def _dense_onnx(self) -> Path:
+        from mfdeploy.artifacts.io import atomic_dir
+        from mfdeploy.exporting import export_towers
+        from mfdeploy.models import load
+
+        out = self.work / "dense_onnx"
+        if not all((out / f).is_file() for f in ONNX_FILES.values()):
+            with atomic_dir(out, force=True) as tmp:
+                export_towers(load(self.cfg.model), tmp)
+        return out
+
+
+def suggest(trial, space: Space) -> Candidate:
+    """The candidate an Optuna trial draws (define-by-run: MoPE and ECoFLaP draw no budget or pattern)."""
+    method = trial.suggest_categorical("method", space.methods)
+    pattern = budget = None
+    if method not in FIXED_BUDGET:
+        pattern = trial.suggest_categorical("pattern", space.patterns)
+        if pattern is None:
+            budget = trial.suggest_categorical("budget", space.budgets)
+    ratio = trial.suggest_categorical("ratio", space.ratios) if pattern is None else pattern_ratio(pattern)
+    steps = trial.suggest_categorical("distill_steps", space.distill_steps)
+    precision = trial.suggest_categorical("precision", space.precisions)
+    return Candidate(method, ratio, precision, budget, pattern, steps)
+
+
+def optuna_params(cand: Candidate, space: Space) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Optuna parameters `_suggest` would draw for `cand`, with their distributions."""
+    from optuna.distributions import CategoricalDistribution as C
+
+    params: dict[str, Any] = {"method": cand.method}
+    dists: dict[str, Any] = {"method": C(space.methods)}
+    if cand.method not in FIXED_BUDGET:
+        params["pattern"], dists["pattern"] = cand.pattern, C(space.patterns)
+        if cand.pattern is None:
+            params["budget"], dists["budget"] = cand.budget, C(space.budgets)
+    if cand.pattern is None:
+        params["ratio"], dists["ratio"] = cand.ratio, C(space.ratios)
+    params["distill_steps"], dists["distill_steps"] = cand.distill_steps, C(space.distill_steps)
+    params["precision"], dists["precision"] = cand.precision, C(space.precisions)
+    return params, dists
+
+
+def link_tree(source: Path, dest: Path) -> None:
+    """`dest` as a copy of `source` made of hard links where the file system allows (the dense towers are
+    shared by every build of the tune)."""
+    import os
+
+    if dest.exists():
+        return
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for f in source.iterdir():
+        try:
+            os.link(f, tmp / f.name)
+        except OSError:
+            shutil.copy2(f, tmp / f.name)
+    tmp.rename(dest)
+
+
+
+__all__ = ["SCREEN_SLACK", "Screened", "Search"]
