@@ -86,7 +86,7 @@ def main() -> None:
             result = run(dense, cfg, source, PATHS[name])
             runs[name].append(result)
             t = result[0]["timings"]
-            rows.append((str(r + 1), name, f"{t['width_s']:.1f}", f"{t['depth_s']:.1f}", f"{result[2]:.1f}"))
+            rows.append((str(r + 1), name, f"{t['width_s']:.2f}", f"{t['depth_s']:.2f}", f"{result[2]:.2f}"))
         same(runs["full forwards"][-1], runs["replay"][-1])
     load1 = os.getloadavg()
     size = sum(p.numel() for p in dense.parameters()) / 1e6
@@ -103,8 +103,8 @@ def main() -> None:
     console.print("module errors, structure and pruned weights: identical (every float, bit for bit)")
     console.print(f"load average (1, 5, 15 min) before {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, "
                   f"after {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}; CPU: {cpu_description()}", highlight=False)
-    console.print(f"speed-up replay / full forwards (medians {median['full forwards']:.1f} s / "
-                  f"{median['replay']:.1f} s): {median['full forwards'] / median['replay']:.2f}x (target >= 2x)",
+    console.print(f"speed-up replay / full forwards (medians {median['full forwards']:.2f} s / "
+                  f"{median['replay']:.2f} s): {median['full forwards'] / median['replay']:.2f}x (target >= 2x)",
                   highlight=False)
 
 

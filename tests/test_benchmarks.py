@@ -114,3 +114,16 @@ def test_serve_faults_quick(tiny_clip_dir, tmp_path):
                              r"Retry-After: True, tracebacks in the log: 0", out).group(1))
     assert exit_s < 4
     assert "load average (1, 5, 15 min) before" in out
+
+
+@pytest.mark.slow
+def test_mope_scoring_smoke():
+    """benchmarks/mope_scoring.py on its tiny model: both scorings agree to the bit, and it states the speed-up."""
+    run = subprocess.run([sys.executable, str(BENCHMARKS / "mope_scoring.py"), "--smoke", "--depth-share", "0.5"],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = run.stdout
+    rows = [line for line in out.splitlines() if line.startswith("│ ") and ("replay" in line or "full" in line)]
+    assert len(rows) == 4  # two rounds of both scorings
+    assert "identical (every float, bit for bit)" in out and "load average (1, 5, 15 min) before" in out
+    assert "speed-up replay / full forwards" in out and "(target >= 2x)" in out

@@ -30,7 +30,7 @@ def test_help_on_every_subcommand(command, capsys):
 
 
 def test_all_verbs_present():
-    assert {"info", "prune", "export", "engine", "build", "eval", "bench"} <= set(COMMANDS)
+    assert {"info", "prune", "export", "engine", "build", "eval", "bench", "tune"} <= set(COMMANDS)
 
 
 def test_info_counts(tiny_clip_dir, capsys):

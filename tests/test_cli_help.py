@@ -27,7 +27,7 @@ def _option_line(text: str, option: str) -> str:
 
 
 def test_every_command_is_covered():
-    assert {"info", "prune", "eval", "bench", "export", "engine", "build"} <= set(COMMANDS)
+    assert {"info", "prune", "eval", "bench", "export", "engine", "build", "tune"} <= set(COMMANDS)
 
 
 @pytest.mark.parametrize("command", [[], *([c] for c in COMMANDS)], ids=["root", *COMMANDS])

@@ -58,6 +58,20 @@ def test_replayed_scores_are_bit_identical(models, monkeypatch, family):
     assert all(torch.equal(ref_state[k], fast_state[k]) for k in ref_state)
 
 
+def test_a_layer_the_replay_cannot_reproduce_is_scored_by_full_forwards(models, monkeypatch):
+    """An MLP doing more after fc2 (here a harmless `+ 0.0`) fails the replay's check: full forwards, same errors."""
+    from transformers.models.clip import modeling_clip
+
+    def forward(self, hidden_states):
+        return self.fc2(self.activation_fn(self.fc1(hidden_states))) + 0.0
+
+    monkeypatch.setattr(modeling_clip.CLIPMLP, "forward", forward)
+    ref, _ = _prune(models["clip"], monkeypatch, fast=False)
+    fast, _ = _prune(models["clip"], monkeypatch, fast=True)
+    assert fast["z_replay"] == {"vision_model": False, "text_model": False}
+    _same_result(ref, fast)
+
+
 @contextmanager
 def _zeroed(tensors):
     saved = [(p, idx, p[idx].clone()) for p, idx in tensors]

@@ -92,7 +92,7 @@ def table_rows(rows: list[dict]) -> list[list[str]]:
     for p, d in pairs(rows):
         line = [
             p["backend"], p["tower"], str(p["batch"]), fmt(p["text_len"], "d"), fmt(p["throughput"]),
-            fmt(d and d["throughput"]), ratio_cell(p), _lat(p), _lat(d), p["device"], precision_cell(p, d),
+            fmt(d["throughput"] if d else None), ratio_cell(p), _lat(p), _lat(d), p["device"], precision_cell(p, d),
             fmt((d or p)["peak_rss_mb"], ".0f"),
         ]
         if int8:

@@ -8,6 +8,7 @@ processes hit both alike and their ratio stays meaningful on a busy machine.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -252,11 +253,12 @@ def _onnx_mb(build: BuildDir, variant: str, tower: str) -> float | None:
 def _cell(runners: dict[str, Runner], name: str, tower: str, batch: int, text_len: int, images: dict, texts: dict,
           warmup: int, iters: int, min_time: float, threads: int,
           sizes: dict[tuple[str, str], float | None] | None = None) -> list[dict[str, Any]]:
+    calls: dict[str, Callable[[], Any]]
     if tower == "vision":
-        calls = {v: (lambda r=r: r.embed_images(images[batch])) for v, r in runners.items()}
+        calls = {v: partial(r.embed_images, images[batch]) for v, r in runners.items()}
     else:
         ids, mask = texts[batch]
-        calls = {v: (lambda r=r: r.embed_texts(ids, mask)) for v, r in runners.items()}
+        calls = {v: partial(r.embed_texts, ids, mask) for v, r in runners.items()}
     load_start = load_average()
     latencies = time_interleaved(calls, warmup, iters, min_time, {v: r.time_call for v, r in runners.items()})
     load_end = load_average()

@@ -58,6 +58,7 @@ def evaluate(variant: str) -> Callable[[BuildState], dict]:
     def run(state: BuildState) -> dict:
         from mfdeploy.eval import evaluate_model
 
+        assert state.eval_data is not None  # the stage runs only with evaluation data (`STAGES`)
         return evaluate_model(state.model(variant), state.eval_data)
 
     return run
@@ -142,6 +143,7 @@ def _in_place(record: dict, state: BuildState) -> dict:
 def evaluate_int8(state: BuildState) -> dict:
     from mfdeploy.quantize.build import evaluate_int8
 
+    assert state.eval_data is not None  # the stage runs only with evaluation data (`STAGES`)
     return evaluate_int8(state.model("pruned"), state.tmp / ONNX_INT8_DIR, state.eval_data)
 
 

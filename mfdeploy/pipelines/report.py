@@ -14,7 +14,7 @@ from mfdeploy.artifacts.layout import BUILD_MANIFEST, REPORT_FILE, SPARSITY_PLOT
 from mfdeploy.pipelines.build_state import BuildState
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

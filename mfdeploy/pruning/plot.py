@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -51,7 +51,7 @@ def sparsity_figure(record: dict) -> Figure:
 
     grouped = group_layers(record["sparsity"]["per_layer"])
     roles = _roles(grouped)
-    palette = plt.get_cmap("tab10").colors
+    palette = [plt.get_cmap("tab10")(i) for i in range(10)]
     colour = {role: palette[i % len(palette)] for i, role in enumerate(roles)}
     n_layers = max(len(layers) for layers in grouped.values())
     fig, axes = plt.subplots(1, len(grouped), sharey=True, squeeze=False,
@@ -70,7 +70,7 @@ def sparsity_figure(record: dict) -> Figure:
         ax.set_title(modality + (f" (overall {overall:.3f})" if overall is not None else ""), fontsize=10)
     axes[0][0].set_ylim(0, 1)
     axes[0][0].set_ylabel("sparsity")
-    handles = [Patch(facecolor=colour[r], label=r) for r in roles]
+    handles: list[Any] = [Patch(facecolor=colour[r], label=r) for r in roles]
     handles.append(plt.Line2D([], [], color="k", lw=0.8, ls="--", label=f"target {record['ratio']:g}"))
     fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=8, frameon=False,
                bbox_to_anchor=(0.5, 0.94))

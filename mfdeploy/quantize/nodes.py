@@ -60,15 +60,15 @@ def plan_nodes(path: Path, keep_float: list[str] | None = None,
     Returns:
         `{"quantize": [names], "float": {name: reason}}`.
     """
-    keep_float = keep_float or []
-    sensitive = set(sensitive or [])
+    globs = list(keep_float or [])
+    unsafe = set(sensitive or [])
     quantize, kept = [], {}
     for name in weight_nodes(path):
         if _is_projection(name):
             kept[name] = FLOAT_KEEP_REASONS["projection"]
-        elif any(fnmatch.fnmatchcase(name, g) for g in keep_float):
+        elif any(fnmatch.fnmatchcase(name, g) for g in globs):
             kept[name] = FLOAT_KEEP_REASONS["user"]
-        elif name in sensitive:
+        elif name in unsafe:
             kept[name] = FLOAT_KEEP_REASONS["sensitive"]
         else:
             quantize.append(name)

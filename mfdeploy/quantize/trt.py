@@ -53,8 +53,9 @@ def quantize_trt(src: Path, dst: Path, nodes: list[str], feeds: list[Feed], mode
     except PackageNotFoundError:
         raise UserError("--target trt needs NVIDIA ModelOpt: pip install 'mfdeploy[modelopt]'") from None
     with owned_tempdir("mfdeploy-modelopt-") as tmp:  # a SIGKILL's leftovers: swept by the next run
-        arrays = {f"{i}/{k}": v for i, feed in enumerate(feeds) for k, v in feed.items()}
-        np.savez(Path(tmp) / "feeds.npz", __count__=np.array(len(feeds)), **arrays)
+        arrays: dict[str, Any] = {f"{i}/{k}": v for i, feed in enumerate(feeds) for k, v in feed.items()}
+        arrays["__count__"] = np.array(len(feeds))
+        np.savez(Path(tmp) / "feeds.npz", **arrays)
         # absolute paths: the worker runs in `tmp`
         job = {"src": str(Path(src).resolve()), "dst": str(Path(dst).resolve()), "nodes": nodes, "mode": mode,
                "verbose": verbose,

@@ -27,6 +27,9 @@ from mfdeploy.tuning.records import Record
 TRIALS = "trials.jsonl"
 SETTINGS = "tune_settings.json"
 LOCK = ".lock"
+# settings that say where the space came from, not what it holds (the fingerprint compares that): the same TOML
+# named by another path, or from another working directory, resumes the tune
+DESCRIPTIVE = ("space_spec", "space_lists")
 
 
 def read_records(out: Path, warn: Callable[[str], None]) -> list[Record]:
@@ -57,8 +60,11 @@ def read_records(out: Path, warn: Callable[[str], None]) -> list[Record]:
 def append_record(out: Path, record: Record) -> None:
     """Add a finished trial: one line, one write, flushed to the disk before the next trial starts."""
     line = json.dumps(record, default=str, allow_nan=False) + "\n"
-    fd = os.open(out / TRIALS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(out / TRIALS, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":  # a line cut off by a kill: end it, or this one joins it
+            line = "\n" + line
         os.write(fd, line.encode())
         os.fsync(fd)
     finally:
@@ -77,9 +83,24 @@ def check_settings(out: Path, settings: dict[str, Any]) -> None:
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: unreadable ({e}); use another --out, or --force to start over") from None
     for key, value in settings.items():
+        if key in DESCRIPTIVE:
+            continue
         if old.get(key) != value:
             raise UserError(f"{out} holds a tune with different settings ({key}: {old.get(key)!r} there, {value!r} "
                             "now): its trials would not compare; use another --out, or --force to start over")
+
+
+def start_over(out: Path) -> None:
+    """`--force`: empty a tune directory, all but the lock its caller holds."""
+    import shutil
+
+    for entry in out.iterdir():
+        if entry.name == LOCK:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 class DirLock:
@@ -109,4 +130,4 @@ class DirLock:
             self.fd = None
 
 
-__all__ = ["LOCK", "SETTINGS", "TRIALS", "DirLock", "append_record", "check_settings", "read_records"]
+__all__ = ["LOCK", "SETTINGS", "TRIALS", "DirLock", "append_record", "check_settings", "read_records", "start_over"]

@@ -10,6 +10,8 @@ candidate and the dense fp32 towers on the same backend taking turns call by cal
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +69,7 @@ def evaluate(source: Any, data: str, backend: str, precision: str, *, screen: bo
     from mfdeploy.exporting import export_towers
 
     if screen:
-        sizes = {"n_images": SCREEN_IMAGES, "n_retrieval": SCREEN_IMAGES} if data == "shapes" else {}
+        sizes: dict[str, Any] = {"n_images": SCREEN_IMAGES, "n_retrieval": SCREEN_IMAGES} if data == "shapes" else {}
         return evaluate_model(source, data, "torch", **sizes)
     name, options = EVAL[(backend, precision)]
     return evaluate_model(source, data, name, exporter=lambda a, d: export_towers(a, d), **options)
@@ -108,10 +110,11 @@ def time_candidate(build_dir: Path, backend: str, precision: str, batch: int, th
             load_start = load_average()
             towers: dict[str, Any] = {}
             for tower in ("vision", "text"):
+                calls: dict[str, Callable[[], Any]]
                 if tower == "vision":
-                    calls = {v: (lambda r=r: r.embed_images(images)) for v, r in runners.items()}
+                    calls = {v: partial(r.embed_images, images) for v, r in runners.items()}
                 else:
-                    calls = {v: (lambda r=r: r.embed_texts(ids, mask)) for v, r in runners.items()}
+                    calls = {v: partial(r.embed_texts, ids, mask) for v, r in runners.items()}
                 lat = time_interleaved(calls, warmup=3, iters=20, min_time=0.5,
                                        timers={v: r.time_call for v, r in runners.items()})
                 stats = {v: latency_stats(x, batch) for v, x in lat.items()}

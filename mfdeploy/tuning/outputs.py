@@ -33,6 +33,8 @@ def finish(search: Search, spent_s: float | None, forced: tuple[Record, str] | N
     summary = _summary(search, front, pick, why, spent_s, load_average())
     if pick is not None:
         _build_best(search, pick, why)
+    elif (search.out / BEST_DIR).is_dir():  # an earlier run's pick, made under other constraints: tune.json
+        shutil.rmtree(search.out / BEST_DIR)  # now says there is none, and best/ must not say otherwise
     write_reports(search.out, summary)
     result = TuneResult(search.records, front, pick, why, search.out, summary)
     if pick is None:
@@ -93,9 +95,14 @@ def _dense_speed(records: list[Record]) -> dict[str, Any]:
 def _build_best(search: Search, pick: Record, why: str) -> None:
     """`DIR/best`: a copy of the pick's build (a complete `mfdeploy build`), with `tune_pick.json` saying why."""
     from mfdeploy.artifacts.io import atomic_dir
+    from mfdeploy.artifacts.layout import BUILD_MANIFEST
 
+    source = search.out / pick["build"]
+    if not (source / BUILD_MANIFEST).is_file():
+        raise UserError(f"{source}: the build of #{pick['number']} {pick['key']} is gone (was {search.out / 'work'} "
+                        "deleted?); re-run the tune with --force to measure again")
     with atomic_dir(search.out / BEST_DIR, force=True) as tmp:
-        shutil.copytree(search.out / pick["build"], tmp, dirs_exist_ok=True)
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
         write_json(tmp / PICK_FILE, {"trial": pick["number"], "key": pick["key"], "config": pick["config"],
                                      "backend": search.backend, "why": why, "quality": pick["quality"],
                                      "speed": pick["speed"], "size_mb": pick.get("size_mb"),

@@ -26,7 +26,6 @@ How the search spends its time (docs/guides/tune.md says the same for users):
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -38,7 +37,7 @@ from mfdeploy.tuning import journal
 from mfdeploy.tuning.config import TuneConfig, TuneResult
 from mfdeploy.tuning.outputs import finish
 from mfdeploy.tuning.search import Search
-from mfdeploy.tuning.space import Space, load_space, resolve_backend
+from mfdeploy.tuning.space import SPACES, Space, load_space, resolve_backend
 
 
 def run_tune(cfg: TuneConfig, say: Callable[[str], None] | None = None) -> TuneResult:
@@ -54,8 +53,10 @@ def run_tune(cfg: TuneConfig, say: Callable[[str], None] | None = None) -> TuneR
     space = load_space(cfg.space, cfg.backend)
     data = _eval_data(cfg)
     _check_options(cfg, space, backend)
-    out = _prepare_out(Path(cfg.out), cfg.force)
+    out = _prepare_out(Path(cfg.out))
     with journal.DirLock(out):
+        if cfg.force:  # only once the lock is held: --force must not delete a tune another process is running
+            journal.start_over(out)
         journal.check_settings(out, _settings(cfg, space, backend, data))
         records = journal.read_records(out, lambda m: say(f"warning: {m}"))
         search = Search(cfg, space, backend, data, out, records, say)
@@ -76,7 +77,12 @@ def pick_trial(out: Path, number: int, say: Callable[[str], None] | None = None)
     settings_path = out / journal.SETTINGS
     if not settings_path.is_file():
         raise UserError(f"{out}: no tune there (no {journal.SETTINGS}); run `mfdeploy tune --out {out}` first")
-    settings = json.loads(settings_path.read_text())
+    try:
+        settings = json.loads(settings_path.read_text())
+        # the space as the search used it: its TOML may have moved since, or be relative to another directory
+        space = Space.from_description(settings["space_lists"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{settings_path}: unreadable ({e}); run the tune again to rebuild it") from None
     with journal.DirLock(out):
         records = journal.read_records(out, lambda m: say(f"warning: {m}"))
         chosen = [r for r in records if r.get("number") == number]
@@ -85,7 +91,6 @@ def pick_trial(out: Path, number: int, say: Callable[[str], None] | None = None)
             raise UserError(f"--pick {number}: not a complete trial of {out} (complete: {numbers})")
         cfg = TuneConfig(out=out, model=settings.get("model"), backend=settings["backend_asked"],
                          batch_size=settings["batch_size"], eval_data=settings["eval"], space=settings["space_spec"])
-        space = load_space(cfg.space, cfg.backend)
         search = Search(cfg, space, settings["backend"], settings["eval"], out, records, say)
         search._dense()  # dense.json, written by the search
         return finish(search, None, forced=(chosen[0], f"chosen with --pick {number}"))
@@ -126,12 +131,13 @@ def _check_options(cfg: TuneConfig, space: Space, backend: str) -> None:
 
 
 def _settings(cfg: TuneConfig, space: Space, backend: str, data: str) -> dict[str, Any]:
+    spec = cfg.space if cfg.space in SPACES else str(Path(cfg.space).expanduser().resolve())
     return {"model": cfg.model, "backend": backend, "backend_asked": cfg.backend, "batch_size": cfg.batch_size,
-            "eval": data, "calib": cfg.calib, "space": space.fingerprint(), "space_spec": cfg.space,
-            "seed": cfg.seed}
+            "eval": data, "calib": cfg.calib, "space": space.fingerprint(), "space_spec": spec,
+            "space_lists": space.describe(), "seed": cfg.seed}
 
 
-def _prepare_out(out: Path, force: bool) -> Path:
+def _prepare_out(out: Path) -> Path:
     from mfdeploy.artifacts.writable import check_writable
 
     out = out.expanduser()
@@ -140,8 +146,6 @@ def _prepare_out(out: Path, force: bool) -> Path:
     is_tune = (out / journal.SETTINGS).is_file() or (out / journal.TRIALS).is_file()
     if out.is_dir() and any(out.iterdir()) and not is_tune:
         raise UserError(f"--out {out}: not empty and not a tune directory; choose another")
-    if force and is_tune:
-        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     check_writable(out, out / journal.TRIALS)
     return out

@@ -2,12 +2,9 @@
 
 How the search spends its time (docs/guides/tune.md says the same for users):
 
-1. **Order.** An Optuna study over the space (`mfdeploy.tuning.space`) with `BruteForceSampler`: the space is a
-   small grid of categorical choices whose every point costs minutes to measure, where a model-based sampler
-   (TPE, NSGA-II) needs more trials than the budget holds before it beats a shuffled grid, and re-proposes
-   points that already finished. The first trials are enqueued: the first unstructured method and MoPE at the
-   middle ratio, at every precision, so the front has its corners early (unpruned-speed accuracy, INT8,
-   structured, both).
+1. **Order.** A brute-force Optuna walk of the space's grid (`mfdeploy.tuning.study` says why). The first trials
+   are enqueued: the first unstructured method and MoPE at the middle ratio, at every precision, so the front
+   has its corners early (unpruned-speed accuracy, INT8, structured, both).
 2. **Two rungs.** A candidate's pruned model is first evaluated with PyTorch fp32 on a fifth of the shapes
    suite (the whole of other data). It stops there (state "screened") when it cannot reach the front: a
    finished trial with its shapes and precision, hence its speed, lost more than `SCREEN_SLACK` points fewer on
@@ -28,7 +25,6 @@ from __future__ import annotations
 
 import shutil
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,7 +35,8 @@ from mfdeploy.errors import MfdeployError, WriteError
 from mfdeploy.tuning import journal, measure
 from mfdeploy.tuning.config import TuneConfig
 from mfdeploy.tuning.records import Record
-from mfdeploy.tuning.space import FIXED_BUDGET, Candidate, Space, pattern_ratio
+from mfdeploy.tuning.space import FIXED_BUDGET, Candidate, Space
+from mfdeploy.tuning.study import make_study, suggest
 
 SCREEN_SLACK = 2.0  # points: a fifth of the shapes suite measures a drop within about this of the full suite
 FAR = 3.0  # a first-rung drop over FAR x (--max-drop + SCREEN_SLACK) is too far from the bound to be worth more
@@ -53,7 +50,6 @@ class Screened(Exception):
     def __init__(self, screen: dict):
         super().__init__(screen["reason"])
         self.screen = screen
-
 
 
 class Search:
@@ -70,25 +66,8 @@ class Search:
 
     # the study --------------------------------------------------------------------------------------------------
     def _study(self):
-        import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        with warnings.catch_warnings():  # "experimental" since 3.1: the grid walk tune relies on is its whole job
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler = optuna.samplers.BruteForceSampler(seed=self.cfg.seed)
-        study = optuna.create_study(directions=["maximize", "maximize"], sampler=sampler)
-        for record in self.records:  # what finished before: the sampler never proposes it again
-            cand = Candidate(**record["config"])
-            params, dists = optuna_params(cand, self.space)
-            state = optuna.trial.TrialState.COMPLETE if record["state"] == "complete" else \
-                optuna.trial.TrialState.PRUNED
-            values = [record["quality"]["retention"], record["speed"]["speedup"]] if state.name == "COMPLETE" else None
-            study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, values=values, state=state,
-                                                      user_attrs={"key": record["key"]}))
-        for cand in self._seeds():
-            if cand.key not in self.by_key:
-                study.enqueue_trial(optuna_params(cand, self.space)[0], skip_if_exists=True)
-        return study
+        return make_study(self.records, [c for c in self._seeds() if c.key not in self.by_key], self.space,
+                          self.cfg.seed)
 
     def _seeds(self) -> list[Candidate]:
         mid = sorted(self.space.ratios)[len(self.space.ratios) // 2]
@@ -127,16 +106,12 @@ class Search:
             raise optuna.TrialPruned(f"{cand.key} already measured")
         record = self._measure(cand)
         self._add(record)
-        total = len(list(self.space.candidates()))
         left = max(0.0, budget - (time.monotonic() - started))
-        front = self._front()
-        state = record["state"]
-        detail = (f"retention {record['quality']['retention']:.1%}, drop {record['quality']['drop_points']:.2f} "
-                  f"points, {record['speed']['speedup']:.2f}x" + (" (shared timing)" if record['speed']['shared_with']
-                                                                   else "")
-                  if state == "complete" else record.get("reason", ""))
-        self.say(f"[{len(self.by_key)}/{total}] #{record['number']} {cand.key}: {state}: {detail} | front: "
-                 f"{len(front)} point(s) | {left / 60:.1f} min left")
+        state, q, s = record["state"], record.get("quality") or {}, record.get("speed") or {}
+        detail = (f"retention {q['retention']:.1%}, drop {q['drop_points']:.2f} points, {s['speedup']:.2f}x"
+                  + (" (shared timing)" if s["shared_with"] else "") if state == "complete" else record["reason"])
+        self.say(f"[{len(self.by_key)}/{self.space.size()}] #{record['number']} {cand.key}: {state}: {detail} | "
+                 f"front: {len(self._front())} point(s) | {left / 60:.1f} min left")
         if state != "complete":
             raise optuna.TrialPruned(record.get("reason", state))
         return record["quality"]["retention"], record["speed"]["speedup"]
@@ -154,7 +129,9 @@ class Search:
     # measuring one candidate ------------------------------------------------------------------------------------
     def _measure(self, cand: Candidate) -> Record:
         t0 = time.monotonic()
-        record: Record = {"number": len(self.records), "key": cand.key, "config": cand.config(), "state": "complete",
+        # after the journal's damaged lines were skipped, len(records) can be a number a kept trial has
+        number = max((r.get("number", -1) for r in self.records), default=-1) + 1
+        record: Record = {"number": number, "key": cand.key, "config": cand.config(), "state": "complete",
                           "seconds": {"run_here": True}}
         seconds = record["seconds"]
         try:
@@ -234,7 +211,7 @@ class Search:
                             distill_steps=cand.distill_steps, show_progress=False,
                             mope_neuron_group=mope.get("neuron_group", 64),
                             mope_depth_share=mope.get("depth_share", 0.0), mope_cache=self.out / "cache" / "mope",
-                            **({"calib_samples": self.space.calib_samples} if self.space.calib_samples else {}))
+                            calib_samples=self.space.calib_samples or PruneConfig.calib_samples)
 
         def screen(state) -> dict:
             t = time.monotonic()
@@ -302,37 +279,6 @@ class Search:
         return out
 
 
-def suggest(trial, space: Space) -> Candidate:
-    """The candidate an Optuna trial draws (define-by-run: MoPE and ECoFLaP draw no budget or pattern)."""
-    method = trial.suggest_categorical("method", space.methods)
-    pattern = budget = None
-    if method not in FIXED_BUDGET:
-        pattern = trial.suggest_categorical("pattern", space.patterns)
-        if pattern is None:
-            budget = trial.suggest_categorical("budget", space.budgets)
-    ratio = trial.suggest_categorical("ratio", space.ratios) if pattern is None else pattern_ratio(pattern)
-    steps = trial.suggest_categorical("distill_steps", space.distill_steps)
-    precision = trial.suggest_categorical("precision", space.precisions)
-    return Candidate(method, ratio, precision, budget, pattern, steps)
-
-
-def optuna_params(cand: Candidate, space: Space) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The Optuna parameters `_suggest` would draw for `cand`, with their distributions."""
-    from optuna.distributions import CategoricalDistribution as C
-
-    params: dict[str, Any] = {"method": cand.method}
-    dists: dict[str, Any] = {"method": C(space.methods)}
-    if cand.method not in FIXED_BUDGET:
-        params["pattern"], dists["pattern"] = cand.pattern, C(space.patterns)
-        if cand.pattern is None:
-            params["budget"], dists["budget"] = cand.budget, C(space.budgets)
-    if cand.pattern is None:
-        params["ratio"], dists["ratio"] = cand.ratio, C(space.ratios)
-    params["distill_steps"], dists["distill_steps"] = cand.distill_steps, C(space.distill_steps)
-    params["precision"], dists["precision"] = cand.precision, C(space.precisions)
-    return params, dists
-
-
 def link_tree(source: Path, dest: Path) -> None:
     """`dest` as a copy of `source` made of hard links where the file system allows (the dense towers are
     shared by every build of the tune)."""
@@ -349,7 +295,6 @@ def link_tree(source: Path, dest: Path) -> None:
         except OSError:
             shutil.copy2(f, tmp / f.name)
     tmp.rename(dest)
-
 
 
 __all__ = ["SCREEN_SLACK", "Screened", "Search"]

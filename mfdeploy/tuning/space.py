@@ -43,6 +43,7 @@ SPARSE_BACKENDS: tuple[str, ...] = ()  # backends tune drives that run N:M spars
 STRUCTURED = ("mope",)  # methods that change the shapes of the towers (their speed can differ from dense)
 METHODS = ("multiflow", "magnitude", "wanda", "ecoflap", "mope")
 FIXED_BUDGET = ("ecoflap", "mope")  # methods whose budget is part of the method
+LISTS = ("methods", "ratios", "budgets", "patterns", "precisions", "distill_steps")  # the TOML keys that are lists
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,11 @@ class Space:
         """For tune.json and for telling whether a resumed tune searches the same space."""
         return json.loads(json.dumps(asdict(self)))
 
+    @classmethod
+    def from_description(cls, data: dict[str, Any]) -> Space:
+        """The space `describe` wrote (`--pick` rebuilds it from the tune's settings, not from the TOML)."""
+        return cls(**_tuples(data))
+
     def fingerprint(self) -> str:
         """Changes whenever the measurements of a candidate could (not the name)."""
         data = {k: v for k, v in self.describe().items() if k != "name"}
@@ -128,7 +134,7 @@ def pattern_ratio(pattern: str) -> float:
     return 1 - n / m
 
 
-SPACES = {
+SPACES: dict[str, dict[str, Any]] = {
     # every method at three ratios, with and without a short distillation, at every precision of the backend
     "default": dict(methods=METHODS, ratios=(0.25, 0.5, 0.75), distill_steps=(0, 100)),
     # the two that matter most: the paper's method and the one that changes shapes; group 256 keeps MoPE quick
@@ -162,6 +168,7 @@ def load_space(spec: str, backend: str) -> Space:
     """
     name, fixed = resolve_backend(backend)
     allowed = BACKEND_PRECISIONS[name]
+    values: dict[str, Any]
     if spec in SPACES:
         values = dict(SPACES[spec])
         values.setdefault("precisions", fixed or allowed)
@@ -177,12 +184,18 @@ def load_space(spec: str, backend: str) -> Space:
         raise UserError(f"--space {spec}: cannot read it ({e})") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"--space {spec}: not valid TOML ({e})") from None
-    known = {"methods", "ratios", "budgets", "patterns", "precisions", "distill_steps", "mope", "calibration"}
+    known = {*LISTS, "mope", "calibration"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise UserError(f"--space {spec}: unknown key {unknown[0]!r} (expected: {', '.join(sorted(known))})")
+    for key in sorted(set(data) & set(LISTS)):
+        if not isinstance(data[key], list):
+            raise UserError(f"--space {spec}: {key} must be a list ({key} = [{data[key]!r}])")
+    for key in ("mope", "calibration"):
+        if key in data and not isinstance(data[key], dict):
+            raise UserError(f"--space {spec}: {key} must be a table ([{key}] on a line of its own, then its options)")
     base = dict(SPACES["default"])
-    values: dict[str, Any] = {**base, **{k: v for k, v in data.items() if k not in ("mope", "calibration")}}
+    values = {**base, **{k: v for k, v in data.items() if k not in ("mope", "calibration")}}
     values["mope"] = dict(data.get("mope", {}))
     if "calibration" in data:
         values["calib_samples"] = data["calibration"].get("samples")
@@ -200,7 +213,7 @@ def _checked(space: Space, backend: str, fixed: tuple[str, ...] | None) -> Space
     from mfdeploy.pruning.budgets import BUDGETS
 
     where = f"--space {space.name}"
-    for key in ("methods", "ratios", "precisions", "budgets", "patterns", "distill_steps"):
+    for key in LISTS:
         if not getattr(space, key):
             raise UserError(f"{where}: {key} is empty")
     bad = [m for m in space.methods if m not in METHODS]

@@ -114,13 +114,15 @@ class ScoreCache:
             self.counts[kind]["scored"] += 1
             return None
         except (OSError, UnicodeDecodeError, ValueError) as e:
-            return self._corrupt(kind, path, type(e).__name__)
+            self._corrupt(kind, path, type(e).__name__)
+            return None
         errors = data.get("errors") if isinstance(data, dict) else None
         if (not isinstance(data, dict) or data.get("format") != FORMAT or data.get("key") != {**self.base, **parts}
                 or not isinstance(errors, dict) or set(errors) != set(lengths)
                 or any(not isinstance(errors[k], list) or len(errors[k]) != n
                        or not all(isinstance(v, float) for v in errors[k]) for k, n in lengths.items())):
-            return self._corrupt(kind, path, "not the errors this key names")
+            self._corrupt(kind, path, "not the errors this key names")
+            return None
         self.counts[kind]["from_cache"] += 1
         return errors
 

@@ -120,6 +120,7 @@ class Replay:
         self.x: list[Any] = []
         self.rest: list[tuple[tuple, dict]] = []  # each batch's other arguments of every layer (mask, kwargs)
         self.emb: list[Any] | None = None
+        self.emb_mod: nn.Module | None = None  # the tower's `embeddings`, when it has one
         self.at: int | None = None  # the layer `ctx`, `attn`, `act` were taken in (None: not replayable)
         self.ctx: list[Any] = []
         self.attn: list[Any] = []
@@ -129,33 +130,31 @@ class Replay:
     def _start(self) -> None:
         """One full forward per batch: layer 0's inputs and the embeddings' output, and the replay's checks."""
         layers, emb_mod = list(self._layers()), getattr(self.root, "embeddings", None)
-        calls: list[tuple[int, tuple, dict]] = []
-        outs: list[tuple[int, Any]] = []
-        embs: list[Any] = []
-        handles = []
+        emb_mod = emb_mod if isinstance(emb_mod, nn.Module) else None
+        chain, embs = _Chain(len(layers)), []
+        handles = [emb_mod.register_forward_hook(lambda m, a, o: embs.append(o))] if emb_mod is not None else []
         for j, layer in enumerate(layers):
             handles.append(layer.register_forward_pre_hook(
-                lambda m, a, kw, j=j: calls.append((j, a, kw)), with_kwargs=True))
-            handles.append(layer.register_forward_hook(lambda m, a, o, j=j: outs.append((j, o))))
-        if isinstance(emb_mod, nn.Module):
-            handles.append(emb_mod.register_forward_hook(lambda m, a, o: embs.append(o)))
+                lambda m, a, kw, j=j: chain.pre(j, a, kw), with_kwargs=True))
+            handles.append(layer.register_forward_hook(lambda m, a, o, j=j: chain.post(j, o)))
         self.x, self.rest, ok = [], [], True
-        emb: list[Any] | None = [] if isinstance(emb_mod, nn.Module) else None
+        emb: list[Any] | None = [] if emb_mod is not None else None
         try:
             for k in range(self.n):
-                for seen in (calls, outs, embs):
-                    seen.clear()
+                chain.reset()
+                embs.clear()
                 self._forward(k)
-                ok = ok and _chained(calls, outs, len(layers))
-                if ok:
-                    self.x.append(calls[0][1][0])
-                    self.rest.append((calls[0][1][1:], calls[0][2]))
-                if emb is not None:  # replayed only when it ran once per forward
+                ok = ok and chain.complete() and chain.first is not None
+                if ok and chain.first is not None:
+                    args, kw = chain.first
+                    self.x.append(args[0])
+                    self.rest.append((args[1:], kw))
+                if emb is not None:  # replayed only where it ran once per forward
                     emb = emb + [embs[0]] if len(embs) == 1 else None
         finally:
             for h in handles:
                 h.remove()
-        self.emb, self.enabled, self.pos, self.at = emb, ok, 0, None
+        self.emb, self.emb_mod, self.enabled, self.pos, self.at = emb, emb_mod, ok, 0, None
 
     @torch.inference_mode()
     def seek(self, i: int) -> None:
@@ -224,8 +223,9 @@ class Replay:
             module.forward = forward  # an instance attribute: nn.Module.__call__ runs it, hooks included
 
         try:
-            if self.emb is not None:
-                swap(self.root.embeddings, lambda *a, **kw: _fresh(self.emb[self.batch]))
+            if self.emb is not None and self.emb_mod is not None:
+                emb = self.emb
+                swap(self.emb_mod, lambda *a, **kw: _fresh(emb[self.batch]))
             for j in range(i):  # only layer i-1's output reaches layer i: the others return without a copy
                 swap(layers[j], (lambda *a, **kw: self.x[self.batch].clone()) if j == i - 1
                      else (lambda *a, **kw: self.x[self.batch]))
@@ -258,17 +258,33 @@ def _with_first(kept: Any, first: torch.Tensor) -> Any:
     return (first, *kept[1:]) if isinstance(kept, tuple) else first
 
 
-def _chained(calls: list[tuple[int, tuple, dict]], outs: list[tuple[int, Any]], n_layers: int) -> bool:
-    """Each layer ran once, in order, on the previous one's output, with the same other arguments as layer 0."""
-    if [c[0] for c in calls] != list(range(n_layers)) or [o[0] for o in outs] != list(range(n_layers)):
-        return False
-    if n_layers == 0 or not calls[0][1]:
-        return False  # the hidden states must come positionally
-    _, args0, kw0 = calls[0]
-    for j in range(1, n_layers):
-        _, args, kw = calls[j]
-        if not args or args[0] is not outs[j - 1][1] or len(args) != len(args0) or kw.keys() != kw0.keys():
-            return False
-        if any(a is not b for a, b in zip(args[1:], args0[1:])) or any(kw[k] is not kw0[k] for k in kw0):
-            return False
-    return True
+class _Chain:
+    """Watches one tower forward: each layer ran once, in order, on the previous one's output, with the same
+    other arguments (mask, keyword arguments) as layer 0. Holds layer 0's arguments and one output only."""
+
+    def __init__(self, n_layers: int):
+        self.n = n_layers
+        self.reset()
+
+    def reset(self) -> None:
+        self.next, self.ok = 0, True
+        self.first: tuple[tuple, dict] | None = None
+        self.prev: Any = None
+
+    def pre(self, j: int, args: tuple, kw: dict) -> None:
+        if j != self.next or not args:  # out of order, or the hidden states not passed positionally
+            self.ok = False
+        elif j == 0:
+            self.first = (args, kw)
+        elif self.first is not None:
+            args0, kw0 = self.first
+            self.ok = self.ok and (args[0] is self.prev and len(args) == len(args0) and kw.keys() == kw0.keys()
+                                   and all(a is b for a, b in zip(args[1:], args0[1:]))
+                                   and all(kw[k] is kw0[k] for k in kw0))
+
+    def post(self, j: int, out: Any) -> None:
+        self.ok = self.ok and j == self.next
+        self.prev, self.next = out, self.next + 1
+
+    def complete(self) -> bool:
+        return self.ok and self.n > 0 and self.next == self.n
