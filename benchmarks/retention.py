@@ -222,6 +222,8 @@ def main() -> None:
     ap.add_argument("--distill-only", action="store_true", help="only the '+ distill' rows; keep the others")
     ap.add_argument("--int8-all", action="store_true", help="an INT8 row for every row, not only the three of issue 19")
     ap.add_argument("--model", default="mfdeploy/clip-shapes", help="a bundled model (its files get its name)")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the rows of the existing results that this run does not measure (as --int8-only does)")
     args = ap.parse_args()
     args.int8 = args.int8 or args.int8_only or args.int8_all
     default_model = args.model == "mfdeploy/clip-shapes"
@@ -240,7 +242,25 @@ def main() -> None:
         jobs = [j for j in jobs if (j[0], j[3], j[4]) in INT8_ROWS]
     if args.distill_only:
         jobs = [j for j in jobs if j[2].get("distill_steps")]
-    rows = []
+    previous = args.out / f"{stem}.json"
+    old_rows = json.loads(previous.read_text())["rows"] if previous.exists() and \
+        (args.int8_only or args.distill_only or args.merge) else None
+
+    def all_rows(rows: list[dict]) -> list[dict]:
+        """The rows measured now, merged into the previous results' rows (in their order) when asked."""
+        return _merged(old_rows, rows) if old_rows is not None else rows
+
+    def save(rows: list[dict]) -> str:
+        merged = all_rows(rows)
+        data = {"model": args.model, "calib_samples": args.calib_samples, "seed": args.seed,
+                "dense": {"tasks": dense["tasks"], "retrieval": dense["retrieval"]}, "rows": merged,
+                "seconds": round(time.perf_counter() - t_start, 1)}
+        (args.out / f"{stem}.json").write_text(json.dumps(data, indent=2))
+        md = markdown(merged, dense)
+        (args.out / f"{stem}.md").write_text(md)
+        return md
+
+    rows: list[dict] = []
     for i, (label, method, extra, ratio, pattern) in enumerate(jobs, 1):
         made = run_one(dense_adapter, label, method, extra, ratio, pattern, args)
         for row in made if isinstance(made, list) else [made]:
@@ -253,19 +273,11 @@ def main() -> None:
                           + (f", i2t R@1 {row['retrieval']['i2t_r1']:.3f}, distilled {row['distill']['steps_run']} "
                              f"steps, masks identical: {row['distill'].get('masks_identical', 'n/a')}"
                              if "distill" in row else ""))
-    previous = args.out / f"{stem}.json"
-    if (args.int8_only or args.distill_only) and previous.exists():  # keep the rows not measured now, in their order
-        rows = _merged(json.loads(previous.read_text())["rows"], rows)
-    total = time.perf_counter() - t_start
-    data = {"model": args.model, "calib_samples": args.calib_samples, "seed": args.seed,
-            "dense": {"tasks": dense["tasks"], "retrieval": dense["retrieval"]}, "rows": rows,
-            "seconds": round(total, 1)}
-    (args.out / f"{stem}.json").write_text(json.dumps(data, indent=2))
-    md = markdown(rows, dense)
-    (args.out / f"{stem}.md").write_text(md)
-    plot(rows, args.out / f"{stem}.png", args.model)
+        save(rows)  # after every job: a run cut short keeps what it measured
+    md = save(rows)
+    plot(all_rows(rows), args.out / f"{stem}.png", args.model)
     console.print(md)
-    console.print(f"total {total / 60:.1f} min")
+    console.print(f"total {(time.perf_counter() - t_start) / 60:.1f} min")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ How the search spends its time (docs/guides/tune.md says the same for users):
    small grid of categorical choices whose every point costs minutes to measure, where a model-based sampler
    (TPE, NSGA-II) needs more trials than the budget holds before it beats a shuffled grid, and re-proposes
    points that already finished. The first trials are enqueued: the first unstructured method and MoPE at the
-   middle ratio, at every precision, so the front has its corners early (unpruned-speed accuracy, INT8,
+   lowest and middle ratios, at every precision, so the front has its corners early (unpruned-speed accuracy, INT8,
    structured, both).
 2. **Two rungs (successive halving with a constraint).** A candidate's pruned model is first evaluated with
    PyTorch fp32 on a fifth of the shapes suite (the whole of other data): if its drop from dense exceeds the

@@ -2,9 +2,8 @@
 
 How the search spends its time (docs/guides/tune.md says the same for users):
 
-1. **Order.** A brute-force Optuna walk of the space's grid (`mfdeploy.tuning.study` says why). The first trials
-   are enqueued: the first unstructured method and MoPE at the middle ratio, at every precision, so the front
-   has its corners early (unpruned-speed accuracy, INT8, structured, both).
+1. **Order.** A brute-force Optuna walk of the space's grid (`mfdeploy.tuning.study` says why), after the first
+   unstructured method and MoPE at the lowest and middle ratios, at every precision (the front's corners).
 2. **Two rungs.** A candidate's pruned model is first evaluated with PyTorch fp32 on a fifth of the shapes
    suite (the whole of other data). It stops there (state "screened") when it cannot reach the front: a
    finished trial with its shapes and precision, hence its speed, lost more than `SCREEN_SLACK` points fewer on
@@ -64,17 +63,18 @@ class Search:
         self.stopped = ""
         self.dense: dict[str, Any] = {}
 
-    # the study --------------------------------------------------------------------------------------------------
     def _study(self):
         return make_study(self.records, [c for c in self._seeds() if c.key not in self.by_key], self.space,
                           self.cfg.seed)
 
     def _seeds(self) -> list[Candidate]:
-        mid = sorted(self.space.ratios)[len(self.space.ratios) // 2]
+        ratios = sorted(self.space.ratios)
+        ratios = list(dict.fromkeys([ratios[0], ratios[len(ratios) // 2]]))  # the lowest and the middle one
         unstructured = [m for m in self.space.methods if m not in FIXED_BUDGET]
         methods = unstructured[:1] + [m for m in self.space.methods if m == "mope"]
-        return [Candidate(m, mid, p, distill_steps=min(self.space.distill_steps)) for m in methods
-                for p in self.space.precisions]
+        steps = min(self.space.distill_steps)
+        return [Candidate(m, r, p, self.space.budgets[0] if m not in FIXED_BUDGET else None, None, steps)
+                for r in ratios for m in methods for p in self.space.precisions]
 
     def run(self, started: float) -> None:
         all_keys = {c.key for c in self.space.candidates()}

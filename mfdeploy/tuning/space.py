@@ -136,7 +136,7 @@ def pattern_ratio(pattern: str) -> float:
 
 SPACES: dict[str, dict[str, Any]] = {
     # every method at three ratios, with and without a short distillation, at every precision of the backend
-    "default": dict(methods=METHODS, ratios=(0.25, 0.5, 0.75), distill_steps=(0, 100)),
+    "default": dict(methods=METHODS, ratios=(0.25, 0.375, 0.5, 0.75), distill_steps=(0, 100)),
     # the two that matter most: the paper's method and the one that changes shapes; group 256 keeps MoPE quick
     "quick": dict(methods=("multiflow", "mope"), ratios=(0.5, 0.75), mope={"neuron_group": 256},
                   calib_samples=32),
