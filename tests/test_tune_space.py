@@ -179,6 +179,36 @@ def test_a_first_rung_drop_far_outside_the_bound_stops_the_candidate_before_expo
     assert record["quality"]["drop_points"] == pytest.approx(far - 0.5)
 
 
+def test_past_the_time_estimate_only_a_candidate_whose_build_is_made_still_runs(tmp_path, fake_measure):
+    """A trial took 1000 s and 10 s are left: the other precision of the same pruned model (built) still runs;
+    a candidate that needs a build of its own stops the search, and nothing is journalled for it."""
+    import time
+
+    from mfdeploy.artifacts.layout import BUILD_MANIFEST
+
+    calls, _ = fake_measure
+    cfg = TuneConfig(out=tmp_path, backend="torch", constraints=Constraints(max_drop=1.0), time_budget_min=1)
+    space = Space(name="t", methods=("multiflow",), ratios=(0.5,), precisions=("fp32", "bf16"))
+    done = Candidate("multiflow", 0.5, "fp32")
+    record = {"number": 0, "key": done.key, "config": done.config(), "state": "complete",
+              "quality": {"retention": 1.0}, "speed": {"speedup": 1.0}, "seconds": {"run_here": True, "build": 900.0, "total": 1000.0}}
+    found = search.Search(cfg, space, "torch", "shapes", tmp_path, [record], say=lambda m: None)
+    built = found._build_path(done)
+    built.mkdir(parents=True)
+    (built / BUILD_MANIFEST).write_text("{}")
+    found.run(time.monotonic() - 50)  # 10 s of the 60 left
+    assert [r["key"] for r in found.records] == [done.key, "multiflow r=0.5 bf16"] and calls["builds"] == 0
+    assert found.stopped == "every candidate of the space was measured"
+
+    other = tmp_path / "other"
+    other.mkdir()
+    found = search.Search(cfg, space, "torch", "shapes", other, [record], say=lambda m: None)  # nothing built
+    found.run(time.monotonic() - 50)
+    assert len(found.records) == 1 and calls["builds"] == 0
+    assert "the next candidate needs a build" in found.stopped
+    assert not (other / "trials.jsonl").exists()
+
+
 # ---- command lines tune refuses ------------------------------------------------------------------------------------
 
 def test_tune_is_part_of_the_python_api():

@@ -9,6 +9,7 @@ candidate and the dense fp32 towers on the same backend taking turns call by cal
 
 from __future__ import annotations
 
+import shutil
 import statistics
 from collections.abc import Callable
 from functools import partial
@@ -146,4 +147,23 @@ def size_mb(build_dir: Path, backend: str, precision: str) -> float:
     return round(total / (2 if precision == "bf16" and backend.startswith("torch") else 1), 3)
 
 
-__all__ = ["EVAL", "SCREEN_IMAGES", "evaluate", "quality_of", "runner_options", "size_mb", "time_candidate"]
+def link_tree(source: Path, dest: Path) -> None:
+    """`dest` as a copy of `source` made of hard links where the file system allows (the dense towers are
+    shared by every build of the tune)."""
+    import os
+
+    if dest.exists():
+        return
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for f in source.iterdir():
+        try:
+            os.link(f, tmp / f.name)
+        except OSError:
+            shutil.copy2(f, tmp / f.name)
+    tmp.rename(dest)
+
+
+__all__ = ["EVAL", "SCREEN_IMAGES", "evaluate", "link_tree", "quality_of", "runner_options", "size_mb",
+           "time_candidate"]

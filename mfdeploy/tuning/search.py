@@ -22,9 +22,10 @@ How the search spends its time (docs/guides/tune.md says the same for users):
 
 from __future__ import annotations
 
-import shutil
+import hashlib
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,10 @@ SCREEN_SLACK = 2.0  # points: a fifth of the shapes suite measures a drop within
 FAR = 3.0  # a first-rung drop over FAR x (--max-drop + SCREEN_SLACK) is too far from the bound to be worth more
 WORK_DIR = "work"
 DENSE_JSON = "dense.json"
+
+
+class OutOfTime(Exception):
+    """The next candidate needs a build the time left cannot hold."""
 
 
 class Screened(Exception):
@@ -91,16 +96,28 @@ class Search:
                 break
             spent = [r["seconds"]["total"] for r in self.records if r.get("seconds", {}).get("run_here")]
             estimate = sorted(spent)[len(spent) // 2] if spent else 0.0
-            if left <= 0 or (spent and estimate > left):
+            # past the estimate, only a candidate whose build is made (an evaluation and a timing) may still run
+            reused = [r["seconds"]["total"] for r in self.records if r["seconds"].get("build", 1) < 1]
+            cheap = sorted(reused)[len(reused) // 2] if reused else 0.0  # unknown: ask, and see
+            if left <= 0 or (spent and min(estimate, cheap) > left):
                 self.stopped = f"time budget: {max(left, 0):.0f} s left, a trial takes about {estimate:.0f} s"
                 break
             # a candidate's own failure is recorded by `_measure`; anything else (a full disk) ends the tune
-            study.optimize(lambda trial: self._objective(trial, started, budget), n_trials=1)
+            built_only = bool(spent) and estimate > left
+            study.optimize(partial(self._objective, started=started, budget=budget, built_only=built_only),
+                           n_trials=1, catch=(OutOfTime,))
+            if study.trials[-1].user_attrs.get("out_of_time"):
+                self.stopped = (f"time budget: {max(left, 0):.0f} s left, and the next candidate needs a build "
+                                f"(about {estimate:.0f} s)")
+                break
 
-    def _objective(self, trial, started: float, budget: float) -> tuple[float, float]:
+    def _objective(self, trial, started: float, budget: float, built_only: bool) -> tuple[float, float]:
         import optuna
 
         cand = suggest(trial, self.space)
+        if built_only and not (self._build_path(cand) / BUILD_MANIFEST).is_file():
+            trial.set_user_attr("out_of_time", True)  # not journalled: it runs in full next time
+            raise OutOfTime(cand.key)
         trial.set_user_attr("key", cand.key)
         if cand.key in self.by_key:  # a re-proposed point (several workers, or the grid wrapped): nothing to run
             raise optuna.TrialPruned(f"{cand.key} already measured")
@@ -192,16 +209,16 @@ class Search:
                         f"rung to this one's {screen['drop_points']:.2f}")
         return None
 
+    def _build_path(self, cand: Candidate) -> Path:
+        return self.work / "builds" / hashlib.sha256(cand.prune_key.encode()).hexdigest()[:12]
+
     def _build(self, cand: Candidate, record: Record) -> Path:
         """The build of the candidate's pruning configuration: made once (screened on the way), then reused."""
-        import hashlib
-
         from mfdeploy.pipelines.build import BuildConfig, run_build
         from mfdeploy.pipelines.build_state import Stage
         from mfdeploy.pruning import PruneConfig
 
-        name = hashlib.sha256(cand.prune_key.encode()).hexdigest()[:12]
-        out = self.work / "builds" / name
+        out = self._build_path(cand)
         out.parent.mkdir(parents=True, exist_ok=True)
         if (out / BUILD_MANIFEST).is_file():
             return out
@@ -234,7 +251,7 @@ class Search:
                           int8="int8" in self.space.precisions, max_batch=max(32, self.cfg.batch_size))
         run_build(cfg, extra=[("prune", Stage("screen", screen))])
         if self.backend in measure.ONNX_BASED:
-            link_tree(self._dense_onnx(), out / ONNX_DENSE_DIR)
+            measure.link_tree(self._dense_onnx(), out / ONNX_DENSE_DIR)
         return out
 
     def _speed(self, cand: Candidate, build_dir: Path) -> dict[str, Any]:
@@ -277,24 +294,6 @@ class Search:
             with atomic_dir(out, force=True) as tmp:
                 export_towers(load(self.cfg.model), tmp)
         return out
-
-
-def link_tree(source: Path, dest: Path) -> None:
-    """`dest` as a copy of `source` made of hard links where the file system allows (the dense towers are
-    shared by every build of the tune)."""
-    import os
-
-    if dest.exists():
-        return
-    tmp = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for f in source.iterdir():
-        try:
-            os.link(f, tmp / f.name)
-        except OSError:
-            shutil.copy2(f, tmp / f.name)
-    tmp.rename(dest)
 
 
 __all__ = ["SCREEN_SLACK", "Screened", "Search"]

@@ -19,7 +19,7 @@ def make_study(records: list[Record], seeds: list[Candidate], space: Space, seed
     """A two-objective study (retention, speed-up) holding `records` as finished trials, `seeds` enqueued first."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the trials speak for themselves: tune prints one line each
     with warnings.catch_warnings():  # "experimental" since 3.1: the grid walk tune relies on is its whole job
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.BruteForceSampler(seed=seed)
