@@ -60,7 +60,6 @@ NEEDS = (
     Need("serve", "backend", "--backend", ("openvino", "openvino-int8"), "openvino"),
     Need("eval", "backend", "--backend", ("openvino", "openvino-int8"), "openvino"),
     Need("tune", "backend", "--backend", ("openvino", "openvino-int8"), "openvino"),
-    Need("tune", "int8", "with int8 in its space", (True,), "modelopt"),  # an INT8 candidate is a --int8 build
 )
 
 

@@ -18,7 +18,7 @@ from mfdeploy.extras import EXTRAS, NEEDS, missing
 PACKAGE = Path(__file__).resolve().parents[1] / "mfdeploy"
 # the arguments each verb of the table needs besides the option under test (all refused before they are read)
 REQUIRED = {"build": ["--out", "{tmp}/b"], "quantize": ["{tmp}/src", "--out", "{tmp}/q"], "serve": ["{tmp}/b"],
-            "eval": ["{tmp}/model"]}
+            "eval": ["{tmp}/model"], "tune": ["--out", "{tmp}/t"]}
 # one row per option value
 CASES = [(need, value) for need in NEEDS for value in need.values]
 

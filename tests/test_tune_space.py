@@ -191,7 +191,8 @@ def test_past_the_time_estimate_only_a_candidate_whose_build_is_made_still_runs(
     space = Space(name="t", methods=("multiflow",), ratios=(0.5,), precisions=("fp32", "bf16"))
     done = Candidate("multiflow", 0.5, "fp32")
     record = {"number": 0, "key": done.key, "config": done.config(), "state": "complete",
-              "quality": {"retention": 1.0}, "speed": {"speedup": 1.0}, "seconds": {"run_here": True, "build": 900.0, "total": 1000.0}}
+              "quality": {"retention": 1.0}, "speed": {"speedup": 1.0},
+              "seconds": {"run_here": True, "build": 900.0, "total": 1000.0}}
     found = search.Search(cfg, space, "torch", "shapes", tmp_path, [record], say=lambda m: None)
     built = found._build_path(done)
     built.mkdir(parents=True)
