@@ -1,27 +1,8 @@
 """`mfdeploy tune`: search method x ratio x precision on the user's backend and data, keep the Pareto front of
 quality against speed, build the pick.
 
-How the search spends its time (docs/guides/tune.md says the same for users):
-
-1. **Order.** An Optuna study over the space (`mfdeploy.tuning.space`) with `BruteForceSampler`: the space is a
-   small grid of categorical choices whose every point costs minutes to measure, where a model-based sampler
-   (TPE, NSGA-II) needs more trials than the budget holds before it beats a shuffled grid, and re-proposes
-   points that already finished. The first trials are enqueued: the first unstructured method and MoPE at the
-   lowest and middle ratios, at every precision, so the front has its corners early (unpruned-speed accuracy, INT8,
-   structured, both).
-2. **Two rungs (successive halving with a constraint).** A candidate's pruned model is first evaluated with
-   PyTorch fp32 on a fifth of the shapes suite (the whole of other data): if its drop from dense exceeds the
-   `--max-drop` bound by more than `SCREEN_SLACK` points it is stopped there (state "screened"), before any
-   export, quantization or timing. The rest are exported, quantized, evaluated in full through the backend and
-   precision they would be served with, and timed.
-3. **Reuse.** Candidates that share a pruning configuration share one build (pruned once, exported once,
-   quantized once) under `DIR/work/builds/`; candidates whose speed cannot differ (unstructured masks on a
-   dense backend: the shapes are the dense ones) share one timing, and the record says whose; MoPE's module
-   scores are cached under `DIR/cache/mope` for any later prune that reaches the same layers.
-4. **Budget.** A trial starts only if the median time of the finished ones fits in what is left of
-   `--time-budget`; the first always starts.
-5. **Resume.** Each finished trial is one line of `DIR/trials.jsonl` (`mfdeploy.tuning.journal`); a killed tune
-   re-run with the same arguments rebuilds the study from it and never repeats a finished trial.
+The entry points (`run_tune`, `pick_trial`), their option checks and the tune directory live here; how the
+search orders, screens, reuses and budgets its trials is written once, in `mfdeploy.tuning.search`.
 """
 
 from __future__ import annotations

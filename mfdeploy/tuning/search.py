@@ -15,7 +15,7 @@ How the search spends its time (docs/guides/tune.md says the same for users):
    dense backend: the shapes are the dense ones) share one timing, and the record says whose; MoPE's module
    scores are cached under `DIR/cache/mope` for any later prune that reaches the same layers.
 4. **Budget.** A trial starts only if the median time of the finished ones fits in what is left of
-   `--time-budget`; the first always starts.
+   `--time-budget` (the first always starts); past that, only a candidate whose build is already made may run.
 5. **Resume.** Each finished trial is one line of `DIR/trials.jsonl` (`mfdeploy.tuning.journal`); a killed tune
    re-run with the same arguments rebuilds the study from it and never repeats a finished trial.
 """
