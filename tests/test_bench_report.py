@@ -85,7 +85,7 @@ def _cell(monkeypatch, latencies):
     monkeypatch.setattr(bench, "time_interleaved", _fake_timings(latencies))
     monkeypatch.setattr(os, "getloadavg", lambda: (7.0, 5.0, 3.0))
     runners = {"pruned": EchoRunner(), "dense": EchoRunner()}
-    return bench._cell(runners, "ort-cpu", "vision", 8, 16, {8: np.zeros(1)}, {}, 0, 20, 0.0, 2)
+    return bench.time_cell(runners, "ort-cpu", "vision", 8, 16, {8: np.zeros(1)}, {}, 0, 20, 0.0, 2)
 
 
 def test_wide_spread_flags_the_cell_in_rows_markdown_and_warning(monkeypatch):

@@ -28,7 +28,7 @@ from mfdeploy.runtime.registry import BACKENDS, ONNX_BACKENDS, TOWERS, BuildDir,
 # on_progress(description, cells done, cells in all): how a caller shows the run (the CLI draws a bar)
 Progress = Callable[[str, int, int], None]
 
-__all__ = ["latency_stats", "parse_batch_sizes", "parse_list", "run_bench", "time_interleaved"]
+__all__ = ["latency_stats", "parse_batch_sizes", "parse_list", "run_bench", "time_cell", "time_interleaved"]
 DEFAULT_BATCH_SIZES = (1, 8, 32)
 MAX_ITERS = 10_000  # cap on timed iterations per cell when --min-time keeps asking for more
 
@@ -201,7 +201,7 @@ def run_bench(
                         for batch in batch_sizes:
                             if runners:
                                 say(f"{name} {tower} batch {batch}", done, total)
-                                rows.extend(_cell(runners, name, tower, batch, length, images, texts, warmup, iters,
+                                rows.extend(time_cell(runners, name, tower, batch, length, images, texts, warmup, iters,
                                                   min_time, threads_used, sizes))
                             done += 1
                             say(f"{name} {tower} batch {batch}", done, total)
@@ -250,9 +250,11 @@ def _onnx_mb(build: BuildDir, variant: str, tower: str) -> float | None:
     return round(sum(f.stat().st_size for f in files) / 2**20, 2) if files else None
 
 
-def _cell(runners: dict[str, Runner], name: str, tower: str, batch: int, text_len: int, images: dict, texts: dict,
+def time_cell(runners: dict[str, Runner], name: str, tower: str, batch: int, text_len: int, images: dict, texts: dict,
           warmup: int, iters: int, min_time: float, threads: int,
           sizes: dict[tuple[str, str], float | None] | None = None) -> list[dict[str, Any]]:
+    """One cell: every runner (variant name -> runner; "pruned" and "dense" give the ratio) on one tower at one
+    batch, interleaved; one row per variant (see `run_bench`'s rows)."""
     calls: dict[str, Callable[[], Any]]
     if tower == "vision":
         calls = {v: partial(r.embed_images, images[batch]) for v, r in runners.items()}

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import shutil
 import statistics
-from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +82,7 @@ def time_candidate(build_dir: Path, backend: str, precision: str, batch: int, th
     """
     import torch
 
-    from mfdeploy.bench.run import latency_stats, time_interleaved
+    from mfdeploy.bench.run import time_cell
     from mfdeploy.bench.stability import load_average
     from mfdeploy.runtime.base import BackendUnavailable
     from mfdeploy.runtime.build_dir import BuildDir
@@ -102,7 +100,7 @@ def time_candidate(build_dir: Path, backend: str, precision: str, batch: int, th
             length = adapter.fixed_text_len or min(DEFAULT_TEXT_LEN, adapter.max_text_len)
             common = dict(threads=threads, max_batch=batch, max_text_len=length, spin=False)
             try:
-                runners["candidate"] = make_runner(backend, build, variant=variant, **common, **options)
+                runners["pruned"] = make_runner(backend, build, variant=variant, **common, **options)
                 runners["dense"] = make_runner(backend, build, variant="dense", **common, **dense_options)
             except BackendUnavailable as e:
                 raise UserError(f"{backend} cannot run this candidate: {e}") from None
@@ -110,19 +108,13 @@ def time_candidate(build_dir: Path, backend: str, precision: str, batch: int, th
             ids, mask = text_inputs(batch, length, tokenizer=adapter.tokenizer)
             load_start = load_average()
             towers: dict[str, Any] = {}
-            for tower in ("vision", "text"):
-                calls: dict[str, Callable[[], Any]]
-                if tower == "vision":
-                    calls = {v: partial(r.embed_images, images) for v, r in runners.items()}
-                else:
-                    calls = {v: partial(r.embed_texts, ids, mask) for v, r in runners.items()}
-                lat = time_interleaved(calls, warmup=3, iters=20, min_time=0.5,
-                                       timers={v: r.time_call for v, r in runners.items()})
-                stats = {v: latency_stats(x, batch) for v, x in lat.items()}
-                towers[tower] = {"p50_ms": stats["candidate"]["p50_ms"], "dense_p50_ms": stats["dense"]["p50_ms"],
-                                 "p95_ms": stats["candidate"]["p95_ms"], "iters": stats["candidate"]["iters"],
-                                 "speedup": stats["dense"]["p50_ms"] / stats["candidate"]["p50_ms"],
-                                 "precision": runners["candidate"].tower_precision(tower)}
+            for tower in ("vision", "text"):  # `mfdeploy bench`'s cell: the candidate and dense take turns
+                rows = {r["variant"]: r for r in time_cell(runners, backend, tower, batch, length, {batch: images},
+                                                           {batch: (ids, mask)}, 3, 20, 0.5, threads)}
+                cand, dense = rows["pruned"], rows["dense"]
+                towers[tower] = {"p50_ms": cand["p50_ms"], "dense_p50_ms": dense["p50_ms"], "p95_ms": cand["p95_ms"],
+                                 "iters": cand["iters"], "speedup": dense["p50_ms"] / cand["p50_ms"],
+                                 "precision": cand["precision"]}
             load_end = load_average()
     finally:
         for runner in runners.values():
