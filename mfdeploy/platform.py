@@ -39,7 +39,7 @@ def physical_cores() -> int:
 
 
 # the CPU features that decide how fast ONNX Runtime's fp32 and int8 GEMMs run (MLAS picks its kernels by them)
-GEMM_FLAGS = ("avx2", "avx512f", "avx_vnni", "avx512_vnni", "amx_int8", "amx_bf16", "asimddp", "i8mm")
+GEMM_FLAGS = ("avx2", "avx512f", "avx_vnni", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16", "asimddp", "i8mm")
 
 
 @lru_cache(maxsize=1)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from mfdeploy.data import world
 from mfdeploy.errors import UserError
@@ -352,3 +353,14 @@ def test_torch_and_onnx_backends_agree(tiny_clip_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(mfdeploy.exporting, "export_towers", fake_export)
     assert mfdeploy.evaluate(tiny_clip_dir, backend="onnx", retention=False, **SMALL)["tasks"] == torch_result["tasks"]
     assert len(calls) == 2
+
+
+def test_image_folder_template_one_slot_other_braces_text(tmp_path):
+    from mfdeploy.data.pairs import load_image_folder
+    for c in ("red_circle", "square"):
+        (tmp_path / c).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / c / "a.png")
+    assert load_image_folder(tmp_path, "{x} a {} {0}").prompts() == ["{x} a red circle {0}", "{x} a square {0}"]
+    for bad, what in (("a photo", "no '{}'"), ("a {} or {}", "2 '{}'")):
+        with pytest.raises(UserError, match=what):
+            load_image_folder(tmp_path, bad)

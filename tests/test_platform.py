@@ -25,6 +25,8 @@ def test_describe_cpuinfo_names_the_first_cpu_and_its_gemm_features():
     assert arm.endswith("(asimddp i8mm)")
     assert describe_cpuinfo("processor\t: 0\nmodel name\t: Old\nflags\t: fpu sse\n") == \
         "Old (no SIMD GEMM features listed)"
+    zen4 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t: avx2 avx512f avx512_vnni avx512_bf16\n"
+    assert describe_cpuinfo(zen4) == "AMD EPYC (avx2 avx512f avx512_vnni avx512_bf16)"  # BF16 GEMMs named
 
 
 def test_cpu_description_on_this_machine():

@@ -142,6 +142,19 @@ def test_classify_is_the_zero_shot_softmax(server, reference):
     assert body["scoring"] == "softmax"  # CLIP's family scoring, stated in the response
 
 
+def test_classify_template_braces_are_text(server, reference):
+    """Only `{}` is the label's place: other braces are text (a `str.format` field here once gave a 500)."""
+    adapter, ort = reference
+    labels, uri = ["circle", "square"], image_uri(20_000_004)
+    braces = server.post("/v1/classify", {"image": uri, "labels": labels, "template": "{x} a {} {0}"})
+    assert braces.status_code == 200, braces.text
+    img = ort.embed_images(adapter.pixel_values([decode(uri)]).numpy())[0]
+    ids, mask = adapter.tokenize([f"{{x}} a {x} {{0}}" for x in labels])
+    logits = float(adapter.model.logit_scale.detach().exp()) * (ort.embed_texts(ids.numpy(), mask.numpy()) @ img)
+    want = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    assert np.allclose(braces.json()["scores"], want, atol=1e-4)
+
+
 def test_concurrent_requests_are_batched_and_answered_in_order(server, reference):
     adapter, ort = reference
     texts = [f"a photo of {n} {c} circles." for n in ("one", "two", "three") for c in world.COLOURS][:24]
@@ -193,6 +206,8 @@ def test_bad_embedding_requests_get_a_json_4xx(server, what, body, status, messa
     ({"labels": ["a"]}, "missing field 'image'"),
     ({"image": "x", "labels": "circle"}, "'labels' must be a list"),
     ({"image": "x", "labels": ["a"], "template": "no slot"}, "'template' must be a string with one '{}'"),
+    ({"image": "x", "labels": ["a"], "template": "a {} and a {}"}, "'template' must be a string with one '{}'"),
+    ({"image": "x", "labels": ["a"], "template": 3}, "'template' must be a string with one '{}'"),
     ({"image": "!!", "labels": ["a"]}, "image: not valid base64"),
 ])
 def test_bad_classify_requests(server, body, message):

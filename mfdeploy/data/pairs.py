@@ -72,7 +72,22 @@ class FolderDataset:
     template: str = "a photo of a {}."
 
     def prompts(self) -> list[str]:
-        return [self.template.format(c.replace("_", " ")) for c in self.classes]
+        return [fill_template(self.template, c.replace("_", " ")) for c in self.classes]
+
+
+def template_problem(template: object) -> str | None:
+    """Why `template` cannot be a prompt template (None: it can): a string with exactly one `{}` for the label."""
+    if not isinstance(template, str):
+        return f"a prompt template is a string, not {type(template).__name__}"
+    n = template.count("{}")
+    if n != 1:
+        return f"prompt template {template!r} has {'no' if n == 0 else n} '{{}}' for the class name (it needs one)"
+    return None
+
+
+def fill_template(template: str, label: str) -> str:
+    """`template` with `label` in its `{}`; every other brace is text, as written (no `str.format` fields)."""
+    return template.replace("{}", label, 1)
 
 
 def load_image_folder(root: str | Path, template: str = "a photo of a {}.") -> FolderDataset:
@@ -89,6 +104,7 @@ def load_image_folder(root: str | Path, template: str = "a photo of a {}.") -> F
         if not files:
             raise UserError(f"{root / c}: class folder holds no images")
         items.extend((f, i) for f in files)
-    if "{}" not in template:
-        raise UserError(f"prompt template {template!r} has no '{{}}' for the class name")
+    problem = template_problem(template)
+    if problem:
+        raise UserError(problem)
     return FolderDataset(tuple(classes), tuple(items), template)

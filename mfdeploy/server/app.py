@@ -24,6 +24,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from mfdeploy.data.pairs import fill_template, template_problem
 from mfdeploy.server.batcher import QueueFull, ShuttingDown
 from mfdeploy.server.decoding import PixelBudget, request_images
 from mfdeploy.server.middleware import AccessLog, ApiKeyAuth
@@ -218,11 +219,11 @@ def make_app(state: ServerState) -> Starlette:
         body = await _json_body(request, cfg.max_body_bytes)
         labels = _strings(_require(body, "labels"), "labels", cfg.max_items, one_allowed=False)
         template = body.get("template") or "{}"
-        if not isinstance(template, str) or template.count("{}") != 1:
+        if template_problem(template):
             raise ApiError(400, "'template' must be a string with one '{}' where the label goes, "
                            "e.g. 'a photo of a {}.'", "template")
         image = _require(body, "image")
-        prompts = [template.format(x) for x in labels]
+        prompts = [fill_template(template, x) for x in labels]
         if not _truncate(body, cfg.truncate):
             await _check_lengths(state, prompts, [f"the prompt of 'labels[{i}]'" for i in range(len(labels))],
                                  "labels")
