@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
+
+from mfdeploy.artifacts.layout import INPUT_NAMES
 
 
 def wall_seconds(call: Callable[[], Any]) -> float:
@@ -48,3 +50,31 @@ class Runner(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release sessions/engines."""
+
+
+def graph_feed(tower: str, arrays: Sequence[np.ndarray], inputs: Iterable[tuple[str, Any]]) -> dict[str, np.ndarray]:
+    """The feed of an exported tower whose graph inputs are `inputs` [(name, numpy dtype or None)].
+
+    Each array goes by its name in the artifact contract (`INPUT_NAMES`), else by position (a SigLIP
+    text tower takes `input_ids` alone), cast to the graph's own type and made contiguous.
+    """
+    by_name = dict(zip(INPUT_NAMES[tower], arrays, strict=False))
+    feed = {}
+    for k, (name, dtype) in enumerate(inputs):
+        a = by_name.get(name, arrays[k])
+        feed[name] = np.ascontiguousarray(a, dtype=dtype or a.dtype)
+    return feed
+
+
+class GraphRunner(Runner):
+    """A runner over exported graphs (ONNX Runtime, OpenVINO, TensorRT): both towers go through `_run`."""
+
+    @abstractmethod
+    def _run(self, tower: str, arrays: Sequence[np.ndarray]) -> np.ndarray:
+        """The tower's `[B,D] float32` embeddings for its inputs, in the artifact contract's order."""
+
+    def embed_images(self, pixel_values: np.ndarray) -> np.ndarray:
+        return self._run("vision", [pixel_values])
+
+    def embed_texts(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        return self._run("text", [input_ids, attention_mask])

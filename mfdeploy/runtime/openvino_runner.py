@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from mfdeploy import platform
-from mfdeploy.artifacts.layout import INPUT_NAMES, ONNX_FILES, TOWER_NAMES
+from mfdeploy.artifacts.layout import ONNX_FILES, TOWER_NAMES
 from mfdeploy.errors import UserError, first_line
-from mfdeploy.runtime.base import BackendUnavailable, Runner
+from mfdeploy.runtime.base import BackendUnavailable, GraphRunner, graph_feed
 
 EXTRA = "pip install 'mfdeploy[openvino]'"
 PRECISIONS = ("auto", "f32", "bf16", "f16")
@@ -82,7 +82,7 @@ def resolve_precision(precision: str, capabilities: Sequence[str]) -> tuple[str,
     return precision, f"{precision}, as asked (OpenVINO CPU capabilities: {caps})"
 
 
-class OpenVinoRunner(Runner):
+class OpenVinoRunner(GraphRunner):
     """OpenVINO's CPU plugin over an export directory holding `vision.onnx` and `text.onnx`.
 
     Each tower is compiled once, with dynamic batch and text length, for latency (one stream using
@@ -143,21 +143,11 @@ class OpenVinoRunner(Runner):
         request = self.requests.get(tower)
         if request is None:
             raise RuntimeError(f"{self.name}: the {tower} tower was not loaded")
-        by_name = dict(zip(INPUT_NAMES[tower], arrays, strict=False))
-        feed = {}
-        for k, port in enumerate(self.compiled[tower].inputs):
-            name = port.any_name
-            a = by_name.get(name, arrays[k])  # by name, else by position (a text tower without a mask)
-            feed[name] = np.ascontiguousarray(a, dtype=port.get_element_type().to_dtype())  # the graph's own type
+        feed = graph_feed(tower, arrays, [(port.any_name, port.get_element_type().to_dtype())
+                                          for port in self.compiled[tower].inputs])
         request.infer(feed, share_inputs=True)
         # the output tensor is the request's own memory, overwritten by the next call: copy it out
         return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
-
-    def embed_images(self, pixel_values: np.ndarray) -> np.ndarray:
-        return self._run("vision", [pixel_values])
-
-    def embed_texts(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        return self._run("text", [input_ids, attention_mask])
 
     def close(self) -> None:
         self.requests.clear()

@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 
 from mfdeploy import platform
-from mfdeploy.artifacts.layout import INPUT_NAMES, ONNX_FILES, TOWER_NAMES
+from mfdeploy.artifacts.layout import ONNX_FILES, TOWER_NAMES
 from mfdeploy.errors import UserError, first_line
 from mfdeploy.ortsession import ort_session
 from mfdeploy.platform import ORT_PROVIDERS as PROVIDERS
-from mfdeploy.runtime.base import BackendUnavailable, Runner
+from mfdeploy.runtime.base import BackendUnavailable, GraphRunner, graph_feed
 
 _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
           "tensor(int32)": np.int32}
@@ -26,7 +26,7 @@ def check_provider(provider: str) -> None:
         raise BackendUnavailable(probe.reason)
 
 
-class OrtRunner(Runner):
+class OrtRunner(GraphRunner):
     """ONNX Runtime over an export directory holding `vision.onnx` and `text.onnx`.
 
     Sessions are built eagerly, so a provider that cannot run is reported at
@@ -139,19 +139,9 @@ class OrtRunner(Runner):
         session = self.sessions.get(tower)
         if session is None:
             raise RuntimeError(f"{self.name}: the {tower} tower was not loaded")
-        by_name = dict(zip(INPUT_NAMES[tower], arrays, strict=False))
-        feed = {}
-        for k, inp in enumerate(session.get_inputs()):
-            a = by_name.get(inp.name, arrays[k])  # by name, else by position
-            feed[inp.name] = np.ascontiguousarray(a, dtype=_NUMPY.get(inp.type, a.dtype))
+        feed = graph_feed(tower, arrays, [(inp.name, _NUMPY.get(inp.type)) for inp in session.get_inputs()])
         (out,) = session.run([session.get_outputs()[0].name], feed)
         return np.asarray(out, dtype=np.float32)
-
-    def embed_images(self, pixel_values: np.ndarray) -> np.ndarray:
-        return self._run("vision", [pixel_values])
-
-    def embed_texts(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        return self._run("text", [input_ids, attention_mask])
 
     def close(self) -> None:
         self.sessions.clear()

@@ -11,7 +11,6 @@ import numpy as np
 from mfdeploy import platform
 from mfdeploy.artifacts.layout import (
     ENGINE_FILES,
-    INPUT_NAMES,
     ONNX_DENSE_DIR,
     ONNX_DIR,
     ONNX_QDQ_DIR,
@@ -19,7 +18,7 @@ from mfdeploy.artifacts.layout import (
     TOWER_NAMES,
 )
 from mfdeploy.errors import first_line
-from mfdeploy.runtime.base import BackendUnavailable, Runner
+from mfdeploy.runtime.base import BackendUnavailable, GraphRunner, graph_feed
 from mfdeploy.runtime.build_dir import BuildDir
 
 
@@ -30,7 +29,7 @@ def check_tensorrt() -> None:
         raise BackendUnavailable(probe.reason)
 
 
-class TrtRunner(Runner):
+class TrtRunner(GraphRunner):
     """TensorRT engines `vision.plan`/`text.plan` (built by `mfdeploy engine`), run with polygraphy."""
 
     name = "trt"
@@ -78,21 +77,12 @@ class TrtRunner(Runner):
 
         runner = self.runners[tower]
         meta = runner.get_input_metadata()
-        by_name = dict(zip(INPUT_NAMES[tower], arrays, strict=False))
-        feed = {}
-        for k, (name, info) in enumerate(meta.items()):
-            a = by_name.get(name, arrays[k])
-            feed[name] = np.ascontiguousarray(a, dtype=DataType.to_dtype(info.dtype, "numpy"))
+        feed = graph_feed(tower, arrays, [(name, DataType.to_dtype(info.dtype, "numpy"))
+                                          for name, info in meta.items()])
         outputs = runner.infer(feed)
         name = OUTPUT_NAMES[tower] if OUTPUT_NAMES[tower] in outputs else next(iter(outputs))
         out = outputs[name]
         return np.array(out, dtype=np.float32)  # a copy: polygraphy reuses its output buffers
-
-    def embed_images(self, pixel_values: np.ndarray) -> np.ndarray:
-        return self._run("vision", [pixel_values])
-
-    def embed_texts(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        return self._run("text", [input_ids, attention_mask])
 
     def close(self) -> None:
         for runner in getattr(self, "runners", {}).values():
