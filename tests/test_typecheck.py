@@ -31,8 +31,8 @@ def test_mypy_skips_only_third_party_imports_by_name():
 @pytest.mark.slow
 @needs_mypy
 def test_the_public_api_typechecks_and_type_checkers_see_its_functions(tmp_path):
-    """`mypy mfdeploy/__init__.py mfdeploy/api.py` passes with imports followed, and a user's script is checked
-    against the real signatures: `mfdeploy.prune` and `mfdeploy.export` are functions, not modules."""
+    """`mypy mfdeploy` (the whole package, the public API with it) passes with imports followed, and a user's
+    script is checked against the real signatures: `mfdeploy.prune` and `mfdeploy.export` are functions."""
     good = tmp_path / "good.py"
     good.write_text("import mfdeploy\n"
                     "from mfdeploy import PruneResult\n\n\n"
@@ -43,7 +43,7 @@ def test_the_public_api_typechecks_and_type_checkers_see_its_functions(tmp_path)
                     "    return float(result.sparsity['overall'])\n")
     bad = tmp_path / "bad.py"
     bad.write_text("import mfdeploy\n\nmfdeploy.prune(None, ratio='half')\nmfdeploy.export()\n")
-    proc = mypy("mfdeploy/__init__.py", "mfdeploy/api.py", str(good), str(bad))
+    proc = mypy("mfdeploy", str(good), str(bad))
     errors = [line for line in proc.stdout.splitlines() if ": error:" in line]
     assert {Path(line.split(":")[0]).name for line in errors} == {"bad.py"}, proc.stdout + proc.stderr
     assert {int(line.split(":")[1]) for line in errors} == {3, 4}, proc.stdout

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from rich import box
 from rich.console import Console
@@ -17,7 +17,15 @@ from rich.text import Text
 # `a[0]`) that rich would read as tags and drop. Styles are given as data instead (`labelled`, `style=`).
 out = Console(markup=False)
 err = Console(stderr=True, markup=False)
-PLAIN = {"highlight": False, "soft_wrap": True, "markup": False}  # a line a user may paste
+
+
+class _Plain(TypedDict):
+    highlight: bool
+    soft_wrap: bool
+    markup: bool
+
+
+PLAIN: _Plain = {"highlight": False, "soft_wrap": True, "markup": False}  # a line a user may paste
 
 
 def wide_console() -> Console:
@@ -137,7 +145,7 @@ def bench_table(rows: list[dict], model: str | None) -> Table:
         lat = [f"{p[k]:.2f} | {d[k]:.2f}" if d else f"{p[k]:.2f}" for k in ("p50_ms", "p95_ms", "p99_ms")]
         extra = int8_cells(p, int8.get((p["backend"], p["tower"], p["batch"]))) if int8 else []
         table.add_row(p["backend"], p["tower"], str(p["batch"]), fmt(p["text_len"], "d"), fmt(p["throughput"]),
-                      fmt(d and d["throughput"]), ratio_cell(p), *lat, p["device"], precision_cell(p, d),
+                      fmt(d["throughput"] if d else None), ratio_cell(p), *lat, p["device"], precision_cell(p, d),
                       fmt((d or p)["peak_rss_mb"], ".0f"), *extra)
     return table
 

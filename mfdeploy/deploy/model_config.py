@@ -23,7 +23,7 @@ PLATFORMS = {"onnx": "onnxruntime_onnx", "plan": "tensorrt_plan", "openvino": "o
 # formats served by a backend named in the config (`backend:`), not a platform: Triton's OpenVINO backend reads
 # the ONNX file named by `default_model_filename`, on the CPU only; one stream, for latency (its README's
 # latency mode), as `mfdeploy serve --backend openvino` runs it
-BACKEND_FORMATS = {"openvino": {"default_model_filename": TRITON_MODEL_FILES["openvino"],
+BACKEND_FORMATS: dict[str, dict[str, Any]] = {"openvino": {"default_model_filename": TRITON_MODEL_FILES["openvino"],
                                 "parameters": {"NUM_STREAMS": "1", "PERFORMANCE_HINT": "LATENCY"}}}
 KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 

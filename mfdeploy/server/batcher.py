@@ -214,7 +214,8 @@ class Batcher:
                 except asyncio.TimeoutError:
                     break
             self._shed()
-            jobs, n = [], 0
+            jobs: list[_Job] = []
+            n = 0
             while self._pending and (not jobs or n + len(self._pending[0].items) <= self.max_batch):
                 job = self._pending.popleft()
                 jobs.append(job)

@@ -60,7 +60,8 @@ def serve(cfg: ServeConfig, on_listen: Callable[[str, int], None] | None = None)
 
     state = ServerState(cfg, on_failure=failed, served=served)
     config = uvicorn.Config(make_app(state), host=cfg.host, port=cfg.port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=cfg.grace_s, lifespan="on")
+                            # uvicorn hands it to asyncio.timeout, which takes a float; its annotation says int
+                            timeout_graceful_shutdown=cfg.grace_s, lifespan="on")  # type: ignore[arg-type]
     server = _Server(config, on_listen, state)
     main_thread = threading.current_thread() is threading.main_thread()
     # uvicorn re-raises the signal that stopped it once it is done; a SIGTERM here means "stop", handled: exit 0

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -49,7 +50,7 @@ class ServerState:
         self.decoders = anyio.CapacityLimiter(max(2, physical_cores()))
         self.error: str | None = None
         self.runner: Any = None
-        self.pre: Preprocessor | None = None  # type: ignore[assignment]
+        self.pre: Preprocessor = None  # type: ignore[assignment]  # set by load(); no request is taken before
         self.batchers: dict[str, Batcher] = {}
         self.model_name = ""
         self.embed_dim = 0
@@ -59,7 +60,7 @@ class ServerState:
     def load(self) -> None:
         """Open the model's preprocessing and the runner (blocking; runs on a thread)."""
         served = self.served = self.served or resolve(self.cfg)
-        pre = Preprocessor(served.checkpoint)
+        pre = Preprocessor(Path(served.checkpoint))
         # no spinning: idle ONNX Runtime threads would busy-wait on the cores the event loop needs
         runner = make_runner(served, self.cfg.backend, threads=self.cfg.threads, max_batch=self.cfg.max_batch,
                              max_text_len=pre.max_text_len, spin=False, **self.cfg.runner_options())

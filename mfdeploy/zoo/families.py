@@ -13,7 +13,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, SiglipConfig, SiglipModel
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, PreTrainedModel, SiglipConfig, SiglipModel
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
 from mfdeploy.data import world
@@ -70,7 +70,7 @@ class Family:
     name = "clip"
     padding: str | bool = True  # pad to the longest caption of the batch, with an attention mask
 
-    def build(self, tok) -> torch.nn.Module:
+    def build(self, tok) -> PreTrainedModel:
         return CLIPModel(make_config(len(tok), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id))
 
     def fast_params(self) -> set[str]:
@@ -107,7 +107,7 @@ class SiglipFamily(Family):
     name = "siglip"
     padding = "max_length"
 
-    def build(self, tok) -> torch.nn.Module:
+    def build(self, tok) -> PreTrainedModel:
         model = SiglipModel(make_siglip_config(len(tok), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id))
         with torch.no_grad():  # the paper's initialisation: t' = log 10, b = -10
             model.logit_scale.fill_(math.log(10.0))
