@@ -264,3 +264,19 @@ def test_a_directory_that_holds_something_else_is_not_a_tune_directory(tmp_path,
     assert run_cli(["tune", "--out", str(tmp_path), "--force"]) == 2
     assert "not empty and not a tune directory" in capsys.readouterr().err
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_tune_killed_before_its_settings_were_written_is_resumed_not_refused(tmp_path):
+    """A kill between taking the lock and writing tune_settings.json leaves the lock (and perhaps the settings'
+    temporary folder): the directory is still a tune's, and a rerun goes on in it."""
+    from mfdeploy.tuning import journal
+    from mfdeploy.tuning.run import _prepare_out
+
+    out = tmp_path / "t"
+    out.mkdir()
+    (out / journal.LOCK).write_text("12345\n")
+    (out / f".{journal.SETTINGS}.tmp-abc").mkdir()
+    assert _prepare_out(out) == out
+    (out / "notes.txt").write_text("mine")  # anything else: not ours
+    with pytest.raises(UserError, match="not empty and not a tune directory"):
+        _prepare_out(out)

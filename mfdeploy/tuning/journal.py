@@ -103,6 +103,12 @@ def start_over(out: Path) -> None:
             entry.unlink()
 
 
+def started_here(name: str) -> bool:
+    """Whether an entry of a directory is what a tune leaves there before its settings exist: the lock, or the
+    temporary folder of the settings being written (`artifacts.io.atomic_file`)."""
+    return name == LOCK or name.startswith(f".{SETTINGS}.tmp-")
+
+
 class DirLock:
     """An exclusive lock on a tune directory for the life of one tune (released by the OS if it dies)."""
 
@@ -130,4 +136,5 @@ class DirLock:
             self.fd = None
 
 
-__all__ = ["LOCK", "SETTINGS", "TRIALS", "DirLock", "append_record", "check_settings", "read_records", "start_over"]
+__all__ = ["LOCK", "SETTINGS", "TRIALS", "DirLock", "append_record", "check_settings", "read_records", "start_over",
+           "started_here"]

@@ -130,7 +130,9 @@ def _prepare_out(out: Path) -> Path:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: a file is there, not a directory")
     is_tune = (out / journal.SETTINGS).is_file() or (out / journal.TRIALS).is_file()
-    if out.is_dir() and any(out.iterdir()) and not is_tune:
+    # a tune killed before it wrote its settings leaves its lock (and perhaps the settings' temporary folder)
+    started = out.is_dir() and all(journal.started_here(p.name) for p in out.iterdir())
+    if out.is_dir() and any(out.iterdir()) and not (is_tune or started):
         raise UserError(f"--out {out}: not empty and not a tune directory; choose another")
     out.mkdir(parents=True, exist_ok=True)
     check_writable(out, out / journal.TRIALS)
