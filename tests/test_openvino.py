@@ -172,9 +172,11 @@ def test_missing_openvino_is_one_line_naming_the_extra(build, monkeypatch, capsy
 
 @pytest.mark.parametrize("argv, message", [
     (["bench", "{b}", "--backends", "openvino", "--precision", "bf32"], "--precision bf32: choose one of auto, f32"),
-    (["bench", "{b}", "--backends", "ort-cpu", "--precision", "f32"], "--precision f32: it sets the openvino"),
+    (["bench", "{b}", "--backends", "ort-cpu", "--precision", "f32"], "--precision f32: it applies to the openvino"),
     (["bench", "{b}", "--backends", "torch", "--dtype", "float16"], "--dtype float16: choose one of float32, bfloat16"),
-    (["bench", "{b}", "--backends", "openvino", "--dtype", "bfloat16"], "--dtype bfloat16: it sets the torch"),
+    (["bench", "{b}", "--backends", "openvino", "--dtype", "bfloat16"], "--dtype bfloat16: it applies to the torch"),
+    (["bench", "{b}", "--backends", "ort-cpu", "--compile"], "--compile: it applies to the torch and torch-cuda"),
+    (["serve", "{b}", "--backend", "ort-cpu", "--compile"], "--compile: applies to --backend torch"),
     (["eval", "{b}", "--backend", "onnx", "--precision", "f32"], "--precision f32: applies to --backend openvino"),
     (["eval", "{b}", "--backend", "openvino", "--dtype", "bfloat16"], "--dtype bfloat16: applies to --backend torch"),
     (["eval", "{b}", "--backend", "openvino", "--precision", "int4"], "--precision int4: choose one of auto"),

@@ -117,6 +117,7 @@ def run_bench(
     on_written: Callable[[dict[str, Any]], None] | None = None,
     precision: str | None = None,
     dtype: str | None = None,
+    compile: bool = False,
 ) -> list[dict[str, Any]]:
     """Benchmark a build's backends, pruned against dense, and write the reports.
 
@@ -142,6 +143,8 @@ def run_bench(
         precision: OpenVINO's inference precision, auto | f32 | bf16 | f16 (None: auto).
         dtype: the torch backend's, float32 | bfloat16 (None: float32). A reduced precision is gated against
             the fp32 towers first (`mfdeploy.runtime.gate`); a refused variant becomes an "unavailable" row.
+        compile: the torch backends' towers through `torch.compile`, compiled before timing (rows say so in
+            `compiled`).
 
     Returns:
         Measurement rows `{backend, tower, variant, batch, text_len, throughput
@@ -168,7 +171,7 @@ def run_bench(
     torch_threads = torch.get_num_threads()
     rows: list[dict[str, Any]] = []
     check_args(towers, batch_sizes, text_len, None, warmup, iters, threads, min_time)
-    check_precision_options(names, precision, dtype)
+    check_precision_options(names, precision, dtype, compile)
     if write and Path(build_dir).is_dir():  # where the reports go must take them: found now, not after the timing
         check_writable(Path(build_dir), Path(build_dir) / BENCH_JSON)
     if json_path is not None:
@@ -194,7 +197,7 @@ def run_bench(
                 say(f"{name}: loading", done, total)
                 ort = name in ONNX_BACKENDS  # the ONNX graphs: the build's int8 ones too
                 runners = open_runners(build, name, variants + (["int8"] if with_int8 and ort else []), towers,
-                                       threads_used, max(batch_sizes), length, rows, precision, dtype)
+                                       threads_used, max(batch_sizes), length, rows, precision, dtype, compile)
                 sizes = {(v, t): _onnx_mb(build, v, t) for v in runners for t in towers} if ort else {}
                 try:
                     for tower in towers:

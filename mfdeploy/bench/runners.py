@@ -18,11 +18,14 @@ from mfdeploy.runtime.build_dir import BuildDir
 from mfdeploy.runtime.registry import make_runner
 
 # option -> (the backends it applies to, how it is checked)
-PRECISION_BACKENDS = {"--precision": ("openvino",), "--dtype": ("torch",)}
+PRECISION_BACKENDS = {"--precision": ("openvino",), "--dtype": ("torch",),
+                      "--compile": ("torch", "torch-cuda", "torch-cuda-sparse")}
 
 
-def check_precision_options(names: Sequence[str], precision: str | None, dtype: str | None) -> None:
-    """Refuse a bad `--precision`/`--dtype`, or one given for a run that times no backend it applies to.
+def check_precision_options(names: Sequence[str], precision: str | None, dtype: str | None,
+                            compile: bool = False) -> None:
+    """Refuse a bad `--precision`/`--dtype`, or one (or `--compile`) given for a run that times no backend it
+    applies to.
 
     Raises:
         UserError: in one line.
@@ -35,16 +38,17 @@ def check_precision_options(names: Sequence[str], precision: str | None, dtype: 
         from mfdeploy.runtime.torch_runner import check_dtype
 
         check_dtype(dtype)
-    for flag, value in (("--precision", precision), ("--dtype", dtype)):
+    for flag, value in (("--precision", precision), ("--dtype", dtype), ("--compile", compile or None)):
         applies = PRECISION_BACKENDS[flag]
         if value is not None and not set(applies) & set(names):
-            raise UserError(f"{flag} {value}: it sets the {' and '.join(applies)} backend's precision, which this "
-                            f"run does not time (add it to --backends)")
+            what = "" if value is True else f" {value}"
+            raise UserError(f"{flag}{what}: it applies to the {' and '.join(applies)} backends, which this "
+                            f"run does not time (add one to --backends)")
 
 
 def open_runners(build: BuildDir, name: str, variants: list[str], towers: list[str], threads: int, max_batch: int,
                  text_len: int, rows: list[dict], precision: str | None = None,
-                 dtype: str | None = None) -> dict[str, Runner]:
+                 dtype: str | None = None, compile: bool = False) -> dict[str, Runner]:
     """Runners per variant; an unavailable or refused variant becomes a row (never dropped silently)."""
     from mfdeploy.runtime.gate import GateRefused
 
@@ -56,6 +60,7 @@ def open_runners(build: BuildDir, name: str, variants: list[str], towers: list[s
                 max_text_len=text_len,
                 spin=len(variants) == 1,  # sessions taking turns must not spin against each other
                 precision=precision if name == "openvino" else None, dtype=dtype if name == "torch" else None,
+                compile=compile and name in PRECISION_BACKENDS["--compile"],
             )
         except GateRefused as e:  # this variant's towers only: another variant may pass
             rows.append({"backend": name, "variant": variant, "status": "unavailable", "reason": str(e)})
@@ -70,8 +75,11 @@ def open_runners(build: BuildDir, name: str, variants: list[str], towers: list[s
 def precision_fields(runner: Runner, tower: str) -> dict[str, Any]:
     """What a timed row says of its precision: what ran, and the gate's cosine where one was passed."""
     gate = getattr(runner, "gate", None) or {}
-    return {"precision": runner.tower_precision(tower),
-            "gate_min_cosine": (gate.get(tower) or {}).get("min_cosine")}
+    fields = {"precision": runner.tower_precision(tower), "gate_min_cosine": (gate.get(tower) or {}).get("min_cosine")}
+    compiled = getattr(runner, "compiled", None)
+    if compiled:  # torch.compile: which mode, and where its cache is
+        fields["compiled"] = compiled
+    return fields
 
 
 __all__ = ["check_precision_options", "open_runners", "precision_fields"]

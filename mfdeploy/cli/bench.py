@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mfdeploy.cli.options import PrecisionOpt, RunDtypeOpt
+from mfdeploy.cli.options import CompileOpt, PrecisionOpt, RunDtypeOpt
 from mfdeploy.cli.render import err, print_bench, progress_bar
 from mfdeploy.cli.render import warning as show_warning
 from mfdeploy.cli.root import app
@@ -39,6 +39,7 @@ def bench(
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the JSON rows here.")] = None,
     precision: PrecisionOpt = None,
     dtype: RunDtypeOpt = None,
+    compile: CompileOpt = False,
 ) -> None:
     """Throughput and latency of every backend, pruned vs dense; writes bench.json/.md/.png into BUILD_DIR.
 
@@ -60,7 +61,7 @@ def bench(
             build_dir, backends=names, towers=parse_list(towers, "towers", list(TOWERS)),
             batch_sizes=parse_batch_sizes(batch_sizes), text_len=text_len, warmup=warmup, iters=iters,
             threads=threads, dense=dense, int8=int8, min_time=min_time, json_path=json_path, on_written=written.update,
-            on_progress=update, precision=precision, dtype=dtype,
+            on_progress=update, precision=precision, dtype=dtype, compile=compile,
         )
     print_bench(rows, BuildManifest.read(build_dir).model)
     report = build_dir / f"{BENCH_STEM}.md"

@@ -55,6 +55,9 @@ PrecisionOpt = Annotated[str | None, typer.Option(
     "AMX) | f32 | bf16 | f16; gated against the fp32 towers.")]
 RunDtypeOpt = Annotated[str | None, typer.Option(
     "--dtype", help="torch backend (CPU): float32 (default) | bfloat16; bfloat16 is gated against the fp32 towers.")]
+CompileOpt = Annotated[bool, typer.Option(
+    "--compile", help="torch backends: run each tower through torch.compile (inductor), compiled for every batch "
+    "size and text length at start-up; the cache directory is reported.")]
 # Every command's --force: naming only "--force" makes it a plain flag (no --no-force twin).
 ForceOpt = Annotated[bool, typer.Option(
     "--force", help="Replace an output directory that mfdeploy wrote (never one holding other files).")]

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from mfdeploy.cli.options import PrecisionOpt, RunDtypeOpt
+from mfdeploy.cli.options import CompileOpt, PrecisionOpt, RunDtypeOpt
 from mfdeploy.cli.render import err
 from mfdeploy.cli.root import app
 
@@ -22,6 +22,7 @@ def serve(
              "openvino-int8 (onnx_int8/).")] = "ort-cpu",
     precision: PrecisionOpt = None,
     dtype: RunDtypeOpt = None,
+    compile: CompileOpt = False,
     variant: Annotated[str | None, typer.Option(
         help="Which model of a build: pruned (default: onnx/, engines/, pruned/) or dense (onnx_dense/, "
              "engines_dense/, the model it started from). An export directory holds one model.")] = None,
@@ -59,7 +60,7 @@ def serve(
                       threads=threads, max_image_pixels=max_image_pixels, max_request_pixels=max_request_pixels,
                       truncate=truncate, variant=variant, api_key=api_key, grace_s=grace_s,
                       request_timeout_s=request_timeout if request_timeout != 0 else None, precision=precision,
-                      dtype=dtype)
+                      dtype=dtype, compile=compile)
 
     def listening(h: str, p: int) -> None:
         what = f"{build_dir}" + (f" ({variant})" if variant else "")

@@ -43,7 +43,7 @@ def _torch(build: BuildDir, variant: str, opts: dict) -> Runner:
     if dtype is not None:
         check_dtype(dtype)  # a bad --dtype before the model loads
     adapter = build.adapter(variant)
-    runner = TorchRunner(adapter, threads=opts.get("threads"), dtype=dtype)
+    runner = TorchRunner(adapter, threads=opts.get("threads"), dtype=dtype, compile=bool(opts.get("compile")))
     if runner.precision == "f32":
         return runner
     # the fp32 towers it was copied from are the reference
@@ -78,7 +78,7 @@ def _torch_cuda(sparse: bool) -> Callable[[BuildDir, str, dict], Runner]:
         reason = cuda_unavailable()
         if reason is not None:  # said before any model is loaded
             raise BackendUnavailable(reason)
-        return TorchCudaRunner(build.adapter(variant), sparse=sparse)
+        return TorchCudaRunner(build.adapter(variant), sparse=sparse, compile=bool(opts.get("compile")))
 
     return make
 
@@ -165,6 +165,7 @@ def make_runner(
     spin: bool = True,
     precision: str | None = None,
     dtype: str | None = None,
+    compile: bool = False,
 ) -> Runner:
     """A runner for one backend over one variant of a build.
 
@@ -182,6 +183,7 @@ def make_runner(
         spin: ONNX Runtime thread spinning (off when sessions take turns).
         precision: OpenVINO's inference precision: auto (default: native on this CPU) | f32 | bf16 | f16.
         dtype: torch (CPU): float32 (default) | bfloat16.
+        compile: the torch backends: each tower through `torch.compile`, compiled before the runner is returned.
 
     Raises:
         BackendUnavailable: the backend cannot run here; the message says why. `GateRefused` (a subclass): a
@@ -193,7 +195,7 @@ def make_runner(
         raise UserError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
     build = build_dir if isinstance(build_dir, BuildDir) else BuildDir(build_dir, require_onnx=False)
     opts = dict(threads=threads, fp16=fp16, sparse=sparse, towers=tuple(towers), max_batch=max_batch,
-                max_text_len=max_text_len, spin=spin, precision=precision, dtype=dtype)
+                max_text_len=max_text_len, spin=spin, precision=precision, dtype=dtype, compile=compile)
     return BACKENDS[backend](build, variant, opts)
 
 

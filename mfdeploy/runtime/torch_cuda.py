@@ -110,7 +110,7 @@ class TorchCudaRunner(TorchRunner):
     timing = "CUDA events"
 
     def __init__(self, adapter: Adapter, sparse: bool = False, dtype: torch.dtype = torch.float16,
-                 device: str = "cuda", kernels: str = "default"):
+                 device: str = "cuda", kernels: str = "default", compile: bool = False):
         reason = cuda_unavailable()
         if reason is not None:
             raise BackendUnavailable(reason)
@@ -118,7 +118,7 @@ class TorchCudaRunner(TorchRunner):
         placed = copy.copy(adapter)  # the caller's model stays where it is (other runners share it)
         placed.model = copy.deepcopy(adapter.model).to(device=device, dtype=dtype).eval()
         self.sparse_layers, self.dense_layers = sparsify_linears(placed.model, kernels) if sparse else ([], {})
-        super().__init__(placed)
+        super().__init__(placed, compile=compile)
 
     def time_call(self, call: Callable[[], Any]) -> float:
         """The GPU's time from the input's copy in to the embeddings' copy out (`cuda_event_seconds`)."""

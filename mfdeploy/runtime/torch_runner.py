@@ -40,7 +40,7 @@ class TorchRunner(Runner):
     name = "torch"
 
     def __init__(self, adapter: Adapter, device: str | torch.device | None = None, threads: int | None = None,
-                 dtype: str | None = None):
+                 dtype: str | None = None, compile: bool = False):
         """Wrap the adapter's two towers.
 
         Args:
@@ -52,6 +52,11 @@ class TorchRunner(Runner):
             dtype: "float32" or "bfloat16": run in it, on copies of the towers where the model is in another
                 dtype (the adapter's own stay as they are: a build's loaded models are shared); None: the model
                 as loaded.
+            compile: run each tower through `torch.compile`, compiled here for every batch size (and text
+                length) before the runner is returned (`mfdeploy.runtime.compiled`).
+
+        Raises:
+            BackendUnavailable: `compile` and torch.compile failed on this machine (one line naming why).
         """
         if threads:
             torch.set_num_threads(threads)
@@ -66,6 +71,25 @@ class TorchRunner(Runner):
         self._device, self._dtype = param.device, param.dtype  # inputs follow the weights
         self.device = str(self._device)
         self.precision = _PRECISIONS.get(self._dtype, str(self._dtype))
+        self.compiled: str | None = None  # "inductor, mode M, cache DIR" once the towers are compiled
+        if compile:
+            self._compile(adapter)
+
+    def _compile(self, adapter: Adapter) -> None:
+        """Both towers through `torch.compile`, each already run on every shape kind it will see."""
+        from mfdeploy.runtime.compiled import EXAMPLE_TEXT_LEN, cache_dir, compile_tower, mode_for
+
+        mode, size = mode_for(self._device), adapter.image_size
+        fixed = adapter.fixed_text_len
+        length = fixed or EXAMPLE_TEXT_LEN
+        dev, dt = self._device, self._dtype
+        self.vision = compile_tower(self.vision, lambda b: (torch.zeros(b, 3, size, size, device=dev, dtype=dt),),
+                                    [(0, 0)], mode, "vision")
+        text_axes = [(0, 0), (1, 0)] + ([] if fixed else [(0, 1), (1, 1)])  # batch; and length where it varies
+        self.text = compile_tower(self.text, lambda b: (torch.ones(b, length, dtype=torch.int64, device=dev),
+                                                        torch.ones(b, length, dtype=torch.int64, device=dev)),
+                                  text_axes, mode, "text")
+        self.compiled = f"inductor, mode {mode}, cache {cache_dir()}"
 
     @torch.inference_mode()
     def embed_images(self, pixel_values: np.ndarray) -> np.ndarray:

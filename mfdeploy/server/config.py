@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mfdeploy.data.images import DEFAULT_MAX_PIXELS
 from mfdeploy.errors import UserError
@@ -22,7 +23,8 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "openvino-int8": ("openvino", "int8"),
 }
 # the option that sets a backend's precision -> the backends it applies to (others refuse it)
-PRECISION_OPTIONS = {"--precision": ("openvino", "openvino-int8"), "--dtype": ("torch",)}
+PRECISION_OPTIONS = {"--precision": ("openvino", "openvino-int8"), "--dtype": ("torch",),
+                     "--compile": ("torch", "torch-cuda", "torch-cuda-sparse")}
 VARIANTS = ("pruned", "dense")  # which model of a build (an export directory holds one)
 API_KEY_ENV = "MFDEPLOY_API_KEY"
 
@@ -52,6 +54,7 @@ class ServeConfig:
         precision: OpenVINO's inference precision, auto | f32 | bf16 | f16 (None: auto).
         dtype: the torch (CPU) backend's, float32 | bfloat16 (None: float32). Below fp32, the towers serve only
             once they match the fp32 towers (`mfdeploy.runtime.gate`); otherwise the server refuses to start.
+        compile: the torch backends: each tower through `torch.compile`, compiled before the server listens.
     """
 
     build_dir: Path
@@ -73,6 +76,7 @@ class ServeConfig:
     api_key: str | None = None
     precision: str | None = None
     dtype: str | None = None
+    compile: bool = False
 
     @property
     def max_body_bytes(self) -> int:
@@ -126,14 +130,20 @@ class ServeConfig:
             check_precision(self.precision)
         if self.dtype is not None and self.dtype not in ("float32", "bfloat16"):
             raise UserError(f"--dtype {self.dtype}: choose one of float32, bfloat16")
-        for flag, value in (("--precision", self.precision), ("--dtype", self.dtype)):
+        for flag, value in self._runner_flags():
             backends = PRECISION_OPTIONS[flag]
             if value is not None and self.backend not in backends:
-                raise UserError(f"{flag} {value}: applies to --backend {' or '.join(backends)}, not {self.backend}")
+                what = "" if value is True else f" {value}"
+                raise UserError(f"{flag}{what}: applies to --backend {' or '.join(backends)}, not {self.backend}")
 
-    def runner_options(self) -> dict[str, str]:
-        """The precision options the runner of `backend` takes (`mfdeploy.runtime.make_runner`), those set only."""
-        return {k: v for k, v in (("precision", self.precision), ("dtype", self.dtype)) if v is not None}
+    def runner_options(self) -> dict[str, Any]:
+        """The precision (and compile) options the runner of `backend` takes (`mfdeploy.runtime.make_runner`),
+        those set only."""
+        return {flag.removeprefix("--"): value for flag, value in self._runner_flags() if value is not None}
+
+    def _runner_flags(self) -> tuple[tuple[str, Any], ...]:
+        """The runner's options as their flags: (flag, value or None when not given)."""
+        return ("--precision", self.precision), ("--dtype", self.dtype), ("--compile", self.compile or None)
 
 
 __all__ = ["API_KEY_ENV", "BACKENDS", "VARIANTS", "ServeConfig"]

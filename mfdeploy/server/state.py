@@ -69,6 +69,8 @@ class ServerState:
             log.info("%s against the fp32 towers: %s", self.cfg.backend, ", ".join(
                 f"{t} in {runner.tower_precision(t)}, min cosine {gate[t]['min_cosine']:.5f}"
                 for t in ("vision", "text") if t in gate))
+        if getattr(runner, "compiled", None):
+            log.info("%s towers compiled with torch.compile (%s)", self.cfg.backend, runner.compiled)
         probe = runner.embed_texts(*pre.texts(["a"]))  # one real call: a backend that cannot run fails here
         self.model_name = served.label
         self.embed_dim = int(probe.shape[1])

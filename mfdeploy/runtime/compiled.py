@@ -1,0 +1,82 @@
+"""`--compile`: the torch backends' towers through `torch.compile` (TorchInductor), compiled once at start-up.
+
+Each tower is compiled and run on example inputs before the runner is handed
+out, so no request or timed call pays for a compilation: a batch of 2 with
+the batch axis marked dynamic (one graph for every batch size above 1), then
+a batch of 1 (dynamo specialises size 1 into a graph of its own). A text
+tower whose length varies (CLIP: padded to the longest text of a batch) has
+its length axis marked dynamic too; a fixed-length one (SigLIP) does not.
+
+The mode is inductor's: "default" on the CPU (the autotuning modes spend
+minutes per shape on a few cores), "max-autotune-no-cudagraphs" on CUDA,
+where the runner captures its own CUDA graphs. Inductor keeps what it
+compiled in its cache directory (`TORCHINDUCTOR_CACHE_DIR`, else a folder
+under the temp dir), which the runner reports: a second start-up with the
+same model and shapes reads it instead of compiling again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import cast
+
+import torch
+
+from mfdeploy.errors import first_line
+from mfdeploy.runtime.base import BackendUnavailable
+
+log = logging.getLogger(__name__)
+
+CPU_MODE = "default"
+CUDA_MODE = "max-autotune-no-cudagraphs"
+EXAMPLE_TEXT_LEN = 8  # the example length of a variable-length text tower (marked dynamic: any length runs)
+
+
+def mode_for(device: torch.device) -> str:
+    """Inductor's mode for towers on `device` (module doc)."""
+    return CUDA_MODE if device.type == "cuda" else CPU_MODE
+
+
+def cache_dir() -> str:
+    """Where inductor keeps compiled kernels (`TORCHINDUCTOR_CACHE_DIR`, else its default under the temp dir)."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir as inductor_cache_dir
+
+    return str(inductor_cache_dir())
+
+
+def compile_tower(tower: torch.nn.Module, examples: Callable[[int], Sequence[torch.Tensor]],
+                  dynamic: Sequence[tuple[int, int]], mode: str, name: str) -> torch.nn.Module:
+    """`tower` compiled, and already run on batches of 2 and 1, so that no later call compiles.
+
+    Args:
+        tower: the module (called with positional tensors).
+        examples: batch size -> example inputs of the tower.
+        dynamic: (input index, axis) pairs whose sizes vary between calls: the batch axis, a text length.
+        mode: inductor's mode (`mode_for`).
+        name: the tower, for messages.
+
+    Raises:
+        BackendUnavailable: torch.compile failed on this machine (no C++ compiler, an unsupported op...), in
+            one line naming the tower and the cause.
+    """
+    compiled = torch.compile(tower, mode=mode)
+    start = time.perf_counter()
+    try:
+        with torch.inference_mode():
+            for batch in (2, 1):
+                inputs = list(examples(batch))
+                if batch > 1:
+                    for index, axis in dynamic:
+                        torch._dynamo.mark_dynamic(inputs[index], axis)
+                compiled(*inputs)
+    except Exception as e:  # dynamo and inductor raise many kinds (BackendCompilerFailed, CalledProcessError...)
+        raise BackendUnavailable(f"--compile: torch.compile could not compile the {name} tower "
+                                 f"({type(e).__name__}: {first_line(e)}); run without --compile") from None
+    log.info("compiled the %s tower with torch.compile (inductor, mode %s) in %.1f s; cache %s", name, mode,
+             time.perf_counter() - start, cache_dir())
+    return cast(torch.nn.Module, compiled)  # an OptimizedModule: the module's interface, compiled forward
+
+
+__all__ = ["CPU_MODE", "CUDA_MODE", "cache_dir", "compile_tower", "mode_for"]

@@ -1,0 +1,68 @@
+"""`--compile`: the torch backends' towers through torch.compile, on the CPU and the bundled model (issue 30)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import mfdeploy
+from mfdeploy.bench import run_bench
+from mfdeploy.cli import main
+from mfdeploy.runtime.torch_runner import TorchRunner
+from mfdeploy.server import ServeConfig
+
+TEXTS = (["a red circle."], ["a big blue square on the left.", "a small green triangle at the top right."],
+         ["a star."] * 5)
+
+
+def _unique_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+@pytest.mark.slow
+def test_compiled_towers_match_eager_and_compile_only_at_start_up():
+    """The bundled model's towers, compiled: the eager embeddings (atol 1e-5) at batch sizes 1, 3 and 5 and
+    three text lengths, and no graph compiled after the runner is built (start-up compiled every shape kind)."""
+    adapter = mfdeploy.load()
+    eager = TorchRunner(adapter, threads=2)
+    runner = TorchRunner(adapter, threads=2, compile=True)
+    assert runner.compiled is not None and runner.compiled.startswith("inductor, mode default, cache ")
+    assert Path(runner.compiled.split("cache ", 1)[1]).is_dir()
+    graphs = _unique_graphs()
+    rng = np.random.default_rng(0)
+    for batch in (1, 3, 5):
+        pixels = rng.standard_normal((batch, 3, adapter.image_size, adapter.image_size), dtype=np.float32)
+        got, want = runner.embed_images(pixels), eager.embed_images(pixels)
+        assert got.shape == want.shape and np.abs(got - want).max() < 1e-5
+    lengths = set()
+    for texts in TEXTS:
+        ids, mask = (t.numpy() for t in adapter.tokenize(texts))
+        lengths.add(ids.shape[1])
+        got, want = runner.embed_texts(ids, mask), eager.embed_texts(ids, mask)
+        assert got.shape == want.shape and np.abs(got - want).max() < 1e-5
+    assert len(lengths) == 3  # the text axis really varied
+    assert _unique_graphs() == graphs, "a call after start-up compiled a new graph"
+    # the towers the adapter shares with other runners are untouched modules, not compiled wrappers
+    assert not isinstance(adapter.vision_tower(), torch._dynamo.eval_frame.OptimizedModule)
+
+
+@pytest.mark.slow
+def test_bench_rows_say_the_towers_were_compiled(tiny_clip_dir, tmp_path):
+    build = tmp_path / "build"
+    main(["build", "--model", str(tiny_clip_dir), "--ratio", "0.5", "--calib", "shapes",
+          "--calib-samples", "8", "--out", str(build)])
+    rows = run_bench(build, backends=["torch"], towers=["text"], batch_sizes=[2], dense=False, write=False,
+                     warmup=1, iters=2, min_time=0.0, threads=1, compile=True)
+    timed = [r for r in rows if "throughput" in r]
+    assert timed and all(r["compiled"].startswith("inductor, mode default") for r in timed)
+
+
+def test_compile_is_a_torch_backend_option(tmp_path):
+    assert ServeConfig(build_dir=tmp_path, backend="torch", compile=True).validate().runner_options() == \
+        {"compile": True}
+    assert ServeConfig(build_dir=tmp_path, backend="torch").validate().runner_options() == {}
