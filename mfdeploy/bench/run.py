@@ -118,6 +118,7 @@ def run_bench(
     precision: str | None = None,
     dtype: str | None = None,
     compile: bool = False,
+    cuda_graphs: bool = True,
 ) -> list[dict[str, Any]]:
     """Benchmark a build's backends, pruned against dense, and write the reports.
 
@@ -145,6 +146,7 @@ def run_bench(
             the fp32 towers first (`mfdeploy.runtime.gate`); a refused variant becomes an "unavailable" row.
         compile: the torch backends' towers through `torch.compile`, compiled before timing (rows say so in
             `compiled`).
+        cuda_graphs: the torch-cuda backends' towers replayed from CUDA graphs (rows say so in `cuda_graphs`).
 
     Returns:
         Measurement rows `{backend, tower, variant, batch, text_len, throughput
@@ -197,7 +199,8 @@ def run_bench(
                 say(f"{name}: loading", done, total)
                 ort = name in ONNX_BACKENDS  # the ONNX graphs: the build's int8 ones too
                 runners = open_runners(build, name, variants + (["int8"] if with_int8 and ort else []), towers,
-                                       threads_used, max(batch_sizes), length, rows, precision, dtype, compile)
+                                       threads_used, max(batch_sizes), length, rows, precision, dtype, compile,
+                                       cuda_graphs)
                 sizes = {(v, t): _onnx_mb(build, v, t) for v in runners for t in towers} if ort else {}
                 try:
                     for tower in towers:

@@ -48,7 +48,7 @@ def check_precision_options(names: Sequence[str], precision: str | None, dtype: 
 
 def open_runners(build: BuildDir, name: str, variants: list[str], towers: list[str], threads: int, max_batch: int,
                  text_len: int, rows: list[dict], precision: str | None = None,
-                 dtype: str | None = None, compile: bool = False) -> dict[str, Runner]:
+                 dtype: str | None = None, compile: bool = False, cuda_graphs: bool = True) -> dict[str, Runner]:
     """Runners per variant; an unavailable or refused variant becomes a row (never dropped silently)."""
     from mfdeploy.runtime.gate import GateRefused
 
@@ -60,7 +60,7 @@ def open_runners(build: BuildDir, name: str, variants: list[str], towers: list[s
                 max_text_len=text_len,
                 spin=len(variants) == 1,  # sessions taking turns must not spin against each other
                 precision=precision if name == "openvino" else None, dtype=dtype if name == "torch" else None,
-                compile=compile and name in PRECISION_BACKENDS["--compile"],
+                compile=compile and name in PRECISION_BACKENDS["--compile"], cuda_graphs=cuda_graphs,
             )
         except GateRefused as e:  # this variant's towers only: another variant may pass
             rows.append({"backend": name, "variant": variant, "status": "unavailable", "reason": str(e)})
@@ -79,6 +79,9 @@ def precision_fields(runner: Runner, tower: str) -> dict[str, Any]:
     compiled = getattr(runner, "compiled", None)
     if compiled:  # torch.compile: which mode, and where its cache is
         fields["compiled"] = compiled
+    graphs = getattr(runner, "graphs", None)
+    if graphs and tower in graphs:  # torch-cuda: "N graphs", or "eager: why the capture failed"
+        fields["cuda_graphs"] = graphs[tower]
     return fields
 
 

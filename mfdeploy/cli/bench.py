@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mfdeploy.cli.options import CompileOpt, PrecisionOpt, RunDtypeOpt
+from mfdeploy.cli.options import CompileOpt, CudaGraphsOpt, PrecisionOpt, RunDtypeOpt
 from mfdeploy.cli.render import err, print_bench, progress_bar
 from mfdeploy.cli.render import warning as show_warning
 from mfdeploy.cli.root import app
@@ -40,6 +40,7 @@ def bench(
     precision: PrecisionOpt = None,
     dtype: RunDtypeOpt = None,
     compile: CompileOpt = False,
+    cuda_graphs: CudaGraphsOpt = True,
 ) -> None:
     """Throughput and latency of every backend, pruned vs dense; writes bench.json/.md/.png into BUILD_DIR.
 
@@ -62,6 +63,7 @@ def bench(
             batch_sizes=parse_batch_sizes(batch_sizes), text_len=text_len, warmup=warmup, iters=iters,
             threads=threads, dense=dense, int8=int8, min_time=min_time, json_path=json_path, on_written=written.update,
             on_progress=update, precision=precision, dtype=dtype, compile=compile,
+            cuda_graphs=cuda_graphs,
         )
     print_bench(rows, BuildManifest.read(build_dir).model)
     report = build_dir / f"{BENCH_STEM}.md"

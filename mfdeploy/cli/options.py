@@ -58,6 +58,9 @@ RunDtypeOpt = Annotated[str | None, typer.Option(
 CompileOpt = Annotated[bool, typer.Option(
     "--compile", help="torch backends: run each tower through torch.compile (inductor), compiled for every batch "
     "size and text length at start-up; the cache directory is reported.")]
+CudaGraphsOpt = Annotated[bool, typer.Option(
+    "--cuda-graphs/--no-cuda-graphs", help="torch-cuda backends: replay each tower from CUDA graphs captured at "
+    "start-up, one per batch (and text length) bucket; off: eager.")]
 # Every command's --force: naming only "--force" makes it a plain flag (no --no-force twin).
 ForceOpt = Annotated[bool, typer.Option(
     "--force", help="Replace an output directory that mfdeploy wrote (never one holding other files).")]

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from mfdeploy.cli.options import CompileOpt, PrecisionOpt, RunDtypeOpt
+from mfdeploy.cli.options import CompileOpt, CudaGraphsOpt, PrecisionOpt, RunDtypeOpt
 from mfdeploy.cli.render import err
 from mfdeploy.cli.root import app
 
@@ -23,6 +23,7 @@ def serve(
     precision: PrecisionOpt = None,
     dtype: RunDtypeOpt = None,
     compile: CompileOpt = False,
+    cuda_graphs: CudaGraphsOpt = True,
     variant: Annotated[str | None, typer.Option(
         help="Which model of a build: pruned (default: onnx/, engines/, pruned/) or dense (onnx_dense/, "
              "engines_dense/, the model it started from). An export directory holds one model.")] = None,
@@ -60,7 +61,7 @@ def serve(
                       threads=threads, max_image_pixels=max_image_pixels, max_request_pixels=max_request_pixels,
                       truncate=truncate, variant=variant, api_key=api_key, grace_s=grace_s,
                       request_timeout_s=request_timeout if request_timeout != 0 else None, precision=precision,
-                      dtype=dtype, compile=compile)
+                      dtype=dtype, compile=compile, cuda_graphs=cuda_graphs)
 
     def listening(h: str, p: int) -> None:
         what = f"{build_dir}" + (f" ({variant})" if variant else "")

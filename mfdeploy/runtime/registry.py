@@ -78,7 +78,9 @@ def _torch_cuda(sparse: bool) -> Callable[[BuildDir, str, dict], Runner]:
         reason = cuda_unavailable()
         if reason is not None:  # said before any model is loaded
             raise BackendUnavailable(reason)
-        return TorchCudaRunner(build.adapter(variant), sparse=sparse, compile=bool(opts.get("compile")))
+        return TorchCudaRunner(build.adapter(variant), sparse=sparse, compile=bool(opts.get("compile")),
+                               cuda_graphs=opts.get("cuda_graphs", True), max_batch=opts.get("max_batch"),
+                               max_text_len=opts.get("max_text_len"))
 
     return make
 
@@ -166,6 +168,7 @@ def make_runner(
     precision: str | None = None,
     dtype: str | None = None,
     compile: bool = False,
+    cuda_graphs: bool = True,
 ) -> Runner:
     """A runner for one backend over one variant of a build.
 
@@ -184,6 +187,8 @@ def make_runner(
         precision: OpenVINO's inference precision: auto (default: native on this CPU) | f32 | bf16 | f16.
         dtype: torch (CPU): float32 (default) | bfloat16.
         compile: the torch backends: each tower through `torch.compile`, compiled before the runner is returned.
+        cuda_graphs: the torch-cuda backends: towers replayed from CUDA graphs, one per batch (and text length)
+            bucket up to `max_batch` (and `max_text_len`), captured before the runner is returned.
 
     Raises:
         BackendUnavailable: the backend cannot run here; the message says why. `GateRefused` (a subclass): a
@@ -195,7 +200,8 @@ def make_runner(
         raise UserError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
     build = build_dir if isinstance(build_dir, BuildDir) else BuildDir(build_dir, require_onnx=False)
     opts = dict(threads=threads, fp16=fp16, sparse=sparse, towers=tuple(towers), max_batch=max_batch,
-                max_text_len=max_text_len, spin=spin, precision=precision, dtype=dtype, compile=compile)
+                max_text_len=max_text_len, spin=spin, precision=precision, dtype=dtype, compile=compile,
+                cuda_graphs=cuda_graphs)
     return BACKENDS[backend](build, variant, opts)
 
 

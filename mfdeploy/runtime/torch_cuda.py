@@ -15,6 +15,7 @@ capability 9.x. MoPE (structured) is what runs faster there.
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,9 @@ from mfdeploy.errors import first_line
 from mfdeploy.models.base import Adapter
 from mfdeploy.runtime.base import BackendUnavailable
 from mfdeploy.runtime.torch_runner import TorchRunner
+
+log = logging.getLogger(__name__)
+DEFAULT_MAX_BATCH = 32  # the largest batch bucket when the caller names none (serve's --max-batch default)
 
 
 def cuda_unavailable() -> str | None:
@@ -110,7 +114,17 @@ class TorchCudaRunner(TorchRunner):
     timing = "CUDA events"
 
     def __init__(self, adapter: Adapter, sparse: bool = False, dtype: torch.dtype = torch.float16,
-                 device: str = "cuda", kernels: str = "default", compile: bool = False):
+                 device: str = "cuda", kernels: str = "default", compile: bool = False, cuda_graphs: bool = True,
+                 max_batch: int | None = None, max_text_len: int | None = None):
+        """Copy the model to the GPU, sparsify its 2:4 linears if asked, compile and capture its towers.
+
+        Args:
+            cuda_graphs: serve each tower from CUDA graphs captured now, one per batch (and text length)
+                bucket (`mfdeploy.runtime.cuda_graphs`); a tower whose capture fails stays eager, the reason
+                in `graphs` and the log.
+            max_batch: the largest batch bucket (default 32; larger calls run in slices of it).
+            max_text_len: the longest text bucket (default: the model's text length).
+        """
         reason = cuda_unavailable()
         if reason is not None:
             raise BackendUnavailable(reason)
@@ -119,6 +133,37 @@ class TorchCudaRunner(TorchRunner):
         placed.model = copy.deepcopy(adapter.model).to(device=device, dtype=dtype).eval()
         self.sparse_layers, self.dense_layers = sparsify_linears(placed.model, kernels) if sparse else ([], {})
         super().__init__(placed, compile=compile)
+        self.graphs: dict[str, str] = {}  # tower -> "N graphs" or "eager: why"
+        if cuda_graphs:
+            self._capture(placed, max_batch or DEFAULT_MAX_BATCH, max_text_len or placed.max_text_len)
+
+    @torch.inference_mode()
+    def _capture(self, adapter: Adapter, max_batch: int, max_text_len: int) -> None:
+        from mfdeploy.runtime.cuda_graphs import GraphedTower, length_buckets
+
+        pool = torch.cuda.graph_pool_handle()
+        dev, dt, size = self._device, self._dtype, adapter.image_size
+        fixed = adapter.fixed_text_len
+        longest = fixed or max_text_len
+
+        def texts(b: int, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+            ids = torch.ones(b, n or longest, dtype=torch.int64, device=dev)
+            return ids, torch.ones_like(ids)
+
+        towers = {
+            "vision": (self.vision, lambda b, n: (torch.zeros(b, 3, size, size, device=dev, dtype=dt),), None),
+            "text": (self.text, texts, None if fixed else length_buckets(max_text_len)),
+        }
+        for name, (tower, example, lengths) in towers.items():
+            log.info("capturing CUDA graphs of the %s tower (batch up to %d%s)", name, max_batch,
+                     f", text length up to {max_text_len}" if lengths else "")
+            graphed = GraphedTower(tower, example, max_batch, lengths, pool=pool)
+            if graphed.captured:
+                self.graphs[name] = f"{len(graphed.graphs)} graphs"
+                setattr(self, name, graphed)
+            else:
+                self.graphs[name] = f"eager: {graphed.reason}"
+                log.warning("the %s tower runs eagerly: its CUDA graph capture failed (%s)", name, graphed.reason)
 
     def time_call(self, call: Callable[[], Any]) -> float:
         """The GPU's time from the input's copy in to the embeddings' copy out (`cuda_event_seconds`)."""

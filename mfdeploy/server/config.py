@@ -55,6 +55,8 @@ class ServeConfig:
         dtype: the torch (CPU) backend's, float32 | bfloat16 (None: float32). Below fp32, the towers serve only
             once they match the fp32 towers (`mfdeploy.runtime.gate`); otherwise the server refuses to start.
         compile: the torch backends: each tower through `torch.compile`, compiled before the server listens.
+        cuda_graphs: the torch-cuda backends: each tower replayed from CUDA graphs captured before the server
+            listens, one per batch bucket up to `max_batch` (and text length bucket); False: eager.
     """
 
     build_dir: Path
@@ -77,6 +79,7 @@ class ServeConfig:
     precision: str | None = None
     dtype: str | None = None
     compile: bool = False
+    cuda_graphs: bool = True
 
     @property
     def max_body_bytes(self) -> int:
@@ -139,7 +142,8 @@ class ServeConfig:
     def runner_options(self) -> dict[str, Any]:
         """The precision (and compile) options the runner of `backend` takes (`mfdeploy.runtime.make_runner`),
         those set only."""
-        return {flag.removeprefix("--"): value for flag, value in self._runner_flags() if value is not None}
+        options = {flag.removeprefix("--"): value for flag, value in self._runner_flags() if value is not None}
+        return options if self.cuda_graphs else {**options, "cuda_graphs": False}
 
     def _runner_flags(self) -> tuple[tuple[str, Any], ...]:
         """The runner's options as their flags: (flag, value or None when not given)."""
