@@ -79,6 +79,11 @@ def precision_fields(runner: Runner, tower: str) -> dict[str, Any]:
     compiled = getattr(runner, "compiled", None)
     if compiled:  # torch.compile: which mode, and where its cache is
         fields["compiled"] = compiled
+    choice = getattr(runner, "sparse_choice", None)
+    if choice:  # torch-cuda-sparse: how many 2:4 linears timed faster sparse than dense (the rest run dense)
+        from mfdeploy.runtime.sparse_choice import summary
+
+        fields["sparse_linears"] = summary(choice)
     graphs = getattr(runner, "graphs", None)
     if graphs and tower in graphs:  # torch-cuda: "N graphs", or "eager: why the capture failed"
         fields["cuda_graphs"] = graphs[tower]

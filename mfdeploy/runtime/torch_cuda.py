@@ -77,14 +77,20 @@ def _semi_structured(kernels: str):
             "cutlass": SparseSemiStructuredTensorCUTLASS.from_dense}[kernels]
 
 
-def sparsify_linears(model: nn.Module, kernels: str = "default") -> tuple[list[str], dict[str, str]]:
+Keep = Callable[[str, nn.Linear, torch.Tensor], bool]  # (name, layer, compressed weight) -> keep it sparse
+
+
+def sparsify_linears(model: nn.Module, kernels: str = "default",
+                     keep: Keep | None = None) -> tuple[list[str], dict[str, str]]:
     """Swap the weight of every 2:4 `nn.Linear` for its semi-structured form, in place.
 
     Args:
         kernels: "default" (torch's choice: cuSPARSELt where torch has it), "cusparselt" or "cutlass".
+        keep: (name, layer, compressed weight) -> whether to keep the sparse form (None: always); a layer it
+            declines stays dense, listed with the reason "dense is faster".
 
     Returns:
-        (names made sparse, {name: why it stayed dense} for 2:4 layers the kernels refused).
+        (names made sparse, {name: why it stayed dense} for 2:4 layers refused by the kernels or by `keep`).
     """
     compress = _semi_structured(kernels)
     sparse, refused = [], {}
@@ -95,10 +101,14 @@ def sparsify_linears(model: nn.Module, kernels: str = "default") -> tuple[list[s
             weight = compress(module.weight.detach())
             # a first call: some kernels refuse only when run (CUTLASS's need compute capability 8.x)
             nn.functional.linear(torch.zeros(32, weight.shape[1], dtype=weight.dtype, device=weight.device), weight)
-            module.weight = nn.Parameter(weight, requires_grad=False)
-            sparse.append(name)
         except (RuntimeError, ValueError, NotImplementedError) as e:
             refused[name] = first_line(e)
+            continue
+        if keep is not None and not keep(name, module, weight):
+            refused[name] = "dense is faster at the serving token counts"
+            continue
+        module.weight = nn.Parameter(weight, requires_grad=False)
+        sparse.append(name)
     return sparse, refused
 
 
@@ -115,7 +125,7 @@ class TorchCudaRunner(TorchRunner):
 
     def __init__(self, adapter: Adapter, sparse: bool = False, dtype: torch.dtype = torch.float16,
                  device: str = "cuda", kernels: str = "default", compile: bool = False, cuda_graphs: bool = True,
-                 max_batch: int | None = None, max_text_len: int | None = None):
+                 max_batch: int | None = None, max_text_len: int | None = None, choose_layers: bool = True):
         """Copy the model to the GPU, sparsify its 2:4 linears if asked, compile and capture its towers.
 
         Args:
@@ -124,6 +134,9 @@ class TorchCudaRunner(TorchRunner):
                 in `graphs` and the log.
             max_batch: the largest batch bucket (default 32; larger calls run in slices of it).
             max_text_len: the longest text bucket (default: the model's text length).
+            choose_layers: `sparse`: keep each 2:4 linear sparse only where it times faster than dense at its
+                serving token counts (`mfdeploy.runtime.sparse_choice`; the times in `sparse_choice`); False:
+                sparse wherever the kernels take it.
         """
         reason = cuda_unavailable()
         if reason is not None:
@@ -131,11 +144,39 @@ class TorchCudaRunner(TorchRunner):
         self.name = "torch-cuda-sparse" if sparse else "torch-cuda"
         placed = copy.copy(adapter)  # the caller's model stays where it is (other runners share it)
         placed.model = copy.deepcopy(adapter.model).to(device=device, dtype=dtype).eval()
-        self.sparse_layers, self.dense_layers = sparsify_linears(placed.model, kernels) if sparse else ([], {})
+        self.sparse_choice: dict[str, dict[str, Any]] = {}  # 2:4 linear -> times dense and sparse, and the pick
+        keep = self._chooser(placed, max_batch or DEFAULT_MAX_BATCH) if sparse and choose_layers else None
+        self.sparse_layers, self.dense_layers = sparsify_linears(placed.model, kernels, keep) if sparse else ([], {})
+        if keep is not None:
+            from mfdeploy.runtime.sparse_choice import summary
+
+            log.info("%s: %s (each timed dense and sparse at its serving token counts)", self.name,
+                     summary(self.sparse_choice))
         super().__init__(placed, compile=compile)
         self.graphs: dict[str, str] = {}  # tower -> "N graphs" or "eager: why"
         if cuda_graphs:
             self._capture(placed, max_batch or DEFAULT_MAX_BATCH, max_text_len or placed.max_text_len)
+
+    def _chooser(self, adapter: Adapter, max_batch: int) -> Keep:
+        """The per-layer decision `sparsify_linears` asks: rows per linear at batch 1 (each tower run once),
+        timed at batch 1 and `max_batch`."""
+        from mfdeploy.runtime.sparse_choice import choose, rows_per_call, time_linear_cuda
+
+        model = adapter.model
+        param = next(model.parameters())
+        size = adapter.image_size
+        ids, mask = adapter.tokenize(["a photo of a cat."])
+        rows = rows_per_call(model, [
+            lambda: adapter.vision_tower()(torch.zeros(1, 3, size, size, device=param.device, dtype=param.dtype)),
+            lambda: adapter.text_tower()(ids.to(param.device), mask.to(param.device))])
+
+        def keep(name: str, layer: nn.Linear, sparse: torch.Tensor) -> bool:
+            counts = sorted({rows[name], rows[name] * max_batch}) if name in rows else [max_batch]
+            self.sparse_choice[name] = choose(name, layer.weight.detach(), sparse, layer.bias, counts,
+                                              time_linear_cuda)
+            return bool(self.sparse_choice[name]["sparse"])
+
+        return keep
 
     @torch.inference_mode()
     def _capture(self, adapter: Adapter, max_batch: int, max_text_len: int) -> None:
