@@ -237,5 +237,6 @@ def test_serve_config_and_state_carry_the_precision(build):
     finally:
         state.runner.close()
         state._executor.shutdown(wait=False)
-    with pytest.raises(UserError, match="--dtype bfloat16: applies to --backend torch, not openvino"):
+    with pytest.raises(UserError, match="--dtype bfloat16: applies to --backend torch or torch-cuda or "
+                                        "torch-cuda-sparse, not openvino"):
         ServeConfig(build_dir=build, backend="openvino", dtype="bfloat16").validate()

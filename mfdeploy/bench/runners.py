@@ -1,7 +1,7 @@
 """The runners a bench run opens (one per variant of a backend, each failure a row), and their precision.
 
 `--precision` sets OpenVINO's inference precision and `--dtype` the torch
-CPU backend's; a runner computing in less than fp32 has passed the
+backends' (each takes the values it runs: `DTYPES_BY_BACKEND`); a runner computing in less than fp32 has passed the
 precision gate against the fp32 towers (`mfdeploy.runtime.gate`) before it
 is timed, and a refused one becomes a row with the cosines that refused it.
 Every timed row says the precision that actually ran.
@@ -16,10 +16,11 @@ from mfdeploy.errors import UserError
 from mfdeploy.runtime.base import BackendUnavailable, Runner
 from mfdeploy.runtime.build_dir import BuildDir
 from mfdeploy.runtime.registry import make_runner
+from mfdeploy.runtime.torch_runner import DTYPES_BY_BACKEND
 
 # option -> (the backends it applies to, how it is checked)
-PRECISION_BACKENDS = {"--precision": ("openvino",), "--dtype": ("torch",),
-                      "--compile": ("torch", "torch-cuda", "torch-cuda-sparse")}
+TORCH_BACKENDS = ("torch", "torch-cuda", "torch-cuda-sparse")
+PRECISION_BACKENDS = {"--precision": ("openvino",), "--dtype": TORCH_BACKENDS, "--compile": TORCH_BACKENDS}
 
 
 def check_precision_options(names: Sequence[str], precision: str | None, dtype: str | None,
@@ -35,9 +36,9 @@ def check_precision_options(names: Sequence[str], precision: str | None, dtype: 
     if precision is not None:
         check_precision(precision)
     if dtype is not None:
-        from mfdeploy.runtime.torch_runner import check_dtype
+        from mfdeploy.runtime.torch_runner import check_backend_dtype
 
-        check_dtype(dtype)
+        check_backend_dtype(dtype, list(names))
     for flag, value in (("--precision", precision), ("--dtype", dtype), ("--compile", compile or None)):
         applies = PRECISION_BACKENDS[flag]
         if value is not None and not set(applies) & set(names):
@@ -59,7 +60,8 @@ def open_runners(build: BuildDir, name: str, variants: list[str], towers: list[s
                 name, build, variant=variant, threads=threads, towers=towers, max_batch=max_batch,
                 max_text_len=text_len,
                 spin=len(variants) == 1,  # sessions taking turns must not spin against each other
-                precision=precision if name == "openvino" else None, dtype=dtype if name == "torch" else None,
+                precision=precision if name == "openvino" else None,
+                dtype=dtype if dtype in DTYPES_BY_BACKEND.get(name, ()) else None,
                 compile=compile and name in PRECISION_BACKENDS["--compile"], cuda_graphs=cuda_graphs,
             )
         except GateRefused as e:  # this variant's towers only: another variant may pass

