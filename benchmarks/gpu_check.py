@@ -10,7 +10,12 @@
    with each variant's min cosine against the same weights in fp32 on the same inputs (bar: >= 0.999).
 3. The other GPU backends this machine has (`mfdeploy.runtime.probe_backends`: ONNX Runtime CUDA/TensorRT
    EPs, TensorRT engines), each available or skipped with the reason.
-4. Writes gpu_check.json and gpu_check.md (GPU, driver, torch and CUDA versions in the header).
+4. `mfdeploy bench` on the bundled build: torch, torch-cuda, torch-cuda-sparse.
+5. ViT-B/32 through the `torch-cuda` runner as `serve` makes it (issue 30): eager, CUDA graphs per batch
+   bucket, torch.compile + graphs, FP8 + graphs, 2:4 (magnitude) with the per-layer sparse choice + graphs;
+   vision and text (77 tokens) at batch 1, 32 and 256: ms, items/s, TFLOP/s (2 FLOP per multiply-add of the
+   GEMMs and attention) and % of the GPU's dense fp16 peak, min cosine against the eager runner.
+Writes gpu_check.json and gpu_check.md (GPU, driver, torch and CUDA versions in the header) after every step.
 
 Budget: under 8 minutes of wall time on one GPU; the whole script took 99 s on an H200 (docs/results/gpu.md).
 `--cpu-dry-run` runs the flow on the CPU with a 2-layer model and no sparse kernels (a check of the script
@@ -207,6 +212,97 @@ def step2(device: str, iters: int, dry: bool) -> dict:
     return out
 
 
+# dense fp16 tensor-core peaks, TFLOP/s (NVIDIA's datasheets, SXM parts, without sparsity)
+FP16_PEAKS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
+
+
+def tower_flops(cfg, tokens: int, image_patch: int | None = None, projection: int = 0) -> float:
+    """FLOPs of one item through a tower: 2 per multiply-add of its GEMMs and attention (issue 30's count)."""
+    d, inner, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    per_layer = 2 * tokens * (4 * d * d + 2 * d * inner) + 2 * 2 * tokens * tokens * d
+    patch = 2 * (tokens - 1) * 3 * image_patch ** 2 * d if image_patch else 0
+    return layers * per_layer + patch + 2 * d * projection
+
+
+def step_runners(device: str, iters: int, dry: bool) -> list[dict]:
+    """The torch-cuda runner as `serve` and `bench` make it (issue 30): eager, CUDA graphs, torch.compile +
+    graphs, FP8 + graphs, and 2:4 with the per-layer choice (magnitude 2:4), at batch 1, 32 and 256, each with
+    its min cosine against the eager fp16 runner, items/s and TFLOP/s."""
+    from mfdeploy.runtime.torch_cuda import TorchCudaRunner
+    from mfdeploy.runtime.torch_runner import TorchRunner
+
+    say("5. ViT-B/32 through the torch-cuda runner: eager, graphs, compile + graphs, fp8 + graphs, 2:4 chosen")
+    cuda = device.startswith("cuda")
+    model = vitb32(smoke=dry)
+    adapter = WrappedAdapter(model)
+    pruned = WrappedAdapter(copy.deepcopy(model))
+    with torch.no_grad():  # magnitude 2:4 on every encoder linear: no calibration, the pattern is what matters
+        for name, mod in pruned.model.named_modules():
+            if isinstance(mod, torch.nn.Linear) and ".encoder." in name:
+                w = mod.weight.view(mod.weight.shape[0], -1, 4)
+                drop = w.abs().argsort(dim=-1)[..., :2]
+                w.scatter_(-1, drop, 0.0)
+    batches = (1, 4) if dry else (1, 32, 256)
+    largest = max(batches)
+    vc, tc = model.config.vision_config, model.config.text_config
+    text_len = 16 if dry else 77
+    flops = {"vision": tower_flops(vc, (vc.image_size // vc.patch_size) ** 2 + 1, vc.patch_size,
+                                   model.config.projection_dim),
+             "text": tower_flops(tc, text_len, None, model.config.projection_dim)}
+    peak = next((v for k, v in FP16_PEAKS.items() if k in (torch.cuda.get_device_name(0) if cuda else "")), None)
+    makers = {"eager": lambda: TorchCudaRunner(adapter, cuda_graphs=False),
+              "graphs": lambda: TorchCudaRunner(adapter, max_batch=largest, max_text_len=text_len),
+              "compile + graphs": lambda: TorchCudaRunner(adapter, compile=True, max_batch=largest,
+                                                         max_text_len=text_len),
+              "fp8 + graphs": lambda: TorchCudaRunner(adapter, fp8=True, max_batch=largest, max_text_len=text_len),
+              "2:4 chosen + graphs": lambda: TorchCudaRunner(pruned, sparse=True, max_batch=largest,
+                                                            max_text_len=text_len)}
+    if not cuda:  # the dry run: the CPU runner, eager and compiled, checks the flow
+        makers = {"eager": lambda: TorchRunner(adapter), "compile": lambda: TorchRunner(adapter, compile=True)}
+    inputs = {}
+    for batch in batches:
+        b = random_batches(model, batch, batch, text_len=text_len)[0]
+        inputs[batch] = (torch.randn(batch, 3, vc.image_size, vc.image_size).numpy(), b.input_ids.numpy(),
+                         b.attention_mask.numpy())
+    rows: list[dict] = []
+    reference: dict = {}
+    for name, make in makers.items():
+        try:
+            t = time.perf_counter()
+            runner = make()
+            start_s = time.perf_counter() - t
+        except Exception as e:  # noqa: BLE001 - a variant that cannot run here is a row saying why
+            rows.append({"runner": name, "error": why(e)})
+            say(f"   {name}: {why(e)}")
+            continue
+        notes = {k: getattr(runner, k) for k in ("graphs", "compiled", "precision") if getattr(runner, k, None)}
+        if getattr(runner, "sparse_choice", None):
+            from mfdeploy.runtime.sparse_choice import summary
+
+            notes["sparse_linears"] = summary(runner.sparse_choice)
+        say(f"   {name}: ready in {start_s:.1f} s {notes}")
+        for tower in ("vision", "text"):
+            for batch, (px, ids, mask) in inputs.items():
+                call = (lambda r=runner, x=px: r.embed_images(x)) if tower == "vision" else \
+                    (lambda r=runner, i=ids, m=mask: r.embed_texts(i, m))
+                emb = call()
+                reference.setdefault((tower, batch), emb)  # the eager runner's, made first
+                ref = reference[(tower, batch)]
+                sec = timed(call, iters, cuda)
+                tflops = flops[tower] * batch / sec / 1e12
+                row = {"runner": name, "tower": tower, "batch": batch, "ms": 1000 * sec, "items_per_s": batch / sec,
+                       "tflops": tflops, "pct_of_fp16_peak": 100 * tflops / peak if peak else None,
+                       "min_cosine_vs_eager": float((emb * ref).sum(-1).min()),  # both L2-normalised
+                       "start_s": start_s, **notes}
+                rows.append(row)
+                say(f"   {name:20s} {tower:6s} batch {batch:3d}: {row['ms']:8.2f} ms, {row['items_per_s']:9.1f} "
+                    f"items/s, {tflops:7.1f} TFLOP/s, min cosine vs eager {row['min_cosine_vs_eager']:.5f}")
+        runner.close()
+        if cuda:
+            torch.cuda.empty_cache()
+    return rows
+
+
 def warm_gpu(seconds: float = 2.0) -> None:
     """Bring the GPU's clocks up from idle before timing (an idle H100/H200 sits at a few hundred MHz)."""
     a = torch.randn(4096, 4096, device="cuda", dtype=torch.float16)
@@ -324,6 +420,18 @@ def markdown(result: dict) -> str:
     if result.get("backends"):
         lines += ["", "| backend | status |", "|---|---|"]
         lines += [f"| {k} | {'available' if v is None else 'skipped: ' + v} |" for k, v in result["backends"].items()]
+    if result.get("runners"):
+        lines += ["", "The torch-cuda runner (ViT-B/32, text at 77 tokens; % of the dense fp16 peak):", "",
+                  "| runner | tower | batch | ms | items/s | TFLOP/s | % peak | min cosine vs eager | notes |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in result["runners"]:
+            if "error" in r:
+                lines.append(f"| {r['runner']} | failed: {r['error']} | | | | | | | |")
+                continue
+            pct = "-" if r.get("pct_of_fp16_peak") is None else f"{r['pct_of_fp16_peak']:.1f}"
+            notes = "; ".join(f"{k}: {r[k]}" for k in ("graphs", "sparse_linears", "precision") if r.get(k))
+            lines.append(f"| {r['runner']} | {r['tower']} | {r['batch']} | {r['ms']:.2f} | {r['items_per_s']:.1f} | "
+                         f"{r['tflops']:.1f} | {pct} | {r['min_cosine_vs_eager']:.5f} | {notes} |")
     if result.get("bench"):
         lines += ["", "`mfdeploy bench` (bundled build, text at 16 tokens):", "",
                   "| backend | variant | tower | batch | items/s | p50 ms |", "|---|---|---|---|---|---|"]
@@ -375,7 +483,8 @@ def main() -> None:
                  ("vitb32", lambda: step2(device, iters, args.cpu_dry_run)),
                  *((("kernels", lambda: step_kernels(iters)),) if not args.cpu_dry_run else ()),
                  ("backends", lambda: step3(build)),
-                 ("bench", lambda: step_bench(build)))
+                 ("bench", lambda: step_bench(build)),
+                 ("runners", lambda: step_runners(device, iters, args.cpu_dry_run)))
         for key, step in steps:
             guarded(result, key, step)
             result["seconds"], result["load_avg_end"] = time.perf_counter() - T0, load_average()
