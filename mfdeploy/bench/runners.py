@@ -19,7 +19,7 @@ from mfdeploy.runtime.registry import make_runner
 from mfdeploy.runtime.torch_runner import DTYPES_BY_BACKEND
 
 # option -> (the backends it applies to, how it is checked)
-TORCH_BACKENDS = ("torch", "torch-cuda", "torch-cuda-sparse")
+TORCH_BACKENDS = tuple(DTYPES_BY_BACKEND)  # the torch runners: each takes --dtype and --compile
 PRECISION_BACKENDS = {"--precision": ("openvino",), "--dtype": TORCH_BACKENDS, "--compile": TORCH_BACKENDS}
 
 

@@ -112,12 +112,6 @@ def sparsify_linears(model: nn.Module, kernels: str = "default",
     return sparse, refused
 
 
-def _to_fp8(model: nn.Module) -> tuple[list[str], dict[str, str]]:
-    from mfdeploy.runtime.fp8 import to_fp8
-
-    return to_fp8(model)
-
-
 class TorchCudaRunner(TorchRunner):
     """Both towers of a copy of the model on a CUDA GPU in `dtype`; `sparse`: 2:4 layers on sparse kernels.
 
@@ -152,7 +146,7 @@ class TorchCudaRunner(TorchRunner):
             raise BackendUnavailable(reason)
         self.name = "torch-cuda-sparse" if sparse else "torch-cuda"
         if fp8:
-            from mfdeploy.runtime.fp8 import fp8_unsupported
+            from mfdeploy.runtime.fp8 import fp8_unsupported, to_fp8
 
             reason = "--dtype float8 runs on torch-cuda, not with 2:4 kernels" if sparse else \
                 fp8_unsupported(torch.device(device))
@@ -161,7 +155,7 @@ class TorchCudaRunner(TorchRunner):
             dtype = torch.bfloat16  # torch's row-wise scaled matmul returns bf16: the rest of the tower follows
         placed = copy.copy(adapter)  # the caller's model stays where it is (other runners share it)
         placed.model = copy.deepcopy(adapter.model).to(device=device, dtype=dtype).eval()
-        self.fp8_layers, self.fp8_kept = ([], {}) if not fp8 else _to_fp8(placed.model)
+        self.fp8_layers, self.fp8_kept = to_fp8(placed.model) if fp8 else ([], {})
         self.sparse_choice: dict[str, dict[str, Any]] = {}  # 2:4 linear -> times dense and sparse, and the pick
         keep = self._chooser(placed, max_batch or DEFAULT_MAX_BATCH) if sparse and choose_layers else None
         self.sparse_layers, self.dense_layers = sparsify_linears(placed.model, kernels, keep) if sparse else ([], {})
