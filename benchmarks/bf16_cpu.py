@@ -6,15 +6,20 @@
 Builds ViT-B/32 (`CLIPConfig()` defaults, random weights) and a MoPE @ 0.5
 copy (width only, as `benchmarks/quantize_vitb32.py`), exports both and
 quantizes each as `mfdeploy quantize` does (`AUTO_SCHEME`: static QDQ
-vision, dynamic text; the nodes `plan_nodes` picks). Then, per tower and
-batch, it times through mfdeploy's own runners:
+vision, dynamic text; the nodes `plan_nodes` picks), and once more with
+`--scheme static` (a static QDQ text tower too: the INT8 graph OpenVINO runs
+in INT8; it runs a dynamic one in float). Then, per tower and batch, it
+times through mfdeploy's own runners:
 
-    ORT fp32            ONNX Runtime over the fp32 graph (the baseline)
-    OpenVINO f32/bf16   OpenVINO over the same ONNX file, inference precision forced
-    torch fp32/bf16     PyTorch eager, the model and a bf16 copy of it
-    ORT int8            ONNX Runtime over mfdeploy's INT8 graph
-    OpenVINO int8       OpenVINO over the same INT8 graph, in the CPU's native precision (`auto`)
-    MoPE 0.5 ...        the pruned model: fp32 and INT8 on ONNX Runtime, INT8 on OpenVINO
+    ORT fp32             ONNX Runtime over the fp32 graph (the baseline)
+    OpenVINO f32/bf16    OpenVINO over the same ONNX file, inference precision forced
+    torch fp32/bf16      PyTorch eager, the model and a bf16 copy of it
+    torch bf16 compiled  the bf16 copy through `--compile` (inductor, weights frozen), compiled before timing
+    ORT int8             ONNX Runtime over mfdeploy's INT8 graph (`--scheme auto`)
+    ORT int8 static      text only: ONNX Runtime over the static QDQ text graph OpenVINO runs
+    OpenVINO int8        OpenVINO over the static INT8 graphs (vision: the same graph as ORT int8), in
+                         the CPU's native precision (`auto`)
+    MoPE 0.5 ...         the pruned model: fp32 and INT8 on ONNX Runtime, static INT8 on OpenVINO
 
 interleaved in alternating blocks (`time_blocks`: `--block` back-to-back
 calls of one runner after an untimed one, then the next, `--rounds`
@@ -63,7 +68,7 @@ BASELINE = "ORT fp32"
 
 
 def prepare(root: Path, smoke: bool, text_len: int) -> tuple[dict, dict[str, Path]]:
-    """The dense and MoPE 0.5 adapters, and their fp32 and INT8 export folders."""
+    """The dense and MoPE 0.5 adapters, and their fp32, INT8 (`--scheme auto`) and static INT8 export folders."""
     dense = WrappedAdapter(vitb32(smoke=smoke))
     pruned = WrappedAdapter(copy.deepcopy(dense.model))
     calib = tuple(random_batches(dense.model, 8, 8))
@@ -73,13 +78,17 @@ def prepare(root: Path, smoke: bool, text_len: int) -> tuple[dict, dict[str, Pat
     calib_feeds = [feeds(dense.model, 8, text_len, seed) for seed in (1, 2, 3, 4)]
     folders = {}
     for name, adapter in (("dense", dense), ("mope", pruned)):
-        fp32, int8 = root / name / "fp32", root / name / "int8"
+        fp32 = folders[f"{name} fp32"] = root / name / "fp32"
         export_towers(adapter, fp32)
-        int8.mkdir(parents=True)
-        for tower, file in TOWER_FILES.items():
-            quantize_ort(fp32 / file, int8 / file, plan_nodes(fp32 / file)["quantize"],
-                         [c[tower] for c in calib_feeds], AUTO_SCHEME[tower])
-        folders[f"{name} fp32"], folders[f"{name} int8"] = fp32, int8
+        for label, schemes in (("int8", AUTO_SCHEME), ("int8 static", dict.fromkeys(TOWER_FILES, "static"))):
+            int8 = folders[f"{name} {label}"] = root / name / label.replace(" ", "_")
+            int8.mkdir(parents=True)
+            for tower, file in TOWER_FILES.items():
+                if schemes[tower] == AUTO_SCHEME[tower] and label != "int8":  # the same graph as --scheme auto
+                    (int8 / file).symlink_to(folders[f"{name} int8"] / file)
+                    continue
+                quantize_ort(fp32 / file, int8 / file, plan_nodes(fp32 / file)["quantize"],
+                             [c[tower] for c in calib_feeds], schemes[tower])
     return {"dense": dense, "mope": pruned}, folders
 
 
@@ -90,9 +99,10 @@ def feeds(model, batch: int, text_len: int, seed: int) -> dict[str, dict[str, np
 
 
 def runners(tower: str, adapters: dict, folders: dict[str, Path], threads: int, spin: bool,
-            skipped: dict[str, str]) -> dict[str, object]:
-    """Every runner of the table for one tower (one tower loaded each: half the memory); one that cannot run on
-    this CPU (OpenVINO bf16 without BF16 instructions) goes into `skipped` with the reason."""
+            skipped: dict[str, str], compiled: object) -> dict[str, object]:
+    """Every runner of the table for one tower (one tower loaded each: half the memory; `compiled`, the compiled
+    torch runner, holds both: compiling takes minutes); one that cannot run on this CPU (OpenVINO bf16 without
+    BF16 instructions) goes into `skipped` with the reason."""
     from mfdeploy.runtime.openvino_runner import OpenVinoRunner
 
     ort = {"towers": (tower,), "threads": threads, "spin": spin}
@@ -103,22 +113,42 @@ def runners(tower: str, adapters: dict, folders: dict[str, Path], threads: int, 
         "OpenVINO bf16": lambda: OpenVinoRunner(folders["dense fp32"], precision="bf16", **ov),
         "torch fp32": lambda: TorchRunner(adapters["dense"], threads=threads, dtype="float32"),
         "torch bf16": lambda: TorchRunner(adapters["dense"], threads=threads, dtype="bfloat16"),
+        "torch bf16 compiled": lambda: _given(compiled, "torch bf16 compiled"),
         "ORT int8": lambda: OrtRunner(folders["dense int8"], **ort),
-        "OpenVINO int8": lambda: OpenVinoRunner(folders["dense int8"], precision="auto", **ov),
+        "ORT int8 static": lambda: OrtRunner(folders["dense int8 static"], **ort),
+        "OpenVINO int8": lambda: OpenVinoRunner(folders["dense int8 static"], precision="auto", **ov),
         "MoPE 0.5 ORT fp32": lambda: OrtRunner(folders["mope fp32"], **ort),
         "MoPE 0.5 ORT int8": lambda: OrtRunner(folders["mope int8"], **ort),
-        "MoPE 0.5 OpenVINO int8": lambda: OpenVinoRunner(folders["mope int8"], precision="auto", **ov),
+        "MoPE 0.5 OpenVINO int8": lambda: OpenVinoRunner(folders["mope int8 static"], precision="auto", **ov),
     }
+    if AUTO_SCHEME[tower] == "static":  # ORT int8 already runs the static graph
+        del makers["ORT int8 static"]
     out = {}
     for name, make in makers.items():
         try:
             out[name] = make()
         except BackendUnavailable as e:
-            skipped[name] = str(e)
+            skipped.setdefault(name, str(e))
             continue
-        if name.endswith("ORT int8"):  # as `mfdeploy bench` labels the int8 towers: integer matmuls, float elsewhere
+        if "ORT int8" in name:  # as `mfdeploy bench` labels the int8 towers: integer matmuls, float elsewhere
             out[name].precision = "int8+f32"
     return out
+
+
+def compiled_runner(adapter, threads: int, skipped: dict[str, str]) -> TorchRunner | None:
+    """The bf16 torch runner with both towers compiled (`--compile`), before any timing; None (and the reason in
+    `skipped`) where torch.compile cannot run here."""
+    try:
+        return TorchRunner(adapter, threads=threads, dtype="bfloat16", compile=True)
+    except BackendUnavailable as e:
+        skipped["torch bf16 compiled"] = str(e)
+        return None
+
+
+def _given(runner, name: str):
+    if runner is None:
+        raise BackendUnavailable(f"{name}: not built")
+    return runner
 
 
 def call(runner, tower: str, feed: dict[str, np.ndarray]):
@@ -173,13 +203,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bf16-cpu-") as tmp:
         adapters, folders = prepare(Path(tmp), args.smoke, text_len)
         inputs = {b: feeds(adapters["dense"].model, b, text_len, seed=0) for b in batches}
+        compiled = compiled_runner(adapters["dense"], args.threads, skipped)
         load_before = os.getloadavg()
         for tower in TOWER_FILES:
-            runs = runners(tower, adapters, folders, args.threads, not args.no_spin, skipped)
+            runs = runners(tower, adapters, folders, args.threads, not args.no_spin, skipped, compiled)
             for batch in batches:
                 rows += measure(tower, batch, runs, inputs[batch][tower], args.rounds, args.block)
             for r in runs.values():
-                r.close()
+                if r is not compiled:
+                    r.close()
         load_after = os.getloadavg()
     report(rows, args, text_len, load_before, load_after, cpu_capabilities(), console, skipped)
 
@@ -228,12 +260,15 @@ def targets(rows: list[dict]) -> list[str]:
     for tower, batch in dict.fromkeys((r["tower"], r["batch"]) for r in rows):
         cell = {name: by[tower, batch, name] for (t, b, name) in by if (t, b) == (tower, batch)}
         bf16 = ", ".join(f"{n} {cell[n]['vs_ort_fp32']:.2f}x (min cosine {cell[n]['min_cosine']:.5f})"
-                         for n in ("OpenVINO bf16", "torch bf16") if n in cell)
-        int8 = cell["ORT int8"]["median_ms"] / cell["OpenVINO int8"]["median_ms"]
+                         for n in ("OpenVINO bf16", "torch bf16", "torch bf16 compiled") if n in cell)
+        same = "ORT int8 static" if "ORT int8 static" in cell else "ORT int8"  # the graph OpenVINO int8 runs
+        int8 = cell[same]["median_ms"] / cell["OpenVINO int8"]["median_ms"]
+        vs_auto = cell["ORT int8"]["median_ms"] / cell["OpenVINO int8"]["median_ms"]
         best = max((n for n in cell if n.startswith("MoPE 0.5") and "int8" in n), key=lambda n: cell[n]["vs_ort_fp32"])
         out.append(f"{tower} batch {batch}: {bf16} over ORT fp32 (target >= 1.7x, cosine >= 0.9995); OpenVINO int8 "
-                   f"/ ORT int8 = {int8:.2f}x (target >= 1x); MoPE 0.5 + int8, best = {best} at "
-                   f"{cell[best]['vs_ort_fp32']:.2f}x dense ORT fp32 (target >= 6x)")
+                   f"/ {same} (the same graph) = {int8:.2f}x (target >= 1x), / ORT int8 (--scheme auto) = "
+                   f"{vs_auto:.2f}x; MoPE 0.5 + int8, best = {best} at {cell[best]['vs_ort_fp32']:.2f}x dense "
+                   f"ORT fp32 (target >= 6x)")
     return out
 
 

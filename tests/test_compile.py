@@ -31,7 +31,7 @@ def test_compiled_towers_match_eager_and_compile_only_at_start_up():
     adapter = mfdeploy.load()
     eager = TorchRunner(adapter, threads=2)
     runner = TorchRunner(adapter, threads=2, compile=True)
-    assert runner.compiled is not None and runner.compiled.startswith("inductor, mode default, cache ")
+    assert runner.compiled is not None and runner.compiled.startswith("inductor, mode default, freezing=True, cache ")
     assert Path(runner.compiled.split("cache ", 1)[1]).is_dir()
     graphs = _unique_graphs()
     rng = np.random.default_rng(0)
@@ -59,10 +59,33 @@ def test_bench_rows_say_the_towers_were_compiled(tiny_clip_dir, tmp_path):
     rows = run_bench(build, backends=["torch"], towers=["text"], batch_sizes=[2], dense=False, write=False,
                      warmup=1, iters=2, min_time=0.0, threads=1, compile=True)
     timed = [r for r in rows if "throughput" in r]
-    assert timed and all(r["compiled"].startswith("inductor, mode default") for r in timed)
+    assert timed and all(r["compiled"].startswith("inductor, mode default, freezing=True") for r in timed)
 
 
 def test_compile_is_a_torch_backend_option(tmp_path):
     assert ServeConfig(build_dir=tmp_path, backend="torch", compile=True).validate().runner_options() == \
         {"compile": True}
     assert ServeConfig(build_dir=tmp_path, backend="torch").validate().runner_options() == {}
+
+
+def test_cpu_compile_freezes_the_weights_into_packed_gemms():
+    """On the CPU, inductor's freezing is on while a tower compiles (set as config, not as a torch.compile
+    option, which inductor ignores for freezing): its linears become oneDNN GEMMs over prepacked weights."""
+    from torch._dynamo.utils import counters
+    from torch._inductor import config as inductor_config
+
+    from mfdeploy.runtime.compiled import compile_tower, settings_for
+
+    tower = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.GELU(), torch.nn.Linear(64, 16)).eval()
+    tower = tower.to(torch.bfloat16).requires_grad_(False)
+    torch._dynamo.reset()
+    counters.clear()
+    mode, config = settings_for(torch.device("cpu"))
+    with inductor_config.patch(force_disable_caches=True):  # a cached graph would skip the passes counted here
+        compiled = compile_tower(tower, lambda b: (torch.randn(b, 32, dtype=torch.bfloat16),), [(0, 0)], mode,
+                                 config, "test")
+    assert counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"] >= 2, dict(counters["inductor"])
+    x = torch.randn(3, 32, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        assert torch.allclose(compiled(x).float(), tower(x).float(), atol=2e-2)
+    assert not inductor_config.freezing  # the setting was scoped to the compilation

@@ -240,3 +240,28 @@ def test_serve_config_and_state_carry_the_precision(build):
     with pytest.raises(UserError, match="--dtype bfloat16: applies to --backend torch or torch-cuda or "
                                         "torch-cuda-sparse, not openvino"):
         ServeConfig(build_dir=build, backend="openvino", dtype="bfloat16").validate()
+
+
+def test_a_dynamic_int8_tower_is_named_with_the_fix_and_a_static_one_runs_int8(build, tmp_path, caplog):
+    """The build's INT8 text tower is dynamic (ONNX Runtime's choice): OpenVINO runs it in float, and the runner
+    says so with the command that fixes it; quantized statically, the same tower runs its matmuls in INT8."""
+    import logging
+
+    from mfdeploy.runtime.openvino_runner import dynamic_int8
+
+    assert dynamic_int8(build / "onnx_int8" / "text.onnx") and not dynamic_int8(build / "onnx_int8" / "vision.onnx")
+    with caplog.at_level(logging.WARNING, logger="mfdeploy.runtime.openvino_runner"):
+        runner = OpenVinoRunner(build / "onnx_int8", towers=("text",))
+    assert "int8" not in runner.tower_precision("text")
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "dynamic INT8" in warned[0] and "--scheme static" in warned[0]
+    static = tmp_path / "static"
+    main(["quantize", str(build), "--out", str(static), "--scheme", "static", "--calib", "shapes",
+          "--calib-samples", "16"])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mfdeploy.runtime.openvino_runner"):
+        runner = OpenVinoRunner(static, towers=("text",))
+    assert runner.tower_precision("text").startswith("int8") and not caplog.records
+    ids, mask = _feeds(build)["text"][0]
+    ref = OrtRunner(build / "onnx", towers=("text",)).embed_texts(ids, mask)
+    assert _min_cos(ref, runner.embed_texts(ids, mask)) > 0.99  # a tiny random model: INT8 noise, not garbage

@@ -90,25 +90,25 @@ class TorchRunner(Runner):
         self._device, self._dtype = param.device, param.dtype  # inputs follow the weights
         self.device = str(self._device)
         self.precision = _PRECISIONS.get(self._dtype, str(self._dtype))
-        self.compiled: str | None = None  # "inductor, mode M, cache DIR" once the towers are compiled
+        self.compiled: str | None = None  # "inductor, SETTINGS, cache DIR" once the towers are compiled
         if compile:
             self._compile(adapter)
 
     def _compile(self, adapter: Adapter) -> None:
         """Both towers through `torch.compile`, each already run on every shape kind it will see."""
-        from mfdeploy.runtime.compiled import EXAMPLE_TEXT_LEN, cache_dir, compile_tower, mode_for
+        from mfdeploy.runtime.compiled import EXAMPLE_TEXT_LEN, cache_dir, compile_tower, describe, settings_for
 
-        mode, size = mode_for(self._device), adapter.image_size
+        (mode, config), size = settings_for(self._device), adapter.image_size
         fixed = adapter.fixed_text_len
         length = fixed or EXAMPLE_TEXT_LEN
         dev, dt = self._device, self._dtype
         self.vision = compile_tower(self.vision, lambda b: (torch.zeros(b, 3, size, size, device=dev, dtype=dt),),
-                                    [(0, 0)], mode, "vision")
+                                    [(0, 0)], mode, config, "vision")
         text_axes = [(0, 0), (1, 0)] + ([] if fixed else [(0, 1), (1, 1)])  # batch; and length where it varies
         self.text = compile_tower(self.text, lambda b: (torch.ones(b, length, dtype=torch.int64, device=dev),
                                                         torch.ones(b, length, dtype=torch.int64, device=dev)),
-                                  text_axes, mode, "text")
-        self.compiled = f"inductor, mode {mode}, cache {cache_dir()}"
+                                  text_axes, mode, config, "text")
+        self.compiled = f"inductor, {describe(mode, config)}, cache {cache_dir()}"
 
     @torch.inference_mode()
     def embed_images(self, pixel_values: np.ndarray) -> np.ndarray:
