@@ -1,6 +1,6 @@
 """Load on `mfdeploy serve` over loopback: throughput and latency at 1, 4, 16 and 64 concurrent clients.
 
-    python benchmarks/serve_load.py [--requests 400] [--vitb32-requests 160] [--skip-vitb32]
+    python benchmarks/serve_load.py [--requests 400] [--vitb32-requests 160] [--skip-vitb32] [--skip-bundled]
                                     [--bundled-build DIR] [--vitb32-build DIR] [--backends ort-cpu]
                                     [--vitb32-backends ort-cpu,ort-int8]
 
@@ -20,6 +20,9 @@ client sends), for:
 `mfdeploy serve --backend`s too (e.g. `openvino`, `openvino-int8`: OpenVINO
 in the CPU's native precision, bf16 where it has it), one after the other
 in the same run; each is compared with `ort-cpu` at 16 clients.
+`--skip-bundled` serves ViT-B/32 only (e.g. `--skip-bundled
+--vitb32-backends ort-cpu,openvino`: issue 29's served comparison); write
+it to another `--out` to keep the full table.
 
 Each is served twice, with dynamic batching (`--max-batch 32 --max-delay-ms
 5`) and without (`--max-batch 1`), and a last run uses a deliberately small
@@ -216,6 +219,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=400, help="requests per level, bundled model")
     ap.add_argument("--vitb32-requests", type=int, default=160, help="requests per level, ViT-B/32")
     ap.add_argument("--skip-vitb32", action="store_true")
+    ap.add_argument("--skip-bundled", action="store_true", help="serve ViT-B/32 only")
     ap.add_argument("--vitb32-build", type=Path, help="reuse a ViT-B/32 build directory (made there if absent)")
     ap.add_argument("--bundled-build", type=Path, help="reuse a bundled-model build directory (made there if absent)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
@@ -225,13 +229,15 @@ def main() -> None:
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp_name:
         tmp = Path(tmp_name)
+        if args.skip_bundled and args.skip_vitb32:
+            raise SystemExit("serve_load.py: --skip-bundled and --skip-vitb32 leave nothing to serve")
         bundled = args.bundled_build or tmp / "bundled"
-        if not (bundled / "build.json").is_file():
+        if not args.skip_bundled and not (bundled / "build.json").is_file():
             print("building the bundled model (MULTIFLOW 0.5) ...", flush=True)
             subprocess.run([sys.executable, "-m", "mfdeploy.cli", "build", "--ratio", "0.5", "--out", str(bundled)],
                            check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)})
         plans = [(run_label(f"bundled {what}", backend), bundled, bodies, tower, args.requests, backend)
-                 for backend in args.backends.split(",")
+                 for backend in ([] if args.skip_bundled else args.backends.split(","))
                  for what, bodies, tower in (("image", image_bodies(96), "vision"), ("text", text_bodies(), "text"))]
         if not args.skip_vitb32:
             vit = args.vitb32_build or (tmp / "vitb32")
