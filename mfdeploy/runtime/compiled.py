@@ -94,8 +94,8 @@ def compile_tower(tower: torch.nn.Module, examples: Callable[[int], Sequence[tor
     except Exception as e:  # dynamo and inductor raise many kinds (BackendCompilerFailed, CalledProcessError...)
         raise BackendUnavailable(f"--compile: torch.compile could not compile the {name} tower "
                                  f"({type(e).__name__}: {first_line(e)}); run without --compile") from None
-    log.info("compiled the %s tower with torch.compile (inductor, %s) in %.1f s; cache %s", name, describe(mode, config),
-             time.perf_counter() - start, cache_dir())
+    log.info("compiled the %s tower with torch.compile (inductor, %s) in %.1f s; cache %s", name,
+             describe(mode, config), time.perf_counter() - start, cache_dir())
     return cast(torch.nn.Module, compiled)  # an OptimizedModule: the module's interface, compiled forward
 
 

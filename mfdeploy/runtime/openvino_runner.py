@@ -12,12 +12,13 @@ calibrated Quantize/Dequantize pairs into integer kernels. A dynamic one
 (`MatMulInteger` fed by `DynamicQuantizeLinear`, the text tower's default for
 ONNX Runtime) has no calibrated ranges; OpenVINO runs it in float, slower
 than the fp32 graph in bf16. The runner says so in a warning naming the fix.
-Measured on ViT-B/32's text tower (2 threads, batch 1 and 8): OpenVINO 5.1 and
-17.1 ms on the static graph, ONNX Runtime 5.7 and 23.9 ms on the dynamic one,
-OpenVINO 18.2 and 70.9 ms on the dynamic one (`benchmarks/bf16_cpu.py`).
-Rewriting the dynamic matmuls into OpenVINO's int8-weight form (its dynamic
-activation quantization) ran at 8.4-10.2 ms at batch 1: slower than bf16, so
-the runner does not do it.
+Measured on ViT-B/32's text tower (2 threads, batch 1 and 8,
+`benchmarks/bf16_cpu.py`): OpenVINO 8.3 and 21.9 ms on the static graph,
+ONNX Runtime 9.0 and 36.7 ms on the dynamic one; OpenVINO took 18.4 and 78.6
+ms on the dynamic one in the script's earlier run. A trial rewrite of the
+dynamic matmuls into OpenVINO's int8-weight form (its own dynamic activation
+quantization) ran slower than the bf16 graph at batch 1, so the runner does
+not do it.
 """
 
 from __future__ import annotations
