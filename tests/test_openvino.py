@@ -269,3 +269,25 @@ def test_a_dynamic_int8_tower_is_named_with_the_fix_and_a_static_one_runs_int8(b
     ids, mask = _feeds(build)["text"][0]
     ref = OrtRunner(build / "onnx", towers=("text",)).embed_texts(ids, mask)
     assert _min_cos(ref, runner.embed_texts(ids, mask)) > 0.99  # a tiny random model: INT8 noise, not garbage
+
+
+def test_build_int8_scheme_static_gives_openvino_int8_towers(tiny_clip_dir, tmp_path, capsys):
+    """`mfdeploy build --int8 --int8-scheme static`: both INT8 towers are static QDQ graphs, which OpenVINO runs
+    in INT8, recorded as such in build.json; a bad scheme, or one without --int8, is refused before any work."""
+    out = tmp_path / "build"
+    main(["build", "--model", str(tiny_clip_dir), "--ratio", "0.5", "--calib", "shapes", "--calib-samples", "16",
+          "--int8", "--int8-scheme", "static", "--out", str(out)])
+    from mfdeploy.runtime.openvino_runner import dynamic_int8
+
+    assert not any(dynamic_int8(out / "onnx_int8" / f) for f in ("vision.onnx", "text.onnx"))
+    towers = json.loads((out / "build.json").read_text())["quantize"]["onnx_int8"]["towers"]
+    assert {t: r["scheme"] for t, r in towers.items()} == {"vision": "static", "text": "static"}
+    runner = OpenVinoRunner(out / "onnx_int8")
+    assert all(runner.tower_precision(t).startswith("int8") for t in TOWERS)
+    capsys.readouterr()  # the build's own progress lines
+    for argv, message in ((["--int8", "--int8-scheme", "fast"], "--int8-scheme fast: expected one of"),
+                          (["--int8-scheme", "static"], "--int8-scheme static needs --int8")):
+        with pytest.raises(SystemExit) as e:
+            main(["build", "--model", str(tiny_clip_dir), "--calib", "shapes", *argv, "--out", str(tmp_path / "x")])
+        assert e.value.code == 2 and message in _one_line(capsys)
+        assert not (tmp_path / "x").exists()

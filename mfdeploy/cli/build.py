@@ -36,6 +36,10 @@ def build(
     int8: Annotated[bool, typer.Option(
         "--int8", help="Also quantize: onnx_int8/ (ONNX Runtime) and onnx_qdq/ (TensorRT), parity-gated; INT8 "
                        "engines from onnx_qdq/.")] = False,
+    int8_scheme: Annotated[str, typer.Option(
+        "--int8-scheme", help="onnx_int8/'s scheme: auto (per tower, the faster on ONNX Runtime: static vision, "
+                              "dynamic text) | static (both calibrated QDQ: what OpenVINO runs in INT8) | dynamic."
+    )] = "auto",
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("build"),
     force: ForceOpt = False,
     *,
@@ -48,7 +52,7 @@ def build(
 
     cfg = pipeline.BuildConfig(prune=PruneConfig(ratio=ratio, **prune_opts), out=out, fp16=fp16, sparse=sparse,
                                opset=opset, max_batch=max_batch, max_text_len=max_text_len, eval_data=eval_data,
-                               force=force, int8=int8)
+                               force=force, int8=int8, int8_scheme=int8_scheme)
 
     def on_stage(name: str, step: int, total: int) -> None:
         err.print(labelled(f"[{step}/{total}]", "bold cyan", name), highlight=False)

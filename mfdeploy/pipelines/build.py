@@ -100,7 +100,7 @@ def quantize(state: BuildState) -> dict:
 
     adapter = state.model("pruned")
     summary = quantize_build(adapter, state.tmp, state.cfg.prune.calib, state.cfg.prune.calib_samples,
-                             warn=lambda msg: log.warning("warning: %s", msg))
+                             warn=lambda msg: log.warning("warning: %s", msg), scheme=state.cfg.int8_scheme)
     for folder in (ONNX_INT8_DIR, ONNX_QDQ_DIR):
         gate = parity_gate(adapter, state.tmp / folder, label=f"int8 towers ({folder}/)", min_cosine=INT8_MIN_COSINE)
         summary[folder]["vs_torch"] = {t: {k: gate[t][k] for k in ("min_cosine", "max_abs_err", "passed")}
@@ -204,6 +204,7 @@ def run_build(cfg: BuildConfig, on_stage: Callable[[str, int, int], None] | None
     raises discards the whole build, as any failed stage does.
     """
     from mfdeploy.exporting.spec import check_opset
+    from mfdeploy.quantize.run import check_scheme
 
     validate(cfg.prune)
     require("build", int8=cfg.int8)  # ModelOpt for onnx_qdq/: missing, it fails now, not at the quantize stage
@@ -211,6 +212,9 @@ def run_build(cfg: BuildConfig, on_stage: Callable[[str, int, int], None] | None
         raise UserError(f"--int8 needs --calib for {cfg.prune.model}: INT8 calibration uses image-caption pairs "
                         "(the shapes world only fits the bundled model)")
     check_opset(cfg.opset)
+    check_scheme(cfg.int8_scheme, option="--int8-scheme")
+    if cfg.int8_scheme != "auto" and not cfg.int8:
+        raise UserError(f"--int8-scheme {cfg.int8_scheme} needs --int8: without it the build quantizes nothing")
     if cfg.sparse not in ("auto", "on", "off"):
         raise UserError(f"--sparse {cfg.sparse}: expected auto, on or off")
     out = Path(cfg.out)

@@ -11,8 +11,11 @@ from mfdeploy.quantize.run import QuantizeConfig, quantize_towers
 
 
 def quantize_build(adapter, build_dir: Path, calib: str | None, calib_samples: int = 128,
-                   warn=None) -> dict[str, Any]:
+                   warn=None, scheme: str = "auto") -> dict[str, Any]:
     """Quantize a build's `onnx/` for both targets into `onnx_int8/` and `onnx_qdq/`, each parity-gated.
+
+    `scheme`: `onnx_int8/`'s ONNX Runtime scheme (`--int8-scheme`: auto, static, dynamic); `onnx_qdq/` is
+    always TensorRT's static QDQ.
 
     Returns:
         `{"onnx_int8": summary, "onnx_qdq": summary}`: target, scheme, per-tower min cosine and sizes,
@@ -26,7 +29,8 @@ def quantize_build(adapter, build_dir: Path, calib: str | None, calib_samples: i
     for target, name in QUANTIZED_DIRS.items():
         out = Path(build_dir) / name
         out.mkdir()
-        cfg = QuantizeConfig(target=target, calib=calib, calib_samples=calib_samples)
+        cfg = QuantizeConfig(target=target, calib=calib, calib_samples=calib_samples,
+                             scheme=scheme if target == "ort" else "auto")  # TensorRT's QDQ has no scheme
         record = quantize_towers(adapter, Path(build_dir) / ONNX_DIR, out, cfg, warn=warn, gate_inputs=feeds)
         summary[name] = {
             "target": target, "mode": record["mode"], "scheme": record["scheme"],

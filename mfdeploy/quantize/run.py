@@ -54,16 +54,26 @@ def validate(cfg: QuantizeConfig) -> CalibSource:
     if cfg.mode == "fp8" and cfg.target == "ort":
         raise UserError("--mode fp8 needs --target trt: ONNX Runtime's CPU provider has no fp8 kernels")
     if cfg.target == "ort":
-        from mfdeploy.quantize.ort import SCHEMES
-
-        if cfg.scheme not in (*SCHEMES, "auto"):
-            raise UserError(f"--scheme {cfg.scheme}: expected one of {', '.join(SCHEMES)} or auto")
+        check_scheme(cfg.scheme)
     if cfg.calib_samples <= 0 or cfg.batch_size <= 0:
         raise UserError(f"calibration sample count ({cfg.calib_samples}) and batch size ({cfg.batch_size}) "
                         "must be positive")
     if not 0.0 < cfg.min_cosine <= 1.0:
         raise UserError(f"parity threshold {cfg.min_cosine}: must be in (0, 1]")
     return parse_calib(cfg.calib) or CalibSource("shapes")
+
+
+def check_scheme(scheme: str, option: str = "--scheme") -> str:
+    """`scheme` if ONNX Runtime's quantizer takes it (static, dynamic) or it is auto.
+
+    Raises:
+        UserError: another value, in one line naming `option` and the choices.
+    """
+    from mfdeploy.quantize.ort import SCHEMES
+
+    if scheme not in (*SCHEMES, "auto"):
+        raise UserError(f"{option} {scheme}: expected one of {', '.join(SCHEMES)} or auto")
+    return scheme
 
 
 def tower_scheme(cfg: QuantizeConfig, tower: str) -> str:

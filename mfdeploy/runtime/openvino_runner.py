@@ -154,8 +154,9 @@ class OpenVinoRunner(GraphRunner):
             self.execution[tower] = execution_precisions(compiled)
             if "int8" not in self.execution[tower] and dynamic_int8(path):
                 log.warning("%s: a dynamic INT8 graph (MatMulInteger), which OpenVINO runs in float (%s), slower "
-                            "than the fp32 graph; for INT8 on OpenVINO, quantize this tower statically: mfdeploy "
-                            "quantize BUILD --scheme static --out DIR", path, self.tower_precision(tower))
+                            "than the fp32 graph; for INT8 on OpenVINO, quantize it statically: mfdeploy build "
+                            "--int8 --int8-scheme static, or mfdeploy quantize BUILD --scheme static --out DIR",
+                            path, self.tower_precision(tower))
 
     def tower_precision(self, tower: str) -> str:
         """What the tower's compute layers ran in, most used first, e.g. "bf16", "int8+bf16" (an INT8 graph)."""
