@@ -154,8 +154,8 @@ class OpenVinoRunner(GraphRunner):
             self.execution[tower] = execution_precisions(compiled)
             if "int8" not in self.execution[tower] and dynamic_int8(path):
                 log.warning("%s: a dynamic INT8 graph (MatMulInteger), which OpenVINO runs in float (%s), slower "
-                            "than the fp32 graph; for INT8 on OpenVINO, quantize it statically: mfdeploy build "
-                            "--int8 --int8-scheme static, or mfdeploy quantize BUILD --scheme static --out DIR",
+                            "than the fp32 graph; for INT8 on OpenVINO, quantize it statically: build with "
+                            "mfdeploy build --int8 --int8-scheme static (mfdeploy quantize: --scheme static)",
                             path, self.tower_precision(tower))
 
     def tower_precision(self, tower: str) -> str:
