@@ -10,10 +10,10 @@ its length axis marked dynamic too; a fixed-length one (SigLIP) does not.
 On the CPU, inductor's default mode with freezing on: the weights become
 constants of the graph, which inductor folds and prepacks for oneDNN's
 GEMMs (bf16 ones included) once, at compile time. That is the setting
-PyTorch documents for CPU inference; measured on ViT-B/32 in bf16 (2
-threads), it made the compiled towers 1.3-1.9x faster than compiling
-without it, which gained 0-20% over eager (`benchmarks/bf16_cpu.py`). The
-packed copies sit beside the module's own weights, so a compiled CPU tower
+PyTorch documents for CPU inference; on ViT-B/32 in bf16 (2 threads), the
+compiled towers ran 1.06-1.68x faster than eager bf16 across both towers at
+batch 1 and 8 (`benchmarks/bf16_cpu.py`'s "torch bf16" and "torch bf16
+compiled" rows). The packed copies sit beside the module's own weights, so a compiled CPU tower
 holds its weights twice; the autotuning modes are left out (they spend
 minutes per shape on a few cores). On CUDA, "max-autotune-no-cudagraphs",
 since the runner captures its own CUDA graphs. Inductor keeps what it

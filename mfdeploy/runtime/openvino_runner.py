@@ -142,7 +142,8 @@ class OpenVinoRunner(GraphRunner):
             if not path.is_file():
                 raise UserError(f"{path}: missing (export the towers with `mfdeploy export`)")
             try:
-                compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+                model = core.read_model(str(path))
+                compiled = core.compile_model(model, "CPU", config)
             except RuntimeError as e:  # OpenVINO raises RuntimeError with a multi-line trace of its sources
                 raise UserError(f"{path}: OpenVINO cannot load it ({first_line(e)})") from None
             got = _type_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
@@ -152,7 +153,8 @@ class OpenVinoRunner(GraphRunner):
             self.compiled[tower] = compiled
             self.requests[tower] = compiled.create_infer_request()
             self.execution[tower] = execution_precisions(compiled)
-            if "int8" not in self.execution[tower] and dynamic_int8(path):
+            # the ONNX file is parsed again only for an INT8 graph that did not run in INT8: not for float ones
+            if "int8" not in self.execution[tower] and _int8_constants(model) and dynamic_int8(path):
                 log.warning("%s: a dynamic INT8 graph (MatMulInteger), which OpenVINO runs in float (%s), slower "
                             "than the fp32 graph; for INT8 on OpenVINO, quantize it statically: build with "
                             "mfdeploy build --int8 --int8-scheme static (mfdeploy quantize: --scheme static)",
@@ -184,8 +186,15 @@ def _type_name(element_type: Any) -> str:
     return _TYPES.get(name, name)
 
 
+def _int8_constants(model: Any) -> bool:
+    """Whether an OpenVINO model (as read, before compiling) holds 8-bit integer constants: quantized weights."""
+    return any(op.get_type_name() == "Constant" and op.get_element_type().get_type_name() in ("i8", "u8")
+               for op in model.get_ops())
+
+
 def dynamic_int8(path: Path) -> bool:
-    """Whether the ONNX file at `path` is a dynamic INT8 graph (module doc); its weights are not read."""
+    """Whether the ONNX file at `path` is a dynamic INT8 graph (module doc); parses the whole file (weights
+    embedded in it included, not external ones)."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
