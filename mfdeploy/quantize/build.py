@@ -32,15 +32,20 @@ def quantize_build(adapter, build_dir: Path, calib: str | None, calib_samples: i
         cfg = QuantizeConfig(target=target, calib=calib, calib_samples=calib_samples,
                              scheme=scheme if target == "ort" else "auto")  # TensorRT's QDQ has no scheme
         record = quantize_towers(adapter, Path(build_dir) / ONNX_DIR, out, cfg, warn=warn, gate_inputs=feeds)
-        summary[name] = {
-            "target": target, "mode": record["mode"], "scheme": record["scheme"],
-            "calibration": record["calibration"],
-            "towers": {t: {"scheme": r.get("scheme"), "min_cosine": record["parity"][t]["min_cosine"],
-                           "bytes": r["bytes"], "size_ratio": r["size_ratio"], "float_nodes": r["float_nodes"],
-                           "quantized_nodes": len(r["quantized_nodes"])} for t, r in record["towers"].items()},
-            "passed": record["parity"]["passed"], "min_cosine_required": record["parity"]["min_cosine_required"],
-        }
+        summary[name] = summarize(record)
     return summary
+
+
+def summarize(record: dict[str, Any]) -> dict[str, Any]:
+    """build.json's entry for one quantized folder, from its `quantize.json` record."""
+    return {
+        "target": record["target"], "mode": record["mode"], "scheme": record["scheme"],
+        "calibration": record["calibration"],
+        "towers": {t: {"scheme": r.get("scheme"), "min_cosine": record["parity"][t]["min_cosine"],
+                       "bytes": r["bytes"], "size_ratio": r["size_ratio"], "float_nodes": r["float_nodes"],
+                       "quantized_nodes": len(r["quantized_nodes"])} for t, r in record["towers"].items()},
+        "passed": record["parity"]["passed"], "min_cosine_required": record["parity"]["min_cosine_required"],
+    }
 
 
 def evaluate_int8(adapter, onnx_dir: Path, data: str) -> dict:

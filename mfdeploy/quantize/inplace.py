@@ -1,0 +1,172 @@
+"""`mfdeploy quantize BUILD --in-place`: a build's `onnx_int8/` made again (another scheme, other calibration pairs,
+or for the first time), without pruning and exporting again.
+
+The new towers go through the gates `mfdeploy build --int8` puts them
+through (against the fp32 ONNX towers, then against the PyTorch model of
+`pruned/`); the build's INT8 evaluation rows are measured again on the data
+build.json names. The new build is assembled beside the old one: every other
+file is hard-linked (copied where the filesystem cannot link), `onnx_int8/` is
+written fresh, then report.md and build.json (whose sha256 map now covers the
+new towers, so `mfdeploy triton` accepts them). It replaces the old build in
+one rename (`atomic_dir`): a failure, Ctrl-C or kill leaves the old build as
+it was. `onnx_qdq/` (TensorRT's QDQ towers) is left alone: the build's engines
+were made from it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from mfdeploy.artifacts.io import atomic_dir, file_records, foreign_files, write_json
+from mfdeploy.artifacts.layout import (
+    BUILD_MANIFEST,
+    FILE_LIST,
+    ONNX_DIR,
+    ONNX_INT8_DIR,
+    PRUNED_DIR,
+    REPORT_FILE,
+    TEMP_OWNER,
+    is_build,
+)
+from mfdeploy.errors import UserError
+from mfdeploy.quantize.run import QuantizeConfig, quantize_towers, validate
+
+log = logging.getLogger(__name__)
+
+REWRITTEN = {ONNX_INT8_DIR, BUILD_MANIFEST, REPORT_FILE, FILE_LIST, TEMP_OWNER}  # made anew, not carried over
+
+
+def check_in_place(build: Path, cfg: QuantizeConfig) -> dict[str, Any]:
+    """Refuse, in one line and before any work, what `--in-place` cannot do; returns the build's manifest."""
+    validate(cfg)
+    if cfg.target != "ort" or cfg.mode != "int8":
+        raise UserError("--in-place rewrites a build's onnx_int8/ (--target ort, --mode int8); onnx_qdq/ is what "
+                        "the build's TensorRT engines were made from: for other QDQ towers, build again with --int8")
+    build = Path(build)
+    if not build.is_dir() or not is_build(build):
+        raise UserError(f"{build}: not a build directory (no {BUILD_MANIFEST}); --in-place rewrites the onnx_int8/ "
+                        "of a `mfdeploy build` output; for an export directory, write the towers elsewhere with --out")
+    try:
+        manifest = json.loads((build / BUILD_MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{build / BUILD_MANIFEST}: unreadable ({e}); rebuild with `mfdeploy build`") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("parity"), dict):
+        raise UserError(f"{build / BUILD_MANIFEST}: not a build manifest mfdeploy wrote; rebuild with `mfdeploy build`")
+    foreign = foreign_files(build) or []
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise UserError(f"--in-place will not rewrite {build}: it holds files mfdeploy did not write ({shown}); "
+                        "move them out first")
+    return manifest
+
+
+def requantize_build(build: Path, cfg: QuantizeConfig, warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Quantize `build`'s `onnx/` again into its `onnx_int8/`, gated; build.json and report.md updated (module doc).
+
+    Returns:
+        The new build manifest.
+
+    Raises:
+        UserError: an option `--in-place` cannot take, a directory that is not a build (or holds files
+            mfdeploy did not write), a recorded file that changed since the build, or a tower under a gate;
+            the build is then left as it was.
+    """
+    from mfdeploy.extras import require
+    from mfdeploy.models import load
+    from mfdeploy.models.integrity import verify_artifacts
+    from mfdeploy.quantize.build import summarize
+
+    build = Path(build)
+    manifest = check_in_place(build, cfg)
+    require("quantize", target=cfg.target)
+    verify_artifacts(build, (f"{ONNX_DIR}/", f"{PRUNED_DIR}/"))  # what the new towers are made from, as built
+    adapter = load(build)
+    start = time.perf_counter()
+    with atomic_dir(build, force=True) as tmp:
+        _link_tree(build, tmp)
+        (tmp / ONNX_INT8_DIR).mkdir()
+        record = quantize_towers(adapter, build / ONNX_DIR, tmp / ONNX_INT8_DIR, cfg, warn)
+        summary = summarize(record)
+        summary["vs_torch"] = _torch_gate(adapter, tmp / ONNX_INT8_DIR)
+        quantized = dict(manifest.get("quantize") or {})
+        quantized[ONNX_INT8_DIR] = summary
+        manifest["quantize"] = quantized
+        parity = manifest["parity"]
+        parity["int8_vs_fp32"] = {k: v["towers"] for k, v in quantized.items()}
+        parity["int8_vs_torch"] = {k: v["vs_torch"] for k, v in quantized.items()}
+        _evaluate_again(manifest, adapter, tmp / ONNX_INT8_DIR, warn)
+        seconds = round(time.perf_counter() - start, 2)
+        manifest["requantized"] = [*(manifest.get("requantized") or []), {
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "folder": ONNX_INT8_DIR,
+            "scheme": cfg.scheme, "towers": {t: r.get("scheme") for t, r in summary["towers"].items()},
+            "calibration": summary["calibration"], "seconds": seconds}]
+        _write_manifest(tmp, manifest, build)
+    return manifest
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Every file of `src` but those made anew (`REWRITTEN`) into `dst`, hard-linked where the filesystem allows."""
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        if rel.parts[0] in REWRITTEN:
+            continue
+        target = dst / rel
+        if path.is_dir() and not path.is_symlink():
+            target.mkdir(exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, target, follow_symlinks=False)
+        except OSError:  # no hard links here (another filesystem type): a copy
+            shutil.copy2(path, target, follow_symlinks=False)
+
+
+def _torch_gate(adapter: Any, folder: Path) -> dict[str, Any]:
+    """The gate `build --int8` puts `onnx_int8/` through after quantizing: ONNX Runtime against PyTorch."""
+    from mfdeploy.pipelines.gate import parity_gate
+    from mfdeploy.quantize import MIN_COSINE
+
+    gate = parity_gate(adapter, folder, label=f"int8 towers ({ONNX_INT8_DIR}/)", min_cosine=MIN_COSINE)
+    return {t: {k: gate[t][k] for k in ("min_cosine", "max_abs_err", "passed")} for t in ("vision", "text")}
+
+
+def _evaluate_again(manifest: dict[str, Any], adapter: Any, folder: Path,
+                    warn: Callable[[str], None] | None) -> None:
+    """The build's INT8 evaluation rows, measured again on the new towers (none when the build evaluated none)."""
+    from mfdeploy.eval import retention
+    from mfdeploy.quantize.build import evaluate_int8
+
+    ev = manifest.get("evaluation")
+    if not ev:
+        return
+    try:
+        result = evaluate_int8(adapter, folder, ev["data"])
+    except UserError as e:  # the data the build evaluated on is gone (a JSONL file moved): say so, keep going
+        ev.pop("int8", None)
+        ev.pop("retention_int8", None)
+        if warn is not None:
+            warn(f"the INT8 rows of build.json's evaluation were dropped: {e}")
+        return
+    ev["int8"] = {"tasks": result.get("tasks", {}), "retrieval": result.get("retrieval", {})}
+    ev["retention_int8"] = retention(ev["int8"], ev["dense"])
+
+
+def _write_manifest(tmp: Path, manifest: dict[str, Any], home: Path) -> None:
+    """report.md, then build.json with the sha256 of every file (the build's stage writes them so too)."""
+    from mfdeploy.pipelines.report import write_report
+
+    manifest.pop("artifacts", None)
+    write_report(tmp, manifest, home=home)
+    manifest["artifacts"] = file_records(tmp, skip=(BUILD_MANIFEST,))
+    write_json(tmp / BUILD_MANIFEST, manifest)
+
+
+__all__ = ["check_in_place", "requantize_build"]
