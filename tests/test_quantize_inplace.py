@@ -97,6 +97,16 @@ def test_in_place_refusals_leave_the_build_as_it_was(plain_build, tmp_path, caps
         with pytest.raises(SystemExit) as e:
             main(["quantize", *argv])
         assert e.value.code == 2 and message in _one_line(capsys), argv
+    (tmp_path / "link").symlink_to(build)
+    with pytest.raises(SystemExit):
+        main(["quantize", str(tmp_path / "link"), "--in-place"])
+    assert "it is a symbolic link; pass the build directory it points to" in _one_line(capsys)
+    (tmp_path / "link").unlink()
+    monkeypatch.chdir(build / "onnx")
+    with pytest.raises(SystemExit):
+        main(["quantize", "..", "--in-place"])
+    assert "current directory or one of its parents" in _one_line(capsys)
+    monkeypatch.chdir(tmp_path)
     (build / "notes.txt").write_text("mine")
     with pytest.raises(SystemExit):
         main(["quantize", str(build), "--in-place"])

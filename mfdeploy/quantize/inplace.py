@@ -51,6 +51,13 @@ def check_in_place(build: Path, cfg: QuantizeConfig) -> dict[str, Any]:
         raise UserError("--in-place rewrites a build's onnx_int8/ (--target ort, --mode int8); onnx_qdq/ is what "
                         "the build's TensorRT engines were made from: for other QDQ towers, build again with --int8")
     build = Path(build)
+    if build.is_symlink():
+        raise UserError(f"--in-place will not replace {build}: it is a symbolic link; pass the build directory it "
+                        f"points to ({build.resolve()})")
+    real, cwd = build.resolve(), Path.cwd().resolve()
+    if real == cwd or real in cwd.parents:
+        raise UserError(f"--in-place will not replace {build}: it is the current directory or one of its parents "
+                        "(the build is replaced by a rename); run it from outside the build")
     if not build.is_dir() or not is_build(build):
         raise UserError(f"{build}: not a build directory (no {BUILD_MANIFEST}); --in-place rewrites the onnx_int8/ "
                         "of a `mfdeploy build` output; for an export directory, write the towers elsewhere with --out")

@@ -156,8 +156,8 @@ class OpenVinoRunner(GraphRunner):
             # the ONNX file is parsed again only for an INT8 graph that did not run in INT8: not for float ones
             if "int8" not in self.execution[tower] and _int8_constants(model) and dynamic_int8(path):
                 log.warning("%s: a dynamic INT8 graph (MatMulInteger), which OpenVINO runs in float (%s), slower "
-                            "than the fp32 graph; for INT8 on OpenVINO, quantize it statically: mfdeploy quantize BUILD "
-                            "--in-place --scheme static (a new build: mfdeploy build --int8 --int8-scheme static)",
+                            "than the fp32 graph; for INT8 on OpenVINO, quantize it statically: mfdeploy quantize "
+                            "BUILD --in-place --scheme static (new builds: mfdeploy build --int8 --int8-scheme static)",
                             path, self.tower_precision(tower))
 
     def tower_precision(self, tower: str) -> str:
