@@ -1,10 +1,12 @@
 """BF16 on the CPU: ONNX Runtime, OpenVINO and PyTorch on ViT-B/32 in fp32, bf16 and INT8 (issue 29's table).
 
     python benchmarks/bf16_cpu.py [--batches 1,8] [--text-len 16] [--rounds 5] [--block 3] [--threads 2]
-                                  [--no-spin] [--smoke] [--out DIR]
+                                  [--no-spin] [--depth-shares 0,0.5] [--smoke] [--out DIR]
 
 Builds ViT-B/32 (`CLIPConfig()` defaults, random weights) and a MoPE @ 0.5
-copy (width only, as `benchmarks/quantize_vitb32.py`), exports both and
+copy (width only, as `benchmarks/quantize_vitb32.py`; `--depth-shares 0,0.5`
+adds one whose ratio is half taken by whole layers, `--depth-share 0.5` as
+README's edge build, its rows "MoPE 0.5 depth 0.5 ..."), exports each and
 quantizes each as `mfdeploy quantize` does (`AUTO_SCHEME`: static QDQ
 vision, dynamic text; the nodes `plan_nodes` picks), and once more with
 `--scheme static` (a static QDQ text tower too: the INT8 graph OpenVINO runs
@@ -67,21 +69,29 @@ TOWER_FILES = {"vision": "vision.onnx", "text": "text.onnx"}
 BASELINE = "ORT fp32"
 
 
-def prepare(root: Path, smoke: bool, text_len: int) -> tuple[dict, dict[str, Path]]:
-    """The dense and MoPE 0.5 adapters, and their fp32, INT8 (`--scheme auto`) and static INT8 export folders."""
+def mope_label(depth_share: float) -> str:
+    """The rows' name of a MoPE 0.5 model: "MoPE 0.5" (width only), "MoPE 0.5 depth 0.5" (half of it by layers)."""
+    return "MoPE 0.5" if depth_share == 0 else f"MoPE 0.5 depth {depth_share:g}"
+
+
+def prepare(root: Path, smoke: bool, text_len: int, depth_shares: list[float]) -> tuple[dict, dict[str, Path]]:
+    """The dense adapter and a MoPE 0.5 one per depth share, and their fp32, INT8 (`--scheme auto`) and static INT8
+    export folders (keys "dense fp32", "MoPE 0.5 depth 0.5 int8 static", ...)."""
     dense = WrappedAdapter(vitb32(smoke=smoke))
-    pruned = WrappedAdapter(copy.deepcopy(dense.model))
     calib = tuple(random_batches(dense.model, 8, 8))
-    cfg = PruneConfig(ratio=0.5, method="mope", mope_neuron_group=32 if smoke else 256, calib_samples=8,
-                      batch_size=8, show_progress=False)
-    prune_model(pruned, cfg, source=CalibSource("memory", batches=calib))
+    adapters = {"dense": dense}
+    for share in depth_shares:
+        pruned = adapters[mope_label(share)] = WrappedAdapter(copy.deepcopy(dense.model))
+        cfg = PruneConfig(ratio=0.5, method="mope", mope_neuron_group=32 if smoke else 256, calib_samples=8,
+                          batch_size=8, mope_depth_share=share, show_progress=False)
+        prune_model(pruned, cfg, source=CalibSource("memory", batches=calib))
     calib_feeds = [feeds(dense.model, 8, text_len, seed) for seed in (1, 2, 3, 4)]
     folders = {}
-    for name, adapter in (("dense", dense), ("mope", pruned)):
-        fp32 = folders[f"{name} fp32"] = root / name / "fp32"
+    for index, (name, adapter) in enumerate(adapters.items()):
+        fp32 = folders[f"{name} fp32"] = root / str(index) / "fp32"
         export_towers(adapter, fp32)
         for label, schemes in (("int8", AUTO_SCHEME), ("int8 static", dict.fromkeys(TOWER_FILES, "static"))):
-            int8 = folders[f"{name} {label}"] = root / name / label.replace(" ", "_")
+            int8 = folders[f"{name} {label}"] = root / str(index) / label.replace(" ", "_")
             int8.mkdir(parents=True)
             for tower, file in TOWER_FILES.items():
                 if schemes[tower] == AUTO_SCHEME[tower] and label != "int8":  # the same graph as --scheme auto
@@ -89,7 +99,7 @@ def prepare(root: Path, smoke: bool, text_len: int) -> tuple[dict, dict[str, Pat
                     continue
                 quantize_ort(fp32 / file, int8 / file, plan_nodes(fp32 / file)["quantize"],
                              [c[tower] for c in calib_feeds], schemes[tower])
-    return {"dense": dense, "mope": pruned}, folders
+    return adapters, folders
 
 
 def feeds(model, batch: int, text_len: int, seed: int) -> dict[str, dict[str, np.ndarray]]:
@@ -117,10 +127,12 @@ def runners(tower: str, adapters: dict, folders: dict[str, Path], threads: int, 
         "ORT int8": lambda: OrtRunner(folders["dense int8"], **ort),
         "ORT int8 static": lambda: OrtRunner(folders["dense int8 static"], **ort),
         "OpenVINO int8": lambda: OpenVinoRunner(folders["dense int8 static"], precision="auto", **ov),
-        "MoPE 0.5 ORT fp32": lambda: OrtRunner(folders["mope fp32"], **ort),
-        "MoPE 0.5 ORT int8": lambda: OrtRunner(folders["mope int8"], **ort),
-        "MoPE 0.5 OpenVINO int8": lambda: OpenVinoRunner(folders["mope int8 static"], precision="auto", **ov),
     }
+    for mope in (name for name in adapters if name != "dense"):
+        makers[f"{mope} ORT fp32"] = lambda m=mope: OrtRunner(folders[f"{m} fp32"], **ort)
+        makers[f"{mope} ORT int8"] = lambda m=mope: OrtRunner(folders[f"{m} int8"], **ort)
+        makers[f"{mope} OpenVINO int8"] = lambda m=mope: OpenVinoRunner(folders[f"{m} int8 static"], precision="auto",
+                                                                        **ov)
     if AUTO_SCHEME[tower] == "static":  # ORT int8 already runs the static graph
         del makers["ORT int8 static"]
     out = {}
@@ -169,7 +181,8 @@ def measure(tower: str, batch: int, runs: dict, feed: dict, rounds: int, block: 
     base = float(np.median(times[BASELINE]))
     rows = []
     for name, r in runs.items():
-        ref = outs["MoPE 0.5 ORT fp32" if name.startswith("MoPE") else BASELINE]
+        model = name.split(" ORT ")[0].split(" OpenVINO ")[0] if name.startswith("MoPE") else None
+        ref = outs[f"{model} ORT fp32" if model else BASELINE]  # each pruned model against its own fp32 towers
         med = float(np.median(times[name]))
         rows.append({"tower": tower, "batch": batch, "runtime": name, "median_ms": 1000 * med,
                      "vs_ort_fp32": base / med, "min_cosine": min_cos(ref, outs[name]),
@@ -186,6 +199,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-spin", action="store_true", help="ONNX Runtime sessions do not spin their idle threads")
     ap.add_argument("--smoke", "--tiny", action="store_true", help="a 2-layer, width-64 model")
+    ap.add_argument("--depth-shares", default="0", help="MoPE 0.5 models to time, by --depth-share (e.g. 0,0.5: "
+                    "one width only, one with half the ratio taken by whole layers)")
     ap.add_argument("--out", type=Path, help="where bf16_cpu.json/.md go (default benchmarks/results)")
     args = ap.parse_args()
     try:
@@ -201,7 +216,7 @@ def main() -> None:
     rows: list[dict] = []
     skipped: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="bf16-cpu-") as tmp:
-        adapters, folders = prepare(Path(tmp), args.smoke, text_len)
+        adapters, folders = prepare(Path(tmp), args.smoke, text_len, [float(d) for d in args.depth_shares.split(",")])
         inputs = {b: feeds(adapters["dense"].model, b, text_len, seed=0) for b in batches}
         compiled = compiled_runner(adapters["dense"], args.threads, skipped)
         load_before = os.getloadavg()
