@@ -57,7 +57,7 @@ def quantize(
 
 
 def _in_place(build: Path, cfg) -> None:
-    from mfdeploy.quantize.inplace import requantize_build
+    from mfdeploy.pipelines.requantize import requantize_build
 
     with err.status(f"quantizing {build}/onnx_int8 again"):
         manifest = requantize_build(build, cfg, warn=warning)
