@@ -275,7 +275,7 @@ def step_runners(device: str, iters: int, dry: bool) -> list[dict]:
             rows.append({"runner": name, "error": why(e)})
             say(f"   {name}: {why(e)}")
             continue
-        notes = {k: getattr(runner, k) for k in ("graphs", "compiled", "precision") if getattr(runner, k, None)}
+        notes = {k: getattr(runner, k) for k in ("graphs", "compiled_with", "precision") if getattr(runner, k, None)}
         if getattr(runner, "sparse_choice", None):
             from mfdeploy.runtime.sparse_choice import summary
 

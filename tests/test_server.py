@@ -188,6 +188,9 @@ BAD = [
     ("oversized body", {"input": ["x" * 600_000]}, 413, "over the limit"),
     ("wrong dimensions", {"input": "x", "dimensions": 7}, 400, "dimensions 7"),
     ("bad encoding", {"input": "x", "encoding_format": "int8"}, 400, "encoding_format 'int8'"),
+    ("false-like encoding", {"input": "x", "encoding_format": 0}, 400, "encoding_format 0"),
+    ("nested too deeply", b'{"input": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", 400, "nested too deeply"),
+    ("lone surrogate", b'{"input": "abc \\ud800 def"}', 400, "lone UTF-16 surrogate"),
 ]
 
 
@@ -208,10 +211,14 @@ def test_bad_embedding_requests_get_a_json_4xx(server, what, body, status, messa
     ({"image": "x", "labels": ["a"], "template": "no slot"}, "'template' must be a string with one '{}'"),
     ({"image": "x", "labels": ["a"], "template": "a {} and a {}"}, "'template' must be a string with one '{}'"),
     ({"image": "x", "labels": ["a"], "template": 3}, "'template' must be a string with one '{}'"),
+    ({"image": "x", "labels": ["a"], "template": ""}, "'template' must be a string with one '{}'"),
+    (b'{"image": "x", "labels": ["\\ud800"]}', "lone UTF-16 surrogate"),
+    (b'{"image": "x", "labels": ["a"], "template": "\\ud800 {}"}', "lone UTF-16 surrogate"),
     ({"image": "!!", "labels": ["a"]}, "image: not valid base64"),
 ])
 def test_bad_classify_requests(server, body, message):
-    resp = server.post("/v1/classify", body)
+    resp = server.client.post("/v1/classify", content=body, headers={"content-type": "application/json"}) \
+        if isinstance(body, bytes) else server.post("/v1/classify", body)
     assert resp.status_code == 400 and message in resp.json()["error"]["message"], resp.text
 
 

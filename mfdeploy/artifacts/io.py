@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from mfdeploy.artifacts.guards import check_sources, later_dirs, protected
 from mfdeploy.artifacts.layout import ADDED_LATER, FILE_LIST, MANIFESTS, TEMP_OWNER
 from mfdeploy.artifacts.tempdirs import make_temp_dir, sweep
 from mfdeploy.artifacts.writable import as_write_error, check_writable, make_parents, remove_empty
@@ -22,19 +23,6 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def _protected(path: Path) -> str | None:
-    """Why `path` may never be replaced, or None: the current directory, its ancestors, home, the root."""
-    real = path.resolve()
-    cwd = Path.cwd().resolve()
-    if real == cwd or real in cwd.parents:
-        return "it is the current directory or one of its parents"
-    if real == Path.home().resolve():
-        return "it is your home directory"
-    if real == Path(real.anchor):
-        return "it is the filesystem root"
-    return None
 
 
 def _read_list(listing: Path, prefix: str = "") -> set[str]:
@@ -82,6 +70,7 @@ def foreign_files(out: Path) -> list[str] | None:
     if known is None:
         return None
     known_dirs = {"."} | {str(Path(k).parent.as_posix()) for k in known}
+    known_dirs |= later_dirs(out)
     foreign = []
     for path in sorted(out.rglob("*")):
         rel = path.relative_to(out).as_posix()
@@ -98,7 +87,7 @@ def foreign_files(out: Path) -> list[str] | None:
     return foreign
 
 
-def check_out_dir(out: Path, force: bool) -> None:
+def check_out_dir(out: Path, force: bool, sources: Iterable[object] = ()) -> None:
     """Refuse an output path that exists, unless `force` and it is safe to replace.
 
     `--force` replaces only an empty directory or one mfdeploy wrote (it holds one of
@@ -107,10 +96,15 @@ def check_out_dir(out: Path, force: bool) -> None:
     beside `out` are removed first (`tempdirs.sweep`), and a folder `out` cannot be written into fails here,
     before any work.
 
+    `sources`: what the command reads (paths; anything else, such as a hub id or a loaded model, is skipped):
+    `out` may not be one of them, hold one, or (when it exists) sit inside one: replacing it would destroy
+    the input before, or while, it is read.
+
     Raises:
         UserError: one line saying why `out` cannot be used; nothing else is touched.
     """
     out = Path(out)
+    check_sources(out, sources)
     if not out.parent.exists():
         raise UserError(f"{out.parent}: parent directory does not exist")
     sweep(out.parent)  # first: a killed run's `.old-` folder may hold the previous `out`, put back here
@@ -120,7 +114,7 @@ def check_out_dir(out: Path, force: bool) -> None:
     if not force:
         raise UserError(f"{out} already exists: pass --force to replace it (only a directory mfdeploy wrote "
                         "is replaced)")
-    why = _protected(out)
+    why = protected(out)
     if why is None and out.is_symlink():
         why = "it is a symbolic link"
     if why is None and not out.is_dir():

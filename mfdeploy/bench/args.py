@@ -20,7 +20,11 @@ def parse_list(text: str, what: str, known: Sequence[str] | None = None) -> list
     if known is not None:
         unknown = [t for t in items if t not in known]
         if unknown:
-            raise UserError(f"--{what}: unknown {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
+            int8 = [t for t in unknown if t.endswith("-int8") and t.replace("-int8", "") in {k.replace("-cpu", "")
+                                                                                             for k in known}]
+            hint = (f" ({', '.join(int8)}: time the build's INT8 towers with --int8 beside the float backend)"
+                    if what == "backends" and int8 else "")
+            raise UserError(f"--{what}: unknown {', '.join(map(repr, unknown))}; known: {', '.join(known)}{hint}")
     return list(dict.fromkeys(items))
 
 

@@ -78,7 +78,7 @@ def precision_fields(runner: Runner, tower: str) -> dict[str, Any]:
     """What a timed row says of its precision: what ran, and the gate's cosine where one was passed."""
     gate = getattr(runner, "gate", None) or {}
     fields = {"precision": runner.tower_precision(tower), "gate_min_cosine": (gate.get(tower) or {}).get("min_cosine")}
-    compiled = getattr(runner, "compiled", None)
+    compiled = getattr(runner, "compiled_with", None)
     if compiled:  # torch.compile: which mode, and where its cache is
         fields["compiled"] = compiled
     choice = getattr(runner, "sparse_choice", None)

@@ -218,7 +218,7 @@ def run_build(cfg: BuildConfig, on_stage: Callable[[str, int, int], None] | None
     if cfg.sparse not in ("auto", "on", "off"):
         raise UserError(f"--sparse {cfg.sparse}: expected auto, on or off")
     out = Path(cfg.out)
-    check_out_dir(out, cfg.force)
+    check_out_dir(out, cfg.force, sources=(cfg.prune.model,))
     plan = planned_stages(cfg, extra)
     timings: dict[str, float] = {}
     with atomic_dir(out, cfg.force) as tmp:

@@ -64,7 +64,7 @@ def export_model(source: str | Path | Adapter | None, out: Path, opset: int = MI
     check_opset(opset)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} exists and is not a directory")
-    check_out_dir(out, force)
+    check_out_dir(out, force, sources=(source,))
     step("loading model")
     adapter = source if isinstance(source, Adapter) else load(source)
     timings: dict[str, float] = {}

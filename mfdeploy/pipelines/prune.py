@@ -31,7 +31,7 @@ def run_prune(cfg: PruneConfig, out: Path, force: bool = False, reporter: Report
     """`mfdeploy prune`: write masks.safetensors, pruned/, prune.json and sparsity.png into `out`."""
     validate(cfg)
     out = Path(out)
-    check_out_dir(out, force)
+    check_out_dir(out, force, sources=(cfg.model,))
     t0 = time.perf_counter()
     adapter = load_placed(cfg)
     load_s = time.perf_counter() - t0

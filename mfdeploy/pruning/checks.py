@@ -62,6 +62,12 @@ def validate(cfg: PruneConfig) -> tuple[int, int] | None:
     if resolve_dtype(cfg.dtype) != torch.float32 and cfg.distill_steps:
         raise UserError(f"--distill-steps trains in float32: drop --dtype {cfg.dtype} (or --distill-steps)")
     resolve_device(cfg.device)  # CUDA asked for where there is none: one line, before any work
+    if not (math.isfinite(cfg.mope_depth_share) and 0.0 <= cfg.mope_depth_share <= 1.0):
+        raise UserError(f"--depth-share {cfg.mope_depth_share}: must be between 0 (width only) and 1 (layers only)")
+    if cfg.calib not in (None, "shapes"):
+        from mfdeploy.data.batching import parse_calib
+
+        parse_calib(str(cfg.calib))  # a missing or unreadable JSONL file: named now, not after the model loads
     if cfg.method == "mope" and (cfg.include or cfg.exclude):  # it cuts heads, neurons, layers in every block
         raise UserError("--include/--exclude do not apply to --method mope, which prunes every layer of both "
                         "towers: drop them, or use an unstructured method")

@@ -165,6 +165,10 @@ def quantize_towers(adapter, fp32_dir: Path, out_dir: Path, cfg: QuantizeConfig,
     towers: dict[str, Any] = {}
     for tower, path in files.items():
         plan = plan_nodes(path, cfg.keep_float)
+        if not plan["quantize"]:  # the quantizers read an empty node list as "every node"
+            raise UserError(f"--keep-float {' '.join(cfg.keep_float)} keeps every quantizable node of the {tower} "
+                            "tower in float: nothing is left to quantize; narrow the globs" if cfg.keep_float
+                            else f"{path}: no weight node to quantize")
         dst = Path(out_dir) / path.name
         start = time.perf_counter()
         if cfg.target == "ort":
@@ -210,7 +214,7 @@ def run_quantize(src: Path, out: Path, cfg: QuantizeConfig, force: bool = False,
     require("quantize", target=cfg.target)  # a missing ModelOpt too, not after calibration
     fp32_dir, model = resolve_source(src)
     out = Path(out)
-    check_out_dir(out, force)
+    check_out_dir(out, force, sources=(src,))
     adapter = load(model)
     with atomic_dir(out, force) as tmp:
         record = quantize_towers(adapter, fp32_dir, tmp, cfg, warn)

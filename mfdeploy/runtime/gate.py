@@ -13,6 +13,7 @@ are stated here, beside the ones they mirror.
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from mfdeploy.artifacts.layout import PARITY_INPUTS
+from mfdeploy.errors import UserError, first_line
 from mfdeploy.runtime.base import BackendUnavailable, Runner
 
 # smallest per-row cosine against the fp32 towers, by the precision the runner computes in
@@ -59,8 +61,12 @@ def parity_feeds(folder: Path | None, adapter: Callable[[], Any] | None = None,
     """
     path = Path(folder) / PARITY_INPUTS if folder is not None else None
     if path is not None and path.is_file():
-        with np.load(path) as z:
-            pv, ids, mask = (np.asarray(z[k])[:n] for k in ("pixel_values", "input_ids", "attention_mask"))
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                pv, ids, mask = (np.asarray(z[k])[:n] for k in ("pixel_values", "input_ids", "attention_mask"))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            raise UserError(f"{path}: unreadable parity inputs ({type(e).__name__}: {first_line(e)}); was it "
+                            "edited? Rerun the command that wrote this folder (mfdeploy build or export)") from None
         source = f"{path.parent.name}/{PARITY_INPUTS}"
     elif adapter is not None:
         pv, ids, mask = _real_inputs(adapter(), n)

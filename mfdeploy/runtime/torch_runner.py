@@ -90,7 +90,7 @@ class TorchRunner(Runner):
         self._device, self._dtype = param.device, param.dtype  # inputs follow the weights
         self.device = str(self._device)
         self.precision = _PRECISIONS.get(self._dtype, str(self._dtype))
-        self.compiled: str | None = None  # "inductor, SETTINGS, cache DIR" once the towers are compiled
+        self.compiled_with: str | None = None  # "inductor, SETTINGS, cache DIR" once the towers are compiled
         if compile:
             self._compile(adapter)
 
@@ -108,7 +108,7 @@ class TorchRunner(Runner):
         self.text = compile_tower(self.text, lambda b: (torch.ones(b, length, dtype=torch.int64, device=dev),
                                                         torch.ones(b, length, dtype=torch.int64, device=dev)),
                                   text_axes, mode, config, "text")
-        self.compiled = f"inductor, {describe(mode, config)}, cache {cache_dir()}"
+        self.compiled_with = f"inductor, {describe(mode, config)}, cache {cache_dir()}"
 
     @torch.inference_mode()
     def embed_images(self, pixel_values: np.ndarray) -> np.ndarray:

@@ -69,8 +69,15 @@ async def _json_body(request: Request, limit: int) -> dict:
         body = json.loads(b"".join(chunks))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ApiError(400, f"request body is not JSON ({e.msg if hasattr(e, 'msg') else e})") from None
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply to be a request") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
+    try:  # JSON may escape half a UTF-16 pair ("\ud800"): no text, and no tokenizer takes it
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, "request body holds a lone UTF-16 surrogate escape (e.g. \\ud800): not Unicode "
+                       "text") from None
     return body
 
 
@@ -191,7 +198,8 @@ def make_app(state: ServerState) -> Starlette:
         modality = body.get("modality", "text")
         if modality not in MODALITIES:
             raise ApiError(400, f"unknown modality {modality!r}: expected 'text' or 'image'", "modality")
-        encoding = body.get("encoding_format") or "float"
+        encoding = body.get("encoding_format", "float")
+        encoding = "float" if encoding is None else encoding
         if encoding not in ENCODINGS:
             raise ApiError(400, f"encoding_format {encoding!r}: expected 'float' or 'base64'", "encoding_format")
         dims = body.get("dimensions")
@@ -218,7 +226,8 @@ def make_app(state: ServerState) -> Starlette:
     async def classify(request: Request) -> Response:
         body = await _json_body(request, cfg.max_body_bytes)
         labels = _strings(_require(body, "labels"), "labels", cfg.max_items, one_allowed=False)
-        template = body.get("template") or "{}"
+        template = body.get("template")
+        template = "{}" if template is None else template
         if template_problem(template):
             raise ApiError(400, "'template' must be a string with one '{}' where the label goes, "
                            "e.g. 'a photo of a {}.'", "template")

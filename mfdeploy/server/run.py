@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -50,6 +51,7 @@ def serve(cfg: ServeConfig, on_listen: Callable[[str, int], None] | None = None)
     if cfg.api_key is None and not _loopback(cfg.host):
         log.warning("listening on %s without an API key: anyone who can reach this port can use the model "
                     "(set --api-key or %s)", cfg.host, API_KEY_ENV)
+    sock = _listen(cfg.host, cfg.port)  # a port in use fails here, in one line, before the towers load
     failure: list[str] = []
     server: uvicorn.Server | None = None
 
@@ -67,8 +69,9 @@ def serve(cfg: ServeConfig, on_listen: Callable[[str, int], None] | None = None)
     # uvicorn re-raises the signal that stopped it once it is done; a SIGTERM here means "stop", handled: exit 0
     previous = signal.signal(signal.SIGTERM, signal.SIG_IGN) if main_thread else None
     try:
-        server.run()
+        server.run(sockets=[sock])
     finally:
+        sock.close()
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
     if failure:
@@ -93,6 +96,15 @@ class _Server(uvicorn.Server):
         self.state.drain(max(0.0, grace - answer_margin(grace)))
         log.info("stopping: answering every request within %g s", grace)
         await super().shutdown(sockets)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound and listening (uvicorn would exit with its own log line and status 3)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as e:  # in use, not an address of this machine, a name that does not resolve, no permission
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
 def _loopback(host: str) -> bool:

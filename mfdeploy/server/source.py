@@ -30,6 +30,7 @@ from typing import Any
 from mfdeploy.artifacts.layout import EXPORT_MANIFEST, PRUNED_DIR, has_towers, is_build
 from mfdeploy.artifacts.manifest import ExportManifest
 from mfdeploy.errors import UserError
+from mfdeploy.models.integrity import verify_artifacts
 from mfdeploy.runtime.base import BackendUnavailable
 from mfdeploy.server.config import BACKENDS, ServeConfig
 
@@ -82,12 +83,14 @@ def _build(path: Path, cfg: ServeConfig) -> Served:
         raise UserError(f"--backend {cfg.backend} --variant dense: a build's INT8 towers (onnx_int8/) are the pruned "
                         f"model's; serve the dense model with --backend {BACKENDS[cfg.backend][0]}")
     runtime_backend, precision = BACKENDS[cfg.backend]
+    read = [f"{PRUNED_DIR}/"]  # the tokenizer and image processor (and the torch backends' weights)
     # the backends that read ONNX folders: a missing one is named before the socket opens, with its command
     if runtime_backend in ("ort-cpu", "ort-cuda", "openvino"):
         try:
-            build.onnx_dir(precision if precision == "int8" else variant)
+            read.append(build.onnx_dir(precision if precision == "int8" else variant).name + "/")
         except BackendUnavailable as e:
             raise UserError(f"cannot serve {path} with {cfg.backend}: {e}") from None
+    verify_artifacts(path, read)  # a file changed since the build is named here, not deep inside a loader
     what = "dense" if variant == "dense" else f"{build.manifest.get('method')} {build.manifest.get('ratio')}"
     return Served(path, "build", variant, path / PRUNED_DIR, f"{build.model or 'model'} ({what}, {cfg.backend})")
 

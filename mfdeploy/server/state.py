@@ -13,7 +13,7 @@ import anyio
 import numpy as np
 
 from mfdeploy.data.images import allow_pixels
-from mfdeploy.errors import MfdeployError
+from mfdeploy.errors import MfdeployError, first_line
 from mfdeploy.platform import physical_cores
 from mfdeploy.runtime.base import BackendUnavailable
 from mfdeploy.server.batcher import Batcher, ModelThread, ShuttingDown
@@ -69,8 +69,8 @@ class ServerState:
             log.info("%s against the fp32 towers: %s", self.cfg.backend, ", ".join(
                 f"{t} in {runner.tower_precision(t)}, min cosine {gate[t]['min_cosine']:.5f}"
                 for t in ("vision", "text") if t in gate))
-        if getattr(runner, "compiled", None):
-            log.info("%s towers compiled with torch.compile (%s)", self.cfg.backend, runner.compiled)
+        if getattr(runner, "compiled_with", None):
+            log.info("%s towers compiled with torch.compile (%s)", self.cfg.backend, runner.compiled_with)
         probe = runner.embed_texts(*pre.texts(["a"]))  # one real call: a backend that cannot run fails here
         self.model_name = served.label
         self.embed_dim = int(probe.shape[1])
@@ -96,8 +96,10 @@ class ServerState:
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self._executor, self.load)
-        except (MfdeployError, BackendUnavailable, OSError, ValueError) as e:
-            self.error = f"cannot serve {self.cfg.build_dir} with {self.cfg.backend}: {e}"
+        except Exception as e:  # noqa: BLE001 - any failure to load ends the server: never 'loading' for ever
+            why = str(e) if isinstance(e, (MfdeployError, BackendUnavailable, OSError)) else \
+                f"{type(e).__name__}: {first_line(e)}"  # a loader's own error (safetensors, ONNX Runtime...)
+            self.error = f"cannot serve {self.cfg.build_dir} with {self.cfg.backend}: {why}"
             log.error("%s", self.error)
             if self.on_failure is not None:
                 self.on_failure(self.error)
