@@ -55,12 +55,13 @@ def bench(
     from mfdeploy.runtime import BACKENDS, TOWERS
 
     names = parse_list(backends, "backends", list(BACKENDS)) if backends is not None else None
+    tower_names, sizes = parse_list(towers, "towers", list(TOWERS)), parse_batch_sizes(batch_sizes)  # before the bar
     written: dict[str, Any] = {}
     load_start = load_average()
     with progress_bar() as update:
         rows = run_bench(
-            build_dir, backends=names, towers=parse_list(towers, "towers", list(TOWERS)),
-            batch_sizes=parse_batch_sizes(batch_sizes), text_len=text_len, warmup=warmup, iters=iters,
+            build_dir, backends=names, towers=tower_names,
+            batch_sizes=sizes, text_len=text_len, warmup=warmup, iters=iters,
             threads=threads, dense=dense, int8=int8, min_time=min_time, json_path=json_path, on_written=written.update,
             on_progress=update, precision=precision, dtype=dtype, compile=compile,
             cuda_graphs=cuda_graphs,
