@@ -8,6 +8,7 @@ The app runs in this process (Starlette's TestClient) over a fake runner, so a m
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from pathlib import Path
@@ -183,6 +184,7 @@ def test_listening_beyond_loopback_without_a_key_is_warned_about(build, monkeypa
     from mfdeploy.server import run
 
     monkeypatch.setattr(run._Server, "run", lambda self, sockets=None: None)  # everything but the socket
+    monkeypatch.setattr(run, "_listen", lambda host, port: socket.socket())  # and the address is not bound
     lines = Lines()
     logger = logging.getLogger("mfdeploy.server")
     logger.addHandler(lines)
