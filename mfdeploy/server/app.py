@@ -12,6 +12,7 @@ import asyncio
 import base64
 import json
 import logging
+import re
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -31,6 +32,7 @@ from mfdeploy.server.middleware import AccessLog, ApiKeyAuth
 from mfdeploy.server.preprocess import BadInput, TooLarge
 from mfdeploy.server.state import ServerState
 
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # a UTF-16 surrogate written as a JSON escape
 log = logging.getLogger("mfdeploy.server")
 MODALITIES = ("text", "image")
 ENCODINGS = ("float", "base64")
@@ -65,8 +67,9 @@ async def _json_body(request: Request, limit: int) -> dict:
         if size > limit:
             raise ApiError(413, f"request body is over the limit of {limit} bytes (--max-body-mb)")
         chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
-        body = json.loads(b"".join(chunks))
+        body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ApiError(400, f"request body is not JSON ({e.msg if hasattr(e, 'msg') else e})") from None
     except RecursionError:
@@ -74,7 +77,8 @@ async def _json_body(request: Request, limit: int) -> dict:
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
     try:  # JSON may escape half a UTF-16 pair ("\ud800"): no text, and no tokenizer takes it
-        json.dumps(body, ensure_ascii=False).encode("utf-8")
+        if SURROGATE_ESCAPE.search(raw):  # only then is the body encoded again (base64 images never are)
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
         raise ApiError(400, "request body holds a lone UTF-16 surrogate escape (e.g. \\ud800): not Unicode "
                        "text") from None
