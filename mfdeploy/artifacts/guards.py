@@ -36,10 +36,15 @@ def check_sources(out: Path, sources: Iterable[object]) -> None:
             raise UserError(f"--out {out} is inside {source}, which this command reads: choose a folder outside it")
 
 
+def some(paths: list[str], shown: int = 5) -> str:
+    """The first `shown` of `paths` for a one-line message, and how many more there are."""
+    return ", ".join(paths[:shown]) + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
+
+
 def later_dirs(out: Path) -> set[str]:
     """Folders of `out` that later commands write into: a build's engine folders (`mfdeploy engine BUILD`, or the
     trtexec commands a CPU build prints)."""
     return {ENGINES_DIR, ENGINES_DENSE_DIR} if (Path(out) / BUILD_MANIFEST).is_file() else set()
 
 
-__all__ = ["check_sources", "later_dirs", "protected"]
+__all__ = ["check_sources", "later_dirs", "protected", "some"]

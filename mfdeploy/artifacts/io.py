@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mfdeploy.artifacts.guards import check_sources, later_dirs, protected
+from mfdeploy.artifacts.guards import check_sources, later_dirs, protected, some
 from mfdeploy.artifacts.layout import ADDED_LATER, FILE_LIST, MANIFESTS, TEMP_OWNER
 from mfdeploy.artifacts.tempdirs import make_temp_dir, sweep
 from mfdeploy.artifacts.writable import as_write_error, check_writable, make_parents, remove_empty
@@ -128,8 +128,7 @@ def check_out_dir(out: Path, force: bool, sources: Iterable[object] = ()) -> Non
         raise UserError(f"--force will not replace {out}: mfdeploy did not write it (it holds none of "
                         f"{', '.join(MANIFESTS)}); choose another --out or empty it yourself")
     if foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise UserError(f"--force will not replace {out}: it holds files mfdeploy did not write ({shown}); "
+        raise UserError(f"--force will not replace {out}: it holds files mfdeploy did not write ({some(foreign)}); "
                         "move them out first")
 
 

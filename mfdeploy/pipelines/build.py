@@ -32,7 +32,7 @@ from mfdeploy.artifacts.layout import (
 from mfdeploy.errors import UserError
 from mfdeploy.extras import require
 from mfdeploy.pipelines.build_state import BuildConfig, BuildState, Stage
-from mfdeploy.pipelines.gate import parity_gate
+from mfdeploy.pipelines.gate import int8_torch_gate, parity_gate
 from mfdeploy.pipelines.prune import load_placed, write_prune_outputs
 from mfdeploy.progress import Reporter
 from mfdeploy.pruning.run import record_for_json, validate
@@ -95,16 +95,13 @@ def parity_pruned(state: BuildState) -> dict:
 
 def quantize(state: BuildState) -> dict:
     """onnx_int8/ and onnx_qdq/ from onnx/ (each gated against fp32), then the same torch gate as onnx/."""
-    from mfdeploy.quantize import MIN_COSINE as INT8_MIN_COSINE
     from mfdeploy.quantize.build import quantize_build
 
     adapter = state.model("pruned")
     summary = quantize_build(adapter, state.tmp, state.cfg.prune.calib, state.cfg.prune.calib_samples,
                              warn=lambda msg: log.warning("warning: %s", msg), scheme=state.cfg.int8_scheme)
     for folder in (ONNX_INT8_DIR, ONNX_QDQ_DIR):
-        gate = parity_gate(adapter, state.tmp / folder, label=f"int8 towers ({folder}/)", min_cosine=INT8_MIN_COSINE)
-        summary[folder]["vs_torch"] = {t: {k: gate[t][k] for k in ("min_cosine", "max_abs_err", "passed")}
-                                       for t in ("vision", "text")}
+        summary[folder]["vs_torch"] = int8_torch_gate(adapter, state.tmp / folder)
     return summary
 
 

@@ -37,3 +37,12 @@ def parity_gate(adapter: Any, onnx_dir: Path, *, label: str | None = None, min_c
         if label is None:
             raise
         raise UserError(f"{label}: {e}") from None
+
+
+def int8_torch_gate(adapter: Any, onnx_dir: Path) -> dict[str, Any]:
+    """The gate a build's INT8 folder passes after quantizing: its ONNX Runtime towers against PyTorch at the
+    INT8 bar; returns build.json's `vs_torch` entry (min cosine, max abs error, passed, per tower)."""
+    from mfdeploy.quantize import MIN_COSINE as INT8_MIN_COSINE
+
+    gate = parity_gate(adapter, onnx_dir, label=f"int8 towers ({Path(onnx_dir).name}/)", min_cosine=INT8_MIN_COSINE)
+    return {t: {k: gate[t][k] for k in ("min_cosine", "max_abs_err", "passed")} for t in ("vision", "text")}

@@ -125,7 +125,7 @@ def _rounded(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds, 2)
 
 
-def _scores(result: dict) -> dict:
+def scores(result: dict) -> dict:
     return {"tasks": result.get("tasks", {}), "retrieval": result.get("retrieval", {})}
 
 
@@ -135,10 +135,10 @@ def _evaluation(records: dict[str, Any], data: str | None) -> dict | None:
     dense, pruned, int8 = (records.get(f"evaluate {v}") for v in ("dense", "pruned", "int8"))
     if dense is None or pruned is None:
         return None
-    evaluation = {"data": data, "dense": _scores(dense), "pruned": _scores(pruned),
+    evaluation = {"data": data, "dense": scores(dense), "pruned": scores(pruned),
                   "retention": retention(pruned, dense)}
     if int8 is not None:
-        evaluation.update(int8=_scores(int8), retention_int8=retention(int8, dense))
+        evaluation.update(int8=scores(int8), retention_int8=retention(int8, dense))
     return evaluation
 
 
@@ -176,8 +176,7 @@ def write_build_outputs(state: BuildState) -> dict[str, Any]:
         "parity": {"onnx_vs_torch": records["parity"], "onnx_dense_vs_torch": records.get("parity dense"),
                    "engine_vs_onnx": engine.get("parity"),
                    "engine_dense_vs_onnx": engine_dense.get("parity") if engine_dense else None,
-                   **({"int8_vs_fp32": {k: v["towers"] for k, v in quant.items()},
-                       "int8_vs_torch": {k: v["vs_torch"] for k, v in quant.items()}} if quant else {})},
+                   **int8_parity(quant)},
         "quantize": quant,
         "engine": engine,
         "engine_dense": engine_dense,
@@ -187,7 +186,23 @@ def write_build_outputs(state: BuildState) -> dict[str, Any]:
     }
     if "structure" in prune_json:
         manifest["structure"] = prune_json["structure"]
-    write_report(state.tmp, manifest, home=Path(state.cfg.out))
-    manifest["artifacts"] = file_records(state.tmp, skip=(BUILD_MANIFEST,))
-    write_json(state.tmp / BUILD_MANIFEST, manifest)
+    write_manifest(state.tmp, manifest, Path(state.cfg.out))
     return manifest
+
+
+def int8_parity(quant: dict[str, Any] | None) -> dict[str, Any]:
+    """build.json's `parity` entries of the quantized folders (`quantize`'s records): none without them."""
+    if not quant:
+        return {}
+    return {"int8_vs_fp32": {k: v["towers"] for k, v in quant.items()},
+            "int8_vs_torch": {k: v["vs_torch"] for k, v in quant.items()}}
+
+
+def write_manifest(tmp: Path, manifest: dict[str, Any], home: Path) -> None:
+    """report.md, then build.json with the sha256 of every other file: last, its presence means complete.
+
+    `home`: where the build will be (the report's trtexec commands are relative to it)."""
+    manifest.pop("artifacts", None)
+    write_report(tmp, manifest, home=home)
+    manifest["artifacts"] = file_records(tmp, skip=(BUILD_MANIFEST,))
+    write_json(tmp / BUILD_MANIFEST, manifest)

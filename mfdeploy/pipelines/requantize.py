@@ -16,7 +16,6 @@ were made from it.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import time
@@ -25,7 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mfdeploy.artifacts.io import atomic_dir, file_records, foreign_files, write_json
+from mfdeploy.artifacts.guards import protected, some
+from mfdeploy.artifacts.io import atomic_dir, foreign_files
 from mfdeploy.artifacts.layout import (
     BUILD_MANIFEST,
     FILE_LIST,
@@ -37,9 +37,9 @@ from mfdeploy.artifacts.layout import (
     is_build,
 )
 from mfdeploy.errors import UserError
+from mfdeploy.pipelines.gate import int8_torch_gate
+from mfdeploy.pipelines.report import int8_parity, scores, write_manifest
 from mfdeploy.quantize.run import QuantizeConfig, quantize_towers, validate
-
-log = logging.getLogger(__name__)
 
 REWRITTEN = {ONNX_INT8_DIR, BUILD_MANIFEST, REPORT_FILE, FILE_LIST, TEMP_OWNER}  # made anew, not carried over
 
@@ -54,10 +54,10 @@ def check_in_place(build: Path, cfg: QuantizeConfig) -> dict[str, Any]:
     if build.is_symlink():
         raise UserError(f"--in-place will not replace {build}: it is a symbolic link; pass the build directory it "
                         f"points to ({build.resolve()})")
-    real, cwd = build.resolve(), Path.cwd().resolve()
-    if real == cwd or real in cwd.parents:
-        raise UserError(f"--in-place will not replace {build}: it is the current directory or one of its parents "
-                        "(the build is replaced by a rename); run it from outside the build")
+    why = protected(build)
+    if why:
+        raise UserError(f"--in-place will not replace {build}: {why} (the build is replaced by a rename); run it "
+                        "from outside the build")
     if not build.is_dir() or not is_build(build):
         raise UserError(f"{build}: not a build directory (no {BUILD_MANIFEST}); --in-place rewrites the onnx_int8/ "
                         "of a `mfdeploy build` output; for an export directory, write the towers elsewhere with --out")
@@ -69,9 +69,8 @@ def check_in_place(build: Path, cfg: QuantizeConfig) -> dict[str, Any]:
         raise UserError(f"{build / BUILD_MANIFEST}: not a build manifest mfdeploy wrote; rebuild with `mfdeploy build`")
     foreign = foreign_files(build) or []
     if foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise UserError(f"--in-place will not rewrite {build}: it holds files mfdeploy did not write ({shown}); "
-                        "move them out first")
+        raise UserError(f"--in-place will not rewrite {build}: it holds files mfdeploy did not write "
+                        f"({some(foreign)}); move them out first")
     return manifest
 
 
@@ -102,20 +101,16 @@ def requantize_build(build: Path, cfg: QuantizeConfig, warn: Callable[[str], Non
         (tmp / ONNX_INT8_DIR).mkdir()
         record = quantize_towers(adapter, build / ONNX_DIR, tmp / ONNX_INT8_DIR, cfg, warn)
         summary = summarize(record)
-        summary["vs_torch"] = _torch_gate(adapter, tmp / ONNX_INT8_DIR)
-        quantized = dict(manifest.get("quantize") or {})
-        quantized[ONNX_INT8_DIR] = summary
-        manifest["quantize"] = quantized
-        parity = manifest["parity"]
-        parity["int8_vs_fp32"] = {k: v["towers"] for k, v in quantized.items()}
-        parity["int8_vs_torch"] = {k: v["vs_torch"] for k, v in quantized.items()}
+        summary["vs_torch"] = int8_torch_gate(adapter, tmp / ONNX_INT8_DIR)
+        manifest["quantize"] = {**(manifest.get("quantize") or {}), ONNX_INT8_DIR: summary}
+        manifest["parity"].update(int8_parity(manifest["quantize"]))
         _evaluate_again(manifest, adapter, tmp / ONNX_INT8_DIR, warn)
         seconds = round(time.perf_counter() - start, 2)
         manifest["requantized"] = [*(manifest.get("requantized") or []), {
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "folder": ONNX_INT8_DIR,
             "scheme": cfg.scheme, "towers": {t: r.get("scheme") for t, r in summary["towers"].items()},
             "calibration": summary["calibration"], "seconds": seconds}]
-        _write_manifest(tmp, manifest, build)
+        write_manifest(tmp, manifest, build)
     return manifest
 
 
@@ -136,15 +131,6 @@ def _link_tree(src: Path, dst: Path) -> None:
             shutil.copy2(path, target, follow_symlinks=False)
 
 
-def _torch_gate(adapter: Any, folder: Path) -> dict[str, Any]:
-    """The gate `build --int8` puts `onnx_int8/` through after quantizing: ONNX Runtime against PyTorch."""
-    from mfdeploy.pipelines.gate import parity_gate
-    from mfdeploy.quantize import MIN_COSINE
-
-    gate = parity_gate(adapter, folder, label=f"int8 towers ({ONNX_INT8_DIR}/)", min_cosine=MIN_COSINE)
-    return {t: {k: gate[t][k] for k in ("min_cosine", "max_abs_err", "passed")} for t in ("vision", "text")}
-
-
 def _evaluate_again(manifest: dict[str, Any], adapter: Any, folder: Path,
                     warn: Callable[[str], None] | None) -> None:
     """The build's INT8 evaluation rows, measured again on the new towers (none when the build evaluated none)."""
@@ -162,18 +148,8 @@ def _evaluate_again(manifest: dict[str, Any], adapter: Any, folder: Path,
         if warn is not None:
             warn(f"the INT8 rows of build.json's evaluation were dropped: {e}")
         return
-    ev["int8"] = {"tasks": result.get("tasks", {}), "retrieval": result.get("retrieval", {})}
+    ev["int8"] = scores(result)
     ev["retention_int8"] = retention(ev["int8"], ev["dense"])
-
-
-def _write_manifest(tmp: Path, manifest: dict[str, Any], home: Path) -> None:
-    """report.md, then build.json with the sha256 of every file (the build's stage writes them so too)."""
-    from mfdeploy.pipelines.report import write_report
-
-    manifest.pop("artifacts", None)
-    write_report(tmp, manifest, home=home)
-    manifest["artifacts"] = file_records(tmp, skip=(BUILD_MANIFEST,))
-    write_json(tmp / BUILD_MANIFEST, manifest)
 
 
 __all__ = ["check_in_place", "requantize_build"]
