@@ -68,6 +68,42 @@ def tiny_siglip2_dir(tmp_path_factory) -> Path:
     return save_tiny_siglip(tmp_path_factory.mktemp("tiny_siglip2"), variant="siglip2", seed=1)
 
 
+@pytest.fixture(scope="session")
+def tiny_build(tiny_clip_dir, tmp_path_factory) -> Path:
+    """A real tiny build (magnitude 0.5, no --int8, 8 calibration pairs), shared: tests that change one copy it."""
+    from mfdeploy.cli import main
+
+    out = tmp_path_factory.mktemp("tiny_build") / "build"
+    main(["build", "--model", str(tiny_clip_dir), "--method", "magnitude", "--ratio", "0.5", "--calib", "shapes",
+          "--calib-samples", "8", "--out", str(out)])
+    return out
+
+
+@pytest.fixture()
+def nonsense_int8(monkeypatch):
+    """ONNX Runtime's quantizer made to write towers that compute nonsense (every INT8 weight 127): what the
+    parity gates must refuse."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from mfdeploy.quantize import ort as qort
+
+    real = qort.quantize_ort
+
+    def broken(src, dst, *args, **kwargs):
+        record = real(src, dst, *args, **kwargs)
+        model = onnx.load(str(dst))
+        for t in model.graph.initializer:
+            if t.data_type == onnx.TensorProto.INT8:
+                arr = numpy_helper.to_array(t)
+                t.CopyFrom(numpy_helper.from_array(np.full(arr.shape, 127, np.int8), t.name))
+        onnx.save(model, str(dst))
+        return record
+
+    monkeypatch.setattr(qort, "quantize_ort", broken)
+
+
 @pytest.fixture()
 def tiny_adapter(tiny_clip_dir):
     from mfdeploy.models import load

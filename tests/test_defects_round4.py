@@ -18,12 +18,10 @@ REPO = Path(__file__).resolve().parents[1]
 FAST_CALIB = ["--calib", "shapes", "--calib-samples", "8"]
 
 
-@pytest.fixture(scope="module")
-def build(tiny_clip_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("round4") / "build"
-    main(["build", "--model", str(tiny_clip_dir), "--method", "magnitude", "--ratio", "0.5", *FAST_CALIB,
-          "--out", str(out)])
-    return out
+@pytest.fixture()
+def build(tiny_build) -> Path:
+    """A real tiny build (no --int8): the input of quantize, triton, engine and bench; shared, never changed here."""
+    return tiny_build
 
 
 def _error(capsys) -> str:

@@ -20,19 +20,15 @@ import pytest
 from helpers import run_cli
 
 from mfdeploy.artifacts.io import write_json
-from mfdeploy.cli import main
 from mfdeploy.errors import WriteError
 
 FAST_CALIB = ["--calib", "shapes", "--calib-samples", "8"]
 
 
-@pytest.fixture(scope="module")
-def build(tiny_clip_dir, tmp_path_factory) -> Path:
-    """A real tiny build (no --int8): the input of quantize, triton, engine and bench."""
-    out = tmp_path_factory.mktemp("fs_build") / "build"
-    main(["build", "--model", str(tiny_clip_dir), "--method", "magnitude", "--ratio", "0.5", *FAST_CALIB,
-          "--out", str(out)])
-    return out
+@pytest.fixture()
+def build(tiny_build) -> Path:
+    """A real tiny build (no --int8): the input of quantize, triton, engine and bench; shared, never changed here."""
+    return tiny_build
 
 
 def writing_verbs(model: Path, build: Path, target: Path) -> dict[str, list[str]]:
