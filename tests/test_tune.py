@@ -117,6 +117,7 @@ def test_a_tiny_tune_writes_the_journal_the_reports_and_the_pick(tuned):
     for r in result.trials:
         assert (r["key"] in front_section) == (r["number"] in front)
     assert f"#{result.pick['number']} {result.pick['key']}" in md.split("## Pick")[1]
+    assert f"    {summary['pick']['serve']}" in md.split("## Pick")[1]  # the serve command, as in tune.json
 
 
 def test_best_is_a_complete_build_of_the_pick_with_a_serve_command(tuned):
@@ -251,6 +252,35 @@ def test_a_second_tune_in_a_locked_directory_is_refused_and_force_deletes_nothin
         assert journal_lines(out) == before and (out / "best").is_dir()
     with journal.DirLock(out):  # released when its holder leaves
         pass
+
+
+def test_force_refuses_a_tune_directory_holding_files_mfdeploy_did_not_write(tuned, tmp_path, capsys):
+    out = copy_run(tuned, tmp_path)
+    (out / "notes.md").write_text("mine")
+    before = journal_lines(out)
+    assert run_cli([*args(tuned, out), "--force"]) == 2
+    assert error_lines(capsys.readouterr().err) == [
+        f"error: --force will not replace {out}: it holds files mfdeploy did not write (notes.md); move them out first"]
+    assert (out / "notes.md").read_text() == "mine" and journal_lines(out) == before and (out / "best").is_dir()
+
+
+def test_a_failed_trial_runs_again_and_a_damaged_dense_record_is_measured_again(tuned, tmp_path):
+    """A trial that failed (here: the calibration file it needed, since put back) is not a finished one: a rerun
+    runs it again, and its new record counts. A dense.json that parses but is not the dense evaluation (`{}`)
+    is named and measured again, where it used to end the tune in a KeyError."""
+    out = copy_run(tuned, tmp_path)
+    lines = journal_lines(out)
+    failed = {**json.loads(lines[-1]), "state": "failed", "reason": "mycal.jsonl: does not exist"}
+    for key in ("quality", "speed", "size_mb", "build"):
+        failed.pop(key, None)
+    (out / journal.TRIALS).write_bytes(b"".join(lines[:-1]) + (json.dumps(failed) + "\n").encode())
+    (out / "dense.json").write_text("{}")
+    result, said = tune_again(tuned, out)
+    assert f"tune: 1 trial(s) that failed before run again ({failed['key']})" in said
+    assert any(line.startswith(f"warning: {out / 'dense.json'} is damaged") for line in said)
+    assert ran_keys(said) == [failed["key"]]
+    assert {r["key"]: r["state"] for r in journal.read_records(out, print)} == dict.fromkeys(KEYS, "complete")
+    assert {r["key"] for r in result.trials} == KEYS and all(r["state"] == "complete" for r in result.trials)
 
 
 @pytest.mark.slow

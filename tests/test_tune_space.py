@@ -84,7 +84,8 @@ def test_a_space_that_is_no_file_or_name_is_refused(spec, backend, message, tmp_
     if message is None:  # a precision the alias rules out
         path = tmp_path / "s.toml"
         path.write_text('precisions = ["fp32"]\n')
-        with pytest.raises(UserError, match=r"precision 'fp32' is not one ort-cpu runs here \(it runs int8\)"):
+        with pytest.raises(UserError, match=r"--backend ort-int8 takes int8 candidates only: drop fp32 from "
+                                            r"precisions, or use --backend ort-cpu"):
             load_space(str(path), backend)
         return
     with pytest.raises(UserError, match=message):

@@ -33,7 +33,7 @@ def load_pairs(path: str | Path) -> list[Pair]:
         raise UserError(f"{path}: calibration/evaluation file does not exist")
     pairs: list[Pair] = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a BOM (Windows editors) is not JSON
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: unreadable ({e})") from None
     for no, line in enumerate(lines, start=1):

@@ -147,7 +147,7 @@ def folder_set(root: str | Path, template: str = DEFAULT_TEMPLATE) -> EvalSet:
 
 
 def resolve_data(data: str | Path = "shapes", template: str | None = None, n_images: int = N_IMAGES,
-                 n_retrieval: int = N_RETRIEVAL) -> EvalSet:
+                 n_retrieval: int = N_RETRIEVAL, option: str = "--data") -> EvalSet:
     """Turn a `--data` value into an evaluation set.
 
     Args:
@@ -158,6 +158,7 @@ def resolve_data(data: str | Path = "shapes", template: str | None = None, n_ima
             "a photo of a {}.").
         n_images: attribute images of the shapes suite.
         n_retrieval: retrieval pairs of the shapes suite.
+        option: the option `data` came from, for messages (`mfdeploy tune` takes it as `--eval`).
 
     Raises:
         UserError: a missing path, a file that is not JSONL, a template given
@@ -170,11 +171,11 @@ def resolve_data(data: str | Path = "shapes", template: str | None = None, n_ima
         return shapes_suite(n_images, n_retrieval)
     path = Path(text).expanduser()
     if not path.exists():
-        raise UserError(f"--data {text}: no such file or folder (expected 'shapes', a JSONL file or an image folder)")
+        raise UserError(f"{option} {text}: no such file or folder (expected 'shapes', a JSONL file or an image folder)")
     if path.is_dir():
         return folder_set(path, DEFAULT_TEMPLATE if template is None else template)
     if path.suffix.lower() != ".jsonl":
-        raise UserError(f"--data {text}: unknown kind of data (expected 'shapes', a .jsonl file of image-caption "
+        raise UserError(f"{option} {text}: unknown kind of data (expected 'shapes', a .jsonl file of image-caption "
                         "pairs, or an image folder)")
     if template is not None:
         raise UserError("--template applies to an image folder only (a JSONL file is evaluated by retrieval)")

@@ -184,7 +184,7 @@ def evaluate_model(source: str | Path | Adapter | None = None, data: str | Path 
     from mfdeploy.models.device import resolve_device
 
     place = resolve_device(device) if device is not None and backend == "torch" else None  # bad --device: now
-    check_options(backend, precision, dtype)
+    check_options(backend, precision, dtype, place is not None and place.type == "cuda")
     if backend != "torch":  # fail before the slow steps
         _onnx_dir(source, backend)
     evalset = resolve_data(data, template, n_images, n_retrieval)  # bad data fails before the model loads

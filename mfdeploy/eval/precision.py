@@ -19,7 +19,7 @@ from mfdeploy.runtime.base import BackendUnavailable, Runner
 OPENVINO = ("openvino", "openvino-int8")
 
 
-def check_options(backend: str, precision: str | None, dtype: str | None) -> None:
+def check_options(backend: str, precision: str | None, dtype: str | None, cuda: bool = False) -> None:
     """Refuse, before anything loads, a bad `--precision`/`--dtype` or one the backend does not take.
 
     Raises:
@@ -34,7 +34,7 @@ def check_options(backend: str, precision: str | None, dtype: str | None) -> Non
     if dtype is not None:
         from mfdeploy.runtime.torch_runner import check_dtype
 
-        check_dtype(dtype)
+        check_dtype(dtype, cuda)  # `cuda`: the towers run on a CUDA device, where float16 runs too
         if backend != "torch":
             raise UserError(f"--dtype {dtype}: applies to --backend torch, not {backend}")
     if backend in OPENVINO:

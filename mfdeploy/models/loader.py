@@ -24,8 +24,9 @@ def resolve_checkpoint(source: str | Path | None) -> tuple[Path | str, str]:
 
     `None`/"bundled" is the default bundled model, `mfdeploy/siglip-shapes` (or `siglip-shapes`) the bundled
     SigLIP; a prune or build directory resolves
-    to its `pruned/` checkpoint; anything that is not an existing path is
-    taken as a hub id.
+    to its `pruned/` checkpoint; `owner/name` that is not an existing path is
+    taken as a hub id (a bare name, or a path under an existing folder, is a
+    path that does not exist).
     """
     name = bundled_name(source) if source is None or not Path(str(source)).exists() else None
     if name is not None:
@@ -43,9 +44,15 @@ def resolve_checkpoint(source: str | Path | None) -> tuple[Path | str, str]:
         adapter_class(read_config(path), path)  # an unsupported family fails here, before any weights load
         return path, str(path)
     text = str(source)
-    looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text
+    first = text.split("/", 1)[0]
+    # a path (relative, absolute, or under a folder that exists here, e.g. a tune's `best/` not made yet)
+    looks_local = (text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text
+                   or ("/" in text and Path(first).expanduser().is_dir()))
     if looks_local:
         raise UserError(f"{text}: model path does not exist")
+    if "/" not in text:  # CLIP and SigLIP checkpoints on the hub are owner/name; a bare word is a mistyped path
+        raise UserError(f"{text}: no such file or directory (a Hugging Face model id has the form owner/name, "
+                        "e.g. openai/clip-vit-base-patch32)")
     return text, text
 
 

@@ -12,20 +12,23 @@ from mfdeploy.models.base import Adapter
 from mfdeploy.runtime.base import Runner
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # --dtype of the CPU backend
+CUDA_DTYPES = {**DTYPES, "float16": torch.float16}  # the torch runner on a CUDA device (`mfdeploy tune` on torch-cuda)
 # --dtype of each torch backend (the first: its default)
 DTYPES_BY_BACKEND = {"torch": tuple(DTYPES), "torch-cuda": ("float16", "float8"), "torch-cuda-sparse": ("float16",)}
 _PRECISIONS = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
 
 
-def check_dtype(dtype: str) -> torch.dtype:
-    """The torch dtype `--dtype` names.
+def check_dtype(dtype: str, cuda: bool = False) -> torch.dtype:
+    """The torch dtype `--dtype` names (`cuda`: for towers on a CUDA device, which may run float16 too).
 
     Raises:
-        UserError: not one of `DTYPES`, in one line listing them.
+        UserError: not one of `DTYPES` (`CUDA_DTYPES`), in one line listing them.
     """
-    if dtype not in DTYPES:
-        raise UserError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+    known = CUDA_DTYPES if cuda else DTYPES
+    if dtype not in known:
+        gpu = " (float16: on a CUDA device only)" if dtype in CUDA_DTYPES else ""
+        raise UserError(f"--dtype {dtype}: choose one of {', '.join(known)}{gpu}")
+    return known[dtype]
 
 
 def check_backend_dtype(dtype: str, backends: list[str]) -> list[str]:
@@ -83,9 +86,10 @@ class TorchRunner(Runner):
         self.text = adapter.text_tower()
         if device is not None:
             self.vision, self.text = self.vision.to(device), self.text.to(device)
-        if dtype is not None and check_dtype(dtype) != next(self.vision.parameters()).dtype:
-            self.vision = copy.deepcopy(self.vision).to(DTYPES[dtype])
-            self.text = copy.deepcopy(self.text).to(DTYPES[dtype])
+        on_cuda = next(self.vision.parameters()).device.type == "cuda"
+        if dtype is not None and check_dtype(dtype, on_cuda) != next(self.vision.parameters()).dtype:
+            self.vision = copy.deepcopy(self.vision).to(CUDA_DTYPES[dtype])
+            self.text = copy.deepcopy(self.text).to(CUDA_DTYPES[dtype])
         param = next(self.vision.parameters())
         self._device, self._dtype = param.device, param.dtype  # inputs follow the weights
         self.device = str(self._device)

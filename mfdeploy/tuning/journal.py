@@ -22,7 +22,7 @@ from typing import Any
 
 from mfdeploy.artifacts.io import write_json
 from mfdeploy.errors import UserError
-from mfdeploy.tuning.records import Record
+from mfdeploy.tuning.records import Record, record_problem
 
 TRIALS = "trials.jsonl"
 SETTINGS = "tune_settings.json"
@@ -33,28 +33,34 @@ DESCRIPTIVE = ("space_spec", "space_lists")
 
 
 def read_records(out: Path, warn: Callable[[str], None]) -> list[Record]:
-    """The finished trials in `out/trials.jsonl` (none if it does not exist); a damaged line is warned about
-    (file and line number) and skipped, so its trial runs again."""
+    """The finished trials in `out/trials.jsonl` (none if it does not exist); a damaged line (not JSON, or not a
+    whole trial record) is warned about (file and line number) and skipped, so its trial runs again, unless a later
+    line records that trial. A trial recorded twice counts once: the first record, or the first that did not fail
+    (a failed trial runs again on resume, `mfdeploy.tuning.run`)."""
     path = out / TRIALS
     if not path.is_file():
         return []
-    records: list[Record] = []
-    seen: set[str] = set()
+    by_key: dict[str, Record] = {}
+    damaged: list[tuple[int, str]] = []
     with open(path, "rb") as f:
         for number, raw in enumerate(f, 1):
             try:
                 record = json.loads(raw)
-                if not isinstance(record, dict) or not isinstance(record.get("key"), str) or "state" not in record:
-                    raise ValueError("not a trial record")
+                problem = record_problem(record)
+                if problem:
+                    raise ValueError(problem)
             except (ValueError, UnicodeDecodeError) as e:
                 cut = "" if raw.endswith(b"\n") else " (cut off: the run was killed while writing it)"
-                warn(f"{path}: line {number} is not a trial record{cut}: skipped, that trial runs again ({e})")
+                damaged.append((number, f"{cut} ({e})"))
                 continue
-            if record["key"] in seen:  # two workers finished the same trial: the first one counts
-                continue
-            seen.add(record["key"])
-            records.append(record)
-    return records
+            old = by_key.get(record["key"])
+            # two workers finished the same trial: the first one counts; a failed one, retried, gives way
+            if old is None or (old["state"] == "failed" and record["state"] != "failed"):
+                by_key[record["key"]] = record
+    for number, why in damaged:
+        warn(f"{path}: line {number} is not a trial record{why}: skipped, that trial runs again unless it "
+             "finished since")
+    return sorted(by_key.values(), key=lambda r: r["number"])
 
 
 def append_record(out: Path, record: Record) -> None:
@@ -90,10 +96,24 @@ def check_settings(out: Path, settings: dict[str, Any]) -> None:
                             "now): its trials would not compare; use another --out, or --force to start over")
 
 
-def start_over(out: Path) -> None:
-    """`--force`: empty a tune directory, all but the lock its caller holds."""
+def start_over(out: Path, written: set[str]) -> None:
+    """`--force`: empty a tune directory, all but the lock its caller holds; refused (nothing deleted) when it
+    holds an entry that is not one of `written` (the names a tune writes) or a hidden temporary sibling of one.
+
+    Raises:
+        UserError: the entries mfdeploy did not write, named.
+    """
     import shutil
 
+    from mfdeploy.artifacts.guards import some
+
+    def ours(name: str) -> bool:
+        return name in written or any(name.startswith((f".{w}.tmp-", f".{w}.old-")) for w in written)
+
+    foreign = sorted(e.name for e in out.iterdir() if not ours(e.name))
+    if foreign:
+        raise UserError(f"--force will not replace {out}: it holds files mfdeploy did not write ({some(foreign)}); "
+                        "move them out first")
     for entry in out.iterdir():
         if entry.name == LOCK:
             continue

@@ -27,8 +27,8 @@ EVAL: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
     ("openvino", "int8"): ("openvino-int8", {}),
     ("torch", "fp32"): ("torch", {}),
     ("torch", "bf16"): ("torch", {"dtype": "bfloat16"}),
-    ("torch-cuda", "fp32"): ("torch", {"device": "cuda"}),
-    ("torch-cuda", "bf16"): ("torch", {"device": "cuda", "dtype": "bfloat16"}),
+    ("torch-cuda", "fp32"): ("torch", {"device": "cuda"}),  # the dense reference's quality
+    ("torch-cuda", "fp16"): ("torch", {"device": "cuda", "dtype": "float16"}),  # what the torch-cuda runner serves
 }
 ONNX_BASED = ("ort-cpu", "openvino")  # backends that time the build's ONNX files (they need onnx_dense/)
 
@@ -136,7 +136,7 @@ def size_mb(build_dir: Path, backend: str, precision: str) -> float:
     else:
         files = [f for f in (build_dir / PRUNED_DIR).glob("*.safetensors")]
     total = sum(f.stat().st_size for f in set(files)) / 2**20
-    return round(total / (2 if precision == "bf16" and backend.startswith("torch") else 1), 3)
+    return round(total / (2 if precision in ("bf16", "fp16") and backend.startswith("torch") else 1), 3)
 
 
 def link_tree(source: Path, dest: Path) -> None:

@@ -39,19 +39,22 @@ def finish(search: Search, spent_s: float | None, forced: tuple[Record, str] | N
     result = TuneResult(search.records, front, pick, why, search.out, summary)
     if pick is None:
         raise UserError(why)
-    search.say(f"tune: pick #{pick['number']} {pick['key']}: {why}; built into {search.out / BEST_DIR}")
+    search.say(f"tune: pick #{pick['number']} {pick['key']}: {why}; built into {search.out / BEST_DIR}; serve it "
+               f"with: {summary['pick']['serve']}")
     return result
 
 
 def serve_command(search: Search, pick: Record) -> str:
-    """The command that serves the pick as it was measured (backend and precision)."""
+    """The command that serves the pick as it was measured (backend and precision: OpenVINO's `auto` would be
+    bf16 on a BF16 CPU, so an fp32 pick names f32; torch-cuda serves fp16, its default)."""
     precision, backend = pick["config"]["precision"], search.backend
     where = search.out / BEST_DIR
     if precision == "int8":
         return f"mfdeploy serve {where} --backend {'ort-int8' if backend == 'ort-cpu' else backend + '-int8'}"
+    if backend == "openvino":
+        return f"mfdeploy serve {where} --backend openvino --precision {'bf16' if precision == 'bf16' else 'f32'}"
     if precision == "bf16":
-        flag = "--precision bf16" if backend == "openvino" else "--dtype bfloat16"
-        return f"mfdeploy serve {where} --backend {backend} {flag}"
+        return f"mfdeploy serve {where} --backend {backend} --dtype bfloat16"
     return f"mfdeploy serve {where} --backend {backend}"
 
 

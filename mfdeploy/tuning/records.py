@@ -53,4 +53,34 @@ class Constraints:
         return ", ".join(parts) or "none"
 
 
-__all__ = ["DEFAULT_MAX_DROP", "Constraints", "Record"]
+STATES = ("complete", "screened", "failed")
+CONFIG_FIELDS = ("method", "ratio", "precision", "budget", "pattern", "distill_steps")
+
+
+def record_problem(record: object) -> str | None:
+    """What makes `record` (one parsed journal line) unusable as a trial record, or None: the fields the search,
+    the front and the reports read, by state (module doc)."""
+    def number(value: object) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    if not isinstance(record, dict):
+        return "not an object"
+    if not isinstance(record.get("key"), str) or record.get("state") not in STATES:
+        return "no key, or a state other than " + "/".join(STATES)
+    if not isinstance(record.get("number"), int) or not isinstance(record.get("seconds"), dict):
+        return "no number or seconds"
+    config = record.get("config")
+    if not isinstance(config, dict) or set(config) != set(CONFIG_FIELDS):
+        return "no configuration (" + ", ".join(CONFIG_FIELDS) + ")"
+    if record["state"] == "complete":
+        quality, speed = record.get("quality"), record.get("speed")
+        if not (isinstance(quality, dict) and all(number(quality.get(k)) for k in ("retention", "drop_points"))
+                and isinstance(speed, dict) and all(number(speed.get(k)) for k in ("speedup", "latency_ms"))
+                and number(record.get("size_mb")) and isinstance(record.get("build"), str)):
+            return "a complete trial without its quality, speed, size or build"
+    elif not isinstance(record.get("reason"), str):
+        return f"a {record['state']} trial without its reason"
+    return None
+
+
+__all__ = ["CONFIG_FIELDS", "DEFAULT_MAX_DROP", "STATES", "Constraints", "Record", "record_problem"]

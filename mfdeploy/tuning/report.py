@@ -114,10 +114,12 @@ def markdown(summary: dict) -> str:
                      "; ".join(n for n in notes if n)])
     lines += table(["#", "configuration", "state", *MEASURES, "note"], rows) if rows else ["No trial ran."]
     why = (summary.get("pick") or {}).get("why") or ""
+    serve = (summary.get("pick") or {}).get("serve")
     chosen = by_number.get(pick)
     lines += ["", "## Pick", "",
-              f"#{pick} {chosen.get('key')}: {why}" if chosen is not None else f"No pick: {why}",
-              "", NOTES, ""]
+              f"#{pick} {chosen.get('key')}: {why}" if chosen is not None else f"No pick: {why}"]
+    lines += ["", "Serve it as it was measured:", "", f"    {serve}"] if chosen is not None and serve else []
+    lines += ["", NOTES, ""]
     return "\n".join(lines)
 
 

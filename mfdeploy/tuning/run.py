@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mfdeploy.artifacts import guards
 from mfdeploy.errors import UserError
 from mfdeploy.tuning import journal
 from mfdeploy.tuning.config import TuneConfig, TuneResult
@@ -34,13 +35,18 @@ def run_tune(cfg: TuneConfig, say: Callable[[str], None] | None = None) -> TuneR
     space = load_space(cfg.space, cfg.backend)
     data = _eval_data(cfg)
     _check_options(cfg, space, backend)
+    _check_data(cfg, data)
     out = _prepare_out(Path(cfg.out))
     with journal.DirLock(out):
         if cfg.force:  # only once the lock is held: --force must not delete a tune another process is running
-            journal.start_over(out)
+            journal.start_over(out, _written())
         journal.check_settings(out, _settings(cfg, space, backend, data))
         records = journal.read_records(out, lambda m: say(f"warning: {m}"))
-        search = Search(cfg, space, backend, data, out, records, say)
+        failed = [r for r in records if r["state"] == "failed"]
+        if failed:  # what failed may have been the environment's (a file since fixed): those trials run again
+            keys = guards.some([r["key"] for r in failed])
+            say(f"tune: {len(failed)} trial(s) that failed before run again ({keys})")
+        search = Search(cfg, space, backend, data, out, [r for r in records if r["state"] != "failed"], say)
         search.run(started)
         return finish(search, time.monotonic() - started)
 
@@ -116,6 +122,17 @@ def _check_options(cfg: TuneConfig, space: Space, backend: str) -> None:
         resolve_checkpoint(cfg.model)
 
 
+def _check_data(cfg: TuneConfig, data: str) -> None:
+    """A bad --calib or --eval fails here, in one line, before the tune directory is claimed with settings that
+    name it (a corrected command would otherwise be refused as a tune with other settings)."""
+    from mfdeploy.data.batching import parse_calib
+    from mfdeploy.eval import resolve_data
+
+    parse_calib(cfg.calib)
+    if data != "shapes":  # the shapes suite is drawn, not read: nothing to check, and it takes a while
+        resolve_data(data, option="--eval")
+
+
 def _settings(cfg: TuneConfig, space: Space, backend: str, data: str) -> dict[str, Any]:
     spec = cfg.space if cfg.space in SPACES else str(Path(cfg.space).expanduser().resolve())
     return {"model": cfg.model, "backend": backend, "backend_asked": cfg.backend, "batch_size": cfg.batch_size,
@@ -129,7 +146,7 @@ def _prepare_out(out: Path) -> Path:
     out = out.expanduser()
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: a file is there, not a directory")
-    is_tune = (out / journal.SETTINGS).is_file() or (out / journal.TRIALS).is_file()
+    is_tune = (out / journal.SETTINGS).is_file()  # written before any trial: a trials.jsonl alone is not a tune
     # a tune killed before it wrote its settings leaves its lock (and perhaps the settings' temporary folder)
     started = out.is_dir() and all(journal.started_here(p.name) for p in out.iterdir())
     if out.is_dir() and any(out.iterdir()) and not (is_tune or started):
@@ -137,6 +154,16 @@ def _prepare_out(out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     check_writable(out, out / journal.TRIALS)
     return out
+
+
+def _written() -> set[str]:
+    """The names a tune writes in its directory (what `--force` may delete)."""
+    from mfdeploy.tuning.outputs import BEST_DIR
+    from mfdeploy.tuning.report import PARETO_PNG, TUNE_JSON, TUNE_MD
+    from mfdeploy.tuning.search import CACHE_DIR, DENSE_JSON, WORK_DIR
+
+    return {journal.TRIALS, journal.SETTINGS, journal.LOCK, BEST_DIR, PARETO_PNG, TUNE_JSON, TUNE_MD, CACHE_DIR,
+            DENSE_JSON, WORK_DIR}
 
 
 __all__ = ["TuneConfig", "TuneResult", "pick_trial", "run_tune"]

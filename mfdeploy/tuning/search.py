@@ -42,6 +42,7 @@ SCREEN_SLACK = 2.0  # points: a fifth of the shapes suite measures a drop within
 FAR = 3.0  # a first-rung drop over FAR x (--max-drop + SCREEN_SLACK) is too far from the bound to be worth more
 WORK_DIR = "work"
 DENSE_JSON = "dense.json"
+CACHE_DIR = "cache"  # reusable scores (MoPE's module errors) that outlive a trial's build
 
 
 class OutOfTime(Exception):
@@ -227,7 +228,7 @@ class Search:
                             pattern=cand.pattern, calib=self.cfg.calib, seed=self.cfg.seed,
                             distill_steps=cand.distill_steps, show_progress=False,
                             mope_neuron_group=mope.get("neuron_group", 64),
-                            mope_depth_share=mope.get("depth_share", 0.0), mope_cache=self.out / "cache" / "mope",
+                            mope_depth_share=mope.get("depth_share", 0.0), mope_cache=self.out / CACHE_DIR / "mope",
                             calib_samples=self.space.calib_samples or PruneConfig.calib_samples)
 
         def screen(state) -> dict:
@@ -274,10 +275,15 @@ class Search:
         path = self.out / DENSE_JSON
         if path.is_file():
             try:
-                self.dense = json.loads(path.read_text())
+                dense = json.loads(path.read_text())
+                if not (isinstance(dense, dict) and all(isinstance(dense.get(rung), dict) and (
+                        isinstance(dense[rung].get("tasks"), dict) or isinstance(dense[rung].get("retrieval"), dict))
+                        for rung in ("screen", "full"))):
+                    raise ValueError("no screen and full evaluations")
+                self.dense = dense
                 return
-            except ValueError:
-                self.say(f"warning: {path} is damaged: measuring the dense model again")
+            except (OSError, ValueError) as e:
+                self.say(f"warning: {path} is damaged ({e}): measuring the dense model again")
         self.say("tune: evaluating the dense model (first rung and full, through the backend)")
         model = self.cfg.model
         self.dense = {"screen": measure.evaluate(model, self.data, self.backend, "fp32", screen=True),

@@ -36,7 +36,7 @@ BACKEND_PRECISIONS: dict[str, tuple[str, ...]] = {
     "ort-cpu": ("fp32", "int8"),
     "openvino": ("fp32", "bf16", "int8"),
     "torch": ("fp32", "bf16"),
-    "torch-cuda": ("fp32", "bf16"),
+    "torch-cuda": ("fp16",),  # its runner's precision (fp16), the dense reference timed alike
 }
 ALIASES = {"ort-int8": ("ort-cpu", "int8"), "openvino-int8": ("openvino", "int8")}  # name -> (backend, precision)
 SPARSE_BACKENDS: tuple[str, ...] = ()  # backends tune drives that run N:M sparse kernels (none yet: trt is not one)
@@ -172,7 +172,7 @@ def load_space(spec: str, backend: str) -> Space:
     if spec in SPACES:
         values = dict(SPACES[spec])
         values.setdefault("precisions", fixed or allowed)
-        return _checked(Space(name=spec, **_tuples(values)), name, fixed)
+        return _checked(Space(name=spec, **_tuples(values)), name, fixed, backend)
     path = Path(spec).expanduser()
     if not path.suffix == ".toml" and not path.exists():
         raise UserError(f"--space {spec}: expected default, quick or a .toml file")
@@ -198,29 +198,39 @@ def load_space(spec: str, backend: str) -> Space:
     values = {**base, **{k: v for k, v in data.items() if k not in ("mope", "calibration")}}
     values["mope"] = dict(data.get("mope", {}))
     if "calibration" in data:
+        unknown = sorted(set(data["calibration"]) - {"samples"})
+        if unknown:
+            raise UserError(f"--space {spec}: [calibration] {unknown[0]!r} is not an option (samples)")
         values["calib_samples"] = data["calibration"].get("samples")
     values.setdefault("precisions", fixed or allowed)
     values["budgets"] = [None if b in ("default", None) else b for b in values.get("budgets", [None])]
     values["patterns"] = [None if p in ("none", None) else p for p in values.get("patterns", [None])]
-    return _checked(Space(name=str(path), **_tuples(values)), name, fixed)
+    return _checked(Space(name=str(path), **_tuples(values)), name, fixed, backend)
 
 
 def _tuples(values: dict[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in values.items()}
 
 
-def _checked(space: Space, backend: str, fixed: tuple[str, ...] | None) -> Space:
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _checked(space: Space, backend: str, fixed: tuple[str, ...] | None, asked: str) -> Space:
+    """`space`, each list without repeats, or one line saying what in it cannot be searched on `backend`."""
     from mfdeploy.pruning.budgets import BUDGETS
 
     where = f"--space {space.name}"
     for key in LISTS:
         if not getattr(space, key):
             raise UserError(f"{where}: {key} is empty")
+    unique: dict[str, Any] = {key: tuple(dict.fromkeys(getattr(space, key))) for key in LISTS}  # repeats once
+    space = replace(space, **unique)
     bad = [m for m in space.methods if m not in METHODS]
     if bad:
         raise UserError(f"{where}: unknown method {bad[0]!r} (tune searches {', '.join(METHODS)})")
     for r in space.ratios:
-        if not isinstance(r, int | float) or not 0 < r < 1:
+        if not isinstance(r, int | float) or isinstance(r, bool) or not 0 < r < 1:
             raise UserError(f"{where}: ratio {r!r} must be between 0 and 1")
     bad = [b for b in space.budgets if b is not None and b not in BUDGETS]
     if bad:
@@ -237,18 +247,30 @@ def _checked(space: Space, backend: str, fixed: tuple[str, ...] | None) -> Space
         if p == "fp8":
             raise UserError(f"{where}: fp8: {backend} has no fp8 kernels (TensorRT on Hopper and later does; tune "
                             "does not drive it yet)")
-        if p not in BACKEND_PRECISIONS[backend] or (fixed and p not in fixed):
-            runs = ", ".join(fixed or BACKEND_PRECISIONS[backend])
+        if fixed and p not in fixed:
+            raise UserError(f"{where}: --backend {asked} takes {', '.join(fixed)} candidates only: drop {p} from "
+                            f"precisions, or use --backend {backend}")
+        if p not in BACKEND_PRECISIONS[backend]:
+            runs = ", ".join(BACKEND_PRECISIONS[backend])
             raise UserError(f"{where}: precision {p!r} is not one {backend} runs here (it runs {runs})")
     for s in space.distill_steps:
-        if not isinstance(s, int) or s < 0:
+        if not _whole(s) or s < 0:
             raise UserError(f"{where}: distill_steps {s!r} must be whole numbers, 0 for none")
     unknown = sorted(set(space.mope) - {"neuron_group", "depth_share"})
     if unknown:
         raise UserError(f"{where}: [mope] {unknown[0]!r} is not an option (neuron_group, depth_share)")
-    if space.calib_samples is not None and (not isinstance(space.calib_samples, int) or space.calib_samples <= 0):
+    group, share = space.mope.get("neuron_group", 1), space.mope.get("depth_share", 0.0)
+    if not _whole(group) or group <= 0:
+        raise UserError(f"{where}: [mope] neuron_group {group!r} must be a positive whole number")
+    if not isinstance(share, int | float) or isinstance(share, bool) or not 0 <= share <= 1:
+        raise UserError(f"{where}: [mope] depth_share {share!r} must be between 0 (width only) and 1 (layers only)")
+    if space.calib_samples is not None and (not _whole(space.calib_samples) or space.calib_samples <= 0):
         raise UserError(f"{where}: [calibration] samples must be a positive whole number")
-    return replace(space)
+    keys = [c.key for c in space.candidates()]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise UserError(f"{where}: two entries of a list name the same candidate ({twice[0]}): keep one")
+    return space
 
 
 __all__ = ["ALIASES", "BACKEND_PRECISIONS", "SPACES", "Candidate", "Space", "load_space", "resolve_backend"]

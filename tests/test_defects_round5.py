@@ -1,0 +1,189 @@
+"""Faults a new user hit (a defect hunt over tune, the loaders and the data files): each ends in one line naming
+it, before anything is written, and a tune directory keeps what mfdeploy did not write."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from helpers import run_cli
+
+from mfdeploy.errors import UserError
+from mfdeploy.tuning import journal
+from mfdeploy.tuning.space import load_space
+
+TINY = 'methods = ["magnitude"]\nratios = [0.5]\nprecisions = ["fp32"]\ndistill_steps = [0]\n'
+
+
+def _one_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+# ---- a mistyped model path ----------------------------------------------------------------------------------------
+
+def test_a_bare_name_that_is_no_folder_is_not_sent_to_the_hub(tmp_path, monkeypatch):
+    """`mfdeploy eval mybuild` (a typo of a local folder) spent 30 s in hub retries before a message about
+    connecting to huggingface.co; a path under a folder that exists (a tune's best/ not made yet) likewise."""
+    from mfdeploy.models import resolve_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"^mybuild: no such file or directory \(a Hugging Face model id has the "
+                                        r"form owner/name"):
+        resolve_checkpoint("mybuild")
+    (tmp_path / "t1").mkdir()
+    with pytest.raises(UserError, match=r"^t1/best: model path does not exist$"):
+        resolve_checkpoint("t1/best")
+    assert resolve_checkpoint("openai/clip-vit-base-patch32") == ("openai/clip-vit-base-patch32",) * 2  # a hub id
+
+
+# ---- tune: what it checks before it claims the directory ----------------------------------------------------------
+
+@pytest.mark.parametrize("option,value,message", [
+    ("--eval", "nope.jsonl", "error: --eval nope.jsonl: no such file or folder"),
+    ("--calib", "mycal.jsonl", "error: mycal.jsonl: calibration/evaluation file does not exist"),
+])
+def test_bad_tune_data_is_refused_before_the_directory_is_claimed(tmp_path, capsys, monkeypatch, option, value,
+                                                                  message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.toml").write_text(TINY)
+    assert run_cli(["tune", "--space", "tiny.toml", "--out", "t", option, value]) == 2
+    assert _one_error(capsys).startswith(message)
+    assert not (tmp_path / "t").exists()  # the corrected command then starts a fresh tune
+
+
+def test_a_folder_with_someone_elses_trials_jsonl_is_not_a_tune_directory(tmp_path, capsys):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "main.py").write_text("print(1)")
+    (tmp_path / journal.TRIALS).write_text('{"epoch": 1, "loss": 0.3}\n')
+    assert run_cli(["tune", "--out", str(tmp_path), "--force"]) == 2
+    assert "not empty and not a tune directory" in _one_error(capsys)
+    assert (tmp_path / "src" / "main.py").is_file() and (tmp_path / journal.TRIALS).read_text().startswith('{"epoch"')
+
+
+def test_force_deletes_nothing_when_a_tune_directory_holds_a_file_mfdeploy_did_not_write(tmp_path):
+    from mfdeploy.tuning.run import _written
+
+    (tmp_path / journal.SETTINGS).write_text("{}")
+    (tmp_path / "work").mkdir()
+    (tmp_path / ".best.tmp-1234").mkdir()  # a killed run's temporary folder: mfdeploy's
+    (tmp_path / "mydata").mkdir()
+    with pytest.raises(UserError, match=r"holds files mfdeploy did not write \(mydata\); move them out first"):
+        journal.start_over(tmp_path, _written())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".best.tmp-1234", journal.SETTINGS, "mydata", "work"])
+    (tmp_path / "mydata").rmdir()
+    journal.start_over(tmp_path, _written())
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---- the journal --------------------------------------------------------------------------------------------------
+
+def _record(number: int, key: str, state: str) -> dict:
+    config = dict(method="magnitude", ratio=0.5, precision="fp32", budget=None, pattern=None, distill_steps=0)
+    done = {"quality": {"retention": 0.99, "drop_points": 0.5}, "speed": {"speedup": 1.0, "latency_ms": 5.0},
+            "size_mb": 1.0, "build": "work/builds/x"} if state == "complete" else {"reason": "it failed"}
+    return {"number": number, "key": key, "config": config, "state": state, "seconds": {"total": 1.0}, **done}
+
+
+def test_a_journal_line_that_is_json_but_not_a_whole_trial_is_named_and_skipped(tmp_path):
+    lines = [_record(0, "a", "complete"), {"key": "x", "state": "complete"}, {**_record(1, "b", "complete"),
+                                                                             "speed": {}}]
+    (tmp_path / journal.TRIALS).write_text("".join(json.dumps(r) + "\n" for r in lines))
+    warned: list[str] = []
+    assert [r["key"] for r in journal.read_records(tmp_path, warned.append)] == ["a"]
+    assert len(warned) == 2 and "line 2 is not a trial record" in warned[0] and "line 3 " in warned[1]
+
+
+def test_a_failed_trial_recorded_again_counts_by_its_later_record(tmp_path):
+    lines = [_record(0, "a", "failed"), _record(1, "b", "complete"), _record(2, "a", "complete"),
+             _record(3, "b", "failed")]
+    (tmp_path / journal.TRIALS).write_text("".join(json.dumps(r) + "\n" for r in lines))
+    records = journal.read_records(tmp_path, print)
+    assert [(r["number"], r["key"], r["state"]) for r in records] == [(1, "b", "complete"), (2, "a", "complete")]
+
+
+# ---- the space file -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("extra,message", [
+    ('[mope]\nneuron_group = "abc"\n', r"\[mope\] neuron_group 'abc' must be a positive whole number"),
+    ("[mope]\nneuron_group = -5\n", r"\[mope\] neuron_group -5 must be a positive whole number"),
+    ("[mope]\ndepth_share = 7\n", r"\[mope\] depth_share 7 must be between 0 \(width only\) and 1"),
+    ("[calibration]\nsample = 16\n", r"\[calibration\] 'sample' is not an option \(samples\)"),
+    ("[calibration]\nsamples = true\n", r"\[calibration\] samples must be a positive whole number"),
+])
+def test_mope_and_calibration_values_are_checked_when_the_space_is_read(tmp_path, extra, message):
+    path = tmp_path / "s.toml"
+    path.write_text(TINY + extra)
+    with pytest.raises(UserError, match=message):
+        load_space(str(path), "ort-cpu")
+
+
+def test_a_boolean_step_count_and_repeated_entries(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(TINY.replace("distill_steps = [0]", "distill_steps = [true]"))
+    with pytest.raises(UserError, match="distill_steps True must be whole numbers"):
+        load_space(str(path), "ort-cpu")
+    path.write_text('methods = ["magnitude", "magnitude"]\nratios = [0.5, 0.5]\nprecisions = ["fp32", "fp32"]\n'
+                    "distill_steps = [0]\n")
+    space = load_space(str(path), "ort-cpu")
+    assert space.size() == 1 and space.methods == ("magnitude",) and space.ratios == (0.5,)
+    path.write_text(TINY.replace("ratios = [0.5]", "ratios = [0.5, 0.50000001]"))
+    with pytest.raises(UserError, match=r"two entries of a list name the same candidate \(magnitude r=0.5 fp32\)"):
+        load_space(str(path), "ort-cpu")
+
+
+# ---- the serve command of the pick --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend,precision,tail", [
+    ("openvino", "fp32", "--backend openvino --precision f32"),  # auto would run bf16 on a BF16 CPU
+    ("openvino", "bf16", "--backend openvino --precision bf16"),
+    ("openvino", "int8", "--backend openvino-int8"),
+    ("ort-cpu", "int8", "--backend ort-int8"),
+    ("torch", "bf16", "--backend torch --dtype bfloat16"),
+    ("torch-cuda", "fp16", "--backend torch-cuda"),  # float16: the torch-cuda runner's default
+])
+def test_the_serve_command_serves_the_precision_that_was_measured(backend, precision, tail):
+    from mfdeploy.cli.reference import command
+    from mfdeploy.tuning.outputs import serve_command
+
+    line = serve_command(SimpleNamespace(backend=backend, out=Path("t")), {"config": {"precision": precision}})
+    assert line == f"mfdeploy serve {Path('t') / 'best'} {tail}"
+    command.make_context("mfdeploy", line.split()[1:])  # a command line the CLI takes
+
+
+def test_torch_cuda_is_tuned_in_the_precision_its_runner_serves():
+    from mfdeploy.tuning.measure import EVAL, runner_options
+    from mfdeploy.tuning.space import BACKEND_PRECISIONS, SPACES
+
+    assert BACKEND_PRECISIONS["torch-cuda"] == ("fp16",)
+    assert load_space("default", "torch-cuda").precisions == ("fp16",) and "default" in SPACES
+    assert EVAL[("torch-cuda", "fp16")] == ("torch", {"device": "cuda", "dtype": "float16"})
+    assert runner_options("torch-cuda", "fp16") == ("pruned", {"dtype": None})  # the runner's float16
+
+
+def test_float16_is_a_dtype_of_cuda_towers_only():
+    import torch
+
+    from mfdeploy.runtime.torch_runner import check_dtype
+
+    assert check_dtype("float16", cuda=True) is torch.float16
+    with pytest.raises(UserError, match=r"--dtype float16: choose one of float32, bfloat16 \(float16: on a CUDA "
+                                        r"device only\)"):
+        check_dtype("float16")
+
+
+# ---- data files ---------------------------------------------------------------------------------------------------
+
+def test_a_jsonl_file_saved_with_a_byte_order_mark_is_read(tmp_path):
+    from PIL import Image
+
+    from mfdeploy.data.pairs import load_pairs
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "bom.jsonl").write_text('{"image": "a.png", "caption": "a square"}\n', encoding="utf-8-sig")
+    assert [p.caption for p in load_pairs(tmp_path / "bom.jsonl")] == ["a square"]
