@@ -85,6 +85,12 @@ def _calib_source(adapter: Adapter, calib: Any, n: int):
     if not items:
         raise UserError("calib: expected 'shapes', a JSONL path, (image, caption) pairs or input batches")
     if isinstance(items[0], Mapping | Batch):
+        for i, b in enumerate(items):
+            needed = ("pixel_values", "input_ids")
+            if not isinstance(b, Batch) and not (isinstance(b, Mapping) and all(
+                    isinstance(b.get(k), torch.Tensor) for k in needed)):
+                raise UserError(f"calib: batch {i} needs {' and '.join(needed)} tensors (and attention_mask for "
+                                f"CLIP); it has {sorted(b) if isinstance(b, Mapping) else type(b).__name__}")
         masked = "attention_mask" in adapter.tower_inputs["text"]  # SigLIP attends everywhere: an all-ones mask
         batches = [b if isinstance(b, Batch) else
                    Batch(b["pixel_values"].float(), b["input_ids"].long(),
@@ -94,6 +100,13 @@ def _calib_source(adapter: Adapter, calib: Any, n: int):
     if adapter.tokenizer is None or adapter.image_processor is None:
         raise UserError("calibrating from (image, caption) pairs needs the model's tokenizer= and processor=")
     pairs = items[:n]
+    from PIL import Image
+
+    for i, pair in enumerate(pairs):
+        if not (isinstance(pair, tuple | list) and len(pair) == 2 and isinstance(pair[0], Image.Image)
+                and isinstance(pair[1], str)):
+            raise UserError(f"calib: pair {i} is not (PIL image, caption) but {pair!r:.80}; a JSONL file of "
+                            "image paths and captions goes in as its path")
     captions = [p[1] for p in pairs]
     warn_truncated(adapter, count_truncated(adapter, captions), len(captions), "calibration captions")
     batches = [make_batch(adapter, [p[0] for p in pairs[i:i + 32]], [p[1] for p in pairs[i:i + 32]])

@@ -187,3 +187,88 @@ def test_a_jsonl_file_saved_with_a_byte_order_mark_is_read(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     (tmp_path / "bom.jsonl").write_text('{"image": "a.png", "caption": "a square"}\n', encoding="utf-8-sig")
     assert [p.caption for p in load_pairs(tmp_path / "bom.jsonl")] == ["a square"]
+
+
+# ---- determinism --------------------------------------------------------------------------------------------------
+
+def test_the_same_masks_make_the_same_file_in_two_processes(tmp_path):
+    """safetensors writes header metadata in a hash map's order, which differs between processes: the masks file
+    of two runs with the same seed differed in its header bytes. It holds one metadata entry now."""
+    import subprocess
+    import sys
+
+    script = ("import sys, torch; from pathlib import Path; from mfdeploy.pruning.masks import save_masks; "
+              "save_masks(Path(sys.argv[1]), {'b.weight': torch.ones(3, dtype=torch.bool), "
+              "'a.weight': torch.zeros(2, dtype=torch.bool)}, "
+              "{'method': 'magnitude', 'ratio': 0.5, 'pattern': None, 'model_id': 'm', 'seed': 0})")
+    for name in ("one", "two", "three"):
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], check=True)
+    data = (tmp_path / "one").read_bytes()
+    assert (tmp_path / "two").read_bytes() == data and (tmp_path / "three").read_bytes() == data
+
+    from mfdeploy.pruning.masks import load_masks
+
+    masks, meta = load_masks(tmp_path / "one")
+    assert meta["method"] == "magnitude" and json.loads(meta["ratio"]) == 0.5 and meta["pattern"] == "null"
+    assert masks["b.weight"].all() and not masks["a.weight"].any()
+
+
+def test_pick_refuses_the_options_of_a_new_search(tmp_path, capsys):
+    """They were ignored (`--out elsewhere` built into the tune's own best/, `--model bogus` went unread)."""
+    assert run_cli(["tune", str(tmp_path), "--pick", "0", "--out", "x", "--model", "bogus"]) == 2
+    assert _one_error(capsys) == (f"error: --model, --out: options of a new search; --pick rebuilds trial 0 of "
+                                  f"{tmp_path} with the settings it was measured with (drop them)")
+
+
+# ---- the Python API -----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bundled():
+    import mfdeploy
+
+    return mfdeploy.load()
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(calib=[("x.png", "a cat")]), r"calib: pair 0 is not \(PIL image, caption\) but \('x.png', 'a cat'\)"),
+    (dict(calib=["a", "b"]), r"calib: pair 0 is not \(PIL image, caption\) but 'a'"),
+    (dict(calib=[{"pixel_values": "p"}]), r"calib: batch 0 needs pixel_values and input_ids tensors"),
+    (dict(ratio="0.5", method="magnitude"), r"--ratio '0.5': must be a number, not str"),
+    (dict(calib_samples=8.5), r"--calib-samples 8.5: must be a whole number, not float"),
+])
+def test_python_prune_names_a_bad_argument_in_one_line(bundled, kwargs, message):
+    """They ended in a KeyError, an IndexError, a TypeError or an image decoder's AttributeError."""
+    import mfdeploy
+
+    with pytest.raises(UserError, match=message):
+        mfdeploy.prune(bundled, **kwargs)
+
+
+def test_python_tune_names_a_bad_argument_in_one_line(tmp_path):
+    import mfdeploy
+
+    with pytest.raises(UserError, match=r"--time-budget '5': must be a number, not str"):
+        mfdeploy.tune(out=tmp_path / "t", time_budget="5")
+    assert not (tmp_path / "t").exists()
+
+
+# ---- bench options ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv,message", [
+    (["--batch-sizes", "1,,2"], "error: --batch-sizes 1,,2: an empty item between commas"),
+    (["--text-len", "0"], "error: --text-len: must be between 1 and the model's maximum, got 0"),
+    (["--iters", "0"], "error: --iters: must be >= 1, got 0"),
+    (["--threads", "0"], "error: --threads: must be >= 1, got 0"),
+    (["--warmup", "-1"], "error: --warmup: must be >= 0, got -1"),
+])
+def test_bench_counts_are_checked_before_any_model_loads(tmp_path, capsys, argv, message):
+    """They were refused only after the model loaded (or, for an empty item, skipped), after a blank line."""
+    (tmp_path / "build.json").write_text("{}")  # never read: the options fail first
+    assert run_cli(["bench", str(tmp_path), *argv]) == 2
+    assert _one_error(capsys) == message
+
+
+def test_a_backend_named_twice_is_timed_once():
+    from mfdeploy.bench import parse_list
+
+    assert parse_list("ort-cpu,torch,ort-cpu", "backends", ["ort-cpu", "torch"]) == ["ort-cpu", "torch"]

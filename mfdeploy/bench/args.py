@@ -14,9 +14,12 @@ def parse_list(text: str, what: str, known: Sequence[str] | None = None) -> list
     Raises:
         UserError: empty list or an unknown item.
     """
-    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    parts = [t.strip() for t in str(text).split(",")]
+    items = list(dict.fromkeys(t for t in parts if t))  # one of each, in the order given
     if not items:
         raise UserError(f"--{what}: empty list")
+    if "" in parts:
+        raise UserError(f"--{what} {text}: an empty item between commas")
     if known is not None:
         unknown = [t for t in items if t not in known]
         if unknown:

@@ -51,11 +51,13 @@ def bench(
     from mfdeploy.artifacts.layout import BENCH_STEM
     from mfdeploy.artifacts.manifest import BuildManifest
     from mfdeploy.bench import load_average, parse_batch_sizes, parse_list, run_bench, warning
+    from mfdeploy.bench.args import check_args
     from mfdeploy.errors import UserError
     from mfdeploy.runtime import BACKENDS, TOWERS
 
     names = parse_list(backends, "backends", list(BACKENDS)) if backends is not None else None
     tower_names, sizes = parse_list(towers, "towers", list(TOWERS)), parse_batch_sizes(batch_sizes)  # before the bar
+    check_args(tower_names, sizes, text_len, None, warmup, iters, threads, min_time)  # again with the model's limit
     written: dict[str, Any] = {}
     load_start = load_average()
     with progress_bar() as update:

@@ -10,10 +10,21 @@ import typer
 from mfdeploy.cli.options import CalibOpt, ForceOpt, ModelOpt
 from mfdeploy.cli.render import PLAIN, err, out
 from mfdeploy.cli.root import app
+from mfdeploy.errors import UserError
+
+
+def _given_except(ctx: typer.Context, *names: str) -> list[str]:
+    """The options typed on this command line, other than `names` (their first spelling, e.g. `--out`)."""
+    def typed(name: str) -> bool:  # by name: typer may carry its own copy of click's enum
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name == "COMMANDLINE"
+
+    return [p.opts[0] for p in ctx.command.params if p.name is not None and p.name not in names and typed(p.name)]
 
 
 @app.command()
 def tune(
+    ctx: typer.Context,
     tune_dir: Annotated[Path | None, typer.Argument(
         help="With --pick: the directory of an earlier tune.", show_default=False)] = None,
     model: ModelOpt = None,
@@ -57,11 +68,15 @@ def tune(
 
     if pick is not None:
         if tune_dir is None:
-            raise typer.BadParameter("--pick N needs the tune directory: mfdeploy tune DIR --pick N")
+            raise UserError("--pick N needs the tune directory: mfdeploy tune DIR --pick N")
+        searching = _given_except(ctx, "tune_dir", "pick")
+        if searching:  # they would be ignored: the trial is rebuilt from the tune's own settings
+            raise UserError(f"{', '.join(searching)}: options of a new search; --pick rebuilds trial "
+                                     f"{pick} of {tune_dir} with the settings it was measured with (drop them)")
         result = pick_trial(tune_dir, pick, say=say)
     else:
         if tune_dir is not None:
-            raise typer.BadParameter(f"{tune_dir}: a directory argument goes with --pick; a new tune takes --out")
+            raise UserError(f"{tune_dir}: a directory argument goes with --pick; a new tune takes --out")
         cfg = TuneConfig(out=out_dir, model=model, calib=calib, eval_data=eval_data, backend=backend,
                          batch_size=batch_size, constraints=Constraints(max_drop, min_speedup, max_latency_ms,
                                                                         max_size_mb),

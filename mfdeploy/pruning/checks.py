@@ -19,6 +19,11 @@ from mfdeploy.pruning.registry import METHODS
 
 def validate(cfg: PruneConfig) -> tuple[int, int] | None:
     """Check the configuration before any work; returns the parsed N:M pattern."""
+    for name, value, kinds in (("ratio", cfg.ratio, (int, float)), ("calib_samples", cfg.calib_samples, (int,)),
+                               ("batch_size", cfg.batch_size, (int,)), ("seed", cfg.seed, (int,))):
+        if isinstance(value, bool) or not isinstance(value, kinds):  # a Python caller's "0.5" or 0.5 samples
+            what = "a number" if float in kinds else "a whole number"
+            raise UserError(f"--{name.replace('_', '-')} {value!r}: must be {what}, not {type(value).__name__}")
     if not 0.0 < cfg.ratio < 1.0:
         raise UserError(f"--ratio {cfg.ratio}: must be strictly between 0 and 1")
     if cfg.method not in METHODS:

@@ -123,11 +123,19 @@ def sparsity_report(masks: Masks, layers: dict[str, PrunableLayer]) -> dict:
     }
 
 
+META_KEY = "mfdeploy"  # the header's one metadata entry: the others, as sorted JSON (`save_masks`)
+
+
 def save_masks(path: Path, masks: Masks, metadata: dict) -> None:
-    """Write `masks.safetensors`; metadata (method, ratio, pattern, model id, version) in the header."""
+    """Write `masks.safetensors`; metadata (method, ratio, pattern, model id, version) in the header.
+
+    The metadata goes in as one entry (`META_KEY`), its fields as JSON with sorted keys: safetensors writes a
+    header's metadata in a hash map's order, which changes from process to process, so several entries made the
+    same masks a different file on every run (the same seed must give the same bytes)."""
     meta = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in metadata.items()}
     meta["mfdeploy_version"] = __version__
-    save_file({k: v.contiguous().cpu() for k, v in masks.items()}, str(path), metadata=meta)  # a file: host memory
+    save_file({k: v.contiguous().cpu() for k, v in masks.items()}, str(path),  # a file: host memory
+              metadata={META_KEY: json.dumps(meta, sort_keys=True)})
 
 
 def load_masks(path: Path, adapter: Adapter | None = None) -> tuple[Masks, dict]:
@@ -138,6 +146,10 @@ def load_masks(path: Path, adapter: Adapter | None = None) -> tuple[Masks, dict]
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = dict(f.metadata() or {})
+        if set(metadata) == {META_KEY}:  # one entry (`save_masks`); files written before it hold the fields
+            metadata = json.loads(metadata[META_KEY])
+            if not isinstance(metadata, dict):
+                raise ValueError(f"its {META_KEY!r} header entry is not a JSON object")
         masks = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{path}: not a valid masks file ({first_line(e)})") from None

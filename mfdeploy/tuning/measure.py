@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from mfdeploy.artifacts.layout import ONNX_DIR, ONNX_INT8_DIR, PRUNED_DIR
+from mfdeploy.artifacts.layout import ONNX_DIR, ONNX_FILES, ONNX_INT8_DIR, PRUNED_DIR
 from mfdeploy.errors import UserError
 
 SCREEN_IMAGES = 200  # the cheap first rung on the shapes suite: images per task and retrieval pairs
@@ -42,6 +42,18 @@ def runner_options(backend: str, precision: str) -> tuple[str, dict[str, Any]]:
     if backend.startswith("torch"):
         return "pruned", {"dtype": "bfloat16" if precision == "bf16" else None}
     return "pruned", {}
+
+
+def dense_onnx(out: Path, model: str | None) -> Path:
+    """The dense model's ONNX towers in `out` (the timing baseline of the ONNX backends), exported once."""
+    from mfdeploy.artifacts.io import atomic_dir
+    from mfdeploy.exporting import export_towers
+    from mfdeploy.models import load
+
+    if not all((out / f).is_file() for f in ONNX_FILES.values()):
+        with atomic_dir(out, force=True) as tmp:
+            export_towers(load(model), tmp)
+    return out
 
 
 def quality_of(result: dict, dense: dict) -> dict[str, Any]:
@@ -157,5 +169,5 @@ def link_tree(source: Path, dest: Path) -> None:
     tmp.rename(dest)
 
 
-__all__ = ["EVAL", "SCREEN_IMAGES", "evaluate", "link_tree", "quality_of", "runner_options", "size_mb",
+__all__ = ["EVAL", "SCREEN_IMAGES", "dense_onnx", "evaluate", "link_tree", "quality_of", "runner_options", "size_mb",
            "time_candidate"]

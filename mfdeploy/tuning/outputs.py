@@ -30,6 +30,8 @@ def finish(search: Search, spent_s: float | None, forced: tuple[Record, str] | N
 
     front = pareto_front(search.records)
     pick, why = forced if forced is not None else choose(search.records, search.cfg.constraints)
+    if pick is None and not any(r["state"] == "complete" for r in search.records) and search.stopped:
+        why += f"; the search stopped on {search.stopped}"  # e.g. a budget spent before the first trial ended
     summary = _summary(search, front, pick, why, spent_s, load_average())
     if pick is not None:
         _build_best(search, pick, why)

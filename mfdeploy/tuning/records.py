@@ -83,4 +83,17 @@ def record_problem(record: object) -> str | None:
     return None
 
 
-__all__ = ["CONFIG_FIELDS", "DEFAULT_MAX_DROP", "STATES", "Constraints", "Record", "record_problem"]
+def dense_problem(dense: object) -> str | None:
+    """What makes `dense` (a parsed `dense.json`) unusable as the dense reference, or None: its two
+    evaluations (the first rung's and the full one), each with task accuracies or retrieval recalls."""
+    def evaluation(value: object) -> bool:
+        return isinstance(value, dict) and (isinstance(value.get("tasks"), dict)
+                                            or isinstance(value.get("retrieval"), dict))
+
+    if not (isinstance(dense, dict) and evaluation(dense.get("screen")) and evaluation(dense.get("full"))):
+        return "not the first rung's and the full evaluation of the dense model"
+    return None
+
+
+__all__ = ["CONFIG_FIELDS", "DEFAULT_MAX_DROP", "STATES", "Constraints", "Record", "dense_problem",
+           "record_problem"]

@@ -100,6 +100,12 @@ def _check_options(cfg: TuneConfig, space: Space, backend: str) -> None:
 
     c = cfg.constraints
     for flag, value in (("--max-drop", c.max_drop), ("--min-speedup", c.min_speedup),
+                        ("--max-latency-ms", c.max_latency_ms), ("--max-size-mb", c.max_size_mb),
+                        ("--time-budget", cfg.time_budget_min), ("--batch-size", cfg.batch_size),
+                        ("--seed", cfg.seed)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise UserError(f"{flag} {value!r}: must be a number, not {type(value).__name__}")  # a Python caller's
+    for flag, value in (("--max-drop", c.max_drop), ("--min-speedup", c.min_speedup),
                         ("--max-latency-ms", c.max_latency_ms), ("--max-size-mb", c.max_size_mb)):
         if value is not None and not value >= 0:
             raise UserError(f"{flag} {value}: must be 0 or more")

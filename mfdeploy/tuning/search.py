@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from mfdeploy.artifacts.io import write_json
-from mfdeploy.artifacts.layout import BUILD_MANIFEST, ONNX_DENSE_DIR, ONNX_FILES
+from mfdeploy.artifacts.layout import BUILD_MANIFEST, ONNX_DENSE_DIR
 from mfdeploy.errors import MfdeployError, WriteError
 from mfdeploy.tuning import journal, measure
 from mfdeploy.tuning.config import TuneConfig
-from mfdeploy.tuning.records import Record
+from mfdeploy.tuning.records import Record, dense_problem
 from mfdeploy.tuning.space import FIXED_BUDGET, Candidate, Space
 from mfdeploy.tuning.study import make_study, suggest
 
@@ -85,8 +85,9 @@ class Search:
     def run(self, started: float) -> None:
         all_keys = {c.key for c in self.space.candidates()}
         budget = self.cfg.time_budget_min * 60
-        self.say(f"tune: {len(all_keys)} candidates in the {self.space.name} space, {len(self.records)} already "
-                 f"done in {self.out}, {self.cfg.time_budget_min:g} min budget")
+        plural = "" if len(all_keys) == 1 else "s"
+        self.say(f"tune: {len(all_keys)} candidate{plural} in the {self.space.name} space, {len(self.records)} "
+                 f"already done in {self.out}, {self.cfg.time_budget_min:g} min budget")
         self._dense()
         study = self._study()
         while True:
@@ -101,7 +102,8 @@ class Search:
             reused = [r["seconds"]["total"] for r in self.records if r["seconds"].get("build", 1) < 1]
             cheap = sorted(reused)[len(reused) // 2] if reused else 0.0  # unknown: ask, and see
             if left <= 0 or (spent and min(estimate, cheap) > left):
-                self.stopped = f"time budget: {max(left, 0):.0f} s left, a trial takes about {estimate:.0f} s"
+                self.stopped = (f"time budget: {max(left, 0):.0f} s left, a trial takes about {estimate:.0f} s"
+                                if spent else f"time budget: spent before the first trial ({max(left, 0):.0f} s left)")
                 break
             # a candidate's own failure is recorded by `_measure`; anything else (a full disk) ends the tune
             built_only = bool(spent) and estimate > left
@@ -205,7 +207,7 @@ class Search:
                     != shapes:
                 continue
             if screen["drop_points"] > r["screen"]["drop_points"] + SCREEN_SLACK:
-                return (f"screened out: cannot reach the front: #{r['number']} {r['key']} runs at the same speed "
+                return (f"cannot reach the front: #{r['number']} {r['key']} runs at the same speed "
                         f"(same shapes and precision) and lost {r['screen']['drop_points']:.2f} points on the first "
                         f"rung to this one's {screen['drop_points']:.2f}")
         return None
@@ -243,7 +245,7 @@ class Search:
             bound = self.cfg.constraints.effective().max_drop
             if bound is not None and quality["drop_points"] > FAR * (bound + SCREEN_SLACK):
                 found["far"] = True
-                found["reason"] = (f"screened out: drop {quality['drop_points']:.2f} points on the first rung, over "
+                found["reason"] = (f"drop {quality['drop_points']:.2f} points on the first rung, over "
                                    f"{FAR:g}x (--max-drop {bound:g} + {SCREEN_SLACK:g})")
                 raise Screened(found)
             return found
@@ -276,10 +278,8 @@ class Search:
         if path.is_file():
             try:
                 dense = json.loads(path.read_text())
-                if not (isinstance(dense, dict) and all(isinstance(dense.get(rung), dict) and (
-                        isinstance(dense[rung].get("tasks"), dict) or isinstance(dense[rung].get("retrieval"), dict))
-                        for rung in ("screen", "full"))):
-                    raise ValueError("no screen and full evaluations")
+                if dense_problem(dense):
+                    raise ValueError(dense_problem(dense))
                 self.dense = dense
                 return
             except (OSError, ValueError) as e:
@@ -291,15 +291,7 @@ class Search:
         write_json(path, self.dense)
 
     def _dense_onnx(self) -> Path:
-        from mfdeploy.artifacts.io import atomic_dir
-        from mfdeploy.exporting import export_towers
-        from mfdeploy.models import load
-
-        out = self.work / "dense_onnx"
-        if not all((out / f).is_file() for f in ONNX_FILES.values()):
-            with atomic_dir(out, force=True) as tmp:
-                export_towers(load(self.cfg.model), tmp)
-        return out
+        return measure.dense_onnx(self.work / "dense_onnx", self.cfg.model)
 
 
 __all__ = ["SCREEN_SLACK", "Screened", "Search"]
