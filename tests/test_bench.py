@@ -157,6 +157,10 @@ def _fails(argv, capsys) -> str:
     (["--text-len", "0"], "--text-len: must be between 1"),
     (["--text-len", "999"], "--text-len: must be between 1 and the model's maximum 48, got 999"),
     (["--iters", "0"], "--iters: must be >= 1"),
+    (["--batch-sizes", "1,,2"], "--batch-sizes 1,,2: an empty item between commas"),  # was skipped
+    (["--threads", "0"], "--threads: must be >= 1, got 0"),  # these three were checked after the model loaded
+    (["--warmup", "-1"], "--warmup: must be >= 0, got -1"),
+    (["--min-time", "-1"], "--min-time: must be >= 0, got -1.0"),
 ])
 def test_cli_bad_arguments(build_dir, capsys, args, message):
     line = _fails(["bench", str(build_dir), *args], capsys)

@@ -254,20 +254,6 @@ def test_python_tune_names_a_bad_argument_in_one_line(tmp_path):
 
 # ---- bench options ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("argv,message", [
-    (["--batch-sizes", "1,,2"], "error: --batch-sizes 1,,2: an empty item between commas"),
-    (["--text-len", "0"], "error: --text-len: must be between 1 and the model's maximum, got 0"),
-    (["--iters", "0"], "error: --iters: must be >= 1, got 0"),
-    (["--threads", "0"], "error: --threads: must be >= 1, got 0"),
-    (["--warmup", "-1"], "error: --warmup: must be >= 0, got -1"),
-])
-def test_bench_counts_are_checked_before_any_model_loads(tmp_path, capsys, argv, message):
-    """They were refused only after the model loaded (or, for an empty item, skipped), after a blank line."""
-    (tmp_path / "build.json").write_text("{}")  # never read: the options fail first
-    assert run_cli(["bench", str(tmp_path), *argv]) == 2
-    assert _one_error(capsys) == message
-
-
 def test_a_backend_named_twice_is_timed_once():
     from mfdeploy.bench import parse_list
 
