@@ -279,6 +279,7 @@ def test_a_failed_trial_runs_again_and_a_damaged_dense_record_is_measured_again(
     assert f"tune: 1 trial(s) that failed before run again ({failed['key']})" in said
     assert any(line.startswith(f"warning: {out / 'dense.json'} is damaged") for line in said)
     assert ran_keys(said) == [failed["key"]]
+    assert json.loads(journal_lines(out)[-1])["number"] == failed["number"] + 1  # the failed one's stays taken
     assert {r["key"]: r["state"] for r in journal.read_records(out, print)} == dict.fromkeys(KEYS, "complete")
     assert {r["key"] for r in result.trials} == KEYS and all(r["state"] == "complete" for r in result.trials)
 

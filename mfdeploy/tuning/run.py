@@ -46,7 +46,7 @@ def run_tune(cfg: TuneConfig, say: Callable[[str], None] | None = None) -> TuneR
         if failed:  # what failed may have been the environment's (a file since fixed): those trials run again
             keys = guards.some([r["key"] for r in failed])
             say(f"tune: {len(failed)} trial(s) that failed before run again ({keys})")
-        search = Search(cfg, space, backend, data, out, [r for r in records if r["state"] != "failed"], say)
+        search = Search(cfg, space, backend, data, out, records, say)
         search.run(started)
         return finish(search, time.monotonic() - started)
 

@@ -63,8 +63,10 @@ class Search:
     def __init__(self, cfg: TuneConfig, space: Space, backend: str, data: str, out: Path, records: list[Record],
                  say: Callable[[str], None]):
         self.cfg, self.space, self.backend, self.data, self.out, self.say = cfg, space, backend, data, out, say
-        self.records = records
-        self.by_key = {r["key"]: r for r in records}
+        # a trial that failed is not a finished one: it runs again (its number stays taken in the journal)
+        self.records = [r for r in records if r["state"] != "failed"]
+        self.taken = max((r["number"] for r in records), default=-1)
+        self.by_key = {r["key"]: r for r in self.records}
         self.work = out / WORK_DIR
         self.stopped = ""
         self.dense: dict[str, Any] = {}
@@ -150,7 +152,7 @@ class Search:
     def _measure(self, cand: Candidate) -> Record:
         t0 = time.monotonic()
         # after the journal's damaged lines were skipped, len(records) can be a number a kept trial has
-        number = max((r.get("number", -1) for r in self.records), default=-1) + 1
+        number = max([self.taken, *(r.get("number", -1) for r in self.records)]) + 1
         record: Record = {"number": number, "key": cand.key, "config": cand.config(), "state": "complete",
                           "seconds": {"run_here": True}}
         seconds = record["seconds"]
