@@ -212,6 +212,16 @@ def _tuples(values: dict[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in values.items()}
 
 
+def _once(values: tuple) -> tuple:
+    """`values` with each repeat dropped (same type and value; unhashable entries, such as a TOML table in a
+    list, stay for the checks to name)."""
+    out: list = []
+    for v in values:
+        if not any(type(v) is type(o) and v == o for o in out):
+            out.append(v)
+    return tuple(out)
+
+
 def _whole(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -224,7 +234,7 @@ def _checked(space: Space, backend: str, fixed: tuple[str, ...] | None, asked: s
     for key in LISTS:
         if not getattr(space, key):
             raise UserError(f"{where}: {key} is empty")
-    unique: dict[str, Any] = {key: tuple(dict.fromkeys(getattr(space, key))) for key in LISTS}  # repeats once
+    unique: dict[str, Any] = {key: _once(getattr(space, key)) for key in LISTS}
     space = replace(space, **unique)
     bad = [m for m in space.methods if m not in METHODS]
     if bad:
