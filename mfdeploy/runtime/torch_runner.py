@@ -86,10 +86,11 @@ class TorchRunner(Runner):
         self.text = adapter.text_tower()
         if device is not None:
             self.vision, self.text = self.vision.to(device), self.text.to(device)
-        on_cuda = next(self.vision.parameters()).device.type == "cuda"
-        if dtype is not None and check_dtype(dtype, on_cuda) != next(self.vision.parameters()).dtype:
-            self.vision = copy.deepcopy(self.vision).to(CUDA_DTYPES[dtype])
-            self.text = copy.deepcopy(self.text).to(CUDA_DTYPES[dtype])
+        first = next(self.vision.parameters())
+        wanted = check_dtype(dtype, first.device.type == "cuda") if dtype is not None else first.dtype
+        if wanted != first.dtype:
+            self.vision = copy.deepcopy(self.vision).to(wanted)
+            self.text = copy.deepcopy(self.text).to(wanted)
         param = next(self.vision.parameters())
         self._device, self._dtype = param.device, param.dtype  # inputs follow the weights
         self.device = str(self._device)

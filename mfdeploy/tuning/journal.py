@@ -41,7 +41,6 @@ def read_records(out: Path, warn: Callable[[str], None]) -> list[Record]:
     if not path.is_file():
         return []
     by_key: dict[str, Record] = {}
-    damaged: list[tuple[int, str]] = []
     with open(path, "rb") as f:
         for number, raw in enumerate(f, 1):
             try:
@@ -51,15 +50,13 @@ def read_records(out: Path, warn: Callable[[str], None]) -> list[Record]:
                     raise ValueError(problem)
             except (ValueError, UnicodeDecodeError) as e:
                 cut = "" if raw.endswith(b"\n") else " (cut off: the run was killed while writing it)"
-                damaged.append((number, f"{cut} ({e})"))
+                warn(f"{path}: line {number} is not a trial record{cut}: skipped, that trial runs again unless it "
+                     f"finished since ({e})")
                 continue
             old = by_key.get(record["key"])
             # two workers finished the same trial: the first one counts; a failed one, retried, gives way
             if old is None or (old["state"] == "failed" and record["state"] != "failed"):
                 by_key[record["key"]] = record
-    for number, why in damaged:
-        warn(f"{path}: line {number} is not a trial record{why}: skipped, that trial runs again unless it "
-             "finished since")
     return sorted(by_key.values(), key=lambda r: r["number"])
 
 

@@ -54,15 +54,22 @@ class Constraints:
 
 
 STATES = ("complete", "screened", "failed")
+
+
+def is_number(value: object) -> bool:
+    """An int or a float, not a bool (which is an int to Python, and TOML's and JSON's `true` to a user)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def is_whole(value: object) -> bool:
+    """An int, not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
 CONFIG_FIELDS = ("method", "ratio", "precision", "budget", "pattern", "distill_steps")
 
 
 def record_problem(record: object) -> str | None:
     """What makes `record` (one parsed journal line) unusable as a trial record, or None: the fields the search,
     the front and the reports read, by state (module doc)."""
-    def number(value: object) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-
     if not isinstance(record, dict):
         return "not an object"
     if not isinstance(record.get("key"), str) or record.get("state") not in STATES:
@@ -74,9 +81,9 @@ def record_problem(record: object) -> str | None:
         return "no configuration (" + ", ".join(CONFIG_FIELDS) + ")"
     if record["state"] == "complete":
         quality, speed = record.get("quality"), record.get("speed")
-        if not (isinstance(quality, dict) and all(number(quality.get(k)) for k in ("retention", "drop_points"))
-                and isinstance(speed, dict) and all(number(speed.get(k)) for k in ("speedup", "latency_ms"))
-                and number(record.get("size_mb")) and isinstance(record.get("build"), str)):
+        if not (isinstance(quality, dict) and all(is_number(quality.get(k)) for k in ("retention", "drop_points"))
+                and isinstance(speed, dict) and all(is_number(speed.get(k)) for k in ("speedup", "latency_ms"))
+                and is_number(record.get("size_mb")) and isinstance(record.get("build"), str)):
             return "a complete trial without its quality, speed, size or build"
     elif not isinstance(record.get("reason"), str):
         return f"a {record['state']} trial without its reason"
@@ -95,5 +102,5 @@ def dense_problem(dense: object) -> str | None:
     return None
 
 
-__all__ = ["CONFIG_FIELDS", "DEFAULT_MAX_DROP", "STATES", "Constraints", "Record", "dense_problem",
-           "record_problem"]
+__all__ = ["CONFIG_FIELDS", "DEFAULT_MAX_DROP", "STATES", "Constraints", "Record", "dense_problem", "is_number",
+           "is_whole", "record_problem"]

@@ -14,7 +14,7 @@ from typing import Any
 
 from mfdeploy.artifacts.io import atomic_file
 from mfdeploy.tuning.plot import pareto_png
-from mfdeploy.tuning.records import Record
+from mfdeploy.tuning.records import Record, is_number
 
 TUNE_JSON, TUNE_MD, PARETO_PNG = "tune.json", "tune.md", "pareto.png"
 NOTES = ("retention: the mean over tasks of candidate / dense accuracy; drop: points of mean accuracy below "
@@ -34,7 +34,7 @@ def _finite(data: Any) -> Any:
 
 
 def _f(value: Any, spec: str, suffix: str = "") -> str:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = is_number(value) and math.isfinite(value)
     return format(value, spec) + suffix if ok else "-"
 
 

@@ -18,6 +18,7 @@ from mfdeploy.errors import UserError
 from mfdeploy.tuning import journal
 from mfdeploy.tuning.config import TuneConfig, TuneResult
 from mfdeploy.tuning.outputs import finish
+from mfdeploy.tuning.records import is_number
 from mfdeploy.tuning.search import Search
 from mfdeploy.tuning.space import SPACES, Space, load_space, resolve_backend
 
@@ -99,14 +100,13 @@ def _check_options(cfg: TuneConfig, space: Space, backend: str) -> None:
     from mfdeploy.zoo import is_bundled
 
     c = cfg.constraints
-    for flag, value in (("--max-drop", c.max_drop), ("--min-speedup", c.min_speedup),
-                        ("--max-latency-ms", c.max_latency_ms), ("--max-size-mb", c.max_size_mb),
-                        ("--time-budget", cfg.time_budget_min), ("--batch-size", cfg.batch_size),
+    bounds = (("--max-drop", c.max_drop), ("--min-speedup", c.min_speedup), ("--max-latency-ms", c.max_latency_ms),
+              ("--max-size-mb", c.max_size_mb))
+    for flag, value in (*bounds, ("--time-budget", cfg.time_budget_min), ("--batch-size", cfg.batch_size),
                         ("--seed", cfg.seed)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise UserError(f"{flag} {value!r}: must be a number, not {type(value).__name__}")  # a Python caller's
-    for flag, value in (("--max-drop", c.max_drop), ("--min-speedup", c.min_speedup),
-                        ("--max-latency-ms", c.max_latency_ms), ("--max-size-mb", c.max_size_mb)):
+        if value is not None and not is_number(value):  # a Python caller's "5"
+            raise UserError(f"{flag} {value!r}: must be a number, not {type(value).__name__}")
+    for flag, value in bounds:
         if value is not None and not value >= 0:
             raise UserError(f"{flag} {value}: must be 0 or more")
     if cfg.batch_size <= 0:

@@ -280,8 +280,9 @@ class Search:
         if path.is_file():
             try:
                 dense = json.loads(path.read_text())
-                if dense_problem(dense):
-                    raise ValueError(dense_problem(dense))
+                problem = dense_problem(dense)
+                if problem:
+                    raise ValueError(problem)
                 self.dense = dense
                 return
             except (OSError, ValueError) as e:

@@ -30,6 +30,7 @@ from typing import Any
 import tomllib
 
 from mfdeploy.errors import UserError
+from mfdeploy.tuning.records import is_number, is_whole
 
 # backend -> the precisions tune can serve on it: (what it is called, how the backend is told)
 BACKEND_PRECISIONS: dict[str, tuple[str, ...]] = {
@@ -222,10 +223,6 @@ def _once(values: tuple) -> tuple:
     return tuple(out)
 
 
-def _whole(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _checked(space: Space, backend: str, fixed: tuple[str, ...] | None, asked: str) -> Space:
     """`space`, each list without repeats, or one line saying what in it cannot be searched on `backend`."""
     from mfdeploy.pruning.budgets import BUDGETS
@@ -240,7 +237,7 @@ def _checked(space: Space, backend: str, fixed: tuple[str, ...] | None, asked: s
     if bad:
         raise UserError(f"{where}: unknown method {bad[0]!r} (tune searches {', '.join(METHODS)})")
     for r in space.ratios:
-        if not isinstance(r, int | float) or isinstance(r, bool) or not 0 < r < 1:
+        if not is_number(r) or not 0 < r < 1:
             raise UserError(f"{where}: ratio {r!r} must be between 0 and 1")
     bad = [b for b in space.budgets if b is not None and b not in BUDGETS]
     if bad:
@@ -264,17 +261,17 @@ def _checked(space: Space, backend: str, fixed: tuple[str, ...] | None, asked: s
             runs = ", ".join(BACKEND_PRECISIONS[backend])
             raise UserError(f"{where}: precision {p!r} is not one {backend} runs here (it runs {runs})")
     for s in space.distill_steps:
-        if not _whole(s) or s < 0:
+        if not is_whole(s) or s < 0:
             raise UserError(f"{where}: distill_steps {s!r} must be whole numbers, 0 for none")
     unknown = sorted(set(space.mope) - {"neuron_group", "depth_share"})
     if unknown:
         raise UserError(f"{where}: [mope] {unknown[0]!r} is not an option (neuron_group, depth_share)")
     group, share = space.mope.get("neuron_group", 1), space.mope.get("depth_share", 0.0)
-    if not _whole(group) or group <= 0:
+    if not is_whole(group) or group <= 0:
         raise UserError(f"{where}: [mope] neuron_group {group!r} must be a positive whole number")
-    if not isinstance(share, int | float) or isinstance(share, bool) or not 0 <= share <= 1:
+    if not is_number(share) or not 0 <= share <= 1:
         raise UserError(f"{where}: [mope] depth_share {share!r} must be between 0 (width only) and 1 (layers only)")
-    if space.calib_samples is not None and (not _whole(space.calib_samples) or space.calib_samples <= 0):
+    if space.calib_samples is not None and (not is_whole(space.calib_samples) or space.calib_samples <= 0):
         raise UserError(f"{where}: [calibration] samples must be a positive whole number")
     keys = [c.key for c in space.candidates()]
     twice = sorted({k for k in keys if keys.count(k) > 1})
