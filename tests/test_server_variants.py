@@ -123,3 +123,29 @@ def test_serve_cli_end_to_end(build, export_dir, tmp_path, which):
         assert httpx.get(s.url + "/health").json()["status"] == "ok"
     finally:
         assert s.stop() == 0
+
+
+def test_quantized_towers_of_an_export_are_served_as_an_export(build, export_dir, tmp_path):
+    """`mfdeploy quantize EXPORT --out DIR` wrote towers nothing could serve (no export.json); DIR is now an export
+    directory of the same model, its files recorded again; a build's quantized towers point to --in-place."""
+    import json
+
+    from mfdeploy.artifacts.io import sha256
+    from mfdeploy.quantize.run import QuantizeConfig, run_quantize
+
+    run_quantize(export_dir, tmp_path / "q", QuantizeConfig(scheme="dynamic"))
+    manifest = json.loads((tmp_path / "q" / "export.json").read_text())
+    assert manifest["quantized"]["record"] == "quantize.json"
+    assert manifest["model"] == json.loads((export_dir / "export.json").read_text())["model"]
+    assert set(manifest["files"]) == {"vision.onnx", "text.onnx", "parity_inputs.npz", "quantize.json"}
+    assert all(rec["sha256"] == sha256(tmp_path / "q" / name) for name, rec in manifest["files"].items())
+    got, state = served_texts(tmp_path / "q")
+    assert np.allclose(got, onnx_texts(tmp_path / "q", state), atol=1e-5)  # the int8 towers, as ORT runs them
+    fp32, _ = served_texts(export_dir)
+    assert np.min(np.sum(got * fp32, axis=1)) >= 0.99  # the same model, quantized
+    assert "quantized export" in state.model_name
+    run_quantize(build, tmp_path / "qb", QuantizeConfig(scheme="dynamic"))
+    with pytest.raises(UserError, match=rf"^{tmp_path / 'qb'}: quantized towers of the build {build}, with no "
+                                        rf"export.json: serve them from the build \(`mfdeploy quantize {build} "
+                                        r"--in-place`, then `mfdeploy serve .* --backend ort-int8`\)$"):
+        resolve(ServeConfig(build_dir=tmp_path / "qb").validate())

@@ -76,9 +76,9 @@ def export_towers(adapter, out_dir: Path, opset: int = MIN_OPSET, external_data:
         UserError: opset too old, or an unknown exporter.
         ExportError: torch or ONNX rejected the graph.
     """
-    check_opset(opset)
     if exporter not in EXPORTERS:
         raise UserError(f"unknown exporter {exporter!r}; expected one of {', '.join(EXPORTERS)}")
+    check_opset(opset, exporter)
     if exporter == "dynamo" and opset < 18:
         raise UserError("the dynamo exporter emits opset 18 or newer: pass opset >= 18 or use the torchscript exporter")
     out_dir = Path(out_dir)

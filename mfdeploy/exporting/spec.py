@@ -17,13 +17,32 @@ DYNAMIC_DIMS = ("batch", "text_len")
 META_PREFIX = "mfdeploy."  # ONNX metadata_props keys written by the exporter
 SAMPLES_FILE = PARITY_INPUTS  # the real parity inputs, kept for engine checks (which have no tokenizer)
 __all__ = ["MIN_OPSET", "SAMPLES_FILE", "TOWERS", "check_onnx_dir", "check_opset",
-           "concrete_shapes", "dynamic_axes", "fixed_text_len", "model_limits", "onnx_io", "tower_specs"]
+           "concrete_shapes", "dynamic_axes", "fixed_text_len", "max_opset", "model_limits", "onnx_io", "tower_specs"]
 
-def check_opset(opset: int) -> None:
-    """Opsets before 17 decompose LayerNorm into ReduceMean/Pow/Sqrt, which overflows in TensorRT FP16."""
+def max_opset(exporter: str = "torchscript") -> int | None:
+    """The newest opset torch's `exporter` ("torchscript" or "dynamo") writes; None where torch does not say."""
+    try:
+        from torch.onnx import _constants
+    except ImportError:  # a torch without it: the exporter itself names an opset it cannot write
+        return None
+    name = "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET" if exporter == "torchscript" else "ONNX_MAX_OPSET"
+    value = getattr(_constants, name, None)
+    return value if isinstance(value, int) else None
+
+
+def check_opset(opset: int, exporter: str = "torchscript") -> None:
+    """Refuse an opset the export cannot write, before any model is loaded.
+
+    Opsets before 17 decompose LayerNorm into ReduceMean/Pow/Sqrt, which overflows in TensorRT FP16; opsets
+    past what the installed torch's exporter writes would fail only once the model is loaded and traced.
+    """
     if opset < MIN_OPSET:
         raise UserError(f"opset {opset} is too old: use --opset {MIN_OPSET} or newer "
                         "(LayerNorm must export as one LayerNormalization op)")
+    newest = max_opset(exporter)
+    if newest is not None and opset > newest:
+        raise UserError(f"opset {opset} is newer than torch's {exporter} exporter writes (up to {newest}): "
+                        f"use --opset {MIN_OPSET}-{newest}")
 
 
 def tower_specs(sizes: dict[str, int], inputs: dict[str, tuple[str, ...]] | None = None,

@@ -43,8 +43,12 @@ log = logging.getLogger(__name__)  # with logging unconfigured (the CLI), a warn
 
 # --- the stages ---------------------------------------------------------------------------------------------------
 def load_dense(state: BuildState) -> None:
-    """Load the dense checkpoint; a profile longer than its text positions fails here, before any work."""
+    """Load the dense checkpoint; a profile longer than its text positions, or globs that leave no layer to prune,
+    fail here, before any work."""
+    from mfdeploy.pruning.run import selected_layers
+
     adapter = state.model("dense")
+    selected_layers(adapter, state.cfg.prune)  # --include/--exclude that leave nothing fail before any work
     if state.cfg.max_text_len is not None and state.cfg.max_text_len > adapter.max_text_len:
         raise UserError(f"--max-text-len {state.cfg.max_text_len} exceeds the model's {adapter.max_text_len} "
                         "positions")

@@ -7,6 +7,7 @@ import time
 
 from mfdeploy.errors import UserError
 from mfdeploy.models import Adapter
+from mfdeploy.models.base import PrunableLayer
 from mfdeploy.models.inputs import CalibSource, calibration_pairs, parse_calib
 from mfdeploy.progress import NullReporter, Reporter
 from mfdeploy.pruning.checks import resolved_budget, validate
@@ -29,6 +30,20 @@ def calibration_source(cfg: PruneConfig, needs: bool) -> CalibSource | None:
     return source
 
 
+def selected_layers(adapter: Adapter, cfg: PruneConfig) -> dict[str, PrunableLayer]:
+    """The prunable layers `cfg.include`/`cfg.exclude` leave.
+
+    Raises:
+        UserError: none left; the message shows what a layer's name looks like, for the globs.
+    """
+    layers = adapter.prunable_layers(cfg.include or None, cfg.exclude or None)
+    if not layers:
+        every = list(adapter.prunable_layers())
+        example = f" (of {len(every)}, named like {every[0]})" if every else ""
+        raise UserError(f"no prunable layers left after --include/--exclude{example}")
+    return layers
+
+
 def prune_model(adapter: Adapter, cfg: PruneConfig, source: CalibSource | None = None,
                 reporter: Reporter | None = None) -> dict:
     """Prune `adapter.model` in place with the registered method `cfg.method`. Returns the record for prune.json.
@@ -46,9 +61,7 @@ def prune_model(adapter: Adapter, cfg: PruneConfig, source: CalibSource | None =
     pattern = validate(cfg)
     spec = METHODS[cfg.method]
     budget = resolved_budget(cfg, pattern)
-    layers = adapter.prunable_layers(cfg.include or None, cfg.exclude or None)
-    if not layers:
-        raise UserError("no prunable layers left after --include/--exclude")
+    layers = selected_layers(adapter, cfg)
     source = source or calibration_source(cfg, needs_calibration(spec, budget) or cfg.distill_steps > 0)
     # what the source really holds (a short JSONL file yields fewer than asked): sizes the bar, goes on record
     used = calibration_pairs(source, cfg.calib_samples) if source else 0

@@ -218,4 +218,27 @@ def run_quantize(src: Path, out: Path, cfg: QuantizeConfig, force: bool = False,
     adapter = load(model)
     with atomic_dir(out, force) as tmp:
         record = quantize_towers(adapter, fp32_dir, tmp, cfg, warn)
+        if (fp32_dir / EXPORT_MANIFEST).is_file():
+            _export_manifest(fp32_dir, tmp)
     return record
+
+
+def _export_manifest(fp32_dir: Path, out_dir: Path) -> None:
+    """Make `out_dir` an export directory as `fp32_dir` is, so `mfdeploy serve` and `mfdeploy engine` take it.
+
+    Its `export.json` is the source's (the model, its conventions, the towers' I/O), with the files recorded
+    again and `quantized` saying where the towers came from; the source's parity inputs come along.
+    """
+    import shutil
+
+    from mfdeploy.artifacts.io import file_records, write_json
+    from mfdeploy.artifacts.layout import PARITY_INPUTS
+
+    if (fp32_dir / PARITY_INPUTS).is_file():
+        shutil.copy2(fp32_dir / PARITY_INPUTS, out_dir / PARITY_INPUTS)
+    manifest = ExportManifest.read(fp32_dir).data
+    manifest["quantized"] = {"from": str(fp32_dir.resolve()), "record": QUANTIZE_MANIFEST,
+                             "note": "parity is the fp32 export's against PyTorch; quantize.json has the "
+                                     "quantized towers' against the fp32 ones"}
+    manifest["files"] = file_records(out_dir, recursive=False)
+    write_json(out_dir / EXPORT_MANIFEST, manifest)

@@ -12,8 +12,9 @@ A build directory holds several models; `--variant` picks one and
     torch*           pruned/                      the model build.json names
 
 An export directory (`mfdeploy export --out DIR`: vision.onnx, text.onnx,
-export.json) holds one model, served with ONNX Runtime (`ort-cpu`,
-`ort-cuda`) or, once `mfdeploy engine DIR` built its plans, `trt`.
+export.json; or `mfdeploy quantize EXPORT --out DIR`, its quantized towers)
+holds one model, served with ONNX Runtime (`ort-cpu`, `ort-cuda`) or, once
+`mfdeploy engine DIR` built its plans, `trt`.
 
 Texts and images are preprocessed with the tokenizer and image processor of
 the checkpoint the towers came from: a build's `pruned/` (pruning copies
@@ -27,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mfdeploy.artifacts.layout import EXPORT_MANIFEST, PRUNED_DIR, has_towers, is_build
-from mfdeploy.artifacts.manifest import ExportManifest
+from mfdeploy.artifacts.layout import EXPORT_MANIFEST, PRUNED_DIR, QUANTIZE_MANIFEST, has_towers, is_build
+from mfdeploy.artifacts.manifest import ExportManifest, QuantizeManifest
 from mfdeploy.errors import UserError
 from mfdeploy.models.integrity import verify_artifacts
 from mfdeploy.runtime.base import BackendUnavailable
@@ -107,6 +108,13 @@ def _export(path: Path, cfg: ServeConfig) -> Served:
         raise UserError(f"--backend {cfg.backend}: {path} is an export directory of ONNX towers; serve it with "
                         f"{', '.join(EXPORT_BACKENDS[:-1])} or {EXPORT_BACKENDS[-1]} (after `mfdeploy engine "
                         f"{path}`){hint}")
+    if not (path / EXPORT_MANIFEST).is_file() and (path / QUANTIZE_MANIFEST).is_file():
+        model = QuantizeManifest.read(path).model or "BUILD"  # the build's pruned/ checkpoint loaded
+        if Path(model).name == PRUNED_DIR and is_build(Path(model).parent):
+            model = str(Path(model).parent)
+        raise UserError(f"{path}: quantized towers of the build {model}, with no {EXPORT_MANIFEST}: serve them from "
+                        f"the build (`mfdeploy quantize {model} --in-place`, then `mfdeploy serve {model} --backend "
+                        "ort-int8`)")
     if not (path / EXPORT_MANIFEST).is_file():
         raise UserError(f"{path}: no {EXPORT_MANIFEST} naming the model whose tokenizer and image processor "
                         "the server needs (export with `mfdeploy export MODEL --out DIR`)")
@@ -114,8 +122,10 @@ def _export(path: Path, cfg: ServeConfig) -> Served:
     if not manifest.model_source:
         raise UserError(f"{path / EXPORT_MANIFEST}: names no model ('model.source'); re-export with "
                         "`mfdeploy export MODEL --out DIR`")
+    quantized = manifest.data.get("quantized")  # `mfdeploy quantize EXPORT --out DIR` made it
+    what = "quantized export" if isinstance(quantized, dict) else "export"
     return Served(path, "export", "export", _checkpoint(manifest.model_source, path),
-                  f"{manifest.model_id or path.name} (export, {cfg.backend})")
+                  f"{manifest.model_id or path.name} ({what}, {cfg.backend})")
 
 
 def _inside_build(path: Path) -> None:
