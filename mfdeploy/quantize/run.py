@@ -131,7 +131,8 @@ def _copy_metadata(src: Path, dst: Path) -> None:
 
 
 def quantize_towers(adapter, fp32_dir: Path, out_dir: Path, cfg: QuantizeConfig,
-                    warn: Callable[[str], None] | None = None, gate_inputs: dict | None = None) -> dict[str, Any]:
+                    warn: Callable[[str], None] | None = None, gate_inputs: dict | None = None,
+                    src: Path | None = None) -> dict[str, Any]:
     """Quantize `fp32_dir`'s towers into `out_dir` (which must exist), gate them, write `quantize.json`.
 
     Args:
@@ -141,6 +142,7 @@ def quantize_towers(adapter, fp32_dir: Path, out_dir: Path, cfg: QuantizeConfig,
         cfg: what to do.
         warn: called with one-line warnings (e.g. fewer calibration pairs than asked for).
         gate_inputs: precomputed `gate.gate_feeds(adapter)` (a build quantizes twice with the same inputs).
+        src: the export or build directory `mfdeploy quantize` was given, recorded as `source`.
 
     Returns:
         The record written to `out_dir/quantize.json`.
@@ -191,7 +193,8 @@ def quantize_towers(adapter, fp32_dir: Path, out_dir: Path, cfg: QuantizeConfig,
     record = {
         "mfdeploy_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": adapter.model_id, "target": cfg.target, "mode": cfg.mode,
+        "model": adapter.model_id, **({"source": str(Path(src).resolve())} if src is not None else {}),
+        "target": cfg.target, "mode": cfg.mode,
         "scheme": cfg.scheme if cfg.target == "ort" else "static",  # per tower: towers[tower]["scheme"]
         "calibration": {"source": source.describe() if need_calib else None, "requested": cfg.calib_samples,
                         "samples": used, "batch_size": cfg.batch_size, "seconds": round(calib_s, 2)},
@@ -217,7 +220,7 @@ def run_quantize(src: Path, out: Path, cfg: QuantizeConfig, force: bool = False,
     check_out_dir(out, force, sources=(src,))
     adapter = load(model)
     with atomic_dir(out, force) as tmp:
-        record = quantize_towers(adapter, fp32_dir, tmp, cfg, warn)
+        record = quantize_towers(adapter, fp32_dir, tmp, cfg, warn, src=src)
         if (fp32_dir / EXPORT_MANIFEST).is_file():
             _export_manifest(fp32_dir, tmp)
     return record

@@ -109,9 +109,7 @@ def _export(path: Path, cfg: ServeConfig) -> Served:
                         f"{', '.join(EXPORT_BACKENDS[:-1])} or {EXPORT_BACKENDS[-1]} (after `mfdeploy engine "
                         f"{path}`){hint}")
     if not (path / EXPORT_MANIFEST).is_file() and (path / QUANTIZE_MANIFEST).is_file():
-        model = QuantizeManifest.read(path).model or "BUILD"  # the build's pruned/ checkpoint loaded
-        if Path(model).name == PRUNED_DIR and is_build(Path(model).parent):
-            model = str(Path(model).parent)
+        model = QuantizeManifest.read(path).data.get("source") or "BUILD"
         raise UserError(f"{path}: quantized towers of the build {model}, with no {EXPORT_MANIFEST}: serve them from "
                         f"the build (`mfdeploy quantize {model} --in-place`, then `mfdeploy serve {model} --backend "
                         "ort-int8`)")
