@@ -148,6 +148,9 @@ def write_triton_repo(build: Path, out: Path, cfg: TritonConfig, force: bool = F
     real_build, real_out = build.resolve(), out.resolve()
     if real_out == real_build or real_out in real_build.parents:
         raise UserError(f"--out {out} would replace the build directory {build} itself: choose another --out")
+    if real_build in real_out.parents:  # a copy of the build's files inside it: serve, --force and hashes trip on it
+        raise UserError(f"--out {out} is inside the build {build}: a Triton repository holds copies of the build's "
+                        "files; put it outside the build")
     check_out_dir(out, force)
     engine = engine_record(build, manifest)
     models = plan_models(build, cfg, engine)
