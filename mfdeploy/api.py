@@ -114,6 +114,15 @@ def _calib_source(adapter: Adapter, calib: Any, n: int):
     return CalibSource("memory", batches=tuple(batches))
 
 
+def _globs(value: Any, name: str) -> list[str]:
+    """`include`/`exclude` as a list of globs: one string is one glob (`list("*q_proj")` would be its letters)."""
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, Iterable) or not all(isinstance(g, str) for g in value):
+        raise UserError(f"{name}: a glob or a list of globs (strings), got {value!r}")
+    return list(value)
+
+
 def prune(model: ModelLike, ratio: float = 0.5, method: str = "multiflow", *, budget: str | None = None,
           pattern: str | None = None,
           calib: Any = None, tokenizer: Any = None, processor: Any = None, calib_samples: int = 256,
@@ -136,7 +145,7 @@ def prune(model: ModelLike, ratio: float = 0.5, method: str = "multiflow", *, bu
             random and magnitude.
         tokenizer, processor: the model's own, for a `CLIPModel`/`SiglipModel` calibrated from pairs or files.
         calib_samples, batch_size: calibration pairs used, and pairs per forward pass.
-        include, exclude: fnmatch globs over prunable layer names.
+        include, exclude: fnmatch globs over prunable layer names (a list, or one glob as a string).
         seed: seeds the random score and ECoFLaP's perturbations.
         progress: show progress bars on stderr.
         **options: further `PruneConfig` fields (e.g. `ecoflap_smax_delta`,
@@ -153,8 +162,8 @@ def prune(model: ModelLike, ratio: float = 0.5, method: str = "multiflow", *, bu
     try:
         cfg = PruneConfig(ratio=ratio, model=adapter.model_id, method=method, budget=budget, pattern=pattern,
                           calib=str(calib) if isinstance(calib, (str, Path)) else None,
-                          calib_samples=calib_samples, batch_size=batch_size, include=list(include),
-                          exclude=list(exclude), seed=seed, show_progress=progress, **options)
+                          calib_samples=calib_samples, batch_size=batch_size, include=_globs(include, "include"),
+                          exclude=_globs(exclude, "exclude"), seed=seed, show_progress=progress, **options)
     except TypeError as e:
         raise UserError(f"prune: {e}") from None
     with tqdm_reporter(progress) as reporter:

@@ -51,3 +51,31 @@ def test_include_globs_that_match_no_layer_fail_at_the_load_stage(tmp_path, caps
     assert line.startswith("error: no prunable layers left after --include/--exclude (of 48, named like "
                            "vision_model.encoder.layers.0.self_attn.q_proj)"), line
     assert not (tmp_path / "b").exists()
+
+
+# ---- the Python API and the data options ----------------------------------------------------------------------------
+
+def test_one_glob_given_as_a_string_is_one_glob():
+    """`prune(model, include="*q_proj")` pruned by the letters '*', 'q', '_', ... (`list("*q_proj")`)."""
+    import copy
+
+    import mfdeploy
+
+    model = mfdeploy.load()
+    one = mfdeploy.prune(copy.deepcopy(model), ratio=0.5, method="magnitude", include="*q_proj")
+    listed = mfdeploy.prune(copy.deepcopy(model), ratio=0.5, method="magnitude", include=["*q_proj"])
+    assert one.record["include"] == ["*q_proj"] and sorted(one.masks) == sorted(listed.masks)
+    assert len(one.masks) == 8 and all(name.endswith("q_proj.weight") for name in one.masks)
+    with pytest.raises(UserError, match=r"^exclude: a glob or a list of globs \(strings\), got \[3\]$"):
+        mfdeploy.prune(copy.deepcopy(model), ratio=0.5, method="magnitude", exclude=[3])
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_data_option_is_not_the_current_folder(value, tmp_path, monkeypatch):
+    """`eval --data ''` read the current folder as a folder of classes (and scored its sub-folders)."""
+    from mfdeploy.eval.datasets import resolve_data
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "e").mkdir()
+    with pytest.raises(UserError, match=r"^--data is empty: give 'shapes', a JSONL file or an image folder$"):
+        resolve_data(value)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image, features
 
-from mfdeploy.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageTooLarge, load_rgb, open_checked, to_rgb
+from mfdeploy.data.images import DEFAULT_MAX_PIXELS, FORMATS, ImageError, ImageTooLarge, load_rgb, open_checked, to_rgb
 
 REPO = Path(__file__).resolve().parents[1]
 GRADIENT = np.tile(np.arange(256, dtype=np.uint8), (16, 1))  # [16, 256]: every 8-bit level
@@ -156,7 +156,8 @@ def test_an_unknown_mode_and_a_broken_file_are_refused_in_one_line():
     raw = saved(Image.fromarray(GRADIENT), "PNG")
     with pytest.raises(ImageError, match=r"^b\.png: not a decodable image \(OSError: .*truncated"):
         load_rgb(raw[:-40], "b.png")
-    with pytest.raises(ImageError, match=r"^c: not a decodable image \(UnidentifiedImageError\)$"):
+    with pytest.raises(ImageError, match=r"^c: not a decodable image \(UnidentifiedImageError; accepted formats: "
+                                         r"PNG, JPEG, .*\)$"):
         load_rgb(b"hello", "c")
 
 
@@ -190,7 +191,8 @@ def test_nothing_from_pillow_reaches_stderr(tmp_path):
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert proc.stdout.splitlines() == ["bomb.png: a 10000x10000 image (100,000,000 pixels) is over the limit of "
                                         "64,000,000 pixels per image",
-                                        "cut.tif: not a decodable image (UnidentifiedImageError)"]
+                                        "cut.tif: not a decodable image (UnidentifiedImageError; accepted formats: "
+                                        f"{', '.join(f for f in FORMATS if f in Image.OPEN)})"]
 
 
 # ---------------------------------------------------------------------------- every path uses it
@@ -250,3 +252,19 @@ def test_eval_refuses_an_oversized_image_in_one_line(tiny_clip_dir, tmp_path, ca
     errors = [line for line in err.splitlines() if line.strip()]
     assert e.value.code == 2 and len(errors) == 1, err
     assert "big.png" in errors[0] and "10000x10000" in errors[0] and "over the limit" in errors[0]
+
+
+def test_only_raster_formats_are_opened(monkeypatch):
+    """An EPS body reached Pillow's EPS plugin, which runs Ghostscript on it (where `gs` is installed): a server
+    handed any client's PostScript to it. Only the raster formats' plugins may open an image now."""
+    from PIL import EpsImagePlugin
+
+    def no_ghostscript(*args, **kwargs):
+        raise AssertionError("the EPS plugin ran")
+
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", no_ghostscript)
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto 10 10 lineto stroke\n%%EOF\n"
+    with pytest.raises(ImageError, match=r"^input\[0\]: not a decodable image \(UnidentifiedImageError; accepted "
+                                         r"formats: PNG, JPEG, "):
+        open_checked(eps, "input[0]")
+    assert {"PNG", "JPEG", "GIF", "WEBP", "TIFF", "BMP", "PPM"} <= set(FORMATS)

@@ -191,6 +191,7 @@ BAD = [
     ("false-like encoding", {"input": "x", "encoding_format": 0}, 400, "encoding_format 0"),
     ("nested too deeply", b'{"input": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", 400, "nested too deeply"),
     ("lone surrogate", b'{"input": "abc \\ud800 def"}', 400, "lone UTF-16 surrogate"),
+    ("a 5000-digit number", b'{"input": "a", "dimensions": ' + b"1" * 5000 + b"}", 400, "number of over"),
 ]
 
 

@@ -1,4 +1,9 @@
-"""The one image decoder: any file Pillow can open -> the RGB picture a person would see, pixels bounded.
+"""The one image decoder: a raster image file -> the RGB picture a person would see, pixels bounded.
+
+Only Pillow's plugins for the raster formats (`FORMATS`: PNG, JPEG, GIF, WebP,
+TIFF, BMP, PNM and a few more) may open a file: its other plugins include
+EPS, which hands the file to Ghostscript, and the server decodes what any
+client sends.
 
 Every image path uses it: calibration and evaluation files, image folders,
 the server's base64 inputs and the Python API's PIL images (`to_rgb`).
@@ -42,6 +47,9 @@ from PIL import ExifTags, Image, ImageOps
 
 from mfdeploy.errors import UserError, first_line
 
+# Pillow's format names tried on every image (its `Image.open(formats=...)`; JPEG opens a phone's MPO too); a name
+# this Pillow has no plugin for (its build left it out) is skipped
+FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "TIFF", "BMP", "DIB", "PPM", "TGA", "ICO", "JPEG2000", "QOI", "AVIF")
 DEFAULT_MAX_PIXELS = 64_000_000  # per image: every camera up to 61 MP; a 12000x12000 bomb is refused
 _PILLOW_MODES = {"1", "L", "P", "RGB", "RGBX", "YCbCr", "LAB", "HSV", "CMYK"}  # Pillow converts these right
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
@@ -73,6 +81,11 @@ class ImageTooLarge(ImageError):
         self.pixels, self.limit = pixels, limit
 
 
+def _formats() -> list[str]:
+    Image.init()  # registers every plugin, so that `Image.OPEN` lists them
+    return [name for name in FORMATS if name in Image.OPEN]
+
+
 def open_checked(source: str | Path | bytes | BinaryIO, where: str = "",
                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open an image's first frame, header only, and check its size; the caller decodes it with `to_rgb`.
@@ -87,12 +100,12 @@ def open_checked(source: str | Path | bytes | BinaryIO, where: str = "",
 
     Raises:
         ImageTooLarge: more pixels than `max_pixels` (or than Pillow's decompression-bomb limit).
-        ImageError: not an image Pillow can open.
+        ImageError: not an image in one of `FORMATS`, or one Pillow cannot open.
     """
     prefix = f"{where}: " if where else ""
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        img = Image.open(fp)
+        img = Image.open(fp, formats=_formats())
     except Image.DecompressionBombError as e:  # over twice Pillow's own limit: it refuses before we see the size
         found = re.search(r"\((\d+) pixels\)", str(e))
         pixels = int(found.group(1)) if found else 2 * int(Image.MAX_IMAGE_PIXELS or 0) + 1
@@ -101,6 +114,9 @@ def open_checked(source: str | Path | bytes | BinaryIO, where: str = "",
                             "image", pixels, limit) from None
     except MemoryError:
         raise
+    except Image.UnidentifiedImageError:
+        raise ImageError(f"{prefix}not a decodable image (UnidentifiedImageError; accepted formats: "
+                         f"{', '.join(_formats())})") from None
     except Exception as e:  # noqa: BLE001 - whatever a format plugin raises on a bad file (struct.error, ...)
         raise ImageError(f"{prefix}not a decodable image ({type(e).__name__})") from None
     width, height = img.size

@@ -165,6 +165,8 @@ def resolve_data(data: str | Path = "shapes", template: str | None = None, n_ima
             for data without classes, or a problem in the data itself.
     """
     text = str(data)
+    if not text.strip():  # Path("") is the current folder, which would be read as a folder of classes
+        raise UserError(f"{option} is empty: give 'shapes', a JSONL file or an image folder")
     if text == "shapes":
         if template is not None:
             raise UserError("--template applies to an image folder only (the shapes tasks bring their own prompts)")

@@ -13,6 +13,7 @@ import base64
 import json
 import logging
 import re
+import sys
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -74,6 +75,9 @@ async def _json_body(request: Request, limit: int) -> dict:
         raise ApiError(400, f"request body is not JSON ({e.msg if hasattr(e, 'msg') else e})") from None
     except RecursionError:
         raise ApiError(400, "request body is nested too deeply to be a request") from None
+    except ValueError:  # an integer of more digits than Python converts to int (sys.get_int_max_str_digits)
+        raise ApiError(400, f"request body holds a number of over {sys.get_int_max_str_digits()} digits: not a "
+                       "request") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
     try:  # JSON may escape half a UTF-16 pair ("\ud800"): no text, and no tokenizer takes it
