@@ -186,7 +186,11 @@ def post(url: str, i: int) -> tuple[int, str | None, str]:
     return r.status_code, r.headers.get("retry-after"), r.text
 
 
-def test_sigterm_under_a_long_queue_answers_every_request_and_exits_in_the_grace_period(build, tmp_path):
+@pytest.mark.parametrize("signals", [[signal.SIGTERM], [signal.SIGINT], [signal.SIGINT, signal.SIGINT]],
+                         ids=["SIGTERM", "Ctrl-C", "Ctrl-C twice"])
+def test_sigterm_under_a_long_queue_answers_every_request_and_exits_in_the_grace_period(build, tmp_path, signals):
+    """Ctrl-C stops as SIGTERM does: it ended in "error: interrupted" and exit 130, and a second Ctrl-C (uvicorn's
+    force exit) cut the requests in flight short with 500s."""
     grace = 3.0
     proc, url = start(build, tmp_path / "log", 0.05, "--grace-s", str(grace), "--max-batch", "8",
                       "--max-delay-ms", "0", "--max-items", "8", "--max-queue", "512")
@@ -194,7 +198,9 @@ def test_sigterm_under_a_long_queue_answers_every_request_and_exits_in_the_grace
         futures = [pool.submit(post, url, i) for i in range(40)]  # 40 calls of 0.4 s: 16 s of work
         time.sleep(1.5)
         t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
+        for sig in signals:
+            proc.send_signal(sig)
+            time.sleep(0.5)
         rc = proc.wait(timeout=30)
         exit_s = time.monotonic() - t0
         results = [f.result() for f in futures]
@@ -203,7 +209,31 @@ def test_sigterm_under_a_long_queue_answers_every_request_and_exits_in_the_grace
     assert set(codes) <= {200, 503} and 200 in codes and 503 in codes, (codes, results)
     assert all(retry == "1" and "shutting down" in text for code, retry, text in results if code == 503)
     assert rc == 0 and exit_s < grace + 2, (rc, exit_s)
-    assert "Traceback" not in log and " 500 " not in log, log
+    assert "Traceback" not in log and " 500 " not in log and log.rstrip().endswith("stopped"), log
+
+
+def test_a_stop_while_the_towers_load_exits_0_at_once(build, tmp_path):
+    """SIGTERM while OpenVINO (or inductor) compiled the towers aborted the process: the interpreter's exit tore
+    its modules down under the loading thread. The command now ends without waiting for it, exit 0."""
+    launch = LAUNCH.replace("state.make_runner = lambda *a, **k: Slow(real(*a, **k))",
+                            "state.make_runner = lambda *a, **k: (time.sleep(30), real(*a, **k))[1]\n"
+                            "import atexit; atexit.register(lambda: print('interpreter exit', flush=True))")
+    log = tmp_path / "log"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-c", launch, "0", "serve", str(build), "--port", "0"],
+                                stdout=f, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 120
+    while LISTEN.search(log.read_text()) is None:
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(timeout=20)
+    text = log.read_text()
+    assert rc == 0 and time.monotonic() - t0 < 10, (rc, text)
+    assert "the loading) was still running at shutdown" in text and text.rstrip().endswith("stopped"), text
+    assert "interpreter exit" not in text  # ended by os._exit: no teardown under the loading thread
 
 
 def test_a_stuck_model_call_does_not_hold_the_exit(build, tmp_path):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import gc
+import logging
+import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -69,8 +72,13 @@ def serve(
                   f"{max_delay_ms:g} ms, queue {max_queue} items{', API key required' if api_key else ''}); "
                   "GET /health says when the towers are loaded", highlight=False, soft_wrap=True, markup=False)
 
-    run(cfg, on_listen=listening)
+    left_running = run(cfg, on_listen=listening)
     err.print("stopped", highlight=False)
+    if left_running:  # the model thread is inside native code (a compiler, a long call): see `serve`'s docstring
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     # The process exits next. Its last garbage collection would walk every object torch and transformers made, for
     # nothing: seconds on a busy machine, past the --grace-s the exit is promised in. Frozen objects are skipped.
     gc.freeze()

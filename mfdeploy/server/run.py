@@ -17,6 +17,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
+from types import FrameType
 
 import uvicorn
 
@@ -27,6 +28,7 @@ from mfdeploy.server.source import resolve
 from mfdeploy.server.state import ServerState
 
 log = logging.getLogger("mfdeploy.server")
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def answer_margin(grace_s: float) -> float:
@@ -34,12 +36,20 @@ def answer_margin(grace_s: float) -> float:
     return min(1.0, grace_s / 4)
 
 
-def serve(cfg: ServeConfig, on_listen: Callable[[str, int], None] | None = None) -> None:
+def serve(cfg: ServeConfig, on_listen: Callable[[str, int], None] | None = None) -> bool:
     """Serve until SIGTERM or Ctrl-C, then return within `cfg.grace_s` (every request answered first).
+
+    A second Ctrl-C does not cut the requests in flight short (uvicorn's "force exit"): the grace period
+    already bounds the wait.
 
     Args:
         cfg: the configuration (validated here).
         on_listen: called with (host, port) once the socket listens (port 0 resolved).
+
+    Returns:
+        True when a model call (or the loading) was still running at the end: the caller should end the
+        process with `os._exit` once its output is flushed, since the interpreter's exit would tear its modules
+        down under that thread, inside native code (OpenVINO's compiler aborts the process then).
 
     Raises:
         UserError: a bad setting, a directory that is neither a build nor an export, or towers the backend
@@ -66,16 +76,18 @@ def serve(cfg: ServeConfig, on_listen: Callable[[str, int], None] | None = None)
                             timeout_graceful_shutdown=cfg.grace_s, lifespan="on")  # type: ignore[arg-type]
     server = _Server(config, on_listen, state)
     main_thread = threading.current_thread() is threading.main_thread()
-    # uvicorn re-raises the signal that stopped it once it is done; a SIGTERM here means "stop", handled: exit 0
-    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN) if main_thread else None
+    # uvicorn re-raises the signal that stopped it once it is done; SIGTERM or Ctrl-C here means "stop", handled:
+    # ignored while it is re-raised, so the command ends with "stopped" and exit 0
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in _STOP_SIGNALS} if main_thread else {}
     try:
         server.run(sockets=[sock])
     finally:
         sock.close()
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if failure:
         raise UserError(failure[0])
+    return state.left_running
 
 
 class _Server(uvicorn.Server):
@@ -90,6 +102,12 @@ class _Server(uvicorn.Server):
         if self.on_listen is not None and self.servers:
             host, port = self.servers[0].sockets[0].getsockname()[:2]
             self.on_listen(host, port)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig == signal.SIGINT and self.should_exit:  # a second Ctrl-C: keep answering (module doc)
+            log.warning("already stopping: every request is answered within the grace period")
+            return
+        super().handle_exit(sig, frame)
 
     async def shutdown(self, sockets=None) -> None:
         grace = float(self.config.timeout_graceful_shutdown or 0.0)

@@ -56,6 +56,7 @@ class ServerState:
         self.embed_dim = 0
         self._executor = ModelThread()  # one model call at a time, for both towers
         self._loading: asyncio.Task | None = None
+        self.left_running = False  # `stop` left a model call (or the loading) running on the model thread
 
     def load(self) -> None:
         """Open the model's preprocessing and the runner (blocking; runs on a thread)."""
@@ -173,6 +174,7 @@ class ServerState:
             await batcher.stop()
         self.ready = False
         if self._executor.busy:  # a call overran the grace period: its requests got 503; the process exits anyway
+            self.left_running = True
             log.warning("a model call (or the loading) was still running at shutdown: left to end with the process")
         elif self.runner is not None:
             self.runner.close()
