@@ -107,6 +107,17 @@ def current_rss_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def available_memory_bytes() -> int | None:
+    """Memory the kernel says new allocations can take without swapping (`MemAvailable`); None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024  # kB
+    except (OSError, IndexError, ValueError):
+        return None
+    return None
+
+
 def release_freed_memory() -> bool:
     """Hand memory the process has freed back to the OS (glibc's `malloc_trim(0)`; a no-op elsewhere).
 

@@ -161,6 +161,8 @@ def _fails(argv, capsys) -> str:
     (["--threads", "0"], "--threads: must be >= 1, got 0"),  # these three were checked after the model loaded
     (["--warmup", "-1"], "--warmup: must be >= 0, got -1"),
     (["--min-time", "-1"], "--min-time: must be >= 0, got -1.0"),
+    (["--batch-sizes", "1,100000000"], "--batch-sizes 100000000: its inputs alone take"),  # made, then OOM-killed
+    (["--batch-sizes", "100000000", "--towers", "text"], "of memory available here"),
 ])
 def test_cli_bad_arguments(build_dir, capsys, args, message):
     line = _fails(["bench", str(build_dir), *args], capsys)
@@ -210,3 +212,16 @@ def test_int8_towers_are_timed_beside_pruned_and_dense(build_dir, tmp_path):
     rows = run_bench(build_dir, backends=["ort-cpu"], batch_sizes=[1], int8=True, write=False, **FAST)
     gone = [r for r in rows if r.get("status") == "unavailable"]
     assert len(gone) == 1 and gone[0]["variant"] == "int8" and "--int8" in gone[0]["reason"]
+
+
+def test_input_memory_counts_the_towers_timed_only():
+    """A text-only run made the image inputs of every batch size too (10 GiB for --batch-sizes 100000)."""
+    from mfdeploy.bench.args import check_input_memory
+    from mfdeploy.errors import UserError
+
+    gib = 2**30
+    check_input_memory([100_000], ["text"], 224, 16, 16 * gib)  # 25 MB of ids and mask
+    with pytest.raises(UserError, match=r"^--batch-sizes 100000: its inputs alone take 56\.1 GiB, over an eighth "
+                                        r"of the 16\.0 GiB of memory available here"):
+        check_input_memory([1, 100_000], ["vision", "text"], 224, 16, 16 * gib)
+    check_input_memory([100_000], ["vision"], 224, 16, None)  # unknown: no check

@@ -325,3 +325,17 @@ def test_the_openai_client_of_the_readme_works(server):
     assert np.allclose(np.array([d.embedding for d in texts.data]), direct, atol=1e-6)
     want = embeddings(server.post("/v1/embeddings", {"input": [image], "modality": "image"}))[0]
     assert np.allclose(images.data[0].embedding, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("method,path,status,message", [
+    ("GET", "/v1/embedding", 404, "no route /v1/embedding: the routes are POST /v1/embeddings"),
+    ("GET", "/v1/embeddings", 405, "GET is not allowed on /v1/embeddings: the routes are"),
+])
+def test_an_unknown_route_or_method_is_answered_in_the_error_shape(server, method, path, status, message):
+    """Starlette answered these in plain text ("Not Found"), unlike every other error of the API."""
+    resp = server.client.request(method, path)
+    assert resp.status_code == status, resp.text
+    error = resp.json()["error"]
+    assert error["message"].startswith(message) and error["code"] == status, error
+    if status == 405:
+        assert resp.headers["allow"] == "POST"

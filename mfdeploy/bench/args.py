@@ -68,3 +68,19 @@ def check_args(towers, batch_sizes, text_len, max_text_len, warmup, iters, threa
         raise UserError(f"--threads: must be >= 1, got {threads}")
     if min_time < 0:
         raise UserError(f"--min-time: must be >= 0, got {min_time}")
+
+
+def check_input_memory(batch_sizes: Sequence[int], towers: Sequence[str], image_size: int, text_len: int,
+                       available: int | None) -> None:
+    """Refuse batch sizes whose inputs alone would take over an eighth of the `available` memory (bytes; None:
+    unknown, no check), before they are made: the runtime's activations take several times the inputs, and the
+    allocation would fail in a traceback, or the OOM killer end the run."""
+    if available is None:
+        return
+    batch = max(batch_sizes)
+    need = (batch * 3 * image_size * image_size * 4 if "vision" in towers else 0) \
+        + (batch * text_len * 8 * 2 if "text" in towers else 0)  # float32 pixels; int64 ids and mask
+    if need > available / 8:
+        raise UserError(f"--batch-sizes {batch}: its inputs alone take {need / 2**30:.1f} GiB, over an eighth of the "
+                        f"{available / 2**30:.1f} GiB of memory available here (the runtime's activations take "
+                        "several times that); time smaller batches")

@@ -16,11 +16,11 @@ import numpy as np
 
 from mfdeploy.artifacts.layout import BENCH_JSON, ONNX_INT8_DIR
 from mfdeploy.artifacts.writable import check_file_target, check_writable
-from mfdeploy.bench.args import check_args, parse_batch_sizes, parse_list
+from mfdeploy.bench.args import check_args, check_input_memory, parse_batch_sizes, parse_list
 from mfdeploy.bench.runners import check_precision_options, open_runners, precision_fields
 from mfdeploy.bench.stability import load_average, spread_reason
 from mfdeploy.errors import UserError
-from mfdeploy.platform import current_rss_mb, peak_rss_mb, physical_cores
+from mfdeploy.platform import available_memory_bytes, current_rss_mb, peak_rss_mb, physical_cores
 from mfdeploy.runtime.base import Runner, wall_seconds
 from mfdeploy.runtime.inputs import DEFAULT_TEXT_LEN, pixel_values, text_inputs
 from mfdeploy.runtime.registry import BACKENDS, ONNX_BACKENDS, TOWERS, BuildDir, check_backends
@@ -187,8 +187,9 @@ def run_bench(
             raise UserError(f"--text-len {text_len}: {adapter.family.title} reads exactly {fixed} tokens (every "
                             "text is padded to that length); leave --text-len out")
         length = fixed or text_len or min(DEFAULT_TEXT_LEN, adapter.max_text_len)
-        images = {b: pixel_values(b, adapter.image_size, seed=b) for b in batch_sizes}
-        texts = {b: text_inputs(b, length, tokenizer=adapter.tokenizer) for b in batch_sizes}
+        check_input_memory(batch_sizes, towers, adapter.image_size, length, available_memory_bytes())
+        images = {b: pixel_values(b, adapter.image_size, seed=b) for b in batch_sizes if "vision" in towers}  # timed
+        texts = {b: text_inputs(b, length, tokenizer=adapter.tokenizer) for b in batch_sizes if "text" in towers}
         variants = ["pruned", "dense"] if dense else ["pruned"]
         with_int8 = (build.path / ONNX_INT8_DIR).is_dir() if int8 is None else int8
         torch.set_num_threads(threads_used)

@@ -22,6 +22,7 @@ import anyio
 import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -114,6 +115,15 @@ async def _submit(state: ServerState, tower: str, items: list) -> tuple[np.ndarr
                        headers={"Retry-After": str(RETRY_AFTER_S)}) from None
     except ShuttingDown as e:
         raise _stopping(str(e)) from None
+
+
+async def _routing_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (an unknown path, a wrong method) in OpenAI's error shape, as every other error."""
+    assert isinstance(exc, HTTPException)
+    paths = "POST /v1/embeddings, POST /v1/classify, GET /health, GET /metrics"
+    what = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
+    message = f"{what.get(exc.status_code, exc.detail)}: the routes are {paths}"
+    return ApiError(exc.status_code, message, headers=dict(exc.headers or {})).response()
 
 
 def _stopping(message: str = "the server is shutting down") -> ApiError:
@@ -273,7 +283,7 @@ def make_app(state: ServerState) -> Starlette:
 
     routes = [Route("/health", health, methods=["GET"]), Route("/metrics", metrics, methods=["GET"]),
               Route("/v1/embeddings", embeddings, methods=["POST"]), Route("/v1/classify", classify, methods=["POST"])]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _routing_error})
     if cfg.api_key is not None:
         app.add_middleware(ApiKeyAuth, key=cfg.api_key, reject=lambda: ApiError(
             401, "missing or wrong API key: send the header 'Authorization: Bearer KEY' with the server's key "
