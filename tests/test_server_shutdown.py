@@ -8,6 +8,7 @@ subprocess whose runner is wrapped in a slow fake (so the queue is long for a ti
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -289,3 +290,31 @@ def test_sigterm_while_large_images_decode(build, tmp_path):
     assert all(retry == "1" for code, retry, _ in results if code == 503)
     assert rc == 0 and exit_s < grace + 2, (rc, exit_s)
     assert "Traceback" not in log and " 500 " not in log, log
+
+
+def test_a_request_whose_client_left_is_not_computed(build, tmp_path):
+    """A client that closed its connection still had its request decoded, queued, run and counted as a 200: under
+    client-side timeouts a loaded server worked through dead requests. It is now dropped (a 499 in the log)."""
+    import socket
+
+    proc, url = start(build, tmp_path / "log", 0.1, "--max-delay-ms", "0", "--max-batch", "8")
+    host, port = url.removeprefix("http://").split(":")
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            busy = pool.submit(post, url, 0)  # 8 texts: 0.8 s on the model thread
+            time.sleep(0.3)
+            body = json.dumps({"input": ["a green star."] * 8}).encode()
+            with socket.create_connection((host, int(port))) as sock:  # queued behind the busy call, then gone
+                sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                time.sleep(0.2)
+            assert busy.result()[0] == 200
+        time.sleep(1.5)
+        metrics = httpx.get(url + "/metrics").text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    log = (tmp_path / "log").read_text()
+    assert "POST /v1/embeddings 499" in log and "Traceback" not in log, log
+    items = re.search(r'mfdeploy_batch_size_sum\{tower="text"\} (\S+)', metrics)
+    assert items is not None and float(items.group(1)) == 8, metrics  # the busy call's texts only
