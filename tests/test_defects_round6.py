@@ -79,3 +79,46 @@ def test_an_empty_data_option_is_not_the_current_folder(value, tmp_path, monkeyp
     (tmp_path / "e").mkdir()
     with pytest.raises(UserError, match=r"^--data is empty: give 'shapes', a JSONL file or an image folder$"):
         resolve_data(value)
+
+
+# ---- what a prune is given ------------------------------------------------------------------------------------------
+
+def test_an_already_pruned_model_is_not_pruned_again(tiny_clip_dir, tmp_path, capsys):
+    """`prune --model BUILD` pruned the build's pruned/ checkpoint and recorded the new ratio as its sparsity (the
+    weights held both masks), with the pruned model as the "dense" baseline of retention."""
+    first = tmp_path / "p1"
+    assert run_cli(["prune", "--model", str(tiny_clip_dir), "--method", "magnitude", "--ratio", "0.5",
+                    "--out", str(first)]) == 0
+    capsys.readouterr()
+    for source in (first, first / "pruned"):
+        assert run_cli(["build", "--model", str(source), "--ratio", "0.3", "--out", str(tmp_path / "again")]) == 2
+        line = _one_error(capsys)
+        assert line == (f"error: {source} is already pruned (magnitude 0.5 of {tiny_clip_dir}): prune the dense "
+                        f"model it came from (--model {tiny_clip_dir}), at the total ratio you want"), line
+        assert not (tmp_path / "again").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--method", "multiflow", "--depth-share", "0.5"], "--depth-share applies with --method mope only"),
+    (["--method", "wanda", "--neuron-group", "32"], "--neuron-group applies with --method mope only"),
+    (["--method", "magnitude", "--mope-cache", "mc"], "--mope-cache applies with --method mope only"),
+    (["--method", "wanda", "--smax-delta", "0.2"], "--smax-delta applies with ECoFLaP's budget"),
+    (["--method", "magnitude", "--distill-lr", "1e-3"], "--distill-lr applies with --distill-steps N only"),
+    (["--method", "magnitude", "--distill-params", "prunable"], "--distill-params applies with --distill-steps"),
+    (["--method", "mope", "--neuron-group", "0"], "--neuron-group 0: must be a positive whole number"),
+])
+def test_an_option_of_another_method_is_refused_not_ignored(tmp_path, capsys, args, message):
+    """Each was silently ignored (exit 0), while --budget with mope was refused."""
+    assert run_cli(["prune", "--ratio", "0.5", *args, "--out", str(tmp_path / "p")]) == 2
+    assert _one_error(capsys).startswith(f"error: {message}")
+    assert not (tmp_path / "p").exists() and not (tmp_path / "mc").exists()
+
+
+def test_a_local_model_is_recorded_by_its_absolute_path(tiny_clip_dir, tmp_path, monkeypatch):
+    """A relative --model was recorded as typed: from another folder, retention looked it up there, or on the hub
+    when it read like owner/name."""
+    from mfdeploy.models import resolve_checkpoint
+
+    monkeypatch.chdir(tiny_clip_dir.parent)
+    where, model_id = resolve_checkpoint(tiny_clip_dir.name)
+    assert model_id == str(tiny_clip_dir.resolve()) and where == type(where)(tiny_clip_dir.name)

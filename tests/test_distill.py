@@ -22,7 +22,7 @@ LR = 1e-4  # Adam moves every trained weight by about this much per step
 
 def _cfg(tiny_clip_dir, method="multiflow", **kw):
     base = {"ratio": 0.5, "model": str(tiny_clip_dir), "method": method, "calib": "shapes", "calib_samples": 16,
-            "batch_size": 8, "mope_neuron_group": 32, "show_progress": False}
+            "batch_size": 8, "show_progress": False, **({"mope_neuron_group": 32} if method == "mope" else {})}
     return PruneConfig(**{**base, **kw})
 
 

@@ -61,7 +61,8 @@ def test_registry_covers_every_method():
 def test_progress_goes_to_a_reporter(tiny_clip_dir, recording_reporter, method, expected):
     rec = recording_reporter
     cfg = PruneConfig(ratio=0.5, model=str(tiny_clip_dir), method=method, calib="shapes", calib_samples=8,
-                      batch_size=8, ecoflap_samples=4, mope_neuron_group=32, show_progress=False)
+                      batch_size=8, ecoflap_samples=4, mope_neuron_group=32 if method == "mope" else 64,
+                      show_progress=False)
     prune_model(load(tiny_clip_dir), cfg, reporter=rec)
     assert rec.tasks == expected
 

@@ -23,7 +23,8 @@ def test_short_calibration_file_records_pairs_used(tiny_clip_dir, shapes_pairs_j
                                                    method):
     """12 pairs in the file, 40 asked: the record says 12 used of 40 requested, and one warning says so."""
     cfg = PruneConfig(ratio=0.5, model=str(tiny_clip_dir), method=method, calib=str(shapes_pairs_jsonl),
-                      calib_samples=40, batch_size=8, mope_neuron_group=32, show_progress=False)
+                      calib_samples=40, batch_size=8, mope_neuron_group=32 if method == "mope" else 64,
+                      show_progress=False)
     with caplog.at_level(logging.WARNING, logger="mfdeploy"):
         record = prune_model(load(tiny_clip_dir), cfg, reporter=recording_reporter)
     cal = record["calibration"]
@@ -227,7 +228,7 @@ def test_sparsity_plot_names_layers_and_roles(tiny_clip_dir, tmp_path, method):
     from mfdeploy.pruning.plot import parse_layer_name, plot_sparsity
 
     cfg = PruneConfig(ratio=0.5, model=str(tiny_clip_dir), method=method, calib="shapes", calib_samples=8,
-                      batch_size=8, mope_neuron_group=32, show_progress=False)
+                      batch_size=8, mope_neuron_group=32 if method == "mope" else 64, show_progress=False)
     record = prune_model(load(tiny_clip_dir), cfg)
     fig = plot_sparsity(record, tmp_path / "sparsity.png")
     assert (tmp_path / "sparsity.png").stat().st_size > 0

@@ -42,7 +42,8 @@ def resolve_checkpoint(source: str | Path | None) -> tuple[Path | str, str]:
         if (path / PRUNED_DIR / "config.json").is_file():
             path = path / PRUNED_DIR
         adapter_class(read_config(path), path)  # an unsupported family fails here, before any weights load
-        return path, str(path)
+        # recorded absolute: records read from another folder (retention's dense model) find it, never the hub
+        return path, str(path.resolve())
     text = str(source)
     first = text.split("/", 1)[0]
     # a path (relative, absolute, or under a folder that exists here, e.g. a tune's `best/` not made yet)

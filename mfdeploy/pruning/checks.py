@@ -6,7 +6,9 @@ configuration, so the configuration's module cannot import the registry without 
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from pathlib import Path
 
 import torch
 
@@ -76,7 +78,44 @@ def validate(cfg: PruneConfig) -> tuple[int, int] | None:
     if cfg.method == "mope" and (cfg.include or cfg.exclude):  # it cuts heads, neurons, layers in every block
         raise UserError("--include/--exclude do not apply to --method mope, which prunes every layer of both "
                         "towers: drop them, or use an unstructured method")
+    if cfg.method == "mope" and (isinstance(cfg.mope_neuron_group, bool) or not isinstance(cfg.mope_neuron_group, int)
+                                 or cfg.mope_neuron_group <= 0):
+        raise UserError(f"--neuron-group {cfg.mope_neuron_group!r}: must be a positive whole number of neurons")
+    _unused_options(cfg, resolved_budget(cfg, pattern))
+    _not_pruned(cfg.model)
     return pattern
+
+
+def _unused_options(cfg: PruneConfig, budget: str | None) -> None:
+    """An option of one method (or of distillation) given with another is refused, as --budget with mope is:
+    silently ignored, a user would believe it was applied."""
+    defaults = {f.name: f.default for f in dataclasses.fields(PruneConfig)}
+    mope = cfg.method == "mope"
+    rules = (("mope_neuron_group", "--neuron-group", mope, "--method mope"),
+             ("mope_depth_share", "--depth-share", mope, "--method mope"),
+             ("mope_cache", "--mope-cache", mope, "--method mope"),
+             ("ecoflap_smax_delta", "--smax-delta", budget == "ecoflap", "ECoFLaP's budget (--method ecoflap, or "
+                                                                         "--budget ecoflap)"),
+             ("distill_lr", "--distill-lr", cfg.distill_steps > 0, "--distill-steps N"),
+             ("distill_params", "--distill-params", cfg.distill_steps > 0, "--distill-steps N"))
+    for field, flag, applies, needs in rules:
+        if not applies and getattr(cfg, field) != defaults[field]:
+            raise UserError(f"{flag} applies with {needs} only, which this run does not use: drop it")
+
+
+def _not_pruned(model: str | None) -> None:
+    """Refuse an already pruned checkpoint (a prune or build directory): its sparsity and retention would be
+    measured against it, not against the dense model it came from."""
+    from mfdeploy.models.loader import read_origin, resolve_checkpoint
+
+    if model is None or not Path(str(model)).expanduser().is_dir():  # a hub id, the bundled model, a name in memory
+        return
+    where, _ = resolve_checkpoint(model)
+    origin = read_origin(where) if isinstance(where, Path) else None
+    if origin is not None:
+        raise UserError(f"{model} is already pruned ({origin.get('method')} {origin.get('ratio')} of "
+                        f"{origin.get('model_id')}): prune the dense model it came from (--model "
+                        f"{origin.get('model_id')}), at the total ratio you want")
 
 
 def resolved_budget(cfg: PruneConfig, pattern: tuple[int, int] | None) -> str | None:

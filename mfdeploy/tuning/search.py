@@ -227,12 +227,12 @@ class Search:
         out.parent.mkdir(parents=True, exist_ok=True)
         if (out / BUILD_MANIFEST).is_file():
             return out
-        mope = self.space.mope
+        space = self.space.mope  # MoPE's settings go to MoPE candidates only (another method refuses them)
+        mope = {"mope_neuron_group": space.get("neuron_group", 64), "mope_depth_share": space.get("depth_share", 0.0),
+                "mope_cache": self.out / CACHE_DIR / "mope"} if cand.method == "mope" else {}
         prune = PruneConfig(ratio=cand.ratio, model=self.cfg.model, method=cand.method, budget=cand.budget,
                             pattern=cand.pattern, calib=self.cfg.calib, seed=self.cfg.seed,
-                            distill_steps=cand.distill_steps, show_progress=False,
-                            mope_neuron_group=mope.get("neuron_group", 64),
-                            mope_depth_share=mope.get("depth_share", 0.0), mope_cache=self.out / CACHE_DIR / "mope",
+                            distill_steps=cand.distill_steps, show_progress=False, **mope,
                             calib_samples=self.space.calib_samples or PruneConfig.calib_samples)
 
         def screen(state) -> dict:
