@@ -122,3 +122,15 @@ def test_a_local_model_is_recorded_by_its_absolute_path(tiny_clip_dir, tmp_path,
     monkeypatch.chdir(tiny_clip_dir.parent)
     where, model_id = resolve_checkpoint(tiny_clip_dir.name)
     assert model_id == str(tiny_clip_dir.resolve()) and where == type(where)(tiny_clip_dir.name)
+
+
+def test_an_unreadable_weights_file_is_named_as_such(tiny_clip_dir, monkeypatch):
+    """A model.safetensors this user may not read (save_pretrained writes 0600) was called truncated or corrupt."""
+    import os
+
+    from mfdeploy.models.loader import check_weight_files
+
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: not str(path).endswith(".safetensors") and real(path, mode))
+    with pytest.raises(UserError, match=r"model\.safetensors: permission denied: this user cannot read it"):
+        check_weight_files(tiny_clip_dir)

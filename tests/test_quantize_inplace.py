@@ -108,6 +108,13 @@ def test_in_place_refusals_leave_the_build_as_it_was(plain_build, tmp_path, caps
         main(["quantize", str(build), "--in-place"])
     assert "holds files mfdeploy did not write (notes.txt)" in _one_line(capsys)
     (build / "notes.txt").unlink()
+    damaged = build / "onnx_dense" / "vision.onnx"  # read by nothing --in-place runs, but recorded again by it
+    kept = damaged.read_bytes()
+    damaged.write_bytes(kept + b" ")
+    with pytest.raises(SystemExit):
+        main(["quantize", str(build), "--in-place"])
+    assert f"{damaged}: does not match the sha256 in" in _one_line(capsys)
+    damaged.write_bytes(kept)
 
     with pytest.raises(SystemExit) as e:
         main(["quantize", str(build), "--in-place", "--calib", "shapes", "--calib-samples", "8"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,9 @@ def check_weight_files(checkpoint: Path) -> None:
     from safetensors import safe_open
 
     for f in sorted(checkpoint.glob("*.safetensors")):
+        if not os.access(f, os.R_OK):  # safetensors says "No such file or directory" of a file it may not read
+            raise UserError(f"{f}: permission denied: this user cannot read it (save_pretrained writes it "
+                            "readable by its owner only); make it readable, e.g. chmod a+r")
         try:
             with safe_open(str(f), framework="pt"):
                 pass

@@ -31,7 +31,6 @@ from mfdeploy.artifacts.layout import (
     FILE_LIST,
     ONNX_DIR,
     ONNX_INT8_DIR,
-    PRUNED_DIR,
     REPORT_FILE,
     TEMP_OWNER,
     is_build,
@@ -93,7 +92,10 @@ def requantize_build(build: Path, cfg: QuantizeConfig, warn: Callable[[str], Non
     build = Path(build)
     manifest = check_in_place(build, cfg)
     require("quantize", target=cfg.target)
-    verify_artifacts(build, (f"{ONNX_DIR}/", f"{PRUNED_DIR}/"))  # what the new towers are made from, as built
+    # every file carried over, not only what the new towers are made from (onnx/, pruned/): build.json records
+    # them again, so a file damaged since the build would pass every later check
+    kept = sorted(p.name + ("/" if p.is_dir() else "") for p in build.iterdir() if p.name not in REWRITTEN)
+    verify_artifacts(build, kept)
     adapter = load(build)
     start = time.perf_counter()
     with atomic_dir(build, force=True) as tmp:
