@@ -121,3 +121,22 @@ def test_cli_prints_one_warning_line_for_unstable_cells(fresh_build, capsys, mon
     rows = json.loads((fresh_build / "bench.json").read_text())
     assert all(r["unstable"] for r in rows if "throughput" in r)
     assert "†" in (fresh_build / "bench.md").read_text()
+
+
+def test_a_report_that_cannot_be_written_leaves_the_previous_one_in_place(fresh_build, monkeypatch):
+    """On a full disk the previous report was renamed aside first, then the new one failed: bench.json was gone.
+    The new files are written first now."""
+    import errno
+
+    run_bench(fresh_build, **FAST)
+    first = {s: (fresh_build / f"bench{s}").read_bytes() for s in (".json", ".md", ".png")}
+
+    def full(rows, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(report, "plot", full)
+    with pytest.raises(Exception, match="No space left on device"):
+        run_bench(fresh_build, **FAST)
+    assert {s: (fresh_build / f"bench{s}").read_bytes() for s in first} == first
+    assert sorted(p.name for p in fresh_build.glob("bench*")) == ["bench.json", "bench.md", "bench.png"]
+    assert not list(fresh_build.glob(".bench*"))

@@ -221,13 +221,19 @@ def write_reports(rows: list[dict], out_dir: Path, meta: dict[str, Any],
     A previous report there is kept under a timestamped name (`keep_previous`),
     listed under `"previous"` in the returned paths.
     """
+    from mfdeploy.artifacts.tempdirs import owned_tempdir
+
     out_dir = Path(out_dir)
-    previous = keep_previous(out_dir)
-    paths: dict[str, Any] = {
-        "json": write_rows(rows, out_dir / f"{BENCH_STEM}.json"),
-        "md": atomic_file(out_dir / f"{BENCH_STEM}.md", lambda p: p.write_text(markdown(rows, meta))),
-        "png": plot(rows, out_dir / f"{BENCH_STEM}.png"),
-    }
+    # the new files first, beside the old ones: a full disk or a kill leaves the previous report where it was
+    with owned_tempdir(f".{BENCH_STEM}.tmp-", out_dir) as tmp:
+        write_rows(rows, tmp / f"{BENCH_STEM}.json")
+        (tmp / f"{BENCH_STEM}.md").write_text(markdown(rows, meta))
+        plot(rows, tmp / f"{BENCH_STEM}.png")
+        previous = keep_previous(out_dir)
+        paths: dict[str, Any] = {}
+        for key, suffix in (("json", ".json"), ("md", ".md"), ("png", ".png")):
+            paths[key] = out_dir / f"{BENCH_STEM}{suffix}"
+            os.replace(tmp / paths[key].name, paths[key])
     if json_path is not None:
         paths["json_copy"] = write_rows(rows, Path(json_path))
     paths["previous"] = previous
