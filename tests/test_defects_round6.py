@@ -48,7 +48,7 @@ def test_include_globs_that_match_no_layer_fail_at_the_load_stage(tmp_path, caps
     lines = [line for line in err.splitlines() if line.strip() and not line.startswith("[")]
     assert len(lines) == 1 and "Traceback" not in err, err
     line = lines[0]
-    assert line.startswith("error: no prunable layers left after --include/--exclude (of 48, named like "
+    assert line.startswith("error: --include 'nomatch*' matches no prunable layer (of 48, named like "
                            "vision_model.encoder.layers.0.self_attn.q_proj)"), line
     assert not (tmp_path / "b").exists()
 
@@ -134,3 +134,42 @@ def test_an_unreadable_weights_file_is_named_as_such(tiny_clip_dir, monkeypatch)
     monkeypatch.setattr(os, "access", lambda path, mode: not str(path).endswith(".safetensors") and real(path, mode))
     with pytest.raises(UserError, match=r"model\.safetensors: permission denied: this user cannot read it"):
         check_weight_files(tiny_clip_dir)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--include", "vision_model.*", "--include", "txt_model.*"], "--include 'txt_model.*' matches no prunable layer"),
+    (["--exclude", "nothing*"], "--exclude 'nothing*' matches no prunable layer"),
+])
+def test_a_glob_that_matches_no_layer_is_refused(tmp_path, capsys, args, message):
+    """A glob that matched nothing was recorded in prune.json as applied: a typo in --exclude pruned the layers
+    it meant to keep, one in --include left a tower dense."""
+    assert run_cli(["prune", "--ratio", "0.5", "--method", "magnitude", *args, "--out", str(tmp_path / "p")]) == 2
+    assert _one_error(capsys) == (f"error: {message} (of 48, named like "
+                                  "vision_model.encoder.layers.0.self_attn.q_proj)")
+    assert not (tmp_path / "p").exists()
+
+
+def test_a_keep_float_glob_that_matches_no_node_is_refused(tiny_clip_dir, tmp_path, capsys):
+    from mfdeploy.pipelines.export import export_model
+
+    export_model(str(tiny_clip_dir), tmp_path / "e", n_parity=2)
+    assert run_cli(["quantize", str(tmp_path / "e"), "--out", str(tmp_path / "q"), "--scheme", "dynamic",
+                    "--keep-float", "*fc1*", "--keep-float", "typo*"]) == 2
+    assert _one_error(capsys).startswith("error: --keep-float 'typo*' matches no weight node of the towers (of ")
+    assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--max-batch", "0"], "error: --max-batch must be 1 or more (got 0)"),
+    (["--method", "wanda", "--model", "TINY"], "error: --calib is required for TINY: a JSONL file"),
+    (["--method", "magnitude", "--distill-steps", "2", "--model", "TINY"], "error: --calib is required for TINY"),
+])
+def test_build_checks_these_before_the_first_stage(tiny_clip_dir, tmp_path, capsys, args, message):
+    """Each was found only after the dense model was loaded, evaluated and exported (and --max-batch after the
+    prune), with a message saying "between 1 and any size"."""
+    args = [str(tiny_clip_dir) if a == "TINY" else a for a in args]
+    assert run_cli(["build", "--ratio", "0.5", *args, "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert not [line for line in err.splitlines() if line.startswith("[")], err  # no stage started
+    assert err.strip().replace(str(tiny_clip_dir), "TINY").startswith(message), err
+    assert not (tmp_path / "b").exists()

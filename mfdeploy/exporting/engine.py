@@ -107,7 +107,8 @@ def profile_shapes(onnx_dir: Path, max_batch: int, max_text_len: int | None = No
     for flag, value, top in (("--max-batch", max_batch, None), ("--max-text-len", max_text_len, None),
                              ("opt batch", opt_batch, max_batch), ("opt text length", opt_text_len, max_text_len)):
         if value < 1 or (top is not None and value > top):
-            raise UserError(f"{flag} must be between 1 and {top if top is not None else 'any size'} (got {value})")
+            raise UserError(f"{flag} must be 1 or more (got {value})" if top is None
+                            else f"{flag} must be between 1 and {top} (got {value})")
     profiles = {}
     for tower, path in files.items():
         inputs = onnx_io(path)["inputs"]

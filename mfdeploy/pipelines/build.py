@@ -205,9 +205,17 @@ def run_build(cfg: BuildConfig, on_stage: Callable[[str, int, int], None] | None
     raises discards the whole build, as any failed stage does.
     """
     from mfdeploy.exporting.spec import check_opset
+    from mfdeploy.pruning.checks import resolved_budget
+    from mfdeploy.pruning.registry import METHODS, needs_calibration
+    from mfdeploy.pruning.run import calibration_source
     from mfdeploy.quantize.run import check_scheme
 
-    validate(cfg.prune)
+    pattern = validate(cfg.prune)
+    needs = needs_calibration(METHODS[cfg.prune.method], resolved_budget(cfg.prune, pattern))
+    calibration_source(cfg.prune, needs or cfg.prune.distill_steps > 0)  # --calib for a model not bundled: now
+    for flag, value in (("--max-batch", cfg.max_batch), ("--max-text-len", cfg.max_text_len)):
+        if value is not None and value < 1:  # found at the engine stage otherwise, after the prune
+            raise UserError(f"{flag} must be 1 or more (got {value})")
     require("build", int8=cfg.int8)  # ModelOpt for onnx_qdq/: missing, it fails now, not at the quantize stage
     if cfg.int8 and cfg.prune.calib is None and not is_bundled(cfg.prune.model):
         raise UserError(f"--int8 needs --calib for {cfg.prune.model}: INT8 calibration uses image-caption pairs "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import fnmatch
 import time
 
 from mfdeploy.errors import UserError
@@ -34,12 +35,16 @@ def selected_layers(adapter: Adapter, cfg: PruneConfig) -> dict[str, PrunableLay
     """The prunable layers `cfg.include`/`cfg.exclude` leave.
 
     Raises:
-        UserError: none left; the message shows what a layer's name looks like, for the globs.
+        UserError: a glob that matches no layer, or none left; the message shows what a layer's name looks like.
     """
+    every = list(adapter.prunable_layers())
+    example = f" (of {len(every)}, named like {every[0]})" if every else ""
+    for option, globs in (("--include", cfg.include), ("--exclude", cfg.exclude)):
+        for glob in globs or ():  # a typo would be recorded as applied, and prune what it meant to keep
+            if not any(fnmatch.fnmatchcase(name, glob) for name in every):
+                raise UserError(f"{option} {glob!r} matches no prunable layer{example}")
     layers = adapter.prunable_layers(cfg.include or None, cfg.exclude or None)
     if not layers:
-        every = list(adapter.prunable_layers())
-        example = f" (of {len(every)}, named like {every[0]})" if every else ""
         raise UserError(f"no prunable layers left after --include/--exclude{example}")
     return layers
 

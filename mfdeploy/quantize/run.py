@@ -156,6 +156,7 @@ def quantize_towers(adapter, fp32_dir: Path, out_dir: Path, cfg: QuantizeConfig,
     source = validate(cfg)
     files = check_onnx_dir(fp32_dir)
     t0 = time.perf_counter()
+    _check_keep_float(cfg.keep_float, files)
     schemes = {tower: tower_scheme(cfg, tower) for tower in files}
     need_calib = cfg.target == "trt" or "static" in schemes.values()
     if need_calib and cfg.calib is None and not is_bundled(adapter.model_id):
@@ -204,6 +205,21 @@ def quantize_towers(adapter, fp32_dir: Path, out_dir: Path, cfg: QuantizeConfig,
 
     write_json(Path(out_dir) / QUANTIZE_MANIFEST, record)
     return record
+
+
+def _check_keep_float(globs: list[str], files: dict[str, Path]) -> None:
+    """Refuse a --keep-float glob that matches no weight node of either tower: a typo would be recorded as kept."""
+    import fnmatch
+
+    from mfdeploy.quantize.nodes import weight_nodes
+
+    if not globs:
+        return
+    names = [name for path in files.values() for name in weight_nodes(path)]
+    for glob in globs:
+        if not any(fnmatch.fnmatchcase(name, glob) for name in names):
+            example = f" (of {len(names)}, named like {names[0]})" if names else ""
+            raise UserError(f"--keep-float {glob!r} matches no weight node of the towers{example}")
 
 
 def run_quantize(src: Path, out: Path, cfg: QuantizeConfig, force: bool = False,
