@@ -21,10 +21,14 @@ from typing import Any
 
 import torch
 
+from mfdeploy.api_names import python_names
 from mfdeploy.errors import UserError
 from mfdeploy.models.base import Adapter
 
 ModelLike = Any  # a transformers CLIPModel or SiglipModel, or a mfdeploy Adapter
+PRUNE_OPTIONS = ("ecoflap_smax_delta", "ecoflap_samples", "mope_neuron_group", "mope_depth_share", "mope_cache",
+                 "distill_steps", "distill_lr", "distill_params", "device", "dtype")  # `**options` of `prune`
+EVAL_OPTIONS = ("n_images", "n_retrieval", "batch_size", "device", "precision", "dtype")  # `**sizes` of `evaluate`
 
 
 @dataclass
@@ -123,6 +127,7 @@ def _globs(value: Any, name: str) -> list[str]:
     return list(value)
 
 
+@python_names(extra=PRUNE_OPTIONS)
 def prune(model: ModelLike, ratio: float = 0.5, method: str = "multiflow", *, budget: str | None = None,
           pattern: str | None = None,
           calib: Any = None, tokenizer: Any = None, processor: Any = None, calib_samples: int = 256,
@@ -164,8 +169,8 @@ def prune(model: ModelLike, ratio: float = 0.5, method: str = "multiflow", *, bu
                           calib=str(calib) if isinstance(calib, (str, Path)) else None,
                           calib_samples=calib_samples, batch_size=batch_size, include=_globs(include, "include"),
                           exclude=_globs(exclude, "exclude"), seed=seed, show_progress=progress, **options)
-    except TypeError as e:
-        raise UserError(f"prune: {e}") from None
+    except TypeError as e:  # an unknown keyword: named as prune's (`python_names`)
+        raise TypeError(str(e).replace("PruneConfig.__init__()", "prune()")) from None
     with tqdm_reporter(progress) as reporter:
         record = prune_model(adapter, cfg, source=source, reporter=reporter)
     return PruneResult(masks=record.get("_masks") or {}, sparsity=record["sparsity"],
@@ -177,6 +182,7 @@ def _source(model: ModelLike | str | Path | None, tokenizer: Any, processor: Any
     return model if isinstance(model, (str, Path)) or model is None else adapter_for(model, tokenizer, processor)
 
 
+@python_names()
 def export(model: ModelLike | str | Path | None, out_dir: str | Path, *, tokenizer: Any = None,
            processor: Any = None, opset: int = 17, force: bool = False, external_data: bool | None = None,
            on_step: Callable[[str], None] | None = None) -> dict:
@@ -201,6 +207,7 @@ def export(model: ModelLike | str | Path | None, out_dir: str | Path, *, tokeniz
                         external_data=external_data, on_step=on_step)
 
 
+@python_names(extra=EVAL_OPTIONS)
 def evaluate(model: ModelLike | str | Path | None, data: str | Path = "shapes", *, tokenizer: Any = None,
              processor: Any = None, backend: str = "torch", retention: bool = False, template: str | None = None,
              progress: Callable[[str], None] | None = None, **sizes: Any) -> dict:
@@ -215,18 +222,22 @@ def evaluate(model: ModelLike | str | Path | None, data: str | Path = "shapes", 
         retention: for a prune or build directory, also evaluate the dense model it came from and
             add "dense" and "retention" to the result.
         template: prompt template of an image folder's classes.
-        progress: called with a short message before each model is evaluated.
+        progress: called with a short message before each model is evaluated (True: printed to stderr).
         **sizes: `n_images`, `n_retrieval` (shapes suite), `batch_size`, `device` (backend torch: auto | cpu |
-            cuda | cuda:N), `precision` (OpenVINO: auto | f32 | bf16 | f16), `dtype` (torch: float32 | bfloat16).
+            cuda | cuda:N), `precision` (OpenVINO: auto | f32 | bf16 | f16), `dtype` (torch: float32 | bfloat16,
+            or `torch.bfloat16`).
     """
     from mfdeploy.eval import evaluate_with_retention
     from mfdeploy.exporting import export_towers
 
+    if isinstance(sizes.get("dtype"), torch.dtype):  # torch.bfloat16, as a PyTorch user passes it first
+        sizes["dtype"] = str(sizes["dtype"]).removeprefix("torch.")
     # backend "onnx" on a checkpoint without towers exports them to a temporary directory (eval never imports export)
     return evaluate_with_retention(_source(model, tokenizer, processor), data, backend, template=template,
-                                   dense=retention, progress=progress, exporter=export_towers, **sizes)
+                                   dense=retention, progress=_say(progress), exporter=export_towers, **sizes)
 
 
+@python_names()
 def tune(model: str | Path | None = None, *, out: str | Path = "tune", calib: str | None = None,
          eval_data: str | None = None, backend: str = "ort-cpu", batch_size: int = 8, max_drop: float | None = None,
          min_speedup: float | None = None, max_latency_ms: float | None = None, max_size_mb: float | None = None,
@@ -247,7 +258,7 @@ def tune(model: str | Path | None = None, *, out: str | Path = "tune", calib: st
         force: start over in an existing tune directory.
         seed: search order and prune seed.
         pick: build trial N of the tune in `out` as out/best without searching (the other arguments are ignored).
-        progress: called with one line per finished trial (default: printed to stderr).
+        progress: called with one line per finished trial (default, or True: printed to stderr; False: none).
 
     Returns:
         A `mfdeploy.tuning.TuneResult`: `.trials` (every trial record), `.front` (the non-dominated ones),
@@ -259,12 +270,26 @@ def tune(model: str | Path | None = None, *, out: str | Path = "tune", calib: st
     from mfdeploy.tuning import Constraints, TuneConfig, pick_trial, run_tune
 
     if pick is not None:
-        return pick_trial(Path(out), pick, say=progress)
+        return pick_trial(Path(out), pick, say=_say(progress, tune=True))
     cfg = TuneConfig(out=Path(out), model=None if model is None else str(model), calib=calib, eval_data=eval_data,
                      backend=backend, batch_size=batch_size,
                      constraints=Constraints(max_drop, min_speedup, max_latency_ms, max_size_mb),
                      time_budget_min=time_budget, space=space, force=force, seed=seed)
-    return run_tune(cfg, say=progress)
+    return run_tune(cfg, say=_say(progress, tune=True))
+
+
+def _say(progress: Any, tune: bool = False) -> Callable[[str], None] | None:
+    """`progress` of `evaluate` and `tune`: a function of one line, or True (lines to stderr) or False/None
+    (none; None is tune's own default, its lines on stderr)."""
+    if progress is False and tune:
+        return lambda line: None
+    if progress is True:
+        import sys
+
+        return lambda line: print(line, file=sys.stderr)
+    if progress is None or progress is False or callable(progress):
+        return progress or None
+    raise UserError(f"progress: True, False or a function taking one line of text, not {progress!r:.40}")
 
 
 __all__ = ["PruneResult", "adapter_for", "evaluate", "export", "load", "prune", "tune"]

@@ -84,7 +84,7 @@ def test_api_errors_are_one_line(tiny_clip_dir):
         mfdeploy.prune(torch.nn.Linear(2, 2), ratio=0.5, method="magnitude")
     with pytest.raises(UserError, match="ratio"):
         mfdeploy.prune(model, ratio=1.5, method="magnitude")
-    with pytest.raises(UserError, match="unexpected keyword"):
+    with pytest.raises(TypeError, match=r"^prune\(\) got an unexpected keyword argument 'no_such_option'$"):
         mfdeploy.prune(model, ratio=0.5, method="magnitude", no_such_option=1)
 
 

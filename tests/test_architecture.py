@@ -29,6 +29,7 @@ LEVELS = {
     # a Triton model repository from a build: reads the ONNX graphs (exporting's tower spec) and checkpoint files
     "deploy": 4,
     "pipelines": 5, "api": 5,
+    "api_names": 5,  # the Python API's errors in its arguments' names
     "tuning": 5,  # `mfdeploy tune` runs builds (pipelines) and measures them (eval, bench)
     "cli": 6,
 }

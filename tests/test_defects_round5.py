@@ -233,8 +233,8 @@ def bundled():
     (dict(calib=[("x.png", "a cat")]), r"calib: pair 0 is not \(PIL image, caption\) but \('x.png', 'a cat'\)"),
     (dict(calib=["a", "b"]), r"calib: pair 0 is not \(PIL image, caption\) but 'a'"),
     (dict(calib=[{"pixel_values": "p"}]), r"calib: batch 0 needs pixel_values and input_ids tensors"),
-    (dict(ratio="0.5", method="magnitude"), r"--ratio '0.5': must be a number, not str"),
-    (dict(calib_samples=8.5), r"--calib-samples 8.5: must be a whole number, not float"),
+    (dict(ratio="0.5", method="magnitude"), r"ratio '0.5': must be a number, not str"),
+    (dict(calib_samples=8.5), r"calib_samples 8.5: must be a whole number, not float"),
 ])
 def test_python_prune_names_a_bad_argument_in_one_line(bundled, kwargs, message):
     """They ended in a KeyError, an IndexError, a TypeError or an image decoder's AttributeError."""
@@ -247,7 +247,7 @@ def test_python_prune_names_a_bad_argument_in_one_line(bundled, kwargs, message)
 def test_python_tune_names_a_bad_argument_in_one_line(tmp_path):
     import mfdeploy
 
-    with pytest.raises(UserError, match=r"--time-budget '5': must be a number, not str"):
+    with pytest.raises(UserError, match=r"time_budget '5': must be a number, not str"):
         mfdeploy.tune(out=tmp_path / "t", time_budget="5")
     assert not (tmp_path / "t").exists()
 

@@ -173,3 +173,31 @@ def test_build_checks_these_before_the_first_stage(tiny_clip_dir, tmp_path, caps
     assert not [line for line in err.splitlines() if line.startswith("[")], err  # no stage started
     assert err.strip().replace(str(tiny_clip_dir), "TINY").startswith(message), err
     assert not (tmp_path / "b").exists()
+
+
+def test_the_python_api_names_its_own_arguments(tmp_path):
+    """`mfdeploy.prune(model, ratio=0)` said `--ratio 0: ...`; `evaluate(progress=True)` ended in "'bool' object is
+    not callable"; `evaluate(dtype=torch.bfloat16)` was refused; an unknown keyword named an internal function."""
+    import torch
+
+    import mfdeploy
+
+    model = mfdeploy.load()
+    with pytest.raises(UserError, match=r"^ratio 0: must be strictly between 0 and 1$"):
+        mfdeploy.prune(model, ratio=0)
+    with pytest.raises(UserError, match=r"^mope_depth_share 2: must be between 0"):
+        mfdeploy.prune(model, method="mope", mope_depth_share=2)
+    with pytest.raises(UserError, match=r"^calib_samples and batch_size must be positive$"):
+        mfdeploy.prune(model, calib_samples=0, method="magnitude")
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "x").write_text("mine")
+    with pytest.raises(UserError, match=r"pass force=True to replace it"):
+        mfdeploy.export(model, tmp_path / "e")
+    with pytest.raises(TypeError, match=r"^evaluate\(\) got an unexpected keyword argument 'images'$"):
+        mfdeploy.evaluate(model, images=10)
+    lines: list[str] = []
+    result = mfdeploy.evaluate(model, n_images=8, n_retrieval=8, progress=lines.append, dtype=torch.bfloat16)
+    assert result["precision"] == {"vision": "bf16", "text": "bf16"} and lines
+    mfdeploy.evaluate(model, n_images=8, n_retrieval=8, progress=True)
+    with pytest.raises(UserError, match=r"^progress: True, False or a function"):
+        mfdeploy.evaluate(model, progress="yes")
