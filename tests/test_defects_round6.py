@@ -201,3 +201,23 @@ def test_the_python_api_names_its_own_arguments(tmp_path):
     mfdeploy.evaluate(model, n_images=8, n_retrieval=8, progress=True)
     with pytest.raises(UserError, match=r"^progress: True, False or a function"):
         mfdeploy.evaluate(model, progress="yes")
+
+
+def test_a_scheme_for_tensorrt_is_refused_not_ignored():
+    """`quantize --target trt --scheme dynamic` ran static quantization, and quantize.json said static."""
+    from mfdeploy.quantize.run import QuantizeConfig, validate
+
+    with pytest.raises(UserError, match=r"^--scheme dynamic applies to --target ort only: --target trt quantizes "
+                                        r"statically"):
+        validate(QuantizeConfig(target="trt", scheme="dynamic"))
+    validate(QuantizeConfig(target="trt", scheme="static"))
+
+
+def test_an_openvino_precision_this_cpu_lacks_names_the_ones_it_has():
+    from mfdeploy.runtime.base import BackendUnavailable
+    from mfdeploy.runtime.openvino_runner import resolve_precision
+
+    with pytest.raises(BackendUnavailable, match=r"use --precision auto, bf16 or f32$"):
+        resolve_precision("f16", ["BF16", "FP32", "INT8"])
+    with pytest.raises(BackendUnavailable, match=r"use --precision auto or f32$"):
+        resolve_precision("bf16", ["FP32", "INT8"])

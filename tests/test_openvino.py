@@ -161,7 +161,7 @@ def test_missing_openvino_is_one_line_naming_the_extra(build, monkeypatch, capsy
     assert line.startswith("error: eval --backend openvino-int8 needs OpenVINO") and line.endswith(extra[-32:]), line
     from mfdeploy import api  # the Python API says it too, before the model loads
 
-    with pytest.raises(UserError, match=r"^--backend openvino: OpenVINO is not installed: pip install"):
+    with pytest.raises(UserError, match=r"^backend openvino: OpenVINO is not installed: pip install"):
         api.evaluate(str(build), backend="openvino")
     from mfdeploy.bench import run_bench
 

@@ -40,7 +40,7 @@ def test_in_place_adds_then_requantizes_onnx_int8(plain_build, tmp_path, capsys)
     assert "onnx_int8/vision.onnx" not in before
     # a build made without --int8 gets its onnx_int8/ (ONNX Runtime's faster mix: dynamic text)
     main(["quantize", str(build), "--in-place", "--calib", "shapes", "--calib-samples", "16"])
-    assert "rewrote" in capsys.readouterr().out
+    assert f"\nwrote {build}/onnx_int8 (build.json" in capsys.readouterr().out  # it had none: not "rewrote"
     first = json.loads((build / "build.json").read_text())
     assert {t: r["scheme"] for t, r in first["quantize"]["onnx_int8"]["towers"].items()} == \
         {"vision": "static", "text": "dynamic"}

@@ -42,13 +42,15 @@ def eval_(
     FOLDER/dog/002.png, ... The sub-folder's name, with '_' read as a space, fills the prompt template
     (--template, default 'a photo of a {}.'); the score is zero-shot accuracy over every image.
     """
-    from mfdeploy import api
+    import inspect
+
+    from mfdeploy import api  # unwrapped: its errors keep the CLI's option names (api_names)
     from mfdeploy.eval import check_json_target, write_result
 
     if json_path is not None:
         check_json_target(json_path)
     with err.status("evaluating") as status:
-        result = api.evaluate(model, data, backend=backend, template=template, retention=retention,
+        result = inspect.unwrap(api.evaluate)(model, data, backend=backend, template=template, retention=retention,
                               progress=lambda msg: status.update(status_text(msg)), n_images=images, n_retrieval=pairs,
                               device=device, precision=precision, dtype=dtype)
     out.print(results_table(result))

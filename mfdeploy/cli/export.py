@@ -25,10 +25,12 @@ def export(
     force: ForceOpt = False,
 ) -> None:
     """Export the vision and text towers to ONNX, check them against PyTorch, write export.json."""
-    from mfdeploy import api
+    import inspect
+
+    from mfdeploy import api  # unwrapped: its errors keep the CLI's option names (api_names)
 
     with err.status("exporting") as status:
-        manifest = api.export(model, out_dir, opset=opset, force=force, external_data=external_data,
+        manifest = inspect.unwrap(api.export)(model, out_dir, opset=opset, force=force, external_data=external_data,
                               on_step=lambda msg: status.update(status_text(msg)))
     parity = manifest["parity"]
     out.print(f"exported {manifest['model']['id']} (opset {manifest['opset']}) -> {out_dir}: ONNX Runtime vs "

@@ -59,7 +59,8 @@ def quantize(
 def _in_place(build: Path, cfg) -> None:
     from mfdeploy.pipelines.requantize import requantize_build
 
-    with err.status(f"quantizing {build}/onnx_int8 again"):
+    had = (build / "onnx_int8").is_dir()
+    with err.status(f"quantizing {build}/onnx_int8" + (" again" if had else "")):
         manifest = requantize_build(build, cfg, warn=warning)
     q = manifest["quantize"]["onnx_int8"]
     for tower, rec in q["towers"].items():
@@ -69,4 +70,5 @@ def _in_place(build: Path, cfg) -> None:
     ev = (manifest.get("evaluation") or {}).get("retention_int8")
     if ev and ev.get("mean_retention") is not None:
         out.print(f"INT8 mean retention (vs dense): {ev['mean_retention']:.3f}", highlight=False)
-    out.print(f"rewrote {build}/onnx_int8 (build.json and report.md updated)", highlight=False, soft_wrap=True)
+    out.print(f"{'rewrote' if had else 'wrote'} {build}/onnx_int8 (build.json and report.md updated)", highlight=False,
+              soft_wrap=True)

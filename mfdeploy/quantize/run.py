@@ -55,6 +55,9 @@ def validate(cfg: QuantizeConfig) -> CalibSource:
         raise UserError("--mode fp8 needs --target trt: ONNX Runtime's CPU provider has no fp8 kernels")
     if cfg.target == "ort":
         check_scheme(cfg.scheme)
+    elif cfg.scheme not in ("auto", "static"):  # it was ignored: TensorRT's QDQ towers are calibrated (static)
+        raise UserError(f"--scheme {cfg.scheme} applies to --target ort only: --target {cfg.target} quantizes "
+                        "statically (calibrated QDQ); drop --scheme")
     if cfg.calib_samples <= 0 or cfg.batch_size <= 0:
         raise UserError(f"calibration sample count ({cfg.calib_samples}) and batch size ({cfg.batch_size}) "
                         "must be positive")

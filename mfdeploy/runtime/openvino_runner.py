@@ -96,8 +96,9 @@ def resolve_precision(precision: str, capabilities: Sequence[str]) -> tuple[str,
         chosen = next((p for p in ("bf16", "f16") if _NEEDS[p] in capabilities), "f32")
         return chosen, f"auto: {chosen}, native on this CPU (OpenVINO CPU capabilities: {caps})"
     if precision in _NEEDS and _NEEDS[precision] not in capabilities:
+        native = [p for p in ("bf16", "f16") if _NEEDS[p] in capabilities]
         raise BackendUnavailable(f"--precision {precision}: this CPU has no native {_NEEDS[precision]} (OpenVINO "
-                                 f"CPU capabilities: {caps}); use --precision auto or f32")
+                                 f"CPU capabilities: {caps}); use --precision {', '.join(['auto', *native])} or f32")
     return precision, f"{precision}, as asked (OpenVINO CPU capabilities: {caps})"
 
 
