@@ -23,10 +23,10 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -41,6 +41,32 @@ class QueueFull(Exception):
 
 class ShuttingDown(Exception):
     """The server is stopping and cannot answer this request in its grace period: 503, retry elsewhere."""
+
+
+T = TypeVar("T")
+
+
+async def first_of(work: Awaitable[T], other: Awaitable[Any], timeout_s: float | None = None) -> tuple[bool, Any, bool]:
+    """Await `work` until it ends, `other` ends or `timeout_s` passes; `other` is cancelled then, either way.
+
+    Returns:
+        (True, `work`'s result, False) when it ended first; else (False, None, whether `other` ended), with
+        `work` cancelled and left to end on its own (a thread it waits for cannot be stopped mid-call).
+    """
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(other)
+    try:
+        done, _ = await asyncio.wait({task, watch}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # the awaiting request itself was cancelled: so is its work
+        task.cancel()
+        raise
+    finally:
+        watch.cancel()
+    if task in done:
+        return True, task.result(), False
+    task.cancel()
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no "never retrieved" noise
+    return False, None, watch in done
 
 
 class ModelThread(Executor):

@@ -3,7 +3,6 @@ noticed, and every error as one line in OpenAI's error shape (`ApiError`)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import sys
@@ -14,6 +13,8 @@ from typing import Any, TypeVar
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
+
+from mfdeploy.server.batcher import first_of
 
 SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # a UTF-16 surrogate written as a JSON escape
 RETRY_AFTER_S = 1
@@ -96,20 +97,10 @@ async def while_connected(request: Request, work: Awaitable[T], gone: threading.
     """`work`'s result, unless the client goes first: then `work` is cancelled (its queued items are skipped by
     the batcher, its pictures not decoded yet are not decoded: `gone` is set) and `ClientDisconnect` (a 499 in
     the log and the metrics) is raised at once."""
-    task = asyncio.ensure_future(work)
-    watch = asyncio.ensure_future(_until_disconnect(request))
-    try:
-        done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:  # the request itself was cancelled (a timeout, the shutdown): so is its work
-        task.cancel()
-        raise
-    finally:
-        watch.cancel()
-    if task in done:
-        return task.result()
+    finished, result, _ = await first_of(work, _until_disconnect(request))
+    if finished:
+        return result
     gone.set()
-    task.cancel()
-    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no "never retrieved" noise
     raise ClientDisconnect()
 
 

@@ -16,7 +16,7 @@ from mfdeploy.data.images import allow_pixels
 from mfdeploy.errors import MfdeployError, first_line
 from mfdeploy.platform import physical_cores
 from mfdeploy.runtime.base import BackendUnavailable
-from mfdeploy.server.batcher import Batcher, ModelThread, ShuttingDown
+from mfdeploy.server.batcher import Batcher, ModelThread, ShuttingDown, first_of
 from mfdeploy.server.config import ServeConfig
 from mfdeploy.server.metrics import Metrics
 from mfdeploy.server.preprocess import Preprocessor
@@ -150,20 +150,10 @@ class ServerState:
             asyncio.TimeoutError: `timeout_s` passed (a stuck model call, a slow upload).
             ShuttingDown: the shutdown deadline passed.
         """
-        task = asyncio.ensure_future(work)
-        stop = asyncio.ensure_future(self.stopped.wait())
-        try:
-            done, _ = await asyncio.wait({task, stop}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:  # the request itself was cancelled: so is its work
-            task.cancel()
-            raise
-        finally:
-            stop.cancel()
-        if task in done:
-            return task.result()
-        task.cancel()
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no "never retrieved" noise
-        if stop in done:
+        finished, result, stopped = await first_of(work, self.stopped.wait(), timeout_s)
+        if finished:
+            return result
+        if stopped:
             raise ShuttingDown("the server is shutting down: the request could not finish in the grace period")
         raise asyncio.TimeoutError
 
