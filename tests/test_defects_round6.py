@@ -221,3 +221,16 @@ def test_an_openvino_precision_this_cpu_lacks_names_the_ones_it_has():
         resolve_precision("f16", ["BF16", "FP32", "INT8"])
     with pytest.raises(BackendUnavailable, match=r"use --precision auto or f32$"):
         resolve_precision("bf16", ["FP32", "INT8"])
+
+
+def test_siglip_records_name_only_the_inputs_its_text_graph_takes(tiny_siglip_dir, tmp_path):
+    """export.json (and build.json) listed an attention_mask shape for SigLIP's text tower, which takes none."""
+    import json
+
+    from mfdeploy.pipelines.export import export_model
+
+    export_model(str(tiny_siglip_dir), tmp_path / "e", n_parity=2)
+    towers = json.loads((tmp_path / "e" / "export.json").read_text())["towers"]
+    assert set(towers["text"]["example_shapes"]) == {"input_ids"}
+    assert set(towers["vision"]["example_shapes"]) == {"pixel_values"}
+

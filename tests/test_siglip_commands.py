@@ -238,6 +238,7 @@ def test_triton_repository_takes_input_ids_alone(build, tmp_path):
     assert [(t.name, list(t.dims)) for t in config.input] == [("input_ids", [32])]
     readme = (repo / "README.md").read_text()
     assert 'padding="max_length", max_length=32' in readme and '"attention_mask"' not in readme
+    assert "dynamic text length" not in readme and "padded to the model's one text length" in readme  # dims [32]
 
 
 def test_python_api_with_an_in_memory_siglip(tiny_siglip_dir, tmp_path):

@@ -160,6 +160,7 @@ def test_record_lists_sources_with_their_sha256(repo, build):
             assert record["artifacts"][in_repo]["sha256"] == copied["sha256"]
     assert (repo / ".mfdeploy-files").is_file() and "tritonserver" in (repo / "README.md").read_text()
     assert "not served here" in (repo / "README.md").read_text().lower()
+    assert "-1 is the dynamic text length" in (repo / "README.md").read_text()  # CLIP: texts of any length
 
 
 class _StandIn:

@@ -108,9 +108,10 @@ def render_readme(record: dict[str, Any]) -> str:
         *rows,
         "",
         f"Every model has `max_batch_size: {record['max_batch']}` (B above: the batch axis is not part of `dims`)",
-        f"and dynamic batching (`max_queue_delay_microseconds: {record['max_queue_delay_microseconds']}`); -1 is "
-        "the dynamic text length.",
-        "The dynamic batcher merges only requests of equal shapes: pad every text to the same length.",
+        f"and dynamic batching (`max_queue_delay_microseconds: {record['max_queue_delay_microseconds']}`)"
+        + ("; -1 is the dynamic text length." if any("-1" in row for row in rows) else "."),
+        "The dynamic batcher merges only requests of equal shapes: pad every text to the same length."
+        if any("-1" in row for row in rows) else "Every text is padded to the model's one text length.",
         f"`{TRITON_PREPROCESSING_DIR}/` holds the checkpoint's tokenizer and image processor files.",
         "",
         "## Start the server",

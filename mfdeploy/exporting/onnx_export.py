@@ -184,7 +184,8 @@ def export_tower(module: nn.Module, tower: str, spec: dict[str, Any], example: d
         raise ExportError(f"{path.name} fails the ONNX checker: {first_line(e)}") from None
     return {"file": path.name, "data_file": data_file.name if use_external else None, "external_data": use_external,
             "inputs": spec["inputs"], "outputs": spec["outputs"],
-            "example_shapes": {k: list(v.shape) for k, v in example.items()}, "graph": info,
+            # the inputs the graph takes (SigLIP's text tower: no attention_mask)
+            "example_shapes": {k: list(v.shape) for k, v in example.items() if k in spec["inputs"]}, "graph": info,
             "writer": "streamed" if lean is not None else "torch"}
 
 
