@@ -234,3 +234,21 @@ def test_siglip_records_name_only_the_inputs_its_text_graph_takes(tiny_siglip_di
     assert set(towers["text"]["example_shapes"]) == {"input_ids"}
     assert set(towers["vision"]["example_shapes"]) == {"pixel_values"}
 
+
+
+def test_retention_that_cannot_be_measured_says_why(tiny_clip_dir, tmp_path):
+    """A build whose build.json names no dense model ("model": null) lost its retention without a word."""
+    import json
+
+    from helpers import make_build
+
+    from mfdeploy.eval import evaluate_with_retention
+
+    build = make_build(tmp_path / "b", tiny_clip_dir, onnx_dense=False)
+    manifest = json.loads((build / "build.json").read_text())
+    manifest["model"] = None
+    (build / "build.json").write_text(json.dumps(manifest))
+    result = evaluate_with_retention(build, n_images=8, n_retrieval=8)
+    assert "retention" not in result
+    assert result["retention_error"] == (f"{build}: its manifest names no dense model (\"model\" is empty), so there "
+                                         "is nothing to compare with")

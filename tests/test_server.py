@@ -339,3 +339,8 @@ def test_an_unknown_route_or_method_is_answered_in_the_error_shape(server, metho
     assert error["message"].startswith(message) and error["code"] == status, error
     if status == 405:
         assert resp.headers["allow"] == "POST"
+
+
+def test_health_says_what_each_tower_runs_in(server):
+    body = server.client.get("/health").json()
+    assert body["status"] == "ok" and body["precision"] == {"vision": "f32", "text": "f32"}, body  # as bench says

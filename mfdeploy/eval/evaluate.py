@@ -209,6 +209,14 @@ def dense_reference(source: str | Path | Adapter | None) -> str | None:
     return source_model(Path(source).expanduser())
 
 
+def _names_no_dense(source: str | Path | Adapter | None) -> bool:
+    from mfdeploy.artifacts.layout import SOURCE_MANIFESTS
+
+    if source is None or isinstance(source, Adapter):
+        return False
+    return any((Path(source).expanduser() / name).is_file() for name in SOURCE_MANIFESTS)
+
+
 def evaluate_with_retention(source: str | Path | Adapter | None = None, data: str | Path = "shapes",
                             backend: str = "torch", *, template: str | None = None, dense: bool = True,
                             progress: Callable[[str], None] | None = None, **kwargs) -> dict:
@@ -239,6 +247,9 @@ def evaluate_with_retention(source: str | Path | Adapter | None = None, data: st
     result = evaluate_model(source, data, backend, template=template, **kwargs)
     reference = dense_reference(source) if dense else None
     if reference is None:
+        if dense and _names_no_dense(source):  # a build or prune directory whose manifest lost its "model"
+            result["retention_error"] = (f"{source}: its manifest names no dense model (\"model\" is empty), "
+                                         "so there is nothing to compare with")
         return result
     say(f"evaluating the dense model {reference} (torch)")
     dense_kwargs = {k: v for k, v in kwargs.items() if k not in ("precision", "dtype")}  # the fp32 reference

@@ -190,7 +190,10 @@ def make_app(state: ServerState) -> Starlette:
 
     async def health(request: Request) -> Response:
         status = "stopping" if state.draining else "ok" if state.ready else "error" if state.error else "loading"
-        body = {"status": status, "backend": cfg.backend, "build": str(cfg.build_dir), "model": state.model_name}
+        body: dict[str, Any] = {"status": status, "backend": cfg.backend, "build": str(cfg.build_dir),
+                                "model": state.model_name}
+        if state.runner is not None:  # what each tower runs in (e.g. bf16 on OpenVINO's auto), as bench reports it
+            body["precision"] = {t: state.runner.tower_precision(t) for t in ("vision", "text")}
         if state.error:
             body["error"] = state.error
         return JSONResponse(body, status_code=200 if status == "ok" else 503)
