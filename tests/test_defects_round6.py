@@ -3,6 +3,8 @@ before anything is written."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from helpers import run_cli
 
@@ -252,3 +254,29 @@ def test_retention_that_cannot_be_measured_says_why(tiny_clip_dir, tmp_path):
     assert "retention" not in result
     assert result["retention_error"] == (f"{build}: its manifest names no dense model (\"model\" is empty), so there "
                                          "is nothing to compare with")
+
+
+def test_a_second_run_into_the_same_out_is_refused_at_once(tmp_path):
+    """Two builds into one --out: the later one did all its work and failed only at the end ("already exists")."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from mfdeploy.artifacts.io import check_out_dir
+
+    code = ("import sys, time; from pathlib import Path; from mfdeploy.artifacts.tempdirs import make_temp_dir; "
+            "make_temp_dir(Path(sys.argv[1]), '.out.tmp-'); print('ready', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        with pytest.raises(UserError, match=rf"^{tmp_path / 'out'}: another mfdeploy run is writing it now \(pid "
+                                            rf"{proc.pid} on .*, in {tmp_path}/\.out\.tmp-\w+\); wait for it"):
+            check_out_dir(tmp_path / "out", force=False)
+    finally:
+        proc.kill()
+        proc.wait()
+    time.sleep(0.1)
+    check_out_dir(tmp_path / "out", force=False)  # its folder is stale now: swept, and the path is free
+    assert not list(tmp_path.iterdir())

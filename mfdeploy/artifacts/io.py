@@ -14,7 +14,7 @@ from typing import Any
 
 from mfdeploy.artifacts.guards import check_sources, later_dirs, protected, some
 from mfdeploy.artifacts.layout import ADDED_LATER, FILE_LIST, MANIFESTS, TEMP_OWNER
-from mfdeploy.artifacts.tempdirs import make_temp_dir, sweep
+from mfdeploy.artifacts.tempdirs import make_temp_dir, sweep, writer_alive
 from mfdeploy.artifacts.writable import as_write_error, check_writable, make_parents, remove_empty
 from mfdeploy.errors import WRITE_ERRNOS, UserError, errno_of, write_error
 
@@ -108,6 +108,10 @@ def check_out_dir(out: Path, force: bool, sources: Iterable[object] = ()) -> Non
     if not out.parent.exists():
         raise UserError(f"{out.parent}: parent directory does not exist")
     sweep(out.parent)  # first: a killed run's `.old-` folder may hold the previous `out`, put back here
+    busy = writer_alive(out)
+    if busy is not None:  # two runs into one --out: the later one would fail only at the end, its work lost
+        raise UserError(f"{out}: another mfdeploy run is writing it now ({busy}); wait for it to end or choose "
+                        "another --out (if no such run is alive, delete that folder)")
     check_writable(out.parent, out)
     if not (out.exists() or out.is_symlink()):
         return

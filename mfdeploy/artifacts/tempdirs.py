@@ -146,6 +146,22 @@ def sweep(parent: Path) -> list[str]:
     return removed
 
 
+def writer_alive(out: Path) -> str | None:
+    """A live run's temporary folder for `out` (`.NAME.tmp-XXXX`, `io.atomic_dir`), described for a message; None
+    when there is none (this process's own folders do not count)."""
+    out = Path(out)
+    try:
+        entries = [e for e in os.scandir(out.parent) if e.name.startswith(f".{out.name}.tmp-")]
+    except OSError:
+        return None
+    for entry in entries:
+        record = read_owner(Path(entry.path)) if entry.is_dir(follow_symlinks=False) else None
+        if (record is not None and record.get("dir") == entry.name and record.get("pid") != os.getpid()
+                and owner_alive(record)):
+            return f"pid {record.get('pid')} on {record.get('host')}, in {entry.path}"
+    return None
+
+
 @contextmanager
 def owned_tempdir(prefix: str, parent: Path | None = None) -> Iterator[Path]:
     """Like `tempfile.TemporaryDirectory`, with an owner record; stale ones of killed runs are swept first.
