@@ -192,8 +192,9 @@ def make_app(state: ServerState) -> Starlette:
         status = "stopping" if state.draining else "ok" if state.ready else "error" if state.error else "loading"
         body: dict[str, Any] = {"status": status, "backend": cfg.backend, "build": str(cfg.build_dir),
                                 "model": state.model_name}
-        if state.runner is not None:  # what each tower runs in (e.g. bf16 on OpenVINO's auto), as bench reports it
-            body["precision"] = {t: state.runner.tower_precision(t) for t in ("vision", "text")}
+        precision = getattr(state.runner, "tower_precision", None)  # a runner that cannot say: left out, never a 500
+        if callable(precision):  # what each tower runs in (e.g. bf16 on OpenVINO's auto), as bench reports it
+            body["precision"] = {t: precision(t) for t in ("vision", "text")}
         if state.error:
             body["error"] = state.error
         return JSONResponse(body, status_code=200 if status == "ok" else 503)
