@@ -57,7 +57,7 @@ def bench(
 
     names = parse_list(backends, "backends", list(BACKENDS)) if backends is not None else None
     tower_names, sizes = parse_list(towers, "towers", list(TOWERS)), parse_batch_sizes(batch_sizes)  # before the bar
-    check_args(tower_names, sizes, text_len, None, warmup, iters, threads, min_time)  # again with the model's limit
+    check_args(tower_names, sizes, text_len, None, warmup, iters, threads, min_time)  # before the bar draws
     written: dict[str, Any] = {}
     load_start = load_average()
     with progress_bar() as update:

@@ -85,6 +85,7 @@ def render_readme(record: dict[str, Any]) -> str:
         io = "; ".join(f"{t['name']} {t['data_type'][5:]} {_shape(t)}" for t in m["inputs"])
         out = "; ".join(f"{t['name']} {t['data_type'][5:]} {_shape(t)}" for t in m["outputs"])
         rows.append(f"| `{name}` | {m['platform']} | {m['instance_kind']} | `{m['io_from']}` | {io} | {out} |")
+    dynamic_text = any("-1" in row for row in rows)  # a -1 dim: SigLIP's towers fix the text length
     cpu = [n for n, m in models.items() if m["instance_kind"] == "KIND_CPU"]
     plans = [n for n, m in models.items() if m["format"] == "plan"]
     openvino = [n for n, m in models.items() if m["format"] == "openvino"]
@@ -109,9 +110,9 @@ def render_readme(record: dict[str, Any]) -> str:
         "",
         f"Every model has `max_batch_size: {record['max_batch']}` (B above: the batch axis is not part of `dims`)",
         f"and dynamic batching (`max_queue_delay_microseconds: {record['max_queue_delay_microseconds']}`)"
-        + ("; -1 is the dynamic text length." if any("-1" in row for row in rows) else "."),
+        + ("; -1 is the dynamic text length." if dynamic_text else "."),
         "The dynamic batcher merges only requests of equal shapes: pad every text to the same length."
-        if any("-1" in row for row in rows) else "Every text is padded to the model's one text length.",
+        if dynamic_text else "Every text is padded to the model's one text length.",
         f"`{TRITON_PREPROCESSING_DIR}/` holds the checkpoint's tokenizer and image processor files.",
         "",
         "## Start the server",

@@ -206,13 +206,11 @@ def run_build(cfg: BuildConfig, on_stage: Callable[[str, int, int], None] | None
     """
     from mfdeploy.exporting.spec import check_opset
     from mfdeploy.pruning.checks import resolved_budget
-    from mfdeploy.pruning.registry import METHODS, needs_calibration
-    from mfdeploy.pruning.run import calibration_source
+    from mfdeploy.pruning.run import needed_source
     from mfdeploy.quantize.run import check_scheme
 
     pattern = validate(cfg.prune)
-    needs = needs_calibration(METHODS[cfg.prune.method], resolved_budget(cfg.prune, pattern))
-    calibration_source(cfg.prune, needs or cfg.prune.distill_steps > 0)  # --calib for a model not bundled: now
+    needed_source(cfg.prune, resolved_budget(cfg.prune, pattern))  # --calib for a model not bundled: now
     for flag, value in (("--max-batch", cfg.max_batch), ("--max-text-len", cfg.max_text_len)):
         if value is not None and value < 1:  # found at the engine stage otherwise, after the prune
             raise UserError(f"{flag} must be 1 or more (got {value})")

@@ -31,6 +31,16 @@ def calibration_source(cfg: PruneConfig, needs: bool) -> CalibSource | None:
     return source
 
 
+def needed_source(cfg: PruneConfig, budget: str | None) -> CalibSource | None:
+    """The calibration source the prune of `cfg` (with its resolved layer `budget`) reads; None when its method,
+    budget and recovery need none.
+
+    Raises:
+        UserError: a model that is not bundled, with no --calib, where calibration is needed.
+    """
+    return calibration_source(cfg, needs_calibration(METHODS[cfg.method], budget) or cfg.distill_steps > 0)
+
+
 def selected_layers(adapter: Adapter, cfg: PruneConfig) -> dict[str, PrunableLayer]:
     """The prunable layers `cfg.include`/`cfg.exclude` leave.
 
@@ -67,7 +77,7 @@ def prune_model(adapter: Adapter, cfg: PruneConfig, source: CalibSource | None =
     spec = METHODS[cfg.method]
     budget = resolved_budget(cfg, pattern)
     layers = selected_layers(adapter, cfg)
-    source = source or calibration_source(cfg, needs_calibration(spec, budget) or cfg.distill_steps > 0)
+    source = source or needed_source(cfg, budget)
     # what the source really holds (a short JSONL file yields fewer than asked): sizes the bar, goes on record
     used = calibration_pairs(source, cfg.calib_samples) if source else 0
     if cfg.distill_steps:

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -43,10 +43,8 @@ class ShuttingDown(Exception):
     """The server is stopping and cannot answer this request in its grace period: 503, retry elsewhere."""
 
 
-T = TypeVar("T")
-
-
-async def first_of(work: Awaitable[T], other: Awaitable[Any], timeout_s: float | None = None) -> tuple[bool, Any, bool]:
+async def first_of(work: Awaitable[Any], other: Awaitable[Any],
+                   timeout_s: float | None = None) -> tuple[bool, Any, bool]:
     """Await `work` until it ends, `other` ends or `timeout_s` passes; `other` is cancelled then, either way.
 
     Returns:

@@ -108,12 +108,12 @@ def _export(path: Path, cfg: ServeConfig) -> Served:
         raise UserError(f"--backend {cfg.backend}: {path} is an export directory of ONNX towers; serve it with "
                         f"{', '.join(EXPORT_BACKENDS[:-1])} or {EXPORT_BACKENDS[-1]} (after `mfdeploy engine "
                         f"{path}`){hint}")
-    if not (path / EXPORT_MANIFEST).is_file() and (path / QUANTIZE_MANIFEST).is_file():
-        model = QuantizeManifest.read(path).data.get("source") or "BUILD"
-        raise UserError(f"{path}: quantized towers of the build {model}, with no {EXPORT_MANIFEST}: serve them from "
-                        f"the build (`mfdeploy quantize {model} --in-place`, then `mfdeploy serve {model} --backend "
-                        "ort-int8`)")
     if not (path / EXPORT_MANIFEST).is_file():
+        if (path / QUANTIZE_MANIFEST).is_file():
+            model = QuantizeManifest.read(path).data.get("source") or "BUILD"
+            raise UserError(f"{path}: quantized towers of the build {model}, with no {EXPORT_MANIFEST}: serve them "
+                            f"from the build (`mfdeploy quantize {model} --in-place`, then `mfdeploy serve {model} "
+                            "--backend ort-int8`)")
         raise UserError(f"{path}: no {EXPORT_MANIFEST} naming the model whose tokenizer and image processor "
                         "the server needs (export with `mfdeploy export MODEL --out DIR`)")
     manifest = ExportManifest.read(path)

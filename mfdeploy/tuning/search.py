@@ -227,9 +227,9 @@ class Search:
         out.parent.mkdir(parents=True, exist_ok=True)
         if (out / BUILD_MANIFEST).is_file():
             return out
-        space = self.space.mope  # MoPE's settings go to MoPE candidates only (another method refuses them)
-        mope = {"mope_neuron_group": space.get("neuron_group", 64), "mope_depth_share": space.get("depth_share", 0.0),
-                "mope_cache": self.out / CACHE_DIR / "mope"} if cand.method == "mope" else {}
+        mope = {"mope_neuron_group": self.space.mope.get("neuron_group", PruneConfig.mope_neuron_group),
+                "mope_depth_share": self.space.mope.get("depth_share", PruneConfig.mope_depth_share),
+                "mope_cache": self.out / CACHE_DIR / "mope"} if cand.method == "mope" else {}  # others refuse them
         prune = PruneConfig(ratio=cand.ratio, model=self.cfg.model, method=cand.method, budget=cand.budget,
                             pattern=cand.pattern, calib=self.cfg.calib, seed=self.cfg.seed,
                             distill_steps=cand.distill_steps, show_progress=False, **mope,

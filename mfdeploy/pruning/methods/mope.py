@@ -79,9 +79,7 @@ def prune_mope(ctx: PruneContext) -> MethodResult:
     dense_prunable = _prunable_counts(adapter)
     dense_blocks = _block_counts(adapter)
     dense_roles = role_counts(adapter)
-    group = cfg.mope_neuron_group
-    if group <= 0:
-        raise UserError("--neuron-group must be positive")
+    group = cfg.mope_neuron_group  # a positive whole number (`checks.validate`)
     n_pairs = pairs_available(source, min(cfg.calib_samples, Z_MAX_PAIRS), offset=_offset(source))
     batches = list(ctx.batches(n_pairs, min(cfg.batch_size, n_pairs), offset=_offset(source)))
     # the cache's keys start from the dense model: fingerprinted before anything is cut
