@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -127,3 +128,19 @@ def test_mope_scoring_smoke():
     assert len(rows) == 4  # two rounds of both scorings
     assert "identical (every float, bit for bit)" in out and "load average (1, 5, 15 min) before" in out
     assert "speed-up replay / full forwards" in out and "(target >= 2x)" in out
+
+
+@pytest.mark.slow
+def test_compile_settings_smoke(tmp_path):
+    """benchmarks/compile_settings.py: one process per variant, each reporting its own settings and speed-ups."""
+    run = subprocess.run([sys.executable, str(BENCHMARKS / "compile_settings.py"), "--smoke", "--pairs", "1",
+                          "--batches", "1", "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-2000:]
+    runs = json.loads((tmp_path / "compile_settings.json").read_text())
+    assert [r["variant"] for r in runs] == ["freezing", "runner"]
+    assert "cpp_wrapper" not in runs[0]["compiled_with"] and "no guards on the modules" not in runs[0]["compiled_with"]
+    assert "cpp_wrapper=True" in runs[1]["compiled_with"] and "no guards on the modules" in runs[1]["compiled_with"]
+    for r in runs:
+        assert set(r["cells"]) == {"text 1", "vision 1"} and all(c["speedup"] > 0 for c in r["cells"].values())
+    table = (tmp_path / "compile_settings.md").read_text()
+    assert "| freezing |" in table and "| runner |" in table and "load average" in table

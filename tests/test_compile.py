@@ -32,7 +32,8 @@ def test_compiled_towers_match_eager_and_compile_only_at_start_up():
     eager = TorchRunner(adapter, threads=2)
     runner = TorchRunner(adapter, threads=2, compile=True)
     assert runner.compiled_with is not None
-    assert runner.compiled_with.startswith("inductor, mode default, freezing=True, cache ")
+    assert runner.compiled_with.startswith("inductor, mode default, freezing=True, cpp_wrapper=True, "
+                                           "cpp.enable_concat_linear=True, no guards on the modules, cache ")
     assert Path(runner.compiled_with.split("cache ", 1)[1]).is_dir()
     graphs = _unique_graphs()
     rng = np.random.default_rng(0)
@@ -90,3 +91,48 @@ def test_cpu_compile_freezes_the_weights_into_packed_gemms():
     with torch.inference_mode():
         assert torch.allclose(compiled(x).float(), tower(x).float(), atol=2e-2)
     assert not inductor_config.freezing  # the setting was scoped to the compilation
+
+
+class _Attention(torch.nn.Module):
+    """Three linears reading one input (q, k, v) and one after them: what concat-linear fuses; `scale`, a module
+    attribute dynamo would guard."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.o = (torch.nn.Linear(32, 32) for _ in range(4))
+        self.scale = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.o(self.q(x) * self.k(x) * self.scale + self.v(x))
+
+
+def test_cpu_compile_fuses_shared_input_linears_and_guards_only_the_inputs():
+    """The runner's CPU settings: q, k and v become one prepacked GEMM (2 packed, not 4), outputs as eager's; the
+    inputs' guards stay (batch 1 and batch 3 run their own graphs, each right) while the module's are dropped: a
+    changed module attribute does not compile again (frozen weights: a compiled tower is never changed)."""
+    from torch._dynamo.utils import counters
+    from torch._inductor import config as inductor_config
+
+    from mfdeploy.runtime.compiled import compile_tower, describe, settings_for
+
+    tower = _Attention().eval().to(torch.bfloat16).requires_grad_(False)
+    torch._dynamo.reset()
+    counters.clear()
+    mode, config = settings_for(torch.device("cpu"))
+    assert describe(mode, config).endswith("no guards on the modules")
+    with inductor_config.patch(force_disable_caches=True):
+        compiled = compile_tower(tower, lambda b: (torch.randn(b, 32, dtype=torch.bfloat16),), [(0, 0)], mode,
+                                 config, "test")
+    # one pack per GEMM: the batch-2 graph and the batch-1 graph each hold 2 (q|k|v concatenated, o)
+    assert counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"] == 4, dict(counters["inductor"])
+    graphs = _unique_graphs()
+    with torch.inference_mode():
+        for batch in (1, 3):
+            x = torch.randn(batch, 32, dtype=torch.bfloat16)
+            got = compiled(x)
+            assert got.shape == (batch, 32)
+            assert torch.allclose(got.float(), tower(x).float(), atol=3e-2)
+        assert _unique_graphs() == graphs
+        tower.scale = 2.0  # guarded, dynamo would compile a graph for it
+        compiled(torch.randn(3, 32, dtype=torch.bfloat16))
+    assert _unique_graphs() == graphs
