@@ -14,9 +14,8 @@ as `--backend torch --dtype bfloat16 --compile`), interleaved in
 alternating blocks (`time_blocks`), per tower and batch. Variants:
 
     freezing         inductor's default mode with freezing, nothing else (the runner's settings before)
-    runner           what `mfdeploy.runtime.compiled` sets: freezing, cpp_wrapper, enable_concat_linear,
-                     no dynamo guards on the modules
-    no-cpp-wrapper, no-concat-linear, no-guard-filter
+    runner           what `mfdeploy.runtime.compiled` sets: freezing, cpp_wrapper, enable_concat_linear
+    no-cpp-wrapper, no-concat-linear
                      the runner's settings less one
 
 The table gives, per variant and cell, the median over the processes of
@@ -41,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).parent
-VARIANTS = ("freezing", "runner", "no-cpp-wrapper", "no-concat-linear", "no-guard-filter")
+VARIANTS = ("freezing", "runner", "no-cpp-wrapper", "no-concat-linear")
 
 
 def child(variant: str, batches: list[int], text_len: int, threads: int, smoke: bool) -> dict:
@@ -62,7 +61,6 @@ def child(variant: str, batches: list[int], text_len: int, threads: int, smoke: 
     if variant == "freezing":
         compiled.CPU_CONFIG.clear()
         compiled.CPU_CONFIG["freezing"] = True
-    compiled.SKIP_MODULE_GUARDS = variant != "no-guard-filter" and variant != "freezing"
     drop = {"no-cpp-wrapper": "cpp_wrapper", "no-concat-linear": "cpp.enable_concat_linear"}.get(variant)
     if drop:
         del compiled.CPU_CONFIG[drop]

@@ -138,8 +138,8 @@ def test_compile_settings_smoke(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     runs = json.loads((tmp_path / "compile_settings.json").read_text())
     assert [r["variant"] for r in runs] == ["freezing", "runner"]
-    assert "cpp_wrapper" not in runs[0]["compiled_with"] and "no guards on the modules" not in runs[0]["compiled_with"]
-    assert "cpp_wrapper=True" in runs[1]["compiled_with"] and "no guards on the modules" in runs[1]["compiled_with"]
+    assert "cpp_wrapper" not in runs[0]["compiled_with"] and "concat_linear" not in runs[0]["compiled_with"]
+    assert "cpp_wrapper=True" in runs[1]["compiled_with"] and "concat_linear=True" in runs[1]["compiled_with"]
     for r in runs:
         assert set(r["cells"]) == {"text 1", "vision 1"} and all(c["speedup"] > 0 for c in r["cells"].values())
     table = (tmp_path / "compile_settings.md").read_text()

@@ -10,23 +10,22 @@ its length axis marked dynamic too; a fixed-length one (SigLIP) does not.
 On the CPU, inductor's default mode with freezing on: the weights become
 constants of the graph, which inductor folds and prepacks for oneDNN's
 GEMMs (bf16 ones included) once, at compile time. That is the setting
-PyTorch documents for CPU inference. Three more settings cut the work
-around the GEMMs: the C++ wrapper (`cpp_wrapper`: the graph's calls made from C++, not from a
-generated Python function), one GEMM for linears that share their input
-(`cpp.enable_concat_linear`: q, k and v become one), and no dynamo guards
-on the tower's modules (`guard_filter_fn`, PyTorch's
-`skip_guard_on_all_nn_modules_unsafe`). Skipping those guards is sound
-here because freezing already made the compiled graph ignore later
-changes to the module: its weights are folded in, and the runner never
-changes a tower once compiled; the guards on the inputs (dtype, device,
-batch size 1 against the rest) stay. Measured in fresh processes against
-ONNX Runtime fp32 (`benchmarks/compile_settings.py`: ViT-B/32 in bf16, 2
-threads, three processes per setting), the four together against
-freezing alone: the vision tower at batch 8 ran 1.97x ONNX Runtime
-against 1.82x, text at batch 8 2.19x against 2.05x, and both towers at
-batch 1 within the spread between processes; compiling took 107 s against
-80 s. Two compiled copies of a tower in one process cannot be compared:
-dynamo looks every call up among both copies' graphs.
+PyTorch documents for CPU inference. Two more settings cut the work
+around the GEMMs: the C++ wrapper (`cpp_wrapper`: the graph's calls made
+from C++, not from a generated Python function) and one GEMM for linears
+that share their input (`cpp.enable_concat_linear`: q, k and v become
+one). Dynamo's guards on
+the tower's modules stay, though freezing makes them look useless: they
+are what tells two compiled copies of one tower class apart (bench
+compiles the dense and the pruned model in one process), and without
+them (`guard_filter_fn=skip_guard_on_all_nn_modules_unsafe`) one copy ran
+the other's graph. Measured in fresh processes against ONNX Runtime fp32
+(`benchmarks/compile_settings.py --pairs 2`: ViT-B/32 in bf16, 2 threads),
+the three together against freezing alone: text 1.22x against 1.13x at
+batch 1 and 2.06x against 1.86x at batch 8, vision 1.83x against 1.68x
+and 2.01x against 1.94x (medians of two processes each); compiling took
+122 s against 92 s. Two compiled copies of a tower in one process cannot
+be compared: dynamo looks every call up among both copies' graphs.
 
 The packed copies sit beside the module's own weights, so a compiled CPU tower
 holds its weights twice; the autotuning modes are left out (they spend
@@ -54,7 +53,6 @@ log = logging.getLogger(__name__)
 
 CPU_MODE = "default"
 CPU_CONFIG = {"freezing": True, "cpp_wrapper": True, "cpp.enable_concat_linear": True}  # inductor's, module doc
-SKIP_MODULE_GUARDS = True  # with freezing on: no dynamo guards on the tower's modules (module doc)
 CUDA_MODE = "max-autotune-no-cudagraphs"
 EXAMPLE_TEXT_LEN = 8  # the example length of a variable-length text tower (marked dynamic: any length runs)
 
@@ -69,8 +67,7 @@ def settings_for(device: torch.device) -> tuple[str, dict[str, object]]:
 
 def describe(mode: str, config: dict[str, object]) -> str:
     """`settings_for`'s result in words, for the runner's report, e.g. "mode default, freezing=True, ..."."""
-    guards = ["no guards on the modules"] if config.get("freezing") and SKIP_MODULE_GUARDS else []
-    return ", ".join([f"mode {mode}", *(f"{k}={v}" for k, v in config.items()), *guards])
+    return ", ".join([f"mode {mode}", *(f"{k}={v}" for k, v in config.items())])
 
 
 def cache_dir() -> str:
@@ -99,13 +96,7 @@ def compile_tower(tower: torch.nn.Module, examples: Callable[[int], Sequence[tor
     """
     from torch._inductor import config as inductor_config
 
-    if config.get("freezing") and SKIP_MODULE_GUARDS:  # frozen weights: module guards protect nothing (module doc)
-        from torch._inductor import list_mode_options  # torch.compile takes a mode or options, not both
-
-        options = {**list_mode_options(mode), "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
-        compiled = torch.compile(tower, options=options)
-    else:
-        compiled = torch.compile(tower, mode=mode)
+    compiled = torch.compile(tower, mode=mode)
     start = time.perf_counter()
     try:
         with torch.inference_mode(), inductor_config.patch(config):
@@ -123,5 +114,4 @@ def compile_tower(tower: torch.nn.Module, examples: Callable[[int], Sequence[tor
     return cast(torch.nn.Module, compiled)  # an OptimizedModule: the module's interface, compiled forward
 
 
-__all__ = ["CPU_CONFIG", "CPU_MODE", "CUDA_MODE", "SKIP_MODULE_GUARDS", "cache_dir", "compile_tower", "describe",
-           "settings_for"]
+__all__ = ["CPU_CONFIG", "CPU_MODE", "CUDA_MODE", "cache_dir", "compile_tower", "describe", "settings_for"]
