@@ -14,14 +14,14 @@ PyTorch documents for CPU inference. Two more settings cut the work
 around the GEMMs: the C++ wrapper (`cpp_wrapper`: the graph's calls made
 from C++, not from a generated Python function) and one GEMM for linears
 that share their input (`cpp.enable_concat_linear`: q, k and v become
-one). Dynamo's guards on
-the tower's modules stay, though freezing makes them look useless: they
-are what tells two compiled copies of one tower class apart (bench
-compiles the dense and the pruned model in one process), and without
-them (`guard_filter_fn=skip_guard_on_all_nn_modules_unsafe`) one copy ran
-the other's graph. Measured in fresh processes against ONNX Runtime fp32
+one). Dynamo's guards on the tower's modules stay, though freezing makes
+them look useless: they are what tells two compiled copies of one tower
+class apart (bench compiles the dense and the pruned model in one
+process), and without them (`guard_filter_fn=
+skip_guard_on_all_nn_modules_unsafe`) one copy ran the other's graph.
+Measured in fresh processes against ONNX Runtime fp32
 (`benchmarks/compile_settings.py --pairs 2`: ViT-B/32 in bf16, 2 threads),
-the three together against freezing alone: text 1.22x against 1.13x at
+freezing with the two settings against freezing alone: text 1.22x against 1.13x at
 batch 1 and 2.06x against 1.86x at batch 8, vision 1.83x against 1.68x
 and 2.01x against 1.94x (medians of two processes each); compiling took
 122 s against 92 s. Two compiled copies of a tower in one process cannot
@@ -29,8 +29,8 @@ be compared: dynamo looks every call up among both copies' graphs.
 
 The packed copies sit beside the module's own weights, so a compiled CPU tower
 holds its weights twice; the autotuning modes are left out (they spend
-minutes per shape on a few cores, and gained nothing in a run on ViT-B/32 here). On
-CUDA, "max-autotune-no-cudagraphs", since the runner captures its own CUDA
+minutes per shape on a few cores, and gained nothing in one run on
+ViT-B/32 here). On CUDA, "max-autotune-no-cudagraphs", since the runner captures its own CUDA
 graphs. Inductor keeps what it compiled in its cache directory
 (`TORCHINDUCTOR_CACHE_DIR`, else a folder under the temp dir), which the
 runner reports: a second start-up with the same model and shapes reads it
