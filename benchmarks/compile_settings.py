@@ -66,9 +66,9 @@ def child(variant: str, batches: list[int], text_len: int, threads: int, smoke: 
         del compiled.CPU_CONFIG[drop]
     torch.set_num_threads(threads)
     adapter = WrappedAdapter(vitb32(smoke=smoke))
-    folder = Path(tempfile.mkdtemp(prefix="compile-settings-")) / "fp32"
-    export_towers(adapter, folder)
-    ort = OrtRunner(folder, threads=threads, spin=True)
+    with tempfile.TemporaryDirectory(prefix="compile-settings-") as tmp:  # the session holds the weights it read
+        export_towers(adapter, Path(tmp) / "fp32")
+        ort = OrtRunner(Path(tmp) / "fp32", threads=threads, spin=True)
     start = time.perf_counter()
     runner = TorchRunner(adapter, threads=threads, dtype="bfloat16", compile=True)
     compile_s = time.perf_counter() - start
