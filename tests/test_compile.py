@@ -70,22 +70,30 @@ def test_compile_is_a_torch_backend_option(tmp_path):
     assert ServeConfig(build_dir=tmp_path, backend="torch").validate().runner_options() == {}
 
 
+def _compile_on_cpu(tower: torch.nn.Module) -> torch.nn.Module:
+    """A bf16 toy tower (32 input features) compiled as the runner compiles a CPU tower, inductor's caches off (a
+    cached graph would skip the passes the tests count)."""
+    from torch._inductor import config as inductor_config
+
+    from mfdeploy.runtime.compiled import compile_tower, settings_for
+
+    mode, config = settings_for(torch.device("cpu"))
+    with inductor_config.patch(force_disable_caches=True):
+        return compile_tower(tower, lambda b: (torch.randn(b, 32, dtype=torch.bfloat16),), [(0, 0)], mode, config,
+                             "test")
+
+
 def test_cpu_compile_freezes_the_weights_into_packed_gemms():
     """On the CPU, inductor's freezing is on while a tower compiles (set as config, not as a torch.compile
     option, which inductor ignores for freezing): its linears become oneDNN GEMMs over prepacked weights."""
     from torch._dynamo.utils import counters
     from torch._inductor import config as inductor_config
 
-    from mfdeploy.runtime.compiled import compile_tower, settings_for
-
     tower = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.GELU(), torch.nn.Linear(64, 16)).eval()
     tower = tower.to(torch.bfloat16).requires_grad_(False)
     torch._dynamo.reset()
     counters.clear()
-    mode, config = settings_for(torch.device("cpu"))
-    with inductor_config.patch(force_disable_caches=True):  # a cached graph would skip the passes counted here
-        compiled = compile_tower(tower, lambda b: (torch.randn(b, 32, dtype=torch.bfloat16),), [(0, 0)], mode,
-                                 config, "test")
+    compiled = _compile_on_cpu(tower)
     assert counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"] >= 2, dict(counters["inductor"])
     x = torch.randn(3, 32, dtype=torch.bfloat16)
     with torch.inference_mode():
@@ -108,17 +116,11 @@ def test_cpu_compile_fuses_shared_input_linears():
     """The runner's CPU settings: q, k and v become one prepacked GEMM (2 packed, not 4); batch 1 and batch 3 run
     their own graphs, each with eager's outputs, and neither compiles again."""
     from torch._dynamo.utils import counters
-    from torch._inductor import config as inductor_config
-
-    from mfdeploy.runtime.compiled import compile_tower, settings_for
 
     tower = _Attention().eval().to(torch.bfloat16).requires_grad_(False)
     torch._dynamo.reset()
     counters.clear()
-    mode, config = settings_for(torch.device("cpu"))
-    with inductor_config.patch(force_disable_caches=True):
-        compiled = compile_tower(tower, lambda b: (torch.randn(b, 32, dtype=torch.bfloat16),), [(0, 0)], mode,
-                                 config, "test")
+    compiled = _compile_on_cpu(tower)
     # one pack per GEMM: the batch-2 graph and the batch-1 graph each hold 2 (q|k|v concatenated, o)
     assert counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"] == 4, dict(counters["inductor"])
     graphs = _unique_graphs()
@@ -134,13 +136,9 @@ def test_cpu_compile_fuses_shared_input_linears():
 def test_two_compiled_towers_in_one_process_each_run_their_own_weights():
     """Dynamo tells two compiled copies of one class apart (bench compiles the dense and the pruned model in one
     process) by its guards on the modules, which the runner keeps: each copy gives its own module's outputs."""
-    from mfdeploy.runtime.compiled import compile_tower, settings_for
-
     torch._dynamo.reset()
-    mode, config = settings_for(torch.device("cpu"))
     towers = [_Attention().eval().to(torch.bfloat16).requires_grad_(False) for _ in range(2)]
-    compiled = [compile_tower(t, lambda b: (torch.randn(b, 32, dtype=torch.bfloat16),), [(0, 0)], mode, config, "t")
-                for t in towers]
+    compiled = [_compile_on_cpu(t) for t in towers]
     with torch.inference_mode():
         for batch in (1, 3):
             x = torch.randn(batch, 32, dtype=torch.bfloat16)
