@@ -24,7 +24,7 @@ times through mfdeploy's own runners:
     MoPE 0.5 ...         the pruned model: fp32 and INT8 on ONNX Runtime, static INT8 on OpenVINO
 
 interleaved in alternating blocks (`time_blocks`: `--block` back-to-back
-calls of one runner after an untimed one, then the next, `--rounds`
+calls of one runner after 50 ms of untimed ones, then the next, `--rounds`
 times), so each runs as a serving process runs it while machine load hits
 them alike. Each row gives the median latency, the speed-up over ORT fp32
 (dense), the min cosine against ORT fp32 of the same model (random inputs)
@@ -195,7 +195,7 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--text-len", type=int, default=16, help="tokens per text (16: a typical caption)")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--block", type=int, default=3, help="timed calls per block (after one untimed)")
+    ap.add_argument("--block", type=int, default=3, help="timed calls per block (after 50 ms of untimed ones)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-spin", action="store_true", help="ONNX Runtime sessions do not spin their idle threads")
     ap.add_argument("--smoke", "--tiny", action="store_true", help="a 2-layer, width-64 model")

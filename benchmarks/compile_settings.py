@@ -14,7 +14,10 @@ as `--backend torch --dtype bfloat16 --compile`), interleaved in
 alternating blocks (`time_blocks`), per tower and batch. Variants:
 
     freezing         inductor's default mode with freezing, nothing else (the runner's settings before)
-    runner           what `mfdeploy.runtime.compiled` sets: freezing, cpp_wrapper, enable_concat_linear
+    runner           what `mfdeploy.runtime.compiled` does: freezing, cpp_wrapper, enable_concat_linear, and each
+                     tower through a function of its own without dynamo's module guards
+    module-guards    the runner's settings with the tower compiled as a module, its guards kept (the runner
+                     before it dropped them)
     no-cpp-wrapper, no-concat-linear
                      the runner's settings less one
 
@@ -40,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).parent
-VARIANTS = ("freezing", "runner", "no-cpp-wrapper", "no-concat-linear")
+VARIANTS = ("freezing", "runner", "module-guards", "no-cpp-wrapper", "no-concat-linear")
 
 
 def child(variant: str, batches: list[int], text_len: int, threads: int, smoke: bool) -> dict:
@@ -64,6 +67,8 @@ def child(variant: str, batches: list[int], text_len: int, threads: int, smoke: 
     drop = {"no-cpp-wrapper": "cpp_wrapper", "no-concat-linear": "cpp.enable_concat_linear"}.get(variant)
     if drop:
         del compiled.CPU_CONFIG[drop]
+    if variant in ("freezing", "module-guards"):  # the tower compiled as a module, dynamo's guards on it kept
+        compiled._compile_frozen = lambda *args: None
     torch.set_num_threads(threads)
     adapter = WrappedAdapter(vitb32(smoke=smoke))
     with tempfile.TemporaryDirectory(prefix="compile-settings-") as tmp:  # the session holds the weights it read
@@ -131,6 +136,8 @@ def main() -> None:
 def report(runs: list[dict], variants: list[str], args) -> str:
     import torch
 
+    from mfdeploy.platform import cpu_description
+
     cells = list(runs[0]["cells"])
     lines = [f"ViT-B/32 (CLIPConfig defaults, random weights{', smoke' if args.smoke else ''}), bf16 torch runner "
              f"compiled, {args.threads} threads, text {args.text_len} tokens, torch {torch.__version__}; speed-up "
@@ -147,7 +154,8 @@ def report(runs: list[dict], variants: list[str], args) -> str:
                                              for v in variants),
               "- load average (1 min) before each process's timing, in run order: "
               + ", ".join(f"{r['variant']} {r['load_before'][0]:.2f}" for r in runs) + " on "
-              + f"{os.cpu_count()} CPUs"]
+              + f"{os.cpu_count()} CPUs",
+              f"- CPU: {cpu_description()}"]
     return "\n".join(lines)
 
 

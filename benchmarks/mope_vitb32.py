@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=6)
-    ap.add_argument("--block", type=int, default=3, help="timed calls per block (after one untimed)")
+    ap.add_argument("--block", type=int, default=3, help="timed calls per block (after 50 ms of untimed ones)")
     ap.add_argument("--no-spin", action="store_true", help="sessions do not spin their idle threads")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()

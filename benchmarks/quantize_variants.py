@@ -63,7 +63,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("src", type=Path, help="an fp32 vision tower (pixel_values [B,3,H,W])")
     ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--block", type=int, default=3, help="timed calls per block (after one untimed)")
+    ap.add_argument("--block", type=int, default=3, help="timed calls per block (after 50 ms of untimed ones)")
     ap.add_argument("--no-spin", action="store_true", help="sessions do not spin their idle threads")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--profile", action="store_true", help="also print where the shipped graph's time goes, by op")

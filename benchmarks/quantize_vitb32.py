@@ -11,7 +11,7 @@ picks: weight MatMuls and the patch Conv, final projections kept float):
 "static" (QDQ, uint8 activations calibrated on 4 random batches). Every
 variant of a tower is timed in one run (vision at `--batch`, text at
 `--batch` x `--text-len` tokens) in alternating blocks (`time_blocks`:
-`--block` back-to-back calls of one graph after an untimed one, then the
+`--block` back-to-back calls of one graph after 50 ms of untimed ones, then the
 next graph, `--rounds` times), so each graph runs as a serving process runs
 it while machine load hits them alike. Sessions spin their idle threads, as
 ONNX Runtime does by default; `--no-spin` turns that off (as `mfdeploy
@@ -83,7 +83,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--text-len", type=int, default=77)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--block", type=int, default=3, help="timed calls per block (after one untimed)")
+    ap.add_argument("--block", type=int, default=3, help="timed calls per block (after 50 ms of untimed ones)")
     ap.add_argument("--no-spin", action="store_true", help="sessions do not spin their idle threads")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--smoke", action="store_true")

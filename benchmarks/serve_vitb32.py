@@ -15,7 +15,7 @@ temporary directory and, in one run:
    (CPU EP, graph optimisation ALL, intra-op threads = physical cores,
    thread spinning on as ONNX Runtime serves by default) in alternating
    blocks (`time_blocks`: a few back-to-back calls of one backend, then of
-   the other, the first call of each block untimed), so each runs as a
+   the other, the first 50 ms of each block untimed), so each runs as a
    serving process does while drift on this shared host hits both alike;
 3. prints per backend and tower: median latency, items/s, achieved GFLOP/s,
    its fraction of the matmul peak, and the ORT/torch throughput ratio;

@@ -125,6 +125,29 @@ def test_time_blocks_runs_back_to_back_and_leaves_each_first_call_untimed():
     assert lat["a"].max() < 0.04 and lat["b"].max() < 0.04  # the slow first calls were not timed
 
 
+def test_time_blocks_leaves_the_head_of_each_block_untimed_for_settle_seconds():
+    """The untimed head of a block lasts at least `settle` seconds (another runtime's threads still spinning), as
+    many calls as that takes, and at least one."""
+    import time
+
+    from mfdeploy.bench.run import time_blocks
+
+    calls = []
+
+    def call(name):
+        calls.append(name)
+        time.sleep(0.01)
+
+    lat = time_blocks({"a": lambda: call("a"), "b": lambda: call("b")}, rounds=1, block=2, settle=0.035)
+    assert len(lat["a"]) == len(lat["b"]) == 2
+    heads = [calls.count("a") - 2, calls.count("b") - 2]
+    assert all(4 <= h <= 6 for h in heads), heads  # 0.035 s of 0.01 s calls: 4 untimed (a slow sleep: a few more)
+    assert calls[:heads[0] + 2] == ["a"] * (heads[0] + 2)  # back to back, then the other name
+    calls.clear()
+    time_blocks({"a": lambda: call("a")}, rounds=1, block=1, settle=0)
+    assert calls == ["a", "a"]  # settle 0: one untimed call, one timed
+
+
 def test_cli_bench(build_dir, tmp_path, capsys):
     main(["bench", str(build_dir), "--backends", "ort-cpu,trt", "--towers", "vision", "--batch-sizes", "1,2",
           "--warmup", "0", "--iters", "2", "--min-time", "0", "--threads", "1", "--no-dense",

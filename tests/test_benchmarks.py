@@ -140,7 +140,23 @@ def test_compile_settings_smoke(tmp_path):
     assert [r["variant"] for r in runs] == ["freezing", "runner"]
     assert "cpp_wrapper" not in runs[0]["compiled_with"] and "concat_linear" not in runs[0]["compiled_with"]
     assert "cpp_wrapper=True" in runs[1]["compiled_with"] and "concat_linear=True" in runs[1]["compiled_with"]
+    assert "module guards kept (vision, text)" in runs[0]["compiled_with"]  # the freezing variant: the old way
+    assert "module guards off" in runs[1]["compiled_with"]
     for r in runs:
         assert set(r["cells"]) == {"text 1", "vision 1"} and all(c["speedup"] > 0 for c in r["cells"].values())
     table = (tmp_path / "compile_settings.md").read_text()
     assert "| freezing |" in table and "| runner |" in table and "load average" in table
+
+
+@pytest.mark.slow
+def test_block_settle_smoke():
+    """benchmarks/block_settle.py: ONNX Runtime spinning or not, each timed with settle 0 and the default, with torch's
+    latency by position in its block and the load average."""
+    run = subprocess.run([sys.executable, str(BENCHMARKS / "block_settle.py"), "--smoke", "--rounds", "1", "--block",
+                          "2"], capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [line for line in run.stdout.splitlines() if "spinning" in line and line.startswith("│")]
+    assert [(r.split("│")[1].strip(), r.split("│")[2].strip()) for r in rows] == \
+        [("spinning", "0"), ("spinning", "0.05"), ("not spinning", "0"), ("not spinning", "0.05")]
+    assert all(len(r.split("│")[6].split()) == 2 for r in rows)  # one median per timed position in the block
+    assert "load average (1, 5, 15 min) before timing" in run.stdout

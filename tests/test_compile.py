@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ def test_compiled_towers_match_eager_and_compile_only_at_start_up():
     runner = TorchRunner(adapter, threads=2, compile=True)
     assert runner.compiled_with is not None
     assert runner.compiled_with.startswith("inductor, mode default, freezing=True, cpp_wrapper=True, "
-                                           "cpp.enable_concat_linear=True, cache ")
+                                           "cpp.enable_concat_linear=True, module guards off, cache ")
     assert Path(runner.compiled_with.split("cache ", 1)[1]).is_dir()
     graphs = _unique_graphs()
     rng = np.random.default_rng(0)
@@ -70,7 +71,7 @@ def test_compile_is_a_torch_backend_option(tmp_path):
     assert ServeConfig(build_dir=tmp_path, backend="torch").validate().runner_options() == {}
 
 
-def _compile_on_cpu(tower: torch.nn.Module) -> torch.nn.Module:
+def _compile_on_cpu(tower: torch.nn.Module) -> Callable[..., torch.Tensor]:
     """A bf16 toy tower (32 input features) compiled as the runner compiles a CPU tower, inductor's caches off (a
     cached graph would skip the passes the tests count)."""
     from torch._inductor import config as inductor_config
@@ -134,11 +135,16 @@ def test_cpu_compile_fuses_shared_input_linears():
 
 
 def test_two_compiled_towers_in_one_process_each_run_their_own_weights():
-    """Dynamo tells two compiled copies of one class apart (bench compiles the dense and the pruned model in one
-    process) by its guards on the modules, which the runner keeps: each copy gives its own module's outputs."""
+    """Two compiled copies of one class in one process (bench compiles the dense and the pruned model) each give
+    their own module's outputs. With frozen weights the runner drops dynamo's module guards, which told the copies
+    apart, so each copy is compiled through a function of its own (its own code object, so dynamo never looks one
+    copy's call up among the other's graphs)."""
     torch._dynamo.reset()
     towers = [_Attention().eval().to(torch.bfloat16).requires_grad_(False) for _ in range(2)]
     compiled = [_compile_on_cpu(t) for t in towers]
+    assert not any(isinstance(c, torch.nn.Module) for c in compiled)  # the guard-free path was taken
+    codes = [c.__wrapped__.__code__ for c in compiled]  # type: ignore[attr-defined]  # what dynamo compiled
+    assert codes[0] is not codes[1]
     with torch.inference_mode():
         for batch in (1, 3):
             x = torch.randn(batch, 32, dtype=torch.bfloat16)
@@ -146,3 +152,30 @@ def test_two_compiled_towers_in_one_process_each_run_their_own_weights():
             assert (want[0] - want[1]).abs().max() > 0.1  # the two towers differ
             for c, w in zip(compiled, want):
                 assert torch.allclose(c(x).float(), w, atol=3e-2)
+
+
+class _Breaks(torch.nn.Module):
+    """A tower dynamo cannot hold in one graph (a graph break between its two linears)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(32, 32), torch.nn.Linear(32, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        torch._dynamo.graph_break()
+        return self.b(y)
+
+
+def test_a_tower_that_breaks_into_graphs_keeps_its_module_guards():
+    """A graph break would put the tower class's own frames in dynamo's cache, shared by every copy: such a tower
+    is compiled as a module with its guards, and two copies still give their own outputs."""
+    torch._dynamo.reset()
+    towers = [_Breaks().eval().to(torch.bfloat16).requires_grad_(False) for _ in range(2)]
+    compiled = [_compile_on_cpu(t) for t in towers]
+    assert all(isinstance(c, torch._dynamo.eval_frame.OptimizedModule) for c in compiled)
+    with torch.inference_mode():
+        for batch in (1, 3):
+            x = torch.randn(batch, 32, dtype=torch.bfloat16)
+            for c, t in zip(compiled, towers):
+                assert torch.allclose(c(x).float(), t(x).float(), atol=3e-2)

@@ -27,6 +27,9 @@ def test_describe_cpuinfo_names_the_first_cpu_and_its_gemm_features():
         "Old (no SIMD GEMM features listed)"
     zen4 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t: avx2 avx512f avx512_vnni avx512_bf16\n"
     assert describe_cpuinfo(zen4) == "AMD EPYC (avx2 avx512f avx512_vnni avx512_bf16)"  # BF16 GEMMs named
+    # the x86 family and model tell apart what one model name covers (a VM's "AMD EPYC": Zen 4 is family 25)
+    zen5 = "processor\t: 0\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\nflags\t: avx2 avx_vnni\n"
+    assert describe_cpuinfo(zen5) == "AMD EPYC family 26 model 2 (avx2 avx_vnni)"
 
 
 def test_cpu_description_on_this_machine():

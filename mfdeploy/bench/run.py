@@ -7,6 +7,7 @@ processes hit both alike and their ratio stays meaningful on a busy machine.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -65,20 +66,35 @@ def time_interleaved(
     return {name: np.asarray(v) for name, v in lat.items()}
 
 
-def time_blocks(calls: dict, rounds: int, block: int) -> dict[str, np.ndarray]:
-    """Latencies in seconds per call name: `rounds` rounds, each running every call `block` + 1 times back to back.
+SETTLE_S = 0.05  # untimed seconds at the head of each block of `time_blocks` (its docstring)
+
+
+def time_blocks(calls: dict, rounds: int, block: int, settle: float = SETTLE_S) -> dict[str, np.ndarray]:
+    """Latencies in seconds per call name: `rounds` rounds, each running every call in a block of back-to-back
+    calls, untimed ones for at least `settle` seconds (one at least) and then `block` timed ones.
 
     Each call runs as a serving process runs it (its own threads warm, spinning
     if its session spins), while drift on a shared host still hits every name
-    alike. The first call of each block is untimed: it pays for the previous
-    name having just run (cold worker threads, that name's threads still
-    spinning, its weights in the cache). The order alternates between rounds.
+    alike. The untimed head of each block pays for the previous name having
+    just run: cold worker threads, its weights in the cache, and its threads
+    still spinning. ONNX Runtime's spinning threads keep competing for the
+    cores for about 20 ms after its last call: on 2 cores, the bf16 torch
+    text tower compiled (3.4 ms a call) timed right after blocks of ONNX
+    Runtime calls took 7.5, 7.5, 6.2, 3.6 and 3.5 ms for its 2nd to 6th
+    calls, and 3.4-3.5 ms for each once the block's first 50 ms were
+    untimed (`benchmarks/results/block_settle.txt`): torch over ONNX Runtime
+    read 1.04x one way and 2.00x the other. One untimed call does not cover
+    that for calls of a few milliseconds; 50 ms do. The order alternates
+    between rounds.
     """
     order = list(calls)
     lat: dict[str, list[float]] = {name: [] for name in order}
     for r in range(rounds):
         for name in order if r % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
             calls[name]()
+            while time.perf_counter() - start < settle:
+                calls[name]()
             for _ in range(block):
                 lat[name].append(wall_seconds(calls[name]))
     return {name: np.asarray(v) for name, v in lat.items()}

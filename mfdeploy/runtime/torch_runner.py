@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -82,24 +83,25 @@ class TorchRunner(Runner):
         """
         if threads:
             torch.set_num_threads(threads)
-        self.vision = adapter.vision_tower()
-        self.text = adapter.text_tower()
+        vision, text = adapter.vision_tower(), adapter.text_tower()
         if device is not None:
-            self.vision, self.text = self.vision.to(device), self.text.to(device)
-        first = next(self.vision.parameters())
+            vision, text = vision.to(device), text.to(device)
+        first = next(vision.parameters())
         wanted = check_dtype(dtype, first.device.type == "cuda") if dtype is not None else first.dtype
         if wanted != first.dtype:
-            self.vision = copy.deepcopy(self.vision).to(wanted)
-            self.text = copy.deepcopy(self.text).to(wanted)
-        param = next(self.vision.parameters())
+            vision, text = copy.deepcopy(vision).to(wanted), copy.deepcopy(text).to(wanted)
+        param = next(vision.parameters())
+        # what a call runs: the towers, or (--compile) what torch.compile made of them
+        self.vision: Callable[..., torch.Tensor] = vision
+        self.text: Callable[..., torch.Tensor] = text
         self._device, self._dtype = param.device, param.dtype  # inputs follow the weights
         self.device = str(self._device)
         self.precision = _PRECISIONS.get(self._dtype, str(self._dtype))
-        self.compiled_with: str | None = None  # "inductor, SETTINGS, cache DIR" once the towers are compiled
+        self.compiled_with: str | None = None  # "inductor, SETTINGS, GUARDS, cache DIR" once compiled
         if compile:
-            self._compile(adapter)
+            self._compile(adapter, vision, text)
 
-    def _compile(self, adapter: Adapter) -> None:
+    def _compile(self, adapter: Adapter, vision: torch.nn.Module, text: torch.nn.Module) -> None:
         """Both towers through `torch.compile`, each already run on every shape kind it will see."""
         from mfdeploy.runtime.compiled import EXAMPLE_TEXT_LEN, cache_dir, compile_tower, describe, settings_for
 
@@ -107,13 +109,15 @@ class TorchRunner(Runner):
         fixed = adapter.fixed_text_len
         length = fixed or EXAMPLE_TEXT_LEN
         dev, dt = self._device, self._dtype
-        self.vision = compile_tower(self.vision, lambda b: (torch.zeros(b, 3, size, size, device=dev, dtype=dt),),
+        self.vision = compile_tower(vision, lambda b: (torch.zeros(b, 3, size, size, device=dev, dtype=dt),),
                                     [(0, 0)], mode, config, "vision")
         text_axes = [(0, 0), (1, 0)] + ([] if fixed else [(0, 1), (1, 1)])  # batch; and length where it varies
-        self.text = compile_tower(self.text, lambda b: (torch.ones(b, length, dtype=torch.int64, device=dev),
+        self.text = compile_tower(text, lambda b: (torch.ones(b, length, dtype=torch.int64, device=dev),
                                                         torch.ones(b, length, dtype=torch.int64, device=dev)),
                                   text_axes, mode, config, "text")
-        self.compiled_with = f"inductor, {describe(mode, config)}, cache {cache_dir()}"
+        guarded = [name for name, t in (("vision", self.vision), ("text", self.text)) if isinstance(t, torch.nn.Module)]
+        guards = f"module guards kept ({', '.join(guarded)})" if guarded else "module guards off"
+        self.compiled_with = f"inductor, {describe(mode, config)}, {guards}, cache {cache_dir()}"
 
     @torch.inference_mode()
     def embed_images(self, pixel_values: np.ndarray) -> np.ndarray:
