@@ -54,7 +54,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).parent))
 from vitb32 import WrappedAdapter, random_batches, vitb32  # noqa: E402
 
-from mfdeploy.bench.run import time_blocks  # noqa: E402
+from mfdeploy.bench.timing import time_blocks  # noqa: E402
 from mfdeploy.data.batching import CalibSource  # noqa: E402
 from mfdeploy.exporting import export_towers  # noqa: E402
 from mfdeploy.platform import cpu_description, package_versions  # noqa: E402

@@ -31,7 +31,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).parent))
 from vitb32 import WrappedAdapter, random_batches, vitb32  # noqa: E402
 
-from mfdeploy.bench.run import SETTLE_S, time_blocks  # noqa: E402
+from mfdeploy.bench.timing import SETTLE_S, time_blocks  # noqa: E402
 from mfdeploy.exporting import export_towers  # noqa: E402
 from mfdeploy.platform import cpu_description  # noqa: E402
 from mfdeploy.runtime.ort_runner import OrtRunner  # noqa: E402

@@ -55,7 +55,7 @@ def child(variant: str, batches: list[int], text_len: int, threads: int, smoke: 
     sys.path.insert(0, str(HERE))
     from vitb32 import WrappedAdapter, random_batches, vitb32
 
-    from mfdeploy.bench.run import time_blocks
+    from mfdeploy.bench.timing import time_blocks
     from mfdeploy.exporting import export_towers
     from mfdeploy.runtime import compiled
     from mfdeploy.runtime.ort_runner import OrtRunner

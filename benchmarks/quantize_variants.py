@@ -37,7 +37,7 @@ import onnx
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mfdeploy.bench.run import time_blocks  # noqa: E402
+from mfdeploy.bench.timing import time_blocks  # noqa: E402
 from mfdeploy.ortsession import ort_session  # noqa: E402
 from mfdeploy.platform import cpu_description  # noqa: E402
 from mfdeploy.quantize.nodes import WEIGHT_OPS, plan_nodes  # noqa: E402

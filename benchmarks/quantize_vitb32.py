@@ -46,7 +46,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).parent))
 from vitb32 import WrappedAdapter, random_batches, siglip_b16, vitb32  # noqa: E402
 
-from mfdeploy.bench.run import time_blocks  # noqa: E402
+from mfdeploy.bench.timing import time_blocks  # noqa: E402
 from mfdeploy.data.batching import CalibSource  # noqa: E402
 from mfdeploy.exporting import export_towers  # noqa: E402
 from mfdeploy.ortsession import ort_session  # noqa: E402

@@ -63,7 +63,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).parent))
 from vitb32 import WrappedAdapter, vitb32  # noqa: E402
 
-from mfdeploy.bench.run import time_blocks  # noqa: E402
+from mfdeploy.bench.timing import time_blocks  # noqa: E402
 from mfdeploy.platform import physical_cores
 from mfdeploy.runtime.inputs import pixel_values, text_inputs
 

@@ -36,7 +36,7 @@ from quantize_vitb32 import feeds  # noqa: E402
 from vitb32 import WrappedAdapter, random_batches, vitb32  # noqa: E402
 
 from mfdeploy.bench.run import latency_stats as _stats  # noqa: E402
-from mfdeploy.bench.run import time_interleaved
+from mfdeploy.bench.timing import time_interleaved
 from mfdeploy.data.batching import CalibSource  # noqa: E402
 from mfdeploy.exporting import export_towers  # noqa: E402
 from mfdeploy.models import load  # noqa: E402

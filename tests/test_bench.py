@@ -111,7 +111,7 @@ def test_runner_time_call_is_the_wall_clock_and_rows_say_so(tiny_clip_dir, tmp_p
 def test_time_blocks_runs_back_to_back_and_leaves_each_first_call_untimed():
     import time
 
-    from mfdeploy.bench.run import time_blocks
+    from mfdeploy.bench.timing import time_blocks
 
     calls, slow = [], iter([0.05, 0, 0, 0.05, 0, 0, 0.05, 0, 0, 0.05, 0, 0])
 
@@ -130,7 +130,7 @@ def test_time_blocks_leaves_the_head_of_each_block_untimed_for_settle_seconds():
     many calls as that takes, and at least one."""
     import time
 
-    from mfdeploy.bench.run import time_blocks
+    from mfdeploy.bench.timing import time_blocks
 
     calls = []
 

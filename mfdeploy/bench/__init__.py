@@ -13,7 +13,7 @@ _LAZY = {
     "run_bench": "mfdeploy.bench.run",
     "parse_batch_sizes": "mfdeploy.bench.run",
     "parse_list": "mfdeploy.bench.run",
-    "time_interleaved": "mfdeploy.bench.run",
+    "time_interleaved": "mfdeploy.bench.timing",
     "write_reports": "mfdeploy.bench.report",
     "load_average": "mfdeploy.bench.stability",
     "warning": "mfdeploy.bench.stability",
@@ -24,8 +24,9 @@ __all__ = ["load_average", "parse_batch_sizes", "parse_list", "run_bench", "time
 
 if TYPE_CHECKING:  # pragma: no cover
     from mfdeploy.bench.report import write_reports
-    from mfdeploy.bench.run import parse_batch_sizes, parse_list, run_bench, time_interleaved
+    from mfdeploy.bench.run import parse_batch_sizes, parse_list, run_bench
     from mfdeploy.bench.stability import load_average, warning
+    from mfdeploy.bench.timing import time_interleaved
 
 
 def __getattr__(name: str) -> Any:

@@ -4,7 +4,7 @@ speed with `mfdeploy bench`'s interleaved timing against the dense model on the 
 Quality is the mean zero-shot accuracy over the evaluation data's tasks (the shapes suite, an image folder), or,
 for image-caption pairs that have no tasks, the mean of image-to-text and text-to-image recall@1; the record
 names which. Speed is the p50 latency of embedding `batch` images and `batch` texts (vision + text), the
-candidate and the dense fp32 towers on the same backend taking turns call by call (`bench.run.time_interleaved`).
+candidate and the dense fp32 towers on the same backend taking turns call by call (`bench.timing.time_interleaved`).
 """
 
 from __future__ import annotations
