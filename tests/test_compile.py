@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch
 import mfdeploy
 from mfdeploy.bench import run_bench
 from mfdeploy.cli import main
+from mfdeploy.runtime.compiled import Tower
 from mfdeploy.runtime.torch_runner import TorchRunner
 from mfdeploy.server import ServeConfig
 
@@ -71,7 +71,7 @@ def test_compile_is_a_torch_backend_option(tmp_path):
     assert ServeConfig(build_dir=tmp_path, backend="torch").validate().runner_options() == {}
 
 
-def _compile_on_cpu(tower: torch.nn.Module) -> Callable[..., torch.Tensor]:
+def _compile_on_cpu(tower: torch.nn.Module) -> Tower:
     """A bf16 toy tower (32 input features) compiled as the runner compiles a CPU tower, inductor's caches off (a
     cached graph would skip the passes the tests count)."""
     from torch._inductor import config as inductor_config

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -11,6 +10,7 @@ import torch
 from mfdeploy.errors import UserError
 from mfdeploy.models.base import Adapter
 from mfdeploy.runtime.base import Runner
+from mfdeploy.runtime.compiled import Tower
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # --dtype of the CPU backend
 CUDA_DTYPES = {**DTYPES, "float16": torch.float16}  # the torch runner on a CUDA device (`mfdeploy tune` on torch-cuda)
@@ -92,8 +92,8 @@ class TorchRunner(Runner):
             vision, text = copy.deepcopy(vision).to(wanted), copy.deepcopy(text).to(wanted)
         param = next(vision.parameters())
         # what a call runs: the towers, or (--compile) what torch.compile made of them
-        self.vision: Callable[..., torch.Tensor] = vision
-        self.text: Callable[..., torch.Tensor] = text
+        self.vision: Tower = vision
+        self.text: Tower = text
         self._device, self._dtype = param.device, param.dtype  # inputs follow the weights
         self.device = str(self._device)
         self.precision = _PRECISIONS.get(self._dtype, str(self._dtype))
