@@ -202,10 +202,15 @@ def test_cli_not_a_build(tmp_path, tiny_clip_dir, capsys):
 
 
 def test_cli_only_unavailable_backends_fails(build_dir, tmp_path, capsys):
-    line = _fails(["bench", str(build_dir), "--backends", "trt", "--json", str(tmp_path / "r.json")], capsys)
-    assert "no requested backend can run on this machine (trt:" in line
-    (row,) = json.loads((tmp_path / "r.json").read_text())
-    assert row["status"] == "unavailable" and row["reason"]
+    """Nothing measured: one line with the reasons, and no report written (an earlier one stays bench.*)."""
+    build = tmp_path / "b"
+    shutil.copytree(build_dir, build)
+    (build / "bench.json").write_text("[]")
+    before = sorted(p.name for p in build.iterdir())
+    line = _fails(["bench", str(build), "--backends", "trt", "--json", str(tmp_path / "r.json")], capsys)
+    assert "no requested backend can run on this machine (trt: TensorRT" in line and "nothing was written" in line
+    assert sorted(p.name for p in build.iterdir()) == before and (build / "bench.json").read_text() == "[]"
+    assert not (tmp_path / "r.json").exists()
 
 
 def test_int8_towers_are_timed_beside_pruned_and_dense(build_dir, tmp_path):

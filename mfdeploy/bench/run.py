@@ -109,7 +109,8 @@ def run_bench(
         `{backend, variant (when only one variant failed), status: "unavailable", reason}` rows.
 
     Raises:
-        UserError: a bad build directory or argument.
+        UserError: a bad build directory or argument, or no requested backend could run (then nothing is
+            written).
     """
     import torch
 
@@ -168,6 +169,9 @@ def run_bench(
             torch.set_num_threads(torch_threads)
         meta = {**bench_meta(build, towers, batch_sizes, length, threads_used, warmup, iters, min_time, dense,
                              load_start), "int8": with_int8}
+    if not any("throughput" in r for r in rows):  # nothing measured: no report replaces an earlier one
+        reasons = "; ".join(f"{r['backend']}: {r['reason']}" for r in rows if r.get("status") == "unavailable")
+        raise UserError(f"no requested backend can run on this machine ({reasons}); nothing was written")
     try:
         if write:
             written = report.write_reports(rows, build.path, meta, json_path=json_path)
