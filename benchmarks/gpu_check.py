@@ -1,6 +1,6 @@
 """One command that checks and measures the GPU paths on one CUDA GPU (issue 18), printing as it goes.
 
-    python benchmarks/gpu_check.py [--out benchmarks/results] [--iters 20] [--cpu-dry-run]
+    python benchmarks/gpu_check.py [--out benchmarks/results] [--iters 20] [--budget-s 360] [--cpu-dry-run]
 
 1. `mfdeploy build --ratio 0.5 --pattern 2:4 --fp16 --device cuda` on the bundled model, and the same
    masks made on the CPU (`mfdeploy prune --device cpu`): their agreement (bar: >= 99.9% of weights).
@@ -15,9 +15,13 @@
    bucket, torch.compile + graphs, FP8 + graphs, 2:4 (magnitude) with the per-layer sparse choice + graphs;
    vision and text (77 tokens) at batch 1, 32 and 256: ms, items/s, TFLOP/s (2 FLOP per multiply-add of the
    GEMMs and attention) and % of the GPU's dense fp16 peak, min cosine against the eager runner.
+6. `benchmarks/serve_load.py --skip-bundled --vitb32-backends torch-cuda`: `mfdeploy serve` on the GPU,
+   ViT-B/32 images at 1-64 clients, dynamic batching against `--max-batch 1` at 16 clients.
+7. Step 5 again for ViT-L/14 (its 24 vision layers at 1024 wide have the largest GEMMs), while time is left.
 Writes gpu_check.json and gpu_check.md (GPU, driver, torch and CUDA versions in the header) after every step.
 
-Budget: under 8 minutes of wall time on one GPU; the whole script took 99 s on an H200 (docs/results/gpu.md).
+Budget: under 8 minutes of wall time on one GPU: no step or runner variant starts after `--budget-s` (360 s;
+a skipped one is named in the report); steps 1-4 took 99 s on an H200 (docs/results/gpu.md).
 `--cpu-dry-run` runs the flow on the CPU with a 2-layer model and no sparse kernels (a check of the script
 itself; its numbers mean nothing). Without CUDA (and without `--cpu-dry-run`) it exits at once, in one line.
 """
@@ -213,6 +217,14 @@ def step2(device: str, iters: int, dry: bool) -> dict:
 
 
 # dense fp16 tensor-core peaks, TFLOP/s (NVIDIA's datasheets, SXM parts, without sparsity)
+RUNNER_MODELS = {"b32": "ViT-B/32", "l14": "ViT-L/14"}
+BUDGET = {"s": 360.0}  # seconds of the whole check after which no further step or runner variant starts
+
+
+def over_budget() -> bool:
+    return time.perf_counter() - T0 > BUDGET["s"]
+
+
 FP16_PEAKS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
 
 
@@ -224,16 +236,31 @@ def tower_flops(cfg, tokens: int, image_patch: int | None = None, projection: in
     return layers * per_layer + patch + 2 * d * projection
 
 
-def step_runners(device: str, iters: int, dry: bool) -> list[dict]:
+def runner_model(size: str, dry: bool):
+    """The random-weight CLIP whose towers `step_runners` times: "b32" (ViT-B/32) or "l14" (ViT-L/14)."""
+    from scale import config
+    from transformers import CLIPModel
+
+    if size == "b32":
+        return vitb32(smoke=dry)
+    torch.manual_seed(0)
+    return CLIPModel(config(size, dry)).eval()
+
+
+def step_runners(device: str, iters: int, dry: bool, size: str = "b32", rows: list[dict] | None = None,
+                 saved=lambda: None) -> list[dict]:
     """The torch-cuda runner as `serve` and `bench` make it (issue 30): eager, CUDA graphs, torch.compile +
     graphs, FP8 + graphs, and 2:4 with the per-layer choice (magnitude 2:4), at batch 1, 32 and 256, each with
-    its min cosine against the eager fp16 runner, items/s and TFLOP/s."""
+    its min cosine against the eager fp16 runner, items/s and TFLOP/s. A variant that would start after the
+    check's time budget is a row saying so. Rows go into `rows` as they come, and `saved()` is called after each
+    variant (the report is rewritten: a run cut short keeps the variants that finished)."""
     from mfdeploy.runtime.torch_cuda import TorchCudaRunner
     from mfdeploy.runtime.torch_runner import TorchRunner
 
-    say("5. ViT-B/32 through the torch-cuda runner: eager, graphs, compile + graphs, fp8 + graphs, 2:4 chosen")
+    title = RUNNER_MODELS[size]
+    say(f"5. {title} through the torch-cuda runner: eager, graphs, compile + graphs, fp8 + graphs, 2:4 chosen")
     cuda = device.startswith("cuda")
-    model = vitb32(smoke=dry)
+    model = runner_model(size, dry)
     adapter = WrappedAdapter(model)
     pruned = WrappedAdapter(copy.deepcopy(model))
     with torch.no_grad():  # magnitude 2:4 on every encoder linear: no calibration, the pattern is what matters
@@ -264,16 +291,22 @@ def step_runners(device: str, iters: int, dry: bool) -> list[dict]:
         b = random_batches(model, batch, batch, text_len=text_len)[0]
         inputs[batch] = (torch.randn(batch, 3, vc.image_size, vc.image_size).numpy(), b.input_ids.numpy(),
                          b.attention_mask.numpy())
-    rows: list[dict] = []
+    rows = [] if rows is None else rows
     reference: dict = {}
     for name, make in makers.items():
+        if over_budget():
+            rows.append({"runner": name, "model": title, "error": f"skipped: the check's {BUDGET['s']:.0f} s "
+                                                                   "budget was spent before it started"})
+            say(f"   {name}: {rows[-1]['error']}")
+            continue
         try:
             t = time.perf_counter()
             runner = make()
             start_s = time.perf_counter() - t
         except Exception as e:  # noqa: BLE001 - a variant that cannot run here is a row saying why
-            rows.append({"runner": name, "error": why(e)})
+            rows.append({"runner": name, "model": title, "error": why(e)})
             say(f"   {name}: {why(e)}")
+            saved()
             continue
         notes = {k: getattr(runner, k) for k in ("graphs", "compiled_with", "precision") if getattr(runner, k, None)}
         if getattr(runner, "sparse_choice", None):
@@ -290,14 +323,17 @@ def step_runners(device: str, iters: int, dry: bool) -> list[dict]:
                 ref = reference[(tower, batch)]
                 sec = timed(call, iters, cuda)
                 tflops = flops[tower] * batch / sec / 1e12
-                row = {"runner": name, "tower": tower, "batch": batch, "ms": 1000 * sec, "items_per_s": batch / sec,
+                row = {"runner": name, "model": title, "tower": tower, "batch": batch, "ms": 1000 * sec,
+                       "items_per_s": batch / sec,
                        "tflops": tflops, "pct_of_fp16_peak": 100 * tflops / peak if peak else None,
                        "min_cosine_vs_eager": float((emb * ref).sum(-1).min()),  # both L2-normalised
                        "start_s": start_s, **notes}
                 rows.append(row)
-                say(f"   {name:20s} {tower:6s} batch {batch:3d}: {row['ms']:8.2f} ms, {row['items_per_s']:9.1f} "
-                    f"items/s, {tflops:7.1f} TFLOP/s, min cosine vs eager {row['min_cosine_vs_eager']:.5f}")
+                say(f"   {title} {name:20s} {tower:6s} batch {batch:3d}: {row['ms']:8.2f} ms, "
+                    f"{row['items_per_s']:9.1f} items/s, {tflops:7.1f} TFLOP/s, "
+                    f"min cosine vs eager {row['min_cosine_vs_eager']:.5f}")
         runner.close()
+        saved()
         if cuda:
             torch.cuda.empty_cache()
     return rows
@@ -385,6 +421,7 @@ def markdown(result: dict) -> str:
              f"(1, 5, 15 min) at the start {result.get('load_avg_start')}, at the end {result.get('load_avg_end')}",
              ""]
     lines += [f"- **step {name} failed**: {err}" for name, err in result.get("errors", {}).items()]
+    lines += [f"- step {name} not run: {why}" for name, why in result.get("skipped", {}).items()]
     s1 = result.get("bundled")
     if s1:
         lines += [f"- bundled 2:4 build on the GPU: {s1['build_s']:.1f} s; masks agree with the CPU's on "
@@ -420,18 +457,21 @@ def markdown(result: dict) -> str:
     if result.get("backends"):
         lines += ["", "| backend | status |", "|---|---|"]
         lines += [f"| {k} | {'available' if v is None else 'skipped: ' + v} |" for k, v in result["backends"].items()]
-    if result.get("runners"):
-        lines += ["", "The torch-cuda runner (ViT-B/32, text at 77 tokens; % of the dense fp16 peak):", "",
-                  "| runner | tower | batch | ms | items/s | TFLOP/s | % peak | min cosine vs eager | notes |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for r in result["runners"]:
+    runner_rows = result.get("runners", []) + result.get("runners_l14", [])
+    if runner_rows:
+        lines += ["", "The torch-cuda runner (text at 77 tokens; % of the dense fp16 peak):", "",
+                  "| model | runner | tower | batch | ms | items/s | TFLOP/s | % peak | min cosine vs eager | notes |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in runner_rows:
             if "error" in r:
-                lines.append(f"| {r['runner']} | failed: {r['error']} | | | | | | | |")
+                state = r["error"] if r["error"].startswith("skipped") else f"failed: {r['error']}"
+                lines.append(f"| {r.get('model', 'ViT-B/32')} | {r['runner']} | {state} | | | | | | | |")
                 continue
             pct = "-" if r.get("pct_of_fp16_peak") is None else f"{r['pct_of_fp16_peak']:.1f}"
             notes = "; ".join(f"{k}: {r[k]}" for k in ("graphs", "sparse_linears", "precision") if r.get(k))
-            lines.append(f"| {r['runner']} | {r['tower']} | {r['batch']} | {r['ms']:.2f} | {r['items_per_s']:.1f} | "
-                         f"{r['tflops']:.1f} | {pct} | {r['min_cosine_vs_eager']:.5f} | {notes} |")
+            lines.append(f"| {r.get('model', 'ViT-B/32')} | {r['runner']} | {r['tower']} | {r['batch']} | "
+                         f"{r['ms']:.2f} | {r['items_per_s']:.1f} | {r['tflops']:.1f} | {pct} | "
+                         f"{r['min_cosine_vs_eager']:.5f} | {notes} |")
     if result.get("bench"):
         lines += ["", "`mfdeploy bench` (bundled build, text at 16 tokens):", "",
                   "| backend | variant | tower | batch | items/s | p50 ms |", "|---|---|---|---|---|---|"]
@@ -442,7 +482,31 @@ def markdown(result: dict) -> str:
             elif r.get("tower") in (None, "vision") and r.get("batch") in (None, 1):
                 lines.append(f"| {r['backend']} | {r.get('variant', '')} | unavailable: {r.get('reason', '')} "
                              "| | | |")
+    serve = result.get("serve")
+    if serve:
+        lines += ["", f"`mfdeploy serve` under load (`benchmarks/serve_load.py`, {serve['backend']}):", "",
+                  *serve["table"], "", *(f"- {b}" for b in serve["bars"]), f"- failed requests (not 503): "
+                  f"{serve['failed']}"]
     return "\n".join(lines) + "\n"
+
+
+def step_serve(tmp: Path, dry: bool) -> dict:
+    """`benchmarks/serve_load.py` serving ViT-B/32 images from the torch-cuda backend: dynamic batching against
+    `--max-batch 1` at 16 clients, p99 against p50, failed requests (issue 14's last bar; issue 30). The dry run
+    serves the smoke-sized model from the CPU `torch` backend."""
+    backend = "torch" if dry else "torch-cuda"
+    say(f"6. mfdeploy serve under load: ViT-B/32 images from {backend}, batching vs --max-batch 1")
+    out = tmp / "serve"
+    argv = [sys.executable, str(Path(__file__).parent / "serve_load.py"), "--skip-bundled", "--vitb32-backends",
+            backend, "--vitb32-requests", "32" if dry else "160", "--vitb32-build", str(tmp / "serve-vitb32"),
+            "--out", str(out), *(["--smoke"] if dry else [])]
+    left = BUDGET["s"] + 60 - (time.perf_counter() - T0)  # the server's step may run a minute past the budget
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    subprocess.run(argv, check=True, timeout=max(left, 30), env={**os.environ, "PYTHONPATH": path})
+    found = json.loads((out / "serve_load.json").read_text())
+    table = (out / "serve_load.md").read_text().split("\n\n")[0].splitlines()
+    return {"backend": backend, "bars": found["bars"], "failed": found["failed"], "rows": found["rows"],
+            "table": table}
 
 
 def guarded(result: dict, key: str, step) -> None:
@@ -468,7 +532,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--cpu-dry-run", action="store_true", help="check the script on the CPU (numbers mean nothing)")
+    ap.add_argument("--budget-s", type=float, default=BUDGET["s"],
+                    help="no step or runner variant starts after this many seconds (the check's 8-minute bound)")
     args = ap.parse_args()
+    BUDGET["s"] = args.budget_s
     if not args.cpu_dry_run and not torch.cuda.is_available():
         raise SystemExit("gpu_check needs a CUDA GPU, and torch sees none here (torch.cuda.is_available() is "
                          "False); --cpu-dry-run checks the script itself on the CPU")
@@ -477,6 +544,11 @@ def main() -> None:
     say(f"{result['machine']}; load average {result['load_avg_start']}")
     name = "gpu_check_dry_run" if args.cpu_dry_run else "gpu_check"
     iters = args.iters if not args.cpu_dry_run else 2
+
+    def save() -> None:
+        result["seconds"], result["load_avg_end"] = time.perf_counter() - T0, load_average()
+        write(result, args.out, name)
+
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         build = Path(tmp) / "build"
         steps = (("bundled", lambda: step1(Path(tmp), device)),
@@ -484,11 +556,18 @@ def main() -> None:
                  *((("kernels", lambda: step_kernels(iters)),) if not args.cpu_dry_run else ()),
                  ("backends", lambda: step3(build)),
                  ("bench", lambda: step_bench(build)),
-                 ("runners", lambda: step_runners(device, iters, args.cpu_dry_run)))
+                 ("runners", lambda: step_runners(device, iters, args.cpu_dry_run, "b32",
+                                                  result.setdefault("runners", []), save)),
+                 ("serve", lambda: step_serve(Path(tmp), args.cpu_dry_run)),
+                 ("runners_l14", lambda: step_runners(device, iters, args.cpu_dry_run, "l14",
+                                                      result.setdefault("runners_l14", []), save)))
         for key, step in steps:
+            if over_budget():
+                result.setdefault("skipped", {})[key] = f"the check's {BUDGET['s']:.0f} s budget was spent"
+                say(f"   step {key} not run: {result['skipped'][key]}")
+                continue
             guarded(result, key, step)
-            result["seconds"], result["load_avg_end"] = time.perf_counter() - T0, load_average()
-            write(result, args.out, name)  # after every step: a run cut short still leaves its report
+            save()  # after every step: a run cut short still leaves its report
     say(f"done in {result['seconds']:.0f} s: {args.out / name}.json and .md"
         + (f"; FAILED steps: {', '.join(result['errors'])}" if result.get("errors") else ""))
     if result.get("errors"):

@@ -64,9 +64,14 @@ LEVELS = (1, 4, 16, 64)
 LISTEN = re.compile(r"on http://([\d.]+):(\d+)")
 
 
+def repo_env() -> dict[str, str]:
+    """The environment with this checkout first on PYTHONPATH (the caller's entries kept after it)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+
+
 class Server:
     def __init__(self, build: Path, log: Path, *args: str):
-        env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+        env = {**repo_env(), "COLUMNS": "200"}
         with open(log, "w") as f:
             self.proc = subprocess.Popen([sys.executable, "-m", "mfdeploy.cli", "serve", str(build), "--port", "0",
                                           "--max-items", "64", *args], stdout=f, stderr=subprocess.STDOUT, env=env)
@@ -195,8 +200,9 @@ def model_bound(build: Path, tower: str, bodies: list[dict], batch: int = 16, ba
     return per_item[1] / per_item[batch]
 
 
-def vitb32_build(out: Path) -> Path:
-    """A magnitude 0.5 build of the random-weight ViT-B/32 with its INT8 towers, made with `mfdeploy build --int8`."""
+def vitb32_build(out: Path, int8: bool = True, smoke: bool = False) -> Path:
+    """A magnitude 0.5 build of the random-weight ViT-B/32 made with `mfdeploy build`, with its INT8 towers
+    (`--int8`) when `int8`; `smoke`: the 2-layer model of the same layout (64x64 images)."""
     sys.path.insert(0, str(Path(__file__).parent))
     from scale import write_pairs
     from vitb32 import WrappedAdapter, vitb32
@@ -204,14 +210,18 @@ def vitb32_build(out: Path) -> Path:
     if (out / "build" / "build.json").is_file():
         return out / "build"
     out.mkdir(parents=True, exist_ok=True)
-    WrappedAdapter(vitb32()).save(out / "model")
-    pairs = write_pairs(out, 32, 224)  # INT8 calibration: shapes-world images at the model's size, with captions
+    WrappedAdapter(vitb32(smoke=smoke)).save(out / "model")
+    pairs = write_pairs(out, 32, image_size(smoke))  # calibration: shapes-world images at the model's size
     subprocess.run([sys.executable, "-m", "mfdeploy.cli", "build", "--model", str(out / "model"), "--ratio", "0.5",
-                    "--method", "magnitude", "--int8", "--calib", str(pairs), "--calib-samples", "32",
-                    "--out", str(out / "build")],
+                    "--method", "magnitude", *(["--int8"] if int8 else []), "--calib", str(pairs),
+                    "--calib-samples", "32", "--out", str(out / "build")],
                    check=True,
-                   env={**os.environ, "PYTHONPATH": str(REPO)})
+                   env=repo_env())
     return out / "build"
+
+
+def image_size(smoke: bool) -> int:
+    return 64 if smoke else 224
 
 
 def main() -> None:
@@ -225,6 +235,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--backends", default="ort-cpu", help="`mfdeploy serve --backend`s of the bundled model")
     ap.add_argument("--vitb32-backends", default="ort-cpu,ort-int8", help="... and of ViT-B/32's images")
+    ap.add_argument("--smoke", action="store_true",
+                    help="ViT-B/32's layout at 2 layers and 64x64 images: checks the script (numbers mean nothing)")
     args = ap.parse_args()
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp_name:
@@ -235,15 +247,16 @@ def main() -> None:
         if not args.skip_bundled and not (bundled / "build.json").is_file():
             print("building the bundled model (MULTIFLOW 0.5) ...", flush=True)
             subprocess.run([sys.executable, "-m", "mfdeploy.cli", "build", "--ratio", "0.5", "--out", str(bundled)],
-                           check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+                           check=True, capture_output=True, env=repo_env())
         plans = [(run_label(f"bundled {what}", backend), bundled, bodies, tower, args.requests, backend)
                  for backend in ([] if args.skip_bundled else args.backends.split(","))
                  for what, bodies, tower in (("image", image_bodies(96), "vision"), ("text", text_bodies(), "text"))]
         if not args.skip_vitb32:
             vit = args.vitb32_build or (tmp / "vitb32")
             print("building ViT-B/32 (magnitude 0.5, --int8) ...", flush=True)
-            vit = vitb32_build(vit)
-            plans += [(run_label("ViT-B/32 image", backend), vit, image_bodies(224), "vision", args.vitb32_requests,
+            vit = vitb32_build(vit, int8=any("int8" in b for b in args.vitb32_backends.split(",")), smoke=args.smoke)
+            plans += [(run_label("ViT-B/32 image", backend), vit, image_bodies(image_size(args.smoke)), "vision",
+                       args.vitb32_requests,
                        backend) for backend in args.vitb32_backends.split(",")]
         rows, bounds = [], {}
         for label, build, bodies, tower, n, backend in plans:
@@ -274,7 +287,7 @@ def versus_ort(rows: list[dict]) -> list[str]:
 
 
 def report(rows: list[dict], bounds: dict[str, float], out: Path, load0, load1) -> None:
-    table = Table(title="mfdeploy serve over loopback (CPU backends, 2 cores, client on the same machine)")
+    table = Table(title=f"mfdeploy serve over loopback ({os.cpu_count()} CPUs, client on the same machine)")
     head = ["workload", "server", "clients", "requests", "ok", "503", "failed", "req/s", "p50 ms", "p95 ms",
             "p99 ms", "items/call"]
     for h in head:

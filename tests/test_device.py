@@ -147,7 +147,31 @@ def test_gpu_check_cpu_dry_run_writes_its_report(tmp_path):
     assert all(r["min_cosine_vs_fp32"] > 0.999 and r["items_per_s"] > 0 for r in rows)
     assert set(result["backends"]) == {"ort-cuda", "ort-trt", "trt", "torch-cuda", "torch-cuda-sparse"}
     assert {r["backend"] for r in result["bench"]} == {"torch", "torch-cuda", "torch-cuda-sparse"}
-    assert "| dense | vision | 1 |" in (tmp_path / "gpu_check_dry_run.md").read_text()
+    md = (tmp_path / "gpu_check_dry_run.md").read_text()
+    assert "| dense | vision | 1 |" in md
+    # the runner as serve makes it, for both model sizes, and the server under load (the CPU backend here)
+    assert {(r["model"], r["runner"]) for r in result["runners"] + result["runners_l14"]} == {
+        (m, v) for m in ("ViT-B/32", "ViT-L/14") for v in ("eager", "compile")}
+    assert all(r["min_cosine_vs_eager"] > 0.9999 for r in result["runners"] + result["runners_l14"])
+    serve = result["serve"]
+    assert serve["backend"] == "torch" and serve["failed"] == 0
+    assert any(b.startswith("ViT-B/32 image, torch: batching / --max-batch 1 at 16 clients") for b in serve["bars"])
+    assert "| ViT-L/14 | compile | text | 4 |" in md and "`mfdeploy serve` under load" in md
+
+
+def test_gpu_check_starts_nothing_once_its_budget_is_spent(monkeypatch, tmp_path):
+    """A step or runner variant that would start after --budget-s is a row or line saying so, not a run."""
+    monkeypatch.syspath_prepend(str(GPU_CHECK.parent))
+    import gpu_check
+
+    monkeypatch.setitem(gpu_check.BUDGET, "s", 0.0)
+    rows = gpu_check.step_runners("cpu", 1, True, "l14")
+    assert [r["runner"] for r in rows] == ["eager", "compile"]
+    assert all(r["model"] == "ViT-L/14" and r["error"].startswith("skipped: the check's 0 s budget") for r in rows)
+    md = gpu_check.markdown({"machine": {"gpu": None, "driver": None, "torch": "t", "cuda": None},
+                             "skipped": {"serve": "the check's 0 s budget was spent"}, "runners_l14": rows})
+    assert "- step serve not run: the check's 0 s budget was spent" in md
+    assert "| ViT-L/14 | compile | skipped: the check's 0 s budget" in md
 
 
 def test_half_precision_embeddings_come_back_unit_norm_in_float32():
