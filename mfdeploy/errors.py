@@ -24,6 +24,20 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def check_globs(option: str, globs: list[str] | None, names: list[str], what: str) -> None:
+    """Refuse a glob of `option` that matches none of `names`: a typo would be recorded as applied.
+
+    Raises:
+        UserError: `OPTION 'GLOB' matches no WHAT (of N, named like NAME)`.
+    """
+    import fnmatch
+
+    for glob in globs or ():
+        if not any(fnmatch.fnmatchcase(name, glob) for name in names):
+            example = f" (of {len(names)}, named like {names[0]})" if names else ""
+            raise UserError(f"{option} {glob!r} matches no {what}{example}")
+
+
 # What a filesystem says when a write cannot happen: a bad place (not a folder, missing, no permission, a
 # read-only or virtual filesystem) or no room. Other errnos (a refused connection, ...) are not about writing.
 WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,

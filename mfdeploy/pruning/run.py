@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import copy
-import fnmatch
 import time
 
-from mfdeploy.errors import UserError
+from mfdeploy.errors import UserError, check_globs
 from mfdeploy.models import Adapter
 from mfdeploy.models.base import PrunableLayer
 from mfdeploy.models.inputs import CalibSource, calibration_pairs, parse_calib
@@ -50,9 +49,7 @@ def selected_layers(adapter: Adapter, cfg: PruneConfig) -> dict[str, PrunableLay
     every = list(adapter.prunable_layers())
     example = f" (of {len(every)}, named like {every[0]})" if every else ""
     for option, globs in (("--include", cfg.include), ("--exclude", cfg.exclude)):
-        for glob in globs or ():  # a typo would be recorded as applied, and prune what it meant to keep
-            if not any(fnmatch.fnmatchcase(name, glob) for name in every):
-                raise UserError(f"{option} {glob!r} matches no prunable layer{example}")
+        check_globs(option, globs, every, "prunable layer")  # a typo would prune what it meant to keep
     layers = adapter.prunable_layers(cfg.include or None, cfg.exclude or None)
     if not layers:
         raise UserError(f"no prunable layers left after --include/--exclude{example}")

@@ -212,17 +212,12 @@ def quantize_towers(adapter, fp32_dir: Path, out_dir: Path, cfg: QuantizeConfig,
 
 def _check_keep_float(globs: list[str], files: dict[str, Path]) -> None:
     """Refuse a --keep-float glob that matches no weight node of either tower: a typo would be recorded as kept."""
-    import fnmatch
-
+    from mfdeploy.errors import check_globs
     from mfdeploy.quantize.nodes import weight_nodes
 
-    if not globs:
-        return
-    names = [name for path in files.values() for name in weight_nodes(path)]
-    for glob in globs:
-        if not any(fnmatch.fnmatchcase(name, glob) for name in names):
-            example = f" (of {len(names)}, named like {names[0]})" if names else ""
-            raise UserError(f"--keep-float {glob!r} matches no weight node of the towers{example}")
+    if globs:
+        check_globs("--keep-float", globs, [name for path in files.values() for name in weight_nodes(path)],
+                    "weight node of the towers")
 
 
 def run_quantize(src: Path, out: Path, cfg: QuantizeConfig, force: bool = False,
