@@ -52,6 +52,36 @@ def test_fp8_linear_matches_its_float_linear_and_keeps_unaligned_ones():
     assert converted == ["0"] and kept == {"1": "10x32: not multiples of 16"} and isinstance(model[1], nn.Linear)
 
 
+def test_fp8_sparse_linear_scales_and_pads_as_cusparselt_needs(monkeypatch):
+    """`Fp8SparseLinear` against a stand-in for cuSPARSELt (CPU torch has none) that checks what the real ops
+    take: a 2:4 FP8 weight to compress; an FP8 dense operand [in, rows padded to 16]; a float32 alpha vector,
+    one factor per output row (per-channel weight scale x the call's input scale); bf16 out, transposed."""
+    from mfdeploy.pruning.patterns import mask_nm
+    from mfdeploy.runtime.fp8 import FP8, Fp8SparseLinear
+
+    def compress(weight):
+        assert weight.dtype == FP8
+        assert ((weight.float() == 0).reshape(weight.shape[0], -1, 4).sum(-1) >= 2).all()  # still 2:4
+        return weight.clone()
+
+    def sparse_mm(packed, dense, alpha=None, out_dtype=None, transpose_result=False):
+        assert dense.dtype == FP8 and dense.shape[0] == packed.shape[1] and dense.shape[1] % 16 == 0
+        assert alpha.dtype == torch.float32 and alpha.shape == (packed.shape[0],)
+        assert out_dtype == torch.bfloat16 and transpose_result
+        return ((packed.float() @ dense.float()) * alpha[:, None]).t().to(out_dtype)
+
+    monkeypatch.setattr(torch, "_cslt_compress", compress)
+    monkeypatch.setattr(torch, "_cslt_sparse_mm", sparse_mm)
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 32)
+    with torch.no_grad():
+        linear.weight.mul_(mask_nm(linear.weight.abs(), 2, 4))
+    x = torch.randn(3, 5, 64)  # 15 rows: padded to 16 for the kernel, cut back after
+    got = Fp8SparseLinear(linear)(x)
+    assert got.shape == (3, 5, 32) and got.dtype == x.dtype
+    assert _min_cos(got.reshape(-1, 32), linear(x).detach().reshape(-1, 32)) > 0.99
+
+
 def test_fp8_is_refused_on_gpus_without_fp8_tensor_cores(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100")

@@ -9,6 +9,15 @@ CUDA). Everything else, LayerNorm, softmax, GELU, the residual stream, stays
 in bfloat16. FP8 tensor cores are on compute capability 8.9 (Ada) and 9.0
 (Hopper) and newer; elsewhere the runner is refused in one line.
 
+`Fp8SparseLinear` is the same linear with a 2:4 weight on cuSPARSELt's
+FP8 kernels (Hopper): cuSPARSELt takes no operand scales, only one factor per
+output row (its "alpha vector"), so the weight keeps its per-channel scale
+and the input gets one scale for the whole call (per tensor), folded into
+that vector on the GPU (a single alpha would be read back to the host on
+every call, which a CUDA graph cannot capture). It is what
+`benchmarks/gpu_check.py` times against the dense FP8 and fp16 linears; the
+runner does not use it before a GPU has shown it faster.
+
 A linear whose dimensions are not multiples of 16 (what the FP8 kernels
 take) stays in bfloat16 and is listed with the reason. The same module runs
 on the CPU, where torch implements the scaled matmul too: the tests check
@@ -24,6 +33,7 @@ FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
 MIN_CAPABILITY = (8, 9)
 ALIGN = 16  # the FP8 kernels' dimension multiple
+SPARSE_ROWS = 16  # cuSPARSELt's FP8 kernels take the dense operand in multiples of this many rows (padded)
 
 
 def fp8_unsupported(device: torch.device) -> str | None:
@@ -68,6 +78,40 @@ class Fp8Linear(nn.Module):
         return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
 
+class Fp8SparseLinear(nn.Module):
+    """A 2:4 linear in FP8 on cuSPARSELt: weight per output channel, input per tensor (module doc).
+
+    The weight must already be 2:4 (two zeros in every group of four along its input dimension): FP8 keeps
+    zeros zero, so the pattern survives quantization, and `torch._cslt_compress` packs it.
+    """
+
+    packed: torch.Tensor  # cuSPARSELt's compressed weight (kept values and metadata)
+    weight_scale: torch.Tensor  # [out] float32
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight, scale = _rowwise(linear.weight.detach())  # [out, in], [out, 1]
+        self.register_buffer("packed", torch._cslt_compress(weight))
+        self.register_buffer("weight_scale", scale.reshape(-1).contiguous())
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().to(torch.bfloat16),
+                                                                  requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)  # [N, in]
+        n = rows.shape[0]
+        pad = (-n) % SPARSE_ROWS
+        if pad:
+            rows = torch.nn.functional.pad(rows, (0, 0, 0, pad))
+        scale = rows.abs().amax().float().clamp(min=1e-12) / FP8_MAX  # one scale for the call, on the GPU
+        q = (rows.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+        out = torch._cslt_sparse_mm(self.packed, q.t(), alpha=self.weight_scale * scale, out_dtype=torch.bfloat16,
+                                    transpose_result=True)[:n]  # [N, out]
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+
 def to_fp8(model: nn.Module) -> tuple[list[str], dict[str, str]]:
     """Swap every `nn.Linear` of `model` for an `Fp8Linear`, in place.
 
@@ -88,4 +132,4 @@ def to_fp8(model: nn.Module) -> tuple[list[str], dict[str, str]]:
     return converted, kept
 
 
-__all__ = ["FP8", "Fp8Linear", "fp8_unsupported", "to_fp8"]
+__all__ = ["FP8", "Fp8Linear", "Fp8SparseLinear", "fp8_unsupported", "to_fp8"]
