@@ -401,7 +401,8 @@ def step_kernels(iters: int) -> list[dict]:
                         say(f"   {k} {d_out}x{d_in} @ {tokens} tokens: no CUDA graph: {why(e)}")
             rows.append({"in": d_in, "out": d_out, "tokens": tokens, "ms": ms, "failed": failed})
             say(f"   {d_out}x{d_in} @ {tokens:5d} tokens: " + ", ".join(
-                f"{k} {v:.3f} ms ({ms['dense graph' if 'graph' in k else 'dense'] / v:.2f}x)" for k, v in ms.items()))
+                f"{k} {v:.3f} ms ({ms.get('dense graph' if 'graph' in k else 'dense', float('nan')) / v:.2f}x)"
+                for k, v in ms.items()))
     return rows
 
 
