@@ -2,7 +2,7 @@
 
     python benchmarks/serve_load.py [--requests 400] [--vitb32-requests 160] [--skip-vitb32] [--skip-bundled]
                                     [--bundled-build DIR] [--vitb32-build DIR] [--backends ort-cpu]
-                                    [--vitb32-backends ort-cpu,ort-int8]
+                                    [--vitb32-backends ort-cpu,ort-int8] [--smoke]
 
 Starts `mfdeploy serve` (ONNX Runtime CPU, its default threads) on
 127.0.0.1 and drives it with N concurrent clients (asyncio + aiohttp, one
@@ -253,8 +253,9 @@ def main() -> None:
                  for what, bodies, tower in (("image", image_bodies(96), "vision"), ("text", text_bodies(), "text"))]
         if not args.skip_vitb32:
             vit = args.vitb32_build or (tmp / "vitb32")
-            print("building ViT-B/32 (magnitude 0.5, --int8) ...", flush=True)
-            vit = vitb32_build(vit, int8=any("int8" in b for b in args.vitb32_backends.split(",")), smoke=args.smoke)
+            int8 = any("int8" in b for b in args.vitb32_backends.split(","))  # only a backend that serves them
+            print(f"building ViT-B/32 (magnitude 0.5{', --int8' if int8 else ''}) ...", flush=True)
+            vit = vitb32_build(vit, int8=int8, smoke=args.smoke)
             plans += [(run_label("ViT-B/32 image", backend), vit, image_bodies(image_size(args.smoke)), "vision",
                        args.vitb32_requests,
                        backend) for backend in args.vitb32_backends.split(",")]
