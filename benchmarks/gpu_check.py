@@ -12,7 +12,7 @@
    EPs, TensorRT engines), each available or skipped with the reason.
 4. `mfdeploy bench` on the bundled build: torch, torch-cuda, torch-cuda-sparse.
 5. ViT-B/32 through the `torch-cuda` runner as `serve` makes it (issue 30): eager, CUDA graphs per batch
-   bucket, torch.compile + graphs, FP8 + graphs, 2:4 (magnitude) with the per-layer sparse choice + graphs;
+   bucket, torch.compile + graphs, FP8 + graphs, 2:4 (magnitude) with the per-layer sparse choice (fp16, FP8) + graphs;
    vision and text (77 tokens) at batch 1, 32 and 256: ms, items/s, TFLOP/s (2 FLOP per multiply-add of the
    GEMMs and attention) and % of the GPU's dense fp16 peak, min cosine against the eager runner.
 6. `benchmarks/serve_load.py --skip-bundled --vitb32-backends torch-cuda`: `mfdeploy serve` on the GPU,
@@ -250,15 +250,16 @@ def runner_model(size: str, dry: bool):
 def step_runners(device: str, iters: int, dry: bool, size: str = "b32", rows: list[dict] | None = None,
                  saved=lambda: None) -> list[dict]:
     """The torch-cuda runner as `serve` and `bench` make it (issue 30): eager, CUDA graphs, torch.compile +
-    graphs, FP8 + graphs, and 2:4 with the per-layer choice (magnitude 2:4), at batch 1, 32 and 256, each with
-    its min cosine against the eager fp16 runner, items/s and TFLOP/s. A variant that would start after the
-    check's time budget is a row saying so. Rows go into `rows` as they come, and `saved()` is called after each
-    variant (the report is rewritten: a run cut short keeps the variants that finished)."""
+    graphs, FP8 + graphs, and 2:4 with the per-layer choice in fp16 and FP8 (magnitude 2:4), at batch 1, 32 and
+    256, each with its min cosine against the eager fp16 runner, items/s and TFLOP/s. A variant that would start
+    after the check's time budget is a row saying so. Rows go into `rows` as they come, and `saved()` is called
+    after each variant (the report is rewritten: a run cut short keeps the variants that finished)."""
     from mfdeploy.runtime.torch_cuda import TorchCudaRunner
     from mfdeploy.runtime.torch_runner import TorchRunner
 
     title = RUNNER_MODELS[size]
-    say(f"5. {title} through the torch-cuda runner: eager, graphs, compile + graphs, fp8 + graphs, 2:4 chosen")
+    say(f"5. {title} through the torch-cuda runner: eager, graphs, compile + graphs, fp8 + graphs, 2:4 chosen "
+        "(fp16, fp8)")
     cuda = device.startswith("cuda")
     model = runner_model(size, dry)
     adapter = WrappedAdapter(model)
@@ -283,7 +284,9 @@ def step_runners(device: str, iters: int, dry: bool, size: str = "b32", rows: li
                                                          max_text_len=text_len),
               "fp8 + graphs": lambda: TorchCudaRunner(adapter, fp8=True, max_batch=largest, max_text_len=text_len),
               "2:4 chosen + graphs": lambda: TorchCudaRunner(pruned, sparse=True, max_batch=largest,
-                                                            max_text_len=text_len)}
+                                                            max_text_len=text_len),
+              "fp8 2:4 chosen + graphs": lambda: TorchCudaRunner(pruned, sparse=True, fp8=True, max_batch=largest,
+                                                                max_text_len=text_len)}
     if not cuda:  # the dry run: the CPU runner, eager and compiled, checks the flow
         makers = {"eager": lambda: TorchRunner(adapter), "compile": lambda: TorchRunner(adapter, compile=True)}
     inputs = {}

@@ -82,6 +82,59 @@ def test_fp8_sparse_linear_scales_and_pads_as_cusparselt_needs(monkeypatch):
     assert _min_cos(got.reshape(-1, 32), linear(x).detach().reshape(-1, 32)) > 0.99
 
 
+def _fake_cusparselt(monkeypatch, refuse: bool = False) -> None:
+    """torch's cuSPARSELt ops replaced by dense arithmetic on the CPU (`refuse`: compressing fails, as the
+    kernels do for a shape or GPU they do not take)."""
+    def compress(weight):
+        if refuse:
+            raise RuntimeError("cuSPARSELt: unsupported shape\nmore")
+        return weight.clone()
+
+    monkeypatch.setattr(torch, "_cslt_compress", compress)
+    monkeypatch.setattr(torch, "_cslt_sparse_mm", lambda packed, dense, alpha=None, out_dtype=None,
+                        transpose_result=False: ((packed.float() @ dense.float()) * alpha[:, None]).t().to(out_dtype))
+
+
+def test_fp8_with_2to4_kernels_picks_per_layer_and_says_why(monkeypatch):
+    """`--dtype float8` on torch-cuda-sparse: a 2:4 linear becomes `Fp8SparseLinear` where the choice keeps it
+    sparse; one it declines, one the kernels refuse and one that is not 2:4 stay `Fp8Linear`, each listed."""
+    from types import SimpleNamespace
+
+    from mfdeploy.pruning.patterns import mask_nm
+    from mfdeploy.runtime.fp8 import Fp8SparseLinear
+    from mfdeploy.runtime.torch_cuda import TorchCudaRunner
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.Linear(32, 64), nn.Linear(64, 32))
+    with torch.no_grad():
+        for i in (0, 1):
+            model[i].weight.mul_(mask_nm(model[i].weight.abs(), 2, 4))
+    x = torch.randn(5, 64)
+    want = model(x).detach()
+    _fake_cusparselt(monkeypatch)
+    asked = []
+
+    def keep(name, dense, sparse):
+        asked.append((name, type(dense).__name__, type(sparse).__name__))
+        return name == "0"
+
+    runner = SimpleNamespace(sparse_layers=[], dense_layers={})
+    converted, kept = to_fp8(model, TorchCudaRunner._fp8_maker(runner, keep))  # type: ignore[arg-type]
+    assert converted == ["0", "1", "2"] and kept == {}
+    assert asked == [("0", "Fp8Linear", "Fp8SparseLinear"), ("1", "Fp8Linear", "Fp8SparseLinear")]
+    assert runner.sparse_layers == ["0"] and runner.dense_layers == {"1": "dense is faster at the serving token counts"}
+    assert isinstance(model[0], Fp8SparseLinear) and isinstance(model[1], Fp8Linear) and isinstance(model[2], Fp8Linear)
+    assert _min_cos(model(x), want) > 0.99
+
+    _fake_cusparselt(monkeypatch, refuse=True)
+    other = nn.Sequential(nn.Linear(64, 32))
+    with torch.no_grad():
+        other[0].weight.mul_(mask_nm(other[0].weight.abs(), 2, 4))
+    runner = SimpleNamespace(sparse_layers=[], dense_layers={})
+    to_fp8(other, TorchCudaRunner._fp8_maker(runner, None))  # type: ignore[arg-type]
+    assert runner.dense_layers == {"0": "cuSPARSELt: unsupported shape"} and isinstance(other[0], Fp8Linear)
+
+
 def test_fp8_is_refused_on_gpus_without_fp8_tensor_cores(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100")
@@ -96,8 +149,8 @@ def test_fp8_is_refused_on_gpus_without_fp8_tensor_cores(monkeypatch):
 def test_dtype_choices_per_torch_backend(tmp_path):
     assert ServeConfig(build_dir=tmp_path, backend="torch-cuda", dtype="float8").validate().runner_options() == \
         {"dtype": "float8"}
-    with pytest.raises(UserError, match=r"^--dtype float8: choose one of float16$"):
-        ServeConfig(build_dir=tmp_path, backend="torch-cuda-sparse", dtype="float8").validate()
+    assert ServeConfig(build_dir=tmp_path, backend="torch-cuda-sparse", dtype="float8").validate(
+        ).runner_options() == {"dtype": "float8"}  # 2:4 linears on cuSPARSELt's FP8 kernels where they win
     with pytest.raises(UserError, match=r"^--dtype bfloat16: choose one of float16, float8$"):
         ServeConfig(build_dir=tmp_path, backend="torch-cuda", dtype="bfloat16").validate()
     from mfdeploy.runtime.torch_runner import check_backend_dtype

@@ -54,8 +54,9 @@ PrecisionOpt = Annotated[str | None, typer.Option(
     "--precision", help="OpenVINO backends: auto (default: what the CPU runs natively, bf16 with AVX-512 BF16 or "
     "AMX) | f32 | bf16 | f16; gated against the fp32 towers.")]
 RunDtypeOpt = Annotated[str | None, typer.Option(
-    "--dtype", help="torch backend (CPU): float32 (default) | bfloat16; torch-cuda: float16 (default) | float8 "
-    "(FP8 linears, GPUs of compute capability 8.9+). Below the default, gated against the reference towers.")]
+    "--dtype", help="torch backend (CPU): float32 (default) | bfloat16; torch-cuda(-sparse): float16 (default) | "
+    "float8 (FP8 linears, GPUs of compute capability 8.9+; with -sparse, 2:4 ones on cuSPARSELt's FP8 kernels where "
+    "faster). Below the default, gated against the reference towers.")]
 CompileOpt = Annotated[bool, typer.Option(
     "--compile", help="torch backends: run each tower through torch.compile (inductor), compiled for every batch "
     "size and text length at start-up; the cache directory is reported.")]

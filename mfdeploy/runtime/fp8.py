@@ -15,8 +15,9 @@ output row (its "alpha vector"), so the weight keeps its per-channel scale
 and the input gets one scale for the whole call (per tensor), folded into
 that vector on the GPU (a single alpha would be read back to the host on
 every call, which a CUDA graph cannot capture). It is what
-`benchmarks/gpu_check.py` times against the dense FP8 and fp16 linears; the
-runner does not use it before a GPU has shown it faster.
+`benchmarks/gpu_check.py` times against the dense FP8 and fp16 linears, and
+what `torch-cuda-sparse --dtype float8` uses for a 2:4 linear where it times
+faster than `Fp8Linear` (`TorchCudaRunner`).
 
 A linear whose dimensions are not multiples of 16 (what the FP8 kernels
 take) stays in bfloat16 and is listed with the reason. The same module runs
@@ -25,6 +26,8 @@ the bundled model's FP8 embeddings against fp32 there.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -112,12 +115,14 @@ class Fp8SparseLinear(nn.Module):
         return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
 
-def to_fp8(model: nn.Module) -> tuple[list[str], dict[str, str]]:
-    """Swap every `nn.Linear` of `model` for an `Fp8Linear`, in place.
+def to_fp8(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module] | None = None,
+           ) -> tuple[list[str], dict[str, str]]:
+    """Swap every `nn.Linear` of `model` for an `Fp8Linear` (or what `make(name, linear)` returns), in place.
 
     Returns:
         (names converted, {name: why it stayed in its float dtype}).
     """
+    make = make or (lambda _name, linear: Fp8Linear(linear))
     converted, kept = [], {}
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
@@ -127,7 +132,7 @@ def to_fp8(model: nn.Module) -> tuple[list[str], dict[str, str]]:
             if child.in_features % ALIGN or child.out_features % ALIGN:
                 kept[full] = f"{child.out_features}x{child.in_features}: not multiples of {ALIGN}"
                 continue
-            setattr(module, child_name, Fp8Linear(child))
+            setattr(module, child_name, make(full, child))
             converted.append(full)
     return converted, kept
 

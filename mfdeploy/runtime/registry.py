@@ -199,7 +199,7 @@ def make_runner(
         max_text_len: TensorRT EP optimisation profile bound.
         spin: ONNX Runtime thread spinning (off when sessions take turns).
         precision: OpenVINO's inference precision: auto (default: native on this CPU) | f32 | bf16 | f16.
-        dtype: torch (CPU): float32 (default) | bfloat16; torch-cuda: float16 (default) | float8.
+        dtype: torch (CPU): float32 (default) | bfloat16; torch-cuda, torch-cuda-sparse: float16 (default) | float8.
         compile: the torch backends: each tower through `torch.compile`, compiled before the runner is returned.
         cuda_graphs: the torch-cuda backends: towers replayed from CUDA graphs, one per batch (and text length)
             bucket up to `max_batch` (and `max_text_len`), captured before the runner is returned.

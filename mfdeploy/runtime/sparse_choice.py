@@ -22,8 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-# time(weight, bias, rows) -> seconds per call of linear(x [rows, in], weight, bias)
-TimeLinear = Callable[[torch.Tensor, torch.Tensor | None, int], float]
+# time(weight, bias, rows) -> seconds per call of linear(x [rows, in], weight, bias); with FP8 the "weight" is the
+# whole linear module (`Fp8Linear` or `Fp8SparseLinear`, `time_module_cuda`)
+TimeLinear = Callable[[Any, torch.Tensor | None, int], float]
 
 
 def rows_per_call(model: nn.Module, calls: Sequence[Callable[[], Any]]) -> dict[str, int]:
@@ -44,7 +45,7 @@ def rows_per_call(model: nn.Module, calls: Sequence[Callable[[], Any]]) -> dict[
     return rows
 
 
-def choose(name: str, dense: torch.Tensor, sparse: torch.Tensor, bias: torch.Tensor | None, rows: Sequence[int],
+def choose(name: str, dense: Any, sparse: Any, bias: torch.Tensor | None, rows: Sequence[int],
            time_linear: TimeLinear) -> dict[str, Any]:
     """Whether the 2:4 linear `name` runs faster sparse at the serving row counts, with the times behind it.
 
@@ -66,15 +67,29 @@ def summary(choices: dict[str, dict[str, Any]]) -> str:
 def time_linear_cuda(weight: torch.Tensor, bias: torch.Tensor | None, rows: int, replays: int = 20) -> float:
     """Mean seconds of `linear(x [rows, in], weight, bias)` replayed from a CUDA graph, timed with CUDA events."""
     x = torch.randn(rows, weight.shape[1], dtype=weight.dtype, device=weight.device)
+    return graph_seconds(lambda: nn.functional.linear(x, weight, bias), replays)
+
+
+def time_module_cuda(module: Any, _bias: torch.Tensor | None, rows: int, replays: int = 20) -> float:
+    """Mean seconds of `module(x [rows, in])` (x in bfloat16, what the FP8 towers pass) replayed from a CUDA
+    graph; `_bias` is the module's own and is ignored (the `TimeLinear` signature)."""
+    buffer = next(module.buffers())
+    x = torch.randn(rows, module.in_features, dtype=torch.bfloat16, device=buffer.device)
+    return graph_seconds(lambda: module(x), replays)
+
+
+@torch.inference_mode()
+def graph_seconds(call: Callable[[], Any], replays: int = 20) -> float:
+    """Mean seconds of `call` captured once in a CUDA graph and replayed `replays` times (CUDA events)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for _ in range(3):
-            nn.functional.linear(x, weight, bias)
+            call()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        nn.functional.linear(x, weight, bias)
+        call()
     graph.replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     torch.cuda.synchronize()
@@ -86,4 +101,5 @@ def time_linear_cuda(weight: torch.Tensor, bias: torch.Tensor | None, rows: int,
     return start.elapsed_time(end) / 1e3 / replays
 
 
-__all__ = ["TimeLinear", "choose", "rows_per_call", "summary", "time_linear_cuda"]
+__all__ = ["TimeLinear", "choose", "graph_seconds", "rows_per_call", "summary", "time_linear_cuda",
+           "time_module_cuda"]

@@ -77,7 +77,8 @@ def _semi_structured(kernels: str):
             "cutlass": SparseSemiStructuredTensorCUTLASS.from_dense}[kernels]
 
 
-Keep = Callable[[str, nn.Linear, torch.Tensor], bool]  # (name, layer, compressed weight) -> keep it sparse
+# (name, layer, compressed weight) -> keep it sparse; in FP8: (name, dense FP8 module, 2:4 FP8 module)
+Keep = Callable[[str, Any, Any], bool]
 
 
 def sparsify_linears(model: nn.Module, kernels: str = "default",
@@ -139,7 +140,8 @@ class TorchCudaRunner(TorchRunner):
                 serving token counts (`mfdeploy.runtime.sparse_choice`; the times in `sparse_choice`); False:
                 sparse wherever the kernels take it.
             fp8: every linear in FP8 (`mfdeploy.runtime.fp8`), the rest of the tower in bfloat16; refused on a
-                GPU without FP8 tensor cores, and with `sparse`.
+                GPU without FP8 tensor cores. With `sparse`, a 2:4 linear runs on cuSPARSELt's FP8 kernels
+                (`Fp8SparseLinear`) where that times faster than its dense FP8 form (`choose_layers`), or always.
         """
         reason = cuda_unavailable()
         if reason is not None:
@@ -148,17 +150,22 @@ class TorchCudaRunner(TorchRunner):
         if fp8:
             from mfdeploy.runtime.fp8 import fp8_unsupported, to_fp8
 
-            reason = "--dtype float8 runs on torch-cuda, not with 2:4 kernels" if sparse else \
-                fp8_unsupported(torch.device(device))
+            reason = fp8_unsupported(torch.device(device))
             if reason is not None:
                 raise BackendUnavailable(reason)
             dtype = torch.bfloat16  # torch's row-wise scaled matmul returns bf16: the rest of the tower follows
         placed = copy.copy(adapter)  # the caller's model stays where it is (other runners share it)
         placed.model = copy.deepcopy(adapter.model).to(device=device, dtype=dtype).eval()
-        self.fp8_layers, self.fp8_kept = to_fp8(placed.model) if fp8 else ([], {})
         self.sparse_choice: dict[str, dict[str, Any]] = {}  # 2:4 linear -> times dense and sparse, and the pick
-        keep = self._chooser(placed, max_batch or DEFAULT_MAX_BATCH) if sparse and choose_layers else None
-        self.sparse_layers, self.dense_layers = sparsify_linears(placed.model, kernels, keep) if sparse else ([], {})
+        keep = self._chooser(placed, max_batch or DEFAULT_MAX_BATCH, fp8) if sparse and choose_layers else None
+        self.sparse_layers: list[str] = []
+        self.dense_layers: dict[str, str] = {}
+        if fp8:
+            self.fp8_layers, self.fp8_kept = to_fp8(placed.model, self._fp8_maker(keep) if sparse else None)
+        else:
+            self.fp8_layers, self.fp8_kept = [], {}
+            if sparse:
+                self.sparse_layers, self.dense_layers = sparsify_linears(placed.model, kernels, keep)
         if keep is not None:
             from mfdeploy.runtime.sparse_choice import summary
 
@@ -171,10 +178,35 @@ class TorchCudaRunner(TorchRunner):
         if cuda_graphs:
             self._capture(placed, max_batch or DEFAULT_MAX_BATCH, max_text_len or placed.max_text_len)
 
-    def _chooser(self, adapter: Adapter, max_batch: int) -> Keep:
-        """The per-layer decision `sparsify_linears` asks: rows per linear at batch 1 (each tower run once),
-        timed at batch 1 and `max_batch`."""
-        from mfdeploy.runtime.sparse_choice import choose, rows_per_call, time_linear_cuda
+    def _fp8_maker(self, keep: Keep | None) -> Callable[[str, nn.Linear], nn.Module]:
+        """What `to_fp8` makes of each linear when 2:4 kernels are asked for: a 2:4 one on cuSPARSELt's FP8
+        kernels (`Fp8SparseLinear`) unless they refuse it or `keep` finds its dense FP8 form faster; else
+        `Fp8Linear`. The layers are listed in `sparse_layers` and `dense_layers` (with the reason)."""
+        from mfdeploy.runtime.fp8 import Fp8Linear, Fp8SparseLinear
+
+        def make(name: str, linear: nn.Linear) -> nn.Module:
+            dense = Fp8Linear(linear)
+            if not is_2to4(linear.weight):
+                return dense
+            try:
+                sparse = Fp8SparseLinear(linear)
+                with torch.inference_mode():  # a first call: the kernels may refuse a shape only when run
+                    sparse(torch.zeros(16, linear.in_features, dtype=torch.bfloat16, device=linear.weight.device))
+            except (RuntimeError, ValueError, NotImplementedError) as e:
+                self.dense_layers[name] = first_line(e)
+                return dense
+            if keep is not None and not keep(name, dense, sparse):
+                self.dense_layers[name] = "dense is faster at the serving token counts"
+                return dense
+            self.sparse_layers.append(name)
+            return sparse
+
+        return make
+
+    def _chooser(self, adapter: Adapter, max_batch: int, fp8: bool = False) -> Keep:
+        """The per-layer decision `sparsify_linears` (or, in FP8, `_fp8_maker`) asks: rows per linear at batch 1
+        (each tower run once), timed at batch 1 and `max_batch`; in FP8 the two forms are whole modules."""
+        from mfdeploy.runtime.sparse_choice import choose, rows_per_call, time_linear_cuda, time_module_cuda
 
         model = adapter.model
         param = next(model.parameters())
@@ -184,10 +216,14 @@ class TorchCudaRunner(TorchRunner):
             lambda: adapter.vision_tower()(torch.zeros(1, 3, size, size, device=param.device, dtype=param.dtype)),
             lambda: adapter.text_tower()(ids.to(param.device), mask.to(param.device))])
 
-        def keep(name: str, layer: nn.Linear, sparse: torch.Tensor) -> bool:
+        def keep(name: str, layer: nn.Module, sparse: Any) -> bool:
             counts = sorted({rows[name], rows[name] * max_batch}) if name in rows else [max_batch]
-            self.sparse_choice[name] = choose(name, layer.weight.detach(), sparse, layer.bias, counts,
-                                              time_linear_cuda)
+            if fp8:  # layer: the dense FP8 module; sparse: the 2:4 one
+                self.sparse_choice[name] = choose(name, layer, sparse, None, counts, time_module_cuda)
+            else:
+                assert isinstance(layer, nn.Linear)
+                self.sparse_choice[name] = choose(name, layer.weight.detach(), sparse, layer.bias, counts,
+                                                  time_linear_cuda)
             return bool(self.sparse_choice[name]["sparse"])
 
         return keep

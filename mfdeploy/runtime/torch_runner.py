@@ -15,7 +15,8 @@ from mfdeploy.runtime.compiled import Tower
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # --dtype of the CPU backend
 CUDA_DTYPES = {**DTYPES, "float16": torch.float16}  # the torch runner on a CUDA device (`mfdeploy tune` on torch-cuda)
 # --dtype of each torch backend (the first: its default)
-DTYPES_BY_BACKEND = {"torch": tuple(DTYPES), "torch-cuda": ("float16", "float8"), "torch-cuda-sparse": ("float16",)}
+DTYPES_BY_BACKEND = {"torch": tuple(DTYPES), "torch-cuda": ("float16", "float8"),
+                     "torch-cuda-sparse": ("float16", "float8")}
 _PRECISIONS = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
 
 

@@ -53,7 +53,8 @@ class ServeConfig:
         request_timeout_s: longest one request may take before it is answered 504 (None: no limit).
         api_key: the key every route but /health and /metrics requires as `Authorization: Bearer KEY`.
         precision: OpenVINO's inference precision, auto | f32 | bf16 | f16 (None: auto).
-        dtype: torch (CPU): float32 | bfloat16 (None: float32); torch-cuda: float16 | float8 (None: float16).
+        dtype: torch (CPU): float32 | bfloat16 (None: float32); torch-cuda, torch-cuda-sparse: float16 | float8
+            (None: float16).
             Below the default, the towers serve only once they match the reference towers
             (`mfdeploy.runtime.gate`); otherwise the server refuses to start.
         compile: the torch backends: each tower through `torch.compile`, compiled before the server listens.
