@@ -242,7 +242,7 @@ def tune(model: str | Path | None = None, *, out: str | Path = "tune", calib: st
          eval_data: str | None = None, backend: str = "ort-cpu", batch_size: int = 8, max_drop: float | None = None,
          min_speedup: float | None = None, max_latency_ms: float | None = None, max_size_mb: float | None = None,
          time_budget: float = 15.0, space: str = "default", force: bool = False, seed: int = 0,
-         pick: int | None = None, progress: Callable[[str], None] | None = None) -> Any:
+         pick: int | None = None, progress: bool | Callable[[str], None] | None = None) -> Any:
     """`mfdeploy tune`: search method x ratio x precision on `backend` and `eval_data`, build the pick.
 
     Args:

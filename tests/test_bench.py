@@ -183,9 +183,12 @@ def _fails(argv, capsys) -> str:
     (["--batch-sizes", "1,,2"], "--batch-sizes 1,,2: an empty item between commas"),  # was skipped
     (["--threads", "0"], "--threads: must be >= 1, got 0"),  # these three were checked after the model loaded
     (["--warmup", "-1"], "--warmup: must be >= 0, got -1"),
-    (["--min-time", "-1"], "--min-time: must be >= 0, got -1.0"),
+    (["--min-time", "-1"], "--min-time: must be a finite number >= 0, got -1.0"),
+    (["--min-time", "nan"], "--min-time: must be a finite number >= 0, got nan"),  # timed nothing
+    (["--min-time", "inf"], "--min-time: must be a finite number >= 0, got inf"),  # never ended
     (["--batch-sizes", "1,100000000"], "--batch-sizes 100000000: its inputs alone take"),  # made, then OOM-killed
     (["--batch-sizes", "100000000", "--towers", "text"], "of memory available here"),
+    (["--batch-sizes", "100000", "--towers", "text"], "the text tower's activations at this batch would take about"),
 ])
 def test_cli_bad_arguments(build_dir, capsys, args, message):
     line = _fails(["bench", str(build_dir), *args], capsys)
@@ -253,3 +256,23 @@ def test_input_memory_counts_the_towers_timed_only():
                                         r"of the 16\.0 GiB of memory available here"):
         check_input_memory([1, 100_000], ["vision", "text"], 224, 16, 16 * gib)
     check_input_memory([100_000], ["vision"], 224, 16, None)  # unknown: no check
+
+
+def test_activation_memory_is_estimated_before_a_batch_the_oom_killer_would_end():
+    """--batch-sizes 100000 on the bundled text tower was killed for memory (exit 137, no line): it is refused
+    from an estimate of the activations; a size that fits (4096 peaked at about 1 GB) still runs."""
+    from transformers import CLIPConfig
+
+    from mfdeploy.bench.args import check_activation_memory, tower_shapes
+    from mfdeploy.errors import UserError
+    from mfdeploy.zoo import BUNDLED_DIR
+
+    gib = 2**30
+    shapes = tower_shapes(CLIPConfig.from_pretrained(BUNDLED_DIR), 96, 16)
+    assert shapes == {"vision": (10, 160, 640, 4), "text": (16, 160, 640, 4)}  # (96 / 32)^2 + 1 patches
+    check_activation_memory([1, 4096], ["vision", "text"], shapes, 23 * gib)
+    with pytest.raises(UserError, match=r"^--batch-sizes 100000: the text tower's activations at this batch would "
+                                        r"take about 62\.2 GiB \(estimated\), over half of the 23\.0 GiB"):
+        check_activation_memory([100_000], ["text"], shapes, 23 * gib)
+    check_activation_memory([100_000], ["text"], shapes, None)  # unknown: no check
+    assert tower_shapes(object(), 96, 16) == {}  # a config without the sizes: no estimate

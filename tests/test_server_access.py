@@ -18,6 +18,7 @@ import pytest
 from helpers import make_build, run_cli
 from starlette.testclient import TestClient
 
+from mfdeploy.errors import UserError
 from mfdeploy.server import ServeConfig, ServerState, make_app
 from mfdeploy.server.preprocess import Preprocessor
 
@@ -160,6 +161,10 @@ def test_a_stuck_model_call_is_answered_504_and_the_server_serves_on(tiny_clip_d
         c.__exit__(None, None, None)
     with pytest.raises(Exception, match="--request-timeout"):
         ServeConfig(build_dir=tmp_path, request_timeout_s=-1).validate()
+    # a batching delay as long as the time limit: every lone request would be answered 504
+    with pytest.raises(UserError, match=r"^--max-delay-ms 3000 is not below --request-timeout 0\.3 s: a lone "):
+        ServeConfig(build_dir=tmp_path, request_timeout_s=0.3, max_delay_ms=3000).validate()
+    ServeConfig(build_dir=tmp_path, request_timeout_s=None, max_delay_ms=3000).validate()  # no limit: fine
 
 
 @pytest.fixture(scope="module")

@@ -434,6 +434,7 @@ def _escape(build: Path) -> None:
     ("onnx-kind", "--onnx-kind must be one of cpu, gpu, openvino (got 'tpu')"),
     ("prefix", "--prefix"),
     ("out-is-build", "would replace the build directory"),
+    ("out-holds-build", "holds the build directory"),  # was "would replace the build directory ... itself"
     ("out-in-build", "is inside the build"),
     ("escaping-external-data", "not a path inside the model's folder"),
     ("missing-external-data", "external data file"),
@@ -456,6 +457,8 @@ def test_bad_input_is_one_line_and_writes_nothing(case, message, build_copy, tin
         extra = ["--prefix", "../x"]
     elif case == "out-is-build":
         out, extra = build_copy, ["--force"]
+    elif case == "out-holds-build":
+        out, extra = build_copy.parent, ["--force"]
     elif case == "out-in-build":
         out = build_copy / "triton"
     elif case == "escaping-external-data":

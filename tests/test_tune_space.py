@@ -235,12 +235,16 @@ def test_tune_help_names_its_options(capsys, monkeypatch):
     (["--max-drop", "-1"], "--max-drop -1.0: must be 0 or more"),
     (["--batch-size", "0"], "--batch-size 0: must be positive"),
     (["--space", "fastest"], "--space fastest: expected default, quick or a .toml file"),
+    (["--seed", "-1"], "--seed -1: must be a whole number from 0 to 4294967295"),  # was Optuna's traceback
+    (["--seed", "4294967296"], "--seed 4294967296: must be a whole number from 0 to 4294967295"),
+    (["--out", "{tmp}/typo/t"], "{tmp}/typo: parent directory does not exist"),  # as every --out
 ])
 def test_a_bad_option_is_refused_in_one_line_before_anything_is_written(tmp_path, capsys, argv, message):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     assert run_cli(["tune", "--out", str(tmp_path / "t"), *argv]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {message}") and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "t").exists()
+    assert err.startswith(f"error: {message.replace('{tmp}', str(tmp_path))}") and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_model_that_is_not_bundled_needs_eval_data(tmp_path, capsys, tiny_clip_dir):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from mfdeploy.errors import UserError
@@ -66,8 +67,8 @@ def check_args(towers, batch_sizes, text_len, max_text_len, warmup, iters, threa
         raise UserError(f"--iters: must be >= 1, got {iters}")
     if threads is not None and threads < 1:
         raise UserError(f"--threads: must be >= 1, got {threads}")
-    if min_time < 0:
-        raise UserError(f"--min-time: must be >= 0, got {min_time}")
+    if not 0 <= min_time < math.inf:  # nan compares false: it would time nothing; inf would never end
+        raise UserError(f"--min-time: must be a finite number >= 0, got {min_time}")
 
 
 def check_input_memory(batch_sizes: Sequence[int], towers: Sequence[str], image_size: int, text_len: int,
@@ -84,3 +85,45 @@ def check_input_memory(batch_sizes: Sequence[int], towers: Sequence[str], image_
         raise UserError(f"--batch-sizes {batch}: its inputs alone take {need / 2**30:.1f} GiB, over an eighth of the "
                         f"{available / 2**30:.1f} GiB of memory available here (the runtime's activations take "
                         "several times that); time smaller batches")
+
+
+# Live float32 tensors per token a tower's runtime holds at its peak, in units of (4 x hidden + intermediate):
+# measured 1 GB for the bundled model's text tower at batch 4096 (ONNX Runtime, pruned and dense sessions),
+# where this estimate says 2.7 GB. Conservative on purpose: the check is there to stop the OOM killer.
+LIVE_TENSORS = 8
+
+
+def tower_shapes(model_config: object, image_size: int, text_len: int) -> dict[str, tuple[int, int, int, int]]:
+    """{tower: (tokens, hidden, intermediate, heads)} read from a Hugging Face dual-encoder config (CLIP and
+    SigLIP name them alike); a tower whose config lacks them is left out (no estimate, no check)."""
+    shapes = {}
+    for tower, name in (("vision", "vision_config"), ("text", "text_config")):
+        cfg = getattr(model_config, name, None)
+        found = [getattr(cfg, k, None) for k in ("hidden_size", "intermediate_size", "num_attention_heads",
+                                                 "patch_size" if tower == "vision" else "hidden_size")]
+        sizes = [v for v in found if isinstance(v, int) and v > 0]
+        if len(sizes) < 4:
+            continue
+        hidden, inner, heads, patch = sizes
+        tokens = (image_size // patch) ** 2 + 1 if tower == "vision" else text_len
+        shapes[tower] = (tokens, hidden, inner, heads)
+    return shapes
+
+
+def check_activation_memory(batch_sizes: Sequence[int], towers: Sequence[str],
+                            shapes: dict[str, tuple[int, int, int, int]], available: int | None) -> None:
+    """Refuse a batch size whose activations would take over half the `available` memory (bytes; None: no
+    check), estimated from the tower's shape (`LIVE_TENSORS`, and the attention scores): the run would be killed
+    for memory, without a word, part-way through the timing."""
+    if available is None:
+        return
+    batch = max(batch_sizes)
+    for tower in towers:
+        if tower not in shapes:
+            continue
+        tokens, hidden, inner, heads = shapes[tower]
+        need = batch * 4 * (LIVE_TENSORS * tokens * (4 * hidden + inner) + 3 * heads * tokens * tokens)
+        if need > available / 2:
+            raise UserError(f"--batch-sizes {batch}: the {tower} tower's activations at this batch would take about "
+                            f"{need / 2**30:.1f} GiB (estimated), over half of the {available / 2**30:.1f} GiB of "
+                            "memory available here; time smaller batches")

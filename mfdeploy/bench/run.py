@@ -16,7 +16,14 @@ import numpy as np
 
 from mfdeploy.artifacts.layout import BENCH_JSON, ONNX_INT8_DIR
 from mfdeploy.artifacts.writable import check_file_target, check_writable
-from mfdeploy.bench.args import check_args, check_input_memory, parse_batch_sizes, parse_list
+from mfdeploy.bench.args import (
+    check_activation_memory,
+    check_args,
+    check_input_memory,
+    parse_batch_sizes,
+    parse_list,
+    tower_shapes,
+)
 from mfdeploy.bench.runners import check_precision_options, open_runners, precision_fields
 from mfdeploy.bench.stability import load_average, spread_reason
 from mfdeploy.bench.timing import time_interleaved
@@ -137,7 +144,10 @@ def run_bench(
             raise UserError(f"--text-len {text_len}: {adapter.family.title} reads exactly {fixed} tokens (every "
                             "text is padded to that length); leave --text-len out")
         length = fixed or text_len or min(DEFAULT_TEXT_LEN, adapter.max_text_len)
-        check_input_memory(batch_sizes, towers, adapter.image_size, length, available_memory_bytes())
+        available = available_memory_bytes()
+        check_input_memory(batch_sizes, towers, adapter.image_size, length, available)
+        check_activation_memory(batch_sizes, towers, tower_shapes(adapter.model.config, adapter.image_size, length),
+                                available)
         images = {b: pixel_values(b, adapter.image_size, seed=b) for b in batch_sizes if "vision" in towers}  # timed
         texts = {b: text_inputs(b, length, tokenizer=adapter.tokenizer) for b in batch_sizes if "text" in towers}
         variants = ["pruned", "dense"] if dense else ["pruned"]

@@ -146,8 +146,11 @@ def write_triton_repo(build: Path, out: Path, cfg: TritonConfig, force: bool = F
     if cfg.prefix is None:  # models named after the build's family: siglip_text_onnx, clip_vision_plan, ...
         cfg = dataclasses.replace(cfg, prefix=str(manifest.data.get("family") or "clip"))
     real_build, real_out = build.resolve(), out.resolve()
-    if real_out == real_build or real_out in real_build.parents:
+    if real_out == real_build:
         raise UserError(f"--out {out} would replace the build directory {build} itself: choose another --out")
+    if real_out in real_build.parents:
+        raise UserError(f"--out {out} holds the build directory {build}: replacing it would delete the build; "
+                        "choose another --out")
     if real_build in real_out.parents:  # a copy of the build's files inside it: serve, --force and hashes trip on it
         raise UserError(f"--out {out} is inside the build {build}: a Triton repository holds copies of the build's "
                         "files; put it outside the build")

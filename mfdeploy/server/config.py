@@ -121,6 +121,10 @@ class ServeConfig:
         if self.request_timeout_s is not None and not (math.isfinite(self.request_timeout_s)
                                                        and self.request_timeout_s > 0):
             raise UserError(f"--request-timeout {self.request_timeout_s}: must be positive (0: no limit)")
+        if self.request_timeout_s is not None and self.max_delay_ms / 1e3 >= self.request_timeout_s:
+            raise UserError(f"--max-delay-ms {self.max_delay_ms:g} is not below --request-timeout "
+                            f"{self.request_timeout_s:g} s: a lone request would wait for company until it timed "
+                            "out (504); lower --max-delay-ms or raise --request-timeout")
         key = self.api_key
         if key is not None and not (key and key.isascii() and key.isprintable() and len(key.split()) == 1
                                     and key.split()[0] == key):

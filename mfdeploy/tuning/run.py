@@ -111,6 +111,8 @@ def _check_options(cfg: TuneConfig, space: Space, backend: str) -> None:
             raise UserError(f"{flag} {value}: must be 0 or more")
     if cfg.batch_size <= 0:
         raise UserError(f"--batch-size {cfg.batch_size}: must be positive")
+    if not 0 <= cfg.seed < 2**32 or cfg.seed != int(cfg.seed):  # what Optuna's sampler and numpy take
+        raise UserError(f"--seed {cfg.seed}: must be a whole number from 0 to {2**32 - 1}")
     if not cfg.time_budget_min > 0:
         raise UserError(f"--time-budget {cfg.time_budget_min}: must be a positive number of minutes")
     require("tune", backend=cfg.backend)
@@ -157,7 +159,9 @@ def _prepare_out(out: Path) -> Path:
     started = out.is_dir() and all(journal.started_here(p.name) for p in out.iterdir())
     if out.is_dir() and any(out.iterdir()) and not (is_tune or started):
         raise UserError(f"--out {out}: not empty and not a tune directory; choose another")
-    out.mkdir(parents=True, exist_ok=True)
+    if not out.parent.is_dir():  # as every --out: a typo in the path is not made into folders
+        raise UserError(f"{out.parent}: parent directory does not exist")
+    out.mkdir(exist_ok=True)
     check_writable(out, out / journal.TRIALS)
     return out
 
