@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mfdeploy.errors import UserError
+
 IMAGE_SIZE = 96
 _SUPERSAMPLE = 4  # draw at 4x and downsample: anti-aliased edges
 
@@ -208,6 +210,14 @@ def render(scene: Scene, background: str = "dark") -> Image.Image:
     noise = rng.normal(0, 8, size=(IMAGE_SIZE, IMAGE_SIZE, 3))
     arr = np.clip(np.asarray(img, dtype=np.float32) + noise, 0, 255).astype(np.uint8)
     return Image.fromarray(arr)
+
+
+def check_calib_count(n: int, option: str = "--calib-samples") -> None:
+    """Refuse more shapes-world calibration pairs than its calibration split holds, in one line, before any work."""
+    start, stop = SPLITS["calib"]
+    if n > stop - start:
+        raise UserError(f"{option} {n}: the shapes world holds {stop - start} calibration pairs (a JSONL "
+                        "--calib gives as many as it has lines)")
 
 
 def split_seeds(split: str, n: int, offset: int = 0) -> range:

@@ -31,21 +31,31 @@ def artifact_records(root: Path, skip: Iterable[str] = ()) -> dict[str, dict[str
     return file_records(root, skip=skip)
 
 
-def manifest_artifacts(root: Path) -> tuple[Path, dict[str, dict[str, Any]]] | None:
-    """The first manifest of `root` that records hashes, and its `{path: record}` entries with a sha256.
+def manifest_artifacts(root: Path, manifests: Iterable[str] = MANIFESTS,
+                       ) -> tuple[Path, dict[str, dict[str, Any]]] | None:
+    """The first of `manifests` in `root` that records hashes, and its `{path: record}` entries with a sha256
+    (a build's or prune's `artifacts`, an export's `files`).
 
     None when `root` holds no manifest, or only one written before mfdeploy recorded hashes.
+
+    Raises:
+        UserError: a manifest that is not JSON, or not the shape mfdeploy writes (an edit that would otherwise
+            turn every check off).
     """
-    for name in MANIFESTS:
+    for name in manifests:
         manifest = Path(root) / name
         if not manifest.is_file():
             continue
         try:
             data = json.loads(manifest.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise UserError(f"{manifest}: unreadable manifest ({e}); was it edited? Rerun the command "
+            key = "files" if "artifacts" not in data and "files" in data else "artifacts"
+            arts = data.get(key)
+            if arts is not None and not isinstance(arts, dict):
+                raise ValueError(f"its {key!r} is a {type(arts).__name__}, not a map of files")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, AttributeError, ValueError) as e:
+            why = e if not isinstance(e, (TypeError, AttributeError)) else "not a JSON object"
+            raise UserError(f"{manifest}: unreadable manifest ({why}); was it edited? Rerun the command "
                             "that wrote this directory") from None
-        arts = data.get("artifacts") if isinstance(data, dict) else None
         if isinstance(arts, dict):
             hashed = {k: v for k, v in arts.items() if isinstance(v, dict) and "sha256" in v}
             if hashed:
@@ -53,12 +63,13 @@ def manifest_artifacts(root: Path) -> tuple[Path, dict[str, dict[str, Any]]] | N
     return None
 
 
-def verify_artifacts(root: Path, prefixes: Iterable[str]) -> list[str]:
+def verify_artifacts(root: Path, prefixes: Iterable[str], manifests: Iterable[str] = MANIFESTS) -> list[str]:
     """Check the recorded files of `root` whose path starts with one of `prefixes` (each hashed once).
 
     Args:
-        root: a prune or build directory.
-        prefixes: relative path prefixes, e.g. `("pruned/", "masks.safetensors")`.
+        root: a prune or build directory (or, with `manifests=("export.json",)`, an export directory).
+        prefixes: relative path prefixes, e.g. `("pruned/", "masks.safetensors")`; "" for every recorded file.
+        manifests: the manifests that may record the hashes, the first found deciding.
 
     Returns:
         The relative paths checked (empty when the directory records no hashes).
@@ -66,7 +77,7 @@ def verify_artifacts(root: Path, prefixes: Iterable[str]) -> list[str]:
     Raises:
         UserError: a recorded file is missing, or its size or sha256 differs from the manifest.
     """
-    found = manifest_artifacts(root)
+    found = manifest_artifacts(root, manifests)
     if found is None:
         return []
     manifest, arts = found

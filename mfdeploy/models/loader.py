@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mfdeploy.artifacts import guards
 from mfdeploy.artifacts.layout import MASKS_FILE, ORIGIN_FILE, PRUNED_DIR
 from mfdeploy.errors import UserError
 from mfdeploy.models.base import Adapter
@@ -111,6 +112,11 @@ def _config(where: Path | str) -> dict[str, Any]:
         raise UserError(f"cannot load {where}: {one_line(e)}") from None
 
 
+def model_config(source: str | Path | None) -> dict[str, Any]:
+    """config.json of a model as `load` would find it (bundled, local, prune/build directory or hub id)."""
+    return _config(resolve_checkpoint(source)[0])
+
+
 def _load_weights(where: Path | str, adapter: type[HFAdapter]):
     model_cls = model_class(adapter)
     if isinstance(where, Path):
@@ -119,7 +125,18 @@ def _load_weights(where: Path | str, adapter: type[HFAdapter]):
         from mfdeploy.models.structure import load_structured
 
         return load_structured(where, model_cls)
-    return model_cls.from_pretrained(where)
+    loaded: Any = model_cls.from_pretrained(where, output_loading_info=True)
+    model, info = loaded  # (model, {"missing_keys", "unexpected_keys", "mismatched_keys", ...})
+    # transformers initialises what the checkpoint lacks at random, with a warning only: a cut or edited weights
+    # file would then evaluate, export and pass its parity check as a random model
+    missing = sorted(k for k in info.get("missing_keys", ()) if not k.endswith("position_ids"))
+    mismatched = sorted(str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys", ()))
+    if missing or mismatched:
+        what = (f"lacks {len(missing)} weight(s) the model needs ({guards.some(missing)})" if missing else
+                f"has {len(mismatched)} weight(s) of the wrong shape ({guards.some(mismatched)})")
+        raise UserError(f"{where}: the checkpoint {what}; they would be random. Was the weights file cut or "
+                        "edited? Use the checkpoint as saved (save_pretrained)")
+    return model
 
 
 def load(source: str | Path | None = None, need_processors: bool = True) -> Adapter:

@@ -205,12 +205,18 @@ def run_build(cfg: BuildConfig, on_stage: Callable[[str, int, int], None] | None
     raises discards the whole build, as any failed stage does.
     """
     from mfdeploy.exporting.spec import check_opset
+    from mfdeploy.models import resolve_checkpoint
     from mfdeploy.pruning.checks import resolved_budget
     from mfdeploy.pruning.run import needed_source
     from mfdeploy.quantize.run import check_scheme
 
     pattern = validate(cfg.prune)
+    resolve_checkpoint(cfg.prune.model)  # a missing model path is named first, not as a missing --calib
     needed_source(cfg.prune, resolved_budget(cfg.prune, pattern))  # --calib for a model not bundled: now
+    if cfg.evaluate and cfg.eval_data and cfg.eval_data != "shapes":
+        from mfdeploy.eval import resolve_data
+
+        resolve_data(cfg.eval_data, option="--eval")  # a missing or unreadable --eval: now, not after the load
     for flag, value in (("--max-batch", cfg.max_batch), ("--max-text-len", cfg.max_text_len)):
         if value is not None and value < 1:  # found at the engine stage otherwise, after the prune
             raise UserError(f"{flag} must be 1 or more (got {value})")

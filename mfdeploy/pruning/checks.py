@@ -28,6 +28,8 @@ def validate(cfg: PruneConfig) -> tuple[int, int] | None:
             raise UserError(f"--{name.replace('_', '-')} {value!r}: must be {what}, not {type(value).__name__}")
     if not 0.0 < cfg.ratio < 1.0:
         raise UserError(f"--ratio {cfg.ratio}: must be strictly between 0 and 1")
+    if not -(2**63) <= cfg.seed < 2**63:  # what torch's generators take
+        raise UserError(f"--seed {cfg.seed}: must fit in 64 bits (from {-(2**63)} to {2**63 - 1})")
     if cfg.method not in METHODS:
         raise UserError(f"unknown method {cfg.method!r}: choose one of {', '.join(METHODS)}")
     spec = METHODS[cfg.method]
@@ -54,6 +56,10 @@ def validate(cfg: PruneConfig) -> tuple[int, int] | None:
                             f"--ratio {cfg.ratio} cannot hold (use --ratio {1 - n / m:g})")
     if cfg.calib_samples <= 0 or cfg.batch_size <= 0:
         raise UserError("--calib-samples and --batch-size must be positive")
+    if cfg.calib in (None, "shapes"):
+        from mfdeploy.data.world import check_calib_count
+
+        check_calib_count(cfg.calib_samples)
     delta = cfg.ecoflap_smax_delta
     if not (math.isfinite(delta) and delta >= 0.0):
         raise UserError(f"--smax-delta {delta}: must be 0 or more (ECoFLaP caps each block at "

@@ -63,7 +63,12 @@ def validate(cfg: QuantizeConfig) -> CalibSource:
                         "must be positive")
     if not 0.0 < cfg.min_cosine <= 1.0:
         raise UserError(f"parity threshold {cfg.min_cosine}: must be in (0, 1]")
-    return parse_calib(cfg.calib) or CalibSource("shapes")
+    source = parse_calib(cfg.calib) or CalibSource("shapes")
+    if source.kind == "shapes":
+        from mfdeploy.data.world import check_calib_count
+
+        check_calib_count(cfg.calib_samples)
+    return source
 
 
 def check_scheme(scheme: str, option: str = "--scheme") -> str:
@@ -230,6 +235,7 @@ def run_quantize(src: Path, out: Path, cfg: QuantizeConfig, force: bool = False,
     validate(cfg)  # bad options fail before the model loads
     require("quantize", target=cfg.target)  # a missing ModelOpt too, not after calibration
     fp32_dir, model = resolve_source(src)
+    _verify_source(Path(src), fp32_dir)
     out = Path(out)
     check_out_dir(out, force, sources=(src,))
     adapter = load(model)
@@ -238,6 +244,17 @@ def run_quantize(src: Path, out: Path, cfg: QuantizeConfig, force: bool = False,
         if (fp32_dir / EXPORT_MANIFEST).is_file():
             _export_manifest(fp32_dir, tmp)
     return record
+
+
+def _verify_source(src: Path, fp32_dir: Path) -> None:
+    """The towers (and an export's parity inputs) against the sha256 their manifest records, before anything
+    reads them: a cut or edited file is named in one line, not parsed into a traceback or copied as valid."""
+    from mfdeploy.models.integrity import verify_artifacts
+
+    if fp32_dir == src:  # an export directory: export.json records every file in it
+        verify_artifacts(src, ("",), manifests=(EXPORT_MANIFEST,))
+    else:  # a build directory: build.json records onnx/ (pruned/ is checked when the model loads)
+        verify_artifacts(src, (f"{ONNX_DIR}/",))
 
 
 def _export_manifest(fp32_dir: Path, out_dir: Path) -> None:

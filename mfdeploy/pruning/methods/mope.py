@@ -56,8 +56,33 @@ def width_plan(n_heads: int, inter: int, group: int, keep_frac: float, where: st
     if heads < 1:
         raise UserError(f"this ratio would remove every attention head of {where} "
                         f"({n_heads} heads, width keep fraction {keep_frac:.3f}): lower --ratio or raise --depth-share")
-    groups = max(1, round(keep_frac * math.ceil(inter / group)))
-    return heads, groups
+    return heads, groups_kept(inter, group, keep_frac)
+
+
+def groups_kept(inter: int, group: int, keep_frac: float) -> int:
+    """Neuron groups of `group` kept in an MLP `inter` wide for a width keep fraction (at least one)."""
+    return max(1, round(keep_frac * math.ceil(inter / group)))
+
+
+WIDTH_SLACK = 0.1  # the largest miss of a layer's neuron keep fraction that whole neuron groups may cause
+
+
+def fitting_group(config: dict, group: int) -> int:
+    """`group`, or an eighth of the narrowest MLP of `config` (a Hugging Face dual-encoder config) where that is
+    smaller: what `mfdeploy tune` uses, so that one neuron group setting fits models of any width."""
+    widths = [c.get("intermediate_size") for c in (config.get("vision_config") or {}, config.get("text_config") or {})]
+    narrowest = min((w for w in widths if isinstance(w, int) and w > 0), default=None)
+    return group if narrowest is None else max(1, min(group, narrowest // 8))
+
+
+def _check_group(group: int, inter: int, keep_frac: float, ratio: float, where: str) -> None:
+    """Refuse a neuron group too coarse for the MLP width: whole groups would keep far more (or fewer) neurons
+    than the ratio asks, and the model would come out much less (more) pruned than its label says."""
+    kept = min(inter, groups_kept(inter, group, keep_frac) * group)
+    if abs(kept / inter - keep_frac) > WIDTH_SLACK:
+        raise UserError(f"--neuron-group {group}: the MLPs of the {where} are {inter} wide, so whole groups keep "
+                        f"{kept} neurons per layer ({kept / inter:.0%}) where --ratio {ratio} needs about "
+                        f"{keep_frac:.0%}; use a group of at most {max(1, inter // 8)}")
 
 
 def prune_mope(ctx: PruneContext) -> MethodResult:
@@ -101,6 +126,8 @@ def prune_mope(ctx: PruneContext) -> MethodResult:
         if keep_frac[tower] > 1:
             raise UserError(f"--depth-share {cfg.mope_depth_share} removes more than --ratio {cfg.ratio} by itself")
         depth_plan[tower] = (n_layers, n_drop)
+        for inter in sorted({layer.mlp.fc1.out_features for layer in _layers(adapter, tower)}):
+            _check_group(group, inter, keep_frac[tower], cfg.ratio, tower.replace("_model", " tower"))
 
     # width: MoPE of every head and neuron group, uniform target width per layer
     width_scores: dict[str, dict] = {}  # layer -> errors of its heads and neuron groups, heads kept
