@@ -22,6 +22,15 @@ def run_cli(argv: list[str]) -> int:
     return 0
 
 
+def one_error(capsys) -> str:
+    """The one line a failed command wrote to stderr (stage lines, which start with "[", left out); no traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("[")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
 CAPTIONS = ["a red circle", "two small blue squares to the left of a green triangle", "a square"]
 
 

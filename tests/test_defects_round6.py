@@ -6,19 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import one_error as _one_error
 from helpers import run_cli
 
 from mfdeploy.errors import UserError
 from mfdeploy.exporting.spec import MIN_OPSET, check_opset, max_opset
-
-
-def _one_error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("[")]  # stage lines
-    assert len(lines) == 1, err
-    return lines[0]
-
 
 # ---- options that fail only once the model is loaded --------------------------------------------------------------
 

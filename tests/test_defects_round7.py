@@ -9,18 +9,11 @@ from pathlib import Path
 
 import pytest
 from conftest import save_tiny_clip
+from helpers import one_error as _one_error
 from helpers import run_cli
 from safetensors.torch import load_file, save_file
 
 from mfdeploy.errors import UserError
-
-
-def _one_error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("[")]  # stage lines
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def test_a_checkpoint_missing_weights_is_refused_not_filled_at_random(tmp_path, capsys):

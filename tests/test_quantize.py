@@ -74,6 +74,16 @@ def test_graphs_hold_int8_weights_and_are_smaller(quantized, exported, target):
         assert all(rec["float_nodes"].values())
 
 
+def test_quantizing_leaves_the_source_towers_as_exported(quantized, exported):
+    """ModelOpt rewrote the graph it was handed (`--target trt` changed an export's fp32 towers on disk); it is
+    given a copy now, and the source still matches the sha256 export.json records."""
+    from mfdeploy.models.integrity import verify_artifacts
+
+    assert set(quantized) == {"ort", "trt"}
+    checked = verify_artifacts(exported, ("",), manifests=("export.json",))
+    assert {"vision.onnx", "text.onnx", "parity_inputs.npz"} <= set(checked)
+
+
 @pytest.mark.parametrize("target", ["ort", "trt"])
 def test_parity_on_real_inputs(quantized, exported, adapter, target):
     """Recompute the cosine here (not from the record) on the gate's real inputs: >= 0.99 per row."""

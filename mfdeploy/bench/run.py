@@ -116,8 +116,8 @@ def run_bench(
         `{backend, variant (when only one variant failed), status: "unavailable", reason}` rows.
 
     Raises:
-        UserError: a bad build directory or argument, or no requested backend could run (then nothing is
-            written).
+        UserError: a bad build directory or argument, or no requested backend could run while a report was
+            to be written (then nothing is written).
     """
     import torch
 
@@ -179,7 +179,8 @@ def run_bench(
             torch.set_num_threads(torch_threads)
         meta = {**bench_meta(build, towers, batch_sizes, length, threads_used, warmup, iters, min_time, dense,
                              load_start), "int8": with_int8}
-    if not any("throughput" in r for r in rows):  # nothing measured: no report replaces an earlier one
+    if not any("throughput" in r for r in rows) and (write or json_path is not None):
+        # nothing measured: no report replaces an earlier one (a caller writing nothing gets the rows and reasons)
         reasons = "; ".join(f"{r['backend']}: {r['reason']}" for r in rows if r.get("status") == "unavailable")
         raise UserError(f"no requested backend can run on this machine ({reasons}); nothing was written")
     try:

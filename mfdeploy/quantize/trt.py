@@ -29,6 +29,20 @@ from mfdeploy.quantize.calib import Feed
 MODES = ("int8", "fp8")
 
 
+def _private_copy(src: Path, folder: Path) -> Path:
+    """A copy of the tower `src` in `folder`, its external data files (the big towers') with it."""
+    import shutil
+
+    import onnx
+
+    model = onnx.load(str(src), load_external_data=False)
+    files = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    for rel in (src.name, *sorted(files)):
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src.parent / rel, folder / rel)
+    return (folder / src.name).resolve()
+
+
 def quantize_trt(src: Path, dst: Path, nodes: list[str], feeds: list[Feed], mode: str = "int8",
                  verbose: bool = False) -> dict[str, Any]:
     """Write ModelOpt's QDQ graph of the tower `src` to `dst`.
@@ -56,8 +70,10 @@ def quantize_trt(src: Path, dst: Path, nodes: list[str], feeds: list[Feed], mode
         arrays: dict[str, Any] = {f"{i}/{k}": v for i, feed in enumerate(feeds) for k, v in feed.items()}
         arrays["__count__"] = np.array(len(feeds))
         np.savez(Path(tmp) / "feeds.npz", **arrays)
-        # absolute paths: the worker runs in `tmp`
-        job = {"src": str(Path(src).resolve()), "dst": str(Path(dst).resolve()), "nodes": nodes, "mode": mode,
+        # absolute paths: the worker runs in `tmp`; ModelOpt rewrites the graph it is given (an export's fp32
+        # towers changed on disk, found by `quantize`'s sha256 check of its source): it gets a copy
+        job = {"src": str(_private_copy(Path(src), Path(tmp) / "src")), "dst": str(Path(dst).resolve()),
+               "nodes": nodes, "mode": mode,
                "verbose": verbose,
                "feeds": str(Path(tmp) / "feeds.npz")}
         (Path(tmp) / "job.json").write_text(json.dumps(job))

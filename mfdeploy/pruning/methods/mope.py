@@ -126,7 +126,10 @@ def prune_mope(ctx: PruneContext) -> MethodResult:
         if keep_frac[tower] > 1:
             raise UserError(f"--depth-share {cfg.mope_depth_share} removes more than --ratio {cfg.ratio} by itself")
         depth_plan[tower] = (n_layers, n_drop)
-        for inter in sorted({layer.mlp.fc1.out_features for layer in _layers(adapter, tower)}):
+        for i, layer in enumerate(_layers(adapter, tower)):  # what the width plan refuses, before any scoring
+            attn, inter = layer.self_attn, layer.mlp.fc1.out_features
+            width_plan(attn.q_proj.out_features // st.head_dim(attn), inter, group, keep_frac[tower],
+                       f"{tower} layer {i}")
             _check_group(group, inter, keep_frac[tower], cfg.ratio, tower.replace("_model", " tower"))
 
     # width: MoPE of every head and neuron group, uniform target width per layer
