@@ -116,3 +116,25 @@ def test_a_manifest_without_hashes_is_still_read_as_before(tmp_path):
 
     (tmp_path / "build.json").write_text(json.dumps({"model": "m"}))
     assert manifest_artifacts(Path(tmp_path)) is None
+
+
+def test_an_undecodable_calibration_image_is_named_with_its_line_before_any_stage(tmp_path, capsys):
+    """`build --calib` with an image that does not decode failed at the prune stage, after the dense evaluation
+    and export, without FILE:LINE."""
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "good.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"image": "good.png", "caption": "a red square"}) + "\n"
+                     + json.dumps({"image": "bad.png", "caption": "a blue circle"}) + "\n")
+    assert run_cli(["build", "--ratio", "0.5", "--calib", str(pairs), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert not any(line.startswith("[") for line in err.splitlines()), err  # no stage started
+    assert err.strip().startswith(f"error: {pairs}:2: cannot read image {tmp_path / 'bad.png'}: not a decodable "
+                                  "image (UnidentifiedImageError"), err
+    assert not (tmp_path / "b").exists()
+    # only the pairs a command uses are read: one sample stops before the bad line
+    from mfdeploy.data.batching import parse_calib
+
+    assert parse_calib(str(pairs), images=1) is not None

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mfdeploy.data import world
-from mfdeploy.data.pairs import load_pairs, open_image
+from mfdeploy.data.pairs import check_images, load_pairs, open_image, origin_of
 from mfdeploy.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,9 @@ class CalibSource:
         return "shapes (calibration seed range)" if self.kind == "shapes" else str(self.path)
 
 
-def parse_calib(value: str | None) -> CalibSource | None:
-    """Turn a `--calib` value into a source; a JSONL path is validated at once."""
+def parse_calib(value: str | None, images: int = 0) -> CalibSource | None:
+    """Turn a `--calib` value into a source; a JSONL path is validated at once, and the headers of its first
+    `images` images are read (the calibration samples a command will use: a bad one fails now, not mid-run)."""
     if value is None:
         return None
     if value == "shapes":
@@ -41,7 +42,8 @@ def parse_calib(value: str | None) -> CalibSource | None:
     path = Path(value)
     if path.is_dir():
         raise UserError(f"--calib {value}: a directory; expected 'shapes' or a JSONL file of image-caption pairs")
-    load_pairs(path)  # fail early, with file and line (a missing file too)
+    pairs = load_pairs(path)  # fail early, with file and line (a missing file too)
+    check_images(path, pairs[:images])
     return CalibSource("jsonl", path)
 
 
@@ -91,4 +93,4 @@ def raw_pair_chunks(source: CalibSource, n: int, batch_size: int,
         raise UserError(f"{source.path}: fewer than {offset + 1} pairs")
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i:i + batch_size]
-        yield [open_image(p.image, str(source.path)) for p in chunk], [p.caption for p in chunk]
+        yield [open_image(p.image, origin_of(source.path, p)) for p in chunk], [p.caption for p in chunk]

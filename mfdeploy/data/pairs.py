@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from mfdeploy.data.images import DEFAULT_MAX_PIXELS, load_rgb
+from mfdeploy.data.images import DEFAULT_MAX_PIXELS, load_rgb, open_checked
 from mfdeploy.errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -20,6 +20,7 @@ class Pair:
 
     image: Path
     caption: str
+    line: int = 0  # its line in the JSONL file (0: not from a file)
 
 
 def load_pairs(path: str | Path) -> list[Pair]:
@@ -51,10 +52,22 @@ def load_pairs(path: str | Path) -> list[Pair]:
         image = (path.parent / row["image"]).resolve()
         if not image.is_file():
             raise UserError(f"{path}:{no}: image {row['image']} does not exist")
-        pairs.append(Pair(image, row["caption"]))
+        pairs.append(Pair(image, row["caption"], no))
     if not pairs:
         raise UserError(f"{path}: no image-caption pairs in the file")
     return pairs
+
+
+def check_images(path: Path, pairs: list[Pair]) -> None:
+    """Open the header of each pair's image (format, size within the pixel limit), closing it again: an image
+    that cannot be decoded is named with its FILE:LINE before any slow work, not when its batch comes."""
+    for pair in pairs:
+        open_checked(pair.image, f"{path}:{pair.line}: cannot read image {pair.image}").close()
+
+
+def origin_of(path: Path, pair: Pair) -> str:
+    """Where a pair came from, for an error message: FILE:LINE."""
+    return f"{path}:{pair.line}" if pair.line else str(path)
 
 
 def open_image(path: Path, origin: str = "", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:

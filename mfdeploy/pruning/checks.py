@@ -80,7 +80,8 @@ def validate(cfg: PruneConfig) -> tuple[int, int] | None:
     if cfg.calib not in (None, "shapes"):
         from mfdeploy.data.batching import parse_calib
 
-        parse_calib(str(cfg.calib))  # a missing or unreadable JSONL file: named now, not after the model loads
+        # a missing or unreadable JSONL file, or an image of the pairs it will use: named now, not mid-run
+        parse_calib(str(cfg.calib), images=cfg.calib_samples)
     if cfg.method == "mope" and (cfg.include or cfg.exclude):  # it cuts heads, neurons, layers in every block
         raise UserError("--include/--exclude do not apply to --method mope, which prunes every layer of both "
                         "towers: drop them, or use an unstructured method")

@@ -63,7 +63,7 @@ def validate(cfg: QuantizeConfig) -> CalibSource:
                         "must be positive")
     if not 0.0 < cfg.min_cosine <= 1.0:
         raise UserError(f"parity threshold {cfg.min_cosine}: must be in (0, 1]")
-    source = parse_calib(cfg.calib) or CalibSource("shapes")
+    source = parse_calib(cfg.calib, images=cfg.calib_samples) or CalibSource("shapes")
     if source.kind == "shapes":
         from mfdeploy.data.world import check_calib_count
 
