@@ -137,4 +137,4 @@ def test_an_undecodable_calibration_image_is_named_with_its_line_before_any_stag
     # only the pairs a command uses are read: one sample stops before the bad line
     from mfdeploy.data.batching import parse_calib
 
-    assert parse_calib(str(pairs), images=1) is not None
+    assert parse_calib(str(pairs), samples=1) is not None

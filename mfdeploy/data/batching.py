@@ -32,18 +32,20 @@ class CalibSource:
         return "shapes (calibration seed range)" if self.kind == "shapes" else str(self.path)
 
 
-def parse_calib(value: str | None, images: int = 0) -> CalibSource | None:
-    """Turn a `--calib` value into a source; a JSONL path is validated at once, and the headers of its first
-    `images` images are read (the calibration samples a command will use: a bad one fails now, not mid-run)."""
+def parse_calib(value: str | None, samples: int = 0) -> CalibSource | None:
+    """Turn a `--calib` value into a source, checked at once for the `samples` calibration pairs a command will
+    use: the shapes world must hold that many; a JSONL path is validated and the headers of its first `samples`
+    images are read (a bad one fails now, not mid-run)."""
     if value is None:
         return None
     if value == "shapes":
+        world.check_calib_count(samples)
         return CalibSource("shapes")
     path = Path(value)
     if path.is_dir():
         raise UserError(f"--calib {value}: a directory; expected 'shapes' or a JSONL file of image-caption pairs")
     pairs = load_pairs(path)  # fail early, with file and line (a missing file too)
-    check_images(path, pairs[:images])
+    check_images(path, pairs[:samples])
     return CalibSource("jsonl", path)
 
 

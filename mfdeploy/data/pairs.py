@@ -62,7 +62,7 @@ def check_images(path: Path, pairs: list[Pair]) -> None:
     """Open the header of each pair's image (format, size within the pixel limit), closing it again: an image
     that cannot be decoded is named with its FILE:LINE before any slow work, not when its batch comes."""
     for pair in pairs:
-        open_checked(pair.image, f"{path}:{pair.line}: cannot read image {pair.image}").close()
+        open_checked(pair.image, f"{origin_of(path, pair)}: cannot read image {pair.image}").close()
 
 
 def origin_of(path: Path, pair: Pair) -> str:

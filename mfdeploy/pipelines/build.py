@@ -205,13 +205,11 @@ def run_build(cfg: BuildConfig, on_stage: Callable[[str, int, int], None] | None
     raises discards the whole build, as any failed stage does.
     """
     from mfdeploy.exporting.spec import check_opset
-    from mfdeploy.models import resolve_checkpoint
     from mfdeploy.pruning.checks import resolved_budget
     from mfdeploy.pruning.run import needed_source
     from mfdeploy.quantize.run import check_scheme
 
     pattern = validate(cfg.prune)
-    resolve_checkpoint(cfg.prune.model)  # a missing model path is named first, not as a missing --calib
     needed_source(cfg.prune, resolved_budget(cfg.prune, pattern))  # --calib for a model not bundled: now
     if cfg.evaluate and cfg.eval_data and cfg.eval_data != "shapes":
         from mfdeploy.eval import resolve_data

@@ -56,10 +56,6 @@ def validate(cfg: PruneConfig) -> tuple[int, int] | None:
                             f"--ratio {cfg.ratio} cannot hold (use --ratio {1 - n / m:g})")
     if cfg.calib_samples <= 0 or cfg.batch_size <= 0:
         raise UserError("--calib-samples and --batch-size must be positive")
-    if cfg.calib in (None, "shapes"):
-        from mfdeploy.data.world import check_calib_count
-
-        check_calib_count(cfg.calib_samples)
     delta = cfg.ecoflap_smax_delta
     if not (math.isfinite(delta) and delta >= 0.0):
         raise UserError(f"--smax-delta {delta}: must be 0 or more (ECoFLaP caps each block at "
@@ -77,11 +73,11 @@ def validate(cfg: PruneConfig) -> tuple[int, int] | None:
     resolve_device(cfg.device)  # CUDA asked for where there is none: one line, before any work
     if not (math.isfinite(cfg.mope_depth_share) and 0.0 <= cfg.mope_depth_share <= 1.0):
         raise UserError(f"--depth-share {cfg.mope_depth_share}: must be between 0 (width only) and 1 (layers only)")
-    if cfg.calib not in (None, "shapes"):
-        from mfdeploy.data.batching import parse_calib
+    from mfdeploy.data.batching import parse_calib
 
-        # a missing or unreadable JSONL file, or an image of the pairs it will use: named now, not mid-run
-        parse_calib(str(cfg.calib), images=cfg.calib_samples)
+    # more shapes pairs than the world holds, a missing or unreadable JSONL file, or an image of the pairs it
+    # will use: named now, not after the model loads (no --calib means the shapes world, for the bundled model)
+    parse_calib(str(cfg.calib) if cfg.calib is not None else "shapes", samples=cfg.calib_samples)
     if cfg.method == "mope" and (cfg.include or cfg.exclude):  # it cuts heads, neurons, layers in every block
         raise UserError("--include/--exclude do not apply to --method mope, which prunes every layer of both "
                         "towers: drop them, or use an unstructured method")

@@ -24,6 +24,10 @@ def calibration_source(cfg: PruneConfig, needs: bool) -> CalibSource | None:
     source = parse_calib(cfg.calib)
     if source is None and needs:
         if not is_bundled(cfg.model):
+            if isinstance(cfg.model, str):  # a mistyped path is named as such, not as a missing --calib
+                from mfdeploy.models import resolve_checkpoint
+
+                resolve_checkpoint(cfg.model)
             raise UserError(f"--calib is required for {cfg.model}: a JSONL file of image-caption pairs "
                             "(the shapes world only fits the bundled model)")
         source = CalibSource("shapes")

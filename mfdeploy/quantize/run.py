@@ -63,11 +63,8 @@ def validate(cfg: QuantizeConfig) -> CalibSource:
                         "must be positive")
     if not 0.0 < cfg.min_cosine <= 1.0:
         raise UserError(f"parity threshold {cfg.min_cosine}: must be in (0, 1]")
-    source = parse_calib(cfg.calib, images=cfg.calib_samples) or CalibSource("shapes")
-    if source.kind == "shapes":
-        from mfdeploy.data.world import check_calib_count
-
-        check_calib_count(cfg.calib_samples)
+    source = parse_calib(cfg.calib if cfg.calib is not None else "shapes", samples=cfg.calib_samples)
+    assert source is not None  # a value always gives a source
     return source
 
 
