@@ -54,6 +54,12 @@ def test_zero_shot_accuracy_hand_computed():
     assert zero_shot_accuracy(images, classes, np.array([1, 0, 1, 0])) == 0.0
     with pytest.raises(ValueError):
         zero_shot_accuracy(images, classes, np.array([0, 1]))
+    # ties are broken at random: one image embedding for every input scores chance, not the share of class 0
+    same = np.full((6, 3), 3 ** -0.5, dtype=np.float32)
+    assert zero_shot_accuracy(same, same[:3], np.array([0, 0, 0, 0, 1, 2])) == pytest.approx(1 / 3)
+    # an image level between classes 0 and 1 counts 1/2 for either, 0 for class 2
+    half = _unit(np.array([[1.0, 1.0, 0.0]], dtype=np.float32))
+    assert [zero_shot_accuracy(half, classes, np.array([c])) for c in range(3)] == [0.5, 0.5, 0.0]
 
 
 def test_retrieval_recall_hand_computed():
@@ -87,8 +93,21 @@ def test_retrieval_recall_several_positives_and_ties():
     assert got["i2t_r1"] == pytest.approx(2 / 3) and got["i2t_r2"] == 1.0
     # t2i: caption0 -> best image 1 (a positive) hit; caption1 -> image0 (0.9) above image2 (0.4): miss@1
     assert got["t2i_r1"] == pytest.approx(1 / 2) and got["t2i_r2"] == 1.0
-    # ties count for the positive
-    assert retrieval_recall(np.ones((4, 4)))["i2t_r1"] == 1.0
+    # ties are broken at random: a row counts its chance of a hit (a degenerate tower scores chance, k / N)
+    assert retrieval_recall(np.ones((4, 4))) == pytest.approx({"i2t_r1": 0.25, "i2t_r5": 1.0,
+                                                                "t2i_r1": 0.25, "t2i_r5": 1.0})
+    assert retrieval_recall(np.ones((10, 10)), ks=(1, 5, 10)) == pytest.approx(
+        {"i2t_r1": 0.1, "i2t_r5": 0.5, "i2t_r10": 1.0, "t2i_r1": 0.1, "t2i_r5": 0.5, "t2i_r10": 1.0})
+    # one row: 1 negative above, then a tie of 2 positives and 2 negatives (the rest below). @1: 0;
+    # @2: the first of the tie is a positive (1/2); @3: not both negatives first (1 - 1/6); @4: 1
+    row = np.array([[5.0, 3.0, 3.0, 3.0, 3.0, 0.0]])
+    pos = np.array([[False, True, True, False, False, False]])
+    positives = np.vstack([pos, np.eye(6, dtype=bool)[1:]])
+    positives[5, 0] = True  # caption 0 needs an image
+    got = retrieval_recall(np.vstack([row, np.eye(6)[1:]]), positives, ks=(1, 2, 3, 4))
+    others = 5  # the identity rows below the first all hit at k=1
+    assert [got[f"i2t_r{k}"] for k in (1, 2, 3, 4)] == pytest.approx(
+        [(0 + others) / 6, (0.5 + others) / 6, (5 / 6 + others) / 6, 1.0])
     with pytest.raises(ValueError):
         retrieval_recall(np.ones((2, 3)))
 

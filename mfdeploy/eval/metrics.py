@@ -27,35 +27,61 @@ def zero_shot_accuracy(image_embeds: np.ndarray, class_embeds: np.ndarray, label
         labels: `[N]` true class index of every image.
 
     Returns:
-        The fraction of images whose predicted class is the true one, in [0, 1].
+        The fraction of images whose predicted class is the true one, in [0, 1]. Where the true class
+        ties for the top score with others, the image counts as the chance of picking it among them, the
+        expected accuracy when ties are broken at random (a tower that gives every input one embedding
+        scores chance, not the share of class 0).
     """
     labels = np.asarray(labels)
     if image_embeds.shape[0] != labels.shape[0]:
         raise ValueError(f"{image_embeds.shape[0]} images but {labels.shape[0]} labels")
     if image_embeds.shape[0] == 0:
         raise ValueError("no images to classify")
-    pred = (image_embeds @ class_embeds.T).argmax(axis=1)  # [N]
-    return float((pred == labels).mean())
+    scores = image_embeds @ class_embeds.T  # [N, C]
+    true = np.take_along_axis(scores, labels[:, None], axis=1)  # [N, 1]
+    above = (scores > true).sum(axis=1)
+    tied = (scores == true).sum(axis=1)  # the true class included
+    # a tie is broken at random: an image whose true class shares the top score with t others counts 1 / (t + 1)
+    return float(np.where(above == 0, 1.0 / tied, 0.0).mean())
 
 
 def _recall_rows(sim: np.ndarray, positives: np.ndarray, ks: Sequence[int]) -> dict[int, float]:
     """Recall@k over the rows of `sim`: a row is a hit when a positive column ranks within k.
 
-    The rank of a row is the number of negative columns scoring strictly
-    higher than its best-scoring positive, so ties count in the positive's
-    favour.
+    Ties are broken at random and a row counts its chance of a hit (the
+    expected recall): with `a` negatives strictly above the best positive
+    score and `t` negatives and `m` positives at that score, the positives
+    of the tie fall at random among its `t + m` places, and the row is a hit
+    when fewer than `k - a` negatives come before the first of them. A
+    degenerate tower that gives every caption one embedding thus scores
+    chance (k / N), not 100%. Captions equal as text are one column with
+    several positives (`eval.datasets`), so they need no tie rule.
     """
     if not positives.any(axis=1).all():
         raise ValueError("every query needs at least one positive")
-    hits = {k: 0 for k in ks}
+    hits = dict.fromkeys(ks, 0.0)
     for start in range(0, sim.shape[0], _ROW_CHUNK):
         s = sim[start:start + _ROW_CHUNK]  # [R, M]
         p = positives[start:start + _ROW_CHUNK]
         best_pos = np.where(p, s, -np.inf).max(axis=1, keepdims=True)  # [R, 1]
-        rank = ((s > best_pos) & ~p).sum(axis=1)  # [R] negatives above the best positive
+        above = ((s > best_pos) & ~p).sum(axis=1)  # [R] negatives strictly above the best positive
+        tied = ((s == best_pos) & ~p).sum(axis=1)  # [R] negatives level with it
+        level = ((s == best_pos) & p).sum(axis=1)  # [R] positives at the best score (at least 1)
         for k in ks:
-            hits[k] += int((rank < k).sum())
+            hits[k] += float(_tie_hit(k - above, tied, level).sum())
     return {k: hits[k] / sim.shape[0] for k in ks}
+
+
+def _tie_hit(slots: np.ndarray, tied: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """The chance that fewer than `slots` of `tied` negatives precede the first of `level` positives when the
+    `tied + level` items are ordered at random: 1 - C(tied, slots) / C(tied + level, slots), 0 for no slot."""
+    slots, tied, level = (np.asarray(a, dtype=np.int64) for a in (slots, tied, level))
+    all_negative = np.ones(slots.shape)  # P(the first `slots` places of the tie all hold negatives)
+    for j in range(int(slots.max(initial=0))):
+        left = tied + level - j  # places left; past `tied` places the product is already 0
+        step = np.divide(np.clip(tied - j, 0, None), left, out=np.zeros(left.shape), where=left > 0)
+        all_negative = np.where(j < slots, all_negative * step, all_negative)
+    return np.where(slots <= 0, 0.0, 1.0 - all_negative)
 
 
 def retrieval_recall(similarity: np.ndarray, positives: np.ndarray | None = None,
