@@ -55,7 +55,7 @@ def test_quantize_checks_its_source_against_the_manifest_before_reading_it(tmp_p
                                          f"{build / 'build.json'} (1000 bytes, ")
 
 
-@pytest.mark.parametrize("content", ["[]", '{"artifacts": 5}', '"text"'])
+@pytest.mark.parametrize("content", ["[]", '{"artifacts": 5}', '"text"', "{}", '{"artifacts": {}}'])
 def test_a_manifest_of_the_wrong_shape_is_unreadable_not_unchecked(tmp_path, tiny_build, capsys, content):
     """`prune.json`/`build.json` replaced by valid JSON of another shape turned every sha256 check off."""
     build = tmp_path / "build"

@@ -19,6 +19,8 @@ from mfdeploy.artifacts.layout import SOURCE_MANIFESTS
 from mfdeploy.errors import UserError
 
 MANIFESTS = SOURCE_MANIFESTS  # build.json first: written last, it covers the whole directory
+# keys every version of these manifests has held, hashes or not (those before hashes included)
+_ALWAYS = dict.fromkeys(SOURCE_MANIFESTS, ("model",))
 
 
 def artifact_records(root: Path, skip: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
@@ -52,6 +54,10 @@ def manifest_artifacts(root: Path, manifests: Iterable[str] = MANIFESTS,
             arts = data.get(key)
             if arts is not None and not isinstance(arts, dict):
                 raise ValueError(f"its {key!r} is a {type(arts).__name__}, not a map of files")
+            missing = [k for k in _ALWAYS.get(name, ()) if k not in data]
+            if missing:  # `{}`, or another file under this name: it would turn every check off
+                raise ValueError(f"no {' or '.join(repr(k) for k in missing)}, which every {name} mfdeploy "
+                                 "wrote holds")
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, AttributeError, ValueError) as e:
             why = e if not isinstance(e, (TypeError, AttributeError)) else "not a JSON object"
             raise UserError(f"{manifest}: unreadable manifest ({why}); was it edited? Rerun the command "
