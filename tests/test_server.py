@@ -330,6 +330,7 @@ def test_the_openai_client_of_the_readme_works(server):
 @pytest.mark.parametrize("method,path,status,message", [
     ("GET", "/v1/embedding", 404, "no route /v1/embedding: the routes are POST /v1/embeddings"),
     ("GET", "/v1/embeddings", 405, "GET is not allowed on /v1/embeddings: the routes are"),
+    ("POST", "/v1/embeddings/", 404, "no route /v1/embeddings/: the routes are POST /v1/embeddings"),  # was a 307
 ])
 def test_an_unknown_route_or_method_is_answered_in_the_error_shape(server, method, path, status, message):
     """Starlette answered these in plain text ("Not Found"), unlike every other error of the API."""

@@ -213,6 +213,9 @@ def make_app(state: ServerState) -> Starlette:
     routes = [Route("/health", health, methods=["GET"]), Route("/metrics", metrics, methods=["GET"]),
               Route("/v1/embeddings", embeddings, methods=["POST"]), Route("/v1/classify", classify, methods=["POST"])]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: routing_error})
+    # `/v1/embeddings/` got a bodiless 307 to the path without the slash (which a POST client may not follow):
+    # a 404 in the error shape, naming the routes, says what to send instead
+    app.router.redirect_slashes = False
     if cfg.api_key is not None:
         app.add_middleware(ApiKeyAuth, key=cfg.api_key, reject=lambda: ApiError(
             401, "missing or wrong API key: send the header 'Authorization: Bearer KEY' with the server's key "
