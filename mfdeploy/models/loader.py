@@ -10,6 +10,7 @@ from typing import Any
 from mfdeploy.artifacts import guards
 from mfdeploy.artifacts.layout import MASKS_FILE, ORIGIN_FILE, PRUNED_DIR
 from mfdeploy.errors import UserError
+from mfdeploy.models import hub
 from mfdeploy.models.base import Adapter
 from mfdeploy.models.hf import HFAdapter
 from mfdeploy.models.integrity import MANIFESTS, verify_artifacts
@@ -107,9 +108,9 @@ def _config(where: Path | str) -> dict[str, Any]:
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(where).to_dict()
+        return AutoConfig.from_pretrained(where, **hub.load_kwargs(where)).to_dict()
     except (OSError, ValueError, KeyError) as e:
-        raise UserError(f"cannot load {where}: {one_line(e)}") from None
+        raise hub.not_cached(where, "config") or UserError(f"cannot load {where}: {one_line(e)}") from None
 
 
 def model_config(source: str | Path | None) -> dict[str, Any]:
@@ -125,7 +126,7 @@ def _load_weights(where: Path | str, adapter: type[HFAdapter]):
         from mfdeploy.models.structure import load_structured
 
         return load_structured(where, model_cls)
-    loaded: Any = model_cls.from_pretrained(where, output_loading_info=True)
+    loaded: Any = model_cls.from_pretrained(where, output_loading_info=True, **hub.load_kwargs(where))
     model, info = loaded  # (model, {"missing_keys", "unexpected_keys", "mismatched_keys", ...})
     # transformers initialises what the checkpoint lacks at random, with a warning only: a cut or edited weights
     # file would then evaluate, export and pass its parity check as a random model
@@ -174,8 +175,9 @@ def load(source: str | Path | None = None, need_processors: bool = True) -> Adap
     try:
         model = _load_weights(where, adapter_cls)
     except (OSError, ValueError, KeyError, RuntimeError) as e:  # what transformers and torch raise on bad files
-        raise UserError(f"cannot load the weights of {source if source is not None else where}: "
-                        f"{one_line(e)}") from None
+        named = source if source is not None else where
+        raise hub.not_cached(where, "weights") or UserError(f"cannot load the weights of {named}: "
+                                                            f"{one_line(e)}") from None
     if origin is not None:
         model_id = str(origin.get("model_id", model_id))
     model.config._name_or_path = model_id

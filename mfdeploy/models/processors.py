@@ -65,13 +65,15 @@ def load_image_processor(where: Path | str) -> Any:
                  "processor", AutoImageProcessor.from_pretrained)
 
 
-def _load(where: Path | str, what: str, present: bool, missing: str, loader: Callable[[Any], Any]) -> Any:
+def _load(where: Path | str, what: str, present: bool, missing: str, loader: Callable[..., Any]) -> Any:
     if not present:
         raise UserError(f"{where}: {missing}; {COPY_HINT.format(dir=where)}")
+    from mfdeploy.models import hub
+
     try:
-        return loader(where)
+        return loader(where, **hub.load_kwargs(where))
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{where}: cannot load the {what}: {one_line(e)}") from None
+        raise hub.not_cached(where, what) or UserError(f"{where}: cannot load the {what}: {one_line(e)}") from None
 
 
 def token_counts(tokenizer: Any, texts: Sequence[str]) -> list[int]:

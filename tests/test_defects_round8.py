@@ -1,0 +1,53 @@
+"""Faults a new user hit (an eighth round): an offline machine and hub ids, edited manifests, the server's edges."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import save_tiny_clip
+
+# a closed local port stands in for the hub: refused at once, online or not
+UNREACHABLE = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"}
+
+
+def _in_hub_cache(cache: Path, repo: str, checkpoint: Path) -> None:
+    """Lay `checkpoint`'s files out as huggingface_hub caches a download of `repo`."""
+    commit = "0" * 40
+    root = cache / f"models--{repo.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+    shutil.copytree(checkpoint, root / "snapshots" / commit)
+
+
+def _mfdeploy(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    proxies = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+    clean = {k: v for k, v in os.environ.items() if k not in proxies}
+    return subprocess.run([sys.executable, "-c", "from mfdeploy.cli.app import main; main()", *args], env={**clean, **env}, cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_hub_id_on_a_machine_without_the_hub_loads_from_the_cache_or_fails_at_once(tmp_path):
+    """`mfdeploy eval owner/name` offline spent ~30 s in huggingface_hub's retries, printing a dozen lines, before
+    transformers' message; a model in the local cache went through the same retries."""
+    cache = tmp_path / "hub-cache"
+    cache.mkdir()
+    env = {**UNREACHABLE, "HF_HUB_CACHE": str(cache)}
+    t0 = time.perf_counter()
+    missing = _mfdeploy(["info", "someone/not-cached"], env, tmp_path)
+    took = time.perf_counter() - t0
+    lines = missing.stderr.strip().splitlines()
+    assert missing.returncode == 2 and len(lines) == 1, missing.stderr
+    assert lines[0].startswith("error: cannot load the config of someone/not-cached: the Hugging Face hub cannot "
+                               "be reached (127.0.0.1:9: "), lines[0]
+    assert f"the local cache ({cache}) does not hold it" in lines[0] and "hf download someone/not-cached" in lines[0]
+    assert took < 25, took  # no retries: one refused connection (the import of torch is most of it)
+
+    _in_hub_cache(cache, "someone/tiny-clip", save_tiny_clip(tmp_path / "tiny"))
+    cached = _mfdeploy(["eval", "someone/tiny-clip", "--json", str(tmp_path / "e.json")], env, tmp_path)
+    assert cached.returncode == 0, cached.stderr
+    assert "Retrying" not in cached.stderr and (tmp_path / "e.json").is_file()
