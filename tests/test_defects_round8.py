@@ -6,9 +6,11 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
 from conftest import save_tiny_clip
 
 # a closed local port stands in for the hub: refused at once, online or not
@@ -51,3 +53,38 @@ def test_a_hub_id_on_a_machine_without_the_hub_loads_from_the_cache_or_fails_at_
     cached = _mfdeploy(["eval", "someone/tiny-clip", "--json", str(tmp_path / "e.json")], env, tmp_path)
     assert cached.returncode == 0, cached.stderr
     assert "Retrying" not in cached.stderr and (tmp_path / "e.json").is_file()
+
+
+def test_the_server_tokenizes_and_counts_tokens_from_several_threads_without_mixing_settings():
+    """Request threads counted tokens (no padding, no truncation) while the model thread tokenized a batch
+    (padded, truncated) on the same fast tokenizer, which keeps those settings between calls: about one run in
+    three of 16 concurrent clients got a 500 for a ragged batch ("setting an array element with a sequence")."""
+    from mfdeploy.server.preprocess import Preprocessor
+    from mfdeploy.zoo import BUNDLED
+
+    pre = Preprocessor(BUNDLED["mfdeploy/clip-shapes"])
+    long, texts = "a red circle " * 30, ["a red circle", "a", "a blue square left"]
+    want_ids, want_mask = pre.texts([*texts, long])
+    want_counts = pre.token_counts([long, "a"])
+    seen: list[str] = []
+
+    def count() -> None:
+        for _ in range(300):
+            if pre.token_counts([long, "a"]) != want_counts:
+                seen.append("counts")
+
+    def tokenize() -> None:
+        for _ in range(300):
+            try:
+                ids, mask = pre.texts([*texts, long])
+                if not (np.array_equal(ids, want_ids) and np.array_equal(mask, want_mask)):
+                    seen.append("ids")
+            except ValueError as e:
+                seen.append(str(e))
+
+    threads = [threading.Thread(target=f) for f in (count, tokenize, count, tokenize)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert want_ids.shape[1] == pre.max_text_len and not seen, seen[:3]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -92,6 +93,9 @@ class Preprocessor:
 
         self.family = family_of(checkpoint)  # its tokenization convention and scoring (CLIP softmax, SigLIP sigmoid)
         self.tokenizer = load_tokenizer(checkpoint)
+        # a fast tokenizer keeps its padding and truncation settings between calls: the request threads counting
+        # tokens and the model thread tokenizing reset each other's, and a batch came out ragged (a 500)
+        self._tokenizing = threading.Lock()
         self.image_processor = load_image_processor(checkpoint)
         config = AutoConfig.from_pretrained(checkpoint)
         self.max_text_len = int(config.text_config.max_position_embeddings)
@@ -105,7 +109,8 @@ class Preprocessor:
     def texts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """`[B, L]` int64 ids and attention mask as the model's family tokenizes (`Family.tokenize`), truncated
         at the model's length: CLIP pads to the longest text; SigLIP to its fixed length, all positions attended."""
-        return self.family.tokenize(self.tokenizer, texts, self.max_text_len)
+        with self._tokenizing:
+            return self.family.tokenize(self.tokenizer, texts, self.max_text_len)
 
     def scores(self, image_embeds: np.ndarray, text_embeds: np.ndarray) -> np.ndarray:
         """`[D]` and `[N, D]` L2-normalised -> `[N]` probabilities by the family's scoring: a softmax over the
@@ -117,7 +122,8 @@ class Preprocessor:
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         """Tokens of each text before truncation (special tokens included), to compare with `max_text_len`."""
-        return token_counts(self.tokenizer, texts)
+        with self._tokenizing:
+            return token_counts(self.tokenizer, texts)
 
     def images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """`[B, 3, H, W]` float32 pixel values."""
