@@ -29,8 +29,8 @@ def _in_hub_cache(cache: Path, repo: str, checkpoint: Path) -> None:
 def _mfdeploy(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
     proxies = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
     clean = {k: v for k, v in os.environ.items() if k not in proxies}
-    return subprocess.run([sys.executable, "-c", "from mfdeploy.cli.app import main; main()", *args], env={**clean, **env}, cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-c", "from mfdeploy.cli.app import main; main()", *args],
+                          env={**clean, **env}, cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
 def test_a_hub_id_on_a_machine_without_the_hub_loads_from_the_cache_or_fails_at_once(tmp_path):

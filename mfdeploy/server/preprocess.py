@@ -112,6 +112,14 @@ class Preprocessor:
         with self._tokenizing:
             return self.family.tokenize(self.tokenizer, texts, self.max_text_len)
 
+    def text_tokens(self, texts: Sequence[str], mask: np.ndarray) -> np.ndarray:
+        """`[B]` tokens of each text the model reads (for `usage`): its mask's count where the text tower takes
+        one; else (SigLIP: a fixed length, every position attended) the text's own tokens, cut at the length,
+        not the padding."""
+        if "attention_mask" in self.family.text_inputs:
+            return mask.sum(axis=1)
+        return np.minimum(np.asarray(self.token_counts(texts), dtype=np.int64), self.max_text_len)
+
     def scores(self, image_embeds: np.ndarray, text_embeds: np.ndarray) -> np.ndarray:
         """`[D]` and `[N, D]` L2-normalised -> `[N]` probabilities by the family's scoring: a softmax over the
         N texts (CLIP), or one independent sigmoid per text, with the logit bias (SigLIP)."""

@@ -80,7 +80,7 @@ class ServerState:
     def embed_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """One model call on texts (the text batcher's): embeddings and tokens per text."""
         ids, mask = self.pre.texts(texts)
-        return self.runner.embed_texts(ids, mask), mask.sum(axis=1)  # tokens per text, for `usage`
+        return self.runner.embed_texts(ids, mask), self.pre.text_tokens(texts, mask)  # for `usage`
 
     def embed_images(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """One model call on preprocessed images (`[3, H, W]` pixel values each; the vision batcher's).
