@@ -88,3 +88,19 @@ def test_the_server_tokenizes_and_counts_tokens_from_several_threads_without_mix
     for t in threads:
         t.join()
     assert want_ids.shape[1] == pre.max_text_len and not seen, seen[:3]
+
+
+def test_the_resized_size_is_read_from_either_form_of_an_image_processors_size():
+    """transformers keeps `size` as a dict in older versions and as a SizeDict (attributes) in newer ones."""
+    from types import SimpleNamespace
+
+    from mfdeploy.models.processors import resized_pixels
+
+    for size in ({"shortest_edge": 224}, SimpleNamespace(shortest_edge=224, height=None, width=None)):
+        processor = SimpleNamespace(size=size, do_resize=True)
+        assert resized_pixels(processor, 30_000, 1) == 224 * 224 * 30_000  # the shorter side grows to 224
+        assert resized_pixels(processor, 640, 480) == 224 * 298
+        assert resized_pixels(processor, 10, 10) == 224 * 224
+    for size in ({"height": 256, "width": 256}, SimpleNamespace(shortest_edge=None, height=256, width=256)):
+        assert resized_pixels(SimpleNamespace(size=size, do_resize=True), 30_000, 1) == 256 * 256
+    assert resized_pixels(SimpleNamespace(size={"shortest_edge": 224}, do_resize=False), 30_000, 1) == 30_000

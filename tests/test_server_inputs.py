@@ -103,6 +103,13 @@ def test_pixel_limits_answer_413_from_the_header(server):
     assert image(server, *four[:3]).shape[0] == 3
     message = error(server.post("/v1/classify", {"image": big, "labels": ["a", "b"]}), 413)
     assert message.startswith("image: a 200x200 image")
+    # under the limit itself, but CLIP's shortest-edge resize would make it 32 x 608,000 (a 30000 x 1 PNG of a few
+    # hundred bytes took 5 s and 2.6 GB of memory on the bundled model's server)
+    thin = "data:image/png;base64," + base64.b64encode(header_only_png(19_000, 1)).decode()
+    message = error(server.post("/v1/embeddings", {"input": [thin], "modality": "image"}), 413)
+    assert message == ("input[0]: the image is 19000x1; the model's image processor would resize it to 19,456,000 "
+                       "pixels before cropping, over the limit of 20,000 (--max-image-pixels): send it cropped "
+                       "nearer to a square"), message
 
 
 def test_over_long_text_is_refused_unless_truncation_is_asked_for(server, reference):

@@ -76,6 +76,30 @@ def _load(where: Path | str, what: str, present: bool, missing: str, loader: Cal
         raise hub.not_cached(where, what) or UserError(f"{where}: cannot load the {what}: {one_line(e)}") from None
 
 
+def resized_pixels(image_processor: Any, width: int, height: int) -> int:
+    """Pixels of the picture `image_processor` resizes a `width` x `height` image to, before any crop.
+
+    A "shortest edge" resize (CLIP's) scales the shorter side to its size, so a long thin image grows: 30000 x 1
+    becomes 224 x 6,720,000 pixels (gigabytes of arrays) before the centre crop. A fixed-size resize (SigLIP's)
+    gives its size; anything else is taken as the image's own pixels.
+    """
+    size = getattr(image_processor, "size", None)
+
+    def field(name: str) -> int | None:  # a dict in older transformers, a SizeDict (attributes) in newer ones
+        value = size.get(name) if isinstance(size, dict) else getattr(size, name, None)
+        return int(value) if isinstance(value, (int, float)) and value > 0 else None
+
+    if not getattr(image_processor, "do_resize", True) or size is None:
+        return width * height
+    edge, h, w = field("shortest_edge"), field("height"), field("width")
+    if edge is not None:
+        short, long = sorted((max(width, 1), max(height, 1)))
+        return edge * max(edge, int(edge * long / short))
+    if h is not None and w is not None:
+        return h * w
+    return width * height
+
+
 def token_counts(tokenizer: Any, texts: Sequence[str]) -> list[int]:
     """How many tokens each text is before any truncation, special tokens included.
 

@@ -72,7 +72,8 @@ async def _images(state: ServerState, budget: PixelBudget, values: list[str], fi
         return state.image_pixels(picture)
 
     def decode() -> list[np.ndarray]:
-        return request_images(values, names, cfg.max_image_pixels, cfg.max_request_pixels, pixels, budget)
+        return request_images(values, names, cfg.max_image_pixels, cfg.max_request_pixels, pixels, budget,
+                              state.pre.resized_pixels)
 
     try:  # decoding is CPU work: off the event loop, on as many threads as there are cores (`state.decoders`)
         return await anyio.to_thread.run_sync(decode, limiter=state.decoders)

@@ -61,7 +61,8 @@ class PixelBudget:
 
 
 def request_images(values: Sequence[object], names: Sequence[str], max_image_pixels: int, max_request_pixels: int,
-                   preprocess: Callable[[Image.Image], np.ndarray], budget: PixelBudget) -> list[np.ndarray]:
+                   preprocess: Callable[[Image.Image], np.ndarray], budget: PixelBudget,
+                   resized: Callable[[int, int], int] = lambda w, h: w * h) -> list[np.ndarray]:
     """The images of one request -> their `[3, H, W]` pixel values (runs on a worker thread).
 
     Args:
@@ -70,6 +71,9 @@ def request_images(values: Sequence[object], names: Sequence[str], max_image_pix
         max_image_pixels, max_request_pixels: the limits, per image and for all of them together.
         preprocess: one RGB picture -> its `[3, H, W]` float32 pixel values.
         budget: the server-wide bound on full-size pictures held at once.
+        resized: width, height -> the pixels of the picture `preprocess` resizes it to (before a crop); an image
+            whose resized picture is over `max_image_pixels` is refused like a larger one (a 30000 x 1 PNG of a
+            few hundred bytes became gigabytes in a shortest-edge resize).
 
     Raises:
         TooLarge: an image, or all of them together, over a limit (nothing decoded).
@@ -78,15 +82,23 @@ def request_images(values: Sequence[object], names: Sequence[str], max_image_pix
     opened: list[Image.Image] = []
     total = 0
     try:
+        held = []  # pixels each picture holds at its peak: itself, or its resized picture when larger
         for value, name in zip(values, names):
-            opened.append(open_image(value, name, max_image_pixels))  # header only
-            total += opened[-1].width * opened[-1].height
+            img = open_image(value, name, max_image_pixels)  # header only
+            opened.append(img)
+            total += img.width * img.height
+            grown = resized(img.width, img.height)
+            if grown > max_image_pixels:
+                raise TooLarge(f"{name}: the image is {img.width}x{img.height}; the model's image processor would "
+                               f"resize it to {grown:,} pixels before cropping, over the limit of "
+                               f"{max_image_pixels:,} (--max-image-pixels): send it cropped nearer to a square")
+            held.append(max(img.width * img.height, grown))
         if total > max_request_pixels:
             raise TooLarge(f"the request's {len(values)} images hold {total:,} pixels, over the limit of "
                            f"{max_request_pixels:,} pixels per request (--max-request-pixels)")
         out = []
-        for img, name in zip(opened, names):
-            with budget.hold(img.width * img.height):
+        for img, name, pixels in zip(opened, names, held):
+            with budget.hold(pixels):
                 try:
                     picture = to_rgb(img, name)
                 except ImageError as e:

@@ -25,7 +25,7 @@ from PIL import Image
 
 from mfdeploy.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageTooLarge, open_checked, to_rgb
 from mfdeploy.models.family import PairScorer
-from mfdeploy.models.processors import load_image_processor, load_tokenizer, token_counts
+from mfdeploy.models.processors import load_image_processor, load_tokenizer, resized_pixels, token_counts
 from mfdeploy.models.registry import family_of
 
 DATA_URI = re.compile(r"^data:(?P<mime>[\w/+.-]+)?(?:;[\w=.-]+)*;base64,", re.IGNORECASE)
@@ -132,6 +132,10 @@ class Preprocessor:
         """Tokens of each text before truncation (special tokens included), to compare with `max_text_len`."""
         with self._tokenizing:
             return token_counts(self.tokenizer, texts)
+
+    def resized_pixels(self, width: int, height: int) -> int:
+        """Pixels of the picture the image processor resizes a `width` x `height` image to (`processors`)."""
+        return resized_pixels(self.image_processor, width, height)
 
     def images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """`[B, 3, H, W]` float32 pixel values."""
