@@ -242,6 +242,12 @@ def test_triton_repository_takes_input_ids_alone(build, tmp_path):
     readme = (repo / "README.md").read_text()
     assert 'padding="max_length", max_length=32' in readme and '"attention_mask"' not in readme
     assert "dynamic text length" not in readme and "padded to the model's one text length" in readme  # dims [32]
+    # the scores need the logit scale and bias, which the graphs do not hold (the README's client applies them)
+    model = SiglipModel.from_pretrained(build / "pruned")
+    scoring = record["scoring"]
+    assert scoring["function"] == "sigmoid" and scoring["logit_bias"] == pytest.approx(float(model.logit_bias))
+    assert scoring["logit_scale"] == pytest.approx(float(model.logit_scale.exp()))
+    assert f"probs = 1 / (1 + np.exp(-({scoring['logit_scale']!r} * cosine + {scoring['logit_bias']!r})))" in readme
 
 
 def test_python_api_with_an_in_memory_siglip(tiny_siglip_dir, tmp_path):

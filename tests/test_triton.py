@@ -239,6 +239,14 @@ def test_readme_client_example_runs_against_a_stand_in(repo, build, tmp_path, mo
     # the same ids through the build's own tower
     ids = {k: scope["texts"][k].astype(np.int64) for k in ("input_ids", "attention_mask")}
     np.testing.assert_allclose(scope["text_embeds"], run(build / "onnx" / "text.onnx", ids), rtol=0, atol=0)
+    # and the model's own scores: CLIP's softmax over the texts of exp(logit_scale) * cosine
+    from transformers import CLIPModel
+
+    scale = float(CLIPModel.from_pretrained(build / "pruned").logit_scale.exp())
+    logits = scale * scope["cosine"]
+    want = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(scope["probs"], want / want.sum(axis=1, keepdims=True), rtol=1e-6)
+    assert json.loads((copy / "triton.json").read_text())["scoring"]["function"] == "softmax"
 
 
 def test_options_reach_the_configs(build, tmp_path):

@@ -72,9 +72,23 @@ def _client(record: dict[str, Any]) -> list[str]:
         f'    "{pixels["name"]}": pixels.astype(np.{_NUMPY.get(pixels["data_type"], "float32")}),',
         f'}}, "{vision["outputs"][0]["name"]}")',
         "",
-        "print(image_embeds @ text_embeds.T)  # L2-normalised embeddings: cosine similarities",
+        "cosine = image_embeds @ text_embeds.T  # L2-normalised embeddings: cosine similarities",
+        *_scores(record.get("scoring")),
         "```",
     ]
+
+
+def _scores(scoring: dict[str, Any] | None) -> list[str]:
+    """The client's last lines: the model's own scores from the cosines (triton.json's `scoring`)."""
+    if not scoring:
+        return ["print(cosine)"]
+    logits = f"{scoring['logit_scale']!r} * cosine"  # exp(logit_scale), as the server scores
+    if scoring["function"] == "sigmoid":
+        return [f"probs = 1 / (1 + np.exp(-({logits} + {scoring['logit_bias']!r})))  # one sigmoid per pair "
+                "(triton.json: scoring)", "print(probs)"]
+    return [f"logits = {logits}  # triton.json: scoring",
+            "probs = np.exp(logits - logits.max(axis=1, keepdims=True))",
+            "probs /= probs.sum(axis=1, keepdims=True)  # a softmax over the texts", "print(probs)"]
 
 
 def render_readme(record: dict[str, Any]) -> str:

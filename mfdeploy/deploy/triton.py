@@ -121,6 +121,19 @@ def _limits(models: list[ModelPlan], engine: EngineRecord | None) -> dict[str, i
             "plan_max_text_len": plan_text if any(m.fmt == "plan" and m.tower == "text" for m in models) else None}
 
 
+def _scoring(build: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """How a client turns the towers' cosines into the model's scores: the family's function (a softmax over the
+    texts, or one sigmoid per pair) and its constants, which the ONNX graphs do not hold."""
+    from mfdeploy.artifacts.layout import PRUNED_DIR
+    from mfdeploy.models.registry import scoring_constants
+
+    scale, bias = scoring_constants(build / PRUNED_DIR)
+    function = (manifest.get("conventions") or {}).get("scoring", "softmax")
+    return {"function": function, "logit_scale": scale, "logit_bias": bias,
+            "formula": ("sigmoid(logit_scale * cosine + logit_bias), per pair" if function == "sigmoid" else
+                        "softmax over the texts of logit_scale * cosine")}
+
+
 def write_triton_repo(build: Path, out: Path, cfg: TritonConfig, force: bool = False,
                       warn: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Write a Triton model repository for a build directory; returns the record written as `triton.json`.
@@ -179,6 +192,7 @@ def write_triton_repo(build: Path, out: Path, cfg: TritonConfig, force: bool = F
             "max_batch": max_batch, "max_queue_delay_microseconds": cfg.max_queue_delay_us,
             "onnx_kind": KINDS.get(cfg.onnx_kind, cfg.onnx_kind), "limits": limits, "models": entries,
             "preprocessing": preprocessing,
+            "scoring": _scoring(build, manifest.data),
             "engine": ({"tensorrt": engine.data.get("tensorrt"), "int8": engine.int8, "fp16": engine.fp16,
                         "profiles": engine.profiles} if any(m.fmt == "plan" for m in models) and engine else None),
             "served_by_triton": False,  # no tritonserver loaded it when it was written

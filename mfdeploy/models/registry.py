@@ -107,3 +107,20 @@ def model_class(adapter: type[HFAdapter]) -> type[PreTrainedModel]:
 
 __all__ = ["ADAPTERS", "FAMILIES", "UNSUPPORTED", "adapter_class", "adapter_for_model", "family_of",
            "family_of_model", "model_class", "read_config", "supported"]
+
+
+def scoring_constants(checkpoint: Path) -> tuple[float, float | None]:
+    """`(exp(logit_scale), logit_bias)` of a local checkpoint, read from its safetensors files without loading
+    the model (the bias None for a family without one). A checkpoint without `logit_scale` has the config's
+    initial value, as transformers would give it."""
+    import numpy as np
+    from safetensors import safe_open
+
+    found: dict[str, float] = {}
+    for path in sorted(Path(checkpoint).glob("*.safetensors")):
+        with safe_open(str(path), framework="np") as f:
+            for name in {"logit_scale", "logit_bias"} & set(f.keys()):
+                found[name] = float(np.asarray(f.get_tensor(name), dtype=np.float64).reshape(-1)[0])
+    scale = found.get("logit_scale", float(read_config(checkpoint).get("logit_scale_init_value", 2.6592)))
+    return float(np.exp(scale)), found.get("logit_bias")
+

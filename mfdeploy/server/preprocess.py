@@ -26,7 +26,7 @@ from PIL import Image
 from mfdeploy.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageTooLarge, open_checked, to_rgb
 from mfdeploy.models.family import PairScorer
 from mfdeploy.models.processors import load_image_processor, load_tokenizer, resized_pixels, token_counts
-from mfdeploy.models.registry import family_of
+from mfdeploy.models.registry import family_of, scoring_constants
 
 DATA_URI = re.compile(r"^data:(?P<mime>[\w/+.-]+)?(?:;[\w=.-]+)*;base64,", re.IGNORECASE)
 
@@ -99,10 +99,7 @@ class Preprocessor:
         self.image_processor = load_image_processor(checkpoint)
         config = AutoConfig.from_pretrained(checkpoint)
         self.max_text_len = int(config.text_config.max_position_embeddings)
-        scalars = _scalars(checkpoint, ("logit_scale", "logit_bias"))
-        scale = scalars.get("logit_scale", float(getattr(config, "logit_scale_init_value", 2.6592)))
-        self.logit_scale = float(np.exp(scale))
-        bias = scalars.get("logit_bias")
+        self.logit_scale, bias = scoring_constants(checkpoint)
         self.scorer = PairScorer(self.family, torch.tensor([self.logit_scale]),
                                  None if bias is None else torch.tensor([bias]))
 
@@ -141,18 +138,6 @@ class Preprocessor:
         """`[B, 3, H, W]` float32 pixel values."""
         return np.asarray(self.image_processor(images=list(images), return_tensors="np")["pixel_values"],
                           dtype=np.float32)
-
-
-def _scalars(checkpoint: Path, names: Sequence[str]) -> dict[str, float]:
-    """The one-element weights `names` (logit scale, SigLIP's logit bias) from the checkpoint's safetensors files."""
-    from safetensors import safe_open
-
-    found: dict[str, float] = {}
-    for path in sorted(Path(checkpoint).glob("*.safetensors")):
-        with safe_open(str(path), framework="np") as f:
-            for name in set(names) & set(f.keys()):
-                found[name] = float(np.asarray(f.get_tensor(name), dtype=np.float64).reshape(-1)[0])
-    return found
 
 
 __all__ = ["BadInput", "Preprocessor", "TooLarge", "decode_image", "open_image"]
