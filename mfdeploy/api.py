@@ -53,7 +53,16 @@ def load(source: str | Path | None = None) -> Adapter:
     """Load a checkpoint: a hub id, a local directory, a prune/build directory, or None (bundled model)."""
     from mfdeploy.models import load as load_adapter
 
-    return load_adapter(source)
+    return load_adapter(_path_like(source, "source"))
+
+
+def _path_like(value: Any, name: str, none: bool = True) -> Any:
+    """`value` when it is a path, a hub id or (`none`) None; a TypeError naming `name` otherwise (os.fspath's
+    names no argument)."""
+    if (value is None and none) or isinstance(value, (str, Path)):
+        return value
+    what = "a hub id or a path" if none else "a path"  # an input may be a hub id (or None); an output is a path
+    raise TypeError(f"{name} must be {what} (str or pathlib.Path), not {type(value).__name__}")
 
 
 def adapter_for(model: ModelLike, tokenizer: Any = None, processor: Any = None,
@@ -203,7 +212,8 @@ def export(model: ModelLike | str | Path | None, out_dir: str | Path, *, tokeniz
     """
     from mfdeploy.pipelines.export import export_model
 
-    return export_model(_source(model, tokenizer, processor), Path(out_dir), opset=opset, force=force,
+    out = Path(_path_like(out_dir, "out_dir", none=False))
+    return export_model(_source(model, tokenizer, processor), out, opset=opset, force=force,
                         external_data=external_data, on_step=on_step)
 
 
@@ -233,8 +243,12 @@ def evaluate(model: ModelLike | str | Path | None, data: str | Path = "shapes", 
     if isinstance(sizes.get("dtype"), torch.dtype):  # torch.bfloat16, as a PyTorch user passes it first
         sizes["dtype"] = str(sizes["dtype"]).removeprefix("torch.")
     # backend "onnx" on a checkpoint without towers exports them to a temporary directory (eval never imports export)
-    return evaluate_with_retention(_source(model, tokenizer, processor), data, backend, template=template,
-                                   dense=retention, progress=_say(progress), exporter=export_towers, **sizes)
+    result = evaluate_with_retention(_source(model, tokenizer, processor), data, backend, template=template,
+                                     dense=retention, progress=_say(progress), exporter=export_towers, **sizes)
+    if retention and "retention" not in result and "retention_error" not in result:  # asked for, and not possible
+        result["retention_error"] = ("retention=True: the model is not a prune or build directory, so no dense "
+                                     "model is known to compare it with")
+    return result
 
 
 @python_names()

@@ -104,3 +104,24 @@ def test_the_resized_size_is_read_from_either_form_of_an_image_processors_size()
     for size in ({"height": 256, "width": 256}, SimpleNamespace(shortest_edge=None, height=256, width=256)):
         assert resized_pixels(SimpleNamespace(size=size, do_resize=True), 30_000, 1) == 256 * 256
     assert resized_pixels(SimpleNamespace(size={"shortest_edge": 224}, do_resize=False), 30_000, 1) == 30_000
+
+
+def test_the_python_api_names_arguments_of_the_wrong_type():
+    """`evaluate(n_images="8")` ran 8 images, 8.5 ran 8 and True ran 1; `retention=True` on a model with no
+    dense reference said nothing; `load(5)` and `export(None, 5)` raised os.fspath's TypeError, naming nothing."""
+    import pytest
+
+    import mfdeploy
+    from mfdeploy.errors import UserError
+
+    for value, kind in (("8", "str"), (8.5, "float"), (True, "bool")):
+        with pytest.raises(UserError, match=rf"^n_images {value!r}: must be a whole number, not {kind}$"):
+            mfdeploy.evaluate(None, n_images=value, n_retrieval=8)
+    with pytest.raises(UserError, match=r"^n_retrieval 2.0: must be a whole number"):
+        mfdeploy.evaluate(None, n_images=8, n_retrieval=2.0)
+    with pytest.raises(TypeError, match=r"^source must be a hub id or a path \(str or pathlib.Path\), not int$"):
+        mfdeploy.load(5)
+    with pytest.raises(TypeError, match=r"^out_dir must be a path \(str or pathlib.Path\), not int$"):
+        mfdeploy.export(None, 5)
+    result = mfdeploy.evaluate(None, retention=True, n_images=8, n_retrieval=8)
+    assert "retention" not in result and result["retention_error"].startswith("retention=True: the model is not")

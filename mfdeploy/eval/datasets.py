@@ -8,6 +8,7 @@ own image processor and tokenizer.
 from __future__ import annotations
 
 import functools
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,9 @@ def shapes_suite(n_images: int = N_IMAGES, n_retrieval: int = N_RETRIEVAL) -> Ev
         n_images: single-object scenes for the attribute tasks.
         n_retrieval: image-caption pairs for retrieval.
     """
+    for flag, value in (("--images", n_images), ("--pairs", n_retrieval)):  # a Python caller's "8", 8.5 or True
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise UserError(f"{flag} {value!r}: must be a whole number, not {type(value).__name__}")
     return _shapes_suite(int(n_images), int(n_retrieval))  # one cache entry per size, however it is called
 
 
