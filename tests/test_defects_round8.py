@@ -125,3 +125,14 @@ def test_the_python_api_names_arguments_of_the_wrong_type():
         mfdeploy.export(None, 5)
     result = mfdeploy.evaluate(None, retention=True, n_images=8, n_retrieval=8)
     assert "retention" not in result and result["retention_error"].startswith("retention=True: the model is not")
+
+
+def test_loading_the_bundled_siglip_prints_no_transformers_warnings():
+    """transformers' config repr builds a default SiglipTextConfig whose token ids are outside its own vocabulary:
+    two `[transformers] Model config: bos_token_id must be ...` lines on every serve, triton and API call. Run in a
+    fresh process: transformers warns once per process."""
+    code = ("from mfdeploy.server.preprocess import Preprocessor; from mfdeploy.zoo import BUNDLED; "
+            "from mfdeploy.models.processors import load_tokenizer; "
+            "Preprocessor(BUNDLED['mfdeploy/siglip-shapes']); load_tokenizer(BUNDLED['mfdeploy/siglip-shapes'])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "token_id" not in done.stderr and "[transformers]" not in done.stderr, done.stderr

@@ -14,7 +14,7 @@ from mfdeploy.models import hub
 from mfdeploy.models.base import Adapter
 from mfdeploy.models.hf import HFAdapter
 from mfdeploy.models.integrity import MANIFESTS, verify_artifacts
-from mfdeploy.models.processors import load_image_processor, load_tokenizer, one_line
+from mfdeploy.models.processors import load_image_processor, load_tokenizer, one_line, quiet_transformers
 from mfdeploy.models.registry import adapter_class, model_class, read_config
 from mfdeploy.models.structure import STRUCTURE_FILE  # written by structured pruning: the cut shapes
 from mfdeploy.zoo import BUNDLED, bundled_name
@@ -160,10 +160,7 @@ def load(source: str | Path | None = None, need_processors: bool = True) -> Adap
             refused by name), a file that does not match its manifest, or weights,
             tokenizer or image processor that cannot be read.
     """
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    quiet_transformers()
     where, model_id = resolve_checkpoint(source)
     origin = None
     if isinstance(where, Path):

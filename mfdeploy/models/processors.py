@@ -36,6 +36,16 @@ def one_line(e: BaseException, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def quiet_transformers() -> None:
+    """transformers' warnings and progress bars off (mfdeploy says what matters in its own lines). Its config
+    repr, built for an info line even when that line is not shown, builds a default sub-config whose token ids
+    are out of its own vocabulary (SigLIP's): two warnings on every SigLIP load otherwise."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def load_tokenizer(where: Path | str) -> Any:
     """The tokenizer of a checkpoint directory or hub id.
 
@@ -70,6 +80,7 @@ def _load(where: Path | str, what: str, present: bool, missing: str, loader: Cal
         raise UserError(f"{where}: {missing}; {COPY_HINT.format(dir=where)}")
     from mfdeploy.models import hub
 
+    quiet_transformers()
     try:
         return loader(where, **hub.load_kwargs(where))
     except (OSError, ValueError, KeyError, TypeError) as e:

@@ -25,7 +25,13 @@ from PIL import Image
 
 from mfdeploy.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageTooLarge, open_checked, to_rgb
 from mfdeploy.models.family import PairScorer
-from mfdeploy.models.processors import load_image_processor, load_tokenizer, resized_pixels, token_counts
+from mfdeploy.models.processors import (
+    load_image_processor,
+    load_tokenizer,
+    quiet_transformers,
+    resized_pixels,
+    token_counts,
+)
 from mfdeploy.models.registry import family_of, scoring_constants
 
 DATA_URI = re.compile(r"^data:(?P<mime>[\w/+.-]+)?(?:;[\w=.-]+)*;base64,", re.IGNORECASE)
@@ -91,6 +97,7 @@ class Preprocessor:
     def __init__(self, checkpoint: Path):
         from transformers import AutoConfig
 
+        quiet_transformers()
         self.family = family_of(checkpoint)  # its tokenization convention and scoring (CLIP softmax, SigLIP sigmoid)
         self.tokenizer = load_tokenizer(checkpoint)
         # a fast tokenizer keeps its padding and truncation settings between calls: the request threads counting
