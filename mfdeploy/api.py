@@ -219,7 +219,7 @@ def export(model: ModelLike | str | Path | None, out_dir: str | Path, *, tokeniz
 
 @python_names(extra=EVAL_OPTIONS)
 def evaluate(model: ModelLike | str | Path | None, data: str | Path = "shapes", *, tokenizer: Any = None,
-             processor: Any = None, backend: str = "torch", retention: bool = False, template: str | None = None,
+             processor: Any = None, backend: str = "torch", retention: bool | str = False, template: str | None = None,
              progress: Callable[[str], None] | None = None, **sizes: Any) -> dict:
     """Zero-shot accuracy and retrieval recall on "shapes", a JSONL of pairs, or an image folder.
 
@@ -230,7 +230,8 @@ def evaluate(model: ModelLike | str | Path | None, data: str | Path = "shapes", 
         tokenizer, processor: the model's own, for a `CLIPModel`/`SiglipModel`.
         backend: torch | onnx | onnx-int8 | openvino | openvino-int8.
         retention: for a prune or build directory, also evaluate the dense model it came from and
-            add "dense" and "retention" to the result.
+            add "dense" and "retention" to the result (True for another model: "retention_error" says why
+            there is none; "if known": the same, silently).
         template: prompt template of an image folder's classes.
         progress: called with a short message before each model is evaluated (True: printed to stderr).
         **sizes: `n_images`, `n_retrieval` (shapes suite), `batch_size`, `device` (backend torch: auto | cpu |
@@ -244,8 +245,8 @@ def evaluate(model: ModelLike | str | Path | None, data: str | Path = "shapes", 
         sizes["dtype"] = str(sizes["dtype"]).removeprefix("torch.")
     # backend "onnx" on a checkpoint without towers exports them to a temporary directory (eval never imports export)
     result = evaluate_with_retention(_source(model, tokenizer, processor), data, backend, template=template,
-                                     dense=retention, progress=_say(progress), exporter=export_towers, **sizes)
-    if retention and "retention" not in result and "retention_error" not in result:  # asked for, and not possible
+                                     dense=bool(retention), progress=_say(progress), exporter=export_towers, **sizes)
+    if retention is True and "retention" not in result and "retention_error" not in result:  # asked, not possible
         result["retention_error"] = ("retention=True: the model is not a prune or build directory, so no dense "
                                      "model is known to compare it with")
     return result

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from conftest import save_tiny_clip
+from helpers import one_error, run_cli
 
 # a closed local port stands in for the hub: refused at once, online or not
 UNREACHABLE = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"}
@@ -136,3 +137,23 @@ def test_loading_the_bundled_siglip_prints_no_transformers_warnings():
             "Preprocessor(BUNDLED['mfdeploy/siglip-shapes']); load_tokenizer(BUNDLED['mfdeploy/siglip-shapes'])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "token_id" not in done.stderr and "[transformers]" not in done.stderr, done.stderr
+
+
+def test_a_long_thin_image_is_refused_before_the_image_processor_grows_it(tmp_path, capsys):
+    """A 30000x2 image in an eval (or calibration) JSONL took 1.7 GB in CLIP's shortest-edge resize."""
+    import json
+
+    from PIL import Image
+
+    Image.new("RGB", (30_000, 2), "red").save(tmp_path / "thin.png")
+    Image.new("RGB", (64, 64), "blue").save(tmp_path / "ok.png")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"image": i, "caption": c}) + "\n"
+                             for i, c in (("ok.png", "a blue square"), ("thin.png", "a red line"))))
+    assert run_cli(["eval", "--data", str(pairs)]) == 2
+    assert one_error(capsys) == (f"error: {tmp_path / 'thin.png'}: the image is 30000x2; the model's image processor "
+                                 "would resize it to 138,240,000 pixels before cropping, over the limit of "
+                                 "64,000,000: crop it nearer to a square")
+    # and a plain checkpoint's eval says nothing about retention (the CLI asks for it only where it is known)
+    assert run_cli(["eval", "--images", "8", "--pairs", "8"]) == 0
+    assert "retention" not in capsys.readouterr().err

@@ -50,7 +50,8 @@ def eval_(
     if json_path is not None:
         check_json_target(json_path)
     with err.status("evaluating") as status:
-        result = inspect.unwrap(api.evaluate)(model, data, backend=backend, template=template, retention=retention,
+        result = inspect.unwrap(api.evaluate)(model, data, backend=backend, template=template,
+                              retention="if known" if retention else False,
                               progress=lambda msg: status.update(status_text(msg)), n_images=images, n_retrieval=pairs,
                               device=device, precision=precision, dtype=dtype)
     out.print(results_table(result))

@@ -19,8 +19,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from mfdeploy.data.images import to_rgb
+from mfdeploy.data.images import DEFAULT_MAX_PIXELS, ImageTooLarge, to_rgb
 from mfdeploy.models.family import Family, PairScorer
+from mfdeploy.models.processors import resized_pixels
 
 MODALITIES = ("vision", "text")
 
@@ -116,6 +117,15 @@ class Adapter(ABC):
         Every image is first made RGB by `mfdeploy.data.images.to_rgb` (16-bit, float, transparent,
         EXIF-rotated and animated images decoded right), whatever handed it in.
         """
+        images = list(images)
+        for im in images:  # a long thin image grows to gigabytes in a shortest-edge resize: refused first
+            grown = resized_pixels(self.image_processor, im.width, im.height)
+            if grown > DEFAULT_MAX_PIXELS:
+                name = getattr(im, "filename", "")  # set on an image opened from a file
+                where = f"{name}: " if name else ""
+                raise ImageTooLarge(f"{where}the image is {im.width}x{im.height}; the model's image processor would "
+                                    f"resize it to {grown:,} pixels before cropping, over the limit of "
+                                    f"{DEFAULT_MAX_PIXELS:,}: crop it nearer to a square", grown, DEFAULT_MAX_PIXELS)
         out = self.image_processor(images=[to_rgb(im) for im in images], return_tensors="pt")
         return out["pixel_values"].float()
 
