@@ -144,6 +144,10 @@ def test_quantized_towers_of_an_export_are_served_as_an_export(build, export_dir
     fp32, _ = served_texts(export_dir)
     assert np.min(np.sum(got * fp32, axis=1)) >= 0.99  # the same model, quantized
     assert "quantized export" in state.model_name
+    # /health said f32 for these towers (QDQ and MatMulInteger nodes): the label came from the variant name only
+    assert {t: state.runner.tower_precision(t) for t in ("vision", "text")} == {"vision": "int8+f32",
+                                                                               "text": "int8+f32"}
+    assert fp32 is not None and served_texts(export_dir)[1].runner.tower_precision("vision") == "f32"
     run_quantize(build, tmp_path / "qb", QuantizeConfig(scheme="dynamic"))
     with pytest.raises(UserError, match=rf"^{tmp_path / 'qb'}: quantized towers of the build {build}, with no "
                                         rf"export.json: serve them from the build \(`mfdeploy quantize {build} "

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from mfdeploy import platform
-from mfdeploy.artifacts.layout import ONNX_FILES, TOWER_NAMES
+from mfdeploy.artifacts.layout import ONNX_FILES, QUANTIZE_MANIFEST, TOWER_NAMES
 from mfdeploy.errors import UserError, first_line
 from mfdeploy.ortsession import ort_session
 from mfdeploy.platform import ORT_PROVIDERS as PROVIDERS
@@ -73,6 +73,8 @@ class OrtRunner(GraphRunner):
         self.device = "cpu" if provider == "cpu" else "cuda:0"
         self.threads = threads or platform.physical_cores()
         self.onnx_dir = Path(onnx_dir)
+        if (self.onnx_dir / QUANTIZE_MANIFEST).is_file():  # `mfdeploy quantize` output: INT8 GEMMs, the rest f32
+            self.precision = "int8+f32"
         self.sessions: dict[str, Any] = {}  # tower -> onnxruntime.InferenceSession
         for tower in towers:
             path = self.onnx_dir / ONNX_FILES[tower]

@@ -121,7 +121,8 @@ def _ort(provider: str) -> Callable[[BuildDir, str, dict], Runner]:
             max_text_len=opts.get("max_text_len"),
             spin=opts.get("spin", True),
         )
-        runner.precision = "int8+f32" if variant == "int8" else "f16" if provider == "tensorrt" and fp16 else "f32"
+        if provider == "tensorrt" and fp16 and runner.precision == "f32":  # INT8 towers keep their own label
+            runner.precision = "f16"
         return runner
 
     return make
