@@ -141,6 +141,9 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
+GPU_EXTRA = "on a CUDA machine, install the gpu extra (pip install -e \".[gpu]\" in a clone of mfdeploy)"
+
+
 @dataclass(frozen=True)
 class Probe:
     """The answer to "can X run here?": `ok`, else `reason` (one line); `version` when known."""
@@ -159,9 +162,10 @@ def tensorrt() -> Probe:
     try:
         import tensorrt as trt
     except ImportError as e:
-        return Probe(False, f"TensorRT is not installed ({e}; pip install tensorrt, on a CUDA machine)")
+        return Probe(False, f"TensorRT is not installed ({e}): {GPU_EXTRA}")
     if not (hasattr(trt, "Builder") and hasattr(trt, "Runtime")):
-        return Probe(False, "TensorRT is not installed (only an empty `tensorrt` package was found, e.g. type stubs)")
+        return Probe(False, "TensorRT is not installed (only an empty `tensorrt` package was found, e.g. type "
+                            f"stubs): {GPU_EXTRA}")
     count, why = cuda_device_count()
     if count == 0:
         return Probe(False, f"no CUDA GPU: {why}", trt.__version__)
@@ -188,7 +192,7 @@ def ort_provider(provider: str) -> Probe:
             return Probe(False, "this onnxruntime build has no CPUExecutionProvider", ort.__version__)
         return Probe(False, f"onnxruntime-gpu is not installed: onnxruntime {ort.__version__} offers "
                             f"{', '.join(p.removesuffix('ExecutionProvider') for p in available)} only "
-                            f"(no {ORT_PROVIDERS[provider]})", ort.__version__)
+                            f"(no {ORT_PROVIDERS[provider]}); {GPU_EXTRA}", ort.__version__)
     if provider != "cpu":
         count, why = cuda_device_count()
         if count == 0:

@@ -157,3 +157,21 @@ def test_a_long_thin_image_is_refused_before_the_image_processor_grows_it(tmp_pa
     # and a plain checkpoint's eval says nothing about retention (the CLI asks for it only where it is known)
     assert run_cli(["eval", "--images", "8", "--pairs", "8"]) == 0
     assert "retention" not in capsys.readouterr().err
+
+
+def test_serve_with_a_backend_this_machine_lacks_fails_before_listening(tiny_build, capsys):
+    """`serve BUILD --backend trt` (or torch-cuda, ort-cuda) printed the listen line, a shutdown line and the error
+    twice; the message did not name the gpu extra."""
+    import pytest
+
+    from mfdeploy.runtime.registry import unavailable_here
+
+    for backend in ("trt", "torch-cuda", "ort-cuda"):
+        why = unavailable_here(backend)
+        if why is None:
+            pytest.skip(f"{backend} runs here")
+        assert run_cli(["serve", str(tiny_build), "--backend", backend, "--port", "0"]) == 2
+        captured = capsys.readouterr()
+        assert captured.err.strip() == f"error: cannot serve {tiny_build} with {backend}: {why}", captured.err
+        assert "serving" not in captured.out + captured.err
+    assert all("install the gpu extra" in str(unavailable_here(b)) for b in ("trt", "ort-cuda"))

@@ -220,6 +220,32 @@ def make_runner(
     return BACKENDS[backend](build, variant, opts)
 
 
+def unavailable_here(backend: str) -> str | None:
+    """Why `backend` cannot run on this machine at all (a package or a device missing), or None; cheap: no model
+    is read, so a command can say it before its first step (`probe_backends` loads the towers)."""
+    from mfdeploy import platform
+
+    if backend in ("torch-cuda", "torch-cuda-sparse"):
+        from mfdeploy.runtime.torch_cuda import cuda_unavailable
+
+        return cuda_unavailable()
+    if backend == "trt":
+        probe = platform.tensorrt()
+    elif backend.startswith("ort-"):
+        probe = platform.ort_provider({"ort-cpu": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}[backend])
+    elif backend == "openvino":
+        from mfdeploy.runtime.openvino_runner import require_openvino
+
+        try:
+            require_openvino()
+        except BackendUnavailable as e:
+            return str(e)
+        return None
+    else:
+        return None
+    return None if probe.ok else probe.reason
+
+
 def probe_backends(build_dir: str | Path | BuildDir, backends: Sequence[str] | None = None) -> dict[str, str | None]:
     """Which backends can run on this machine for this build: name -> None, or the reason it cannot.
 

@@ -66,13 +66,24 @@ def resolve(cfg: ServeConfig) -> Served:
     """
     path = Path(cfg.build_dir).expanduser()
     if is_build(path):
-        return _build(path, cfg)
+        return _runnable(_build(path, cfg), cfg)
     if path.is_dir() and has_towers(path):
-        return _export(path, cfg)
+        return _runnable(_export(path, cfg), cfg)
     if path.is_dir() and is_build(path.parent):
         _inside_build(path)
     raise UserError(f"{path}: not a build directory (`mfdeploy build --out`, with build.json) nor an export "
                     "directory (`mfdeploy export --out`, with vision.onnx, text.onnx and export.json)")
+
+
+def _runnable(served: Served, cfg: ServeConfig) -> Served:
+    """`served`, once the backend's packages and device are known to be here (else one line, before the socket
+    opens: it used to come after the listen line, a shutdown line and the same error logged once more)."""
+    from mfdeploy.runtime.registry import unavailable_here
+
+    why = unavailable_here(BACKENDS[cfg.backend][0])
+    if why is not None:
+        raise UserError(f"cannot serve {served.path} with {cfg.backend}: {why}")
+    return served
 
 
 def _build(path: Path, cfg: ServeConfig) -> Served:
