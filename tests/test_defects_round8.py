@@ -175,3 +175,18 @@ def test_serve_with_a_backend_this_machine_lacks_fails_before_listening(tiny_bui
         assert captured.err.strip() == f"error: cannot serve {tiny_build} with {backend}: {why}", captured.err
         assert "serving" not in captured.out + captured.err
     assert all("install the gpu extra" in str(unavailable_here(b)) for b in ("trt", "ort-cuda"))
+
+
+def test_tune_with_a_backend_this_machine_lacks_fails_before_making_its_directory(tmp_path, capsys):
+    """`tune --backend torch-cuda` on a CPU said `--device cuda: ...; use --device cpu` (tune has no --device)
+    after the dense evaluation, and left a tune directory whose settings then refused the corrected command."""
+    import pytest
+
+    from mfdeploy.runtime.registry import unavailable_here
+
+    why = unavailable_here("torch-cuda")
+    if why is None:
+        pytest.skip("CUDA runs here")
+    assert run_cli(["tune", "--backend", "torch-cuda", "--out", str(tmp_path / "t")]) == 2
+    assert one_error(capsys) == f"error: --backend torch-cuda: cannot run on this machine: {why}"
+    assert not (tmp_path / "t").exists()

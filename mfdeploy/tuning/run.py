@@ -117,6 +117,11 @@ def _check_options(cfg: TuneConfig, space: Space, backend: str) -> None:
     if not cfg.time_budget_min > 0:
         raise UserError(f"--time-budget {cfg.time_budget_min}: must be a positive number of minutes")
     require("tune", backend=cfg.backend)
+    from mfdeploy.runtime.registry import unavailable_here
+
+    why = unavailable_here(backend)  # before the tune directory is made (it would keep these settings)
+    if why is not None:
+        raise UserError(f"--backend {cfg.backend}: cannot run on this machine: {why}")
     absent = missing("modelopt") if "int8" in space.precisions else []
     if absent:  # an INT8 candidate is a `build --int8`, whose onnx_qdq/ needs ModelOpt
         raise UserError(f"tune: the space holds int8 candidates, which need {EXTRAS['modelopt'].provides}, not "
