@@ -190,3 +190,16 @@ def test_tune_with_a_backend_this_machine_lacks_fails_before_making_its_director
     assert run_cli(["tune", "--backend", "torch-cuda", "--out", str(tmp_path / "t")]) == 2
     assert one_error(capsys) == f"error: --backend torch-cuda: cannot run on this machine: {why}"
     assert not (tmp_path / "t").exists()
+
+
+def test_a_build_missing_one_tower_gets_one_message_from_every_command(tiny_build, tmp_path, capsys):
+    """bench said `missing (export the towers with 'mfdeploy export')` and eval `run the build with export enabled`
+    (build has no such option); serve, engine and triton said it was an incomplete build."""
+    build = tmp_path / "build"
+    shutil.copytree(tiny_build, build)
+    (build / "onnx" / "vision.onnx").unlink()
+    for argv in (["bench", str(build), "--backends", "ort-cpu"], ["serve", str(build), "--port", "0"],
+                 ["eval", str(build), "--backend", "onnx", "--images", "8", "--pairs", "8"]):
+        assert run_cli(argv) == 2
+        line = one_error(capsys)
+        assert line.startswith(f"error: {build}: no onnx/vision.onnx (an incomplete build: rerun `mfdeploy build`"), line

@@ -91,9 +91,10 @@ def _onnx_dir(source: str | Path | Adapter | None, backend: str = "onnx") -> Pat
         if has_towers(candidate):
             return candidate
     if is_build(path):
-        towers = " and ".join(f"{ONNX_DIR}/{name}" for name in ONNX_FILES.values())
-        raise UserError(f"{path}: build directory has no {towers} "
-                        "(run the build with export enabled, or evaluate with --backend torch)")
+        towers = " or ".join(f"{ONNX_DIR}/{name}" for name in ONNX_FILES.values()
+                             if not (path / ONNX_DIR / name).is_file())
+        raise UserError(f"{path}: no {towers} (an incomplete build: rerun `mfdeploy build`, or evaluate with "
+                        "--backend torch)")
     return None
 
 

@@ -15,6 +15,7 @@ from mfdeploy.artifacts.layout import (
     ONNX_FILES,
     ONNX_INT8_DIR,
     PRUNED_DIR,
+    is_build,
 )
 from mfdeploy.artifacts.manifest import BuildManifest
 from mfdeploy.errors import UserError
@@ -43,10 +44,9 @@ class BuildDir:
         if not self.path.is_dir():
             raise UserError(f"{self.path}: not a directory (expected a build directory from `mfdeploy build --out`)")
         self.build = BuildManifest.read(self.path)
-        if require_onnx and not any((self.path / ONNX_DIR / f).is_file() for f in ONNX_FILES.values()):
-            missing = " or ".join(f"{ONNX_DIR}/{name}" for name in ONNX_FILES.values())
-            raise UserError(f"{self.path}: no {missing} (an incomplete build: "
-                            "rerun `mfdeploy build`)")
+        lacking = [f"{ONNX_DIR}/{name}" for name in ONNX_FILES.values() if not (self.path / ONNX_DIR / name).is_file()]
+        if require_onnx and lacking:  # every build exports both towers: one gone is a damaged build
+            raise UserError(f"{self.path}: no {' or '.join(lacking)} (an incomplete build: rerun `mfdeploy build`)")
         self._adapters: dict[str, Any] = {}
 
     @property
@@ -134,3 +134,12 @@ class BuildDir:
 
 
 __all__ = ["BuildDir"]
+
+
+def missing_tower(path: Path) -> UserError:
+    """The error for a tower file that is not there: an incomplete build when its folder is a build's, else an
+    export to make (`mfdeploy export`)."""
+    if is_build(path.parent.parent):
+        return UserError(f"{path}: missing (an incomplete build: rerun `mfdeploy build`)")
+    return UserError(f"{path}: missing (export the towers with `mfdeploy export`)")
+

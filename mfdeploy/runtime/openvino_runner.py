@@ -35,6 +35,7 @@ from mfdeploy import platform
 from mfdeploy.artifacts.layout import ONNX_FILES, TOWER_NAMES
 from mfdeploy.errors import UserError, first_line
 from mfdeploy.runtime.base import BackendUnavailable, GraphRunner, graph_feed
+from mfdeploy.runtime.build_dir import missing_tower
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ class OpenVinoRunner(GraphRunner):
         for tower in towers:
             path = self.onnx_dir / ONNX_FILES[tower]
             if not path.is_file():
-                raise UserError(f"{path}: missing (export the towers with `mfdeploy export`)")
+                raise missing_tower(path)
             try:
                 model = core.read_model(str(path))
                 compiled = core.compile_model(model, "CPU", config)

@@ -14,6 +14,7 @@ from mfdeploy.errors import UserError, first_line
 from mfdeploy.ortsession import ort_session
 from mfdeploy.platform import ORT_PROVIDERS as PROVIDERS
 from mfdeploy.runtime.base import BackendUnavailable, GraphRunner, graph_feed
+from mfdeploy.runtime.build_dir import missing_tower
 
 _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
           "tensor(int32)": np.int32}
@@ -79,7 +80,7 @@ class OrtRunner(GraphRunner):
         for tower in towers:
             path = self.onnx_dir / ONNX_FILES[tower]
             if not path.is_file():
-                raise UserError(f"{path}: missing (export the towers with `mfdeploy export`)")
+                raise missing_tower(path)
             profile = self._profile(tower, max_batch, max_text_len)
             providers = self._providers(cache_dir, fp16, sparse, profile)
             try:
