@@ -203,3 +203,15 @@ def test_a_build_missing_one_tower_gets_one_message_from_every_command(tiny_buil
         assert run_cli(argv) == 2
         line = one_error(capsys)
         assert line.startswith(f"error: {build}: no onnx/vision.onnx (an incomplete build: rerun `mfdeploy build`"), line
+
+
+def test_an_existing_file_as_out_or_as_a_source_directory_is_named_as_a_file(tmp_path, capsys):
+    """`prune --out FILE` suggested --force, which was then refused ('it is a file'); `quantize FILE` said 'no such
+    directory'."""
+    afile = tmp_path / "report.md"
+    afile.write_text("x")
+    assert run_cli(["prune", "--ratio", "0.5", "--method", "magnitude", "--out", str(afile)]) == 2
+    assert one_error(capsys) == f"error: {afile} exists and is a file, not a directory: choose another --out"
+    assert run_cli(["quantize", str(afile), "--out", str(tmp_path / "q")]) == 2
+    assert one_error(capsys) == f"error: {afile}: not a directory (expected an ONNX export or build directory)"
+    assert afile.read_text() == "x" and not (tmp_path / "q").exists()

@@ -115,14 +115,14 @@ def check_out_dir(out: Path, force: bool, sources: Iterable[object] = ()) -> Non
     check_writable(out.parent, out)
     if not (out.exists() or out.is_symlink()):
         return
+    if not (out.is_dir() or out.is_symlink()):  # --force would be refused too: say what to do instead
+        raise UserError(f"{out} exists and is a file, not a directory: choose another --out")
     if not force:
         raise UserError(f"{out} already exists: pass --force to replace it (only a directory mfdeploy wrote "
                         "is replaced)")
     why = protected(out)
     if why is None and out.is_symlink():
         why = "it is a symbolic link"
-    if why is None and not out.is_dir():
-        why = "it is a file, not a directory"
     if why:
         raise UserError(f"--force will not replace {out}: {why}; choose another --out")
     if not any(out.iterdir()):

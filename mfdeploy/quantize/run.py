@@ -98,7 +98,8 @@ def resolve_source(src: Path) -> tuple[Path, str]:
     """
     src = Path(src)
     if not src.is_dir():
-        raise UserError(f"{src}: no such directory (expected an ONNX export or build directory)")
+        what = "not a directory" if src.exists() else "no such directory"
+        raise UserError(f"{src}: {what} (expected an ONNX export or build directory)")
     if any((src / ONNX_DIR / name).is_file() for name in ONNX_FILES.values()) or is_build(src):
         check_onnx_dir(src / ONNX_DIR)
         return src / ONNX_DIR, str(src)
