@@ -101,6 +101,18 @@ def test_engine_int8_out_dir_commands_write_into_out_dir(int8_build, tmp_path, c
     assert not (out / "onnx_qdq" / "vision.plan").exists()
 
 
+@needs_no_engines
+def test_engine_int8_of_a_build_reads_its_onnx_qdq_and_writes_its_engines(int8_build, tmp_path, capsys):
+    """`engine BUILD --int8` refused the build (its onnx/ holds no QDQ nodes) though `build --int8` wrote
+    onnx_qdq/; the working form wrote into onnx_qdq/, where bench and serve do not look."""
+    out, _ = int8_build
+    main(["engine", str(out), "--int8", "--max-batch", "4"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].endswith("Build them elsewhere by running:")
+    run_lines(lines[1:], tmp_path / "..", tmp_path)
+    assert_engines(out / "engines", out / "onnx_qdq", "--int8 --fp16")
+
+
 def test_engine_command_of_an_int8_build(int8_build):
     """What `bench`/`serve --backend trt` say to run when an --int8 build has no engines: from onnx_qdq/."""
     from mfdeploy.runtime.registry import BuildDir

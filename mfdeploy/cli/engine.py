@@ -33,7 +33,7 @@ def engine(
     from mfdeploy.exporting.engine import engine_dirs
     from mfdeploy.exporting.trtexec import trtexec_script
 
-    onnx_dir, out_dir = engine_dirs(onnx_dir, out_dir)  # a build directory: its onnx/ and engines/
+    onnx_dir, out_dir = engine_dirs(onnx_dir, out_dir, int8)  # a build: its onnx/ (onnx_qdq/) and engines/
     with err.status("building TensorRT engines"):
         record = build_engines(onnx_dir, fp16=fp16, sparse=sparse, max_batch=max_batch, max_text_len=max_text_len,
                                out_dir=out_dir, int8=int8)

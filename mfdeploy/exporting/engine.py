@@ -55,26 +55,30 @@ def engine_status() -> dict[str, Any]:
     return {"status": "available", "tensorrt": probe.version, "cuda_devices": platform.cuda_device_count()[0]}
 
 
-def engine_dirs(path: Path, out_dir: Path | None = None) -> tuple[Path, Path]:
+def engine_dirs(path: Path, out_dir: Path | None = None, int8: bool = False) -> tuple[Path, Path]:
     """Where to read the towers and write the engines: `(onnx dir, engines dir)`.
 
-    A `mfdeploy build` directory gives its `onnx/` (checked against the sha256
-    in `build.json`) and, by default, its `engines/`, where `mfdeploy bench`
-    looks for them; an export directory gives itself for both.
+    A `mfdeploy build` directory gives its `onnx/` (with `int8`, its QDQ
+    towers `onnx_qdq/`), checked against the sha256 in `build.json`, and, by
+    default, its `engines/`, where `mfdeploy bench` and `serve` look for them;
+    an export directory gives itself for both.
 
     Raises:
-        UserError: a build directory without `onnx/`, or an ONNX file changed since the build.
+        UserError: a build directory without those towers, or an ONNX file changed since the build.
     """
-    from mfdeploy.artifacts.layout import is_build
+    from mfdeploy.artifacts.layout import ONNX_QDQ_DIR, is_build
     from mfdeploy.models.integrity import verify_artifacts
 
     path = Path(path)
     if is_build(path):
-        if not (path / ONNX_DIR).is_dir():
-            raise UserError(f"{path}: build directory has no {ONNX_DIR}/ (an incomplete build: rerun "
-                            "`mfdeploy build`)")
-        verify_artifacts(path, (f"{ONNX_DIR}/",))
-        return path / ONNX_DIR, Path(out_dir) if out_dir is not None else path / ENGINES_DIR
+        towers = ONNX_QDQ_DIR if int8 else ONNX_DIR
+        if not (path / towers).is_dir():
+            raise UserError(f"{path}: build directory has no {towers}/ " + (
+                "(INT8 engines need the QDQ towers `mfdeploy build --int8` writes there; or run `mfdeploy quantize "
+                f"{path} --target trt --out QDQ`, then `mfdeploy engine QDQ --int8`)" if int8 else
+                "(an incomplete build: rerun `mfdeploy build`)"))
+        verify_artifacts(path, (f"{towers}/",))
+        return path / towers, Path(out_dir) if out_dir is not None else path / ENGINES_DIR
     return path, Path(out_dir) if out_dir is not None else path
 
 
@@ -216,7 +220,7 @@ def build_engines(onnx_dir: Path, fp16: bool = False, sparse: str = "auto", max_
 
     if sparse not in SPARSE_MODES:
         raise UserError(f"--sparse must be one of {', '.join(SPARSE_MODES)} (got {sparse!r})")
-    onnx_dir, out_dir = engine_dirs(onnx_dir, out_dir)
+    onnx_dir, out_dir = engine_dirs(onnx_dir, out_dir, int8)
     files = check_onnx_dir(onnx_dir)
     check_folder_target(out_dir)  # an --out that cannot be written fails now, not after the build
     if int8:
