@@ -215,3 +215,14 @@ def test_an_existing_file_as_out_or_as_a_source_directory_is_named_as_a_file(tmp
     assert run_cli(["quantize", str(afile), "--out", str(tmp_path / "q")]) == 2
     assert one_error(capsys) == f"error: {afile}: not a directory (expected an ONNX export or build directory)"
     assert afile.read_text() == "x" and not (tmp_path / "q").exists()
+
+
+def test_bench_errors_start_with_error_and_tune_names_an_unwritable_out(tmp_path, capsys):
+    """bench's transient progress bar ended with an empty line on a non-terminal stderr, before `error:`; `tune
+    --out /proc/t` said `/proc/t: No such file or directory`, without the `cannot write` every other --out says."""
+    assert run_cli(["bench", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path}: not a build directory") and err.count("\n") == 1, repr(err)
+    if Path("/proc/self").is_dir():
+        assert run_cli(["tune", "--out", "/proc/mfdeploy-tune"]) == 2
+        assert one_error(capsys).startswith("error: cannot write /proc/mfdeploy-tune: ")

@@ -56,9 +56,10 @@ def status_text(message: str) -> Text:
 
 @contextmanager
 def progress_bar(enabled: bool = True) -> Iterator[Any]:
-    """A transient progress bar on stderr; yields `update(description, done, total)`."""
+    """A transient progress bar on stderr; yields `update(description, done, total)`. Off when stderr is not a
+    terminal: rich would draw nothing there but end with an empty line (before an `error:` line, say)."""
     bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), console=err, transient=True, disable=not enabled)
+                   TimeElapsedColumn(), console=err, transient=True, disable=not (enabled and err.is_terminal))
     task = bar.add_task("", total=None)
 
     def update(description: str, done: int, total: int) -> None:

@@ -171,6 +171,7 @@ def _settings(cfg: TuneConfig, space: Space, backend: str, data: str) -> dict[st
 
 def _prepare_out(out: Path) -> Path:
     from mfdeploy.artifacts.writable import check_writable
+    from mfdeploy.errors import write_error
 
     out = out.expanduser()
     if out.exists() and not out.is_dir():
@@ -182,7 +183,12 @@ def _prepare_out(out: Path) -> Path:
         raise UserError(f"--out {out}: not empty and not a tune directory; choose another")
     if not out.parent.is_dir():  # as every --out: a typo in the path is not made into folders
         raise UserError(f"{out.parent}: parent directory does not exist")
-    out.mkdir(exist_ok=True)
+    if not out.is_dir():
+        check_writable(out.parent, out)  # /proc, a read-only mount: `cannot write DIR: ...`, as every --out
+        try:
+            out.mkdir()
+        except OSError as e:
+            raise write_error(out, e) from None
     check_writable(out, out / journal.TRIALS)
     return out
 
