@@ -202,7 +202,8 @@ def test_a_build_missing_one_tower_gets_one_message_from_every_command(tiny_buil
                  ["eval", str(build), "--backend", "onnx", "--images", "8", "--pairs", "8"]):
         assert run_cli(argv) == 2
         line = one_error(capsys)
-        assert line.startswith(f"error: {build}: no onnx/vision.onnx (an incomplete build: rerun `mfdeploy build`"), line
+        want = f"error: {build}: no onnx/vision.onnx (an incomplete build: rerun `mfdeploy build`"
+        assert line.startswith(want), line
 
 
 def test_an_existing_file_as_out_or_as_a_source_directory_is_named_as_a_file(tmp_path, capsys):
@@ -226,3 +227,12 @@ def test_bench_errors_start_with_error_and_tune_names_an_unwritable_out(tmp_path
     if Path("/proc/self").is_dir():
         assert run_cli(["tune", "--out", "/proc/mfdeploy-tune"]) == 2
         assert one_error(capsys).startswith("error: cannot write /proc/mfdeploy-tune: ")
+
+
+def test_an_empty_out_is_named_as_the_current_directory(tmp_path, monkeypatch, capsys):
+    """`--out ''` (Path reads it as ".") said ". already exists: pass --force", and --force was then refused."""
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(["prune", "--ratio", "0.5", "--method", "magnitude", "--out", ""]) == 2
+    assert one_error(capsys) == ("error: --out .: the current directory or one of its parents; name a new folder "
+                                 "for the output")
+    assert list(tmp_path.iterdir()) == []

@@ -104,6 +104,9 @@ def check_out_dir(out: Path, force: bool, sources: Iterable[object] = ()) -> Non
         UserError: one line saying why `out` cannot be used; nothing else is touched.
     """
     out = Path(out)
+    here = Path.cwd().resolve()
+    if out.resolve() in (here, *here.parents):  # `--out .`, `..`, or `''` (which Path reads as "."): not "exists"
+        raise UserError(f"--out {out}: the current directory or one of its parents; name a new folder for the output")
     check_sources(out, sources)
     if not out.parent.exists():
         raise UserError(f"{out.parent}: parent directory does not exist")
