@@ -14,7 +14,7 @@ id. The CLI's `export` and `eval` verbs call these same functions.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import torch
 from mfdeploy.api_names import python_names
 from mfdeploy.errors import UserError
 from mfdeploy.models.base import Adapter
+from mfdeploy.models.inputs import calib_from_python
 
 ModelLike = Any  # a transformers CLIPModel or SiglipModel, or a mfdeploy Adapter
 PRUNE_OPTIONS = ("ecoflap_smax_delta", "ecoflap_samples", "mope_neuron_group", "mope_depth_share", "mope_cache",
@@ -88,45 +89,6 @@ def adapter_for(model: ModelLike, tokenizer: Any = None, processor: Any = None,
     return adapter_cls(model, tokenizer, processor, source=source)
 
 
-def _calib_source(adapter: Adapter, calib: Any, n: int):
-    """A calibration source from what a Python user holds: a path, "shapes", pairs, or model-input batches."""
-    from mfdeploy.models.inputs import Batch, CalibSource, count_truncated, make_batch, parse_calib, warn_truncated
-
-    if calib is None or isinstance(calib, (str, Path)):
-        return parse_calib(None if calib is None else str(calib))
-    items = list(calib) if isinstance(calib, Iterable) else None
-    if not items:
-        raise UserError("calib: expected 'shapes', a JSONL path, (image, caption) pairs or input batches")
-    if isinstance(items[0], Mapping | Batch):
-        for i, b in enumerate(items):
-            needed = ("pixel_values", "input_ids")
-            if not isinstance(b, Batch) and not (isinstance(b, Mapping) and all(
-                    isinstance(b.get(k), torch.Tensor) for k in needed)):
-                raise UserError(f"calib: batch {i} needs {' and '.join(needed)} tensors (and attention_mask for "
-                                f"CLIP); it has {sorted(b) if isinstance(b, Mapping) else type(b).__name__}")
-        masked = "attention_mask" in adapter.tower_inputs["text"]  # SigLIP attends everywhere: an all-ones mask
-        batches = [b if isinstance(b, Batch) else
-                   Batch(b["pixel_values"].float(), b["input_ids"].long(),
-                         b["attention_mask"].long() if masked else torch.ones_like(b["input_ids"]).long())
-                   for b in items]
-        return CalibSource("memory", batches=tuple(batches))
-    if adapter.tokenizer is None or adapter.image_processor is None:
-        raise UserError("calibrating from (image, caption) pairs needs the model's tokenizer= and processor=")
-    pairs = items[:n]
-    from PIL import Image
-
-    for i, pair in enumerate(pairs):
-        if not (isinstance(pair, tuple | list) and len(pair) == 2 and isinstance(pair[0], Image.Image)
-                and isinstance(pair[1], str)):
-            raise UserError(f"calib: pair {i} is not (PIL image, caption) but {pair!r:.80}; a JSONL file of "
-                            "image paths and captions goes in as its path")
-    captions = [p[1] for p in pairs]
-    warn_truncated(adapter, count_truncated(adapter, captions), len(captions), "calibration captions")
-    batches = [make_batch(adapter, [p[0] for p in pairs[i:i + 32]], [p[1] for p in pairs[i:i + 32]])
-               for i in range(0, len(pairs), 32)]
-    return CalibSource("memory", batches=tuple(batches))
-
-
 def _globs(value: Any, name: str) -> list[str]:
     """`include`/`exclude` as a list of globs: one string is one glob (`list("*q_proj")` would be its letters)."""
     if isinstance(value, str):
@@ -172,7 +134,7 @@ def prune(model: ModelLike, ratio: float = 0.5, method: str = "multiflow", *, bu
     from mfdeploy.pruning.run import PruneConfig, prune_model, record_for_json
 
     adapter = adapter_for(model, tokenizer, processor)
-    source = _calib_source(adapter, calib, calib_samples)
+    source = calib_from_python(adapter, calib, calib_samples, batch_size)
     try:
         cfg = PruneConfig(ratio=ratio, model=adapter.model_id, method=method, budget=budget, pattern=pattern,
                           calib=str(calib) if isinstance(calib, (str, Path)) else None,

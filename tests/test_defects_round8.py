@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -236,3 +237,51 @@ def test_an_empty_out_is_named_as_the_current_directory(tmp_path, monkeypatch, c
     assert one_error(capsys) == ("error: --out .: the current directory or one of its parents; name a new folder "
                                  "for the output")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_python_calibration_batches_are_checked_counted_and_batched_as_asked(tiny_clip_dir):
+    """pairs were cut into batches of 32 whatever batch_size said (16 pairs could not distil); in-memory batches
+    ignored calib_samples and the record said batch_size 32; batches of the wrong shape or ids failed deep in
+    transformers; an infinite pixel gave NaN scores and masks in column order, silently."""
+    import pytest
+    import torch
+    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+    import mfdeploy
+    from mfdeploy.data import world
+    from mfdeploy.errors import UserError
+
+    def model() -> CLIPModel:
+        return CLIPModel.from_pretrained(tiny_clip_dir).eval()
+
+    tok, proc = AutoTokenizer.from_pretrained(tiny_clip_dir), AutoImageProcessor.from_pretrained(tiny_clip_dir)
+    pairs = [(world.render(world.make_scene(s)), world.make_scene(s).caption()) for s in range(16)]
+    record = mfdeploy.prune(model(), method="multiflow", calib=pairs, tokenizer=tok, processor=proc,
+                            calib_samples=16, batch_size=8, distill_steps=2).record
+    assert record["calibration"]["batch_size"] == 8 and record["distill"]["steps_run"] == 2, record["distill"]
+    size, longest = 32, 48  # the tiny model's image size and text length
+
+    def batch(px: int = size, length: int = 8, ids: int | None = None) -> dict:
+        g = torch.Generator().manual_seed(0)
+        return {"pixel_values": torch.randn(4, 3, px, px, generator=g),
+                "input_ids": torch.full((4, length), ids) if ids is not None else torch.randint(0, 20, (4, length),
+                                                                                                generator=g),
+                "attention_mask": torch.ones(4, length, dtype=torch.long)}
+
+    record = mfdeploy.prune(model(), method="wanda", calib=[batch() for _ in range(3)], calib_samples=5).record
+    assert {k: record["calibration"][k] for k in ("samples", "batch_size")} == {"samples": 5, "batch_size": 4}
+    for bad, message in (([batch(px=36)], f"pixel_values is [4, 3, 36, 36]; the model takes [B, 3, {size}, {size}]"),
+                         ([batch(length=56)], f"input_ids has 56 tokens; the model takes at most {longest}"),
+                         ([batch(ids=10**6)], "input_ids holds ids outside the vocabulary (0..46): 1000000..1000000")):
+        with pytest.raises(UserError, match=rf"^calib: batch 0: {re.escape(message)}$"):
+            mfdeploy.prune(model(), method="wanda", calib=bad)
+    infinite = batch()
+    infinite["pixel_values"][0, 0, 0, 0] = float("inf")
+    with pytest.raises(UserError, match=r"^calib: batch 1: pixel_values holds NaN or infinite values$"):
+        mfdeploy.prune(model(), method="wanda", calib=[batch(), infinite])
+    broken = model()  # a weight that overflows: the activations after it are not finite
+    with torch.no_grad():
+        broken.vision_model.encoder.layers[0].mlp.fc1.weight[0, 0] = float("inf")
+    with pytest.raises(UserError, match=r"^the calibration activations entering vision_model\.encoder\.layers\.0\."
+                                        r"mlp\.fc2 are not finite"):
+        mfdeploy.prune(broken, method="wanda", calib=[batch()])

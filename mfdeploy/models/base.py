@@ -89,6 +89,10 @@ class Adapter(ABC):
 
     @property
     @abstractmethod
+    def vocab_size(self) -> int: ...
+
+    @property
+    @abstractmethod
     def embed_dim(self) -> int: ...
 
     @abstractmethod

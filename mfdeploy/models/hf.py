@@ -114,6 +114,10 @@ class HFAdapter(Adapter):
     def max_text_len(self) -> int:
         return int(self.model.config.text_config.max_position_embeddings)
 
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.config.text_config.vocab_size)
+
     def save(self, out: Path) -> None:
         out = Path(out)
         self.model.save_pretrained(out)

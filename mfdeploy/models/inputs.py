@@ -9,8 +9,10 @@ caller that builds batches imports one module.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,8 +27,8 @@ from mfdeploy.errors import UserError
 from mfdeploy.models.base import Adapter
 from mfdeploy.models.processors import token_counts
 
-__all__ = ["Batch", "CalibSource", "calibration_pairs", "count_truncated", "make_batch", "pair_batches",
-           "pairs_available", "parse_calib", "warn_truncated"]
+__all__ = ["Batch", "CalibSource", "calib_from_python", "calibration_pairs", "check_batch", "count_truncated",
+           "make_batch", "pair_batches", "pairs_available", "parse_calib", "warn_truncated"]
 
 log = logging.getLogger(__name__)  # with logging unconfigured (the CLI), a warning prints as one line on stderr
 _warned: set[str] = set()  # calibration sources warned about: a method that reads its pairs twice warns once
@@ -43,6 +45,28 @@ class Batch:
 
     def __len__(self) -> int:
         return int(self.pixel_values.shape[0])
+
+
+def check_batch(adapter: Adapter, batch: Batch, where: str) -> None:
+    """Refuse model inputs a caller built that the model cannot take, in one line (transformers would fail with a
+    traceback, an index error or, for a non-finite pixel, NaN scores that sort masks by position)."""
+    px, ids, mask = batch.pixel_values, batch.input_ids, batch.attention_mask
+    size = adapter.image_size
+    if px.ndim != 4 or px.shape[1] != 3 or tuple(px.shape[2:]) != (size, size):
+        raise UserError(f"{where}: pixel_values is {list(px.shape)}; the model takes [B, 3, {size}, {size}]")
+    if ids.ndim != 2 or ids.shape[0] != px.shape[0] or mask.shape != ids.shape:
+        raise UserError(f"{where}: input_ids {list(ids.shape)} and attention_mask {list(mask.shape)} must both be "
+                        f"[B, L] with the B = {px.shape[0]} of pixel_values")
+    longest = adapter.fixed_text_len or adapter.max_text_len
+    if ids.shape[1] > longest or (adapter.fixed_text_len and ids.shape[1] != longest):
+        at = "exactly" if adapter.fixed_text_len else "at most"
+        raise UserError(f"{where}: input_ids has {ids.shape[1]} tokens; the model takes {at} {longest}")
+    vocab = adapter.vocab_size
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+        raise UserError(f"{where}: input_ids holds ids outside the vocabulary (0..{vocab - 1}): "
+                        f"{int(ids.min())}..{int(ids.max())}")
+    if not bool(torch.isfinite(px).all()):
+        raise UserError(f"{where}: pixel_values holds NaN or infinite values")
 
 
 def make_batch(adapter: Adapter, images: list, captions: list[str]) -> Batch:
@@ -93,3 +117,57 @@ def warn_truncated(adapter: Adapter, truncated: int, total: int, what: str, once
         _warned.add(once)
     log.warning("warning: %d of %d %s are longer than the model's %d tokens: cut to their first tokens",
                 truncated, total, what, adapter.max_text_len)
+
+
+def calib_from_python(adapter: Adapter, calib: Any, n: int, batch_size: int) -> CalibSource | None:
+    """A calibration source from what a Python user holds: a path, "shapes", pairs (`n` of them, in batches of
+    `batch_size`), or model-input batches (their first `n` pairs, each batch checked against the model)."""
+    if calib is None or isinstance(calib, (str, Path)):
+        return parse_calib(None if calib is None else str(calib))
+    items = list(calib) if isinstance(calib, Iterable) else None
+    if not items:
+        raise UserError("calib: expected 'shapes', a JSONL path, (image, caption) pairs or input batches")
+    if isinstance(items[0], Mapping | Batch):
+        for i, b in enumerate(items):
+            needed = ("pixel_values", "input_ids")
+            if not isinstance(b, Batch) and not (isinstance(b, Mapping) and all(
+                    isinstance(b.get(k), torch.Tensor) for k in needed)):
+                raise UserError(f"calib: batch {i} needs {' and '.join(needed)} tensors (and attention_mask for "
+                                f"CLIP); it has {sorted(b) if isinstance(b, Mapping) else type(b).__name__}")
+        masked = "attention_mask" in adapter.tower_inputs["text"]  # SigLIP attends everywhere: an all-ones mask
+        for i, b in enumerate(items):
+            if masked and isinstance(b, Mapping) and not isinstance(b.get("attention_mask"), torch.Tensor):
+                raise UserError(f"calib: batch {i} needs an attention_mask tensor: this model's text tower takes one")
+        batches = [b if isinstance(b, Batch) else
+                   Batch(b["pixel_values"].float(), b["input_ids"].long(),
+                         b["attention_mask"].long() if masked else torch.ones_like(b["input_ids"]).long())
+                   for b in items]
+        # the first `n` pairs, as `calib_samples` says (a bad `n` is refused by prune's own checks)
+        kept, left = [], n if _whole(n) else sum(map(len, batches))
+        for i, b in enumerate(batches):
+            check_batch(adapter, b, f"calib: batch {i}")
+            if left > 0:
+                kept.append(b if len(b) <= left else
+                            Batch(b.pixel_values[:left], b.input_ids[:left], b.attention_mask[:left]))
+                left -= len(kept[-1])
+        return CalibSource("memory", batches=tuple(kept))
+    if adapter.tokenizer is None or adapter.image_processor is None:
+        raise UserError("calibrating from (image, caption) pairs needs the model's tokenizer= and processor=")
+    pairs = items[:n] if _whole(n) else items
+    from PIL import Image
+
+    for i, pair in enumerate(pairs):
+        if not (isinstance(pair, tuple | list) and len(pair) == 2 and isinstance(pair[0], Image.Image)
+                and isinstance(pair[1], str)):
+            raise UserError(f"calib: pair {i} is not (PIL image, caption) but {pair!r:.80}; a JSONL file of "
+                            "image paths and captions goes in as its path")
+    captions = [p[1] for p in pairs]
+    warn_truncated(adapter, count_truncated(adapter, captions), len(captions), "calibration captions")
+    size = batch_size if _whole(batch_size) and batch_size > 0 else 32  # a bad one is refused by prune
+    batches = [make_batch(adapter, [p[0] for p in pairs[i:i + size]], [p[1] for p in pairs[i:i + size]])
+               for i in range(0, len(pairs), size)]
+    return CalibSource("memory", batches=tuple(batches))
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -72,7 +72,10 @@ def build_record(ctx: PruneContext, spec: MethodSpec, result: MethodResult) -> d
         "pattern": "structured" if result.masks is None else (cfg.pattern or "unstructured"),
         "seed": cfg.seed,
         "calibration": {"source": source.describe() if source else None, "samples": ctx.used,
-                        "requested": cfg.calib_samples if source else 0, "batch_size": cfg.batch_size,
+                        "requested": cfg.calib_samples if source else 0,
+                        # in-memory batches are used as the caller made them
+                        "batch_size": (max(map(len, source.batches)) if source and source.kind == "memory"
+                                       and source.batches else cfg.batch_size),
                         **result.calibration},
         "include": list(cfg.include), "exclude": list(cfg.exclude),
         "dense_layers": result.dense_layers,

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from mfdeploy.errors import UserError
 from mfdeploy.models.base import Adapter, PrunableLayer
 from mfdeploy.models.inputs import Batch
 
@@ -99,4 +100,8 @@ def collect_stats(adapter: Adapter, layers: dict[str, PrunableLayer], batches: I
             stats.observe(batch, vision, text)
             if progress is not None:
                 progress(len(batch))
+    for name, mean_sq in stats.mean_sq.items():  # NaN scores would sort by position: masks in column order
+        if not bool(torch.isfinite(mean_sq).all()):
+            raise UserError(f"the calibration activations entering {name} are not finite (NaN or infinite): check "
+                            "the calibration inputs, or prune a float32 copy of the model (float16 can overflow)")
     return stats
