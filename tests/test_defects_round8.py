@@ -285,3 +285,18 @@ def test_python_calibration_batches_are_checked_counted_and_batched_as_asked(tin
     with pytest.raises(UserError, match=r"^the calibration activations entering vision_model\.encoder\.layers\.0\."
                                         r"mlp\.fc2 are not finite"):
         mfdeploy.prune(broken, method="wanda", calib=[batch()])
+
+
+def test_a_float16_checkpoint_is_pruned_in_the_dtype_asked(tmp_path):
+    """A checkpoint saved in float16 loads in float16, and `--dtype float32` (the default) left it there: the
+    statistics and scores of a CPU prune ran on half-precision activations."""
+    import torch
+    from transformers import CLIPModel
+
+    from mfdeploy.pipelines.prune import load_placed
+    from mfdeploy.pruning import PruneConfig
+
+    half = save_tiny_clip(tmp_path / "half")
+    CLIPModel.from_pretrained(half).half().save_pretrained(half)
+    adapter = load_placed(PruneConfig(ratio=0.5, model=str(half), method="magnitude"))
+    assert {p.dtype for p in adapter.model.parameters()} == {torch.float32}

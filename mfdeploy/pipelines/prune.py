@@ -54,7 +54,9 @@ def load_placed(cfg: PruneConfig) -> Adapter:
 
     adapter = load(cfg.model)
     device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype)
-    if device.type != "cpu" or dtype != torch.float32:
+    param = next(adapter.model.parameters())
+    # a checkpoint saved in float16 loads in float16: it is pruned in the --dtype asked (float32 by default)
+    if device.type != "cpu" or dtype != param.dtype:
         adapter.model.to(device=device, dtype=dtype)
     return adapter
 
