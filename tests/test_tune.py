@@ -342,3 +342,49 @@ def test_pick_of_a_trial_that_is_not_complete_lists_the_complete_ones(tuned, tmp
         f"error: --pick 1: not a complete trial of {out} (complete: #0)"]
     assert run_cli(["tune", str(tmp_path / "nothing"), "--pick", "0"]) == 2
     assert "no tune there" in error_lines(capsys.readouterr().err)[0]
+
+
+@pytest.mark.parametrize("damage", ["method", "ratio", "nan", "number", "twin", "key"])
+def test_a_journal_line_of_wrong_values_is_named_and_its_trial_runs_again(tuned, tmp_path, damage):
+    """Valid JSON with values the space cannot hold ended in Optuna's traceback ('nosuch' not in (...), NaN);
+    a negative or repeated trial number, or a key that is not its configuration's, was taken as it was."""
+    out = copy_run(tuned, tmp_path)
+    first, second = (json.loads(line) for line in journal_lines(out))
+    if damage == "method":
+        first["config"]["method"] = "nosuch"
+    elif damage == "ratio":
+        first["config"]["ratio"] = "0.5"
+    elif damage == "nan":
+        first["quality"]["retention"] = float("nan")
+    elif damage == "number":
+        first["number"] = -5
+    elif damage == "key":
+        first["key"] = second["key"] + " and more"
+    damaged = [first, second] if damage != "twin" else [second, {**first, "number": second["number"]}]
+    (out / journal.TRIALS).write_text("".join(json.dumps(r) + "\n" for r in damaged))
+    result, said = tune_again(tuned, out)
+    warnings = [line for line in said if line.startswith("warning:")]
+    assert len(warnings) == 1 and str(out / journal.TRIALS) in warnings[0] and "runs again" in warnings[0], said
+    assert ran_keys(said) == [tuned.result.trials[0]["key"]], said
+    numbers = [r["number"] for r in result.trials]
+    assert len(set(numbers)) == len(numbers) == 2 and min(numbers) >= 0
+
+
+def test_a_settings_file_of_another_shape_and_a_damaged_pick_build_are_named(tuned, tmp_path, capsys):
+    """`[1]` in tune_settings.json gave an AttributeError traceback; a pick whose work build lost files was
+    copied into best/ and reported as built."""
+    out = copy_run(tuned, tmp_path)
+    (out / journal.SETTINGS).write_text("[1]")
+    assert run_cli(args(tuned, out)) == 2
+    assert error_lines(capsys.readouterr().err) == [
+        f"error: {out / journal.SETTINGS}: unreadable (a JSON list, not an object); use another --out, or --force "
+        "to start over"]
+    out = copy_run(tuned, tmp_path / "again")
+    pick = tuned.result.pick
+    shutil.rmtree(out / pick["build"] / "onnx")
+    assert run_cli(["tune", str(out), "--pick", str(pick["number"])]) == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert line.startswith(f"error: the build of #{pick['number']} {pick['key']} was changed after tune measured "
+                           f"it: {out / pick['build'] / 'onnx'}/"), line
+    assert "re-run the tune with --force to measure again" in line
+    assert json.loads((out / "best" / "tune_pick.json").read_text())["trial"] == pick["number"]  # best/ as it was

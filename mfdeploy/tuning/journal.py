@@ -53,6 +53,12 @@ def read_records(out: Path, warn: Callable[[str], None]) -> list[Record]:
                 warn(f"{path}: line {number} is not a trial record{cut}: skipped, that trial runs again unless it "
                      f"finished since ({e})")
                 continue
+            twin = next((r for r in by_key.values() if r["number"] == record["number"]
+                         and r["key"] != record["key"]), None)
+            if twin is not None:  # `--pick N` would be ambiguous
+                warn(f"{path}: line {number} gives trial #{record['number']} to {record['key']!r}, which "
+                     f"{twin['key']!r} has: skipped, that trial runs again")
+                continue
             old = by_key.get(record["key"])
             # two workers finished the same trial: the first one counts; a failed one, retried, gives way
             if old is None or (old["state"] == "failed" and record["state"] != "failed"):
@@ -83,6 +89,8 @@ def check_settings(out: Path, settings: dict[str, Any]) -> None:
         return
     try:
         old = json.loads(path.read_text())
+        if not isinstance(old, dict):
+            raise ValueError(f"a JSON {type(old).__name__}, not an object")
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: unreadable ({e}); use another --out, or --force to start over") from None
     for key, value in settings.items():

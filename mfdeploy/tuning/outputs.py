@@ -101,11 +101,17 @@ def _build_best(search: Search, pick: Record, why: str) -> None:
     """`DIR/best`: a copy of the pick's build (a complete `mfdeploy build`), with `tune_pick.json` saying why."""
     from mfdeploy.artifacts.io import atomic_dir
     from mfdeploy.artifacts.layout import BUILD_MANIFEST
+    from mfdeploy.models.integrity import verify_artifacts
 
     source = search.out / pick["build"]
     if not (source / BUILD_MANIFEST).is_file():
         raise UserError(f"{source}: the build of #{pick['number']} {pick['key']} is gone (was {search.out / 'work'} "
                         "deleted?); re-run the tune with --force to measure again")
+    try:  # every file its build.json records, as measured: a damaged build is named, never published as best/
+        verify_artifacts(source, ("",))
+    except UserError as e:
+        raise UserError(f"the build of #{pick['number']} {pick['key']} was changed after tune measured it: {e} "
+                        "(or re-run the tune with --force to measure again)") from None
     with atomic_dir(search.out / BEST_DIR, force=True) as tmp:
         shutil.copytree(source, tmp, dirs_exist_ok=True)
         write_json(tmp / PICK_FILE, {"trial": pick["number"], "key": pick["key"], "config": pick["config"],

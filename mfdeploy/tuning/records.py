@@ -23,6 +23,7 @@ A trial record is a plain dict (it is written and read as JSON):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +62,11 @@ def is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def is_finite(value: object) -> bool:
+    """A number that is neither NaN nor infinite (Optuna refuses those as objective values)."""
+    return is_number(value) and math.isfinite(value)  # type: ignore[arg-type]
+
+
 def is_whole(value: object) -> bool:
     """An int, not a bool."""
     return isinstance(value, int) and not isinstance(value, bool)
@@ -74,17 +80,18 @@ def record_problem(record: object) -> str | None:
         return "not an object"
     if not isinstance(record.get("key"), str) or record.get("state") not in STATES:
         return "no key, or a state other than " + "/".join(STATES)
-    if not isinstance(record.get("number"), int) or not isinstance(record.get("seconds"), dict):
-        return "no number or seconds"
+    if not (is_whole(record.get("number")) and 0 <= record["number"] < 10**9) or \
+            not isinstance(record.get("seconds"), dict):
+        return "no trial number (0 or more) or seconds"
     config = record.get("config")
     if not isinstance(config, dict) or set(config) != set(CONFIG_FIELDS):
         return "no configuration (" + ", ".join(CONFIG_FIELDS) + ")"
     if record["state"] == "complete":
         quality, speed = record.get("quality"), record.get("speed")
-        if not (isinstance(quality, dict) and all(is_number(quality.get(k)) for k in ("retention", "drop_points"))
-                and isinstance(speed, dict) and all(is_number(speed.get(k)) for k in ("speedup", "latency_ms"))
-                and is_number(record.get("size_mb")) and isinstance(record.get("build"), str)):
-            return "a complete trial without its quality, speed, size or build"
+        if not (isinstance(quality, dict) and all(is_finite(quality.get(k)) for k in ("retention", "drop_points"))
+                and isinstance(speed, dict) and all(is_finite(speed.get(k)) for k in ("speedup", "latency_ms"))
+                and is_finite(record.get("size_mb")) and isinstance(record.get("build"), str)):
+            return "a complete trial without its quality, speed, size or build (finite numbers)"
     elif not isinstance(record.get("reason"), str):
         return f"a {record['state']} trial without its reason"
     return None

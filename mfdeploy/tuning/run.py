@@ -18,7 +18,7 @@ from mfdeploy.errors import UserError
 from mfdeploy.tuning import journal
 from mfdeploy.tuning.config import TuneConfig, TuneResult
 from mfdeploy.tuning.outputs import finish
-from mfdeploy.tuning.records import is_number
+from mfdeploy.tuning.records import Record, is_number
 from mfdeploy.tuning.search import Search
 from mfdeploy.tuning.space import SPACES, Space, load_space, resolve_backend
 
@@ -43,7 +43,7 @@ def run_tune(cfg: TuneConfig, say: Callable[[str], None] | None = None) -> TuneR
         if cfg.force:  # only once the lock is held: --force must not delete a tune another process is running
             journal.start_over(out, _written())
         journal.check_settings(out, _settings(cfg, space, backend, data))
-        records = journal.read_records(out, lambda m: say(f"warning: {m}"))
+        records = _in_space(journal.read_records(out, lambda m: say(f"warning: {m}")), space, out, say)
         failed = [r for r in records if r["state"] == "failed"]
         if failed:  # what failed may have been the environment's (a file since fixed): those trials run again
             keys = guards.some([r["key"] for r in failed])
@@ -71,9 +71,10 @@ def pick_trial(out: Path, number: int, say: Callable[[str], None] | None = None)
         # the space as the search used it: its TOML may have moved since, or be relative to another directory
         space = Space.from_description(settings["space_lists"])
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{settings_path}: unreadable ({e}); run the tune again to rebuild it") from None
+        raise UserError(f"{settings_path}: unreadable ({e}); start the tune over (`mfdeploy tune --out {out} "
+                        "--force` with its options) or use another --out") from None
     with journal.DirLock(out):
-        records = journal.read_records(out, lambda m: say(f"warning: {m}"))
+        records = _in_space(journal.read_records(out, lambda m: say(f"warning: {m}")), space, out, say)
         chosen = [r for r in records if r.get("number") == number]
         if not chosen or chosen[0]["state"] != "complete":
             numbers = ", ".join(f"#{r['number']}" for r in records if r["state"] == "complete") or "none"
@@ -83,6 +84,22 @@ def pick_trial(out: Path, number: int, say: Callable[[str], None] | None = None)
         search = Search(cfg, space, settings["backend"], settings["eval"], out, records, say)
         search._dense()  # dense.json, written by the search
         return finish(search, None, forced=(chosen[0], f"chosen with --pick {number}"))
+
+
+def _in_space(records: list[Record], space: Space, out: Path, say: Callable[[str], None]) -> list[Record]:
+    """The journal's records that are trials of `space`; each other one is named in a warning and left out (its
+    trial runs again), as a damaged line is."""
+    from mfdeploy.tuning.study import off_space
+
+    kept = []
+    for record in records:
+        why = off_space(record, space)
+        if why is None:
+            kept.append(record)
+        else:
+            say(f"warning: {out / journal.TRIALS}: trial #{record['number']} {record['key']!r}: {why}: skipped, "
+                "that trial runs again")
+    return kept
 
 
 def _eval_data(cfg: TuneConfig) -> str:
@@ -187,6 +204,8 @@ def _prepare_out(out: Path) -> Path:
         check_writable(out.parent, out)  # /proc, a read-only mount: `cannot write DIR: ...`, as every --out
         try:
             out.mkdir()
+        except FileExistsError:  # another tune made it just now: its lock (DirLock) decides who runs
+            pass
         except OSError as e:
             raise write_error(out, e) from None
     check_writable(out, out / journal.TRIALS)

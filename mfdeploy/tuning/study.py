@@ -68,4 +68,19 @@ def optuna_params(cand: Candidate, space: Space) -> tuple[dict[str, Any], dict[s
     return params, dists
 
 
-__all__ = ["make_study", "optuna_params", "suggest"]
+def off_space(record: Record, space: Space) -> str | None:
+    """Why a journal record is not a trial of `space` (a configuration it cannot hold, or a key that is not its
+    configuration's), or None. Such a line would stop the study with a traceback; tune skips it instead."""
+    try:
+        cand = Candidate(**record["config"])
+        if cand.key != record["key"]:
+            return f"its key {record['key']!r} is not its configuration's ({cand.key!r})"
+        params, dists = optuna_params(cand, space)
+        for name, value in params.items():
+            dists[name].to_internal_repr(value)  # ValueError: not one of the space's choices
+    except (TypeError, ValueError, AttributeError) as e:
+        return f"not a point of this tune's space ({e})"
+    return None
+
+
+__all__ = ["make_study", "off_space", "optuna_params", "suggest"]
