@@ -300,3 +300,14 @@ def test_a_float16_checkpoint_is_pruned_in_the_dtype_asked(tmp_path):
     CLIPModel.from_pretrained(half).half().save_pretrained(half)
     adapter = load_placed(PruneConfig(ratio=0.5, model=str(half), method="magnitude"))
     assert {p.dtype for p in adapter.model.parameters()} == {torch.float32}
+
+
+def test_a_build_without_its_pruned_checkpoint_is_named_as_incomplete(tiny_build, tmp_path, capsys):
+    """eval and quantize said `not a model checkpoint (no config.json)`; bench and triton said it was incomplete."""
+    build = tmp_path / "build"
+    shutil.copytree(tiny_build, build)
+    shutil.rmtree(build / "pruned")
+    for argv in (["eval", str(build), "--images", "8", "--pairs", "8"], ["quantize", str(build), "--in-place"]):
+        assert run_cli(argv) == 2
+        assert one_error(capsys) == (f"error: {build}: no pruned/ checkpoint (an incomplete build directory: rerun "
+                                     "`mfdeploy build`)")

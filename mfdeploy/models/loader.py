@@ -44,6 +44,10 @@ def resolve_checkpoint(source: str | Path | None) -> tuple[Path | str, str]:
             raise UserError(f"{path}: not a directory (expected a model checkpoint or a prune/build directory)")
         if (path / PRUNED_DIR / "config.json").is_file():
             path = path / PRUNED_DIR
+        elif not (path / "config.json").is_file() and any((path / m).is_file() for m in MANIFESTS):
+            what = "build" if (path / MANIFESTS[0]).is_file() else "prune"
+            raise UserError(f"{path}: no {PRUNED_DIR}/ checkpoint (an incomplete {what} directory: rerun "
+                            f"`mfdeploy {what}`)")
         adapter_class(read_config(path), path)  # an unsupported family fails here, before any weights load
         # recorded absolute: records read from another folder (retention's dense model) find it, never the hub
         return path, str(path.resolve())
