@@ -311,3 +311,19 @@ def test_a_build_without_its_pruned_checkpoint_is_named_as_incomplete(tiny_build
         assert run_cli(argv) == 2
         assert one_error(capsys) == (f"error: {build}: no pruned/ checkpoint (an incomplete build directory: rerun "
                                      "`mfdeploy build`)")
+
+
+def test_a_failed_copy_into_an_output_names_the_output_not_its_temporary_folder(tmp_path):
+    """`triton` on a full disk said `BUILD/onnx/vision.onnx -> OUT_PARENT/.t.tmp-XXXX/...: No space left`: a copy's
+    error names its source first, and the temporary path it names is gone when the user reads it."""
+    import errno
+
+    from mfdeploy.artifacts.writable import as_write_error
+
+    out, tmp = tmp_path / "t", tmp_path / ".t.tmp-abc"
+    full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "b" / "onnx" / "vision.onnx"), None,
+                   str(tmp / "clip_vision_onnx" / "1" / "model.onnx"))
+    assert str(as_write_error(full, out, tmp)) == (f"cannot write {out / 'clip_vision_onnx' / '1' / 'model.onnx'}: "
+                                                   "No space left on device (errno 28)")
+    unreadable = OSError(errno.EACCES, "Permission denied", str(tmp_path / "b" / "onnx" / "vision.onnx"))
+    assert as_write_error(unreadable, out, tmp) is None  # an input: named by the CLI as it is

@@ -11,6 +11,7 @@ import errno
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from mfdeploy.errors import WRITE_ERRNOS, UserError, WriteError, errno_of, write_error
 
@@ -64,19 +65,24 @@ def as_write_error(e: BaseException, out: Path, tmp: Path) -> WriteError | None:
     code = errno_of(e)
     if code is None:
         return None
-    where = getattr(e, "path", None) if isinstance(e, WriteError) else getattr(e, "filename", None)
-    if where is None:
+    # a copy's error names its source and its destination (`filename2`): the destination is the one written
+    named = [getattr(e, "path", None)] if isinstance(e, WriteError) else [getattr(e, "filename2", None),
+                                                                          getattr(e, "filename", None)]
+    paths: list[Any] = [p for p in named if p is not None]
+    if not paths:
         return write_error(out, e) if code in WRITE_ERRNOS else None
-    where = Path(os.path.abspath(os.fsdecode(where)))
     inside = Path(os.path.abspath(tmp))
-    if where == inside or inside in where.parents:
-        shown = out / where.relative_to(inside)
-    elif where == Path(os.path.abspath(out)) or (where.parent == Path(os.path.abspath(out.parent))
-                                                 and where.name.startswith(f".{out.name}.")):
-        shown = out  # `out` itself, or a temporary sibling (moving the old tree aside)
-    else:
-        return None  # another file (an input that cannot be read): the CLI names it as it is
-    return WriteError(shown, code, e.why) if isinstance(e, WriteError) else write_error(shown, e)
+    for raw in paths:
+        where = Path(os.path.abspath(os.fsdecode(raw)))
+        if where == inside or inside in where.parents:
+            shown = out / where.relative_to(inside)
+        elif where == Path(os.path.abspath(out)) or (where.parent == Path(os.path.abspath(out.parent))
+                                                     and where.name.startswith(f".{out.name}.")):
+            shown = out  # `out` itself, or a temporary sibling (moving the old tree aside)
+        else:
+            continue
+        return WriteError(shown, code, e.why) if isinstance(e, WriteError) else write_error(shown, e)
+    return None  # another file (an input that cannot be read): the CLI names it as it is
 
 
 def make_parents(folder: Path, created: list[Path]) -> None:
