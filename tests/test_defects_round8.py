@@ -327,3 +327,13 @@ def test_a_failed_copy_into_an_output_names_the_output_not_its_temporary_folder(
                                                    "No space left on device (errno 28)")
     unreadable = OSError(errno.EACCES, "Permission denied", str(tmp_path / "b" / "onnx" / "vision.onnx"))
     assert as_write_error(unreadable, out, tmp) is None  # an input: named by the CLI as it is
+
+
+def test_sizes_in_powers_of_1024_are_labelled_as_such():
+    """report.md and the build's table divided by 1024 and said KB/MB/GB: a 7,068,863-byte tower read '6.7 MB'
+    (7.07 MB); tune's size column and --max-size-mb measure in MiB too, now said."""
+    from mfdeploy.pipelines.report import _size
+    from mfdeploy.tuning.report import MEASURES
+
+    assert [_size(n) for n in (512, 7_068_863, 3 * 2**30)] == ["512 B", "6.7 MiB", "3.0 GiB"]
+    assert "size MiB" in MEASURES

@@ -237,6 +237,13 @@ def test_metrics_and_request_log(server):
     log = server.log.read_text()
     assert re.search(r"INFO POST /v1/embeddings 200 [\d.]+ ms", log) and "INFO POST /v1/embeddings 400" in log
     assert "with ort-cpu on http://127.0.0.1:" in log
+    # request latencies in full resolution: uvloop's loop.time() counted whole milliseconds, so each health check
+    # (well under one) was recorded as 0 or 1 ms and the sums were whole milliseconds
+    for _ in range(20):
+        server.client.get("/health")
+    text = server.client.get("/metrics").text
+    total = float(re.search(r'mfdeploy_request_latency_seconds_sum\{endpoint="/health"\} ([\d.e+-]+)', text)[1])
+    assert abs(total * 1000 - round(total * 1000)) > 1e-6, total
 
 
 def test_a_full_queue_answers_503_with_retry_after(build, tmp_path):

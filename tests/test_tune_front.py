@@ -94,7 +94,7 @@ def test_meets_names_each_broken_constraint():
     assert meets(r, Constraints(max_drop=2, min_speedup=1.5, max_latency_ms=4, max_size_mb=20)) == []
     broken = meets(r, Constraints(max_drop=1, min_speedup=2, max_latency_ms=3, max_size_mb=10))
     assert broken == ["drop 1.40 points > --max-drop 1", "speed-up 1.80x < --min-speedup 2",
-                      "latency 3.20 ms > --max-latency-ms 3", "size 12.5 MB > --max-size-mb 10"]
+                      "latency 3.20 ms > --max-latency-ms 3", "size 12.5 MiB > --max-size-mb 10"]
     assert meets(r, Constraints()) == []  # nothing bounded: `meets` takes the constraints as given
     # a value just over the limit is printed with the decimals that show it is over
     assert meets(rec(1, drop=1.004), Constraints(max_drop=1)) == ["drop 1.004 points > --max-drop 1"]
@@ -121,7 +121,7 @@ def test_choose_breaks_ties_by_retention_then_trial_number():
 
 def test_choose_can_pick_off_the_front_when_every_dominating_trial_breaks_a_bound():
     big = rec(0, retention=0.99, speedup=3.0, size=50)
-    small = rec(1, retention=0.98, speedup=2.0, size=5)  # dominated by #0, but the only one within 10 MB
+    small = rec(1, retention=0.98, speedup=2.0, size=5)  # dominated by #0, but the only one within 10 MiB
     pick, why = choose([big, small], Constraints(max_size_mb=10))
     assert pick["number"] == 1
     assert why.startswith("fastest trial within --max-size-mb 10 (2.00x") and "off the front" in why

@@ -43,7 +43,8 @@ def tune(
     min_speedup: Annotated[float | None, typer.Option(help="Smallest speed-up over dense on --backend.")] = None,
     max_latency_ms: Annotated[float | None, typer.Option(
         help="Largest p50 latency, vision + text at --batch-size, in ms.")] = None,
-    max_size_mb: Annotated[float | None, typer.Option(help="Largest size of the served towers on disk, MB.")] = None,
+    max_size_mb: Annotated[float | None, typer.Option(
+        help="Largest size of the served towers on disk, in MiB (2^20 bytes).")] = None,
     time_budget: Annotated[float, typer.Option(
         help="Minutes to search; a trial starts only if a typical one still fits.")] = 15.0,
     space: Annotated[str, typer.Option(

@@ -77,7 +77,7 @@ _CHECKS: dict[str, tuple[str, Callable[[Record], object], str, bool]] = {
     "min_speedup": ("--min-speedup", lambda r: (r.get("speed") or {}).get("speedup"), "speed-up {}x", False),
     "max_latency_ms": ("--max-latency-ms", lambda r: (r.get("speed") or {}).get("latency_ms"), "latency {} ms",
                        True),
-    "max_size_mb": ("--max-size-mb", lambda r: r.get("size_mb"), "size {} MB", True),
+    "max_size_mb": ("--max-size-mb", lambda r: r.get("size_mb"), "size {} MiB", True),
 }
 
 

@@ -61,7 +61,7 @@ def _measures(r: Record) -> list[str]:
             _f(s.get("speedup"), ".2f", "x"), _f(s.get("latency_ms"), ".2f"), _f(r.get("size_mb"), ".1f")]
 
 
-MEASURES = ["mean acc", "drop pts", "retention", "speed-up", "latency ms", "size MB"]
+MEASURES = ["mean acc", "drop pts", "retention", "speed-up", "latency ms", "size MiB"]
 
 
 def _header(summary: dict) -> list[str]:
