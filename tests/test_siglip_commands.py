@@ -245,8 +245,8 @@ def test_triton_repository_takes_input_ids_alone(build, tmp_path):
     # the scores need the logit scale and bias, which the graphs do not hold (the README's client applies them)
     model = SiglipModel.from_pretrained(build / "pruned")
     scoring = record["scoring"]
-    assert scoring["function"] == "sigmoid" and scoring["logit_bias"] == pytest.approx(float(model.logit_bias))
-    assert scoring["logit_scale"] == pytest.approx(float(model.logit_scale.exp()))
+    assert scoring["function"] == "sigmoid" and scoring["logit_bias"] == pytest.approx(model.logit_bias.item())
+    assert scoring["logit_scale"] == pytest.approx(model.logit_scale.exp().item())
     assert f"probs = 1 / (1 + np.exp(-({scoring['logit_scale']!r} * cosine + {scoring['logit_bias']!r})))" in readme
 
 

@@ -242,7 +242,7 @@ def test_readme_client_example_runs_against_a_stand_in(repo, build, tmp_path, mo
     # and the model's own scores: CLIP's softmax over the texts of exp(logit_scale) * cosine
     from transformers import CLIPModel
 
-    scale = float(CLIPModel.from_pretrained(build / "pruned").logit_scale.exp())
+    scale = CLIPModel.from_pretrained(build / "pruned").logit_scale.exp().item()
     logits = scale * scope["cosine"]
     want = np.exp(logits - logits.max(axis=1, keepdims=True))
     np.testing.assert_allclose(scope["probs"], want / want.sum(axis=1, keepdims=True), rtol=1e-6)

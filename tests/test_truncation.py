@@ -62,12 +62,12 @@ def test_calibration_says_how_many_captions_were_cut(tiny_clip_dir, tmp_path):
 def test_api_calibration_pairs_warn(tiny_adapter, caplog):
     from PIL import Image
 
-    from mfdeploy.api import _calib_source
+    from mfdeploy.models.inputs import calib_from_python
 
     img = Image.new("RGB", (32, 32))
     with caplog.at_level(logging.WARNING, logger="mfdeploy.models.inputs"):
-        _calib_source(tiny_adapter, [(img, LONG), (img, "star"), (img, LONG)], 3)
-        _calib_source(tiny_adapter, [(img, "star")], 1)
+        calib_from_python(tiny_adapter, [(img, LONG), (img, "star"), (img, LONG)], 3, 32)
+        calib_from_python(tiny_adapter, [(img, "star")], 1, 32)
     lines = [r.getMessage() for r in caplog.records if "longer than the model's" in r.getMessage()]
     assert lines == ["warning: 2 of 3 calibration captions are longer than the model's 48 tokens: cut to their "
                      "first tokens"]
