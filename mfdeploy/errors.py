@@ -24,6 +24,16 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def is_number(value: object) -> bool:
+    """An int or a float, not a bool (which is an int to Python, and TOML's and JSON's `true` to a user)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def is_whole(value: object) -> bool:
+    """An int, not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def check_globs(option: str, globs: list[str] | None, names: list[str], what: str) -> None:
     """Refuse a glob of `option` that matches none of `names`: a typo would be recorded as applied.
 

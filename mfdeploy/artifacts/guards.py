@@ -10,11 +10,16 @@ from mfdeploy.artifacts.layout import BUILD_MANIFEST, ENGINES_DENSE_DIR, ENGINES
 from mfdeploy.errors import UserError
 
 
+def here_or_above(path: Path) -> bool:
+    """Whether `path` is the current directory or one of its parents (`''` and `.` included)."""
+    real, cwd = path.resolve(), Path.cwd().resolve()
+    return real == cwd or real in cwd.parents
+
+
 def protected(path: Path) -> str | None:
     """Why `path` may never be replaced, or None: the current directory, its ancestors, home, the root."""
     real = path.resolve()
-    cwd = Path.cwd().resolve()
-    if real == cwd or real in cwd.parents:
+    if here_or_above(path):
         return "it is the current directory or one of its parents"
     if real == Path.home().resolve():
         return "it is your home directory"
@@ -47,4 +52,4 @@ def later_dirs(out: Path) -> set[str]:
     return {ENGINES_DIR, ENGINES_DENSE_DIR} if (Path(out) / BUILD_MANIFEST).is_file() else set()
 
 
-__all__ = ["check_sources", "later_dirs", "protected", "some"]
+__all__ = ["check_sources", "here_or_above", "later_dirs", "protected", "some"]

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mfdeploy.artifacts.guards import check_sources, later_dirs, protected, some
+from mfdeploy.artifacts.guards import check_sources, here_or_above, later_dirs, protected, some
 from mfdeploy.artifacts.layout import ADDED_LATER, FILE_LIST, MANIFESTS, TEMP_OWNER
 from mfdeploy.artifacts.tempdirs import make_temp_dir, sweep, writer_alive
 from mfdeploy.artifacts.writable import as_write_error, check_writable, make_parents, remove_empty
@@ -104,8 +104,7 @@ def check_out_dir(out: Path, force: bool, sources: Iterable[object] = ()) -> Non
         UserError: one line saying why `out` cannot be used; nothing else is touched.
     """
     out = Path(out)
-    here = Path.cwd().resolve()
-    if out.resolve() in (here, *here.parents):  # `--out .`, `..`, or `''` (which Path reads as "."): not "exists"
+    if here_or_above(out):  # `--out .`, `..`, or `''` (which Path reads as "."): before "exists: pass --force"
         raise UserError(f"--out {out}: the current directory or one of its parents; name a new folder for the output")
     check_sources(out, sources)
     if not out.parent.exists():

@@ -21,7 +21,7 @@ from torch import nn
 
 from mfdeploy.data.images import DEFAULT_MAX_PIXELS, ImageTooLarge, to_rgb
 from mfdeploy.models.family import Family, PairScorer
-from mfdeploy.models.processors import resized_pixels
+from mfdeploy.models.processors import grown_too_large, resized_pixels
 
 MODALITIES = ("vision", "text")
 
@@ -127,9 +127,8 @@ class Adapter(ABC):
             if grown > DEFAULT_MAX_PIXELS:
                 name = getattr(im, "filename", "")  # set on an image opened from a file
                 where = f"{name}: " if name else ""
-                raise ImageTooLarge(f"{where}the image is {im.width}x{im.height}; the model's image processor would "
-                                    f"resize it to {grown:,} pixels before cropping, over the limit of "
-                                    f"{DEFAULT_MAX_PIXELS:,}: crop it nearer to a square", grown, DEFAULT_MAX_PIXELS)
+                raise ImageTooLarge(f"{where}{grown_too_large(im.width, im.height, grown, DEFAULT_MAX_PIXELS)}: "
+                                    "crop it nearer to a square", grown, DEFAULT_MAX_PIXELS)
         out = self.image_processor(images=[to_rgb(im) for im in images], return_tensors="pt")
         return out["pixel_values"].float()
 

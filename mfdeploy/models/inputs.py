@@ -23,7 +23,7 @@ from mfdeploy.data.batching import (
     parse_calib,
     raw_pair_chunks,
 )
-from mfdeploy.errors import UserError
+from mfdeploy.errors import UserError, is_whole
 from mfdeploy.models.base import Adapter
 from mfdeploy.models.processors import token_counts
 
@@ -128,14 +128,13 @@ def calib_from_python(adapter: Adapter, calib: Any, n: int, batch_size: int) -> 
     if not items:
         raise UserError("calib: expected 'shapes', a JSONL path, (image, caption) pairs or input batches")
     if isinstance(items[0], Mapping | Batch):
+        needed = ("pixel_values", "input_ids")
+        masked = "attention_mask" in adapter.tower_inputs["text"]  # SigLIP attends everywhere: an all-ones mask
         for i, b in enumerate(items):
-            needed = ("pixel_values", "input_ids")
             if not isinstance(b, Batch) and not (isinstance(b, Mapping) and all(
                     isinstance(b.get(k), torch.Tensor) for k in needed)):
                 raise UserError(f"calib: batch {i} needs {' and '.join(needed)} tensors (and attention_mask for "
                                 f"CLIP); it has {sorted(b) if isinstance(b, Mapping) else type(b).__name__}")
-        masked = "attention_mask" in adapter.tower_inputs["text"]  # SigLIP attends everywhere: an all-ones mask
-        for i, b in enumerate(items):
             if masked and isinstance(b, Mapping) and not isinstance(b.get("attention_mask"), torch.Tensor):
                 raise UserError(f"calib: batch {i} needs an attention_mask tensor: this model's text tower takes one")
         batches = [b if isinstance(b, Batch) else
@@ -143,7 +142,7 @@ def calib_from_python(adapter: Adapter, calib: Any, n: int, batch_size: int) -> 
                          b["attention_mask"].long() if masked else torch.ones_like(b["input_ids"]).long())
                    for b in items]
         # the first `n` pairs, as `calib_samples` says (a bad `n` is refused by prune's own checks)
-        kept, left = [], n if _whole(n) else sum(map(len, batches))
+        kept, left = [], n if is_whole(n) else sum(map(len, batches))
         for i, b in enumerate(batches):
             check_batch(adapter, b, f"calib: batch {i}")
             if left > 0:
@@ -153,7 +152,7 @@ def calib_from_python(adapter: Adapter, calib: Any, n: int, batch_size: int) -> 
         return CalibSource("memory", batches=tuple(kept))
     if adapter.tokenizer is None or adapter.image_processor is None:
         raise UserError("calibrating from (image, caption) pairs needs the model's tokenizer= and processor=")
-    pairs = items[:n] if _whole(n) else items
+    pairs = items[:n] if is_whole(n) else items
     from PIL import Image
 
     for i, pair in enumerate(pairs):
@@ -163,11 +162,7 @@ def calib_from_python(adapter: Adapter, calib: Any, n: int, batch_size: int) -> 
                             "image paths and captions goes in as its path")
     captions = [p[1] for p in pairs]
     warn_truncated(adapter, count_truncated(adapter, captions), len(captions), "calibration captions")
-    size = batch_size if _whole(batch_size) and batch_size > 0 else 32  # a bad one is refused by prune
+    size = batch_size if is_whole(batch_size) and batch_size > 0 else 32  # a bad one is refused by prune
     batches = [make_batch(adapter, [p[0] for p in pairs[i:i + size]], [p[1] for p in pairs[i:i + size]])
                for i in range(0, len(pairs), size)]
     return CalibSource("memory", batches=tuple(batches))
-
-
-def _whole(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

@@ -111,6 +111,13 @@ def resized_pixels(image_processor: Any, width: int, height: int) -> int:
     return width * height
 
 
+def grown_too_large(width: int, height: int, grown: int, limit: int) -> str:
+    """The refusal of an image whose resized picture (`resized_pixels`) is over `limit` pixels; each caller adds
+    its own place, option and advice."""
+    return (f"the image is {width}x{height}; the model's image processor would resize it to {grown:,} pixels "
+            f"before cropping, over the limit of {limit:,}")
+
+
 def token_counts(tokenizer: Any, texts: Sequence[str]) -> list[int]:
     """How many tokens each text is before any truncation, special tokens included.
 

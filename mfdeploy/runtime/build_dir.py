@@ -133,9 +133,6 @@ class BuildDir:
         self._adapters.clear()
 
 
-__all__ = ["BuildDir"]
-
-
 def missing_tower(path: Path) -> UserError:
     """The error for a tower file that is not there: an incomplete build when its folder is a build's, else an
     export to make (`mfdeploy export`)."""
@@ -143,3 +140,5 @@ def missing_tower(path: Path) -> UserError:
         return UserError(f"{path}: missing (an incomplete build: rerun `mfdeploy build`)")
     return UserError(f"{path}: missing (export the towers with `mfdeploy export`)")
 
+
+__all__ = ["BuildDir", "missing_tower"]

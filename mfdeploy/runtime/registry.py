@@ -141,13 +141,12 @@ def _trt(build: BuildDir, variant: str, opts: dict) -> Runner:
     return runner
 
 
+ORT_BACKENDS = {"ort-cpu": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}  # backend -> ONNX Runtime provider
 BACKENDS: dict[str, Callable[[BuildDir, str, dict], Runner]] = {
     "torch": _torch,
     "torch-cuda": _torch_cuda(sparse=False),
     "torch-cuda-sparse": _torch_cuda(sparse=True),
-    "ort-cpu": _ort("cpu"),
-    "ort-cuda": _ort("cuda"),
-    "ort-trt": _ort("tensorrt"),
+    **{name: _ort(provider) for name, provider in ORT_BACKENDS.items()},
     "trt": _trt,
     "openvino": _openvino,
 }
@@ -229,11 +228,7 @@ def unavailable_here(backend: str) -> str | None:
         from mfdeploy.runtime.torch_cuda import cuda_unavailable
 
         return cuda_unavailable()
-    if backend == "trt":
-        probe = platform.tensorrt()
-    elif backend.startswith("ort-"):
-        probe = platform.ort_provider({"ort-cpu": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}[backend])
-    elif backend == "openvino":
+    if backend == "openvino":
         from mfdeploy.runtime.openvino_runner import require_openvino
 
         try:
@@ -241,9 +236,10 @@ def unavailable_here(backend: str) -> str | None:
         except BackendUnavailable as e:
             return str(e)
         return None
-    else:
-        return None
-    return None if probe.ok else probe.reason
+    if backend == "trt" or backend in ORT_BACKENDS:
+        probe = platform.tensorrt() if backend == "trt" else platform.ort_provider(ORT_BACKENDS[backend])
+        return None if probe.ok else probe.reason
+    return None
 
 
 def probe_backends(build_dir: str | Path | BuildDir, backends: Sequence[str] | None = None) -> dict[str, str | None]:

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from mfdeploy.data.images import ImageError, to_rgb
+from mfdeploy.models.processors import grown_too_large
 from mfdeploy.platform import release_freed_memory
 from mfdeploy.server.preprocess import BadInput, TooLarge, open_image
 
@@ -89,9 +90,8 @@ def request_images(values: Sequence[object], names: Sequence[str], max_image_pix
             total += img.width * img.height
             grown = resized(img.width, img.height)
             if grown > max_image_pixels:
-                raise TooLarge(f"{name}: the image is {img.width}x{img.height}; the model's image processor would "
-                               f"resize it to {grown:,} pixels before cropping, over the limit of "
-                               f"{max_image_pixels:,} (--max-image-pixels): send it cropped nearer to a square")
+                raise TooLarge(f"{name}: {grown_too_large(img.width, img.height, grown, max_image_pixels)} "
+                               "(--max-image-pixels): send it cropped nearer to a square")
             held.append(max(img.width * img.height, grown))
         if total > max_request_pixels:
             raise TooLarge(f"the request's {len(values)} images hold {total:,} pixels, over the limit of "

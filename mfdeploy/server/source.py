@@ -36,7 +36,6 @@ from mfdeploy.runtime.base import BackendUnavailable
 from mfdeploy.server.config import BACKENDS, ServeConfig
 
 EXPORT_BACKENDS = ("ort-cpu", "ort-cuda", "trt")  # an export directory holds ONNX towers (and maybe plans)
-_ORT_PROVIDERS = {"ort-cpu": "cpu", "ort-cuda": "cuda"}
 
 
 @dataclass(frozen=True)
@@ -184,8 +183,9 @@ def make_runner(served: Served, backend: str, **opts: Any) -> Any:
 
         return TrtRunner(served.path, how=f"mfdeploy engine {served.path}")
     from mfdeploy.runtime.ort_runner import OrtRunner, check_provider
+    from mfdeploy.runtime.registry import ORT_BACKENDS
 
-    provider = _ORT_PROVIDERS[backend]
+    provider = ORT_BACKENDS[backend]
     check_provider(provider)
     return OrtRunner(served.path, provider=provider, **opts)
 

@@ -27,6 +27,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from mfdeploy.errors import is_number, is_whole
+
 Record = dict[str, Any]
 DEFAULT_MAX_DROP = 1.0  # points of mean zero-shot accuracy, when no constraint is given
 
@@ -55,22 +57,12 @@ class Constraints:
 
 
 STATES = ("complete", "screened", "failed")
-
-
-def is_number(value: object) -> bool:
-    """An int or a float, not a bool (which is an int to Python, and TOML's and JSON's `true` to a user)."""
-    return isinstance(value, int | float) and not isinstance(value, bool)
+CONFIG_FIELDS = ("method", "ratio", "precision", "budget", "pattern", "distill_steps")
 
 
 def is_finite(value: object) -> bool:
     """A number that is neither NaN nor infinite (Optuna refuses those as objective values)."""
     return is_number(value) and math.isfinite(value)  # type: ignore[arg-type]
-
-
-def is_whole(value: object) -> bool:
-    """An int, not a bool."""
-    return isinstance(value, int) and not isinstance(value, bool)
-CONFIG_FIELDS = ("method", "ratio", "precision", "budget", "pattern", "distill_steps")
 
 
 def record_problem(record: object) -> str | None:
@@ -109,5 +101,5 @@ def dense_problem(dense: object) -> str | None:
     return None
 
 
-__all__ = ["CONFIG_FIELDS", "DEFAULT_MAX_DROP", "STATES", "Constraints", "Record", "dense_problem", "is_number",
-           "is_whole", "record_problem"]
+__all__ = ["CONFIG_FIELDS", "DEFAULT_MAX_DROP", "STATES", "Constraints", "Record", "dense_problem", "is_finite",
+           "record_problem"]

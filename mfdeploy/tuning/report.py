@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from mfdeploy.artifacts.io import atomic_file
+from mfdeploy.errors import is_number
 from mfdeploy.tuning.plot import pareto_png
-from mfdeploy.tuning.records import Record, is_number
+from mfdeploy.tuning.records import Record
 
 TUNE_JSON, TUNE_MD, PARETO_PNG = "tune.json", "tune.md", "pareto.png"
 NOTES = ("retention: the mean over tasks of candidate / dense accuracy; drop: points of mean accuracy below "

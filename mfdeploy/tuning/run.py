@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from mfdeploy.artifacts import guards
-from mfdeploy.errors import UserError
+from mfdeploy.errors import UserError, is_number
 from mfdeploy.tuning import journal
 from mfdeploy.tuning.config import TuneConfig, TuneResult
 from mfdeploy.tuning.outputs import finish
-from mfdeploy.tuning.records import Record, is_number
+from mfdeploy.tuning.records import Record
 from mfdeploy.tuning.search import Search
 from mfdeploy.tuning.space import SPACES, Space, load_space, resolve_backend
 

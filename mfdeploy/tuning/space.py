@@ -29,8 +29,7 @@ from typing import Any
 
 import tomllib
 
-from mfdeploy.errors import UserError
-from mfdeploy.tuning.records import is_number, is_whole
+from mfdeploy.errors import UserError, is_number, is_whole
 
 # backend -> the precisions tune can serve on it: (what it is called, how the backend is told)
 BACKEND_PRECISIONS: dict[str, tuple[str, ...]] = {
