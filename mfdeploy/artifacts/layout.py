@@ -127,6 +127,14 @@ def has_towers(directory: Path) -> bool:
     return all((Path(directory) / name).is_file() for name in ONNX_FILES.values())
 
 
+INCOMPLETE_BUILD = "(an incomplete build: rerun `mfdeploy build`)"  # how every command names a damaged build
+
+
+def missing_onnx(build: Path) -> list[str]:
+    """The exported tower files a build directory lacks, as `onnx/<file>` (every build exports both towers)."""
+    return [f"{ONNX_DIR}/{name}" for name in ONNX_FILES.values() if not (Path(build) / ONNX_DIR / name).is_file()]
+
+
 def is_build(directory: Path) -> bool:
     """Whether `directory` is a `mfdeploy build` output (it holds `build.json`)."""
     return (Path(directory) / BUILD_MANIFEST).is_file()

@@ -12,6 +12,7 @@ from mfdeploy.artifacts.layout import (
     ENGINE_FILES,
     ENGINE_RECORD,
     ENGINES_DIR,
+    INCOMPLETE_BUILD,
     INPUT_NAMES,
     ONNX_DIR,
     ONNX_FILES,
@@ -19,6 +20,7 @@ from mfdeploy.artifacts.layout import (
     ONNX_QDQ_DIR,
     PRUNED_DIR,
     TOWER_NAMES,
+    missing_onnx,
 )
 from mfdeploy.artifacts.manifest import BuildManifest, EngineRecord
 from mfdeploy.deploy.model_config import KINDS, GraphIO, read_graph
@@ -92,9 +94,9 @@ def open_build(build: Path) -> BuildManifest:
     if not build.is_dir():
         raise UserError(f"{build}: not a directory (expected a build directory from `mfdeploy build --out`)")
     manifest = BuildManifest.read(build)
-    missing = [f"{ONNX_DIR}/{name}" for name in ONNX_FILES.values() if not (build / ONNX_DIR / name).is_file()]
+    missing = missing_onnx(build)
     if missing:
-        raise UserError(f"{build}: no {' or '.join(missing)} (an incomplete build: rerun `mfdeploy build`)")
+        raise UserError(f"{build}: no {' or '.join(missing)} {INCOMPLETE_BUILD}")
     # not engines/: `mfdeploy engine BUILD` may rebuild them after the build (engines/engine.json then says how)
     verify_artifacts(build, (f"{ONNX_DIR}/", f"{ONNX_INT8_DIR}/", f"{ONNX_QDQ_DIR}/", f"{PRUNED_DIR}/"))
     return manifest
@@ -121,7 +123,7 @@ def plan_models(build: Path, cfg: TritonConfig, engine: EngineRecord | None) -> 
                 for location in io.external:
                     if not (source.parent / location).is_file():
                         raise UserError(f"{source}: its external data file {source.parent / location} is missing "
-                                        "(an incomplete build: rerun `mfdeploy build`)")
+                                        f"{INCOMPLETE_BUILD}")
                 models.append(ModelPlan(f"{cfg.prefix}_{tower}_{suffix}", tower, fmt, variant, source, io, kind))
     # an INT8 build's engines come from the QDQ towers; either way the plan has the graph's inputs and outputs
     graphs = build / (ONNX_QDQ_DIR if engine is not None and engine.int8 else ONNX_DIR)
@@ -131,7 +133,7 @@ def plan_models(build: Path, cfg: TritonConfig, engine: EngineRecord | None) -> 
             graph = graphs / ONNX_FILES[tower]
             if not graph.is_file():
                 raise UserError(f"{plan}: its ONNX graph {graph} is missing, so its inputs and outputs are unknown "
-                                "(an incomplete build: rerun `mfdeploy build`)")
+                                f"{INCOMPLETE_BUILD}")
             models.append(ModelPlan(f"{cfg.prefix}_{tower}_plan", tower, "plan", "engine", plan, read_graph(graph),
                                     "gpu"))
     return models

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
-from mfdeploy.artifacts.layout import ONNX_DIR, ONNX_FILES, ONNX_INT8_DIR, QUANTIZE_MANIFEST, has_towers, is_build
+from mfdeploy.artifacts.layout import (
+    INCOMPLETE_BUILD,
+    ONNX_DIR,
+    ONNX_INT8_DIR,
+    QUANTIZE_MANIFEST,
+    has_towers,
+    is_build,
+    missing_onnx,
+)
 from mfdeploy.artifacts.tempdirs import owned_tempdir
 from mfdeploy.errors import UserError
 from mfdeploy.eval.datasets import N_IMAGES, N_RETRIEVAL, resolve_data
@@ -91,9 +99,7 @@ def _onnx_dir(source: str | Path | Adapter | None, backend: str = "onnx") -> Pat
         if has_towers(candidate):
             return candidate
     if is_build(path):
-        towers = " or ".join(f"{ONNX_DIR}/{name}" for name in ONNX_FILES.values()
-                             if not (path / ONNX_DIR / name).is_file())
-        raise UserError(f"{path}: no {towers} (an incomplete build: rerun `mfdeploy build`, or evaluate with "
+        raise UserError(f"{path}: no {' or '.join(missing_onnx(path))} {INCOMPLETE_BUILD[:-1]}, or evaluate with "
                         "--backend torch)")
     return None
 

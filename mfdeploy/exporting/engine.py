@@ -66,7 +66,7 @@ def engine_dirs(path: Path, out_dir: Path | None = None, int8: bool = False) -> 
     Raises:
         UserError: a build directory without those towers, or an ONNX file changed since the build.
     """
-    from mfdeploy.artifacts.layout import ONNX_QDQ_DIR, is_build
+    from mfdeploy.artifacts.layout import INCOMPLETE_BUILD, ONNX_QDQ_DIR, is_build
     from mfdeploy.models.integrity import verify_artifacts
 
     path = Path(path)
@@ -76,7 +76,7 @@ def engine_dirs(path: Path, out_dir: Path | None = None, int8: bool = False) -> 
             raise UserError(f"{path}: build directory has no {towers}/ " + (
                 "(INT8 engines need the QDQ towers `mfdeploy build --int8` writes there; or run `mfdeploy quantize "
                 f"{path} --target trt --out QDQ`, then `mfdeploy engine QDQ --int8`)" if int8 else
-                "(an incomplete build: rerun `mfdeploy build`)"))
+                INCOMPLETE_BUILD))
         verify_artifacts(path, (f"{towers}/",))
         return path / towers, Path(out_dir) if out_dir is not None else path / ENGINES_DIR
     return path, Path(out_dir) if out_dir is not None else path

@@ -10,12 +10,14 @@ from mfdeploy.artifacts.layout import (
     BUILD_MANIFEST,
     ENGINES_DENSE_DIR,
     ENGINES_DIR,
+    INCOMPLETE_BUILD,
     ONNX_DENSE_DIR,
     ONNX_DIR,
     ONNX_FILES,
     ONNX_INT8_DIR,
     PRUNED_DIR,
     is_build,
+    missing_onnx,
 )
 from mfdeploy.artifacts.manifest import BuildManifest
 from mfdeploy.errors import UserError
@@ -44,9 +46,9 @@ class BuildDir:
         if not self.path.is_dir():
             raise UserError(f"{self.path}: not a directory (expected a build directory from `mfdeploy build --out`)")
         self.build = BuildManifest.read(self.path)
-        lacking = [f"{ONNX_DIR}/{name}" for name in ONNX_FILES.values() if not (self.path / ONNX_DIR / name).is_file()]
+        lacking = missing_onnx(self.path)
         if require_onnx and lacking:  # every build exports both towers: one gone is a damaged build
-            raise UserError(f"{self.path}: no {' or '.join(lacking)} (an incomplete build: rerun `mfdeploy build`)")
+            raise UserError(f"{self.path}: no {' or '.join(lacking)} {INCOMPLETE_BUILD}")
         self._adapters: dict[str, Any] = {}
 
     @property
@@ -81,8 +83,7 @@ class BuildDir:
 
             if variant == "pruned":
                 if not (self.path / PRUNED_DIR / "config.json").is_file():
-                    raise UserError(f"{self.path}: no {PRUNED_DIR}/ checkpoint (an incomplete build: rerun "
-                                    "`mfdeploy build`)")
+                    raise UserError(f"{self.path}: no {PRUNED_DIR}/ checkpoint {INCOMPLETE_BUILD}")
                 self._adapters[variant] = load(self.path / PRUNED_DIR)
             else:
                 source = self._dense_source()
@@ -137,7 +138,7 @@ def missing_tower(path: Path) -> UserError:
     """The error for a tower file that is not there: an incomplete build when its folder is a build's, else an
     export to make (`mfdeploy export`)."""
     if is_build(path.parent.parent):
-        return UserError(f"{path}: missing (an incomplete build: rerun `mfdeploy build`)")
+        return UserError(f"{path}: missing {INCOMPLETE_BUILD}")
     return UserError(f"{path}: missing (export the towers with `mfdeploy export`)")
 
 
