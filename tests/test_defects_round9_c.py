@@ -1,0 +1,85 @@
+"""Faults a new user hit (a ninth round, C): outputs that land on the command's own inputs, kills and full disks
+on the paths less travelled."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import one_error, run_cli
+
+BENCH = ["--backends", "ort-cpu", "--towers", "text", "--batch-sizes", "1", "--warmup", "0", "--iters", "1",
+         "--min-time", "0", "--no-dense"]
+
+
+@pytest.mark.parametrize("target", ["build.json", "onnx/text.onnx", "bench.md", "pruned/config.json"])
+def test_bench_json_naming_a_file_of_the_build_is_refused_and_the_build_left_whole(tiny_build, tmp_path, capsys,
+                                                                                 target):
+    """`bench BUILD --json BUILD/build.json` wrote the rows over the build's manifest: every later command then
+    called the build unreadable. A file of the build (or a report bench writes there) is refused before timing."""
+    build = tmp_path / "b"
+    shutil.copytree(tiny_build, build)
+    before = (build / target).read_bytes() if (build / target).exists() else None
+    assert run_cli(["bench", str(build), *BENCH, "--json", str(build / target)]) == 2
+    line = one_error(capsys)
+    assert f"--json {build / target} would replace {target} of {build}" in line, line
+    after = (build / target).read_bytes() if (build / target).exists() else None
+    assert after == before
+    assert not (build / "bench.json").exists()  # refused before any timing or report
+
+
+def test_bench_json_of_the_users_own_inside_the_build_is_still_written(tiny_build, tmp_path, capsys):
+    build = tmp_path / "b"
+    shutil.copytree(tiny_build, build)
+    assert run_cli(["bench", str(build), *BENCH, "--json", str(build / "rows.json")]) == 0
+    assert (build / "rows.json").is_file() and (build / "bench.json").is_file()
+
+
+def test_eval_json_naming_its_model_or_data_is_refused(tiny_build, shapes_pairs_jsonl, tmp_path, capsys):
+    """`eval BUILD --json BUILD/report.md` (or the --data file, or a checkpoint's config.json) overwrote an input."""
+    build = tmp_path / "b"
+    shutil.copytree(tiny_build, build)
+    report = (build / "report.md").read_bytes()
+    assert run_cli(["eval", str(build), "--images", "8", "--pairs", "8", "--json", str(build / "report.md")]) == 2
+    assert "would replace report.md of" in one_error(capsys)
+    assert (build / "report.md").read_bytes() == report
+    data = tmp_path / "pairs.jsonl"
+    shutil.copy(shapes_pairs_jsonl, data)
+    text = data.read_bytes()
+    assert run_cli(["eval", str(build / "pruned"), "--data", str(data), "--json", str(data)]) == 2
+    assert f"would replace {data}, which this command reads" in one_error(capsys)
+    assert data.read_bytes() == text
+    config = build / "pruned" / "config.json"
+    assert run_cli(["eval", str(build / "pruned"), "--images", "8", "--pairs", "8", "--json", str(config)]) == 2
+    assert "would replace config.json of" in one_error(capsys)
+    assert Path(config).read_bytes() == (tiny_build / "pruned" / "config.json").read_bytes()
+
+
+@pytest.mark.parametrize("verb", ["prune", "build"])
+@pytest.mark.parametrize("cache", [".", "cache"])
+def test_a_mope_cache_inside_out_is_refused_before_any_work(tiny_clip_dir, tmp_path, capsys, monkeypatch, verb,
+                                                            cache):
+    """`prune --method mope --mope-cache X --out X` scored every module, filling X with the cache, then failed:
+    "X already exists: pass --force" (and with --force: "holds files mfdeploy did not write")."""
+    import mfdeploy.pipelines.prune as prune_pipeline
+
+    def no_load(_cfg):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(prune_pipeline, "load_placed", no_load)
+    out = tmp_path / "out"
+    argv = [verb, "--model", str(tiny_clip_dir), "--method", "mope", "--ratio", "0.5", "--calib", "shapes",
+            "--calib-samples", "8", "--mope-cache", str(out / cache), "--out", str(out)]
+    assert run_cli(argv) == 2
+    line = one_error(capsys)
+    assert f"--mope-cache {out / cache}: inside --out {out}" in line, line
+    assert not out.exists()
+
+
+def test_a_mope_cache_beside_out_is_taken(tmp_path):
+    from mfdeploy.pruning.checks import check_cache_outside
+    from mfdeploy.pruning.config import PruneConfig
+
+    check_cache_outside(PruneConfig(ratio=0.5, method="mope", mope_cache=tmp_path / "cache"), tmp_path / "out")
+    check_cache_outside(PruneConfig(ratio=0.5, method="mope", mope_cache=tmp_path), tmp_path / "out")  # out inside the cache
