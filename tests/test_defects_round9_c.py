@@ -82,4 +82,25 @@ def test_a_mope_cache_beside_out_is_taken(tmp_path):
     from mfdeploy.pruning.config import PruneConfig
 
     check_cache_outside(PruneConfig(ratio=0.5, method="mope", mope_cache=tmp_path / "cache"), tmp_path / "out")
-    check_cache_outside(PruneConfig(ratio=0.5, method="mope", mope_cache=tmp_path), tmp_path / "out")  # out inside the cache
+    # out inside the cache is fine: the cache only adds its own files
+    check_cache_outside(PruneConfig(ratio=0.5, method="mope", mope_cache=tmp_path), tmp_path / "out")
+
+
+@pytest.mark.parametrize("damage", [{"backend_asked": None}, {"batch_size": None}, {"eval": None}])
+def test_tune_pick_on_settings_missing_an_entry_is_one_line(tmp_path, capsys, damage):
+    """`tune DIR --pick N` with a tune_settings.json missing "backend_asked" (or "batch_size", "eval") ended in a
+    KeyError traceback: only the space was read inside the check."""
+    import json
+
+    from mfdeploy.tuning.space import load_space
+
+    settings = {"model": None, "backend": "ort-cpu", "backend_asked": "ort-cpu", "batch_size": 8, "eval": "shapes",
+                "space_spec": "quick", "space_lists": load_space("quick", "ort-cpu").describe()}
+    for key in damage:
+        del settings[key]
+    out = tmp_path / "tune"
+    out.mkdir()
+    (out / "tune_settings.json").write_text(json.dumps(settings))
+    assert run_cli(["tune", str(out), "--pick", "0"]) == 2
+    line = one_error(capsys)
+    assert f"tune_settings.json: unreadable (no '{next(iter(damage))}' entry)" in line, line
