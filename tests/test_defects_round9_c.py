@@ -104,3 +104,23 @@ def test_tune_pick_on_settings_missing_an_entry_is_one_line(tmp_path, capsys, da
     assert run_cli(["tune", str(out), "--pick", "0"]) == 2
     line = one_error(capsys)
     assert f"tune_settings.json: unreadable (no '{next(iter(damage))}' entry)" in line, line
+
+
+@pytest.mark.parametrize("points_to", ["a folder", "nothing"])
+def test_out_on_a_symbolic_link_says_so_without_suggesting_force(tmp_path, capsys, points_to):
+    """`quantize BUILD --out LINK` said "LINK already exists: pass --force", and with --force: "--force will not
+    replace LINK: it is a symbolic link" (a dangling link too): the first message sent the user to a refusal."""
+    from mfdeploy.artifacts.io import check_out_dir
+    from mfdeploy.errors import UserError
+
+    target = tmp_path / "real"
+    if points_to == "a folder":
+        target.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    for force in (False, True):
+        with pytest.raises(UserError) as e:
+            check_out_dir(link, force=force)
+        assert str(e.value) == f"{link} is a symbolic link: mfdeploy never writes through one nor replaces it; " \
+                               "choose another --out"
+    assert link.is_symlink() and target.exists() == (points_to == "a folder")

@@ -83,12 +83,13 @@ def check_out_dir(out: Path, force: bool, sources: Iterable[object] = ()) -> Non
         return
     if not (out.is_dir() or out.is_symlink()):  # --force would be refused too: say what to do instead
         raise UserError(f"{out} exists and is a file, not a directory: choose another --out")
+    if out.is_symlink():  # so would it be here, whatever the link points to (or if it points nowhere)
+        raise UserError(f"{out} is a symbolic link: mfdeploy never writes through one nor replaces it; choose "
+                        "another --out")
     if not force:
         raise UserError(f"{out} already exists: pass --force to replace it (only a directory mfdeploy wrote "
                         "is replaced)")
     why = protected(out)
-    if why is None and out.is_symlink():
-        why = "it is a symbolic link"
     if why:
         raise UserError(f"--force will not replace {out}: {why}; choose another --out")
     if not any(out.iterdir()):
