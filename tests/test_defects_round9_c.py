@@ -124,3 +124,18 @@ def test_out_on_a_symbolic_link_says_so_without_suggesting_force(tmp_path, capsy
         assert str(e.value) == f"{link} is a symbolic link: mfdeploy never writes through one nor replaces it; " \
                                "choose another --out"
     assert link.is_symlink() and target.exists() == (points_to == "a folder")
+
+
+def test_quantizing_a_quantize_output_again_names_the_fp32_source(tiny_clip_dir, tmp_path, capsys):
+    """`quantize Q --out Q2` on the output of `quantize EXPORT --out Q` said "Q/vision.onnx: no weight node to
+    quantize" (its weights are int8 already); a build's quantize output asked for an export.json instead."""
+    export, q = tmp_path / "export", tmp_path / "q"
+    assert run_cli(["export", str(tiny_clip_dir), "--out", str(export)]) == 0
+    assert run_cli(["quantize", str(export), "--scheme", "dynamic", "--out", str(q)]) == 0
+    capsys.readouterr()
+    for scheme in ("dynamic", "static"):
+        assert run_cli(["quantize", str(q), "--scheme", scheme, "--out", str(tmp_path / "q2")]) == 2
+        line = one_error(capsys)
+        assert line == f"error: {q}: its towers are quantized already (quantize.json): quantize the fp32 towers " \
+                       f"they came from, {export.resolve()}", line
+        assert not (tmp_path / "q2").exists()
