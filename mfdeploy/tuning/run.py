@@ -72,7 +72,7 @@ def pick_trial(out: Path, number: int, say: Callable[[str], None] | None = None)
         space = Space.from_description(settings["space_lists"])
         cfg = TuneConfig(out=out, model=settings.get("model"), backend=settings["backend_asked"],
                          batch_size=settings["batch_size"], eval_data=settings["eval"], space=settings["space_spec"])
-        backend = settings["backend"]
+        backend, eval_data = settings["backend"], settings["eval"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         why = f"no {e} entry" if isinstance(e, KeyError) else e
         raise UserError(f"{settings_path}: unreadable ({why}); start the tune over (`mfdeploy tune --out {out} "
@@ -83,7 +83,7 @@ def pick_trial(out: Path, number: int, say: Callable[[str], None] | None = None)
         if not chosen or chosen[0]["state"] != "complete":
             numbers = ", ".join(f"#{r['number']}" for r in records if r["state"] == "complete") or "none"
             raise UserError(f"--pick {number}: not a complete trial of {out} (complete: {numbers})")
-        search = Search(cfg, space, backend, cfg.eval_data, out, records, say)
+        search = Search(cfg, space, backend, eval_data, out, records, say)
         search._dense()  # dense.json, written by the search
         return finish(search, None, forced=(chosen[0], f"chosen with --pick {number}"))
 
