@@ -139,3 +139,37 @@ def test_quantizing_a_quantize_output_again_names_the_fp32_source(tiny_clip_dir,
         assert line == f"error: {q}: its towers are quantized already (quantize.json): quantize the fp32 towers " \
                        f"they came from, {export.resolve()}", line
         assert not (tmp_path / "q2").exists()
+
+
+def _stale_temp(parent: Path, name: str) -> Path:
+    """A temporary folder as a run killed with SIGKILL leaves it: its owner record names a process long gone."""
+    import json
+    import socket
+
+    folder = parent / name
+    folder.mkdir()
+    (folder / ".mfdeploy-owner").write_text(json.dumps({"tool": "mfdeploy", "host": socket.gethostname(),
+                                                         "pid": 2**22 + 7, "start": 1, "dir": name}))
+    (folder / "bench.json").write_text("[]")
+    return folder
+
+
+def test_a_killed_bench_inside_a_build_does_not_block_force_or_in_place(tiny_build, tmp_path, capsys):
+    """`bench BUILD` killed while writing its report left `BUILD/.bench.tmp-XXXX`; `build --force --out BUILD`
+    and `quantize BUILD --in-place` then refused: "it holds files mfdeploy did not write
+    (.bench.tmp-XXXX/.mfdeploy-owner, ...)". Only the folders beside --out were swept, not those inside it."""
+    from mfdeploy.artifacts.io import check_out_dir, foreign_files
+
+    build = tmp_path / "b"
+    shutil.copytree(tiny_build, build)
+    stale = _stale_temp(build, ".bench.tmp-k1ll3d00")
+    engines = build / "engines"
+    engines.mkdir()
+    stale_engine = _stale_temp(engines, ".vision.plan.tmp-k1ll3d00")
+    check_out_dir(build, force=True)
+    assert not stale.exists() and not stale_engine.exists()
+    assert foreign_files(build) == []
+    live = build / ".bench.tmp-l1ve0000"  # a folder without a dead owner's record is the user's: still named
+    live.mkdir()
+    (live / "x").write_text("x")
+    assert foreign_files(build) == [".bench.tmp-l1ve0000/x"]

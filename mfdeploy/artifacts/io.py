@@ -33,14 +33,17 @@ def foreign_files(out: Path) -> list[str] | None:
     known = listed_files(out)
     if known is None:
         return None
+    # a killed run's temporary folder inside it (`bench`'s `.bench.tmp-`, an engine's) is no file of the user's
+    for folder in [out, *(p for p in out.rglob("*") if p.is_dir() and not p.is_symlink())]:
+        sweep(folder)
     known_dirs = {"."} | {str(Path(k).parent.as_posix()) for k in known}
     known_dirs |= later_dirs(out)
     foreign = []
     for path in sorted(out.rglob("*")):
         rel = path.relative_to(out).as_posix()
         if path.is_dir() and not path.is_symlink():
-            if not any(k.startswith(rel + "/") for k in known) and not any(path.iterdir()):
-                foreign.append(rel + "/")  # an empty folder nobody listed
+            if rel not in known_dirs and not any(k.startswith(rel + "/") for k in known) and not any(path.iterdir()):
+                foreign.append(rel + "/")  # an empty folder nobody listed, nor a later command (engines/) makes
             continue
         if rel in known or rel == TEMP_OWNER:  # the record a kill may leave in an output just put in place
             continue
