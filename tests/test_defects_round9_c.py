@@ -173,3 +173,21 @@ def test_a_killed_bench_inside_a_build_does_not_block_force_or_in_place(tiny_bui
     live.mkdir()
     (live / "x").write_text("x")
     assert foreign_files(build) == [".bench.tmp-l1ve0000/x"]
+
+
+def test_an_export_of_a_relative_model_path_is_quantized_from_another_folder(tiny_clip_dir, tmp_path, capsys,
+                                                                              monkeypatch):
+    """`mfdeploy export ckpt --out e` recorded "source": "ckpt" in export.json; `quantize e` (and `serve e`) run
+    from another folder read it as a hub id: "cannot load the config of ckpt: the Hugging Face hub cannot be
+    reached"."""
+    import json
+
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copytree(tiny_clip_dir, work / "ckpt")
+    monkeypatch.chdir(work)
+    assert run_cli(["export", "ckpt", "--out", "e"]) == 0
+    assert json.loads((work / "e" / "export.json").read_text())["model"]["source"] == str(work / "ckpt")
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(["quantize", str(work / "e"), "--scheme", "dynamic", "--out", "q"]) == 0
+    assert (tmp_path / "q" / "vision.onnx").is_file()
