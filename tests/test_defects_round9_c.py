@@ -191,3 +191,15 @@ def test_an_export_of_a_relative_model_path_is_quantized_from_another_folder(tin
     monkeypatch.chdir(tmp_path)
     assert run_cli(["quantize", str(work / "e"), "--scheme", "dynamic", "--out", "q"]) == 0
     assert (tmp_path / "q" / "vision.onnx").is_file()
+
+
+def test_tune_out_on_a_dangling_symbolic_link_says_so(tmp_path, capsys):
+    """`tune --out LINK`, LINK pointing nowhere, ended in "cannot write LINK/trials.jsonl: No such file or
+    directory": mkdir found the link there and let it pass."""
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "gone" / "tune")
+    assert run_cli(["tune", "--space", "quick", "--out", str(link), "--time-budget", "1"]) == 2
+    line = one_error(capsys)
+    assert line == f"error: --out {link}: a symbolic link to {tmp_path / 'gone' / 'tune'}, which does not exist; " \
+                   "choose another --out", line
+    assert link.is_symlink() and not (tmp_path / "gone").exists()

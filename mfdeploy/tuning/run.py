@@ -195,6 +195,8 @@ def _prepare_out(out: Path) -> Path:
     out = out.expanduser()
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: a file is there, not a directory")
+    if out.is_symlink() and not out.exists():  # mkdir finds it "exists"; every write into it then fails
+        raise UserError(f"--out {out}: a symbolic link to {out.readlink()}, which does not exist; choose another --out")
     is_tune = (out / journal.SETTINGS).is_file()  # written before any trial: a trials.jsonl alone is not a tune
     # a tune killed before it wrote its settings leaves its lock (and perhaps the settings' temporary folder)
     started = out.is_dir() and all(journal.started_here(p.name) for p in out.iterdir())
