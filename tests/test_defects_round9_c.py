@@ -51,9 +51,11 @@ def test_eval_json_naming_its_model_or_data_is_refused(tiny_build, shapes_pairs_
     assert f"would replace {data}, which this command reads" in one_error(capsys)
     assert data.read_bytes() == text
     config = build / "pruned" / "config.json"
-    assert run_cli(["eval", str(build / "pruned"), "--images", "8", "--pairs", "8", "--json", str(config)]) == 2
-    assert "would replace config.json of" in one_error(capsys)
+    for target in (config, build / "pruned" / "eval.json"):  # a checkpoint: any file in it may be one it reads
+        assert run_cli(["eval", str(build / "pruned"), "--images", "8", "--pairs", "8", "--json", str(target)]) == 2
+        assert f"--json {target} is inside {build / 'pruned'}, which this command reads" in one_error(capsys)
     assert Path(config).read_bytes() == (tiny_build / "pruned" / "config.json").read_bytes()
+    assert not (build / "pruned" / "eval.json").exists()
 
 
 @pytest.mark.parametrize("verb", ["prune", "build"])

@@ -67,10 +67,9 @@ def _own_files(out: Path) -> set[str] | None:
 
 
 def check_file_sources(target: Path, sources: Iterable[object], option: str = "--json") -> None:
-    """Refuse a file to write that is one of `sources` (paths the command reads), or a file inside one that the
-    command reads or mfdeploy wrote there (a manifest, a tower, a report that a command adds later).
-
-    A new file of the user's own inside a source folder is allowed (`bench BUILD --json BUILD/rows.json`).
+    """Refuse a file to write that is one of `sources` (paths the command reads) or inside one, unless the source
+    is an mfdeploy output and the file is none mfdeploy wrote or adds there later (a manifest, a tower, a report):
+    `bench BUILD --json BUILD/rows.json` is taken, `BUILD/build.json` and `CHECKPOINT/anything.json` are not.
     """
     real = Path(target).expanduser().resolve()
     for source in sources:
@@ -85,10 +84,9 @@ def check_file_sources(target: Path, sources: Iterable[object], option: str = "-
         rel = real.relative_to(src).as_posix()
         known = listed_files(src)
         if known is None:  # not an mfdeploy output (a checkpoint, a data folder): any file of it may be read
-            clash = real.exists()
-        else:
-            clash = rel in known or any(fnmatch.fnmatchcase(real.name, g) for g in ADDED_LATER)
-        if clash:
+            raise UserError(f"{option} {target} is inside {source}, which this command reads: choose a file "
+                            "outside it")
+        if rel in known or any(fnmatch.fnmatchcase(real.name, g) for g in ADDED_LATER):
             raise UserError(f"{option} {target} would replace {rel} of {source}, which this command reads or "
                             "writes: choose a file outside it")
 
