@@ -3,10 +3,12 @@ that writes it; and the folders later commands add to an output (`check_out_dir`
 
 from __future__ import annotations
 
+import fnmatch
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from mfdeploy.artifacts.layout import BUILD_MANIFEST, ENGINES_DENSE_DIR, ENGINES_DIR
+from mfdeploy.artifacts.layout import ADDED_LATER, BUILD_MANIFEST, ENGINES_DENSE_DIR, ENGINES_DIR, FILE_LIST, MANIFESTS
 from mfdeploy.errors import UserError
 
 
@@ -26,6 +28,67 @@ def protected(path: Path) -> str | None:
     if real == Path(real.anchor):
         return "it is the filesystem root"
     return None
+
+
+def _read_list(listing: Path, prefix: str = "") -> set[str]:
+    return {prefix + line for line in listing.read_text(encoding="utf-8").splitlines() if line} | {prefix + FILE_LIST}
+
+
+def listed_files(out: Path) -> set[str] | None:
+    """The files an mfdeploy output directory was created with (relative paths), None if it is not one.
+
+    Output directories mfdeploy wrote inside it (e.g. `mfdeploy quantize BUILD --out BUILD/q`) count too.
+    """
+    known = _own_files(out)
+    if known is not None:
+        for listing in out.rglob(f"*/{FILE_LIST}"):
+            known |= _read_list(listing, listing.parent.relative_to(out).as_posix() + "/")
+    return known
+
+
+def _own_files(out: Path) -> set[str] | None:
+    listing = out / FILE_LIST
+    if listing.is_file():
+        return _read_list(listing)
+    manifests = [out / name for name in MANIFESTS if (out / name).is_file()]
+    if not manifests:
+        return None
+    # Written before the file list existed: trust what the manifests themselves list.
+    known = {m.name for m in manifests}
+    for manifest in manifests:
+        try:
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        for key in ("artifacts", "files"):
+            if isinstance(data, dict) and isinstance(data.get(key), dict):
+                known |= set(data[key])
+    return known
+
+
+def check_file_sources(target: Path, sources: Iterable[object], option: str = "--json") -> None:
+    """Refuse a file to write that is one of `sources` (paths the command reads) or inside one, unless the source
+    is an mfdeploy output and the file is none mfdeploy wrote or adds there later (a manifest, a tower, a report):
+    `bench BUILD --json BUILD/rows.json` is taken, `BUILD/build.json` and `CHECKPOINT/anything.json` are not.
+    """
+    real = Path(target).expanduser().resolve()
+    for source in sources:
+        if not isinstance(source, (str, Path)) or not Path(source).exists():
+            continue
+        src = Path(source).resolve()
+        if real == src:
+            raise UserError(f"{option} {target} would replace {source}, which this command reads: choose another "
+                            "file")
+        if src not in real.parents:
+            continue
+        rel = real.relative_to(src).as_posix()
+        known = listed_files(src)
+        if known is None:  # not an mfdeploy output (a checkpoint, a data folder): any file of it may be read
+            raise UserError(f"{option} {target} is inside {source}, which this command reads: choose a file "
+                            "outside it")
+        if rel in known or any(fnmatch.fnmatchcase(real.name, g) for g in ADDED_LATER):
+            raise UserError(f"{option} {target} would replace {rel} of {source}, which this command reads or "
+                            "writes: choose a file outside it")
 
 
 def check_sources(out: Path, sources: Iterable[object]) -> None:
@@ -52,4 +115,4 @@ def later_dirs(out: Path) -> set[str]:
     return {ENGINES_DIR, ENGINES_DENSE_DIR} if (Path(out) / BUILD_MANIFEST).is_file() else set()
 
 
-__all__ = ["check_sources", "here_or_above", "later_dirs", "protected", "some"]
+__all__ = ["check_file_sources", "check_sources", "here_or_above", "later_dirs", "listed_files", "protected", "some"]

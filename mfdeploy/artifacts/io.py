@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mfdeploy.artifacts.guards import check_sources, here_or_above, later_dirs, protected, some
+from mfdeploy.artifacts.guards import check_sources, here_or_above, later_dirs, listed_files, protected, some
 from mfdeploy.artifacts.layout import ADDED_LATER, FILE_LIST, MANIFESTS, TEMP_OWNER
 from mfdeploy.artifacts.tempdirs import make_temp_dir, sweep, writer_alive
 from mfdeploy.artifacts.writable import as_write_error, check_writable, make_parents, remove_empty
@@ -25,58 +25,25 @@ def _umask() -> int:
     return mask
 
 
-def _read_list(listing: Path, prefix: str = "") -> set[str]:
-    return {prefix + line for line in listing.read_text(encoding="utf-8").splitlines() if line} | {prefix + FILE_LIST}
-
-
-def _listed_files(out: Path) -> set[str] | None:
-    """The files an mfdeploy output directory was created with (relative paths), None if it is not one.
-
-    Output directories mfdeploy wrote inside it (e.g. `mfdeploy quantize BUILD --out BUILD/q`) count too.
-    """
-    known = _own_files(out)
-    if known is not None:
-        for listing in out.rglob(f"*/{FILE_LIST}"):
-            known |= _read_list(listing, listing.parent.relative_to(out).as_posix() + "/")
-    return known
-
-
-def _own_files(out: Path) -> set[str] | None:
-    listing = out / FILE_LIST
-    if listing.is_file():
-        return _read_list(listing)
-    manifests = [out / name for name in MANIFESTS if (out / name).is_file()]
-    if not manifests:
-        return None
-    # Written before the file list existed: trust what the manifests themselves list.
-    known = {m.name for m in manifests}
-    for manifest in manifests:
-        try:
-            data = json.loads(manifest.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        for key in ("artifacts", "files"):
-            if isinstance(data, dict) and isinstance(data.get(key), dict):
-                known |= set(data[key])
-    return known
-
-
 def foreign_files(out: Path) -> list[str] | None:
     """Files and folders under `out` that mfdeploy did not write (relative paths, sorted).
 
     Returns None when `out` is not an mfdeploy output directory at all (no file list, no manifest).
     """
-    known = _listed_files(out)
+    known = listed_files(out)
     if known is None:
         return None
+    # a killed run's temporary folder inside it (`bench`'s `.bench.tmp-`, an engine's) is no file of the user's
+    for folder in [out, *(p for p in out.rglob("*") if p.is_dir() and not p.is_symlink())]:
+        sweep(folder)
     known_dirs = {"."} | {str(Path(k).parent.as_posix()) for k in known}
     known_dirs |= later_dirs(out)
     foreign = []
     for path in sorted(out.rglob("*")):
         rel = path.relative_to(out).as_posix()
         if path.is_dir() and not path.is_symlink():
-            if not any(k.startswith(rel + "/") for k in known) and not any(path.iterdir()):
-                foreign.append(rel + "/")  # an empty folder nobody listed
+            if rel not in known_dirs and not any(k.startswith(rel + "/") for k in known) and not any(path.iterdir()):
+                foreign.append(rel + "/")  # an empty folder nobody listed, nor a later command (engines/) makes
             continue
         if rel in known or rel == TEMP_OWNER:  # the record a kill may leave in an output just put in place
             continue
@@ -119,12 +86,13 @@ def check_out_dir(out: Path, force: bool, sources: Iterable[object] = ()) -> Non
         return
     if not (out.is_dir() or out.is_symlink()):  # --force would be refused too: say what to do instead
         raise UserError(f"{out} exists and is a file, not a directory: choose another --out")
+    if out.is_symlink():  # so would it be here, whatever the link points to (or if it points nowhere)
+        raise UserError(f"{out} is a symbolic link: mfdeploy never writes through one nor replaces it; choose "
+                        "another --out")
     if not force:
         raise UserError(f"{out} already exists: pass --force to replace it (only a directory mfdeploy wrote "
                         "is replaced)")
     why = protected(out)
-    if why is None and out.is_symlink():
-        why = "it is a symbolic link"
     if why:
         raise UserError(f"--force will not replace {out}: {why}; choose another --out")
     if not any(out.iterdir()):

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from mfdeploy.artifacts.guards import check_file_sources
 from mfdeploy.artifacts.layout import BENCH_JSON, ONNX_INT8_DIR
 from mfdeploy.artifacts.writable import check_file_target, check_writable
 from mfdeploy.bench.args import (
@@ -135,6 +136,7 @@ def run_bench(
         check_writable(Path(build_dir), Path(build_dir) / BENCH_JSON)
     if json_path is not None:
         check_file_target(Path(json_path))
+        check_file_sources(Path(json_path), [build_dir])  # --json BUILD/build.json overwrote the build's manifest
     load_start = load_average()
     with BuildDir(build_dir) as build:
         adapter = build.adapter("pruned")  # image size, tokenizer, text limit

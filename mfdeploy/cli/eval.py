@@ -48,7 +48,7 @@ def eval_(
     from mfdeploy.eval import check_json_target, write_result
 
     if json_path is not None:
-        check_json_target(json_path)
+        check_json_target(json_path, [model, data])
     with err.status("evaluating") as status:
         result = inspect.unwrap(api.evaluate)(model, data, backend=backend, template=template,
                               retention="if known" if retention else False,

@@ -182,7 +182,9 @@ def load(source: str | Path | None = None, need_processors: bool = True) -> Adap
     if origin is not None:
         model_id = str(origin.get("model_id", model_id))
     model.config._name_or_path = model_id
-    adapter = adapter_cls(model, None, None, source=str(where), origin=origin,
+    # a local checkpoint by its absolute path: export.json records it for quantize and serve, run from anywhere
+    adapter = adapter_cls(model, None, None, source=str(where.resolve() if isinstance(where, Path) else where),
+                          origin=origin,
                           loaders={"tokenizer": lambda: load_tokenizer(where),
                                    "image_processor": lambda: load_image_processor(where)})
     if need_processors:

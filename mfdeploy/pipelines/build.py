@@ -35,6 +35,7 @@ from mfdeploy.pipelines.build_state import BuildConfig, BuildState, Stage
 from mfdeploy.pipelines.gate import int8_torch_gate, parity_gate
 from mfdeploy.pipelines.prune import load_placed, write_prune_outputs
 from mfdeploy.progress import Reporter
+from mfdeploy.pruning.checks import check_cache_outside
 from mfdeploy.pruning.run import record_for_json, validate
 from mfdeploy.zoo import is_bundled
 
@@ -230,6 +231,7 @@ def run_build(cfg: BuildConfig, on_stage: Callable[[str, int, int], None] | None
         raise UserError(f"--sparse {cfg.sparse}: expected auto, on or off")
     out = Path(cfg.out)
     check_out_dir(out, cfg.force, sources=(cfg.prune.model,))
+    check_cache_outside(cfg.prune, out)
     plan = planned_stages(cfg, extra)
     timings: dict[str, float] = {}
     with atomic_dir(out, cfg.force) as tmp:

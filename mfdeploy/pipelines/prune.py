@@ -20,7 +20,7 @@ from mfdeploy.artifacts.layout import MASKS_FILE, ORIGIN_FILE, PRUNE_MANIFEST, P
 from mfdeploy.models import Adapter, load
 from mfdeploy.models.integrity import artifact_records
 from mfdeploy.progress import Reporter
-from mfdeploy.pruning.checks import validate
+from mfdeploy.pruning.checks import check_cache_outside, validate
 from mfdeploy.pruning.config import PruneConfig
 from mfdeploy.pruning.masks import save_masks
 from mfdeploy.pruning.record import record_for_json
@@ -32,6 +32,7 @@ def run_prune(cfg: PruneConfig, out: Path, force: bool = False, reporter: Report
     validate(cfg)
     out = Path(out)
     check_out_dir(out, force, sources=(cfg.model,))
+    check_cache_outside(cfg, out)
     t0 = time.perf_counter()
     adapter = load_placed(cfg)
     load_s = time.perf_counter() - t0

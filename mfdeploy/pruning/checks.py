@@ -89,6 +89,17 @@ def validate(cfg: PruneConfig) -> tuple[int, int] | None:
     return pattern
 
 
+def check_cache_outside(cfg: PruneConfig, out: Path) -> None:
+    """Refuse a `--mope-cache` that is `out` or inside it: the cache fills it while MoPE scores, so the finished
+    output could not be put in place (`out` exists, with files mfdeploy did not list), after all the work."""
+    if cfg.mope_cache is None:
+        return
+    cache, real_out = Path(cfg.mope_cache).expanduser().resolve(), Path(out).expanduser().resolve()
+    if cache == real_out or real_out in cache.parents:
+        raise UserError(f"--mope-cache {cfg.mope_cache}: inside --out {out}, which the output replaces; choose a "
+                        "cache folder outside it")
+
+
 def _unused_options(cfg: PruneConfig, budget: str | None) -> None:
     """An option of one method (or of distillation) given with another is refused, as --budget with mope is:
     silently ignored, a user would believe it was applied."""
@@ -128,4 +139,4 @@ def resolved_budget(cfg: PruneConfig, pattern: tuple[int, int] | None) -> str | 
     return cfg.budget or METHODS[cfg.method].default_budget
 
 
-__all__ = ["resolved_budget", "validate"]
+__all__ = ["check_cache_outside", "resolved_budget", "validate"]

@@ -106,6 +106,9 @@ def resolve_source(src: Path) -> tuple[Path, str]:
     if not any((src / name).is_file() for name in ONNX_FILES.values()):
         raise UserError(f"{src}: no towers to quantize (expected vision.onnx and text.onnx, or a build directory "
                         "with onnx/): run `mfdeploy export` or `mfdeploy build` first")
+    if (src / QUANTIZE_MANIFEST).is_file():  # its weight nodes are int8 already: "no weight node to quantize"
+        raise UserError(f"{src}: its towers are quantized already ({QUANTIZE_MANIFEST}): quantize the fp32 towers "
+                        f"they came from{_source_of(src)}")
     check_onnx_dir(src)
     try:
         model = ExportManifest.read(src).model_source
@@ -115,6 +118,17 @@ def resolve_source(src: Path) -> tuple[Path, str]:
         raise UserError(f"{src}: no readable {EXPORT_MANIFEST} naming the model, whose processor and tokenizer "
                         "make the calibration inputs (export with `mfdeploy export`)")
     return src, model
+
+
+def _source_of(quantized: Path) -> str:
+    """`, SOURCE` as a quantize.json records it ('' when it cannot be read)."""
+    import json
+
+    try:
+        source = json.loads((quantized / QUANTIZE_MANIFEST).read_text(encoding="utf-8")).get("source")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return f", {source}" if isinstance(source, str) and source else ""
 
 
 def _versions() -> dict[str, str | None]:

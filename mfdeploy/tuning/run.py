@@ -70,8 +70,12 @@ def pick_trial(out: Path, number: int, say: Callable[[str], None] | None = None)
         settings = json.loads(settings_path.read_text())
         # the space as the search used it: its TOML may have moved since, or be relative to another directory
         space = Space.from_description(settings["space_lists"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{settings_path}: unreadable ({e}); start the tune over (`mfdeploy tune --out {out} "
+        cfg = TuneConfig(out=out, model=settings.get("model"), backend=settings["backend_asked"],
+                         batch_size=settings["batch_size"], eval_data=settings["eval"], space=settings["space_spec"])
+        backend, eval_data = settings["backend"], settings["eval"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        why = f"no {e} entry" if isinstance(e, KeyError) else e
+        raise UserError(f"{settings_path}: unreadable ({why}); start the tune over (`mfdeploy tune --out {out} "
                         "--force` with its options) or use another --out") from None
     with journal.DirLock(out):
         records = _in_space(journal.read_records(out, lambda m: say(f"warning: {m}")), space, out, say)
@@ -79,9 +83,7 @@ def pick_trial(out: Path, number: int, say: Callable[[str], None] | None = None)
         if not chosen or chosen[0]["state"] != "complete":
             numbers = ", ".join(f"#{r['number']}" for r in records if r["state"] == "complete") or "none"
             raise UserError(f"--pick {number}: not a complete trial of {out} (complete: {numbers})")
-        cfg = TuneConfig(out=out, model=settings.get("model"), backend=settings["backend_asked"],
-                         batch_size=settings["batch_size"], eval_data=settings["eval"], space=settings["space_spec"])
-        search = Search(cfg, space, settings["backend"], settings["eval"], out, records, say)
+        search = Search(cfg, space, backend, eval_data, out, records, say)
         search._dense()  # dense.json, written by the search
         return finish(search, None, forced=(chosen[0], f"chosen with --pick {number}"))
 
@@ -193,6 +195,8 @@ def _prepare_out(out: Path) -> Path:
     out = out.expanduser()
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: a file is there, not a directory")
+    if out.is_symlink() and not out.exists():  # mkdir finds it "exists"; every write into it then fails
+        raise UserError(f"--out {out}: a symbolic link to {out.readlink()}, which does not exist; choose another --out")
     is_tune = (out / journal.SETTINGS).is_file()  # written before any trial: a trials.jsonl alone is not a tune
     # a tune killed before it wrote its settings leaves its lock (and perhaps the settings' temporary folder)
     started = out.is_dir() and all(journal.started_here(p.name) for p in out.iterdir())
