@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from mfdeploy.models.registry import adapter_class, model_class, read_config
 from mfdeploy.models.structure import STRUCTURE_FILE  # written by structured pruning: the cut shapes
 from mfdeploy.zoo import BUNDLED, bundled_name
 
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # Hugging Face repo ids: owner/name, word characters, '-' and '.'
 CHECKED_FILES = (f"{PRUNED_DIR}/", MASKS_FILE)  # what loading a prune/build directory relies on
 
 
@@ -54,7 +56,8 @@ def resolve_checkpoint(source: str | Path | None) -> tuple[Path | str, str]:
     text = str(source)
     first = text.split("/", 1)[0]
     # a path (relative, absolute, or under a folder that exists here, e.g. a tune's `best/` not made yet)
-    looks_local = (text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text
+    # a hub id is owner/name of letters, digits, - _ . (a trailing slash, as a shell completes a folder, is a path)
+    looks_local = (text.startswith((".", "/", "~")) or "\\" in text or ("/" in text and not _HUB_ID.fullmatch(text))
                    or ("/" in text and Path(first).expanduser().is_dir()))
     if looks_local:
         raise UserError(f"{text}: model path does not exist")

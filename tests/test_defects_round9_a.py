@@ -1,0 +1,38 @@
+"""Faults a new user hit following the documentation literally (round 9, helper a): each one is what the docs
+describe, checked on the real command or function."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import run_cli
+
+from mfdeploy.errors import UserError
+
+
+def _one_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+# ---- a mistyped folder with the slash a shell's completion adds ---------------------------------------------------
+
+@pytest.mark.parametrize("typed", ["mybuild/", "owner/name/", "my build/x", "a/b:c"])
+def test_a_missing_folder_with_a_trailing_slash_is_a_path_not_a_hub_id(tmp_path, monkeypatch, typed):
+    """`mfdeploy info nosuchdir/` asked the hub for a model named `nosuchdir/` and ended in "cannot load the config
+    of nosuchdir/: the Hugging Face hub cannot be reached ...`hf download nosuchdir/`"; models.md says a name that
+    is neither an existing path nor of the form owner/name is refused at once, without asking the hub."""
+    from mfdeploy.models import resolve_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=rf"^{typed}: model path does not exist$"):
+        resolve_checkpoint(typed)
+    assert resolve_checkpoint("google/siglip-base-patch16-224") == ("google/siglip-base-patch16-224",) * 2
+
+
+def test_info_on_a_missing_folder_with_a_slash_names_the_path(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(["info", "nosuchdir/"]) == 2
+    assert _one_error(capsys) == "error: nosuchdir/: model path does not exist"
