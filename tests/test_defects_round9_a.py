@@ -36,3 +36,15 @@ def test_info_on_a_missing_folder_with_a_slash_names_the_path(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     assert run_cli(["info", "nosuchdir/"]) == 2
     assert _one_error(capsys) == "error: nosuchdir/: model path does not exist"
+
+
+# ---- a calibration count or batch size out of range names the one at fault ----------------------------------------
+
+@pytest.mark.parametrize("option,value", [("--calib-samples", "0"), ("--batch-size", "-3")])
+def test_a_non_positive_calibration_count_names_its_option_and_value(tmp_path, capsys, option, value):
+    """`mfdeploy prune --ratio 0.5 --calib-samples 0` said "--calib-samples and --batch-size must be positive":
+    two options for one at fault, and not the value; troubleshooting promises the option and the value."""
+    out = tmp_path / "p"
+    assert run_cli(["prune", "--ratio", "0.5", option, value, "--out", str(out)]) == 2
+    assert _one_error(capsys) == f"error: {option} {value}: must be positive"
+    assert not out.exists()
