@@ -48,3 +48,26 @@ def test_a_non_positive_calibration_count_names_its_option_and_value(tmp_path, c
     assert run_cli(["prune", "--ratio", "0.5", option, value, "--out", str(out)]) == 2
     assert _one_error(capsys) == f"error: {option} {value}: must be positive"
     assert not out.exists()
+
+
+# ---- a build without onnx_int8/: the command the message gives is the documented one, and it works ---------------
+
+def test_the_missing_int8_hint_is_a_command_that_adds_onnx_int8(tiny_build, tmp_path, capsys):
+    """`mfdeploy eval build --backend onnx-int8` on a build made without --int8 said "run `mfdeploy quantize BUILD
+    --out BUILD/onnx_int8`" (a placeholder, and not the documented way: build.json and report.md never learn of
+    it), and `serve`/`bench` named only a full rebuild; quantize.md's way is `mfdeploy quantize BUILD
+    --in-place`. Each now names it with the build's own path, and the command runs as given."""
+    import shutil
+
+    build = tmp_path / "b"
+    shutil.copytree(tiny_build, build)
+    assert run_cli(["eval", str(build), "--backend", "onnx-int8"]) == 2
+    line = _one_error(capsys)
+    hint = f"`mfdeploy quantize {build} --in-place`"
+    assert line.endswith(f"(build with --int8, or add it with {hint})"), line
+    assert run_cli(["serve", str(build), "--backend", "ort-int8", "--port", "1"]) == 2
+    assert _one_error(capsys).endswith(f"or add it with {hint}")
+    assert run_cli(hint.strip("`").split()[1:] + ["--calib", "shapes", "--calib-samples", "8"]) == 0
+    capsys.readouterr()
+    assert (build / "onnx_int8" / "vision.onnx").is_file()
+    assert run_cli(["eval", str(build), "--backend", "onnx-int8"]) == 0
