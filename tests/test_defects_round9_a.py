@@ -71,3 +71,20 @@ def test_the_missing_int8_hint_is_a_command_that_adds_onnx_int8(tiny_build, tmp_
     capsys.readouterr()
     assert (build / "onnx_int8" / "vision.onnx").is_file()
     assert run_cli(["eval", str(build), "--backend", "onnx-int8"]) == 0
+
+
+# ---- an export directory where a model is expected ------------------------------------------------------------------
+
+@pytest.mark.parametrize("manifest", ["export.json", "quantize.json", "triton.json"])
+def test_an_output_of_mfdeploy_given_as_a_model_says_what_it_is(tmp_path, capsys, manifest):
+    """`mfdeploy info p50-onnx` (an export directory) said "p50-onnx: not a model checkpoint (no config.json)", as
+    for any folder: troubleshooting promises a message that says what the path is and what was expected."""
+    out = tmp_path / "p50-onnx"
+    out.mkdir()
+    (out / manifest).write_text("{}")
+    assert run_cli(["info", str(out)]) == 2
+    assert _one_error(capsys) == (f"error: {out}: an output of mfdeploy ({manifest}), not a model checkpoint: pass "
+                                  "the checkpoint, prune or build directory it was made from")
+    (tmp_path / "plain").mkdir()
+    assert run_cli(["info", str(tmp_path / "plain")]) == 2
+    assert _one_error(capsys).endswith("plain: not a model checkpoint (no config.json)")

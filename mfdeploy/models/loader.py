@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mfdeploy.artifacts import guards
+from mfdeploy.artifacts.layout import MANIFESTS as OUTPUT_MANIFESTS
 from mfdeploy.artifacts.layout import MASKS_FILE, ORIGIN_FILE, PRUNED_DIR
 from mfdeploy.errors import UserError
 from mfdeploy.models import hub
@@ -50,6 +51,10 @@ def resolve_checkpoint(source: str | Path | None) -> tuple[Path | str, str]:
             what = "build" if (path / MANIFESTS[0]).is_file() else "prune"
             raise UserError(f"{path}: no {PRUNED_DIR}/ checkpoint (an incomplete {what} directory: rerun "
                             f"`mfdeploy {what}`)")
+        elif not (path / "config.json").is_file() and (made := [m for m in OUTPUT_MANIFESTS if (path / m).is_file()]):
+            # an export, quantize, engine or Triton output holds towers, not the weights this command reads
+            raise UserError(f"{path}: an output of mfdeploy ({made[0]}), not a model checkpoint: pass the checkpoint, "
+                            "prune or build directory it was made from")
         adapter_class(read_config(path), path)  # an unsupported family fails here, before any weights load
         # recorded absolute: records read from another folder (retention's dense model) find it, never the hub
         return path, str(path.resolve())
