@@ -88,3 +88,27 @@ def test_an_output_of_mfdeploy_given_as_a_model_says_what_it_is(tmp_path, capsys
     (tmp_path / "plain").mkdir()
     assert run_cli(["info", str(tmp_path / "plain")]) == 2
     assert _one_error(capsys).endswith("plain: not a model checkpoint (no config.json)")
+
+
+# ---- an export made with a relative model path, served from another folder -----------------------------------------
+
+def test_an_export_names_its_local_model_so_that_it_is_found_from_any_folder(tiny_clip_dir, tmp_path, monkeypatch,
+                                                                            capsys):
+    """`mfdeploy export p50 --out p50-onnx`, then `mfdeploy serve /abs/p50-onnx` from another folder: "the model it
+    was exported from, p50/pruned, is not in the Hugging Face cache here ... `huggingface-cli download
+    p50/pruned`": export.json recorded the checkpoint relative to where export ran, and serve took it for a hub
+    id. It is recorded absolute now."""
+    import json
+    import shutil
+
+    from mfdeploy.server.source import _checkpoint
+
+    work = tmp_path / "work"
+    shutil.copytree(tiny_clip_dir, work / "my-clip")
+    monkeypatch.chdir(work)
+    assert run_cli(["export", "my-clip", "--out", "onnx"]) == 0
+    capsys.readouterr()
+    source = json.loads((work / "onnx" / "export.json").read_text())["model"]["source"]
+    assert source == str((work / "my-clip").resolve())
+    monkeypatch.chdir(tmp_path)
+    assert _checkpoint(source, work / "onnx") == work / "my-clip"
