@@ -3,6 +3,9 @@ describe, checked on the real command or function."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from helpers import run_cli
 
@@ -71,6 +74,13 @@ def test_the_missing_int8_hint_is_a_command_that_adds_onnx_int8(tiny_build, tmp_
     capsys.readouterr()
     assert (build / "onnx_int8" / "vision.onnx").is_file()
     assert run_cli(["eval", str(build), "--backend", "onnx-int8"]) == 0
+    # bench times those towers without being asked (--int8 defaults on where they exist), as bench.md now says
+    assert run_cli(["bench", str(build), "--backends", "ort-cpu", "--batch-sizes", "1", "--towers", "text",
+                    "--warmup", "1", "--iters", "2", "--min-time", "0"]) == 0
+    rows = json.loads((build / "bench.json").read_text())
+    assert {r.get("variant") for r in rows} == {"pruned", "dense", "int8"}
+    intro = (Path(__file__).parents[1] / "docs" / "guides" / "bench.md").read_text().split("\n\n")[1]
+    assert "`--no-int8` leaves them out" in intro and "INT8 towers with `--int8`" not in intro
 
 
 # ---- an export directory where a model is expected ------------------------------------------------------------------
@@ -98,7 +108,6 @@ def test_an_export_names_its_local_model_so_that_it_is_found_from_any_folder(tin
     was exported from, p50/pruned, is not in the Hugging Face cache here ... `huggingface-cli download
     p50/pruned`": export.json recorded the checkpoint relative to where export ran, and serve took it for a hub
     id. It is recorded absolute now."""
-    import json
     import shutil
 
     from mfdeploy.server.source import _checkpoint
