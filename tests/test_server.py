@@ -140,6 +140,11 @@ def test_classify_is_the_zero_shot_softmax(server, reference):
     assert body["labels"] == labels and np.allclose(body["scores"], want, atol=1e-4)
     assert body["label"] == labels[int(np.argmax(want))] and abs(sum(body["scores"]) - 1) < 1e-5
     assert body["scoring"] == "softmax"  # CLIP's family scoring, stated in the response
+    # serve.md's route table lists every key of the answer (it said {"labels", "scores", "label"})
+    row = next(line for line in (Path(__file__).parents[1] / "docs" / "guides" / "serve.md").read_text().splitlines()
+               if line.startswith("| `POST /v1/classify`"))
+    documented = row.split("-> `{", 1)[1].split("}`", 1)[0]
+    assert sorted(json.loads(f"[{documented}]")) == sorted(body)
 
 
 def test_classify_template_braces_are_text(server, reference):

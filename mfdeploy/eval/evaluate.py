@@ -90,8 +90,8 @@ def _onnx_dir(source: str | Path | Adapter | None, backend: str = "onnx") -> Pat
         for candidate in (path / ONNX_INT8_DIR, path):
             if (candidate / QUANTIZE_MANIFEST).is_file():
                 return candidate
-        raise UserError(f"--backend {backend}: {source} has no {ONNX_INT8_DIR}/ (build with --int8, or run "
-                        f"`mfdeploy quantize BUILD --out BUILD/{ONNX_INT8_DIR}`)")
+        raise UserError(f"--backend {backend}: {source} has no {ONNX_INT8_DIR}/ (build with --int8, or add it with "
+                        f"`mfdeploy quantize {source} --in-place`)")
     if source is None or isinstance(source, Adapter):
         return None
     path = Path(source).expanduser()

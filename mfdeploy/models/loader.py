@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from mfdeploy.artifacts import guards
+from mfdeploy.artifacts.layout import MANIFESTS as OUTPUT_MANIFESTS
 from mfdeploy.artifacts.layout import MASKS_FILE, ORIGIN_FILE, PRUNED_DIR
 from mfdeploy.errors import UserError
 from mfdeploy.models import hub
@@ -19,6 +21,7 @@ from mfdeploy.models.registry import adapter_class, model_class, read_config
 from mfdeploy.models.structure import STRUCTURE_FILE  # written by structured pruning: the cut shapes
 from mfdeploy.zoo import BUNDLED, bundled_name
 
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # Hugging Face repo ids: owner/name, word characters, '-' and '.'
 CHECKED_FILES = (f"{PRUNED_DIR}/", MASKS_FILE)  # what loading a prune/build directory relies on
 
 
@@ -48,13 +51,18 @@ def resolve_checkpoint(source: str | Path | None) -> tuple[Path | str, str]:
             what = "build" if (path / MANIFESTS[0]).is_file() else "prune"
             raise UserError(f"{path}: no {PRUNED_DIR}/ checkpoint (an incomplete {what} directory: rerun "
                             f"`mfdeploy {what}`)")
+        elif not (path / "config.json").is_file() and (made := [m for m in OUTPUT_MANIFESTS if (path / m).is_file()]):
+            # an export, quantize, engine or Triton output holds towers, not the weights this command reads
+            raise UserError(f"{path}: an output of mfdeploy ({made[0]}), not a model checkpoint: pass the checkpoint, "
+                            "prune or build directory it was made from")
         adapter_class(read_config(path), path)  # an unsupported family fails here, before any weights load
         # recorded absolute: records read from another folder (retention's dense model) find it, never the hub
         return path, str(path.resolve())
     text = str(source)
     first = text.split("/", 1)[0]
     # a path (relative, absolute, or under a folder that exists here, e.g. a tune's `best/` not made yet)
-    looks_local = (text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text
+    # a hub id is owner/name of letters, digits, - _ . (a trailing slash, as a shell completes a folder, is a path)
+    looks_local = (text.startswith((".", "/", "~")) or "\\" in text or ("/" in text and not _HUB_ID.fullmatch(text))
                    or ("/" in text and Path(first).expanduser().is_dir()))
     if looks_local:
         raise UserError(f"{text}: model path does not exist")

@@ -54,8 +54,9 @@ def validate(cfg: PruneConfig) -> tuple[int, int] | None:
         if abs(cfg.ratio - (1 - n / m)) > 1e-9:
             raise UserError(f"--pattern {cfg.pattern} fixes every layer at {1 - n / m:g} sparsity; "
                             f"--ratio {cfg.ratio} cannot hold (use --ratio {1 - n / m:g})")
-    if cfg.calib_samples <= 0 or cfg.batch_size <= 0:
-        raise UserError("--calib-samples and --batch-size must be positive")
+    for option, value in (("--calib-samples", cfg.calib_samples), ("--batch-size", cfg.batch_size)):
+        if value <= 0:  # the one at fault, with what was given
+            raise UserError(f"{option} {value}: must be positive")
     delta = cfg.ecoflap_smax_delta
     if not (math.isfinite(delta) and delta >= 0.0):
         raise UserError(f"--smax-delta {delta}: must be 0 or more (ECoFLaP caps each block at "

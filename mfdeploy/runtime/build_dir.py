@@ -112,7 +112,8 @@ class BuildDir:
             return self.path / ONNX_DIR
         if variant == "int8":
             if not (self.path / ONNX_INT8_DIR).is_dir():
-                raise BackendUnavailable(f"no {ONNX_INT8_DIR}/ in {self.path}: build it with `mfdeploy build --int8`")
+                raise BackendUnavailable(f"no {ONNX_INT8_DIR}/ in {self.path}: build it with `mfdeploy build --int8`, "
+                                         f"or add it with `mfdeploy quantize {self.path} --in-place`")
             return self.path / ONNX_INT8_DIR
         dense = self.path / ONNX_DENSE_DIR
         if not all((dense / f).is_file() for f in ONNX_FILES.values()):
