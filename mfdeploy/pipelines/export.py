@@ -80,7 +80,7 @@ def export_model(source: str | Path | Adapter | None, out: Path, opset: int = MI
         manifest = {
             "mfdeploy_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "model": {"id": adapter.model_id, "source": adapter.source, "family": adapter.family.name,
+            "model": {"id": adapter.model_id, "source": _absolute(adapter.source), "family": adapter.family.name,
                       **exported["model"]},
             "conventions": exported["conventions"],  # the family's: text inputs and padding, scoring, loss
             "opset": exported["opset"],
@@ -94,3 +94,11 @@ def export_model(source: str | Path | Adapter | None, out: Path, opset: int = MI
         }
         write_json(tmp / EXPORT_MANIFEST, manifest)
     return manifest
+
+
+def _absolute(source: str | None) -> str | None:
+    """A local checkpoint recorded by its absolute path: `serve` and `quantize` read it from any folder (a
+    relative one was then looked up against their working directory, or taken for a hub id)."""
+    if source is None or not Path(source).expanduser().is_dir():
+        return source
+    return str(Path(source).expanduser().resolve())
