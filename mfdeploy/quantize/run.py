@@ -265,6 +265,7 @@ def _export_manifest(fp32_dir: Path, out_dir: Path) -> None:
 
     from mfdeploy.artifacts.io import file_records, write_json
     from mfdeploy.artifacts.layout import PARITY_INPUTS
+    from mfdeploy.exporting.onnx_export import inspect_graph
 
     if (fp32_dir / PARITY_INPUTS).is_file():
         shutil.copy2(fp32_dir / PARITY_INPUTS, out_dir / PARITY_INPUTS)
@@ -272,5 +273,13 @@ def _export_manifest(fp32_dir: Path, out_dir: Path) -> None:
     manifest["quantized"] = {"from": str(fp32_dir.resolve()), "record": QUANTIZE_MANIFEST,
                              "note": "parity is the fp32 export's against PyTorch; quantize.json has the "
                                      "quantized towers' against the fp32 ones"}
+    towers = manifest.get("towers")
+    towers = towers if isinstance(towers, dict) else {}
+    for tower, name in ONNX_FILES.items():  # the quantized graphs, not the fp32 ones: ops, nodes, opset (QDQ: 19)
+        if isinstance(towers.get(tower), dict) and (out_dir / name).is_file():
+            towers[tower]["graph"] = inspect_graph(out_dir / name)
+    opsets = [t["graph"]["opset"] for t in towers.values() if isinstance(t, dict) and "graph" in t]
+    if opsets:
+        manifest["opset"] = max(opsets)
     manifest["files"] = file_records(out_dir, recursive=False)
     write_json(out_dir / EXPORT_MANIFEST, manifest)
