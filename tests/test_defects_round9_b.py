@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import export_with_cli
 from helpers import run_cli
 
 
@@ -31,14 +30,17 @@ def test_an_export_of_a_relative_checkpoint_path_is_served_from_any_folder(tiny_
 
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory, tiny_clip_dir) -> Path:
-    return export_with_cli(tmp_path_factory, tiny_clip_dir, "r9b_export")
+    out = tmp_path_factory.mktemp("r9b_export") / "onnx"
+    assert run_cli(["export", str(tiny_clip_dir), "--out", str(out), "--external-data"]) == 0
+    return out
 
 
 @pytest.mark.parametrize("target", ["ort", "trt"])
 def test_a_quantized_exports_manifest_describes_the_quantized_graphs(tiny_export, tmp_path, target):
     """`mfdeploy quantize EXPORT --out DIR` copied the fp32 export's `export.json` into DIR: its `opset` (17) and
     each tower's `graph` (nodes, ops: no QuantizeLinear) described the fp32 files, not DIR's QDQ graphs (opset 19
-    from ModelOpt)."""
+    from ModelOpt); `external_data`/`data_file` named a `vision.onnx.data` that ModelOpt's single file does not
+    have."""
     import onnx
 
     if target == "trt":
@@ -55,5 +57,10 @@ def test_a_quantized_exports_manifest_describes_the_quantized_graphs(tiny_export
         opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
         assert graph["nodes"] == len(model.graph.node) and graph["opset"] == opset, (tower, graph["nodes"])
         assert graph["ops"].get("QuantizeLinear", 0) > 0 and graph["ops"].get("DequantizeLinear", 0) > 0
+        data = [e.value for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+                for e in t.external_data if e.key == "location"]
+        data_file = record["towers"][tower]["data_file"]
+        assert record["towers"][tower]["external_data"] == bool(data) and (data_file is None) == (not data)
+        assert data_file is None or (out / data_file).is_file()
         opsets.append(opset)
     assert record["opset"] == max(opsets)
