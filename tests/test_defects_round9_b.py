@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
-from helpers import run_cli
+from helpers import make_build, run_cli
+from PIL import Image
 
 
 def test_an_export_of_a_relative_checkpoint_path_is_served_from_any_folder(tiny_clip_dir, tmp_path, monkeypatch):
@@ -64,3 +68,37 @@ def test_a_quantized_exports_manifest_describes_the_quantized_graphs(tiny_export
         assert data_file is None or (out / data_file).is_file()
         opsets.append(opset)
     assert record["opset"] == max(opsets)
+
+
+@pytest.fixture(scope="module")
+def served(tiny_clip_dir, tmp_path_factory):
+    from test_server import Server
+
+    build = make_build(tmp_path_factory.mktemp("r9b_server") / "build", tiny_clip_dir, onnx_dense=False)
+    server = Server(build, tmp_path_factory.mktemp("r9b_server_log") / "serve.log")
+    yield server
+    assert server.stop() == 0
+
+
+def test_the_openai_client_gets_a_clear_400_for_token_ids_and_for_images_sent_as_text(served):
+    """With the official client: token ids (OpenAI's other input shape, LangChain's default) got "'input[0]' must be
+    a non-empty string"; an image data URI without `"modality": "image"` was embedded as the text of its base64
+    (200, with the bundled model's tokenizer) or refused as too many tokens, never naming the missing modality."""
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0)
+    for ids in ([1, 2, 3], [[5, 6, 7], [8]]):
+        with pytest.raises(openai.BadRequestError, match="'input' holds token ids: send the texts themselves"):
+            client.embeddings.create(model="m", input=ids)
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(buf, "PNG")
+    uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    with pytest.raises(openai.BadRequestError, match=r"'input\[1\]' is an image data URI.*\"modality\": \"image\""):
+        client.embeddings.create(model="m", input=["a red circle", uri])
+    # what the docs show still works: images with the modality, texts in both encodings (the client asks base64)
+    image = client.embeddings.create(model="m", input=[uri], extra_body={"modality": "image"})
+    assert abs(np.linalg.norm(image.data[0].embedding) - 1) < 1e-4
+    default = client.embeddings.create(model="m", input=["a red circle"])
+    floats = client.embeddings.create(model="m", input=["a red circle"], encoding_format="float")
+    assert np.allclose(default.data[0].embedding, floats.data[0].embedding, atol=1e-6)
+    assert served.post("/v1/embeddings", {"input": ["ok", 3]}).json()["error"]["message"] == \
+        "'input[1]' must be a non-empty string"  # a mixed list is still named item by item

@@ -34,6 +34,7 @@ from mfdeploy.server.protocol import (
     RETRY_AFTER_S,
     ApiError,
     json_body,
+    no_token_ids,
     require,
     routing_error,
     stopping,
@@ -146,14 +147,19 @@ def make_app(state: ServerState) -> Starlette:
         if dims is not None and dims != state.embed_dim:
             raise ApiError(400, f"dimensions {dims!r}: this model's embeddings have {state.embed_dim}", "dimensions")
         raw = require(body, "input")
+        no_token_ids(raw, "input")
         values = strings(raw, "input", cfg.max_items)
         truncate = truncate_option(body, cfg.truncate)
         if modality == "image":
             rows, _ = await _submit(state, "vision", await _images(state, budget, values, "input", gone))
             usage = {"prompt_tokens": 0, "total_tokens": 0, "images": len(values)}
         else:
+            names = ["'input'"] if isinstance(raw, str) else [f"'input[{i}]'" for i in range(len(values))]
+            for name, value in zip(names, values):
+                if value[:11].lower() == "data:image/":  # would be embedded as the text of its base64
+                    raise ApiError(400, f"{name} is an image data URI, and 'modality' is 'text' (the default): send "
+                                   "\"modality\": \"image\" to embed images", "modality")
             if not truncate:
-                names = ["'input'"] if isinstance(raw, str) else [f"'input[{i}]'" for i in range(len(values))]
                 await _check_lengths(state, values, names, "input")
             rows, tokens = await _submit(state, "text", values)
             usage = {"prompt_tokens": int(tokens.sum()), "total_tokens": int(tokens.sum())}
