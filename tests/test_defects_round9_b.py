@@ -102,3 +102,13 @@ def test_the_openai_client_gets_a_clear_400_for_token_ids_and_for_images_sent_as
     assert np.allclose(default.data[0].embedding, floats.data[0].embedding, atol=1e-6)
     assert served.post("/v1/embeddings", {"input": ["ok", 3]}).json()["error"]["message"] == \
         "'input[1]' must be a non-empty string"  # a mixed list is still named item by item
+
+
+def test_a_null_modality_is_the_default_text_as_every_other_null_field(served):
+    """`"modality": null` (clients that send every field, unset ones as null) got 400 "unknown modality None",
+    while a null `encoding_format`, `truncate`, `dimensions` or `template` is the default."""
+    plain = served.post("/v1/embeddings", {"input": ["a red circle"]})
+    null = served.post("/v1/embeddings", {"input": ["a red circle"], "modality": None, "encoding_format": None,
+                                          "dimensions": None, "truncate": None})
+    assert plain.status_code == null.status_code == 200, null.text
+    assert null.json()["data"][0]["embedding"] == plain.json()["data"][0]["embedding"]

@@ -136,7 +136,8 @@ def make_app(state: ServerState) -> Starlette:
         return await while_connected(request, embed(body, gone), gone)
 
     async def embed(body: dict, gone: threading.Event) -> Response:
-        modality = body.get("modality", "text")
+        modality = body.get("modality")
+        modality = "text" if modality is None else modality  # null is the default, as for every other field
         if modality not in MODALITIES:
             raise ApiError(400, f"unknown modality {modality!r}: expected 'text' or 'image'", "modality")
         encoding = body.get("encoding_format", "float")
