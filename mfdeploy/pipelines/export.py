@@ -80,7 +80,7 @@ def export_model(source: str | Path | Adapter | None, out: Path, opset: int = MI
         manifest = {
             "mfdeploy_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "model": {"id": adapter.model_id, "source": _source(adapter.source), "family": adapter.family.name,
+            "model": {"id": adapter.model_id, "source": adapter.source, "family": adapter.family.name,
                       **exported["model"]},
             "conventions": exported["conventions"],  # the family's: text inputs and padding, scoring, loss
             "opset": exported["opset"],
@@ -96,8 +96,3 @@ def export_model(source: str | Path | Adapter | None, out: Path, opset: int = MI
     return manifest
 
 
-def _source(source: str) -> str:
-    """The checkpoint the towers came from as `serve` and `quantize` read it from any folder: a local one absolute
-    (`mfdeploy export p50` loads `p50/pruned`, relative to where it ran), a hub id as it is."""
-    local = Path(source).expanduser()
-    return str(local.resolve()) if local.is_dir() else source

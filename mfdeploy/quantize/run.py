@@ -20,7 +20,7 @@ from mfdeploy.artifacts.layout import EXPORT_MANIFEST, ONNX_DIR, ONNX_FILES, QUA
 from mfdeploy.artifacts.manifest import ExportManifest
 from mfdeploy.data.batching import CalibSource, parse_calib
 from mfdeploy.errors import UserError
-from mfdeploy.exporting.external import model_bytes
+from mfdeploy.exporting.external import external_data_files, model_bytes
 from mfdeploy.exporting.spec import check_onnx_dir
 from mfdeploy.platform import package_versions
 from mfdeploy.quantize.gate import MIN_COSINE, check_towers, failure_line, gate_feeds
@@ -279,6 +279,7 @@ def _export_manifest(fp32_dir: Path, out_dir: Path) -> None:
 
     from mfdeploy.artifacts.io import file_records, write_json
     from mfdeploy.artifacts.layout import PARITY_INPUTS
+    from mfdeploy.exporting.onnx_export import inspect_graph
 
     if (fp32_dir / PARITY_INPUTS).is_file():
         shutil.copy2(fp32_dir / PARITY_INPUTS, out_dir / PARITY_INPUTS)
@@ -286,5 +287,15 @@ def _export_manifest(fp32_dir: Path, out_dir: Path) -> None:
     manifest["quantized"] = {"from": str(fp32_dir.resolve()), "record": QUANTIZE_MANIFEST,
                              "note": "parity is the fp32 export's against PyTorch; quantize.json has the "
                                      "quantized towers' against the fp32 ones"}
+    towers = manifest.get("towers")
+    towers = towers if isinstance(towers, dict) else {}
+    for tower, name in ONNX_FILES.items():  # the quantized files, not the fp32 ones: ops, opset (QDQ: 19), data
+        if isinstance(towers.get(tower), dict) and (out_dir / name).is_file():
+            data = external_data_files(out_dir / name)  # ModelOpt writes one file where the source had two
+            towers[tower].update(graph=inspect_graph(out_dir / name), external_data=bool(data),
+                                 data_file=data[0].relative_to(out_dir).as_posix() if data else None)
+    opsets = [t["graph"]["opset"] for t in towers.values() if isinstance(t, dict) and "graph" in t]
+    if opsets:
+        manifest["opset"] = max(opsets)
     manifest["files"] = file_records(out_dir, recursive=False)
     write_json(out_dir / EXPORT_MANIFEST, manifest)

@@ -34,6 +34,7 @@ from mfdeploy.server.protocol import (
     RETRY_AFTER_S,
     ApiError,
     json_body,
+    no_token_ids,
     require,
     routing_error,
     stopping,
@@ -135,7 +136,8 @@ def make_app(state: ServerState) -> Starlette:
         return await while_connected(request, embed(body, gone), gone)
 
     async def embed(body: dict, gone: threading.Event) -> Response:
-        modality = body.get("modality", "text")
+        modality = body.get("modality")
+        modality = "text" if modality is None else modality  # null is the default, as for every other field
         if modality not in MODALITIES:
             raise ApiError(400, f"unknown modality {modality!r}: expected 'text' or 'image'", "modality")
         encoding = body.get("encoding_format", "float")
@@ -146,14 +148,19 @@ def make_app(state: ServerState) -> Starlette:
         if dims is not None and dims != state.embed_dim:
             raise ApiError(400, f"dimensions {dims!r}: this model's embeddings have {state.embed_dim}", "dimensions")
         raw = require(body, "input")
+        no_token_ids(raw, "input")
         values = strings(raw, "input", cfg.max_items)
         truncate = truncate_option(body, cfg.truncate)
         if modality == "image":
             rows, _ = await _submit(state, "vision", await _images(state, budget, values, "input", gone))
             usage = {"prompt_tokens": 0, "total_tokens": 0, "images": len(values)}
         else:
+            names = ["'input'"] if isinstance(raw, str) else [f"'input[{i}]'" for i in range(len(values))]
+            for name, value in zip(names, values):
+                if value[:11].lower() == "data:image/":  # would be embedded as the text of its base64
+                    raise ApiError(400, f"{name} is an image data URI, and 'modality' is 'text' (the default): send "
+                                   "\"modality\": \"image\" to embed images", "modality")
             if not truncate:
-                names = ["'input'"] if isinstance(raw, str) else [f"'input[{i}]'" for i in range(len(values))]
                 await _check_lengths(state, values, names, "input")
             rows, tokens = await _submit(state, "text", values)
             usage = {"prompt_tokens": int(tokens.sum()), "total_tokens": int(tokens.sum())}

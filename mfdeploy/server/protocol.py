@@ -87,6 +87,18 @@ def strings(value: Any, field: str, limit: int, one_allowed: bool = True) -> lis
     return value
 
 
+def no_token_ids(value: Any, field: str) -> None:
+    """Refuse OpenAI's other input shape, token ids (`[1, 2]`, `[[1, 2]]`; LangChain's OpenAIEmbeddings sends them
+    by default): they are ids of OpenAI's tokenizer, and this server tokenizes texts with the model's own."""
+    def ints(x: Any) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    if isinstance(value, list) and value and all(ints(x) or (isinstance(x, list) and x and all(map(ints, x)))
+                                                 for x in value):
+        raise ApiError(400, f"'{field}' holds token ids: send the texts themselves, which the server tokenizes with "
+                       "the model's tokenizer (LangChain: OpenAIEmbeddings(check_embedding_ctx_length=False))", field)
+
+
 async def _until_disconnect(request: Request) -> None:
     """Returns once the client has gone. Only after the body was read: each `receive` would take a body chunk."""
     while (await request.receive())["type"] != "http.disconnect":
@@ -134,5 +146,5 @@ def require(body: dict, field: str) -> Any:
     return body[field]
 
 
-__all__ = ["RETRY_AFTER_S", "ApiError", "json_body", "require", "routing_error", "stopping", "strings",
+__all__ = ["RETRY_AFTER_S", "ApiError", "json_body", "no_token_ids", "require", "routing_error", "stopping", "strings",
            "truncate_option", "while_connected"]
