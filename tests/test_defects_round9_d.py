@@ -1,0 +1,47 @@
+"""Faults a new user hit (a ninth round, d): a user's own checkpoints of other shapes and dtypes, and the Python API."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from helpers import run_cli
+from transformers import CLIPModel
+
+
+def _saved_in(src: Path, out: Path, dtype: torch.dtype) -> Path:
+    """`src`'s checkpoint saved again in `dtype`, as a user's half-precision checkpoint is."""
+    shutil.copytree(src, out)
+    CLIPModel.from_pretrained(src).to(dtype).save_pretrained(out)
+    return out
+
+
+def test_a_half_precision_checkpoint_pruned_by_mope_loads_and_evaluates(tmp_path, tiny_clip_dir):
+    """`build --model F16 --method mope` ended in a traceback at "evaluate pruned" (c10::Half != float): the pruned
+    config.json kept float16 for each tower while the weights were float32, and the structured loader built the towers
+    in float16 beside float32 projections."""
+    from mfdeploy.models import load
+
+    f16 = _saved_in(tiny_clip_dir, tmp_path / "f16", torch.float16)
+    out = tmp_path / "p"
+    code = run_cli(["prune", "--model", str(f16), "--ratio", "0.5", "--method", "mope", "--neuron-group", "16",
+                    "--calib", "shapes", "--calib-samples", "8", "--batch-size", "8", "--out", str(out)])
+    assert code == 0
+    config = json.loads((out / "pruned" / "config.json").read_text())
+    assert {config["dtype"], config["vision_config"]["dtype"], config["text_config"]["dtype"]} == {"float32"}
+    adapter = load(out)
+    assert {p.dtype for p in adapter.model.parameters()} == {torch.float32}
+    with torch.no_grad():
+        image = adapter.vision_tower()(torch.zeros(1, 3, adapter.image_size, adapter.image_size))
+        ids, mask = adapter.tokenize(["a red circle"])
+        text = adapter.text_tower()(ids, mask)
+    assert image.shape == (1, 16) and text.shape == (1, 16) and torch.isfinite(image).all()
+
+    # a structured checkpoint written before (towers' configs saying float16) loads in the dtype of its weights
+    old = shutil.copytree(out / "pruned", tmp_path / "old")
+    for tower in ("vision_config", "text_config"):
+        config[tower]["dtype"] = "float16"
+    (old / "config.json").write_text(json.dumps(config))
+    assert {p.dtype for p in load(old).model.parameters()} == {torch.float32}
