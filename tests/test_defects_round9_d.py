@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 from helpers import run_cli
 from transformers import CLIPModel
@@ -45,3 +46,23 @@ def test_a_half_precision_checkpoint_pruned_by_mope_loads_and_evaluates(tmp_path
         config[tower]["dtype"] = "float16"
     (old / "config.json").write_text(json.dumps(config))
     assert {p.dtype for p in load(old).model.parameters()} == {torch.float32}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_checkpoint_runs_in_float32_on_the_cpu_by_default(tmp_path, tiny_clip_dir, dtype):
+    """`eval`, `bench --backends torch` and `tune` ran a float16 (bfloat16) checkpoint as loaded on the CPU, though
+    `--dtype` says float32 is the default: `bench BUILD` timed the dense model in float16 against the float32 pruned
+    one (pruned/dense 28.7x, precision column "f32 | f16"), and eval scored it ungated in float16."""
+    from mfdeploy.eval import evaluate_model
+    from mfdeploy.models import load
+    from mfdeploy.runtime.torch_runner import TorchRunner
+
+    half = _saved_in(tiny_clip_dir, tmp_path / "half", dtype)
+    result = evaluate_model(half, n_images=8, n_retrieval=8)
+    assert result["precision"] == {"vision": "f32", "text": "f32"} and "gate" not in result
+    adapter = load(half)
+    assert next(adapter.model.parameters()).dtype == dtype  # the adapter's own weights stay as loaded
+    runner = TorchRunner(adapter)
+    assert runner.precision == "f32"
+    asked = TorchRunner(adapter, dtype="bfloat16")
+    assert asked.precision == "bf16"
