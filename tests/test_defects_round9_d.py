@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import run_cli
+from PIL import Image
 from transformers import CLIPModel
 
 
@@ -66,3 +67,29 @@ def test_a_half_precision_checkpoint_runs_in_float32_on_the_cpu_by_default(tmp_p
     assert runner.precision == "f32"
     asked = TorchRunner(adapter, dtype="bfloat16")
     assert asked.precision == "bf16"
+
+
+def test_an_image_processor_of_another_size_is_refused_in_one_line_before_any_work(tmp_path, tiny_clip_dir, capsys):
+    """A checkpoint whose preprocessor_config.json makes 48x48 pictures for a 32x32 model ended `prune`, `export`
+    and `eval` in transformers' traceback ("Input image size (48*48) doesn't match model (32*32)"), `build` only
+    after evaluating the dense model; the Python API the same with a processor object of another model."""
+    from helpers import one_error
+    from transformers import CLIPImageProcessor, CLIPTokenizerFast
+
+    import mfdeploy
+    from mfdeploy.errors import UserError
+
+    ckpt = shutil.copytree(tiny_clip_dir, tmp_path / "ckpt")
+    CLIPImageProcessor(size={"shortest_edge": 48}, crop_size={"height": 48, "width": 48}).save_pretrained(ckpt)
+    expected = "the image processor makes 48x48 pictures but the model takes 32x32 (vision_config.image_size)"
+    for argv in (["prune", "--model", str(ckpt), "--ratio", "0.5", "--calib", "shapes", "--out", str(tmp_path / "p")],
+                 ["export", str(ckpt), "--out", str(tmp_path / "e")]):
+        assert run_cli(argv) == 2
+        assert expected in one_error(capsys)
+    assert not (tmp_path / "p").exists() and not (tmp_path / "e").exists()
+
+    model = CLIPModel.from_pretrained(tiny_clip_dir)
+    with pytest.raises(UserError, match=r"makes 224x224 pictures but the model takes 32x32"):
+        mfdeploy.prune(model, 0.5, "wanda", calib=[(Image.new("RGB", (32, 32)), "a red circle")] * 4,
+                       tokenizer=CLIPTokenizerFast.from_pretrained(tiny_clip_dir), processor=CLIPImageProcessor())
+    assert all((p != 0).all() for n, p in model.named_parameters() if n.endswith("fc1.weight"))  # nothing pruned
