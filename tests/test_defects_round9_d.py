@@ -93,3 +93,25 @@ def test_an_image_processor_of_another_size_is_refused_in_one_line_before_any_wo
         mfdeploy.prune(model, 0.5, "wanda", calib=[(Image.new("RGB", (32, 32)), "a red circle")] * 4,
                        tokenizer=CLIPTokenizerFast.from_pretrained(tiny_clip_dir), processor=CLIPImageProcessor())
     assert all((p != 0).all() for n, p in model.named_parameters() if n.endswith("fc1.weight"))  # nothing pruned
+
+
+def test_a_tokenizer_beyond_the_models_vocabulary_is_refused_in_one_line(tmp_path, tiny_clip_dir, capsys):
+    """A checkpoint whose tokenizer gives ids past text_config.vocab_size (another model's tokenizer) ended
+    `prune` and `eval` in "IndexError: index out of range in self" with a traceback, and `export` in "ONNX export
+    of the text tower failed: index out of range in self"."""
+    from helpers import one_error
+    from transformers import CLIPConfig
+
+    ckpt = shutil.copytree(tiny_clip_dir, tmp_path / "ckpt")
+    config = CLIPConfig.from_pretrained(ckpt)
+    config.text_config.vocab_size = 8  # the shapes tokenizer has dozens of words
+    CLIPModel(config).save_pretrained(ckpt)
+    capsys.readouterr()  # save_pretrained's progress bar
+    expected = "outside the model's vocabulary of 8 (text_config.vocab_size): use the tokenizer saved with this model"
+    for argv in (["prune", "--model", str(ckpt), "--ratio", "0.5", "--calib", "shapes", "--calib-samples", "8",
+                  "--out", str(tmp_path / "p")],
+                 ["export", str(ckpt), "--out", str(tmp_path / "e")],
+                 ["eval", str(ckpt), "--images", "8", "--pairs", "8"]):
+        assert run_cli(argv) == 2
+        assert expected in one_error(capsys)
+    assert not (tmp_path / "p").exists() and not (tmp_path / "e").exists()

@@ -154,6 +154,10 @@ class Adapter(ABC):
         and attends to every position (its mask is all ones), see `Family.tokenize`.
         """
         ids, mask = self.family.tokenize(self.tokenizer, texts, self.max_text_len)
+        if ids.size and int(ids.max()) >= self.vocab_size:  # the embedding lookup's IndexError, named
+            raise UserError(f"{self.source}: the tokenizer gives token id {int(ids.max())}, outside the model's "
+                            f"vocabulary of {self.vocab_size} (text_config.vocab_size): use the tokenizer saved "
+                            "with this model, not another model's")
         return torch.from_numpy(ids), torch.from_numpy(mask)
 
     @property
