@@ -115,3 +115,28 @@ def test_a_tokenizer_beyond_the_models_vocabulary_is_refused_in_one_line(tmp_pat
         assert run_cli(argv) == 2
         assert expected in one_error(capsys)
     assert not (tmp_path / "p").exists() and not (tmp_path / "e").exists()
+
+
+def test_tune_resumes_when_called_again_with_pathlib_paths(tmp_path, tiny_clip_dir):
+    """`mfdeploy.tune(..., calib=Path(...), eval_data=Path(...))` called a second time (the documented resume, after
+    a kill or an exhausted budget) was refused: "holds a tune with different settings (eval: '/x/folder' there,
+    PosixPath('/x/folder') now)": the settings file holds text, and a Path never equals it."""
+    import mfdeploy
+    from mfdeploy.errors import UserError
+
+    data = tmp_path / "data"
+    lines = []
+    for i, colour in enumerate(["red", "green", "blue", "white"]):
+        (data / colour).mkdir(parents=True)
+        Image.new("RGB", (32, 32), colour).save(data / colour / f"{i}.png")
+        lines.append(json.dumps({"image": f"{colour}/{i}.png", "caption": f"a {colour} square"}))
+    (data / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    space = tmp_path / "space.toml"
+    space.write_text('methods = ["magnitude"]\nratios = [0.5]\nprecisions = ["fp32"]\n')
+    kwargs = dict(out=tmp_path / "tune", calib=data / "pairs.jsonl", eval_data=data, space=str(space),
+                  max_drop=100, progress=False, time_budget=1e-4)
+    for _ in range(2):  # the second call resumes the first's tune (nothing completes in the budget)
+        with pytest.raises(UserError, match="no trial completed"):
+            mfdeploy.tune(tiny_clip_dir, **kwargs)
+    settings = json.loads((tmp_path / "tune" / "tune_settings.json").read_text())
+    assert (settings["eval"], settings["calib"]) == (str(data), str(data / "pairs.jsonl"))
