@@ -215,8 +215,9 @@ def evaluate(model: ModelLike | str | Path | None, data: str | Path = "shapes", 
 
 
 @python_names()
-def tune(model: str | Path | None = None, *, out: str | Path = "tune", calib: str | None = None,
-         eval_data: str | None = None, backend: str = "ort-cpu", batch_size: int = 8, max_drop: float | None = None,
+def tune(model: str | Path | None = None, *, out: str | Path = "tune", calib: str | Path | None = None,
+         eval_data: str | Path | None = None, backend: str = "ort-cpu", batch_size: int = 8,
+         max_drop: float | None = None,
          min_speedup: float | None = None, max_latency_ms: float | None = None, max_size_mb: float | None = None,
          time_budget: float = 15.0, space: str = "default", force: bool = False, seed: int = 0,
          pick: int | None = None, progress: bool | Callable[[str], None] | None = None) -> Any:
@@ -248,6 +249,10 @@ def tune(model: str | Path | None = None, *, out: str | Path = "tune", calib: st
 
     if pick is not None:
         return pick_trial(Path(out), pick, say=_say(progress, tune=True))
+    # paths as text, as the CLI gives them: tune_settings.json holds text, and a resumed tune compares with it
+    # (a pathlib.Path never equals its text: the same call again was refused as "different settings")
+    calib, eval_data = (None if v is None else str(_path_like(v, name))
+                        for v, name in ((calib, "calib"), (eval_data, "eval_data")))
     cfg = TuneConfig(out=Path(out), model=None if model is None else str(model), calib=calib, eval_data=eval_data,
                      backend=backend, batch_size=batch_size,
                      constraints=Constraints(max_drop, min_speedup, max_latency_ms, max_size_mb),

@@ -129,7 +129,7 @@ def open_runner(source: str | Path | Adapter | None, adapter: Adapter, backend: 
             "onnx" on a model that has no ONNX towers yet. Evaluation never imports the exporter: the
             caller (the API, the CLI) hands it in; without one such a model is refused in one line.
         precision: OpenVINO's inference precision (auto | f32 | bf16 | f16; None: auto).
-        dtype: torch's (float32 | bfloat16; None: as loaded).
+        dtype: torch's (float32 | bfloat16; None: float32 on the CPU, as loaded on a GPU).
     """
     if backend not in BACKENDS:
         raise UserError(f"--backend {backend}: unknown backend (expected one of: {', '.join(BACKENDS)})")
@@ -173,7 +173,7 @@ def evaluate_model(source: str | Path | Adapter | None = None, data: str | Path 
         exporter: see `open_runner` (backend "onnx" on a model without ONNX towers).
         device: for backend "torch": auto | cpu | cuda | cuda:N, where the model runs (None: where it is).
         precision: for the OpenVINO backends: auto | f32 | bf16 | f16 (None: auto).
-        dtype: for backend "torch": float32 | bfloat16 (None: as loaded).
+        dtype: for backend "torch": float32 | bfloat16 (None: float32 on the CPU, as loaded on a GPU).
 
     Returns:
         The result of `evaluate` plus "model", "backend", "precision" (per tower, what ran), "gate" (below

@@ -58,7 +58,8 @@ def _gated(runner: Runner, adapter: Any, parity_dir: Path | None, backend: str, 
 
 
 def torch_runner(adapter: Any, dtype: str | None, parity_dir: Path | None) -> Runner:
-    """PyTorch on the model's device, in `dtype` (None: as loaded); below fp32, gated first."""
+    """PyTorch on the model's device, in `dtype` (None: float32 on the CPU, as loaded on a GPU); below fp32, gated
+    first."""
     from mfdeploy.runtime.torch_runner import TorchRunner
 
     runner = TorchRunner(adapter, dtype=dtype)

@@ -49,7 +49,9 @@ def processor_fingerprint(adapter: Adapter) -> tuple[str, str]:
     """Identify the image processor and the tokenizer by content, not by where they were loaded from."""
     proc = adapter.image_processor
     to_json = getattr(proc, "to_json_string", None)
-    proc_fp = _fingerprint(proc, to_json() if callable(to_json) else repr(proc))
+    # the model's image size and vocabulary too: the arrays are checked against them when made
+    # (`Adapter.pixel_values`, `Adapter.tokenize`), so another model must not reuse them unchecked
+    proc_fp = _fingerprint(proc, f"{to_json() if callable(to_json) else repr(proc)}|{adapter.image_size}")
     tok = adapter.tokenizer
     backend = getattr(tok, "backend_tokenizer", None)
     if backend is not None:
@@ -58,7 +60,8 @@ def processor_fingerprint(adapter: Adapter) -> tuple[str, str]:
         tok_text = repr(sorted(tok.get_vocab().items()))
     # the family's convention too: CLIP and SigLIP checkpoints can share a tokenizer but not how it pads
     convention = f"{adapter.family.text_padding}|{','.join(adapter.family.text_inputs)}"
-    tok_fp = _fingerprint(tok, f"{tok_text}|{adapter.max_text_len}|{getattr(tok, 'padding_side', '')}|{convention}")
+    tok_fp = _fingerprint(tok, f"{tok_text}|{adapter.max_text_len}|{getattr(tok, 'padding_side', '')}|{convention}"
+                                       f"|{adapter.vocab_size}")
     return proc_fp, tok_fp
 
 

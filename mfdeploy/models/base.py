@@ -20,6 +20,7 @@ from PIL import Image
 from torch import nn
 
 from mfdeploy.data.images import DEFAULT_MAX_PIXELS, ImageTooLarge, to_rgb
+from mfdeploy.errors import UserError
 from mfdeploy.models.family import Family, PairScorer
 from mfdeploy.models.processors import grown_too_large, resized_pixels
 
@@ -130,7 +131,21 @@ class Adapter(ABC):
                 raise ImageTooLarge(f"{where}{grown_too_large(im.width, im.height, grown, DEFAULT_MAX_PIXELS)}: "
                                     "crop it nearer to a square", grown, DEFAULT_MAX_PIXELS)
         out = self.image_processor(images=[to_rgb(im) for im in images], return_tensors="pt")
-        return out["pixel_values"].float()
+        pixels = out["pixel_values"].float()  # [B, 3, H, W]
+        if tuple(pixels.shape[-2:]) != (self.image_size, self.image_size):
+            raise UserError(self.processor_mismatch(tuple(pixels.shape[-2:])))
+        return pixels
+
+    def processor_mismatch(self, made: tuple[int, ...]) -> str:
+        """The refusal of an image processor whose pictures (`made`, H x W) are not the size the model takes."""
+        return (f"{self.source}: the image processor makes {made[0]}x{made[1]} pictures but the model takes "
+                f"{self.image_size}x{self.image_size} (vision_config.image_size): use the image processor saved "
+                "with this model (its preprocessor_config.json), not another model's")
+
+    def check_image_processor(self) -> None:
+        """Refuse, in one line, an image processor that does not make pictures of the model's size (transformers'
+        vision embeddings raise on the first batch, after a build has evaluated and exported the dense model)."""
+        self.pixel_values([Image.new("RGB", (self.image_size, self.image_size))])
 
     def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokenize as the family does -> `(input_ids, attention_mask)` int64 `[B,L]`.
@@ -139,6 +154,10 @@ class Adapter(ABC):
         and attends to every position (its mask is all ones), see `Family.tokenize`.
         """
         ids, mask = self.family.tokenize(self.tokenizer, texts, self.max_text_len)
+        if ids.size and int(ids.max()) >= self.vocab_size:  # the embedding lookup's IndexError, named
+            raise UserError(f"{self.source}: the tokenizer gives token id {int(ids.max())}, outside the model's "
+                            f"vocabulary of {self.vocab_size} (text_config.vocab_size): use the tokenizer saved "
+                            "with this model, not another model's")
         return torch.from_numpy(ids), torch.from_numpy(mask)
 
     @property

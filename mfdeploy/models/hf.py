@@ -120,6 +120,13 @@ class HFAdapter(Adapter):
 
     def save(self, out: Path) -> None:
         out = Path(out)
+        # save_pretrained records the model's dtype at the top of config.json only: the towers' configs keep the
+        # one they were loaded in (a float16 checkpoint pruned in float32 said float16), and transformers builds
+        # each tower in its own config's dtype
+        for attr in ("vision_config", "text_config"):
+            sub = getattr(self.model.config, attr, None)
+            if sub is not None and getattr(sub, "dtype", None) is not None:
+                sub.dtype = self.model.dtype
         self.model.save_pretrained(out)
         self.tokenizer.save_pretrained(out)
         self.image_processor.save_pretrained(out)

@@ -196,5 +196,6 @@ def load(source: str | Path | None = None, need_processors: bool = True) -> Adap
                           loaders={"tokenizer": lambda: load_tokenizer(where),
                                    "image_processor": lambda: load_image_processor(where)})
     if need_processors:
-        adapter.tokenizer, adapter.image_processor  # noqa: B018 - load now: fail before any slow step
+        adapter.tokenizer  # noqa: B018 - load now: fail before any slow step
+        adapter.check_image_processor()  # loads it, and refuses one made for another image size
     return adapter

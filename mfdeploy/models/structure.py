@@ -159,7 +159,9 @@ def load_structured(path: Path, model_cls: type[PreTrainedModel]) -> PreTrainedM
     state: dict[str, torch.Tensor] = {}
     for f in files:
         state.update(load_file(str(f)))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    # assign: the weights in the dtype they were saved in (a tower's config may name another: a float16 checkpoint
+    # pruned in float32 recorded float16 for its towers, which built them in float16 beside float32 projections)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:
         raise ValueError(f"structured checkpoint does not match its structure file: missing {missing[:3]}, "

@@ -59,7 +59,7 @@ def _unit_float32(emb: torch.Tensor) -> torch.Tensor:
 
 
 class TorchRunner(Runner):
-    """Eager PyTorch on the model's own device and dtype, no autograd; embeddings come back as float32 numpy."""
+    """Eager PyTorch on the model's own device, no autograd; embeddings come back as float32 numpy."""
 
     name = "torch"
 
@@ -74,8 +74,8 @@ class TorchRunner(Runner):
             threads: intra-op threads; `torch.set_num_threads` is process-wide,
                 so this changes it for every torch user in the process.
             dtype: "float32" or "bfloat16": run in it, on copies of the towers where the model is in another
-                dtype (the adapter's own stay as they are: a build's loaded models are shared); None: the model
-                as loaded.
+                dtype (the adapter's own stay as they are: a build's loaded models are shared); None: float32 on
+                the CPU, the model's own dtype on a GPU.
             compile: run each tower through `torch.compile`, compiled here for every batch size (and text
                 length) before the runner is returned (`mfdeploy.runtime.compiled`).
 
@@ -88,7 +88,10 @@ class TorchRunner(Runner):
         if device is not None:
             vision, text = vision.to(device), text.to(device)
         first = next(vision.parameters())
-        wanted = check_dtype(dtype, first.device.type == "cuda") if dtype is not None else first.dtype
+        cuda = first.device.type == "cuda"
+        # None: float32 on the CPU, as `--dtype` documents (a checkpoint saved in float16 ran in float16 there, and
+        # its dense rows were timed and scored against float32 pruned ones); on a GPU, the model's own dtype
+        wanted = check_dtype(dtype, cuda) if dtype is not None else first.dtype if cuda else torch.float32
         if wanted != first.dtype:
             vision, text = copy.deepcopy(vision).to(wanted), copy.deepcopy(text).to(wanted)
         param = next(vision.parameters())
