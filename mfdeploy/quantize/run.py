@@ -8,6 +8,7 @@ half written.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -122,8 +123,6 @@ def resolve_source(src: Path) -> tuple[Path, str]:
 
 def _source_of(quantized: Path) -> str:
     """`, SOURCE` as a quantize.json records it ('' when it cannot be read)."""
-    import json
-
     try:
         source = json.loads((quantized / QUANTIZE_MANIFEST).read_text(encoding="utf-8")).get("source")
     except (OSError, ValueError, AttributeError):
