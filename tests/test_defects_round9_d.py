@@ -122,7 +122,6 @@ def test_tune_resumes_when_called_again_with_pathlib_paths(tmp_path, tiny_clip_d
     a kill or an exhausted budget) was refused: "holds a tune with different settings (eval: '/x/folder' there,
     PosixPath('/x/folder') now)": the settings file holds text, and a Path never equals it."""
     import mfdeploy
-    from mfdeploy.errors import UserError
 
     data = tmp_path / "data"
     lines = []
@@ -132,11 +131,13 @@ def test_tune_resumes_when_called_again_with_pathlib_paths(tmp_path, tiny_clip_d
         lines.append(json.dumps({"image": f"{colour}/{i}.png", "caption": f"a {colour} square"}))
     (data / "pairs.jsonl").write_text("\n".join(lines) + "\n")
     space = tmp_path / "space.toml"
-    space.write_text('methods = ["magnitude"]\nratios = [0.5]\nprecisions = ["fp32"]\n')
+    space.write_text('methods = ["magnitude"]\nratios = [0.5]\nprecisions = ["fp32"]\ndistill_steps = [0]\n')
     kwargs = dict(out=tmp_path / "tune", calib=data / "pairs.jsonl", eval_data=data, space=str(space),
-                  max_drop=100, progress=False, time_budget=1e-4)
-    for _ in range(2):  # the second call resumes the first's tune (nothing completes in the budget)
-        with pytest.raises(UserError, match="no trial completed"):
-            mfdeploy.tune(tiny_clip_dir, **kwargs)
+                  max_drop=100, progress=False)
+    first = mfdeploy.tune(tiny_clip_dir, **kwargs)
+    again = mfdeploy.tune(tiny_clip_dir, **kwargs)  # resumes the finished tune: the same trials, none run again
+    assert [t["number"] for t in again.trials] == [t["number"] for t in first.trials] != []
+    journal = (tmp_path / "tune" / "trials.jsonl").read_text().splitlines()
+    assert len(journal) == len(first.trials)
     settings = json.loads((tmp_path / "tune" / "tune_settings.json").read_text())
     assert (settings["eval"], settings["calib"]) == (str(data), str(data / "pairs.jsonl"))
