@@ -94,5 +94,3 @@ def export_model(source: str | Path | Adapter | None, out: Path, opset: int = MI
         }
         write_json(tmp / EXPORT_MANIFEST, manifest)
     return manifest
-
-
