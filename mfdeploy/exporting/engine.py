@@ -33,7 +33,14 @@ from mfdeploy.artifacts.tempdirs import make_temp_dir, sweep
 from mfdeploy.artifacts.writable import as_write_error, check_folder_target, make_parents, remove_empty
 from mfdeploy.errors import MfdeployError, UserError, first_line
 from mfdeploy.exporting.engine_check import compare_with_onnxrt, engine_feeds
-from mfdeploy.exporting.spec import check_onnx_dir, concrete_shapes, fixed_text_len, model_limits, onnx_io
+from mfdeploy.exporting.spec import (
+    check_onnx_dir,
+    check_trt_graphs,
+    concrete_shapes,
+    fixed_text_len,
+    model_limits,
+    onnx_io,
+)
 from mfdeploy.exporting.trtexec import trtexec_commands, trtexec_paths
 from mfdeploy.exporting.trtlog import capture_trt_log, parse_sparsity_log
 
@@ -174,17 +181,6 @@ def build_engine(onnx_path: Path, plan_path: Path, inputs: dict[str, dict[str, l
                     "sparsity": parse_sparsity_log("\n".join(lines)), "io": engine_io(engine)}
 
 
-def _check_qdq(files: dict[str, Path]) -> None:
-    """`--int8` needs explicit quantization: every tower must hold QuantizeLinear/DequantizeLinear nodes."""
-    import onnx
-
-    for path in files.values():
-        ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
-        if "DequantizeLinear" not in ops:
-            raise UserError(f"--int8: {path} holds no QuantizeLinear/DequantizeLinear nodes; quantize it first "
-                            "(mfdeploy quantize SRC --target trt --out DIR, or build --int8: onnx_qdq/)")
-
-
 def build_engines(onnx_dir: Path, fp16: bool = False, sparse: str = "auto", max_batch: int = 32,
                   max_text_len: int | None = None, *, opt_batch: int | None = None, opt_text_len: int | None = None,
                   out_dir: Path | None = None, check: bool = True,
@@ -223,8 +219,8 @@ def build_engines(onnx_dir: Path, fp16: bool = False, sparse: str = "auto", max_
     onnx_dir, out_dir = engine_dirs(onnx_dir, out_dir, int8)
     files = check_onnx_dir(onnx_dir)
     check_folder_target(out_dir)  # an --out that cannot be written fails now, not after the build
+    check_trt_graphs(files, int8)  # ONNX Runtime's INT8 towers, or --int8 without QDQ nodes: one line, here
     if int8:
-        _check_qdq(files)
         fp16 = True  # INT8 + FP16 fallback: the float parts of a QDQ graph run in FP16
     profiles = profile_shapes(onnx_dir, max_batch, max_text_len, opt_batch, opt_text_len)
     weights = {}

@@ -150,6 +150,31 @@ def check_onnx_dir(onnx_dir: Path) -> dict[str, Path]:
     return files
 
 
+# ONNX Runtime's integer ops, which TensorRT's ONNX parser cannot import (onnx-tensorrt's operator matrix)
+TRT_UNSUPPORTED = frozenset({"ConvInteger", "DynamicQuantizeLinear", "MatMulInteger", "QLinearConv", "QLinearMatMul"})
+
+
+def check_trt_graphs(files: dict[str, Path], int8: bool) -> None:
+    """Refuse towers TensorRT cannot build, in one line: ONNX Runtime's INT8 towers (`quantize --target ort`: its
+    integer ops, or QuantizeLinear with uint8 zero points, where TensorRT takes int8 ones of 0), and with `int8`
+    towers without explicit quantization (no QuantizeLinear/DequantizeLinear nodes)."""
+    import onnx
+
+    for path in files.values():
+        graph = onnx.load(str(path), load_external_data=False).graph
+        ops = {n.op_type for n in graph.node}
+        uint8 = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.UINT8}
+        found = sorted(ops & TRT_UNSUPPORTED) + (["QuantizeLinear with uint8 zero points"] if any(
+            n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in uint8 for n in graph.node) else [])
+        if found:
+            raise UserError(f"{path}: ONNX Runtime INT8 towers, which TensorRT cannot build ({', '.join(found)}): "
+                            "build engines from the fp32 towers, or for INT8 engines quantize those with `mfdeploy "
+                            "quantize SRC --target trt --out DIR`, then run `mfdeploy engine DIR --int8`")
+        if int8 and "DequantizeLinear" not in ops:
+            raise UserError(f"--int8: {path} holds no QuantizeLinear/DequantizeLinear nodes; quantize it first "
+                            "(mfdeploy quantize SRC --target trt --out DIR, or build --int8: onnx_qdq/)")
+
+
 def model_limits(onnx_dir: Path) -> dict[str, int]:
     """Model sizes (image_size, max_text_len, embed_dim, ...) of an export directory.
 

@@ -1,0 +1,40 @@
+"""Defects of the ninth hunt fixed by the lead (the helpers' are in test_defects_round9_[abcd].py)."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+from conftest import export_with_cli
+from helpers import run_cli
+
+from mfdeploy.errors import UserError
+from mfdeploy.exporting.spec import TRT_UNSUPPORTED, check_trt_graphs
+
+
+@pytest.fixture(scope="module")
+def ort_int8(tmp_path_factory, tiny_clip_dir):
+    """An export and its ONNX Runtime INT8 towers (static QDQ vision, dynamic MatMulInteger text)."""
+    exported = export_with_cli(tmp_path_factory, tiny_clip_dir, "r9export")
+    out = exported.parent / "q"
+    assert run_cli(["quantize", str(exported), "--out", str(out), "--calib", "shapes", "--calib-samples", "8"]) == 0
+    return exported, out
+
+
+def test_engine_refuses_onnx_runtime_int8_towers_in_one_line(ort_int8, capsys):
+    """`mfdeploy engine Q` on a `quantize --target ort` output printed trtexec commands for towers TensorRT cannot
+    parse (onnx-tensorrt has no importer for MatMulInteger or DynamicQuantizeLinear, and takes QuantizeLinear only
+    with int8 zero points of 0, where ONNX Runtime's static scheme has uint8 ones). It now says so before any work."""
+    exported, q = ort_int8
+    ops = {tower: {n.op_type for n in onnx.load(str(q / f"{tower}.onnx")).graph.node} for tower in ("vision", "text")}
+    assert ops["text"] & TRT_UNSUPPORTED  # what the refusal is about is really in the graphs
+    capsys.readouterr()
+    assert run_cli(["engine", str(q), "--out", str(q.parent / "eng")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ONNX Runtime INT8 towers, which TensorRT cannot build" in err[0]
+    assert "--target trt" in err[0] and not (q.parent / "eng").exists()
+    # the static QDQ vision tower alone is refused for its uint8 zero points
+    with pytest.raises(UserError, match="uint8 zero points"):
+        check_trt_graphs({"vision": q / "vision.onnx"}, int8=True)
+    check_trt_graphs({"vision": exported / "vision.onnx", "text": exported / "text.onnx"}, int8=False)  # fp32: fine
+    with pytest.raises(UserError, match="--int8: .* holds no QuantizeLinear"):
+        check_trt_graphs({"vision": exported / "vision.onnx"}, int8=True)
