@@ -38,3 +38,20 @@ def test_engine_refuses_onnx_runtime_int8_towers_in_one_line(ort_int8, capsys):
     check_trt_graphs({"vision": exported / "vision.onnx", "text": exported / "text.onnx"}, int8=False)  # fp32: fine
     with pytest.raises(UserError, match="--int8: .* holds no QuantizeLinear"):
         check_trt_graphs({"vision": exported / "vision.onnx"}, int8=True)
+
+
+def test_a_depth_share_too_small_to_remove_a_layer_says_so(tmp_path, tiny_clip_dir, caplog, capsys):
+    """MoPE `--depth-share 0.3` on 2-layer towers (0.3 x 0.5 x 2 = 0.3 layers, rounded to 0) removed no layer and
+    said nothing: the whole ratio came from width, not what the option asked. (And prune's summary, written to a
+    pipe, was broken at 80 columns: one line now.)"""
+    import json
+
+    out = tmp_path / "p"
+    assert run_cli(["prune", "--model", str(tiny_clip_dir), "--method", "mope", "--ratio", "0.5", "--depth-share",
+                    "0.3", "--calib", "shapes", "--calib-samples", "8", "--out", str(out)]) == 0
+    warned = [r.getMessage() for r in caplog.records if "removes no layer" in r.getMessage()]
+    assert len(warned) == 2 and "--depth-share 0.3 removes no layer of the vision tower" in warned[0]
+    structure = json.loads((out / "prune.json").read_text())["structure"]
+    assert all(len(t["kept_layers"]) == 2 for t in structure.values()), structure  # indeed none removed
+    summary = [line for line in capsys.readouterr().out.splitlines() if line.startswith("pruned ")]
+    assert len(summary) == 1 and summary[0].endswith(f"-> {out}") and len(summary[0]) > 80

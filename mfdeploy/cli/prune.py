@@ -9,7 +9,7 @@ import typer
 
 from mfdeploy.artifacts.layout import MASKS_FILE, PRUNE_MANIFEST, PRUNED_DIR
 from mfdeploy.cli.options import ForceOpt, RatioHelp, with_prune_options
-from mfdeploy.cli.render import console_reporter
+from mfdeploy.cli.render import PLAIN, console_reporter
 from mfdeploy.cli.render import out as out_console
 from mfdeploy.cli.root import app
 
@@ -33,8 +33,8 @@ def prune(
     sp = record["sparsity"]
     mods = ", ".join(f"{k} {v:.3f}" for k, v in sp["per_modality"].items())
     out_console.print(f"pruned {record['model']} with {record['method']} ({record['pattern']}): "
-                      f"sparsity {sp['overall']:.3f} ({mods}) -> {out}")
+                      f"sparsity {sp['overall']:.3f} ({mods}) -> {out}", **PLAIN)  # one line, even in a log
     if record.get("distill"):
         from mfdeploy.pruning.distill import summary
 
-        out_console.print(f"distilled from the dense model: {summary(record['distill'])}")
+        out_console.print(f"distilled from the dense model: {summary(record['distill'])}", **PLAIN)

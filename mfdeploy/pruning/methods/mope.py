@@ -23,6 +23,7 @@ by any run that would compute the very same ones (`mope_cache`).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -39,6 +40,7 @@ from mfdeploy.pruning.methods.mope_replay import Replay, Z, error_without
 from mfdeploy.pruning.record import budget_by_role_from_counts, role_counts
 from mfdeploy.pruning.result import MethodResult, PruneContext
 
+log = logging.getLogger(__name__)  # with logging unconfigured (the CLI), a warning prints as one line
 HELD_OUT_OFFSET = 500_000  # shapes: Z's pairs come from seeds the distillation pairs (offset 0) never reach
 Z_MAX_PAIRS = 128
 # Score each module by replaying its tower from the module's layer (`mope_replay`), bit-identical to a full
@@ -122,6 +124,10 @@ def prune_mope(ctx: PruneContext) -> MethodResult:
         n_drop = round(cfg.mope_depth_share * cfg.ratio * n_layers)
         if n_drop >= n_layers:
             raise UserError(f"--depth-share {cfg.mope_depth_share} would remove every layer of the {tower}")
+        if n_drop == 0 and cfg.mope_depth_share > 0:  # asked for, but too few layers for a whole one
+            log.warning("warning: --depth-share %s removes no layer of the %s (%s x %s x %d layers rounds to 0): "
+                        "width takes the whole ratio", cfg.mope_depth_share, tower.replace("_model", " tower"),
+                        cfg.mope_depth_share, cfg.ratio, n_layers)
         keep_frac[tower] = (1 - cfg.ratio) * n_layers / (n_layers - n_drop)
         if keep_frac[tower] > 1:
             raise UserError(f"--depth-share {cfg.mope_depth_share} removes more than --ratio {cfg.ratio} by itself")
