@@ -190,7 +190,8 @@ def evaluate(model: ModelLike | str | Path | None, data: str | Path = "shapes", 
             prune or build directory (None: the bundled model).
         data: "shapes", a JSONL file of image-caption pairs, or an image folder.
         tokenizer, processor: the model's own, for a `CLIPModel`/`SiglipModel`.
-        backend: torch | onnx | onnx-int8 | openvino | openvino-int8.
+        backend: torch | onnx | onnx-int8 | openvino | openvino-int8 (serve's names ort-cpu and ort-int8 are onnx and
+            onnx-int8).
         retention: for a prune or build directory, also evaluate the dense model it came from and
             add "dense" and "retention" to the result (True for another model: "retention_error" says why
             there is none; "if known": the same, silently).

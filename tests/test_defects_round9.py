@@ -55,3 +55,17 @@ def test_a_depth_share_too_small_to_remove_a_layer_says_so(tmp_path, tiny_clip_d
     assert all(len(t["kept_layers"]) == 2 for t in structure.values()), structure  # indeed none removed
     summary = [line for line in capsys.readouterr().out.splitlines() if line.startswith("pruned ")]
     assert len(summary) == 1 and summary[0].endswith(f"-> {out}") and len(summary[0]) > 80
+
+
+def test_eval_takes_serves_names_for_the_onnx_runtime_backends(tiny_build, capsys):
+    """`mfdeploy eval BUILD --backend ort-cpu` (the name serve, bench and tune use) was refused as unknown; it is
+    eval's `onnx`, the same run, and the result says so. A name that is neither is still refused in one line."""
+    import json
+
+    assert run_cli(["eval", str(tiny_build), "--backend", "ort-cpu", "--json", str(tiny_build.parent / "e.json")]) == 0
+    result = json.loads((tiny_build.parent / "e.json").read_text())
+    assert result["backend"] == "onnx" and result["precision"]
+    capsys.readouterr()
+    assert run_cli(["eval", str(tiny_build), "--backend", "ort-gpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown backend" in err[0] and "ort-cpu = onnx" in err[0]

@@ -19,8 +19,8 @@ def eval_(
         help="'shapes', a JSONL of image-caption pairs, or an image folder with one sub-folder per class "
              "(see above).")] = "shapes",
     backend: Annotated[str, typer.Option(
-        help="torch | onnx (ONNX Runtime on the CPU) | onnx-int8 (a build's onnx_int8/) | openvino (OpenVINO on the "
-             "CPU, same towers) | openvino-int8.")] = "torch",
+        help="torch | onnx (ONNX Runtime on the CPU; serve's ort-cpu) | onnx-int8 (a build's onnx_int8/; serve's "
+             "ort-int8) | openvino (OpenVINO on the CPU, same towers) | openvino-int8.")] = "torch",
     precision: PrecisionOpt = None,
     dtype: RunDtypeOpt = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON here.")] = None,

@@ -28,6 +28,16 @@ from mfdeploy.models.base import Adapter
 from mfdeploy.runtime.base import Runner
 
 BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
+ALIASES = {"ort-cpu": "onnx", "ort-int8": "onnx-int8"}  # serve's, bench's and tune's names for the same runs
+
+
+def backend_name(backend: str) -> str:
+    """`backend` as eval names it (serve's `ort-cpu` is eval's `onnx`), or a one-line refusal."""
+    backend = ALIASES.get(backend, backend)
+    if backend not in BACKENDS:
+        raise UserError(f"--backend {backend}: unknown backend (expected one of: {', '.join(BACKENDS)}; "
+                        f"{', '.join(f'{a} = {b}' for a, b in ALIASES.items())})")
+    return backend
 Exporter = Callable[[Adapter, Path], object]  # (model, out_dir): writes vision.onnx and text.onnx
 BATCH_SIZE = 256
 
@@ -131,8 +141,7 @@ def open_runner(source: str | Path | Adapter | None, adapter: Adapter, backend: 
         precision: OpenVINO's inference precision (auto | f32 | bf16 | f16; None: auto).
         dtype: torch's (float32 | bfloat16; None: float32 on the CPU, as loaded on a GPU).
     """
-    if backend not in BACKENDS:
-        raise UserError(f"--backend {backend}: unknown backend (expected one of: {', '.join(BACKENDS)})")
+    backend = backend_name(backend)
     if backend == "torch":
         runner: Runner = torch_runner(adapter, dtype, _parity_dir(source))
         try:
@@ -184,8 +193,7 @@ def evaluate_model(source: str | Path | Adapter | None = None, data: str | Path 
     t0 = time.perf_counter()
     if not isinstance(source, Adapter):
         resolve_checkpoint(source)  # a missing path fails at once, before the data is rendered
-    if backend not in BACKENDS:
-        raise UserError(f"--backend {backend}: unknown backend (expected one of: {', '.join(BACKENDS)})")
+    backend = backend_name(backend)
     if batch_size <= 0:
         raise UserError(f"batch size must be positive, not {batch_size}")
     from mfdeploy.models.device import resolve_device
