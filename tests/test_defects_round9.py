@@ -69,3 +69,13 @@ def test_eval_takes_serves_names_for_the_onnx_runtime_backends(tiny_build, capsy
     assert run_cli(["eval", str(tiny_build), "--backend", "ort-gpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown backend" in err[0] and "ort-cpu = onnx" in err[0]
+
+
+def test_tune_out_inside_a_build_is_refused_before_any_work(tiny_build, capsys):
+    """`tune --out BUILD/tune` put a tune's files inside a build, which `build --force` then refused as files
+    mfdeploy did not write (Triton's --out already refused this)."""
+    out = tiny_build / "tune"
+    assert run_cli(["tune", "--out", str(out)]) == 2  # the bundled model
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"inside {tiny_build.resolve()}, an output of mfdeploy (build.json)" in err[0]
+    assert not out.exists()

@@ -197,6 +197,12 @@ def _prepare_out(out: Path) -> Path:
         raise UserError(f"--out {out}: a file is there, not a directory")
     if out.is_symlink() and not out.exists():  # mkdir finds it "exists"; every write into it then fails
         raise UserError(f"--out {out}: a symbolic link to {out.readlink()}, which does not exist; choose another --out")
+    from mfdeploy.artifacts.layout import MANIFESTS
+
+    for above in out.resolve().parents:  # a tune's files in a build would make `build --force` refuse it as foreign
+        made = next((m for m in MANIFESTS if (above / m).is_file()), None)
+        if made is not None:
+            raise UserError(f"--out {out}: inside {above}, an output of mfdeploy ({made}); choose a folder outside it")
     is_tune = (out / journal.SETTINGS).is_file()  # written before any trial: a trials.jsonl alone is not a tune
     # a tune killed before it wrote its settings leaves its lock (and perhaps the settings' temporary folder)
     started = out.is_dir() and all(journal.started_here(p.name) for p in out.iterdir())
