@@ -79,3 +79,42 @@ def test_tune_out_inside_a_build_is_refused_before_any_work(tiny_build, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"inside {tiny_build.resolve()}, an output of mfdeploy (build.json)" in err[0]
     assert not out.exists()
+
+
+def test_a_tune_with_relative_paths_resumes_and_picks_from_another_folder(tmp_path, tiny_clip_dir, monkeypatch):
+    """tune_settings.json held --calib and --eval as typed: a resume naming the same files from another folder (or
+    by their absolute paths) was refused as "different settings", and `--pick` from another folder could not find
+    the data. Local paths are now recorded absolute, and a relative one recorded before compares by the file."""
+    import json
+
+    from PIL import Image
+
+    import mfdeploy
+
+    work, other = tmp_path / "work", tmp_path / "other"
+    data = work / "data"
+    lines = []
+    for i, colour in enumerate(["red", "green", "blue", "white"]):
+        (data / colour).mkdir(parents=True)
+        Image.new("RGB", (32, 32), colour).save(data / colour / f"{i}.png")
+        lines.append(json.dumps({"image": f"{colour}/{i}.png", "caption": f"a {colour} square"}))
+    (data / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    (work / "space.toml").write_text('methods = ["magnitude"]\nratios = [0.5]\nprecisions = ["fp32"]\n'
+                                     'distill_steps = [0]\n')
+    other.mkdir()
+    monkeypatch.chdir(work)
+    common = dict(space="space.toml", max_drop=100, progress=False)
+    first = mfdeploy.tune(tiny_clip_dir, out="tune", calib="data/pairs.jsonl", eval_data="data", **common)
+    settings = json.loads((work / "tune" / "tune_settings.json").read_text())
+    assert (settings["eval"], settings["calib"]) == (str(data), str(data / "pairs.jsonl"))
+    # a tune written before: the same settings with the paths as typed, resumed by the absolute paths
+    settings.update(eval="data", calib="data/pairs.jsonl")
+    (work / "tune" / "tune_settings.json").write_text(json.dumps(settings))
+    again = mfdeploy.tune(tiny_clip_dir, out=work / "tune", calib=data / "pairs.jsonl", eval_data=data,
+                          **{**common, "space": str(work / "space.toml")})
+    assert [t["number"] for t in again.trials] == [t["number"] for t in first.trials] != []
+    monkeypatch.chdir(other)  # --pick reads the recorded settings from another folder
+    settings.update(eval=str(data), calib=str(data / "pairs.jsonl"))
+    (work / "tune" / "tune_settings.json").write_text(json.dumps(settings))
+    assert run_cli(["tune", str(work / "tune"), "--pick", "0"]) == 0
+    assert (work / "tune" / "best" / "build.json").is_file()

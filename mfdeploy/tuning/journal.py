@@ -96,9 +96,16 @@ def check_settings(out: Path, settings: dict[str, Any]) -> None:
     for key, value in settings.items():
         if key in DESCRIPTIVE:
             continue
-        if old.get(key) != value:
+        if old.get(key) != value and not _same_path(old.get(key), value):
             raise UserError(f"{out} holds a tune with different settings ({key}: {old.get(key)!r} there, {value!r} "
                             "now): its trials would not compare; use another --out, or --force to start over")
+
+
+def _same_path(old: Any, new: Any) -> bool:
+    """Whether two recorded paths name one file: a tune from before paths were recorded absolute holds them as typed
+    (relative to the folder it ran in, the one a resume runs in too)."""
+    return isinstance(old, str) and isinstance(new, str) and Path(old).exists() and \
+        Path(old).expanduser().resolve() == Path(new).expanduser().resolve()
 
 
 def start_over(out: Path, written: set[str]) -> None:

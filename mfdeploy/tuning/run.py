@@ -183,9 +183,16 @@ def _check_data(cfg: TuneConfig, data: str) -> None:
 
 def _settings(cfg: TuneConfig, space: Space, backend: str, data: str) -> dict[str, Any]:
     spec = cfg.space if cfg.space in SPACES else str(Path(cfg.space).expanduser().resolve())
-    return {"model": cfg.model, "backend": backend, "backend_asked": cfg.backend, "batch_size": cfg.batch_size,
-            "eval": data, "calib": cfg.calib, "space": space.fingerprint(), "space_spec": spec,
+    return {"model": _local(cfg.model), "backend": backend, "backend_asked": cfg.backend, "batch_size": cfg.batch_size,
+            "eval": _local(data), "calib": _local(cfg.calib), "space": space.fingerprint(), "space_spec": spec,
             "space_lists": space.describe(), "seed": cfg.seed}
+
+
+def _local(value: Any) -> Any:
+    """A local file or folder by its absolute path (`--pick` and a resumed tune read it from any folder); a hub id,
+    "shapes" or None as given."""
+    return str(Path(value).expanduser().resolve()) if isinstance(value, str) and Path(value).expanduser().exists() \
+        else value
 
 
 def _prepare_out(out: Path) -> Path:
