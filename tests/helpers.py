@@ -31,6 +31,22 @@ def one_error(capsys) -> str:
     return lines[0]
 
 
+def colour_pairs(data: Path) -> Path:
+    """Four one-colour 32x32 pictures in a folder per colour (an image-folder dataset) and `pairs.jsonl` captioning
+    them, under `data`; returns `data`."""
+    import json
+
+    from PIL import Image
+
+    lines = []
+    for i, colour in enumerate(["red", "green", "blue", "white"]):
+        (data / colour).mkdir(parents=True)
+        Image.new("RGB", (32, 32), colour).save(data / colour / f"{i}.png")
+        lines.append(json.dumps({"image": f"{colour}/{i}.png", "caption": f"a {colour} square"}))
+    (data / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    return data
+
+
 CAPTIONS = ["a red circle", "two small blue squares to the left of a green triangle", "a square"]
 
 

@@ -8,21 +8,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from helpers import run_cli
+from helpers import one_error, run_cli
 
 from mfdeploy.errors import UserError
 from mfdeploy.tuning import journal
 from mfdeploy.tuning.space import load_space
 
 TINY = 'methods = ["magnitude"]\nratios = [0.5]\nprecisions = ["fp32"]\ndistill_steps = [0]\n'
-
-
-def _one_error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 # ---- a mistyped model path ----------------------------------------------------------------------------------------
@@ -53,7 +45,7 @@ def test_bad_tune_data_is_refused_before_the_directory_is_claimed(tmp_path, caps
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tiny.toml").write_text(TINY)
     assert run_cli(["tune", "--space", "tiny.toml", "--out", "t", option, value]) == 2
-    assert _one_error(capsys).startswith(message)
+    assert one_error(capsys).startswith(message)
     assert not (tmp_path / "t").exists()  # the corrected command then starts a fresh tune
 
 
@@ -62,7 +54,7 @@ def test_a_folder_with_someone_elses_trials_jsonl_is_not_a_tune_directory(tmp_pa
     (tmp_path / "src" / "main.py").write_text("print(1)")
     (tmp_path / journal.TRIALS).write_text('{"epoch": 1, "loss": 0.3}\n')
     assert run_cli(["tune", "--out", str(tmp_path), "--force"]) == 2
-    assert "not empty and not a tune directory" in _one_error(capsys)
+    assert "not empty and not a tune directory" in one_error(capsys)
     assert (tmp_path / "src" / "main.py").is_file() and (tmp_path / journal.TRIALS).read_text().startswith('{"epoch"')
 
 
@@ -216,7 +208,7 @@ def test_the_same_masks_make_the_same_file_in_two_processes(tmp_path):
 def test_pick_refuses_the_options_of_a_new_search(tmp_path, capsys):
     """They were ignored (`--out elsewhere` built into the tune's own best/, `--model bogus` went unread)."""
     assert run_cli(["tune", str(tmp_path), "--pick", "0", "--out", "x", "--model", "bogus"]) == 2
-    assert _one_error(capsys) == (f"error: --model, --out: options of a new search; --pick rebuilds trial 0 of "
+    assert one_error(capsys) == (f"error: --model, --out: options of a new search; --pick rebuilds trial 0 of "
                                   f"{tmp_path} with the settings it was measured with (drop them)")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx
 import pytest
 from conftest import export_with_cli
-from helpers import run_cli
+from helpers import colour_pairs, run_cli
 
 from mfdeploy.errors import UserError
 from mfdeploy.exporting.spec import TRT_UNSUPPORTED, check_trt_graphs
@@ -87,18 +87,11 @@ def test_a_tune_with_relative_paths_resumes_and_picks_from_another_folder(tmp_pa
     the data. Local paths are now recorded absolute, and a relative one recorded before compares by the file."""
     import json
 
-    from PIL import Image
-
     import mfdeploy
 
     work, other = tmp_path / "work", tmp_path / "other"
     data = work / "data"
-    lines = []
-    for i, colour in enumerate(["red", "green", "blue", "white"]):
-        (data / colour).mkdir(parents=True)
-        Image.new("RGB", (32, 32), colour).save(data / colour / f"{i}.png")
-        lines.append(json.dumps({"image": f"{colour}/{i}.png", "caption": f"a {colour} square"}))
-    (data / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    colour_pairs(data)
     (work / "space.toml").write_text('methods = ["magnitude"]\nratios = [0.5]\nprecisions = ["fp32"]\n'
                                      'distill_steps = [0]\n')
     other.mkdir()

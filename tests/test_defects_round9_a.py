@@ -7,18 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
+from helpers import one_error, run_cli
 
 from mfdeploy.errors import UserError
-
-
-def _one_error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    return lines[0]
-
 
 # ---- a mistyped folder with the slash a shell's completion adds ---------------------------------------------------
 
@@ -38,7 +29,7 @@ def test_a_missing_folder_with_a_trailing_slash_is_a_path_not_a_hub_id(tmp_path,
 def test_info_on_a_missing_folder_with_a_slash_names_the_path(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert run_cli(["info", "nosuchdir/"]) == 2
-    assert _one_error(capsys) == "error: nosuchdir/: model path does not exist"
+    assert one_error(capsys) == "error: nosuchdir/: model path does not exist"
 
 
 # ---- a calibration count or batch size out of range names the one at fault ----------------------------------------
@@ -49,7 +40,7 @@ def test_a_non_positive_calibration_count_names_its_option_and_value(tmp_path, c
     two options for one at fault, and not the value; troubleshooting promises the option and the value."""
     out = tmp_path / "p"
     assert run_cli(["prune", "--ratio", "0.5", option, value, "--out", str(out)]) == 2
-    assert _one_error(capsys) == f"error: {option} {value}: must be positive"
+    assert one_error(capsys) == f"error: {option} {value}: must be positive"
     assert not out.exists()
 
 
@@ -65,11 +56,11 @@ def test_the_missing_int8_hint_is_a_command_that_adds_onnx_int8(tiny_build, tmp_
     build = tmp_path / "b"
     shutil.copytree(tiny_build, build)
     assert run_cli(["eval", str(build), "--backend", "onnx-int8"]) == 2
-    line = _one_error(capsys)
+    line = one_error(capsys)
     hint = f"`mfdeploy quantize {build} --in-place`"
     assert line.endswith(f"(build with --int8, or add it with {hint})"), line
     assert run_cli(["serve", str(build), "--backend", "ort-int8", "--port", "1"]) == 2
-    assert _one_error(capsys).endswith(f"or add it with {hint}")
+    assert one_error(capsys).endswith(f"or add it with {hint}")
     assert run_cli(hint.strip("`").split()[1:] + ["--calib", "shapes", "--calib-samples", "8"]) == 0
     capsys.readouterr()
     assert (build / "onnx_int8" / "vision.onnx").is_file()
@@ -93,11 +84,11 @@ def test_an_output_of_mfdeploy_given_as_a_model_says_what_it_is(tmp_path, capsys
     out.mkdir()
     (out / manifest).write_text("{}")
     assert run_cli(["info", str(out)]) == 2
-    assert _one_error(capsys) == (f"error: {out}: an output of mfdeploy ({manifest}), not a model checkpoint: pass "
+    assert one_error(capsys) == (f"error: {out}: an output of mfdeploy ({manifest}), not a model checkpoint: pass "
                                   "the checkpoint, prune or build directory it was made from")
     (tmp_path / "plain").mkdir()
     assert run_cli(["info", str(tmp_path / "plain")]) == 2
-    assert _one_error(capsys).endswith("plain: not a model checkpoint (no config.json)")
+    assert one_error(capsys).endswith("plain: not a model checkpoint (no config.json)")
 
 
 # ---- an export made with a relative model path, served from another folder -----------------------------------------

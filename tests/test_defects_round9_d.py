@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_cli
+from helpers import colour_pairs, run_cli
 from PIL import Image
 from transformers import CLIPModel
 
@@ -124,12 +124,7 @@ def test_tune_resumes_when_called_again_with_pathlib_paths(tmp_path, tiny_clip_d
     import mfdeploy
 
     data = tmp_path / "data"
-    lines = []
-    for i, colour in enumerate(["red", "green", "blue", "white"]):
-        (data / colour).mkdir(parents=True)
-        Image.new("RGB", (32, 32), colour).save(data / colour / f"{i}.png")
-        lines.append(json.dumps({"image": f"{colour}/{i}.png", "caption": f"a {colour} square"}))
-    (data / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    colour_pairs(data)
     space = tmp_path / "space.toml"
     space.write_text('methods = ["magnitude"]\nratios = [0.5]\nprecisions = ["fp32"]\ndistill_steps = [0]\n')
     kwargs = dict(out=tmp_path / "tune", calib=data / "pairs.jsonl", eval_data=data, space=str(space),
