@@ -118,6 +118,17 @@ def test_text_and_image_embeddings_match_onnx_runtime(server, reference):
     assert one.shape[0] == 1
 
 
+def test_the_openai_model_list_names_the_model_served(server):
+    """`GET /v1/models` (the openai client's `models.list()`, which some tools call first) was a 404."""
+    resp = server.client.get("/v1/models")
+    assert resp.status_code == 200
+    body = resp.json()
+    model = server.post("/v1/embeddings", {"input": "a"}).json()["model"]
+    assert body["object"] == "list" and [m["id"] for m in body["data"]] == [model] != [""]
+    assert body["data"][0]["object"] == "model" and isinstance(body["data"][0]["created"], int)
+    assert 'endpoint="/v1/models"' in server.client.get("/metrics").text  # counted under its own name
+
+
 def test_openai_response_shape_and_base64(server):
     resp = server.post("/v1/embeddings", {"input": TEXTS, "model": "anything", "encoding_format": "base64"})
     body = resp.json()

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import logging
 import threading
+import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -106,6 +107,8 @@ def make_app(state: ServerState) -> Starlette:
     cfg = state.cfg
     budget = PixelBudget(2 * cfg.max_image_pixels)  # full-size pictures held at once, server-wide (decoding.py)
 
+    started = int(time.time())  # /v1/models' "created": when this server started (OpenAI's field is a Unix time)
+
     def endpoint(fn: Callable) -> Callable:
         async def handler(request: Request) -> Response:
             if state.draining:
@@ -196,6 +199,11 @@ def make_app(state: ServerState) -> Starlette:
                              "scoring": state.pre.family.scoring,
                              "model": state.model_name})
 
+    @endpoint
+    async def models(request: Request) -> Response:  # OpenAI's model list: clients that look the model up first
+        return JSONResponse({"object": "list", "data": [{"id": state.model_name, "object": "model",
+                                                         "created": started, "owned_by": "mfdeploy"}]})
+
     async def health(request: Request) -> Response:
         status = "stopping" if state.draining else "ok" if state.ready else "error" if state.error else "loading"
         body: dict[str, Any] = {"status": status, "backend": cfg.backend, "build": str(cfg.build_dir),
@@ -219,7 +227,8 @@ def make_app(state: ServerState) -> Starlette:
             await state.stop()
 
     routes = [Route("/health", health, methods=["GET"]), Route("/metrics", metrics, methods=["GET"]),
-              Route("/v1/embeddings", embeddings, methods=["POST"]), Route("/v1/classify", classify, methods=["POST"])]
+              Route("/v1/embeddings", embeddings, methods=["POST"]), Route("/v1/classify", classify, methods=["POST"]),
+              Route("/v1/models", models, methods=["GET"])]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: routing_error})
     # `/v1/embeddings/` got a bodiless 307 to the path without the slash (which a POST client may not follow):
     # a 404 in the error shape, naming the routes, says what to send instead

@@ -43,7 +43,7 @@ class ApiKeyAuth:
 class AccessLog:
     """ASGI middleware: one log line and the request metrics for every HTTP request."""
 
-    KNOWN = ("/health", "/metrics", "/v1/embeddings", "/v1/classify")
+    KNOWN = ("/health", "/metrics", "/v1/embeddings", "/v1/classify", "/v1/models")
 
     def __init__(self, app: Any, state: ServerState):
         self.app, self.state = app, state

@@ -119,7 +119,7 @@ async def while_connected(request: Request, work: Awaitable[T], gone: threading.
 async def routing_error(request: Request, exc: Exception) -> Response:
     """Starlette's own refusals (an unknown path, a wrong method) in OpenAI's error shape, as every other error."""
     assert isinstance(exc, HTTPException)
-    paths = "POST /v1/embeddings, POST /v1/classify, GET /health, GET /metrics"
+    paths = "POST /v1/embeddings, POST /v1/classify, GET /v1/models, GET /health, GET /metrics"
     what = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
     message = f"{what.get(exc.status_code, exc.detail)}: the routes are {paths}"
     return ApiError(exc.status_code, message, headers=dict(exc.headers or {})).response()
