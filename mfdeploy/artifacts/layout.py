@@ -127,7 +127,8 @@ def has_towers(directory: Path) -> bool:
     return all((Path(directory) / name).is_file() for name in ONNX_FILES.values())
 
 
-INCOMPLETE_BUILD = "(an incomplete build: rerun `mfdeploy build`)"  # how every command names a damaged build
+INCOMPLETE = "an incomplete build: rerun `mfdeploy build`"  # how every command names a damaged build
+INCOMPLETE_BUILD = f"({INCOMPLETE})"
 
 
 def missing_onnx(build: Path) -> list[str]:

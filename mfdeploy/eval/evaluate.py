@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from mfdeploy.artifacts.layout import (
-    INCOMPLETE_BUILD,
+    INCOMPLETE,
     ONNX_DIR,
     ONNX_INT8_DIR,
     QUANTIZE_MANIFEST,
@@ -109,7 +109,7 @@ def _onnx_dir(source: str | Path | Adapter | None, backend: str = "onnx") -> Pat
         if has_towers(candidate):
             return candidate
     if is_build(path):
-        raise UserError(f"{path}: no {' or '.join(missing_onnx(path))} {INCOMPLETE_BUILD[:-1]}, or evaluate with "
+        raise UserError(f"{path}: no {' or '.join(missing_onnx(path))} ({INCOMPLETE}, or evaluate with "
                         "--backend torch)")
     return None
 

@@ -33,6 +33,7 @@ from mfdeploy.server.middleware import AccessLog, ApiKeyAuth
 from mfdeploy.server.preprocess import BadInput, TooLarge
 from mfdeploy.server.protocol import (
     RETRY_AFTER_S,
+    ROUTES,
     ApiError,
     json_body,
     no_token_ids,
@@ -226,9 +227,9 @@ def make_app(state: ServerState) -> Starlette:
         finally:
             await state.stop()
 
-    routes = [Route("/health", health, methods=["GET"]), Route("/metrics", metrics, methods=["GET"]),
-              Route("/v1/embeddings", embeddings, methods=["POST"]), Route("/v1/classify", classify, methods=["POST"]),
-              Route("/v1/models", models, methods=["GET"])]
+    handlers = {"/v1/embeddings": embeddings, "/v1/classify": classify, "/v1/models": models, "/health": health,
+                "/metrics": metrics}
+    routes = [Route(path, handlers[path], methods=[method]) for method, path in ROUTES]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: routing_error})
     # `/v1/embeddings/` got a bodiless 307 to the path without the slash (which a POST client may not follow):
     # a 404 in the error shape, naming the routes, says what to send instead

@@ -10,6 +10,7 @@ from typing import Any
 
 from starlette.responses import Response
 
+from mfdeploy.server.protocol import ROUTES
 from mfdeploy.server.state import ServerState
 
 log = logging.getLogger("mfdeploy.server")
@@ -43,7 +44,7 @@ class ApiKeyAuth:
 class AccessLog:
     """ASGI middleware: one log line and the request metrics for every HTTP request."""
 
-    KNOWN = ("/health", "/metrics", "/v1/embeddings", "/v1/classify", "/v1/models")
+    KNOWN = tuple(path for _method, path in ROUTES)
 
     def __init__(self, app: Any, state: ServerState):
         self.app, self.state = app, state

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
+from mfdeploy.errors import is_whole
 from mfdeploy.server.batcher import first_of
 
 SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # a UTF-16 surrogate written as a JSON escape
@@ -87,13 +88,15 @@ def strings(value: Any, field: str, limit: int, one_allowed: bool = True) -> lis
     return value
 
 
+# every route, in the order a 404 lists them: the app routes them, the access log counts them by name
+ROUTES = (("POST", "/v1/embeddings"), ("POST", "/v1/classify"), ("GET", "/v1/models"), ("GET", "/health"),
+          ("GET", "/metrics"))
+
+
 def no_token_ids(value: Any, field: str) -> None:
     """Refuse OpenAI's other input shape, token ids (`[1, 2]`, `[[1, 2]]`; LangChain's OpenAIEmbeddings sends them
     by default): they are ids of OpenAI's tokenizer, and this server tokenizes texts with the model's own."""
-    def ints(x: Any) -> bool:
-        return isinstance(x, int) and not isinstance(x, bool)
-
-    if isinstance(value, list) and value and all(ints(x) or (isinstance(x, list) and x and all(map(ints, x)))
+    if isinstance(value, list) and value and all(is_whole(x) or (isinstance(x, list) and x and all(map(is_whole, x)))
                                                  for x in value):
         raise ApiError(400, f"'{field}' holds token ids: send the texts themselves, which the server tokenizes with "
                        "the model's tokenizer (LangChain: OpenAIEmbeddings(check_embedding_ctx_length=False))", field)
@@ -119,7 +122,7 @@ async def while_connected(request: Request, work: Awaitable[T], gone: threading.
 async def routing_error(request: Request, exc: Exception) -> Response:
     """Starlette's own refusals (an unknown path, a wrong method) in OpenAI's error shape, as every other error."""
     assert isinstance(exc, HTTPException)
-    paths = "POST /v1/embeddings, POST /v1/classify, GET /v1/models, GET /health, GET /metrics"
+    paths = ", ".join(f"{method} {path}" for method, path in ROUTES)
     what = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
     message = f"{what.get(exc.status_code, exc.detail)}: the routes are {paths}"
     return ApiError(exc.status_code, message, headers=dict(exc.headers or {})).response()
@@ -146,5 +149,5 @@ def require(body: dict, field: str) -> Any:
     return body[field]
 
 
-__all__ = ["RETRY_AFTER_S", "ApiError", "json_body", "no_token_ids", "require", "routing_error", "stopping", "strings",
-           "truncate_option", "while_connected"]
+__all__ = ["RETRY_AFTER_S", "ROUTES", "ApiError", "json_body", "no_token_ids", "require", "routing_error", "stopping",
+           "strings", "truncate_option", "while_connected"]
