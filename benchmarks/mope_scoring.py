@@ -1,17 +1,21 @@
-"""MoPE module scoring on ViT-B/32: full forwards per module (the reference) against replay from each layer's inputs.
+"""MoPE module scoring on ViT-B/32: full forwards per module (the reference) against replay, and replay + screening.
 
     python benchmarks/mope_scoring.py [--pairs 8] [--neuron-group 256] [--rounds 2] [--depth-share 0]
                                       [--threads 2] [--smoke]
 
 Builds ViT-B/32 (`CLIPConfig()` defaults, random weights) and prunes a fresh
 copy of it with `--method mope` at `--ratio` from `--pairs` random calibration
-pairs, once scoring every head and neuron group with a full tower forward
-(`mope.FAST_SCORING = False`) and once by replay (`mope_replay`: the layers
-before the module's are not run again), alternating which runs first from
-round to round. Asserts that both give the same module errors (every float,
-exactly), the same structure and the same pruned weights, then prints each
-run's seconds (width, depth, total), the speed-up of the medians, the load
-average before and after, and the CPU. Target (issue 27): >= 2x.
+pairs three ways: scoring every head and neuron group with a full tower
+forward (`mope.FAST_SCORING = False`, the reference), by replay from each
+layer's inputs (`mope_replay`, `mope.SCREEN = False`), and by replay screened
+with oneDNN's GEMMs, the close calls scored again exactly (`mope_screen`,
+`mope.SCREEN = True`), rotating which runs first from round to round.
+Asserts that all three keep the same modules (structure, depth errors and
+pruned weights identical, bit for bit), that the replay's module errors equal
+the reference's exactly and the screened ones lie within their interval,
+then prints each run's seconds (width, depth, total), the close calls scored
+again, the speed-ups of the medians over the reference, the load average
+before and after, and the CPU. Target (issue 27): >= 2x with the same masks.
 `--smoke`: the same on a 2-layer, width-64 model, in seconds.
 """
 
@@ -36,29 +40,39 @@ from mfdeploy.data.batching import CalibSource  # noqa: E402
 from mfdeploy.platform import cpu_description  # noqa: E402
 from mfdeploy.pruning import PruneConfig, prune_model  # noqa: E402
 from mfdeploy.pruning.methods import mope  # noqa: E402
+from mfdeploy.pruning.methods.mope_screen import CHECK, ULPS, margin  # noqa: E402
 
-PATHS = {"full forwards": False, "replay": True}
+PATHS = {"full forwards": (False, False), "replay": (True, False), "replay + screening": (True, True)}
 
 
-def run(dense: torch.nn.Module, cfg: PruneConfig, source: CalibSource, fast: bool) -> tuple[dict, dict, float]:
+def run(dense: torch.nn.Module, cfg: PruneConfig, source: CalibSource, path: tuple[bool, bool]) \
+        -> tuple[dict, dict, float]:
     """Prune a copy of `dense`; returns its record, its pruned state dict and the seconds `prune_model` took."""
     model = copy.deepcopy(dense)
-    mope.FAST_SCORING = fast
+    mope.FAST_SCORING, mope.SCREEN = path
     try:
         t0 = time.perf_counter()
         record = prune_model(WrappedAdapter(model), cfg, source=source)
         seconds = time.perf_counter() - t0
     finally:
-        mope.FAST_SCORING = True
+        mope.FAST_SCORING, mope.SCREEN = True, None
     return record, model.state_dict(), seconds
 
 
-def same(a: tuple[dict, dict, float], b: tuple[dict, dict, float]) -> None:
-    """The two runs chose alike from the same errors, to the bit."""
+def same(a: tuple[dict, dict, float], b: tuple[dict, dict, float], screened: bool) -> None:
+    """The two runs kept the same modules, to the bit; their errors are equal (or, screened, within interval)."""
     (ra, sa, _), (rb, sb, _) = a, b
-    for key in ("mope_width", "mope_depth", "structure", "dense_loss"):
-        assert ra[key] == rb[key], f"{key} differs between full forwards and replay"
+    for key in ("mope_depth", "structure", "dense_loss"):
+        assert ra[key] == rb[key], f"{key} differs"
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), "pruned weights differ"
+    for layer, want in ra["mope_width"].items():
+        have = rb["mope_width"][layer]
+        assert have["kept_heads"] == want["kept_heads"], f"{layer}: other heads kept"
+        for part in ("heads", "neuron_groups"):
+            left = set(have.get("screened", {}).get(part, [])) if screened else set()
+            for j, (e, f) in enumerate(zip(want[part], have[part])):
+                tol = CHECK / ULPS * margin(e, ra["dense_loss"]) if j in left else 0.0
+                assert abs(e - f) <= tol, f"{layer} {part} {j}: {f} against {e}"
 
 
 def main() -> None:
@@ -81,32 +95,39 @@ def main() -> None:
     runs: dict[str, list] = {name: [] for name in PATHS}
     rows = []
     for r in range(args.rounds):
-        order = list(PATHS) if r % 2 == 0 else list(reversed(PATHS))
+        order = list(PATHS)
+        order = order[r % len(order):] + order[:r % len(order)]
         for name in order:
             result = run(dense, cfg, source, PATHS[name])
             runs[name].append(result)
-            t = result[0]["timings"]
-            rows.append((str(r + 1), name, f"{t['width_s']:.2f}", f"{t['depth_s']:.2f}", f"{result[2]:.2f}"))
-        same(runs["full forwards"][-1], runs["replay"][-1])
+            t, screens = result[0]["timings"], result[0].get("z_screen", {}).values()
+            again = f"{sum(s['rescored_exactly'] for s in screens)} of {sum(s['screened'] for s in screens)}"
+            rows.append((str(r + 1), name, f"{t['width_s']:.2f}", f"{t['depth_s']:.2f}", f"{result[2]:.2f}",
+                         again if PATHS[name][1] else "-"))
+            stopped = [s["stopped"] for s in screens if s["stopped"]]
+            assert not (PATHS[name][1] and stopped), f"screening stopped: {stopped}"
+        same(runs["full forwards"][-1], runs["replay"][-1], screened=False)
+        same(runs["full forwards"][-1], runs["replay + screening"][-1], screened=True)
     load1 = os.getloadavg()
     size = sum(p.numel() for p in dense.parameters()) / 1e6
     table = Table(title=f"MoPE scoring, {'smoke model' if args.smoke else 'ViT-B/32'} ({size:.0f}M params), "
                         f"{args.pairs} pairs, neuron group {group}, ratio {args.ratio}, depth share "
                         f"{args.depth_share}, {args.threads} threads")
-    for col in ("round", "scoring", "width s", "depth s", "total s"):
+    for col in ("round", "scoring", "width s", "depth s", "total s", "scored again exactly"):
         table.add_column(col, justify="right")
     for row in rows:
         table.add_row(*row)
     console = Console()
     console.print(table)
     median = {name: statistics.median(x[2] for x in runs[name]) for name in PATHS}
-    console.print("module errors, structure and pruned weights: identical (every float, bit for bit)")
+    console.print("structure, depth errors and pruned weights: identical in all three (bit for bit); module errors: "
+                  f"replay = reference exactly, screened ones within {CHECK} float32 ulps of the loss")
     console.print(f"load average (1, 5, 15 min) before {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, "
                   f"after {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}; CPU: {cpu_description()}", highlight=False)
-    console.print(f"speed-up replay / full forwards (medians {median['full forwards']:.2f} s / "
-                  f"{median['replay']:.2f} s): {median['full forwards'] / median['replay']:.2f}x (target >= 2x)",
-                  highlight=False)
-
+    for name in ("replay", "replay + screening"):
+        console.print(f"speed-up {name} / full forwards (medians {median['full forwards']:.2f} s / "
+                      f"{median[name]:.2f} s): {median['full forwards'] / median[name]:.2f}x (target >= 2x)",
+                      highlight=False)
 
 if __name__ == "__main__":
     main()

@@ -31,8 +31,10 @@ def models(tmp_path_factory):
             "clip_other": save_tiny_clip(root / "clip_other", seed=5, layers=3)}
 
 
-def _prune(path, monkeypatch, fast=True, **kw):
+def _prune(path, monkeypatch, fast=True, screen=False, **kw):
+    """`screen` False: the replay alone, whose errors are the reference's bit for bit (screening: test_mope_screen)."""
     monkeypatch.setattr(mope, "FAST_SCORING", fast)
+    monkeypatch.setattr(mope, "SCREEN", screen)
     options = dict(ratio=0.5, model=str(path), method="mope", calib="shapes", calib_samples=16, batch_size=8,
                    mope_neuron_group=16, mope_depth_share=0.5, show_progress=False)
     adapter = load(path)
@@ -126,7 +128,7 @@ def test_cache_reuses_every_layer(models, monkeypatch, tmp_path, family):
     def never(*a, **k):
         raise AssertionError("a cached layer was scored again")
 
-    monkeypatch.setattr(mope, "_width_errors", never)
+    monkeypatch.setattr(mope, "width_errors", never)
     monkeypatch.setattr(mope, "_depth_errors", never)
     again, _ = _prune(models[family], monkeypatch, mope_cache=cache)
     assert again["mope_cache"]["width_layers"] == {"from_cache": 6, "scored": 0}
@@ -152,7 +154,7 @@ def test_cache_resumes_a_killed_run_and_rescores_a_corrupt_file(models, monkeypa
     cache = tmp_path / "mope"
     reference, _ = _prune(models["clip"], monkeypatch)
     scored = []
-    real = mope._width_errors
+    real = mope.width_errors
 
     def dies_on_the_fourth(*a, **k):
         if len(scored) == 3:
@@ -160,10 +162,10 @@ def test_cache_resumes_a_killed_run_and_rescores_a_corrupt_file(models, monkeypa
         scored.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(mope, "_width_errors", dies_on_the_fourth)
+    monkeypatch.setattr(mope, "width_errors", dies_on_the_fourth)
     with pytest.raises(KeyboardInterrupt):
         _prune(models["clip"], monkeypatch, mope_cache=cache)
-    monkeypatch.setattr(mope, "_width_errors", real)
+    monkeypatch.setattr(mope, "width_errors", real)
     files = sorted(cache.iterdir())
     assert len(files) == 3 and all(f.suffix == ".json" for f in files)  # no temporary file left behind
     files[0].write_text('{"format": "mfdeploy MoPE module errors", "errors": {"heads": [0.1')  # cut short

@@ -97,4 +97,33 @@ def record_for_json(record: dict) -> dict:
     return {k: v for k, v in record.items() if not k.startswith("_")}
 
 
-__all__ = ["ROLES", "budget_by_role", "build_record", "record_for_json"]
+def block_counts(adapter: Adapter) -> dict[str, tuple[str, int]]:
+    """Prunable parameters per transformer block (model order)."""
+    out: dict[str, tuple[str, int]] = {}
+    for layer in adapter.prunable_layers().values():
+        mod, n = out.get(layer.block, (layer.modality, 0))
+        out[layer.block] = (mod, n + layer.module.weight.numel())
+    return out
+
+
+def per_block_sparsity(adapter: Adapter, dense: dict[str, tuple[str, int]], kept: dict[str, list[int]]) -> dict:
+    """Fraction of each original block's prunable parameters removed (1.0 for dropped layers)."""
+    now = block_counts(adapter)
+    out = {}
+    for block, (modality, n) in dense.items():
+        tower, _, _, idx = block.split(".")
+        position = kept[tower].index(int(idx)) if int(idx) in kept[tower] else None
+        left = now[f"{tower}.encoder.layers.{position}"][1] if position is not None else 0
+        out[block] = {"modality": modality, "sparsity": 1 - left / n, "numel": n}
+    return out
+
+
+def prunable_counts(adapter: Adapter) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for layer in adapter.prunable_layers().values():
+        counts[layer.modality] = counts.get(layer.modality, 0) + layer.module.weight.numel()
+    return counts
+
+
+__all__ = ["ROLES", "block_counts", "budget_by_role", "build_record", "per_block_sparsity", "prunable_counts",
+           "record_for_json"]

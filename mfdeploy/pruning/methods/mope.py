@@ -34,10 +34,16 @@ from mfdeploy.errors import UserError
 from mfdeploy.models import structure as st
 from mfdeploy.models.base import Adapter
 from mfdeploy.models.inputs import CalibSource
-from mfdeploy.progress import Advance
 from mfdeploy.pruning.methods.mope_cache import ScoreCache
 from mfdeploy.pruning.methods.mope_replay import Replay, Z, error_without
-from mfdeploy.pruning.record import budget_by_role_from_counts, role_counts
+from mfdeploy.pruning.methods.mope_screen import LayerChoice, Screen, width_errors
+from mfdeploy.pruning.record import (
+    block_counts,
+    budget_by_role_from_counts,
+    per_block_sparsity,
+    prunable_counts,
+    role_counts,
+)
 from mfdeploy.pruning.result import MethodResult, PruneContext
 
 log = logging.getLogger(__name__)  # with logging unconfigured (the CLI), a warning prints as one line
@@ -46,6 +52,9 @@ Z_MAX_PAIRS = 128
 # Score each module by replaying its tower from the module's layer (`mope_replay`), bit-identical to a full
 # forward per module; False: the full forwards (the reference the tests and benchmarks/mope_scoring.py compare to).
 FAST_SCORING = True
+# Screen each layer's modules with oneDNN's GEMMs and score only the close calls exactly (`mope_screen`: the same
+# masks as the reference); None: where oneDNN's GEMM is measured faster than `linear`. Only with FAST_SCORING.
+SCREEN: bool | None = None
 
 
 def _layers(adapter: Adapter, tower: str) -> Sequence[st.EncoderLayer]:
@@ -103,8 +112,8 @@ def prune_mope(ctx: PruneContext) -> MethodResult:
     assert source is not None
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    dense_prunable = _prunable_counts(adapter)
-    dense_blocks = _block_counts(adapter)
+    dense_prunable = prunable_counts(adapter)
+    dense_blocks = block_counts(adapter)
     dense_roles = role_counts(adapter)
     group = cfg.mope_neuron_group  # a positive whole number (`checks.validate`)
     n_pairs = pairs_available(source, min(cfg.calib_samples, Z_MAX_PAIRS), offset=_offset(source))
@@ -145,9 +154,11 @@ def prune_mope(ctx: PruneContext) -> MethodResult:
     advance = ctx.reporter.task("MoPE width (heads, neurons)", total=total)
     replayed: dict[str, bool] = {}  # towers scored by replay (False: some of it by full forwards)
     decisions: dict[str, list[dict]] = {}  # tower -> per layer, the heads and neuron groups kept
+    screens: dict[str, dict] = {}  # tower -> what screening screened and scored again
     for tower in st.TOWER_ATTRS:
         modality = "vision" if tower == "vision_model" else "text"
         replay = z.replay(tower, FAST_SCORING)
+        screen = Screen(adapter.model, SCREEN if FAST_SCORING else False)
         earlier: list[dict] = []  # what the layers before kept: the errors of the next depend on it
         for i, layer in enumerate(_layers(adapter, tower)):
             attn, mlp = layer.self_attn, layer.mlp
@@ -157,22 +168,24 @@ def prune_mope(ctx: PruneContext) -> MethodResult:
             starts = list(range(0, inter, group))
             parts = {"scores": "width", "tower": tower, "layer": i, "earlier": earlier}
             errors = cache.get("width_layers", parts, {"heads": n_heads, "neuron_groups": len(starts)})
+            scored, rescored = errors is None, screen.rescored
             if errors is None:
-                errors = _width_errors(z, replay, modality, i, layer, group, advance)
-                cache.put(parts, errors)
+                errors = width_errors(z, replay, screen, modality, i, layer, group, advance)
             else:
                 advance(n_heads + len(starts))
-            head_err, group_err = errors["heads"], errors["neuron_groups"]
-            top_heads = sorted(torch.tensor(head_err).argsort(descending=True, stable=True)[:heads_keep].tolist())
-            top_groups = torch.tensor(group_err).argsort(descending=True, stable=True)[:groups_keep].tolist()
-            neurons = torch.cat([torch.arange(starts[g], min(starts[g] + group, inter)) for g in sorted(top_groups)])
+            choice = LayerChoice(z, replay, screen, modality, i, layer, group)
+            top_heads = choice.choose(errors, "heads", heads_keep)
+            top_groups = choice.choose(errors, "neuron_groups", groups_keep)
+            if scored or screen.rescored > rescored:  # new errors, or exact values for screened ones
+                cache.put(parts, errors)
+            neurons = torch.cat([torch.arange(starts[g], min(starts[g] + group, inter)) for g in top_groups])
             st.prune_heads(attn, top_heads)
             st.prune_neurons(mlp, neurons)
-            width_scores[f"{tower}.encoder.layers.{i}"] = {"heads": head_err, "neuron_groups": group_err,
-                                                           "kept_heads": top_heads}
-            earlier = [*earlier, {"heads": top_heads, "neuron_groups": sorted(top_groups)}]
+            width_scores[f"{tower}.encoder.layers.{i}"] = {**errors, "kept_heads": top_heads}
+            earlier = [*earlier, {"heads": top_heads, "neuron_groups": top_groups}]
         decisions[tower] = earlier
         replayed[tower] = replay.replayed
+        screens[tower] = screen.record()
     timings["width_s"] = time.perf_counter() - t0
 
     # depth: MoPE of each (width-pruned) layer, drop the lowest
@@ -199,15 +212,16 @@ def prune_mope(ctx: PruneContext) -> MethodResult:
         depth_scores[tower] = errs
     timings["depth_s"] = time.perf_counter() - t0
 
-    after = _prunable_counts(adapter)
+    after = prunable_counts(adapter)
     record.update({"neuron_group": group, "depth_share": cfg.mope_depth_share,
-                   "mope_width": width_scores, "mope_depth": depth_scores, "z_replay": replayed})
+                   "mope_width": width_scores, "mope_depth": depth_scores, "z_replay": replayed,
+                   "z_screen": screens})
     if cache.root is not None:
         record["mope_cache"] = cache.record()
     sparsity = {
         "overall": 1 - sum(after.values()) / sum(dense_prunable.values()),
         "per_modality": {k: 1 - after[k] / dense_prunable[k] for k in dense_prunable},
-        "per_layer": _per_block_sparsity(adapter, dense_blocks, final_kept),
+        "per_layer": per_block_sparsity(adapter, dense_blocks, final_kept),
         "prunable_weights": sum(dense_prunable.values()),
         "kind": "fraction of prunable parameters removed",
     }
@@ -215,27 +229,6 @@ def prune_mope(ctx: PruneContext) -> MethodResult:
     return MethodResult(masks=None, timings=timings, calibration=calibration,
                         structure=st.describe(adapter.model, final_kept), sparsity=sparsity,
                         budget_by_role=budget_by_role_from_counts(dense_roles, role_counts(adapter)), extra=record)
-
-
-def _width_errors(z: Z, replay: Replay, modality: str, i: int, layer: st.EncoderLayer, group: int,
-                  advance: Advance) -> dict[str, list[float]]:
-    """MoPE of every head and neuron group of layer `i` (its earlier layers already cut)."""
-    attn, mlp = layer.self_attn, layer.mlp
-    hd = st.head_dim(attn)
-    inter = mlp.fc1.out_features
-    errors: dict[str, list[float]] = {"heads": [], "neuron_groups": []}
-    with replay.scoring(i, "heads") as r:
-        for h in range(attn.q_proj.out_features // hd):
-            cols = slice(h * hd, (h + 1) * hd)
-            errors["heads"].append(error_without(z, modality, [(attn.out_proj.weight, (slice(None), cols))], r))
-            advance(1)
-    with replay.scoring(i, "neurons") as r:
-        for s in range(0, inter, group):
-            cols = slice(s, min(s + group, inter))
-            errors["neuron_groups"].append(error_without(z, modality, [(mlp.fc2.weight, (slice(None), cols))], r))
-            advance(1)
-    replay.release()
-    return errors
 
 
 def _depth_errors(z: Z, replay: Replay, modality: str, layers: Sequence[st.EncoderLayer]) -> list[float]:
@@ -247,27 +240,6 @@ def _depth_errors(z: Z, replay: Replay, modality: str, layers: Sequence[st.Encod
             errs.append(error_without(z, modality, [(a.weight, slice(None)), (a.bias, slice(None)),
                                                     (m.weight, slice(None)), (m.bias, slice(None))], r))
     return errs
-
-
-def _block_counts(adapter: Adapter) -> dict[str, tuple[str, int]]:
-    """Prunable parameters per transformer block (model order)."""
-    out: dict[str, tuple[str, int]] = {}
-    for layer in adapter.prunable_layers().values():
-        mod, n = out.get(layer.block, (layer.modality, 0))
-        out[layer.block] = (mod, n + layer.module.weight.numel())
-    return out
-
-
-def _per_block_sparsity(adapter: Adapter, dense: dict[str, tuple[str, int]], kept: dict[str, list[int]]) -> dict:
-    """Fraction of each original block's prunable parameters removed (1.0 for dropped layers)."""
-    now = _block_counts(adapter)
-    out = {}
-    for block, (modality, n) in dense.items():
-        tower, _, _, idx = block.split(".")
-        position = kept[tower].index(int(idx)) if int(idx) in kept[tower] else None
-        left = now[f"{tower}.encoder.layers.{position}"][1] if position is not None else 0
-        out[block] = {"modality": modality, "sparsity": 1 - left / n, "numel": n}
-    return out
 
 
 def _offset(source: CalibSource) -> int:
@@ -282,10 +254,3 @@ def _z_description(adapter: Adapter, source: CalibSource, n_pairs: int, distill:
                        "held out from the pairs distillation trains on)")
     where = f"the first {n_pairs} pairs of {source.describe()}"
     return what + where + (", the same pairs distillation then trains on (not held out)" if distill else "")
-
-
-def _prunable_counts(adapter: Adapter) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for layer in adapter.prunable_layers().values():
-        counts[layer.modality] = counts.get(layer.modality, 0) + layer.module.weight.numel()
-    return counts

@@ -61,6 +61,13 @@ def batches_fingerprint(batches: Sequence[Batch]) -> str:
     return h.hexdigest()
 
 
+def _screened_ok(screened: object, lengths: dict[str, int]) -> bool:
+    """`screened` names, per list, distinct indices into it (which errors are screened values: `mope_screen`)."""
+    return isinstance(screened, dict) and set(screened) <= set(lengths) and all(
+        isinstance(v, list) and len(set(v)) == len(v)
+        and all(type(j) is int and 0 <= j < lengths[k] for j in v) for k, v in screened.items())
+
+
 def _digest(data: dict) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
@@ -97,7 +104,7 @@ class ScoreCache:
         assert self.root is not None
         return self.root / f"{_digest({**self.base, **parts})}.json"
 
-    def get(self, kind: str, parts: dict, lengths: dict[str, int]) -> dict[str, list[float]] | None:
+    def get(self, kind: str, parts: dict, lengths: dict[str, int]) -> dict | None:
         """The errors stored under `parts`, or None (none stored, or a file that does not hold them).
 
         Args:
@@ -118,9 +125,10 @@ class ScoreCache:
             return None
         errors = data.get("errors") if isinstance(data, dict) else None
         if (not isinstance(data, dict) or data.get("format") != FORMAT or data.get("key") != {**self.base, **parts}
-                or not isinstance(errors, dict) or set(errors) != set(lengths)
+                or not isinstance(errors, dict) or set(errors) - {"screened"} != set(lengths)
                 or any(not isinstance(errors[k], list) or len(errors[k]) != n
-                       or not all(isinstance(v, float) for v in errors[k]) for k, n in lengths.items())):
+                       or not all(isinstance(v, float) for v in errors[k]) for k, n in lengths.items())
+                or not _screened_ok(errors.get("screened", {}), lengths)):
             self._corrupt(kind, path, "not the errors this key names")
             return None
         self.counts[kind]["from_cache"] += 1
@@ -131,7 +139,7 @@ class ScoreCache:
         self.counts[kind]["scored"] += 1
         return None
 
-    def put(self, parts: dict, errors: dict[str, list[float]]) -> None:
+    def put(self, parts: dict, errors: dict) -> None:
         """Store `errors` under `parts` (atomically); a failed write is a warning: the run goes on without it."""
         if self.root is None:
             return

@@ -1,0 +1,260 @@
+"""Screening MoPE's module errors with a faster fp32 GEMM, and deciding every close call by the exact replay.
+
+On some CPUs PyTorch's fp32 `linear` (MKL's sgemm) runs far below the
+machine's peak while oneDNN's runs near it: on this project's AMD EPYC, 190
+against 460 GFLOP/s at ViT-B/32's shapes, and `linear` is 80-90% of a scoring
+run. A screened layer scores each of its modules once with every `nn.Linear`
+of the model run by oneDNN (`torch.ops.mkldnn._linear_pointwise`). Those
+errors differ from the exact ones (the replay's, bit-identical to a full
+forward through PyTorch's own `linear`) by rounding only: at most 5 float32
+ulps of the loss on ViT-B/32, where neighbouring errors lie 20 ulps and more
+apart.
+
+A layer keeps its k highest-error heads (and neuron groups), so only the set
+matters, not the values. Each screened error stands for an interval of
+`ULPS` float32 ulps of its loss around it, an exact one for a point. A
+module is surely kept when fewer than k others could reach its error, and
+surely dropped when k others surely exceed it; the modules left (the close
+calls at the boundary, usually a few per layer) are scored again exactly, and
+the layer keeps the sure ones plus the best of those by exact error, ties
+broken by index as the reference's stable sort does. That is the set the
+reference keeps whenever every screened error lies within its interval, so
+the masks are the reference's bit for bit.
+
+Whether the rounding stays that small is checked, not assumed: each layer
+first computes the loss of the model as it is (no module removed) both ways,
+and every close call compares its two values. A difference beyond a quarter of the
+interval ends screening for the rest of that tower, and the layer is scored
+again exactly. Screening runs only on float32 CPU models and only where
+oneDNN's GEMM is measured faster than `linear` (`worth_it`, once per process).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import torch
+from torch import nn
+
+from mfdeploy.models import structure as st
+from mfdeploy.progress import Advance
+from mfdeploy.pruning.methods.mope_replay import Index, Replay, Z, error_without
+
+ULPS = 64  # a screened error's interval: +-ULPS float32 ulps of its loss
+CHECK = ULPS // 4  # a measured screened-vs-exact difference beyond this ends screening
+SPEED_NEEDED = 1.3  # oneDNN must run a ViT-B-sized GEMM this much faster than `linear`
+_worth: bool | None = None  # `worth_it`'s measurement, once per process
+
+
+def _op() -> Any:
+    return getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+
+
+def _fast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def _through_onednn(m: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda x: _fast_linear(x, m.weight, m.bias)
+
+
+def worth_it() -> bool:
+    """oneDNN's fp32 GEMM runs a (256 x 768) @ (768 x 3072) product `SPEED_NEEDED` times faster than `linear`."""
+    global _worth
+    if _worth is None:
+        _worth = False
+        if _op() is not None:
+            g = torch.Generator().manual_seed(0)
+            x, w = torch.randn(256, 768, generator=g), torch.randn(3072, 768, generator=g)
+            try:
+                slow = _best(lambda: torch.nn.functional.linear(x, w))
+                fast = _best(lambda: _fast_linear(x, w, None))
+                _worth = fast * SPEED_NEEDED <= slow
+            except RuntimeError:  # a build whose oneDNN cannot run it
+                _worth = False
+    return _worth
+
+
+def _best(f: Callable[[], Any], n: int = 5) -> float:
+    f()
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def supported(model: nn.Module) -> bool:
+    """The model is one screening can run: float32 on the CPU, with oneDNN's linear in this build of PyTorch."""
+    params = list(model.parameters())
+    return (_op() is not None and bool(params)
+            and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params))
+
+
+def margin(error: float, base: float) -> float:
+    """Half the width of a screened error's interval: `ULPS` float32 ulps of the larger of the two losses."""
+    loss = max(abs(base), abs(base + error), 1e-30)
+    return ULPS * math.ulp(loss) * 2.0 ** 29  # a float64 ulp times 2**29 is the float32 ulp at that magnitude
+
+
+class Screen:
+    """Screening of one tower's layers: on while `on`; counts what it screened and what it scored again."""
+
+    def __init__(self, model: nn.Module, wanted: bool | None):
+        self.model = model
+        self.on = bool(supported(model) and (worth_it() if wanted is None else wanted))
+        self.stopped: str | None = None  # why screening ended early, where it did
+        self.screened = 0  # module errors screened
+        self.rescored = 0  # of those, scored again exactly (close calls)
+
+    @contextmanager
+    def kernels(self) -> Iterator[None]:
+        """While open (and screening is on), every nn.Linear of the model runs through oneDNN."""
+        if not self.on:
+            yield
+            return
+        swapped = [m for m in self.model.modules() if isinstance(m, nn.Linear) and "forward" not in m.__dict__]
+        for m in swapped:
+            m.forward = _through_onednn(m)  # type: ignore[method-assign,assignment]  # an instance attribute
+        try:
+            yield
+        finally:
+            for m in swapped:
+                del m.forward
+
+    def tolerance(self, error: float, base: float) -> float:
+        """The largest screened-vs-exact difference screening accepts for `error`."""
+        return CHECK / ULPS * margin(error, base)
+
+    def stop(self, why: str) -> None:
+        self.on, self.stopped = False, why
+
+    def record(self) -> dict:
+        return {"screened": self.screened, "rescored_exactly": self.rescored, "stopped": self.stopped}
+
+    def context(self) -> Any:
+        return self.kernels() if self.on else nullcontext()
+
+
+class Distrust(Exception):
+    """A screened error lay further from its exact value than `CHECK` ulps allow."""
+
+
+def top_k(values: list[float], screened: set[int], k: int, base: float,
+          exact: Callable[[Sequence[int]], list[float]]) -> list[int]:
+    """The indices of the `k` highest errors by the exact values, as a stable descending sort picks them.
+
+    Args:
+        values: each module's error; those in `screened` are screened, the others exact.
+        screened: indices whose value is screened; the close calls among them are scored again by `exact`, their
+            values replaced and their indices removed (both in place).
+        k: how many to keep.
+        base: the dense model's loss, which every error is relative to (an interval is in ulps of the loss).
+        exact: the exact errors of the given indices.
+
+    Returns:
+        The kept indices, ascending.
+
+    Raises:
+        Distrust: a close call's screened value was more than `CHECK` ulps from its exact one.
+    """
+    n = len(values)
+    lo = [v - (margin(v, base) if j in screened else 0.0) for j, v in enumerate(values)]
+    hi = [v + (margin(v, base) if j in screened else 0.0) for j, v in enumerate(values)]
+    sure_in = [j for j in range(n) if sum(hi[m] >= lo[j] for m in range(n) if m != j) < k]
+    sure_out = {j for j in range(n) if sum(lo[m] > hi[j] for m in range(n) if m != j) >= k}
+    close = [j for j in range(n) if j not in sure_out and j not in sure_in]
+    again = [j for j in close if j in screened]
+    if again:
+        for j, e in zip(again, exact(again)):
+            if abs(values[j] - e) > CHECK / ULPS * margin(values[j], base):
+                raise Distrust(f"a screened error was {abs(values[j] - e):.3g} from its exact value")
+            values[j] = e
+            screened.discard(j)
+    ranked = sorted(close, key=lambda j: (-values[j], j))
+    return sorted(sure_in + ranked[: k - len(sure_in)])
+
+
+def _removal(layer: st.EncoderLayer, part: str, j: int, group: int) -> list[tuple[torch.Tensor, Index]]:
+    """What removing head `j` (part "heads") or neuron group `j` ("neuron_groups") of `layer` zeroes."""
+    if part == "heads":
+        hd = st.head_dim(layer.self_attn)
+        return [(layer.self_attn.out_proj.weight, (slice(None), slice(j * hd, (j + 1) * hd)))]
+    inter = layer.mlp.fc1.out_features
+    return [(layer.mlp.fc2.weight, (slice(None), slice(j * group, min((j + 1) * group, inter))))]
+
+
+_REPLAY_PART = {"heads": "heads", "neuron_groups": "neurons"}
+
+
+def width_errors(z: Z, replay: Replay, screen: Screen, modality: str, i: int, layer: st.EncoderLayer, group: int,
+                  advance: Advance) -> dict:
+    """MoPE of every head and neuron group of layer `i` (its earlier layers already cut), screened where `screen`
+    is on: then "screened" lists, per part, the errors that are screened values (`mope_screen`)."""
+    counts = {"heads": layer.self_attn.q_proj.out_features // st.head_dim(layer.self_attn),
+              "neuron_groups": math.ceil(layer.mlp.fc1.out_features / group)}
+    if screen.on:  # the model as it is now, through PyTorch's kernels and through oneDNN's: the losses must agree
+        with replay.scoring(i, "heads") as r:
+            now = error_without(z, modality, [], r)
+            with screen.kernels():
+                drift = abs(error_without(z, modality, [], r) - now)
+        if drift > screen.tolerance(now, z.base):
+            screen.stop(f"{modality} layer {i}: the loss moved {drift:.3g} with oneDNN's GEMMs")
+    errors: dict = {}
+    for part, n in counts.items():
+        # the replay keeps its tensors on entering, through PyTorch's own kernels; oneDNN's run inside only
+        with replay.scoring(i, _REPLAY_PART[part]) as r, screen.context():
+            errors[part] = []
+            for j in range(n):
+                errors[part].append(error_without(z, modality, _removal(layer, part, j, group), r))
+                advance(1)
+    if screen.on:
+        errors["screened"] = {part: list(range(n)) for part, n in counts.items()}
+        screen.screened += sum(counts.values())
+    replay.release()
+    return errors
+
+
+class LayerChoice:
+    """Choosing one layer's heads or neuron groups from its errors, scoring close calls again exactly."""
+
+    def __init__(self, z: Z, replay: Replay, screen: Screen, modality: str, i: int, layer: st.EncoderLayer,
+                 group: int):
+        self.z, self.replay, self.screen, self.modality = z, replay, screen, modality
+        self.i, self.layer, self.group = i, layer, group
+
+    def exact(self, part: str, indices: Sequence[int]) -> list[float]:
+        with self.replay.scoring(self.i, _REPLAY_PART[part]) as r:
+            out = [error_without(self.z, self.modality, _removal(self.layer, part, j, self.group), r)
+                   for j in indices]
+        self.screen.rescored += len(out)
+        return out
+
+    def choose(self, errors: dict, part: str, k: int) -> list[int]:
+        """The `k` modules of `part` with the highest errors, ascending; `errors` gets the exact values it used."""
+        values: list[float] = errors[part]
+        screened = set(errors.get("screened", {}).get(part, []))
+        if screened and self.screen.stopped is None:
+            try:
+                kept = top_k(values, screened, k, self.z.base, lambda idx: self.exact(part, idx))
+            except Distrust as e:
+                self.screen.stop(f"{self.modality} layer {self.i}: {e}")
+        if screened and self.screen.stopped is not None:  # screening distrusted: every value again, exactly
+            values[:] = self.exact(part, range(len(values)))
+            screened.clear()
+        if screened:
+            errors["screened"][part] = sorted(screened)
+            return kept
+        errors.get("screened", {}).pop(part, None)
+        if not errors.get("screened", True):
+            del errors["screened"]
+        return sorted(torch.tensor(values).argsort(descending=True, stable=True)[:k].tolist())
+
+
+__all__ = ["CHECK", "ULPS", "Distrust", "LayerChoice", "Screen", "margin", "supported", "top_k", "width_errors",
+           "worth_it"]
