@@ -39,10 +39,14 @@ from vitb32 import WrappedAdapter, random_batches, vitb32  # noqa: E402
 from mfdeploy.data.batching import CalibSource  # noqa: E402
 from mfdeploy.platform import cpu_description  # noqa: E402
 from mfdeploy.pruning import PruneConfig, prune_model  # noqa: E402
-from mfdeploy.pruning.methods import mope  # noqa: E402
-from mfdeploy.pruning.methods.mope_screen import CHECK, ULPS, margin  # noqa: E402
+from mfdeploy.pruning.methods import mope, mope_screen  # noqa: E402
+from mfdeploy.pruning.methods.mope_screen import CHECK, ULPS, _fast_linear, margin  # noqa: E402
 
 PATHS = {"full forwards": (False, False), "replay": (True, False), "replay + screening": (True, True)}
+
+
+def mope_screen_available() -> bool:
+    return mope_screen._op() is not None
 
 
 def run(dense: torch.nn.Module, cfg: PruneConfig, source: CalibSource, path: tuple[bool, bool]) \
@@ -57,6 +61,28 @@ def run(dense: torch.nn.Module, cfg: PruneConfig, source: CalibSource, path: tup
     finally:
         mope.FAST_SCORING, mope.SCREEN = True, None
     return record, model.state_dict(), seconds
+
+
+def gemm_rates(rows: int = 400) -> list[tuple[str, float, float]]:
+    """GFLOP/s of PyTorch's `linear` and of oneDNN's (`mope_screen`'s kernel) at ViT-B/32's linear shapes."""
+    out = []
+    g = torch.Generator().manual_seed(0)
+    for k, n in ((768, 2304), (768, 768), (768, 3072), (3072, 768)):
+        x, w = torch.randn(rows, k, generator=g), torch.randn(n, k, generator=g)
+        flop = 2 * rows * k * n / 1e9
+        out.append((f"{rows}x{k} @ {k}x{n}", flop / _best(lambda x=x, w=w: torch.nn.functional.linear(x, w)),
+                    flop / _best(lambda x=x, w=w: _fast_linear(x, w, None))))
+    return out
+
+
+def _best(f, n: int = 20) -> float:
+    f()
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def same(a: tuple[dict, dict, float], b: tuple[dict, dict, float], screened: bool) -> None:
@@ -108,6 +134,7 @@ def main() -> None:
             assert not (PATHS[name][1] and stopped), f"screening stopped: {stopped}"
         same(runs["full forwards"][-1], runs["replay"][-1], screened=False)
         same(runs["full forwards"][-1], runs["replay + screening"][-1], screened=True)
+    rates = gemm_rates() if mope_screen_available() else []
     load1 = os.getloadavg()
     size = sum(p.numel() for p in dense.parameters()) / 1e6
     table = Table(title=f"MoPE scoring, {'smoke model' if args.smoke else 'ViT-B/32'} ({size:.0f}M params), "
@@ -124,6 +151,13 @@ def main() -> None:
                   f"replay = reference exactly, screened ones within {CHECK} float32 ulps of the loss")
     console.print(f"load average (1, 5, 15 min) before {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, "
                   f"after {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}; CPU: {cpu_description()}", highlight=False)
+    gemms = Table(title="fp32 GEMM, median of 20 (the linear layers of ViT-B/32 at 8 pairs)")
+    for col in ("rows x in @ in x out", "PyTorch linear GFLOP/s", "oneDNN GFLOP/s", "oneDNN / linear"):
+        gemms.add_column(col, justify="right")
+    for shape, slow, fast in rates:
+        gemms.add_row(shape, f"{slow:.0f}", f"{fast:.0f}", f"{fast / slow:.2f}x")
+    if rates:
+        console.print(gemms)
     for name in ("replay", "replay + screening"):
         console.print(f"speed-up {name} / full forwards (medians {median['full forwards']:.2f} s / "
                       f"{median[name]:.2f} s): {median['full forwards'] / median[name]:.2f}x (target >= 2x)",

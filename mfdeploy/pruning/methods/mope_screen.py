@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -118,7 +118,8 @@ class Screen:
         if not self.on:
             yield
             return
-        swapped = [m for m in self.model.modules() if isinstance(m, nn.Linear) and "forward" not in m.__dict__]
+        swapped = [m for m in self.model.modules()  # plain linear layers only: a subclass may compute more
+                   if isinstance(m, nn.Linear) and type(m).forward is nn.Linear.forward and "forward" not in m.__dict__]
         for m in swapped:
             m.forward = _through_onednn(m)  # type: ignore[method-assign,assignment]  # an instance attribute
         try:
@@ -136,9 +137,6 @@ class Screen:
 
     def record(self) -> dict:
         return {"screened": self.screened, "rescored_exactly": self.rescored, "stopped": self.stopped}
-
-    def context(self) -> Any:
-        return self.kernels() if self.on else nullcontext()
 
 
 class Distrust(Exception):
@@ -161,9 +159,12 @@ def top_k(values: list[float], screened: set[int], k: int, base: float,
         The kept indices, ascending.
 
     Raises:
-        Distrust: a close call's screened value was more than `CHECK` ulps from its exact one.
+        Distrust: a close call's screened value was more than `CHECK` ulps from its exact one, or a value is not
+            finite.
     """
     n = len(values)
+    if not all(math.isfinite(v) for v in values):  # the reference's sort puts NaN first: leave it to that sort
+        raise Distrust("an error is not a finite number")
     lo = [v - (margin(v, base) if j in screened else 0.0) for j, v in enumerate(values)]
     hi = [v + (margin(v, base) if j in screened else 0.0) for j, v in enumerate(values)]
     sure_in = [j for j in range(n) if sum(hi[m] >= lo[j] for m in range(n) if m != j) < k]
@@ -193,7 +194,7 @@ _REPLAY_PART = {"heads": "heads", "neuron_groups": "neurons"}
 
 
 def width_errors(z: Z, replay: Replay, screen: Screen, modality: str, i: int, layer: st.EncoderLayer, group: int,
-                  advance: Advance) -> dict:
+                 advance: Advance) -> dict:
     """MoPE of every head and neuron group of layer `i` (its earlier layers already cut), screened where `screen`
     is on: then "screened" lists, per part, the errors that are screened values (`mope_screen`)."""
     counts = {"heads": layer.self_attn.q_proj.out_features // st.head_dim(layer.self_attn),
@@ -208,7 +209,7 @@ def width_errors(z: Z, replay: Replay, screen: Screen, modality: str, i: int, la
     errors: dict = {}
     for part, n in counts.items():
         # the replay keeps its tensors on entering, through PyTorch's own kernels; oneDNN's run inside only
-        with replay.scoring(i, _REPLAY_PART[part]) as r, screen.context():
+        with replay.scoring(i, _REPLAY_PART[part]) as r, screen.kernels():
             errors[part] = []
             for j in range(n):
                 errors[part].append(error_without(z, modality, _removal(layer, part, j, group), r))
