@@ -119,15 +119,18 @@ def test_serve_faults_quick(tiny_clip_dir, tmp_path):
 
 @pytest.mark.slow
 def test_mope_scoring_smoke():
-    """benchmarks/mope_scoring.py on its tiny model: both scorings agree to the bit, and it states the speed-up."""
+    """benchmarks/mope_scoring.py on its tiny model: the three scorings keep the same modules, and it states the
+    speed-ups and the GEMM rates."""
     run = subprocess.run([sys.executable, str(BENCHMARKS / "mope_scoring.py"), "--smoke", "--depth-share", "0.5"],
                          capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
     assert run.returncode == 0, run.stderr[-2000:]
     out = run.stdout
     rows = [line for line in out.splitlines() if line.startswith("│ ") and ("replay" in line or "full" in line)]
-    assert len(rows) == 4  # two rounds of both scorings
-    assert "identical (every float, bit for bit)" in out and "load average (1, 5, 15 min) before" in out
-    assert "speed-up replay / full forwards" in out and "(target >= 2x)" in out
+    assert len(rows) == 6  # two rounds of three scorings
+    assert sum("replay + screening" in r for r in rows) == 2 and all(" of " in r for r in rows if "screening" in r)
+    assert "identical in all three (bit for bit)" in out and "load average (1, 5, 15 min) before" in out
+    assert "speed-up replay / full forwards" in out and "speed-up replay + screening / full forwards" in out
+    assert "(target >= 2x)" in out and "oneDNN GFLOP/s" in out
 
 
 @pytest.mark.slow

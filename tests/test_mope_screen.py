@@ -13,7 +13,7 @@ from siglip_models import save_tiny_siglip
 from mfdeploy.models import load
 from mfdeploy.pruning import PruneConfig, prune_model
 from mfdeploy.pruning.methods import mope, mope_screen
-from mfdeploy.pruning.methods.mope_screen import CHECK, ULPS, Distrust, margin, top_k
+from mfdeploy.pruning.methods.mope_screen import ULPS, Bounds, Distrust, top_k
 
 needs_onednn = pytest.mark.skipif(mope_screen._op() is None, reason="this PyTorch build has no oneDNN linear")
 
@@ -25,15 +25,15 @@ def _reference(values: list[float], k: int) -> list[int]:
 def test_top_k_equals_the_exact_stable_sort_whenever_screened_values_lie_within_their_interval():
     """Random layers, with ties and near-ties at the boundary: the screened choice is the exact one."""
     rng = random.Random(0)
-    base = 2.0
     asked = 0
     for case in range(400):
+        bounds = Bounds(2.0)
         n = rng.randint(1, 30)
         k = rng.randint(1, n)
         # quantised to a few ulps of the loss so that exact ties and near-ties are frequent
-        step = margin(0.0, base) / ULPS * rng.choice([1, 8, 64, 512])
+        step = bounds.margin(0.0) / ULPS * rng.choice([1, 8, 64, 512])
         exact = [step * rng.randint(-20, 20) for _ in range(n)]
-        screened_values = [e + rng.uniform(-1, 1) * CHECK / ULPS * margin(e, base) for e in exact]
+        screened_values = [e + rng.uniform(-0.5, 0.5) * bounds.margin(e) for e in exact]
         calls: list[int] = []
 
         def score(indices, exact=exact, calls=calls):
@@ -41,7 +41,7 @@ def test_top_k_equals_the_exact_stable_sort_whenever_screened_values_lie_within_
             return [exact[j] for j in indices]
 
         values, screened = list(screened_values), set(range(n))
-        kept = top_k(values, screened, k, base, score)
+        kept = top_k(values, screened, k, bounds, score)
         assert kept == _reference(exact, k), case
         assert len(calls) == len(set(calls))  # no module scored twice
         assert all(values[j] == exact[j] for j in calls) and not screened & set(calls)
@@ -50,21 +50,26 @@ def test_top_k_equals_the_exact_stable_sort_whenever_screened_values_lie_within_
 
 
 def test_top_k_asks_only_for_close_calls_and_none_when_all_exact():
-    base = 1.0
-    m = margin(0.0, base)
+    bounds = Bounds(1.0)
+    m = bounds.margin(0.0)
     values = [5.0, 4.0, 1.0 + m / 2, 1.0, -3.0]  # k = 3: the boundary falls between two values m/2 apart
     asked = []
-    kept = top_k(list(values), set(range(5)), 3, base, lambda idx: asked.extend(idx) or [values[j] for j in idx])
+    kept = top_k(list(values), set(range(5)), 3, bounds, lambda idx: asked.extend(idx) or [values[j] for j in idx])
     assert kept == [0, 1, 2] and sorted(asked) == [2, 3]
-    assert top_k([1.0, 1.0, 1.0], set(), 2, base, lambda idx: pytest.fail("nothing is screened")) == [0, 1]
+    assert top_k([1.0, 1.0, 1.0], set(), 2, bounds, lambda idx: pytest.fail("nothing is screened")) == [0, 1]
 
 
-def test_a_screened_value_far_from_its_exact_one_is_distrusted():
-    base = 1.0
+def test_intervals_widen_with_the_differences_seen_and_a_far_value_is_distrusted():
+    bounds = Bounds(1.0)
+    floor = bounds.margin(0.0)
+    bounds.observe(1.0, 1.0 + floor / 4)  # within half the interval: remembered
+    assert bounds.seen == pytest.approx(floor / 4) and bounds.margin(0.0) == pytest.approx(2 * floor)  # SPREAD 8
     with pytest.raises(Distrust, match="from its exact value"):
-        top_k([1.0, 1.0], {0, 1}, 1, base, lambda idx: [1.0 + margin(0.0, base)] * len(idx))
+        bounds.observe(1.0, 1.0 + 1.01 * floor)  # beyond half of the (widened) interval
+    with pytest.raises(Distrust, match="from its exact value"):
+        top_k([1.0, 1.0], {0, 1}, 1, Bounds(1.0), lambda idx: [1.0 + 4 * floor] * len(idx))
     with pytest.raises(Distrust, match="not a finite number"):
-        top_k([1.0, float("nan")], {0, 1}, 1, base, lambda idx: pytest.fail("decided before scoring"))
+        top_k([1.0, float("nan")], {0, 1}, 1, Bounds(1.0), lambda idx: pytest.fail("decided before scoring"))
 
 
 @pytest.fixture(scope="module")
@@ -84,17 +89,19 @@ def _prune(path, monkeypatch, fast=True, screen=True, **kw):
 
 
 def _same_masks(ref, ref_state, got, got_state):
+    """The same modules kept; screened values within their tower's interval, the others the reference's exactly."""
     assert got["structure"] == ref["structure"] and got["mope_depth"] == ref["mope_depth"]
     assert got_state.keys() == ref_state.keys() and all(torch.equal(ref_state[k], got_state[k]) for k in ref_state)
-    base = ref["dense_loss"]
     for layer, want in ref["mope_width"].items():
         have = got["mope_width"][layer]
         assert have["kept_heads"] == want["kept_heads"]
         for part in ("heads", "neuron_groups"):
             screened = set(have.get("screened", {}).get(part, []))
+            bounds = Bounds(ref["dense_loss"])
+            bounds.seen = got.get("z_screen", {}).get(layer.split(".")[0], {}).get("largest_difference", 0.0)
             for j, (e, f) in enumerate(zip(want[part], have[part])):
-                if j in screened:  # a screened value: within CHECK ulps of the loss of the exact one
-                    assert abs(e - f) <= CHECK / ULPS * margin(e, base), (layer, part, j)
+                if j in screened:  # a screened value: within the interval it stood for
+                    assert abs(e - f) <= bounds.margin(e), (layer, part, j)
                 else:  # scored exactly: the reference's value, bit for bit
                     assert e == f, (layer, part, j)
 
@@ -115,7 +122,6 @@ def test_every_module_a_close_call_is_every_module_scored_exactly(models, monkey
     """An interval wider than every gap: each error is scored again, and the record holds the exact values."""
     ref, ref_state = _prune(models["clip"], monkeypatch, fast=False, screen=False)
     monkeypatch.setattr(mope_screen, "ULPS", 2 ** 40)
-    monkeypatch.setattr(mope_screen, "CHECK", 2 ** 40)
     got, got_state = _prune(models["clip"], monkeypatch)
     _same_masks(ref, ref_state, got, got_state)
     for layer, have in got["mope_width"].items():  # screened values are left only where a layer keeps them all
@@ -134,7 +140,8 @@ def test_a_faulty_fast_kernel_ends_screening_and_the_masks_stay_exact(models, mo
     _same_masks(ref, ref_state, got, got_state)
     assert got["mope_width"] == ref["mope_width"]  # all exact: screening stopped before any value was used
     for tower, screen in got["z_screen"].items():
-        assert screen["stopped"].startswith(f"{tower.replace('_model', '')} layer 0: the loss moved"), screen
+        assert screen["stopped"].startswith(f"{tower.replace('_model', '')} layer 0, the model's loss itself: a "
+                                            "screened error was"), screen
 
 
 @needs_onednn

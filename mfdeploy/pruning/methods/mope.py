@@ -158,7 +158,7 @@ def prune_mope(ctx: PruneContext) -> MethodResult:
     for tower in st.TOWER_ATTRS:
         modality = "vision" if tower == "vision_model" else "text"
         replay = z.replay(tower, FAST_SCORING)
-        screen = Screen(adapter.model, SCREEN if FAST_SCORING else False)
+        screen = Screen(adapter.model, SCREEN if FAST_SCORING else False, z.base)
         earlier: list[dict] = []  # what the layers before kept: the errors of the next depend on it
         for i, layer in enumerate(_layers(adapter, tower)):
             attn, mlp = layer.self_attn, layer.mlp
