@@ -16,9 +16,12 @@ makes the residual block the identity. Kept modules are then physically cut
 out of the weight matrices (see `mfdeploy.models.structure`).
 
 Each error is one tower forward over the pairs, replayed from the module's
-layer (`mope_replay`: bit-identical to a full forward, about two thirds of its cost);
-with `--mope-cache DIR` the errors of every layer are kept on disk and reused
-by any run that would compute the very same ones (`mope_cache`).
+layer (`mope_replay`: bit-identical to a full forward, about two thirds of its
+cost), and where oneDNN's GEMM is faster, screened with it first: only the
+close calls at a layer's keep boundary are then scored exactly, and the
+modules kept are the reference's bit for bit (`mope_screen`). With
+`--mope-cache DIR` the errors of every layer are kept on disk and reused by
+any run that would compute the very same ones (`mope_cache`).
 """
 
 from __future__ import annotations
