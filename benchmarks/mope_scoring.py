@@ -40,7 +40,7 @@ from mfdeploy.data.batching import CalibSource  # noqa: E402
 from mfdeploy.platform import cpu_description  # noqa: E402
 from mfdeploy.pruning import PruneConfig, prune_model  # noqa: E402
 from mfdeploy.pruning.methods import mope, mope_screen  # noqa: E402
-from mfdeploy.pruning.methods.mope_screen import SPREAD, ULPS, Bounds, _fast_linear  # noqa: E402
+from mfdeploy.pruning.methods.mope_screen import SPREAD, ULPS, Bounds, _best, _fast_linear  # noqa: E402
 
 PATHS = {"full forwards": (False, False), "replay": (True, False), "replay + screening": (True, True)}
 
@@ -70,19 +70,10 @@ def gemm_rates(rows: int = 400) -> list[tuple[str, float, float]]:
     for k, n in ((768, 2304), (768, 768), (768, 3072), (3072, 768)):
         x, w = torch.randn(rows, k, generator=g), torch.randn(n, k, generator=g)
         flop = 2 * rows * k * n / 1e9
-        out.append((f"{rows}x{k} @ {k}x{n}", flop / _best(lambda x=x, w=w: torch.nn.functional.linear(x, w)),
-                    flop / _best(lambda x=x, w=w: _fast_linear(x, w, None))))
+        slow = _best(lambda x=x, w=w: torch.nn.functional.linear(x, w), 20, statistics.median)
+        fast = _best(lambda x=x, w=w: _fast_linear(x, w, None), 20, statistics.median)
+        out.append((f"{rows}x{k} @ {k}x{n}", flop / slow, flop / fast))
     return out
-
-
-def _best(f, n: int = 20) -> float:
-    f()
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def same(a: tuple[dict, dict, float], b: tuple[dict, dict, float], screened: bool) -> None:

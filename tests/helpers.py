@@ -131,3 +131,22 @@ class EchoRunner(Runner):
 
     def embed_texts(self, input_ids, attention_mask):
         return input_ids
+
+
+def mope_prune(path, monkeypatch, fast: bool = True, screen: bool | None = False, **kw):
+    """Prune the model at `path` with MoPE (a small calibration); returns its record and pruned state dict.
+
+    `fast` False: full forwards per module, the reference; `screen` sets `mope.SCREEN` (False: the replay alone,
+    whose errors are the reference's bit for bit).
+    """
+    from mfdeploy.models import load
+    from mfdeploy.pruning import PruneConfig, prune_model
+    from mfdeploy.pruning.methods import mope
+
+    monkeypatch.setattr(mope, "FAST_SCORING", fast)
+    monkeypatch.setattr(mope, "SCREEN", screen)
+    options = dict(ratio=0.5, model=str(path), method="mope", calib="shapes", calib_samples=16, batch_size=8,
+                   mope_neuron_group=16, mope_depth_share=0.5, show_progress=False)
+    adapter = load(path)
+    record = prune_model(adapter, PruneConfig(**{**options, **kw}))
+    return record, adapter.model.state_dict()

@@ -9,13 +9,13 @@ from contextlib import contextmanager
 import pytest
 import torch
 from conftest import save_tiny_clip
+from helpers import mope_prune
 from siglip_models import save_tiny_siglip
 
 from mfdeploy.errors import WriteError
 from mfdeploy.models import load
 from mfdeploy.models import structure as st
 from mfdeploy.models.inputs import CalibSource, pair_batches
-from mfdeploy.pruning import PruneConfig, prune_model
 from mfdeploy.pruning.methods import mope
 from mfdeploy.pruning.methods.mope_cache import ScoreCache
 from mfdeploy.pruning.methods.mope_replay import Z, error_without
@@ -32,14 +32,7 @@ def models(tmp_path_factory):
 
 
 def _prune(path, monkeypatch, fast=True, screen=False, **kw):
-    """`screen` False: the replay alone, whose errors are the reference's bit for bit (screening: test_mope_screen)."""
-    monkeypatch.setattr(mope, "FAST_SCORING", fast)
-    monkeypatch.setattr(mope, "SCREEN", screen)
-    options = dict(ratio=0.5, model=str(path), method="mope", calib="shapes", calib_samples=16, batch_size=8,
-                   mope_neuron_group=16, mope_depth_share=0.5, show_progress=False)
-    adapter = load(path)
-    record = prune_model(adapter, PruneConfig(**{**options, **kw}))
-    return record, adapter.model.state_dict()
+    return mope_prune(path, monkeypatch, fast, screen, **kw)
 
 
 def _same_result(a, b):

@@ -8,11 +8,10 @@ import random
 import pytest
 import torch
 from conftest import save_tiny_clip
+from helpers import mope_prune
 from siglip_models import save_tiny_siglip
 
-from mfdeploy.models import load
-from mfdeploy.pruning import PruneConfig, prune_model
-from mfdeploy.pruning.methods import mope, mope_screen
+from mfdeploy.pruning.methods import mope_screen
 from mfdeploy.pruning.methods.mope_screen import ULPS, Bounds, Distrust, top_k
 
 needs_onednn = pytest.mark.skipif(mope_screen._op() is None, reason="this PyTorch build has no oneDNN linear")
@@ -79,13 +78,7 @@ def models(tmp_path_factory):
 
 
 def _prune(path, monkeypatch, fast=True, screen=True, **kw):
-    monkeypatch.setattr(mope, "FAST_SCORING", fast)
-    monkeypatch.setattr(mope, "SCREEN", screen)
-    options = dict(ratio=0.5, model=str(path), method="mope", calib="shapes", calib_samples=16, batch_size=8,
-                   mope_neuron_group=16, mope_depth_share=0.5, show_progress=False)
-    adapter = load(path)
-    record = prune_model(adapter, PruneConfig(**{**options, **kw}))
-    return record, adapter.model.state_dict()
+    return mope_prune(path, monkeypatch, fast, screen, **kw)
 
 
 def _same_masks(ref, ref_state, got, got_state):
