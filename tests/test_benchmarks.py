@@ -134,6 +134,19 @@ def test_mope_scoring_smoke():
 
 
 @pytest.mark.slow
+def test_mope_screen_spread_smoke():
+    """benchmarks/mope_screen_spread.py: every module scored both ways, the differences inside the intervals."""
+    run = subprocess.run([sys.executable, str(BENCHMARKS / "mope_screen_spread.py"), "--model", "vitb32", "--smoke"],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [line.split("│")[1:-1] for line in run.stdout.splitlines() if line.startswith("│ ")]
+    assert len(rows) == 2 * 2 * 2  # 2 towers x 2 layers x (heads, groups)
+    shares = [float(r[2].strip().rstrip("%")) for r in rows]
+    assert all(0 <= s < 50 for s in shares)  # under half the interval, where screening would stop
+    assert "largest over every module:" in run.stdout
+
+
+@pytest.mark.slow
 def test_compile_settings_smoke(tmp_path):
     """benchmarks/compile_settings.py: one process per variant, each reporting its own settings and speed-ups."""
     run = subprocess.run([sys.executable, str(BENCHMARKS / "compile_settings.py"), "--smoke", "--pairs", "1",
