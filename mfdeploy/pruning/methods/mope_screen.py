@@ -273,7 +273,8 @@ class LayerChoice:
         errors.get("screened", {}).pop(part, None)
         if not errors.get("screened", True):
             del errors["screened"]
-        return sorted(torch.tensor(values).argsort(descending=True, stable=True)[:k].tolist())
+        # float64, as `top_k` compares them: float32 would tie errors that differ (and break the tie by index)
+        return sorted(torch.tensor(values, dtype=torch.float64).argsort(descending=True, stable=True)[:k].tolist())
 
 
 __all__ = ["SPREAD", "ULPS", "Bounds", "Distrust", "LayerChoice", "Screen", "supported", "top_k", "width_errors",

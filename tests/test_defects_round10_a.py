@@ -1,0 +1,85 @@
+"""MoPE, prune and tune from a user's seat (round 10, helper a): each defect checked on the real command or function."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import save_tiny_clip
+from helpers import one_error, run_cli
+
+from mfdeploy.errors import UserError
+from mfdeploy.pruning import PruneConfig, prune_model, validate
+from mfdeploy.pruning.methods.mope_screen import LayerChoice, Screen
+
+
+@pytest.fixture(scope="module")
+def clip2(tmp_path_factory):
+    return save_tiny_clip(tmp_path_factory.mktemp("r10a") / "clip", layers=2)
+
+
+# ---- a layer's choice ranked exact errors in float32, screening in float64 ----------------------------------------
+
+class _Choice(LayerChoice):
+    """A layer choice whose exact errors are given (no model): what `choose` decides from them."""
+
+    def __init__(self, exact: list[float]):
+        self.screen, self.values = Screen(torch.nn.Linear(2, 2), False, 2.0), exact
+
+    def exact(self, part, indices):
+        return [self.values[j] for j in indices]
+
+
+def test_a_layers_choice_is_the_same_whether_its_errors_were_screened_or_not():
+    """Two errors 2**-30 apart are one float32: the exact path (the reference, `FAST_SCORING = False`) ranked
+    `torch.tensor(values)` in float32 and kept the lower index, screening's `top_k` compared the float64 values and
+    kept the higher error; so screened masks could differ from the reference's, which they must equal bit for bit."""
+    values = [1.0, 1.0 + 2 ** -30, 0.5]
+    exact_only = _Choice(values).choose({"heads": list(values)}, "heads", 1)
+    screened = _Choice(values).choose({"heads": list(values), "screened": {"heads": [0, 1, 2]}}, "heads", 1)
+    assert exact_only == screened == [1]  # the higher error, as a float64 stable sort ranks them
+
+
+# ---- MoPE on batches of one pair: every error 0, the first modules kept -------------------------------------------
+
+@pytest.mark.parametrize("option,value", [("batch_size", 1), ("calib_samples", 1)])
+def test_mope_with_one_pair_per_batch_is_refused_before_any_work(option, value):
+    """`mfdeploy prune --method mope --batch-size 1` scored every module 0.0 (CLIP's loss over one pair is 0) and
+    kept the first heads and neuron groups of each layer: a pruned model whose choice meant nothing, silently."""
+    cfg = PruneConfig(ratio=0.5, method="mope", **{option: value})
+    with pytest.raises(UserError, match=rf"^--{option.replace('_', '-')} 1: MoPE measures each module .* at least 2"):
+        validate(cfg)
+    validate(PruneConfig(ratio=0.5, method="wanda", **{option: value}))  # other methods are not concerned
+
+
+def test_mope_on_a_jsonl_of_one_pair_is_refused(clip2, shapes_pairs_jsonl, tmp_path):
+    one = tmp_path / "one.jsonl"
+    line = shapes_pairs_jsonl.read_text().splitlines()[0]
+    shutil.copy(shapes_pairs_jsonl.parent / json.loads(line)["image"], tmp_path)
+    one.write_text(line + "\n")
+    from mfdeploy.models import load
+
+    cfg = PruneConfig(ratio=0.5, model=str(clip2), method="mope", calib=str(one), calib_samples=8, batch_size=4,
+                      mope_neuron_group=16, show_progress=False)
+    with pytest.raises(UserError, match="^1 calibration pair in batches of 1: MoPE measures"):
+        prune_model(load(clip2), cfg)
+
+
+def test_cli_prune_mope_batch_size_one_is_one_line(tmp_path, capsys):
+    assert run_cli(["prune", "--method", "mope", "--ratio", "0.5", "--batch-size", "1", "--out",
+                    str(tmp_path / "p")]) == 2
+    assert one_error(capsys).startswith("error: --batch-size 1: MoPE measures each module")
+    assert not (tmp_path / "p").exists()
+
+
+def test_a_tune_space_of_mope_with_one_calibration_pair_is_refused(tmp_path):
+    from mfdeploy.tuning.space import load_space
+
+    space = tmp_path / "s.toml"
+    space.write_text('methods = ["mope"]\nratios = [0.5]\n[calibration]\nsamples = 1\n')
+    with pytest.raises(UserError, match=r"samples 1: MoPE needs at least 2 pairs"):
+        load_space(str(space), "ort-cpu")
+    space.write_text('methods = ["wanda"]\nratios = [0.5]\n[calibration]\nsamples = 1\n')
+    assert load_space(str(space), "ort-cpu").calib_samples == 1
