@@ -83,3 +83,25 @@ def test_a_tune_space_of_mope_with_one_calibration_pair_is_refused(tmp_path):
         load_space(str(space), "ort-cpu")
     space.write_text('methods = ["wanda"]\nratios = [0.5]\n[calibration]\nsamples = 1\n')
     assert load_space(str(space), "ort-cpu").calib_samples == 1
+
+
+# ---- --depth-share 1 (layers only) scored every head and neuron group, all of which it keeps ----------------------
+
+def test_layers_only_mope_scores_no_width_module(clip2, monkeypatch):
+    """`mfdeploy prune --method mope --ratio 0.5 --depth-share 1` removes whole layers only: every layer keeps all its
+    heads and neuron groups, yet each was scored first (half the run's time on the bundled model, for nothing)."""
+    from mfdeploy.models import load
+    from mfdeploy.pruning.methods import mope
+
+    def scored(*a, **kw):
+        raise AssertionError("a width module was scored")
+
+    monkeypatch.setattr(mope, "width_errors", scored)
+    adapter = load(clip2)
+    record = prune_model(adapter, PruneConfig(ratio=0.5, model=str(clip2), method="mope", calib="shapes",
+                                              calib_samples=8, batch_size=4, mope_neuron_group=16,
+                                              mope_depth_share=1.0, show_progress=False))
+    assert record["sparsity"]["overall"] == pytest.approx(0.5)
+    for tower in ("vision_model", "text_model"):  # one layer of two removed, the other whole (2 heads, 128 wide)
+        assert record["structure"][tower]["layers"] == [{"heads": 2, "intermediate": 128}], record["structure"]
+    assert {k: v["kept_all"] for k, v in record["mope_width"].items()} == dict.fromkeys(record["mope_width"], True)

@@ -177,6 +177,11 @@ def prune_mope(ctx: PruneContext) -> MethodResult:
             inter = mlp.fc1.out_features
             heads_keep, groups_keep = width_plan(n_heads, inter, group, keep_frac[tower], f"{tower} layer {i}")
             starts = list(range(0, inter, group))
+            if (heads_keep, groups_keep) == (n_heads, len(starts)):  # it keeps every module: no error can matter
+                advance(n_heads + len(starts))
+                width_scores[f"{tower}.encoder.layers.{i}"] = {"kept_heads": list(range(n_heads)), "kept_all": True}
+                earlier = [*earlier, {"heads": list(range(n_heads)), "neuron_groups": list(range(len(starts)))}]
+                continue
             parts = {"scores": "width", "tower": tower, "layer": i, "earlier": earlier}
             errors = cache.get("width_layers", parts, {"heads": n_heads, "neuron_groups": len(starts)})
             scored, rescored = errors is None, screen.rescored
