@@ -105,3 +105,16 @@ def test_layers_only_mope_scores_no_width_module(clip2, monkeypatch):
     for tower in ("vision_model", "text_model"):  # one layer of two removed, the other whole (2 heads, 128 wide)
         assert record["structure"][tower]["layers"] == [{"heads": 2, "intermediate": 128}], record["structure"]
     assert {k: v["kept_all"] for k, v in record["mope_width"].items()} == dict.fromkeys(record["mope_width"], True)
+
+
+# ---- --mope-cache naming a file ------------------------------------------------------------------------------------
+
+def test_a_mope_cache_that_is_a_file_is_refused_before_the_model_loads(tmp_path):
+    """`--mope-cache p50/prune.json` loaded the model and the pairs, then said "cannot write p50/prune.json: File
+    exists (errno 17)": the file named, not what was wrong with it."""
+    f = tmp_path / "prune.json"
+    f.write_text("{}")
+    with pytest.raises(UserError, match=rf"^--mope-cache {f}: is a file, not a folder"):
+        validate(PruneConfig(ratio=0.5, method="mope", mope_cache=f))
+    validate(PruneConfig(ratio=0.5, method="mope", mope_cache=tmp_path / "new"))  # a missing folder is made later
+    assert f.read_text() == "{}" and not (tmp_path / "new").exists()

@@ -89,6 +89,9 @@ def validate(cfg: PruneConfig) -> tuple[int, int] | None:
     if cfg.method == "mope" and min(cfg.calib_samples, cfg.batch_size) < 2:
         raise UserError(single_pair(f"--calib-samples {cfg.calib_samples}" if cfg.calib_samples < 2
                                     else f"--batch-size {cfg.batch_size}"))
+    if cfg.mope_cache is not None and Path(cfg.mope_cache).expanduser().exists() \
+            and not Path(cfg.mope_cache).expanduser().is_dir():
+        raise UserError(f"--mope-cache {cfg.mope_cache}: is a file, not a folder: name a folder (created when missing)")
     _unused_options(cfg, resolved_budget(cfg, pattern))
     _not_pruned(cfg.model)
     return pattern
