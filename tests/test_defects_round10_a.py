@@ -99,7 +99,7 @@ def test_layers_only_mope_scores_no_width_module(clip2, monkeypatch):
     monkeypatch.setattr(mope, "width_errors", scored)
     adapter = load(clip2)
     record = prune_model(adapter, PruneConfig(ratio=0.5, model=str(clip2), method="mope", calib="shapes",
-                                              calib_samples=8, batch_size=4, mope_neuron_group=16,
+                                              calib_samples=4, batch_size=4, mope_neuron_group=32,
                                               mope_depth_share=1.0, show_progress=False))
     assert record["sparsity"]["overall"] == pytest.approx(0.5)
     for tower in ("vision_model", "text_model"):  # one layer of two removed, the other whole (2 heads, 128 wide)
@@ -118,3 +118,29 @@ def test_a_mope_cache_that_is_a_file_is_refused_before_the_model_loads(tmp_path)
         validate(PruneConfig(ratio=0.5, method="mope", mope_cache=f))
     validate(PruneConfig(ratio=0.5, method="mope", mope_cache=tmp_path / "new"))  # a missing folder is made later
     assert f.read_text() == "{}" and not (tmp_path / "new").exists()
+
+
+# ---- a cache folder that cannot be written: one warning per layer -------------------------------------------------
+
+def test_an_unwritable_mope_cache_warns_once_and_the_run_goes_on(clip2, monkeypatch, tmp_path, caplog):
+    """A read-only (or full) `--mope-cache` folder printed a warning for every layer and tower (26 lines on ViT-B/32,
+    between the progress lines), each trying the write again."""
+    from mfdeploy.models import load
+    from mfdeploy.pruning.methods import mope, mope_cache
+
+    tries = []
+
+    def refused(path, data, **kw):
+        tries.append(path)
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(mope_cache, "write_json", refused)
+    monkeypatch.setattr(mope, "SCREEN", False)  # not what is tested: spares the measurement of oneDNN's speed
+    record = prune_model(load(clip2), PruneConfig(ratio=0.5, model=str(clip2), method="mope", calib="shapes",
+                                                  calib_samples=4, batch_size=4, mope_neuron_group=32,
+                                                  mope_cache=tmp_path / "c", show_progress=False))
+    warnings = [r.getMessage() for r in caplog.records if "MoPE cache" in r.getMessage()]
+    assert len(tries) == 1 and len(warnings) == 1, warnings
+    assert "Permission denied" in warnings[0] and warnings[0].endswith("this run goes on without writing to it")
+    assert "Permission denied" in record["mope_cache"]["not_written"]
+    assert record["mope_cache"]["width_layers"]["scored"] == 4  # the run went on: 2 layers of each tower scored
