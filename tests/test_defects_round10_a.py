@@ -144,3 +144,17 @@ def test_an_unwritable_mope_cache_warns_once_and_the_run_goes_on(clip2, monkeypa
     assert "Permission denied" in warnings[0] and warnings[0].endswith("this run goes on without writing to it")
     assert "Permission denied" in record["mope_cache"]["not_written"]
     assert record["mope_cache"]["width_layers"]["scored"] == 4  # the run went on: 2 layers of each tower scored
+
+
+# ---- prune.json's z_screen did not say when screening never ran ---------------------------------------------------
+
+def test_z_screen_says_why_screening_did_not_run():
+    """`--dtype bfloat16` (or `mope.SCREEN = False`) recorded `"screened": 0, "stopped": null`, as a screened run that
+    met no module would: the record did not tell that screening never ran, nor why."""
+    linear = torch.nn.Linear(2, 2)
+    assert Screen(linear.to(torch.bfloat16), None, 1.0).record()["off"].startswith("not a float32 CPU model")
+    assert Screen(torch.nn.Linear(2, 2), False, 1.0).record()["off"] == "turned off"
+    on = Screen(torch.nn.Linear(2, 2), True, 1.0)
+    assert json.loads(json.dumps(on.record())) == on.record()
+    if on.on:  # a PyTorch build with oneDNN's linear (this project's)
+        assert on.record()["off"] is None and on.record()["stopped"] is None
