@@ -15,6 +15,7 @@ import torch
 from mfdeploy.errors import UserError
 from mfdeploy.pruning.budgets import BUDGETS
 from mfdeploy.pruning.config import PruneConfig
+from mfdeploy.pruning.methods.mope import single_pair
 from mfdeploy.pruning.patterns import parse_pattern
 from mfdeploy.pruning.registry import METHODS
 
@@ -85,6 +86,12 @@ def validate(cfg: PruneConfig) -> tuple[int, int] | None:
     if cfg.method == "mope" and (isinstance(cfg.mope_neuron_group, bool) or not isinstance(cfg.mope_neuron_group, int)
                                  or cfg.mope_neuron_group <= 0):
         raise UserError(f"--neuron-group {cfg.mope_neuron_group!r}: must be a positive whole number of neurons")
+    if cfg.method == "mope" and min(cfg.calib_samples, cfg.batch_size) < 2:
+        raise UserError(single_pair(f"--calib-samples {cfg.calib_samples}" if cfg.calib_samples < 2
+                                    else f"--batch-size {cfg.batch_size}"))
+    if cfg.mope_cache is not None and Path(cfg.mope_cache).expanduser().exists() \
+            and not Path(cfg.mope_cache).expanduser().is_dir():
+        raise UserError(f"--mope-cache {cfg.mope_cache}: is a file, not a folder: name a folder (created when missing)")
     _unused_options(cfg, resolved_budget(cfg, pattern))
     _not_pruned(cfg.model)
     return pattern

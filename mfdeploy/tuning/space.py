@@ -272,6 +272,9 @@ def _checked(space: Space, backend: str, fixed: tuple[str, ...] | None, asked: s
         raise UserError(f"{where}: [mope] depth_share {share!r} must be between 0 (width only) and 1 (layers only)")
     if space.calib_samples is not None and (not is_whole(space.calib_samples) or space.calib_samples <= 0):
         raise UserError(f"{where}: [calibration] samples must be a positive whole number")
+    if space.calib_samples == 1 and "mope" in space.methods:  # every MoPE candidate would fail at its prune
+        raise UserError(f"{where}: [calibration] samples 1: MoPE needs at least 2 pairs (a batch of one pair has no "
+                        "other pair to contrast with): raise it, or drop mope from methods")
     keys = [c.key for c in space.candidates()]
     twice = sorted({k for k in keys if keys.count(k) > 1})
     if twice:

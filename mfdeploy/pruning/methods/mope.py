@@ -89,6 +89,13 @@ def fitting_group(config: dict, group: int) -> int:
     return group if narrowest is None else max(1, min(group, narrowest // 8))
 
 
+def single_pair(what: str) -> str:
+    """Why MoPE refuses calibration batches of one pair (`what`: the option or data at fault)."""
+    return (f"{what}: MoPE measures each module by the loss over the pairs of a calibration batch, and a batch of "
+            "one pair has no other pair to contrast with (CLIP's loss is then 0 whatever the model, so every module "
+            "would score the same): give at least 2 pairs per batch")
+
+
 def _check_group(group: int, inter: int, keep_frac: float, ratio: float, where: str) -> None:
     """Refuse a neuron group too coarse for the MLP width: whole groups would keep far more (or fewer) neurons
     than the ratio asks, and the model would come out much less (more) pruned than its label says."""
@@ -121,6 +128,10 @@ def prune_mope(ctx: PruneContext) -> MethodResult:
     group = cfg.mope_neuron_group  # a positive whole number (`checks.validate`)
     n_pairs = pairs_available(source, min(cfg.calib_samples, Z_MAX_PAIRS), offset=_offset(source))
     batches = list(ctx.batches(n_pairs, min(cfg.batch_size, n_pairs), offset=_offset(source)))
+    largest = max((len(b.input_ids) for b in batches), default=0)
+    if largest < 2:  # a short JSONL file, or the API's own batches
+        raise UserError(single_pair(f"{n_pairs} calibration pair{'s' if n_pairs != 1 else ''} in batches of "
+                                     f"{largest}"))
     # the cache's keys start from the dense model: fingerprinted before anything is cut
     base = ScoreCache.base_of(adapter.model, batches, adapter.family.name, group) if cfg.mope_cache else None
     cache = ScoreCache(cfg.mope_cache, base)
@@ -169,6 +180,11 @@ def prune_mope(ctx: PruneContext) -> MethodResult:
             inter = mlp.fc1.out_features
             heads_keep, groups_keep = width_plan(n_heads, inter, group, keep_frac[tower], f"{tower} layer {i}")
             starts = list(range(0, inter, group))
+            if (heads_keep, groups_keep) == (n_heads, len(starts)):  # it keeps every module: no error can matter
+                advance(n_heads + len(starts))
+                width_scores[f"{tower}.encoder.layers.{i}"] = {"kept_heads": list(range(n_heads)), "kept_all": True}
+                earlier = [*earlier, {"heads": list(range(n_heads)), "neuron_groups": list(range(len(starts)))}]
+                continue
             parts = {"scores": "width", "tower": tower, "layer": i, "earlier": earlier}
             errors = cache.get("width_layers", parts, {"heads": n_heads, "neuron_groups": len(starts)})
             scored, rescored = errors is None, screen.rescored

@@ -84,6 +84,7 @@ class ScoreCache:
         self.root = Path(root) if root is not None else None
         self.base = base or {}
         self.counts = {"width_layers": {"from_cache": 0, "scored": 0}, "depth_towers": {"from_cache": 0, "scored": 0}}
+        self.unwritable: str | None = None  # why a write failed: the run then writes no more (one warning)
         if self.root is not None:
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
@@ -140,18 +141,22 @@ class ScoreCache:
         return None
 
     def put(self, parts: dict, errors: dict) -> None:
-        """Store `errors` under `parts` (atomically); a failed write is a warning: the run goes on without it."""
-        if self.root is None:
+        """Store `errors` under `parts` (atomically); a failed write is one warning: the run goes on without the
+        cache's writes (a read-only or full folder would fail each layer's)."""
+        if self.root is None or self.unwritable is not None:
             return
         path = self._path(parts)
         try:
             write_json(path, {"format": FORMAT, "key": {**self.base, **parts}, "errors": errors}, default=None)
         except (MfdeployError, OSError) as e:
-            log.warning("warning: could not write MoPE cache file %s (%s)", path, e)
+            self.unwritable = str(e)
+            log.warning("warning: could not write to the MoPE cache (%s): this run goes on without writing to it", e)
 
     def record(self) -> dict | None:
         """prune.json's account of the cache: its folder and how many layers (and towers' depth) it gave."""
-        return None if self.root is None else {"dir": str(self.root), **self.counts}
+        if self.root is None:
+            return None
+        return {"dir": str(self.root), **self.counts, **({"not_written": self.unwritable} if self.unwritable else {})}
 
 
 __all__ = ["ScoreCache", "batches_fingerprint", "model_fingerprint"]

@@ -133,7 +133,11 @@ class Screen(Bounds):
     def __init__(self, model: nn.Module, wanted: bool | None, base: float):
         super().__init__(base)
         self.model = model
-        self.on = bool(supported(model) and (worth_it() if wanted is None else wanted))
+        able = supported(model)
+        self.on = bool(able and (worth_it() if wanted is None else wanted))
+        self.off = None if self.on else (  # why screening did not run (prune.json says it, not only "screened": 0)
+            "not a float32 CPU model, or no oneDNN linear in this PyTorch" if not able
+            else "turned off" if wanted is False else "oneDNN's GEMM measured no faster than linear here")
         self.stopped: str | None = None  # why screening ended early, where it did
         self.screened = 0  # module errors screened
         self.rescored = 0  # of those, scored again exactly (close calls)
@@ -159,7 +163,7 @@ class Screen(Bounds):
 
     def record(self) -> dict:
         return {"screened": self.screened, "rescored_exactly": self.rescored, "largest_difference": self.seen,
-                "stopped": self.stopped}
+                "stopped": self.stopped, "off": self.off}
 
 
 def top_k(values: list[float], screened: set[int], k: int, bounds: Bounds,
@@ -274,7 +278,8 @@ class LayerChoice:
         errors.get("screened", {}).pop(part, None)
         if not errors.get("screened", True):
             del errors["screened"]
-        return sorted(torch.tensor(values).argsort(descending=True, stable=True)[:k].tolist())
+        # float64, as `top_k` compares them: float32 would tie errors that differ (and break the tie by index)
+        return sorted(torch.tensor(values, dtype=torch.float64).argsort(descending=True, stable=True)[:k].tolist())
 
 
 __all__ = ["SPREAD", "ULPS", "Bounds", "Distrust", "LayerChoice", "Screen", "supported", "top_k", "width_errors",
