@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from mfdeploy.api_names import python_names
+from mfdeploy.api_names import check_callable, check_choice, dtype_text, python_names
 from mfdeploy.errors import UserError
 from mfdeploy.models.base import Adapter
 from mfdeploy.models.inputs import calib_from_python
@@ -133,6 +133,8 @@ def prune(model: ModelLike, ratio: float = 0.5, method: str = "multiflow", *, bu
     from mfdeploy.progress import tqdm_reporter
     from mfdeploy.pruning.run import PruneConfig, prune_model, record_for_json
 
+    check_choice("progress", progress, (True, False))
+    dtype_text(options)
     adapter = adapter_for(model, tokenizer, processor)
     source = calib_from_python(adapter, calib, calib_samples, batch_size)
     try:
@@ -175,6 +177,8 @@ def export(model: ModelLike | str | Path | None, out_dir: str | Path, *, tokeniz
     from mfdeploy.pipelines.export import export_model
 
     out = Path(_path_like(out_dir, "out_dir", none=False))
+    check_choice("external_data", external_data, (None, True, False))
+    check_callable("on_step", on_step)
     return export_model(_source(model, tokenizer, processor), out, opset=opset, force=force,
                         external_data=external_data, on_step=on_step)
 
@@ -204,8 +208,8 @@ def evaluate(model: ModelLike | str | Path | None, data: str | Path = "shapes", 
     from mfdeploy.eval import evaluate_with_retention
     from mfdeploy.exporting import export_towers
 
-    if isinstance(sizes.get("dtype"), torch.dtype):  # torch.bfloat16, as a PyTorch user passes it first
-        sizes["dtype"] = str(sizes["dtype"]).removeprefix("torch.")
+    dtype_text(sizes)
+    check_choice("retention", retention, (True, False, "if known"))
     # backend "onnx" on a checkpoint without towers exports them to a temporary directory (eval never imports export)
     result = evaluate_with_retention(_source(model, tokenizer, processor), data, backend, template=template,
                                      dense=bool(retention), progress=_say(progress), exporter=export_towers, **sizes)
@@ -248,13 +252,16 @@ def tune(model: str | Path | None = None, *, out: str | Path = "tune", calib: st
     """
     from mfdeploy.tuning import Constraints, TuneConfig, pick_trial, run_tune
 
+    out = _path_like(out, "out", none=False)
     if pick is not None:
+        if not isinstance(pick, int) or isinstance(pick, bool):
+            raise UserError(f"pick {pick!r:.40}: expected a trial number (a whole number)")
         return pick_trial(Path(out), pick, say=_say(progress, tune=True))
     # paths as text, as the CLI gives them: tune_settings.json holds text, and a resumed tune compares with it
     # (a pathlib.Path never equals its text: the same call again was refused as "different settings")
-    calib, eval_data = (None if v is None else str(_path_like(v, name))
-                        for v, name in ((calib, "calib"), (eval_data, "eval_data")))
-    cfg = TuneConfig(out=Path(out), model=None if model is None else str(model), calib=calib, eval_data=eval_data,
+    model, calib, eval_data = (None if v is None else str(_path_like(v, name))
+                               for v, name in ((model, "model"), (calib, "calib"), (eval_data, "eval_data")))
+    cfg = TuneConfig(out=Path(out), model=model, calib=calib, eval_data=eval_data,
                      backend=backend, batch_size=batch_size,
                      constraints=Constraints(max_drop, min_speedup, max_latency_ms, max_size_mb),
                      time_budget_min=time_budget, space=space, force=force, seed=seed)

@@ -81,6 +81,8 @@ def shapes_suite(n_images: int = N_IMAGES, n_retrieval: int = N_RETRIEVAL) -> Ev
     for flag, value in (("--images", n_images), ("--pairs", n_retrieval)):  # a Python caller's "8", 8.5 or True
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise UserError(f"{flag} {value!r}: must be a whole number, not {type(value).__name__}")
+        if value <= 0:
+            raise UserError(f"{flag} {value}: the shapes suite needs a positive number of images and pairs")
     return _shapes_suite(int(n_images), int(n_retrieval))  # one cache entry per size, however it is called
 
 

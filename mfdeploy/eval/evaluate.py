@@ -19,7 +19,7 @@ from mfdeploy.artifacts.layout import (
     missing_onnx,
 )
 from mfdeploy.artifacts.tempdirs import owned_tempdir
-from mfdeploy.errors import UserError
+from mfdeploy.errors import UserError, is_whole
 from mfdeploy.eval.datasets import N_IMAGES, N_RETRIEVAL, resolve_data
 from mfdeploy.eval.metrics import retention, retrieval_recall, zero_shot_accuracy
 from mfdeploy.eval.precision import check_options, onnx_runner, precision_record, torch_runner
@@ -194,8 +194,8 @@ def evaluate_model(source: str | Path | Adapter | None = None, data: str | Path 
     if not isinstance(source, Adapter):
         resolve_checkpoint(source)  # a missing path fails at once, before the data is rendered
     backend = backend_name(backend)
-    if batch_size <= 0:
-        raise UserError(f"batch size must be positive, not {batch_size}")
+    if not is_whole(batch_size) or batch_size <= 0:  # a Python caller's "8", 2.5, None or True
+        raise UserError(f"--batch-size {batch_size!r:.40}: must be a positive whole number")
     from mfdeploy.models.device import resolve_device
 
     place = resolve_device(device) if device is not None and backend == "torch" else None  # bad --device: now
