@@ -49,3 +49,18 @@ def test_tune_names_a_non_path_argument(tmp_path, monkeypatch, kwargs, message):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(TypeError, match="^" + message.replace("(", r"\(").replace(")", r"\)") + "$"):
         mfdeploy.tune(**kwargs)
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ({"max_delay_ms": float("inf")}, "--max-delay-ms inf: must be a finite number, 0 or more"),
+    ({"grace_s": float("inf")}, "--grace-s inf: must be a finite number, 0 or more"),
+    ({"max_body_mb": float("inf")}, "--max-body-mb inf: must be a finite number above 0"),
+    ({"request_timeout_s": float("inf")}, "--request-timeout inf: must be a finite number above 0"),
+])
+def test_serve_refuses_an_infinite_setting_saying_why(tmp_path, setting, message):
+    """`mfdeploy serve build --max-delay-ms inf` said "--max-delay-ms inf: must be 0 or more", which inf is."""
+    from mfdeploy.server.config import ServeConfig
+
+    with pytest.raises(UserError) as e:
+        ServeConfig(build_dir=tmp_path, **setting).validate()
+    assert str(e.value).startswith(message)
