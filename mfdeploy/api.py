@@ -45,9 +45,10 @@ class PruneResult:
         from mfdeploy.artifacts.io import atomic_file
         from mfdeploy.pruning.masks import save_masks
 
+        path = Path(_path_like(path, "path", none=False))
         meta = {k: self.record[k] for k in ("method", "score", "budget", "ratio", "pattern", "seed")}
         meta["model_id"] = self.record["model"]
-        return atomic_file(Path(path), lambda tmp: save_masks(tmp, self.masks, meta))
+        return atomic_file(path, lambda tmp: save_masks(tmp, self.masks, meta))
 
 
 def load(source: str | Path | None = None) -> Adapter:

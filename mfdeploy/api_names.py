@@ -25,7 +25,8 @@ _OPTION = re.compile(r"--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
 _QUOTED = re.compile(r"(`[^`]*`)")
 # CLI options whose Python argument has another name than the option's own
 ALIASES = {"depth_share": "mope_depth_share", "neuron_group": "mope_neuron_group", "smax_delta": "ecoflap_smax_delta",
-           "eval": "eval_data", "images": "n_images", "pairs": "n_retrieval"}
+           "eval": "eval_data", "images": "n_images", "pairs": "n_retrieval",
+           "out": "out_dir"}  # `export`'s out_dir; `tune`'s own `out` is named first
 
 
 def pythonic(message: str, names: Iterable[str], flags: Iterable[str] = ()) -> str:

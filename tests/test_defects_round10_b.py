@@ -64,3 +64,33 @@ def test_serve_refuses_an_infinite_setting_saying_why(tmp_path, setting, message
     with pytest.raises(UserError) as e:
         ServeConfig(build_dir=tmp_path, **setting).validate()
     assert str(e.value).startswith(message)
+
+
+@pytest.mark.parametrize("model", [None, "adapter"])
+def test_evaluate_int8_of_a_model_without_a_directory_says_what_to_pass(model):
+    """`evaluate(mfdeploy.load(), backend="onnx-int8")` said "<mfdeploy.models.clip.CLIPAdapter object at 0x..>
+    has no onnx_int8/ (... `mfdeploy quantize <mfdeploy.models.clip.CLIPAdapter object at 0x..> --in-place`)";
+    `mfdeploy eval --backend onnx-int8` said "None has no onnx_int8/"."""
+    source = mfdeploy.load() if model == "adapter" else None
+    with pytest.raises(UserError) as e:
+        mfdeploy.evaluate(source, backend="onnx-int8")
+    what = "a model held in memory" if model else "the bundled model"
+    assert str(e.value) == ("backend onnx-int8 runs a build's onnx_int8/ (`mfdeploy build --int8`) or a `mfdeploy "
+                            f"quantize` output: pass that directory, not {what}")
+
+
+def test_export_errors_name_out_dir_not_the_cli_option(tmp_path):
+    """`mfdeploy.export(None, folder, force=True)` on a folder mfdeploy did not write said "choose another --out":
+    export's argument is `out_dir`."""
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError) as e:
+        mfdeploy.export(None, tmp_path / "mine", force=True)
+    assert str(e.value).endswith("choose another out_dir or empty it yourself") and "--out" not in str(e.value)
+
+
+def test_save_masks_names_a_non_path_argument(tmp_path):
+    """`result.save_masks(5)` was os.fspath's TypeError, naming no argument."""
+    result = mfdeploy.PruneResult(masks={}, sparsity={}, record={})
+    with pytest.raises(TypeError, match=r"^path must be a path \(str or pathlib.Path\), not int$"):
+        result.save_masks(5)

@@ -96,7 +96,11 @@ def evaluate(runner: Runner, prepared: Prepared, batch_size: int = BATCH_SIZE) -
 def _onnx_dir(source: str | Path | Adapter | None, backend: str = "onnx") -> Path | None:
     """The exported towers of a build directory (or of a directory holding them), None for a checkpoint."""
     if backend.endswith("-int8"):
-        path = Path(str(source)).expanduser()
+        if source is None or isinstance(source, Adapter):  # no directory that could hold onnx_int8/
+            what = "the bundled model" if source is None else "a model held in memory"
+            raise UserError(f"--backend {backend} runs a build's {ONNX_INT8_DIR}/ (`mfdeploy build --int8`) or a "
+                            f"`mfdeploy quantize` output: pass that directory, not {what}")
+        path = Path(source).expanduser()
         for candidate in (path / ONNX_INT8_DIR, path):
             if (candidate / QUANTIZE_MANIFEST).is_file():
                 return candidate
