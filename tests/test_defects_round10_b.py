@@ -75,8 +75,8 @@ def test_evaluate_int8_of_a_model_without_a_directory_says_what_to_pass(model):
     with pytest.raises(UserError) as e:
         mfdeploy.evaluate(source, backend="onnx-int8")
     what = "a model held in memory" if model else "the bundled model"
-    assert str(e.value) == ("backend onnx-int8 runs a build's onnx_int8/ (`mfdeploy build --int8`) or a `mfdeploy "
-                            f"quantize` output: pass that directory, not {what}")
+    assert str(e.value) == ("backend onnx-int8 runs a build's onnx_int8/ (`mfdeploy build --int8`, or `mfdeploy "
+                            f"quantize BUILD --in-place`): pass the build directory, not {what}")
 
 
 def test_export_errors_name_out_dir_not_the_cli_option(tmp_path):

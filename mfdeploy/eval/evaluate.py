@@ -98,8 +98,8 @@ def _onnx_dir(source: str | Path | Adapter | None, backend: str = "onnx") -> Pat
     if backend.endswith("-int8"):
         if source is None or isinstance(source, Adapter):  # no directory that could hold onnx_int8/
             what = "the bundled model" if source is None else "a model held in memory"
-            raise UserError(f"--backend {backend} runs a build's {ONNX_INT8_DIR}/ (`mfdeploy build --int8`) or a "
-                            f"`mfdeploy quantize` output: pass that directory, not {what}")
+            raise UserError(f"--backend {backend} runs a build's {ONNX_INT8_DIR}/ (`mfdeploy build --int8`, or "
+                            f"`mfdeploy quantize BUILD --in-place`): pass the build directory, not {what}")
         path = Path(source).expanduser()
         for candidate in (path / ONNX_INT8_DIR, path):
             if (candidate / QUANTIZE_MANIFEST).is_file():
