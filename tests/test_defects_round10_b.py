@@ -94,3 +94,21 @@ def test_save_masks_names_a_non_path_argument(tmp_path):
     result = mfdeploy.PruneResult(masks={}, sparsity={}, record={})
     with pytest.raises(TypeError, match=r"^path must be a path \(str or pathlib.Path\), not int$"):
         result.save_masks(5)
+
+
+
+
+def test_an_in_memory_prune_is_recorded_for_every_adapter_over_the_model():
+    """`mfdeploy.prune(model, ...)` then `mfdeploy.export(model, out)` wrote towers whose metadata said
+    `mfdeploy.pruned=false`, `mfdeploy.method=dense`, `mfdeploy.ratio=0.0`, and `evaluate` named no pruning: only
+    `mfdeploy prune` set the origin, and the API wraps a CLIPModel in a new adapter on each call."""
+    from mfdeploy.exporting.model_info import pruning_metadata
+
+    adapter = mfdeploy.load()
+    model, kwargs = adapter.model, {"tokenizer": adapter.tokenizer, "processor": adapter.image_processor}
+    assert pruning_metadata(mfdeploy.adapter_for(model, **kwargs))["pruned"] == "false"
+    mfdeploy.prune(model, ratio=0.5, method="magnitude", **kwargs)  # a CLIPModel, as a notebook holds it
+    expected = {"pruned": "true", "method": "magnitude", "ratio": "0.5", "pattern": "unstructured"}
+    assert pruning_metadata(mfdeploy.adapter_for(model, **kwargs)) == expected  # what export writes in each tower
+    assert pruning_metadata(adapter) == expected  # the adapter over the same module
+    assert adapter.pruned_label == "magnitude 0.5 unstructured from mfdeploy/clip-shapes"  # eval's table title

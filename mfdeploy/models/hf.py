@@ -48,7 +48,8 @@ class HFAdapter(Adapter):
         self._processors = {"tokenizer": tokenizer, "image_processor": image_processor}
         self._loaders = dict(loaders or {})
         self.source = source
-        self.origin = origin
+        if origin is not None:  # else a module pruned in memory keeps its own (`Adapter.origin`)
+            self.origin = origin
 
     @classmethod
     def check_config(cls, config: dict[str, Any], where: object) -> None:
