@@ -112,3 +112,18 @@ def test_an_in_memory_prune_is_recorded_for_every_adapter_over_the_model():
     assert pruning_metadata(mfdeploy.adapter_for(model, **kwargs)) == expected  # what export writes in each tower
     assert pruning_metadata(adapter) == expected  # the adapter over the same module
     assert adapter.pruned_label == "magnitude 0.5 unstructured from mfdeploy/clip-shapes"  # eval's table title
+
+
+@pytest.mark.parametrize("step", ["prune shapes", "export"])
+def test_a_model_without_its_tokenizer_is_named_in_one_line(tmp_path, step):
+    """`mfdeploy.prune(clip_model, calib="shapes")` without `tokenizer=`/`processor=` ended in "'NoneType' object is
+    not callable", and `mfdeploy.export(clip_model, out)` in "object of type 'NoneType' has no len()"."""
+    model = mfdeploy.load().model
+    with pytest.raises(UserError) as e:
+        if step == "export":
+            mfdeploy.export(model, tmp_path / "onnx")
+        else:
+            mfdeploy.prune(model, ratio=0.5, method="wanda", calib="shapes", calib_samples=4, batch_size=4)
+    assert "needs the model's" in str(e.value) and str(e.value).endswith(
+        "pass the model's tokenizer= and processor= (or an adapter from mfdeploy.load)")
+    assert list(tmp_path.iterdir()) == []

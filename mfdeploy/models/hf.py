@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import nn
 
+from mfdeploy.errors import UserError
 from mfdeploy.models.base import Adapter, PrunableLayer
 
 if TYPE_CHECKING:
@@ -62,6 +63,9 @@ class HFAdapter(Adapter):
     def _processor(self, name: str) -> Any:
         if self._processors[name] is None and name in self._loaders:
             self._processors[name] = self._loaders.pop(name)()
+        if self._processors[name] is None:  # a model handed in without it (the Python API): say so, not a TypeError
+            raise UserError(f"{self.source}: this step needs the model's {name.replace('_', ' ')}: pass the model's "
+                            "tokenizer= and processor= (or an adapter from mfdeploy.load)")
         return self._processors[name]
 
     @property
