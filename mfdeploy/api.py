@@ -83,6 +83,9 @@ def adapter_for(model: ModelLike, tokenizer: Any = None, processor: Any = None,
         return model
     from mfdeploy.models.registry import adapter_for_model
 
+    for name, part in (("tokenizer", tokenizer), ("processor", processor)):  # both are called on texts/images
+        if part is not None and not callable(part):
+            raise UserError(f"{name}: expected the model's {name} (a transformers object), not {type(part).__name__}")
     adapter_cls = adapter_for_model(model)  # UserError for anything but a supported family's model
     source = model_id or getattr(model.config, "_name_or_path", "") or f"in-memory {type(model).__name__}"
     if model_id:

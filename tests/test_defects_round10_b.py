@@ -127,3 +127,10 @@ def test_a_model_without_its_tokenizer_is_named_in_one_line(tmp_path, step):
     assert "needs the model's" in str(e.value) and str(e.value).endswith(
         "pass the model's tokenizer= and processor= (or an adapter from mfdeploy.load)")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_tokenizer_that_is_no_tokenizer_is_named():
+    """`mfdeploy.prune(clip_model, tokenizer=5, processor=6, calib=pairs)` ended in "'int' object is not callable"."""
+    message = r"^tokenizer: expected the model's tokenizer \(a transformers object\), not int$"
+    with pytest.raises(UserError, match=message):
+        mfdeploy.adapter_for(mfdeploy.load().model, tokenizer=5, processor=6)
