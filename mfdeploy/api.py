@@ -41,11 +41,14 @@ class PruneResult:
     record: dict = field(repr=False)  # everything `mfdeploy prune` writes to prune.json
 
     def save_masks(self, path: str | Path) -> Path:
-        """Write the masks as `masks.safetensors` (metadata in the header), atomically."""
+        """Write the masks as `masks.safetensors` (metadata in the header), atomically (MoPE has none: UserError)."""
         from mfdeploy.artifacts.io import atomic_file
         from mfdeploy.pruning.masks import save_masks
 
         path = Path(_path_like(path, "path", none=False))
+        if not self.masks:  # MoPE removes heads, neurons and layers: an empty file would pass for "nothing pruned"
+            raise UserError(f"method {self.record.get('method')} removed what it pruned instead of masking it: there "
+                            "are no masks to save; save the model itself (model.save_pretrained)")
         meta = {k: self.record[k] for k in ("method", "score", "budget", "ratio", "pattern", "seed")}
         meta["model_id"] = self.record["model"]
         return atomic_file(path, lambda tmp: save_masks(tmp, self.masks, meta))

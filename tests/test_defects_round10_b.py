@@ -134,3 +134,12 @@ def test_a_tokenizer_that_is_no_tokenizer_is_named():
     message = r"^tokenizer: expected the model's tokenizer \(a transformers object\), not int$"
     with pytest.raises(UserError, match=message):
         mfdeploy.adapter_for(mfdeploy.load().model, tokenizer=5, processor=6)
+
+
+def test_save_masks_of_a_structural_prune_refuses_instead_of_writing_an_empty_file(tmp_path):
+    """After `mfdeploy.prune(model, method="mope", ...)` (no masks: the weights are removed), `save_masks` wrote a
+    248-byte masks file holding no mask, which reads back as "nothing pruned"."""
+    result = mfdeploy.PruneResult(masks={}, sparsity={"overall": 0.28}, record={"method": "mope"})
+    with pytest.raises(UserError, match=r"^method mope removed what it pruned instead of masking it: there are no"):
+        result.save_masks(tmp_path / "masks.safetensors")
+    assert list(tmp_path.iterdir()) == []
