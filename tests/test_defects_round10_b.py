@@ -143,3 +143,15 @@ def test_save_masks_of_a_structural_prune_refuses_instead_of_writing_an_empty_fi
     with pytest.raises(UserError, match=r"^method mope removed what it pruned instead of masking it: there are no"):
         result.save_masks(tmp_path / "masks.safetensors")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_shapes_sizes_with_other_data_are_refused_not_ignored(tmp_path):
+    """`mfdeploy eval --data FOLDER --images 3` (and `evaluate(data=folder, n_images=3)`) scored every image of the
+    folder, ignoring the size in silence, as `--template` with the shapes suite is refused."""
+    from mfdeploy.cli import main
+
+    with pytest.raises(UserError, match=r"^n_images applies to the shapes suite only; data .* is used whole$"):
+        mfdeploy.evaluate(None, data=tmp_path, n_images=3)
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--data", str(tmp_path), "--pairs", "3"])
+    assert e.value.code == 2

@@ -20,7 +20,7 @@ from mfdeploy.artifacts.layout import (
 )
 from mfdeploy.artifacts.tempdirs import owned_tempdir
 from mfdeploy.errors import UserError, is_whole
-from mfdeploy.eval.datasets import N_IMAGES, N_RETRIEVAL, resolve_data
+from mfdeploy.eval.datasets import resolve_data
 from mfdeploy.eval.metrics import retention, retrieval_recall, zero_shot_accuracy
 from mfdeploy.eval.precision import check_options, onnx_runner, precision_record, torch_runner
 from mfdeploy.eval.prepare import Prepared, prepare
@@ -169,7 +169,7 @@ def open_runner(source: str | Path | Adapter | None, adapter: Adapter, backend: 
 
 
 def evaluate_model(source: str | Path | Adapter | None = None, data: str | Path = "shapes", backend: str = "torch",
-                   *, template: str | None = None, n_images: int = N_IMAGES, n_retrieval: int = N_RETRIEVAL,
+                   *, template: str | None = None, n_images: int | None = None, n_retrieval: int | None = None,
                    batch_size: int = BATCH_SIZE, exporter: Exporter | None = None, device: str | None = None,
                    precision: str | None = None, dtype: str | None = None) -> dict:
     """Load a model, evaluate it on `data` with `backend`, and return the result.
@@ -180,7 +180,7 @@ def evaluate_model(source: str | Path | Adapter | None = None, data: str | Path 
         data: "shapes", a JSONL file of image-caption pairs, or an image folder.
         backend: one of `BACKENDS` (torch, onnx, onnx-int8, openvino, openvino-int8).
         template: prompt template for an image folder's classes.
-        n_images: attribute images of the shapes suite.
+        n_images: attribute images of the shapes suite (None: 1000; refused for other data: `resolve_data`).
         n_retrieval: retrieval pairs of the shapes suite.
         batch_size: images or texts per forward pass.
         exporter: see `open_runner` (backend "onnx" on a model without ONNX towers).
