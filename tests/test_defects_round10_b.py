@@ -155,3 +155,11 @@ def test_shapes_sizes_with_other_data_are_refused_not_ignored(tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["eval", "--data", str(tmp_path), "--pairs", "3"])
     assert e.value.code == 2
+
+
+def test_the_api_reference_names_every_public_function():
+    """docs/reference/api.md listed what `import mfdeploy` exposes without `tune` and `PruneResult`."""
+    from pathlib import Path
+
+    intro = (Path(__file__).parents[1] / "docs" / "reference" / "api.md").read_text().split("::: ")[0]
+    assert [n for n in mfdeploy.__all__ if n != "__version__" and f"`mfdeploy.{n}`" not in intro] == []
