@@ -184,6 +184,7 @@ def export(model: ModelLike | str | Path | None, out_dir: str | Path, *, tokeniz
     from mfdeploy.pipelines.export import export_model
 
     out = Path(_path_like(out_dir, "out_dir", none=False))
+    check_choice("force", force, (True, False))
     check_choice("external_data", external_data, (None, True, False))
     check_callable("on_step", on_step)
     return export_model(_source(model, tokenizer, processor), out, opset=opset, force=force,
@@ -260,6 +261,9 @@ def tune(model: str | Path | None = None, *, out: str | Path = "tune", calib: st
     from mfdeploy.tuning import Constraints, TuneConfig, pick_trial, run_tune
 
     out = _path_like(out, "out", none=False)
+    check_choice("force", force, (True, False))  # force="no" would start the tune over
+    if not isinstance(space, (str, Path)):
+        raise UserError(f"space {space!r:.40}: expected default, quick or the path of a TOML file")
     if pick is not None:
         if not isinstance(pick, int) or isinstance(pick, bool):
             raise UserError(f"pick {pick!r:.40}: expected a trial number (a whole number)")
@@ -271,7 +275,7 @@ def tune(model: str | Path | None = None, *, out: str | Path = "tune", calib: st
     cfg = TuneConfig(out=Path(out), model=model, calib=calib, eval_data=eval_data,
                      backend=backend, batch_size=batch_size,
                      constraints=Constraints(max_drop, min_speedup, max_latency_ms, max_size_mb),
-                     time_budget_min=time_budget, space=space, force=force, seed=seed)
+                     time_budget_min=time_budget, space=str(space), force=force, seed=seed)
     return run_tune(cfg, say=_say(progress, tune=True))
 
 

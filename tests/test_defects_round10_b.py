@@ -163,3 +163,17 @@ def test_the_api_reference_names_every_public_function():
 
     intro = (Path(__file__).parents[1] / "docs" / "reference" / "api.md").read_text().split("::: ")[0]
     assert [n for n in mfdeploy.__all__ if n != "__version__" and f"`mfdeploy.{n}`" not in intro] == []
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda: mfdeploy.tune(out="t", force="no"), "force 'no': expected True or False"),
+    (lambda: mfdeploy.tune(out="t", space=3), "space 3: expected default, quick or the path of a TOML file"),
+    (lambda: mfdeploy.export(None, "never", force="no"), "force 'no': expected True or False"),
+])
+def test_a_truthy_force_or_a_non_path_space_is_refused(tmp_path, monkeypatch, call, message):
+    """`mfdeploy.tune(force="no")` started a whole tune (15 minutes) as if force=True; `tune(space=3)` ended in
+    os.fspath's TypeError naming no argument."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="^" + message + "$"):
+        call()
+    assert list(tmp_path.iterdir()) == []
