@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from mfdeploy.api_names import python_names
+from mfdeploy.api_names import check_callable, check_choice, dtype_text, python_names
 from mfdeploy.errors import UserError
 from mfdeploy.models.base import Adapter
 from mfdeploy.models.inputs import calib_from_python
@@ -41,13 +41,17 @@ class PruneResult:
     record: dict = field(repr=False)  # everything `mfdeploy prune` writes to prune.json
 
     def save_masks(self, path: str | Path) -> Path:
-        """Write the masks as `masks.safetensors` (metadata in the header), atomically."""
+        """Write the masks as `masks.safetensors` (metadata in the header), atomically (MoPE has none: UserError)."""
         from mfdeploy.artifacts.io import atomic_file
         from mfdeploy.pruning.masks import save_masks
 
+        path = Path(_path_like(path, "path", none=False))
+        if not self.masks:  # MoPE removes heads, neurons and layers: an empty file would pass for "nothing pruned"
+            raise UserError(f"method {self.record.get('method')} removed what it pruned instead of masking it: there "
+                            "are no masks to save; save the model itself (model.save_pretrained)")
         meta = {k: self.record[k] for k in ("method", "score", "budget", "ratio", "pattern", "seed")}
         meta["model_id"] = self.record["model"]
-        return atomic_file(Path(path), lambda tmp: save_masks(tmp, self.masks, meta))
+        return atomic_file(path, lambda tmp: save_masks(tmp, self.masks, meta))
 
 
 def load(source: str | Path | None = None) -> Adapter:
@@ -82,6 +86,9 @@ def adapter_for(model: ModelLike, tokenizer: Any = None, processor: Any = None,
         return model
     from mfdeploy.models.registry import adapter_for_model
 
+    for name, part in (("tokenizer", tokenizer), ("processor", processor)):  # both are called on texts/images
+        if part is not None and not callable(part):
+            raise UserError(f"{name}: expected the model's {name} (a transformers object), not {type(part).__name__}")
     adapter_cls = adapter_for_model(model)  # UserError for anything but a supported family's model
     source = model_id or getattr(model.config, "_name_or_path", "") or f"in-memory {type(model).__name__}"
     if model_id:
@@ -133,6 +140,8 @@ def prune(model: ModelLike, ratio: float = 0.5, method: str = "multiflow", *, bu
     from mfdeploy.progress import tqdm_reporter
     from mfdeploy.pruning.run import PruneConfig, prune_model, record_for_json
 
+    check_choice("progress", progress, (True, False))
+    dtype_text(options)
     adapter = adapter_for(model, tokenizer, processor)
     source = calib_from_python(adapter, calib, calib_samples, batch_size)
     try:
@@ -175,6 +184,9 @@ def export(model: ModelLike | str | Path | None, out_dir: str | Path, *, tokeniz
     from mfdeploy.pipelines.export import export_model
 
     out = Path(_path_like(out_dir, "out_dir", none=False))
+    check_choice("force", force, (True, False))
+    check_choice("external_data", external_data, (None, True, False))
+    check_callable("on_step", on_step)
     return export_model(_source(model, tokenizer, processor), out, opset=opset, force=force,
                         external_data=external_data, on_step=on_step)
 
@@ -204,8 +216,8 @@ def evaluate(model: ModelLike | str | Path | None, data: str | Path = "shapes", 
     from mfdeploy.eval import evaluate_with_retention
     from mfdeploy.exporting import export_towers
 
-    if isinstance(sizes.get("dtype"), torch.dtype):  # torch.bfloat16, as a PyTorch user passes it first
-        sizes["dtype"] = str(sizes["dtype"]).removeprefix("torch.")
+    dtype_text(sizes)
+    check_choice("retention", retention, (True, False, "if known"))
     # backend "onnx" on a checkpoint without towers exports them to a temporary directory (eval never imports export)
     result = evaluate_with_retention(_source(model, tokenizer, processor), data, backend, template=template,
                                      dense=bool(retention), progress=_say(progress), exporter=export_towers, **sizes)
@@ -248,16 +260,22 @@ def tune(model: str | Path | None = None, *, out: str | Path = "tune", calib: st
     """
     from mfdeploy.tuning import Constraints, TuneConfig, pick_trial, run_tune
 
+    out = _path_like(out, "out", none=False)
+    check_choice("force", force, (True, False))  # force="no" would start the tune over
+    if not isinstance(space, (str, Path)):
+        raise UserError(f"space {space!r:.40}: expected default, quick or the path of a TOML file")
     if pick is not None:
+        if not isinstance(pick, int) or isinstance(pick, bool):
+            raise UserError(f"pick {pick!r:.40}: expected a trial number (a whole number)")
         return pick_trial(Path(out), pick, say=_say(progress, tune=True))
     # paths as text, as the CLI gives them: tune_settings.json holds text, and a resumed tune compares with it
     # (a pathlib.Path never equals its text: the same call again was refused as "different settings")
-    calib, eval_data = (None if v is None else str(_path_like(v, name))
-                        for v, name in ((calib, "calib"), (eval_data, "eval_data")))
-    cfg = TuneConfig(out=Path(out), model=None if model is None else str(model), calib=calib, eval_data=eval_data,
+    model, calib, eval_data = (None if v is None else str(_path_like(v, name))
+                               for v, name in ((model, "model"), (calib, "calib"), (eval_data, "eval_data")))
+    cfg = TuneConfig(out=Path(out), model=model, calib=calib, eval_data=eval_data,
                      backend=backend, batch_size=batch_size,
                      constraints=Constraints(max_drop, min_speedup, max_latency_ms, max_size_mb),
-                     time_budget_min=time_budget, space=space, force=force, seed=seed)
+                     time_budget_min=time_budget, space=str(space), force=force, seed=seed)
     return run_tune(cfg, say=_say(progress, tune=True))
 
 

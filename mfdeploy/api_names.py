@@ -25,7 +25,8 @@ _OPTION = re.compile(r"--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
 _QUOTED = re.compile(r"(`[^`]*`)")
 # CLI options whose Python argument has another name than the option's own
 ALIASES = {"depth_share": "mope_depth_share", "neuron_group": "mope_neuron_group", "smax_delta": "ecoflap_smax_delta",
-           "eval": "eval_data", "images": "n_images", "pairs": "n_retrieval"}
+           "eval": "eval_data", "images": "n_images", "pairs": "n_retrieval",
+           "out": "out_dir"}  # `export`'s out_dir; `tune`'s own `out` is named first
 
 
 def pythonic(message: str, names: Iterable[str], flags: Iterable[str] = ()) -> str:
@@ -65,4 +66,24 @@ def python_names(extra: Iterable[str] = ()) -> Callable[[F], F]:
     return wrap
 
 
-__all__ = ["ALIASES", "python_names", "pythonic"]
+def check_choice(name: str, value: Any, allowed: tuple) -> None:
+    """Refuse a `value` of argument `name` that is not one of `allowed` (compared by identity for True/False: a
+    truthy "no" or 1 is not True)."""
+    if not any(value is a if isinstance(a, bool) or a is None else value == a for a in allowed):
+        raise UserError(f"{name} {value!r:.40}: expected {' or '.join(repr(a) for a in allowed)}")
+
+
+def check_callable(name: str, value: Any) -> None:
+    """Refuse a `value` of argument `name` that is neither None nor a function."""
+    if value is not None and not callable(value):
+        raise UserError(f"{name} {value!r:.40}: expected a function taking one line of text (or None)")
+
+
+def dtype_text(options: dict[str, Any]) -> None:
+    """`dtype=torch.bfloat16`, as a PyTorch user passes it first, as the text the checks know ("bfloat16")."""
+    dtype = options.get("dtype")
+    if type(dtype).__name__ == "dtype" and str(dtype).startswith("torch."):
+        options["dtype"] = str(dtype).removeprefix("torch.")
+
+
+__all__ = ["ALIASES", "check_callable", "check_choice", "dtype_text", "python_names", "pythonic"]

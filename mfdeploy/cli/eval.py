@@ -30,8 +30,10 @@ def eval_(
     retention: Annotated[
         bool, typer.Option(help="For a prune/build directory, also evaluate the dense model and show retention.")
     ] = True,
-    images: Annotated[int, typer.Option(help="Shapes suite: single-object images for the attribute tasks.")] = 1000,
-    pairs: Annotated[int, typer.Option(help="Shapes suite: image-caption pairs for retrieval.")] = 1000,
+    images: Annotated[int | None, typer.Option(
+        help="Shapes suite: single-object images for the attribute tasks (default 1000).")] = None,
+    pairs: Annotated[int | None, typer.Option(
+        help="Shapes suite: image-caption pairs for retrieval (default 1000).")] = None,
     device: Annotated[str, typer.Option(
         help="auto (CUDA when present) | cpu | cuda | cuda:N: where --backend torch runs.")] = "auto",
 ) -> None:

@@ -81,6 +81,8 @@ def shapes_suite(n_images: int = N_IMAGES, n_retrieval: int = N_RETRIEVAL) -> Ev
     for flag, value in (("--images", n_images), ("--pairs", n_retrieval)):  # a Python caller's "8", 8.5 or True
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise UserError(f"{flag} {value!r}: must be a whole number, not {type(value).__name__}")
+        if value <= 0:
+            raise UserError(f"{flag} {value}: the shapes suite needs a positive number of images and pairs")
     return _shapes_suite(int(n_images), int(n_retrieval))  # one cache entry per size, however it is called
 
 
@@ -150,8 +152,8 @@ def folder_set(root: str | Path, template: str = DEFAULT_TEMPLATE) -> EvalSet:
     )
 
 
-def resolve_data(data: str | Path = "shapes", template: str | None = None, n_images: int = N_IMAGES,
-                 n_retrieval: int = N_RETRIEVAL, option: str = "--data") -> EvalSet:
+def resolve_data(data: str | Path = "shapes", template: str | None = None, n_images: int | None = None,
+                 n_retrieval: int | None = None, option: str = "--data") -> EvalSet:
     """Turn a `--data` value into an evaluation set.
 
     Args:
@@ -160,8 +162,8 @@ def resolve_data(data: str | Path = "shapes", template: str | None = None, n_ima
             class (zero-shot classification).
         template: prompt template of an image folder's classes (default
             "a photo of a {}.").
-        n_images: attribute images of the shapes suite.
-        n_retrieval: retrieval pairs of the shapes suite.
+        n_images: attribute images of the shapes suite (None: N_IMAGES); refused for other data.
+        n_retrieval: retrieval pairs of the shapes suite (None: N_RETRIEVAL); refused for other data.
         option: the option `data` came from, for messages (`mfdeploy tune` takes it as `--eval`).
 
     Raises:
@@ -174,7 +176,11 @@ def resolve_data(data: str | Path = "shapes", template: str | None = None, n_ima
     if text == "shapes":
         if template is not None:
             raise UserError("--template applies to an image folder only (the shapes tasks bring their own prompts)")
-        return shapes_suite(n_images, n_retrieval)
+        return shapes_suite(N_IMAGES if n_images is None else n_images,
+                            N_RETRIEVAL if n_retrieval is None else n_retrieval)
+    for flag, value in (("--images", n_images), ("--pairs", n_retrieval)):  # they would be ignored in silence
+        if value is not None:
+            raise UserError(f"{flag} applies to the shapes suite only; {option} {text} is used whole")
     path = Path(text).expanduser()
     if not path.exists():
         raise UserError(f"{option} {text}: no such file or folder (expected 'shapes', a JSONL file or an image folder)")

@@ -19,8 +19,8 @@ from mfdeploy.artifacts.layout import (
     missing_onnx,
 )
 from mfdeploy.artifacts.tempdirs import owned_tempdir
-from mfdeploy.errors import UserError
-from mfdeploy.eval.datasets import N_IMAGES, N_RETRIEVAL, resolve_data
+from mfdeploy.errors import UserError, is_whole
+from mfdeploy.eval.datasets import resolve_data
 from mfdeploy.eval.metrics import retention, retrieval_recall, zero_shot_accuracy
 from mfdeploy.eval.precision import check_options, onnx_runner, precision_record, torch_runner
 from mfdeploy.eval.prepare import Prepared, prepare
@@ -96,7 +96,11 @@ def evaluate(runner: Runner, prepared: Prepared, batch_size: int = BATCH_SIZE) -
 def _onnx_dir(source: str | Path | Adapter | None, backend: str = "onnx") -> Path | None:
     """The exported towers of a build directory (or of a directory holding them), None for a checkpoint."""
     if backend.endswith("-int8"):
-        path = Path(str(source)).expanduser()
+        if source is None or isinstance(source, Adapter):  # no directory that could hold onnx_int8/
+            what = "the bundled model" if source is None else "a model held in memory"
+            raise UserError(f"--backend {backend} runs a build's {ONNX_INT8_DIR}/ (`mfdeploy build --int8`, or "
+                            f"`mfdeploy quantize BUILD --in-place`): pass the build directory, not {what}")
+        path = Path(source).expanduser()
         for candidate in (path / ONNX_INT8_DIR, path):
             if (candidate / QUANTIZE_MANIFEST).is_file():
                 return candidate
@@ -165,7 +169,7 @@ def open_runner(source: str | Path | Adapter | None, adapter: Adapter, backend: 
 
 
 def evaluate_model(source: str | Path | Adapter | None = None, data: str | Path = "shapes", backend: str = "torch",
-                   *, template: str | None = None, n_images: int = N_IMAGES, n_retrieval: int = N_RETRIEVAL,
+                   *, template: str | None = None, n_images: int | None = None, n_retrieval: int | None = None,
                    batch_size: int = BATCH_SIZE, exporter: Exporter | None = None, device: str | None = None,
                    precision: str | None = None, dtype: str | None = None) -> dict:
     """Load a model, evaluate it on `data` with `backend`, and return the result.
@@ -176,7 +180,7 @@ def evaluate_model(source: str | Path | Adapter | None = None, data: str | Path 
         data: "shapes", a JSONL file of image-caption pairs, or an image folder.
         backend: one of `BACKENDS` (torch, onnx, onnx-int8, openvino, openvino-int8).
         template: prompt template for an image folder's classes.
-        n_images: attribute images of the shapes suite.
+        n_images: attribute images of the shapes suite (None: 1000; refused for other data: `resolve_data`).
         n_retrieval: retrieval pairs of the shapes suite.
         batch_size: images or texts per forward pass.
         exporter: see `open_runner` (backend "onnx" on a model without ONNX towers).
@@ -194,8 +198,8 @@ def evaluate_model(source: str | Path | Adapter | None = None, data: str | Path 
     if not isinstance(source, Adapter):
         resolve_checkpoint(source)  # a missing path fails at once, before the data is rendered
     backend = backend_name(backend)
-    if batch_size <= 0:
-        raise UserError(f"batch size must be positive, not {batch_size}")
+    if not is_whole(batch_size) or batch_size <= 0:  # a Python caller's "8", 2.5, None or True
+        raise UserError(f"--batch-size {batch_size!r:.40}: must be a positive whole number")
     from mfdeploy.models.device import resolve_device
 
     place = resolve_device(device) if device is not None and backend == "torch" else None  # bad --device: now

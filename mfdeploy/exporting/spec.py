@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mfdeploy.artifacts.layout import EXPORT_MANIFEST, ONNX_FILES, PARITY_INPUTS, TOWERS
-from mfdeploy.errors import UserError
+from mfdeploy.errors import UserError, is_whole
 
 MIN_OPSET = 17  # LayerNormalization is a single op from opset 17 on (TensorRT FP16 needs it unfused)
 DYNAMIC_DIMS = ("batch", "text_len")
@@ -36,6 +36,8 @@ def check_opset(opset: int, exporter: str = "torchscript") -> None:
     Opsets before 17 decompose LayerNorm into ReduceMean/Pow/Sqrt, which overflows in TensorRT FP16; opsets
     past what the installed torch's exporter writes would fail only once the model is loaded and traced.
     """
+    if not is_whole(opset):  # a Python caller's "17" or 17.0 (the CLI's is an int)
+        raise UserError(f"--opset {opset!r:.40}: must be a whole number, not {type(opset).__name__}")
     if opset < MIN_OPSET:
         raise UserError(f"opset {opset} is too old: use --opset {MIN_OPSET} or newer "
                         "(LayerNorm must export as one LayerNormalization op)")

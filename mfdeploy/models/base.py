@@ -25,6 +25,7 @@ from mfdeploy.models.family import Family, PairScorer
 from mfdeploy.models.processors import grown_too_large, resized_pixels
 
 MODALITIES = ("vision", "text")
+ORIGIN_ATTR = "_mfdeploy_origin"  # on a module mfdeploy pruned in memory: its origin, for any adapter over it
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,17 @@ class Adapter(ABC):
     source: str  # hub id or local path it came from
     tokenizer: Any
     image_processor: Any
-    origin: dict[str, Any] | None = None  # a pruned checkpoint's mfdeploy_origin.json; None when dense
+
+    @property
+    def origin(self) -> dict[str, Any] | None:
+        """How the model was pruned (a pruned checkpoint's mfdeploy_origin.json, or what `prune_model` did to it in
+        memory); None when dense. Kept on the module, so every adapter over the same model sees it (the Python
+        API wraps a `CLIPModel` afresh on each call)."""
+        return getattr(self.model, ORIGIN_ATTR, None)
+
+    @origin.setter
+    def origin(self, value: dict[str, Any] | None) -> None:
+        self.model.__dict__[ORIGIN_ATTR] = value  # a plain attribute: nn.Module keeps no state_dict entry for it
 
     @property
     def pruned_label(self) -> str | None:

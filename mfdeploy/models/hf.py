@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import nn
 
+from mfdeploy.errors import UserError
 from mfdeploy.models.base import Adapter, PrunableLayer
 
 if TYPE_CHECKING:
@@ -48,7 +49,8 @@ class HFAdapter(Adapter):
         self._processors = {"tokenizer": tokenizer, "image_processor": image_processor}
         self._loaders = dict(loaders or {})
         self.source = source
-        self.origin = origin
+        if origin is not None:  # else a module pruned in memory keeps its own (`Adapter.origin`)
+            self.origin = origin
 
     @classmethod
     def check_config(cls, config: dict[str, Any], where: object) -> None:
@@ -61,6 +63,9 @@ class HFAdapter(Adapter):
     def _processor(self, name: str) -> Any:
         if self._processors[name] is None and name in self._loaders:
             self._processors[name] = self._loaders.pop(name)()
+        if self._processors[name] is None:  # a model handed in without it (the Python API): say so, not a TypeError
+            raise UserError(f"{self.source}: this step needs the model's {name.replace('_', ' ')}: pass the model's "
+                            "tokenizer= and processor= (or an adapter from mfdeploy.load)")
         return self._processors[name]
 
     @property

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 
-from mfdeploy._version import __version__
 from mfdeploy.artifacts.io import atomic_dir, check_out_dir, write_json
 from mfdeploy.artifacts.layout import MASKS_FILE, ORIGIN_FILE, PRUNE_MANIFEST, PRUNED_DIR, SPARSITY_PLOT, STRUCTURE_FILE
 from mfdeploy.models import Adapter, load
@@ -81,10 +80,7 @@ def write_prune_outputs(adapter: Adapter, record: dict, out: Path) -> None:
             "ratio": record["ratio"], "pattern": record["pattern"], "model_id": record["model"], "seed": record["seed"],
         })
     adapter.save(out / PRUNED_DIR)
-    origin = {"model_id": record["model"], "method": record["method"], "ratio": record["ratio"],
-              "pattern": record["pattern"], "mfdeploy_version": __version__}
-    (out / PRUNED_DIR / ORIGIN_FILE).write_text(json.dumps(origin, indent=2))
-    adapter.origin = origin  # the in-memory model is now the pruned one: exports made from it say so
+    (out / PRUNED_DIR / ORIGIN_FILE).write_text(json.dumps(adapter.origin, indent=2))  # set by prune_model
     if "_structure" in record:
         (out / PRUNED_DIR / STRUCTURE_FILE).write_text(json.dumps(record["_structure"], indent=2))
     plot_sparsity(record, out / SPARSITY_PLOT)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import time
 
+from mfdeploy._version import __version__
 from mfdeploy.errors import UserError, check_globs
 from mfdeploy.models import Adapter
 from mfdeploy.models.base import PrunableLayer
@@ -101,6 +102,9 @@ def prune_model(adapter: Adapter, cfg: PruneConfig, source: CalibSource | None =
     record = build_record(ctx, spec, result)
     param = next(adapter.model.parameters())
     record["device"], record["dtype"] = str(param.device), str(param.dtype).removeprefix("torch.")
+    # the model is now the pruned one: its exports and evaluations say so (kept on the module: `Adapter.origin`)
+    adapter.origin = {"model_id": record["model"], "method": record["method"], "ratio": record["ratio"],
+                      "pattern": record["pattern"], "mfdeploy_version": __version__}
     return record
 
 

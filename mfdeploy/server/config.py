@@ -99,9 +99,9 @@ class ServeConfig:
             if value < 1:
                 raise UserError(f"{flag} {value}: must be 1 or more")
         if not (math.isfinite(self.max_delay_ms) and self.max_delay_ms >= 0):
-            raise UserError(f"--max-delay-ms {self.max_delay_ms}: must be 0 or more")
+            raise UserError(f"--max-delay-ms {self.max_delay_ms}: must be a finite number, 0 or more")
         if not (math.isfinite(self.max_body_mb) and self.max_body_mb > 0):
-            raise UserError(f"--max-body-mb {self.max_body_mb}: must be positive")
+            raise UserError(f"--max-body-mb {self.max_body_mb}: must be a finite number above 0")
         if self.max_queue < self.max_items:
             raise UserError(f"--max-queue {self.max_queue} is below --max-items {self.max_items}: a full-size "
                             "request could never be queued")
@@ -117,10 +117,11 @@ class ServeConfig:
         if self.variant is not None and self.variant not in VARIANTS:
             raise UserError(f"--variant {self.variant}: choose one of {', '.join(VARIANTS)}")
         if not (math.isfinite(self.grace_s) and self.grace_s >= 0):
-            raise UserError(f"--grace-s {self.grace_s}: must be 0 or more")
+            raise UserError(f"--grace-s {self.grace_s}: must be a finite number, 0 or more")
         if self.request_timeout_s is not None and not (math.isfinite(self.request_timeout_s)
                                                        and self.request_timeout_s > 0):
-            raise UserError(f"--request-timeout {self.request_timeout_s}: must be positive (0: no limit)")
+            raise UserError(f"--request-timeout {self.request_timeout_s}: must be a finite number above 0 (0: no "
+                            "limit)")
         if self.request_timeout_s is not None and self.max_delay_ms / 1e3 >= self.request_timeout_s:
             raise UserError(f"--max-delay-ms {self.max_delay_ms:g} is not below --request-timeout "
                             f"{self.request_timeout_s:g} s: a lone request would wait for company until it timed "
