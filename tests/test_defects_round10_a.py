@@ -33,13 +33,13 @@ class _Choice(LayerChoice):
 
 
 def test_a_layers_choice_is_the_same_whether_its_errors_were_screened_or_not():
-    """Two errors 2**-30 apart are one float32: the exact path (the reference, `FAST_SCORING = False`) ranked
-    `torch.tensor(values)` in float32 and kept the lower index, screening's `top_k` compared the float64 values and
-    kept the higher error; so screened masks could differ from the reference's, which they must equal bit for bit."""
+    """Two errors 2**-30 apart are one float32: the reference (`FAST_SCORING = False`, as the code before screening)
+    ranks `torch.tensor(values)` in float32 and keeps the lower index; screening's `top_k` compared the float64
+    values and kept the higher error, so screened masks could differ from the reference's. It ranks in float32 too."""
     values = [1.0, 1.0 + 2 ** -30, 0.5]
     exact_only = _Choice(values).choose({"heads": list(values)}, "heads", 1)
     screened = _Choice(values).choose({"heads": list(values), "screened": {"heads": [0, 1, 2]}}, "heads", 1)
-    assert exact_only == screened == [1]  # the higher error, as a float64 stable sort ranks them
+    assert exact_only == screened == [0]  # one float32 value: the lower index, as the reference's stable sort
 
 
 # ---- MoPE on batches of one pair: every error 0, the first modules kept -------------------------------------------

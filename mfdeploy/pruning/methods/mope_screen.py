@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import numpy
 import torch
 from torch import nn
 
@@ -179,7 +180,8 @@ def top_k(values: list[float], screened: set[int], k: int, bounds: Bounds,
         exact: the exact errors of the given indices.
 
     Returns:
-        The kept indices, ascending.
+        The kept indices, ascending: `reference_top_k` of the exact values, whenever each screened value lies
+        within its interval of the exact one.
 
     Raises:
         Distrust: a close call's screened value lay beyond half its interval from its exact one, or a value is not
@@ -188,8 +190,10 @@ def top_k(values: list[float], screened: set[int], k: int, bounds: Bounds,
     n = len(values)
     if not all(math.isfinite(v) for v in values):  # the reference's sort puts NaN first: leave it to that sort
         raise Distrust("an error is not a finite number")
-    lo = [v - (bounds.margin(v) if j in screened else 0.0) for j, v in enumerate(values)]
-    hi = [v + (bounds.margin(v) if j in screened else 0.0) for j, v in enumerate(values)]
+    # compared as the reference's sort compares them, in float32: rounding to nearest keeps order (monotonic), so
+    # an exact value within [lo, hi] rounds within [f32(lo), f32(hi)], and ties in float32 go by index as there
+    lo = [_f32(v - (bounds.margin(v) if j in screened else 0.0)) for j, v in enumerate(values)]
+    hi = [_f32(v + (bounds.margin(v) if j in screened else 0.0)) for j, v in enumerate(values)]
     sure_in = [j for j in range(n) if sum(hi[m] >= lo[j] for m in range(n) if m != j) < k]
     sure_out = {j for j in range(n) if sum(lo[m] > hi[j] for m in range(n) if m != j) >= k}
     close = [j for j in range(n) if j not in sure_out and j not in sure_in]
@@ -199,8 +203,17 @@ def top_k(values: list[float], screened: set[int], k: int, bounds: Bounds,
             bounds.observe(values[j], e)
             values[j] = e
             screened.discard(j)
-    ranked = sorted(close, key=lambda j: (-values[j], j))
+    ranked = sorted(close, key=lambda j: (-_f32(values[j]), j))
     return sorted(sure_in + ranked[: k - len(sure_in)])
+
+
+def reference_top_k(values: list[float], k: int) -> list[int]:
+    """The reference's choice from exact errors: a stable descending sort of them as a float32 tensor, ascending."""
+    return sorted(torch.tensor(values).argsort(descending=True, stable=True)[:k].tolist())
+
+
+def _f32(x: float) -> float:
+    return float(numpy.float32(x))
 
 
 def _removal(layer: st.EncoderLayer, part: str, j: int, group: int) -> list[tuple[torch.Tensor, Index]]:
@@ -278,9 +291,8 @@ class LayerChoice:
         errors.get("screened", {}).pop(part, None)
         if not errors.get("screened", True):
             del errors["screened"]
-        # float64, as `top_k` compares them: float32 would tie errors that differ (and break the tie by index)
-        return sorted(torch.tensor(values, dtype=torch.float64).argsort(descending=True, stable=True)[:k].tolist())
+        return reference_top_k(values, k)
 
 
-__all__ = ["SPREAD", "ULPS", "Bounds", "Distrust", "LayerChoice", "Screen", "supported", "top_k", "width_errors",
-           "worth_it"]
+__all__ = ["SPREAD", "ULPS", "Bounds", "Distrust", "LayerChoice", "Screen", "reference_top_k", "supported", "top_k",
+           "width_errors", "worth_it"]
