@@ -7,9 +7,9 @@ of a scoring run. A screened layer scores each of its modules once with every
 plain `nn.Linear` of the model run by oneDNN
 (`torch.ops.mkldnn._linear_pointwise`). Those errors differ from the exact
 ones (the replay's, bit-identical to a full forward through PyTorch's own
-`linear`) by rounding only: at most 5 float32 ulps of the loss on ViT-B/32
-with random weights, 20 on the bundled CLIP (whose loss is small), 3 on the
-bundled SigLIP, over every module of every layer.
+`linear`) by rounding only: at most 2 float32 ulps of the module's loss on
+ViT-B/32 with random weights, 16 on the bundled CLIP (whose loss is small), 2
+on the bundled SigLIP, over every module (benchmarks/mope_screen_spread.py).
 
 A layer keeps its k highest-error heads (and neuron groups), so only the set
 matters, not the values. Each screened error stands for an interval around
