@@ -129,6 +129,20 @@ def test_the_openai_model_list_names_the_model_served(server):
     assert 'endpoint="/v1/models"' in server.client.get("/metrics").text  # counted under its own name
 
 
+def test_the_openai_model_retrieve_answers_for_the_model_served(server):
+    """`GET /v1/models/{id}` (the openai client's `models.retrieve(id)`) was a 404 for every id."""
+    listed = server.client.get("/v1/models").json()["data"][0]
+    got = server.client.get(f"/v1/models/{listed['id']}")  # the id may hold a slash (an owner/name hub id)
+    assert got.status_code == 200 and got.json() == listed
+    other = server.client.get("/v1/models/gpt-4")
+    assert other.status_code == 404
+    error = other.json()["error"]
+    assert error["type"] == "model_not_found" and error["param"] == "model"
+    assert error["message"] == (f"model 'gpt-4' is not served here: this server serves {listed['id']!r} "
+                                "(GET /v1/models lists it)")
+    assert 'endpoint="/v1/models/{model}",status="200"' in server.client.get("/metrics").text
+
+
 def test_openai_response_shape_and_base64(server):
     resp = server.post("/v1/embeddings", {"input": TEXTS, "model": "anything", "encoding_format": "base64"})
     body = resp.json()

@@ -200,10 +200,20 @@ def make_app(state: ServerState) -> Starlette:
                              "scoring": state.pre.family.scoring,
                              "model": state.model_name})
 
+    def model_object() -> dict:
+        return {"id": state.model_name, "object": "model", "created": started, "owned_by": "mfdeploy"}
+
     @endpoint
     async def models(request: Request) -> Response:  # OpenAI's model list: clients that look the model up first
-        return JSONResponse({"object": "list", "data": [{"id": state.model_name, "object": "model",
-                                                         "created": started, "owned_by": "mfdeploy"}]})
+        return JSONResponse({"object": "list", "data": [model_object()]})
+
+    @endpoint
+    async def model(request: Request) -> Response:  # OpenAI's models.retrieve(id): the one served, or a 404
+        name = request.path_params["model"]
+        if name != state.model_name:
+            raise ApiError(404, f"model {name!r} is not served here: this server serves {state.model_name!r} "
+                           "(GET /v1/models lists it)", "model", kind="model_not_found")
+        return JSONResponse(model_object())
 
     async def health(request: Request) -> Response:
         status = "stopping" if state.draining else "ok" if state.ready else "error" if state.error else "loading"
@@ -227,8 +237,8 @@ def make_app(state: ServerState) -> Starlette:
         finally:
             await state.stop()
 
-    handlers = {"/v1/embeddings": embeddings, "/v1/classify": classify, "/v1/models": models, "/health": health,
-                "/metrics": metrics}
+    handlers = {"/v1/embeddings": embeddings, "/v1/classify": classify, "/v1/models": models,
+                "/v1/models/{model:path}": model, "/health": health, "/metrics": metrics}
     routes = [Route(path, handlers[path], methods=[method]) for method, path in ROUTES]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: routing_error})
     # `/v1/embeddings/` got a bodiless 307 to the path without the slash (which a POST client may not follow):

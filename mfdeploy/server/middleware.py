@@ -10,7 +10,7 @@ from typing import Any
 
 from starlette.responses import Response
 
-from mfdeploy.server.protocol import ROUTES
+from mfdeploy.server.protocol import route_name
 from mfdeploy.server.state import ServerState
 
 log = logging.getLogger("mfdeploy.server")
@@ -44,8 +44,6 @@ class ApiKeyAuth:
 class AccessLog:
     """ASGI middleware: one log line and the request metrics for every HTTP request."""
 
-    KNOWN = tuple(path for _method, path in ROUTES)
-
     def __init__(self, app: Any, state: ServerState):
         self.app, self.state = app, state
 
@@ -64,7 +62,7 @@ class AccessLog:
             await self.app(scope, receive, record)
         finally:
             seconds = time.perf_counter() - t0
-            path = scope["path"] if scope["path"] in self.KNOWN else "other"
+            path = route_name(scope["path"]) or "other"
             m = self.state.metrics
             m.requests.labels(path, str(status[0])).inc()
             m.latency.labels(path).observe(seconds)

@@ -89,8 +89,17 @@ def strings(value: Any, field: str, limit: int, one_allowed: bool = True) -> lis
 
 
 # every route, in the order a 404 lists them: the app routes them, the access log counts them by name
-ROUTES = (("POST", "/v1/embeddings"), ("POST", "/v1/classify"), ("GET", "/v1/models"), ("GET", "/health"),
-          ("GET", "/metrics"))
+ROUTES = (("POST", "/v1/embeddings"), ("POST", "/v1/classify"), ("GET", "/v1/models"),
+          ("GET", "/v1/models/{model:path}"), ("GET", "/health"), ("GET", "/metrics"))
+
+
+def route_name(path: str) -> str | None:
+    """The route `path` belongs to, as logged, counted and listed (`/v1/models/{model}`), or None: no route."""
+    for _method, route in ROUTES:
+        prefix, brace, _ = route.partition("{")
+        if path == route if not brace else (path.startswith(prefix) and len(path) > len(prefix)):
+            return route.replace(":path", "")
+    return None
 
 
 def no_token_ids(value: Any, field: str) -> None:
@@ -122,7 +131,7 @@ async def while_connected(request: Request, work: Awaitable[T], gone: threading.
 async def routing_error(request: Request, exc: Exception) -> Response:
     """Starlette's own refusals (an unknown path, a wrong method) in OpenAI's error shape, as every other error."""
     assert isinstance(exc, HTTPException)
-    paths = ", ".join(f"{method} {path}" for method, path in ROUTES)
+    paths = ", ".join(f"{method} {path.replace(':path', '')}" for method, path in ROUTES)
     what = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
     message = f"{what.get(exc.status_code, exc.detail)}: the routes are {paths}"
     return ApiError(exc.status_code, message, headers=dict(exc.headers or {})).response()
@@ -149,5 +158,6 @@ def require(body: dict, field: str) -> Any:
     return body[field]
 
 
-__all__ = ["RETRY_AFTER_S", "ROUTES", "ApiError", "json_body", "no_token_ids", "require", "routing_error", "stopping",
+__all__ = ["RETRY_AFTER_S", "ROUTES", "ApiError", "json_body", "no_token_ids", "require", "route_name", "routing_error",
+           "stopping",
            "strings", "truncate_option", "while_connected"]
