@@ -104,7 +104,7 @@ def check_settings(out: Path, settings: dict[str, Any]) -> None:
 def _same_path(old: Any, new: Any) -> bool:
     """Whether two recorded paths name one file: a tune from before paths were recorded absolute holds them as typed
     (relative to the folder it ran in, the one a resume runs in too)."""
-    return isinstance(old, str) and isinstance(new, str) and Path(old).exists() and \
+    return isinstance(old, str) and isinstance(new, str) and Path(old).expanduser().exists() and \
         Path(old).expanduser().resolve() == Path(new).expanduser().resolve()
 
 
