@@ -227,6 +227,24 @@ class QuantizeManifest:
         return cls(model=data.get("model"), target=data.get("target"), mode=data.get("mode"), data=data)
 
 
+def export_checkpoint(directory: Path) -> str | None:
+    """The checkpoint an export directory's towers came from (`export.json`'s `model.source`), when `directory`
+    is a plain export (towers and export.json, no weights, not quantized); else None.
+
+    Raises:
+        UserError: export.json is unreadable, or names no model.
+    """
+    directory = Path(directory).expanduser()
+    if not (directory / EXPORT_MANIFEST).is_file() or (directory / "config.json").is_file() \
+            or (directory / QUANTIZE_MANIFEST).is_file():
+        return None
+    source = ExportManifest.read(directory).model_source
+    if not source:
+        raise UserError(f"{directory / EXPORT_MANIFEST}: names no model ('model.source'), whose tokenizer and image "
+                        "processor prepare the inputs; re-export with `mfdeploy export MODEL --out DIR`")
+    return source
+
+
 def source_model(directory: Path) -> str | None:
     """The dense model a prune or build directory was made from (its manifest's `model`), else None.
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from mfdeploy.artifacts.layout import (
+    EXPORT_MANIFEST,
     INCOMPLETE,
     ONNX_DIR,
     ONNX_INT8_DIR,
@@ -18,6 +19,7 @@ from mfdeploy.artifacts.layout import (
     is_build,
     missing_onnx,
 )
+from mfdeploy.artifacts.manifest import ExportManifest, export_checkpoint
 from mfdeploy.artifacts.tempdirs import owned_tempdir
 from mfdeploy.errors import UserError, is_whole
 from mfdeploy.eval.datasets import resolve_data
@@ -195,9 +197,17 @@ def evaluate_model(source: str | Path | Adapter | None = None, data: str | Path 
     from mfdeploy.models import load, resolve_checkpoint
 
     t0 = time.perf_counter()
-    if not isinstance(source, Adapter):
-        resolve_checkpoint(source)  # a missing path fails at once, before the data is rendered
     backend = backend_name(backend)
+    exported = None if source is None or isinstance(source, Adapter) else export_checkpoint(Path(source))
+    if exported is not None and backend in ("torch", "onnx-int8", "openvino-int8"):  # towers only, fp32
+        raise UserError(f"--backend {backend}: {source} is an export directory of fp32 ONNX towers (no weights to run "
+                        "with torch, no INT8 towers): evaluate it with --backend onnx or openvino")
+    if exported is not None:  # a tower changed since the export is named here, not deep inside ONNX Runtime
+        from mfdeploy.models.integrity import verify_artifacts
+
+        verify_artifacts(Path(str(source)).expanduser(), ("",), manifests=(EXPORT_MANIFEST,))
+    if not isinstance(source, Adapter):
+        resolve_checkpoint(exported or source)  # a missing path fails at once, before the data is rendered
     if not is_whole(batch_size) or batch_size <= 0:  # a Python caller's "8", 2.5, None or True
         raise UserError(f"--batch-size {batch_size!r:.40}: must be a positive whole number")
     from mfdeploy.models.device import resolve_device
@@ -207,7 +217,7 @@ def evaluate_model(source: str | Path | Adapter | None = None, data: str | Path 
     if backend != "torch":  # fail before the slow steps
         _onnx_dir(source, backend)
     evalset = resolve_data(data, template, n_images, n_retrieval)  # bad data fails before the model loads
-    adapter = source if isinstance(source, Adapter) else load(source)
+    adapter = source if isinstance(source, Adapter) else load(exported or source)  # an export: its checkpoint's
     if place is not None:
         adapter.model.to(place)
     prepared = prepare(adapter, evalset)
@@ -215,7 +225,8 @@ def evaluate_model(source: str | Path | Adapter | None = None, data: str | Path 
         result = {**evaluate(runner, prepared, batch_size), **precision_record(runner)}
     # "model" is the dense id a pruned checkpoint came from; "pruned" says how it was pruned
     label = {"pruned": {k: adapter.origin.get(k) for k in ("method", "ratio", "pattern")}} if adapter.origin else {}
-    return {"model": adapter.model_id, **label, "backend": backend, **result,
+    model_id = (ExportManifest.read(Path(str(source))).model_id if exported else None) or adapter.model_id
+    return {"model": model_id, **label, "backend": backend, **result,
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
