@@ -227,9 +227,9 @@ class QuantizeManifest:
         return cls(model=data.get("model"), target=data.get("target"), mode=data.get("mode"), data=data)
 
 
-def export_checkpoint(directory: Path) -> str | None:
-    """The checkpoint an export directory's towers came from (`export.json`'s `model.source`), when `directory`
-    is a plain export (towers and export.json, no weights, not quantized); else None.
+def plain_export(directory: Path) -> ExportManifest | None:
+    """`directory`'s export.json when it is a plain export (towers and export.json, no weights, not quantized)
+    naming the checkpoint its towers came from (`model_source`); else None.
 
     Raises:
         UserError: export.json is unreadable, or names no model.
@@ -238,11 +238,11 @@ def export_checkpoint(directory: Path) -> str | None:
     if not (directory / EXPORT_MANIFEST).is_file() or (directory / "config.json").is_file() \
             or (directory / QUANTIZE_MANIFEST).is_file():
         return None
-    source = ExportManifest.read(directory).model_source
-    if not source:
+    manifest = ExportManifest.read(directory)
+    if not manifest.model_source:
         raise UserError(f"{directory / EXPORT_MANIFEST}: names no model ('model.source'), whose tokenizer and image "
                         "processor prepare the inputs; re-export with `mfdeploy export MODEL --out DIR`")
-    return source
+    return manifest
 
 
 def source_model(directory: Path) -> str | None:

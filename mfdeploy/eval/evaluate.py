@@ -19,7 +19,7 @@ from mfdeploy.artifacts.layout import (
     is_build,
     missing_onnx,
 )
-from mfdeploy.artifacts.manifest import ExportManifest, export_checkpoint
+from mfdeploy.artifacts.manifest import plain_export
 from mfdeploy.artifacts.tempdirs import owned_tempdir
 from mfdeploy.errors import UserError, is_whole
 from mfdeploy.eval.datasets import resolve_data
@@ -198,7 +198,8 @@ def evaluate_model(source: str | Path | Adapter | None = None, data: str | Path 
 
     t0 = time.perf_counter()
     backend = backend_name(backend)
-    exported = None if source is None or isinstance(source, Adapter) else export_checkpoint(Path(source))
+    export = None if source is None or isinstance(source, Adapter) else plain_export(Path(source))
+    exported = export.model_source if export is not None else None  # the checkpoint that prepares its inputs
     if exported is not None and backend in ("torch", "onnx-int8", "openvino-int8"):  # towers only, fp32
         raise UserError(f"--backend {backend}: {source} is an export directory of fp32 ONNX towers (no weights to run "
                         "with torch, no INT8 towers): evaluate it with --backend onnx or openvino")
@@ -225,7 +226,7 @@ def evaluate_model(source: str | Path | Adapter | None = None, data: str | Path 
         result = {**evaluate(runner, prepared, batch_size), **precision_record(runner)}
     # "model" is the dense id a pruned checkpoint came from; "pruned" says how it was pruned
     label = {"pruned": {k: adapter.origin.get(k) for k in ("method", "ratio", "pattern")}} if adapter.origin else {}
-    model_id = (ExportManifest.read(Path(str(source))).model_id if exported else None) or adapter.model_id
+    model_id = (export.model_id if export is not None else None) or adapter.model_id
     return {"model": model_id, **label, "backend": backend, **result,
             "seconds": round(time.perf_counter() - t0, 2)}
 

@@ -39,7 +39,7 @@ from mfdeploy.models.base import Adapter
 from mfdeploy.models.inputs import CalibSource
 from mfdeploy.pruning.methods.mope_cache import ScoreCache
 from mfdeploy.pruning.methods.mope_replay import Replay, Z, error_without
-from mfdeploy.pruning.methods.mope_screen import LayerChoice, Screen, width_errors
+from mfdeploy.pruning.methods.mope_screen import LayerChoice, Screen, reference_top_k, width_errors
 from mfdeploy.pruning.record import (
     block_counts,
     budget_by_role_from_counts,
@@ -224,8 +224,7 @@ def prune_mope(ctx: PruneContext) -> MethodResult:
             cache.put(parts, {"layers": errs})
         else:
             errs = cached["layers"]
-        order = torch.tensor(errs).argsort(descending=True, stable=True)
-        kept = sorted(order[: n_layers - n_drop].tolist())
+        kept = reference_top_k(errs, n_layers - n_drop)
         st.keep_layers(adapter.model, tower, kept)
         final_kept[tower] = kept
         depth_scores[tower] = errs
