@@ -38,8 +38,8 @@ def tune(
     ] = "ort-cpu",
     batch_size: Annotated[int, typer.Option(help="Images and texts per call when timing.")] = 8,
     max_drop: Annotated[float | None, typer.Option(
-        help="Largest drop in mean zero-shot task accuracy from dense, in points (default 1 when no constraint "
-             "is given).")] = None,
+        help="Largest drop in quality from dense, in points: mean zero-shot task accuracy, or for a JSONL of pairs "
+             "mean recall@1 (default 1 when no constraint is given).")] = None,
     min_speedup: Annotated[float | None, typer.Option(help="Smallest speed-up over dense on --backend.")] = None,
     max_latency_ms: Annotated[float | None, typer.Option(
         help="Largest p50 latency, vision + text at --batch-size, in ms.")] = None,

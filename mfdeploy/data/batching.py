@@ -32,10 +32,10 @@ class CalibSource:
         return "shapes (calibration seed range)" if self.kind == "shapes" else str(self.path)
 
 
-def parse_calib(value: str | None, samples: int = 0) -> CalibSource | None:
+def parse_calib(value: str | None, samples: int = 0, decode: bool = False) -> CalibSource | None:
     """Turn a `--calib` value into a source, checked at once for the `samples` calibration pairs a command will
     use: the shapes world must hold that many; a JSONL path is validated and the headers of its first `samples`
-    images are read (a bad one fails now, not mid-run)."""
+    images are read (a bad one fails now, not mid-run), with `decode` their pixels too."""
     if value is None:
         return None
     if value == "shapes":
@@ -45,7 +45,7 @@ def parse_calib(value: str | None, samples: int = 0) -> CalibSource | None:
     if path.is_dir():
         raise UserError(f"--calib {value}: a directory; expected 'shapes' or a JSONL file of image-caption pairs")
     pairs = load_pairs(path)  # fail early, with file and line (a missing file too)
-    check_images(path, pairs[:samples])
+    check_images(path, pairs[:samples], decode)
     return CalibSource("jsonl", path)
 
 

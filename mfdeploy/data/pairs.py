@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,17 +27,24 @@ class Pair:
 def load_pairs(path: str | Path) -> list[Pair]:
     """Read a JSONL file of `{"image": path, "caption": text}` lines.
 
-    Image paths are relative to the JSONL file. Every problem names the file
-    and the line number; the images are checked to exist (not decoded) here.
+    Image paths are relative to the JSONL file's folder (or absolute). `caption`
+    may also be a list of captions of the image (COCO's five): one pair each,
+    in order. Every problem names the file and the line number; the images are
+    checked to exist (not decoded) here.
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: calibration/evaluation file does not exist")
     pairs: list[Pair] = []
     try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a BOM (Windows editors) is not JSON
+        raw = path.read_bytes()
+        # a BOM (Windows editors) is not JSON; UTF-16 is what Windows PowerShell 5's `>` writes
+        text = raw.decode("utf-16" if raw.startswith((b"\xff\xfe", b"\xfe\xff")) else "utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: unreadable ({e})") from None
+        raise UserError(f"{path}: unreadable ({e}); save it as UTF-8") from None
+    # JSON Lines ends a line at "\n" only: str.splitlines() would also cut a caption at a raw U+2028, U+0085 or
+    # form feed, which JSON allows inside a string (json.dumps(..., ensure_ascii=False) writes U+2028 raw)
+    lines = text.split("\n")
     for no, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -46,23 +54,67 @@ def load_pairs(path: str | Path) -> list[Pair]:
             raise UserError(f"{path}:{no}: invalid JSON ({e.msg})") from None
         if not isinstance(row, dict):
             raise UserError(f"{path}:{no}: expected an object with 'image' and 'caption'")
-        for key in ("image", "caption"):
-            if not isinstance(row.get(key), str) or not row[key].strip():
-                raise UserError(f"{path}:{no}: missing or empty '{key}'")
-        image = (path.parent / row["image"]).resolve()
+        where = f"{path}:{no}"
+        name = _texts(row, "image", where)[0]
+        captions = _texts(row, "caption", where, several=True)
+        image = (path.parent / Path(name).expanduser()).resolve()  # an absolute (or ~) path stays as it is
         if not image.is_file():
-            raise UserError(f"{path}:{no}: image {row['image']} does not exist")
-        pairs.append(Pair(image, row["caption"], no))
+            raise UserError(_missing_image(where, path, name, image))
+        pairs.extend(Pair(image, caption, no) for caption in captions)
     if not pairs:
         raise UserError(f"{path}: no image-caption pairs in the file")
     return pairs
 
 
-def check_images(path: Path, pairs: list[Pair]) -> None:
+_JSON_KINDS = {bool: "true/false", int: "a number", float: "a number", list: "a list", dict: "an object"}
+
+
+def _texts(row: dict, key: str, where: str, several: bool = False) -> list[str]:
+    """The non-empty text(s) of `row[key]`: one string, or with `several` a list of them (COCO's several captions
+    of one image: one pair each); anything else is refused in one line naming what it is."""
+    value = row.get(key)
+    if several and isinstance(value, list) and value and all(isinstance(v, str) and v.strip() for v in value):
+        return value
+    if isinstance(value, str) and value.strip():
+        return [value]
+    if value is None or isinstance(value, str):
+        has = f" (the line has {', '.join(repr(k) for k in row)})" if key not in row and row else ""
+        raise UserError(f"{where}: missing or empty '{key}'{has}")
+    if several and isinstance(value, list):
+        raise UserError(f"{where}: '{key}' is a list, and each of its items must be a non-empty string (one pair "
+                        "per caption)")
+    kind = _JSON_KINDS.get(type(value), type(value).__name__)
+    expected = "a string, or a list of strings" if several else "a string (the image file's path)"
+    raise UserError(f"{where}: '{key}' is {kind} ({json.dumps(value)[:40]}); expected {expected}")
+
+
+def _missing_image(where: str, path: Path, name: str, looked: Path) -> str:
+    """The refusal of a pair whose image is not a file; a relative path is read from the JSONL file's folder, which
+    the message says (with the fix) when that folder is not the current one."""
+    what = "is not a file" if looked.exists() else "does not exist"
+    if Path(name).expanduser().is_absolute() or path.parent.resolve() == Path.cwd().resolve():
+        return f"{where}: image {name} {what}"
+    found = " (it exists from the current folder, not from the file's)" if Path(name).is_file() else ""
+    return (f"{where}: image {name} {what}: relative image paths are read from the JSONL file's folder, so this is "
+            f"{looked}{found}; write paths relative to {path.parent}/ or absolute")
+
+
+def check_images(path: Path, pairs: list[Pair], decode: bool = False) -> None:
     """Open the header of each pair's image (format, size within the pixel limit), closing it again: an image
-    that cannot be decoded is named with its FILE:LINE before any slow work, not when its batch comes."""
+    that cannot be decoded is named with its FILE:LINE before any slow work, not when its batch comes.
+
+    `decode`: decode every pixel too (a truncated file has a good header), for a command that would otherwise
+    meet the image again and again (each trial of a tune)."""
+    seen: set[Path] = set()
     for pair in pairs:
-        open_checked(pair.image, f"{origin_of(path, pair)}: cannot read image {pair.image}").close()
+        if pair.image in seen:  # an image with several captions: read once, named by its first line
+            continue
+        seen.add(pair.image)
+        where = f"{origin_of(path, pair)}: cannot read image {pair.image}"
+        if decode:
+            load_rgb(pair.image, where).close()
+        else:
+            open_checked(pair.image, where).close()
 
 
 def origin_of(path: Path, pair: Pair) -> str:
@@ -103,8 +155,27 @@ def fill_template(template: str, label: str) -> str:
     return template.replace("{}", label, 1)
 
 
+def class_images(folder: Path) -> list[Path]:
+    """The image files of a class folder, in its sub-folders too (as torchvision's `ImageFolder` finds them), sorted.
+
+    Hidden files and folders are left out, as hidden class folders are: `.DS_Store`, the `._photo.jpg` that macOS
+    writes beside each file on a non-Mac disk (not an image, though named like one), `.thumbnails/`.
+    """
+    found: list[Path] = []
+    seen: set[Path] = set()  # folders walked, by real path: a symbolic link back up the tree is walked once
+    for top, dirs, names in os.walk(folder, followlinks=True):
+        real = Path(top).resolve()
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found.extend(Path(top) / n for n in names if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(found)
+
+
 def load_image_folder(root: str | Path, template: str = "a photo of a {}.") -> FolderDataset:
-    """Scan `root/<class>/*.png|jpg...` into a classification dataset."""
+    """Scan `root/<class>/**/*.png|jpg...` into a classification dataset (`class_images` says which files count)."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root}: image folder does not exist")
@@ -113,9 +184,9 @@ def load_image_folder(root: str | Path, template: str = "a photo of a {}.") -> F
         raise UserError(f"{root}: an image folder needs at least two class sub-folders")
     items: list[tuple[Path, int]] = []  # (image, class index)
     for i, c in enumerate(classes):
-        files = sorted(f for f in (root / c).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        files = class_images(root / c)
         if not files:
-            raise UserError(f"{root / c}: class folder holds no images")
+            raise UserError(f"{root / c}: class folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         items.extend((f, i) for f in files)
     problem = template_problem(template)
     if problem:

@@ -52,6 +52,14 @@ class EvalSet:
     captions: tuple[str, ...] = ()
     pairs: tuple[tuple[int, int], ...] = ()  # (retrieval image index, caption index)
 
+    def trivial_recalls(self, ks: tuple[int, ...] = (1, 5)) -> list[str]:
+        """The retrieval metrics that are 100% whatever the model: recall@k over k or fewer candidates (i2t ranks
+        the distinct captions, t2i the images), e.g. R@5 of a file of 3 pairs."""
+        if not self.pairs:
+            return []
+        return [f"{name} R@{k}" for k in ks for name, n in (("i2t", len(self.captions)),
+                                                          ("t2i", len(self.retrieval_images))) if n <= k]
+
     def counts(self) -> dict[str, int]:
         """How many images, classes and pairs the set holds."""
         return {
@@ -124,11 +132,13 @@ def pairs_set(path: str | Path) -> EvalSet:
     for p in loaded:
         pairs.append((images.setdefault(p.image, len(images)), captions.setdefault(p.caption, len(captions))))
     stat = path.stat()
+    # the images' stamps too, as an image folder's key holds them: an image replaced since (same JSONL) is read anew
+    stamps = tuple((str(p), s.st_mtime_ns, s.st_size) for p in images for s in [p.stat()])
     return EvalSet(
         kind="jsonl",
         description=f"{path}: {len(loaded)} image-caption pairs",
         origin=str(path),
-        key=("jsonl", str(path.resolve()), stat.st_mtime_ns, stat.st_size),
+        key=("jsonl", str(path.resolve()), stat.st_mtime_ns, stat.st_size, stamps),
         retrieval_images=tuple(images),
         captions=tuple(captions),
         pairs=tuple(dict.fromkeys(pairs)),  # a repeated line counts once

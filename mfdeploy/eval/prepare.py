@@ -9,6 +9,7 @@ preprocesses the data once.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from mfdeploy.models.inputs import count_truncated, warn_truncated
 _CHUNK = 256  # images decoded and preprocessed at once
 _CACHE_SIZE = 2  # a shapes suite at the default sizes holds ~100 MB of pixels
 _cache: OrderedDict[tuple, Prepared] = OrderedDict()
+log = logging.getLogger(__name__)  # with logging unconfigured (the CLI), a warning prints as one line on stderr
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,6 +109,15 @@ def prepare(adapter: Adapter, evalset: EvalSet) -> Prepared:
     texts = [p for task in evalset.tasks.values() for p in task.prompts] + list(evalset.captions)
     warn_truncated(adapter, count_truncated(adapter, texts), len(texts),
                    f"prompts and captions of {origin or 'the set'}")
+    trivial = evalset.trivial_recalls()
+    if trivial:  # once per set and model, as the set is prepared once
+        names = ", ".join(trivial[:-1]) + " and " + trivial[-1] if len(trivial) > 1 else trivial[0]
+        most = max(int(t.rsplit("@", 1)[1]) for t in trivial)
+        n_cap, n_img = len(evalset.captions), len(evalset.retrieval_images)
+        log.warning("warning: %s holds %d distinct caption%s and %d image%s: %s %s 100%% whatever the model (no "
+                    "more than k to rank); use more than %d of each for a meaningful score", origin or "the set",
+                    n_cap, "" if n_cap == 1 else "s", n_img, "" if n_img == 1 else "s", names,
+                    "is" if len(trivial) == 1 else "are", most)
     prepared = Prepared(evalset, pixels, prompts, labels, r_pixels, ids, mask, positives)
     _cache[key] = prepared
     while len(_cache) > _CACHE_SIZE:

@@ -45,18 +45,27 @@ AUTO_SCHEME = {"vision": "static", "text": "dynamic"}
 
 @contextlib.contextmanager
 def quiet(verbose: bool = False):
-    """Silence the quantizers' chatter (root-logger warnings, prints) unless `verbose`."""
-    if verbose:
-        yield
-        return
+    """Silence the quantizers' chatter (root-logger warnings, prints) unless `verbose`.
+
+    Either way, the root logger's handlers are as they were afterwards: ONNX Runtime's quantizer logs through
+    `logging.info`, which calls `logging.basicConfig()` when the root logger has none, and that handler would
+    print every later warning of mfdeploy as `WARNING:mfdeploy.pipelines.build:warning: ...` (in `build --int8`,
+    after the quantize stage; in `tune`, after its first INT8 candidate).
+    """
     root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+    handlers, level = list(root.handlers), root.level
     try:
+        if verbose:
+            yield
+            return
+        root.setLevel(logging.ERROR)
         with contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
         root.setLevel(level)
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
 
 
 def uses_external_data(path: Path) -> bool:

@@ -59,9 +59,9 @@ def validate(cfg: QuantizeConfig) -> CalibSource:
     elif cfg.scheme not in ("auto", "static"):  # it was ignored: TensorRT's QDQ towers are calibrated (static)
         raise UserError(f"--scheme {cfg.scheme} applies to --target ort only: --target {cfg.target} quantizes "
                         "statically (calibrated QDQ); drop --scheme")
-    if cfg.calib_samples <= 0 or cfg.batch_size <= 0:
-        raise UserError(f"calibration sample count ({cfg.calib_samples}) and batch size ({cfg.batch_size}) "
-                        "must be positive")
+    for what, value in (("--calib-samples", cfg.calib_samples), ("calibration batch size", cfg.batch_size)):
+        if value <= 0:  # each named by itself, as prune names them (the batch size is no option of `quantize`)
+            raise UserError(f"{what} {value}: must be positive")
     if not 0.0 < cfg.min_cosine <= 1.0:
         raise UserError(f"parity threshold {cfg.min_cosine}: must be in (0, 1]")
     source = parse_calib(cfg.calib if cfg.calib is not None else "shapes", samples=cfg.calib_samples)

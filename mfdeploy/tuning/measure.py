@@ -33,6 +33,19 @@ EVAL: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
 ONNX_BASED = ("ort-cpu", "openvino")  # backends that time the build's ONNX files (they need onnx_dense/)
 
 
+def calib_samples(calib: str | None, space: Any) -> int:
+    """The calibration pairs each prune (and INT8 calibration) of a tune asks for: the space's `[calibration]
+    samples`, else prune's default, or all that a shorter `--calib` file holds (the tune says so once, before its
+    first trial; asking each prune for more would warn in every trial, naming an option tune does not have)."""
+    from mfdeploy.data.batching import pairs_available, parse_calib
+    from mfdeploy.pruning import PruneConfig
+
+    wanted = int(space.calib_samples or PruneConfig.calib_samples)
+    source = parse_calib(calib if calib is not None else "shapes")
+    assert source is not None  # a value always gives a source
+    return pairs_available(source, wanted) or wanted
+
+
 def runner_options(backend: str, precision: str) -> tuple[str, dict[str, Any]]:
     """(build variant, make_runner options) that serve `precision` on `backend`; fp32 is also the dense baseline."""
     if precision == "int8":

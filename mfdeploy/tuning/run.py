@@ -37,7 +37,7 @@ def run_tune(cfg: TuneConfig, say: Callable[[str], None] | None = None) -> TuneR
     data = _eval_data(cfg)
     _check_options(cfg, space, backend)
     space = _fit_neuron_group(space, cfg.model)
-    _check_data(cfg, data)
+    _check_data(cfg, data, space, say)
     out = _prepare_out(Path(cfg.out))
     with journal.DirLock(out):
         if cfg.force:  # only once the lock is held: --force must not delete a tune another process is running
@@ -170,13 +170,28 @@ def _fit_neuron_group(space: Space, model: str | None) -> Space:
     return dataclasses.replace(space, mope={**space.mope, "neuron_group": group})
 
 
-def _check_data(cfg: TuneConfig, data: str) -> None:
+def _check_data(cfg: TuneConfig, data: str, space: Space, say: Callable[[str], None]) -> None:
     """A bad --calib or --eval fails here, in one line, before the tune directory is claimed with settings that
-    name it (a corrected command would otherwise be refused as a tune with other settings)."""
+    name it (a corrected command would otherwise be refused as a tune with other settings).
+
+    Every calibration image a prune will read is decoded here: one that does not decode (a truncated file has a
+    good header) would otherwise fail every trial of the tune, each after loading the model, until the budget
+    ran out. A file shorter than the space's samples is said once here, not in every prune.
+    """
     from mfdeploy.data.batching import parse_calib
     from mfdeploy.eval import resolve_data
+    from mfdeploy.pruning import PruneConfig
+    from mfdeploy.pruning.methods.mope import single_pair
+    from mfdeploy.tuning.measure import calib_samples
 
-    parse_calib(cfg.calib)
+    used, wanted = calib_samples(cfg.calib, space), space.calib_samples or PruneConfig.calib_samples
+    parse_calib(cfg.calib, samples=used, decode=True)
+    if used < wanted:
+        asked = "the space's [calibration] samples" if space.calib_samples else "prune's default of"
+        say(f"warning: {cfg.calib} holds {used} image-caption pairs, fewer than {asked} {wanted}: every prune "
+            f"calibrates on {used}")
+    if used < 2 and "mope" in space.methods:  # each MoPE candidate would fail at its prune
+        raise UserError(single_pair(f"--calib {cfg.calib} (one pair)") + ", or use a space without mope")
     if data != "shapes":  # the shapes suite is drawn, not read: nothing to check, and it takes a while
         resolve_data(data, option="--eval")
 

@@ -233,7 +233,7 @@ class Search:
         prune = PruneConfig(ratio=cand.ratio, model=self.cfg.model, method=cand.method, budget=cand.budget,
                             pattern=cand.pattern, calib=self.cfg.calib, seed=self.cfg.seed,
                             distill_steps=cand.distill_steps, show_progress=False, **mope,
-                            calib_samples=self.space.calib_samples or PruneConfig.calib_samples)
+                            calib_samples=measure.calib_samples(self.cfg.calib, self.space))
 
         def screen(state) -> dict:
             t = time.monotonic()
