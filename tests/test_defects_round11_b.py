@@ -117,8 +117,8 @@ def test_serving_quantized_towers_with_an_int8_backend_points_to_the_backend_tha
 def test_an_fp32_export_asked_for_int8_says_how_to_quantize_it(tiny_export):
     from mfdeploy.server.source import resolve
 
-    with pytest.raises(UserError, match=r"\(for INT8 towers: `mfdeploy quantize .*onnx --out DIR`, then serve DIR "
-                                        r"with ort-cpu\)$"):
+    with pytest.raises(UserError, match=r"\(ort-int8 serves a build's onnx_int8/; INT8 towers of this export: "
+                                        r"`mfdeploy quantize .*onnx --out DIR`, then serve DIR with ort-cpu\)$"):
         resolve(ServeConfig(build_dir=tiny_export, backend="ort-int8"))
 
 
@@ -237,3 +237,18 @@ def test_the_listen_line_writes_an_ipv6_address_as_a_url_does(tiny_export, monke
     for host, url in (("::1", "http://[::1]:8080"), ("127.0.0.1", "http://127.0.0.1:8080")):
         assert run_cli(["serve", str(tiny_export), "--host", host]) == 0
         assert f" on {url} (max batch" in capsys.readouterr().err
+
+
+def test_outputs_and_sources_under_a_tilde_go_home(tiny_clip_dir, tiny_export, tmp_path, monkeypatch, capsys):
+    """`mfdeploy.export(model, "~/exports/b32")` and `mfdeploy quantize EXPORT --out=~/q` (no shell expands a ~ after
+    `=`) ended in "~: parent directory does not exist", where `load("~/ckpt")`, `serve ~/b` and `triton --out ~/r`
+    take the home folder; `quantize ~/export` said "no such directory"."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    shutil.copytree(tiny_export, home / "onnx")
+    manifest = mfdeploy.export(tiny_clip_dir, "~/exported")
+    assert (home / "exported" / "export.json").is_file() and manifest["model"]["source"] == str(tiny_clip_dir)
+    assert run_cli(["quantize", "~/onnx", "--out=~/q", "--scheme", "dynamic"]) == 0
+    assert (home / "q" / "quantize.json").is_file() and not (tmp_path / "~").exists()
+    assert capsys.readouterr().out.splitlines()[-1] == "wrote ~/q"

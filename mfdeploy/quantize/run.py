@@ -241,11 +241,11 @@ def run_quantize(src: Path, out: Path, cfg: QuantizeConfig, force: bool = False,
     from mfdeploy.extras import require
     from mfdeploy.models import load
 
+    src, out = Path(src).expanduser(), Path(out).expanduser()  # `--out=~/q`: no shell expands a ~ after the =
     validate(cfg)  # bad options fail before the model loads
     require("quantize", target=cfg.target)  # a missing ModelOpt too, not after calibration
     fp32_dir, model = resolve_source(src)
-    _verify_source(Path(src), fp32_dir, model)
-    out = Path(out)
+    _verify_source(src, fp32_dir, model)
     check_out_dir(out, force, sources=(src,))
     adapter = load(model)
     with atomic_dir(out, force) as tmp:

@@ -142,7 +142,8 @@ def _export_backends(path: Path, backend: str) -> str:
                 f"they are: use --backend ort-cpu ({backend} serves a build's onnx_int8/)")
     ways = ["ort-cpu", "ort-cuda"] + ([] if target == "ort" else [f"trt (after `mfdeploy engine {path}"
                                                                     f"{' --int8' if target else ''}`)"])
-    hint = (f" (for INT8 towers: `mfdeploy quantize {path} --out DIR`, then serve DIR with ort-cpu)"
+    hint = (f" ({backend} serves a build's onnx_int8/; INT8 towers of this export: `mfdeploy quantize {path} --out "
+            "DIR`, then serve DIR with ort-cpu)"
             if target is None and BACKENDS[backend][1] == "int8" else "")
     what = "quantized " if target is not None else ""
     return (f"--backend {backend}: {path} is an export directory of {what}ONNX towers; serve it with "
