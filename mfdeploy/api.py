@@ -183,7 +183,7 @@ def export(model: ModelLike | str | Path | None, out_dir: str | Path, *, tokeniz
     """
     from mfdeploy.pipelines.export import export_model
 
-    out = Path(_path_like(out_dir, "out_dir", none=False))
+    out = Path(_path_like(out_dir, "out_dir", none=False)).expanduser()  # as `load` takes "~/ckpt"
     check_choice("force", force, (True, False))
     check_choice("external_data", external_data, (None, True, False))
     check_callable("on_step", on_step)

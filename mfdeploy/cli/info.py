@@ -23,7 +23,8 @@ def info(model: ModelArg = None) -> None:
     if label:
         out.print(f"pruned: {label}", highlight=False, soft_wrap=True)
     family = adapter.family
-    out.print(f"family: {family.name} ({family.title}; pairs scored by {family.scoring})", highlight=False)
+    out.print(f"family: {family.name} ({family.title}; pairs scored by {family.scoring})", highlight=False,
+              soft_wrap=True)
     out.print(f"pooling: {family.pooling}; kept dense: {', '.join(family.head)}", highlight=False, soft_wrap=True)
     out.print(f"text input: {family.text_convention(adapter.max_text_len)}", highlight=False, soft_wrap=True)
     out.print(f"total parameters: {counts['total']:,}")

@@ -68,6 +68,7 @@ def serve(
 
     def listening(h: str, p: int) -> None:
         what = f"{build_dir}" + (f" ({variant})" if variant else "")
+        h = f"[{h}]" if ":" in h else h  # an IPv6 address, as a URL writes it (http://::1:8080 is no URL)
         err.print(f"serving {what} with {backend} on http://{h}:{p} (max batch {max_batch}, max delay "
                   f"{max_delay_ms:g} ms, queue {max_queue} items{', API key required' if api_key else ''}); "
                   "GET /health says when the towers are loaded", highlight=False, soft_wrap=True, markup=False)

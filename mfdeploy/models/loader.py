@@ -72,6 +72,26 @@ def resolve_checkpoint(source: str | Path | None) -> tuple[Path | str, str]:
     return text, text
 
 
+def recorded_checkpoint(source: str, record: Path) -> Path | str:
+    """The checkpoint a record (export.json's `model.source`) names, found as `load` finds it: a bundled model, a
+    local folder, or a hub id (returned as is).
+
+    Raises:
+        UserError: naming `record`: a local checkpoint that is gone, or a name that is none of these (what the
+            Python API records for a model held in memory: nothing to read its tokenizer and image processor from).
+    """
+    try:
+        return resolve_checkpoint(source)[0]
+    except UserError as e:
+        if source.startswith((".", "/", "~")) or _HUB_ID.fullmatch(source):
+            raise UserError(f"{record}: the model it was exported from, {source}, is gone ({e}); its tokenizer and "
+                            "image processor prepare the inputs") from None
+        raise UserError(f"{record}: names the model {source!r}, neither a folder here nor a Hugging Face id "
+                        "(owner/name): a model held in memory when it was exported names no checkpoint for the "
+                        "tokenizer and image processor; save it with both (save_pretrained) and export that "
+                        "folder") from None
+
+
 def output_root(checkpoint: Path) -> Path | None:
     """The prune or build directory whose `pruned/` checkpoint this is, or None."""
     if checkpoint.name == PRUNED_DIR and any((checkpoint.parent / m).is_file() for m in MANIFESTS):

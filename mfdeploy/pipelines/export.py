@@ -34,6 +34,13 @@ def versions() -> dict[str, str | None]:
     return package_versions(_VERSIONS)
 
 
+def _loadable(source: str) -> str:
+    """The adapter's source as serve, quantize and eval load it again from any folder: a local checkpoint by its
+    absolute path (a model the Python API was handed, loaded with `from_pretrained("ckpt")`, names `ckpt`)."""
+    local = Path(source).expanduser()
+    return str(local.resolve()) if source and local.is_dir() else source
+
+
 def export_model(source: str | Path | Adapter | None, out: Path, opset: int = MIN_OPSET, force: bool = False,
                  external_data: bool | None = None, n_parity: int = 16, exporter: str = "torchscript",
                  min_cosine: float = MIN_COSINE, on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -80,7 +87,7 @@ def export_model(source: str | Path | Adapter | None, out: Path, opset: int = MI
         manifest = {
             "mfdeploy_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "model": {"id": adapter.model_id, "source": adapter.source, "family": adapter.family.name,
+            "model": {"id": adapter.model_id, "source": _loadable(adapter.source), "family": adapter.family.name,
                       **exported["model"]},
             "conventions": exported["conventions"],  # the family's: text inputs and padding, scoring, loss
             "opset": exported["opset"],

@@ -89,7 +89,7 @@ def requantize_build(build: Path, cfg: QuantizeConfig, warn: Callable[[str], Non
     from mfdeploy.models.integrity import verify_artifacts
     from mfdeploy.quantize.build import summarize
 
-    build = Path(build)
+    build = Path(build).expanduser()  # `--in-place` takes no `=`; `quantize ~/b` from Python, or quoted, is a path
     manifest = check_in_place(build, cfg)
     require("quantize", target=cfg.target)
     # every file carried over, not only what the new towers are made from (onnx/, pruned/): build.json records

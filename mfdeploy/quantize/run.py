@@ -29,6 +29,7 @@ from mfdeploy.zoo import is_bundled
 
 TARGETS = ("ort", "trt")
 MODES = ("int8", "fp8")
+_VERSIONS = ("onnx", "onnxruntime", "nvidia-modelopt")
 
 
 @dataclass
@@ -130,10 +131,6 @@ def _source_of(quantized: Path) -> str:
     return f", {source}" if isinstance(source, str) and source else ""
 
 
-def _versions() -> dict[str, str | None]:
-    return {"mfdeploy": __version__, **package_versions(("onnx", "onnxruntime", "nvidia-modelopt"))}
-
-
 def _copy_metadata(src: Path, dst: Path) -> None:
     """Carry the exporter's `mfdeploy.*` metadata (model sizes the engine profiles read) over to the quantized graph."""
     import onnx
@@ -218,7 +215,8 @@ def quantize_towers(adapter, fp32_dir: Path, out_dir: Path, cfg: QuantizeConfig,
         "scheme": cfg.scheme if cfg.target == "ort" else "static",  # per tower: towers[tower]["scheme"]
         "calibration": {"source": source.describe() if need_calib else None, "requested": cfg.calib_samples,
                         "samples": used, "batch_size": cfg.batch_size, "seconds": round(calib_s, 2)},
-        "keep_float": cfg.keep_float, "towers": towers, "parity": gate, "versions": _versions(),
+        "keep_float": cfg.keep_float, "towers": towers, "parity": gate,
+        "versions": {"mfdeploy": __version__, **package_versions(_VERSIONS)},
     }
     from mfdeploy.artifacts.io import write_json
 
@@ -243,11 +241,11 @@ def run_quantize(src: Path, out: Path, cfg: QuantizeConfig, force: bool = False,
     from mfdeploy.extras import require
     from mfdeploy.models import load
 
+    src, out = Path(src).expanduser(), Path(out).expanduser()  # `--out=~/q`: no shell expands a ~ after the =
     validate(cfg)  # bad options fail before the model loads
     require("quantize", target=cfg.target)  # a missing ModelOpt too, not after calibration
     fp32_dir, model = resolve_source(src)
-    _verify_source(Path(src), fp32_dir)
-    out = Path(out)
+    _verify_source(src, fp32_dir, model)
     check_out_dir(out, force, sources=(src,))
     adapter = load(model)
     with atomic_dir(out, force) as tmp:
@@ -257,13 +255,15 @@ def run_quantize(src: Path, out: Path, cfg: QuantizeConfig, force: bool = False,
     return record
 
 
-def _verify_source(src: Path, fp32_dir: Path) -> None:
-    """The towers (and an export's parity inputs) against the sha256 their manifest records, before anything
-    reads them: a cut or edited file is named in one line, not parsed into a traceback or copied as valid."""
+def _verify_source(src: Path, fp32_dir: Path, model: str) -> None:
+    """The towers (and an export's parity inputs) against their manifest's sha256, and an export's model (one held
+    in memory names none), before anything reads them: a cut file or a lost model named in one line."""
     from mfdeploy.models.integrity import verify_artifacts
+    from mfdeploy.models.loader import recorded_checkpoint
 
     if fp32_dir == src:  # an export directory: export.json records every file in it
         verify_artifacts(src, ("",), manifests=(EXPORT_MANIFEST,))
+        recorded_checkpoint(model, src / EXPORT_MANIFEST)
     else:  # a build directory: build.json records onnx/ (pruned/ is checked when the model loads)
         verify_artifacts(src, (f"{ONNX_DIR}/",))
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from mfdeploy import platform
 from mfdeploy.artifacts.layout import ONNX_FILES, QUANTIZE_MANIFEST, TOWER_NAMES
+from mfdeploy.artifacts.manifest import QuantizeManifest
 from mfdeploy.errors import UserError, first_line
 from mfdeploy.ortsession import ort_session
 from mfdeploy.platform import ORT_PROVIDERS as PROVIDERS
@@ -75,7 +76,9 @@ class OrtRunner(GraphRunner):
         self.threads = threads or platform.physical_cores()
         self.onnx_dir = Path(onnx_dir)
         if (self.onnx_dir / QUANTIZE_MANIFEST).is_file():  # `mfdeploy quantize` output: INT8 GEMMs, the rest f32
-            self.precision = "int8+f32"
+            fp8 = QuantizeManifest.read(self.onnx_dir).mode == "fp8"  # TensorRT's: only it has fp8 kernels; the
+            self.precision = ("fp8+f32" if provider == "tensorrt" else "f32") if fp8 else "int8+f32"  # others
+            # dequantize every fp8 weight and activation to f32 matmuls (no integer or fp8 op is left in the graph)
         self.sessions: dict[str, Any] = {}  # tower -> onnxruntime.InferenceSession
         for tower in towers:
             path = self.onnx_dir / ONNX_FILES[tower]

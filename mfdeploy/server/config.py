@@ -92,6 +92,9 @@ class ServeConfig:
         """Check every setting; returns self. Raises UserError naming the first bad one."""
         if self.backend not in BACKENDS:
             raise UserError(f"--backend {self.backend}: choose one of {', '.join(BACKENDS)}")
+        if not self.host.strip():
+            raise UserError(f"--host {self.host!r}: give the address to listen on (127.0.0.1: this machine only; "
+                            "0.0.0.0: every interface)")
         if not 0 <= self.port <= 65535:
             raise UserError(f"--port {self.port}: must be 0-65535 (0: any free port)")
         for flag, value in (("--max-batch", self.max_batch), ("--max-queue", self.max_queue),

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 from starlette.responses import Response
 
@@ -14,6 +15,7 @@ from mfdeploy.server.protocol import route_name
 from mfdeploy.server.state import ServerState
 
 log = logging.getLogger("mfdeploy.server")
+PATH_SAFE = "/:@!$&'()*+,;=~{}"  # printed as they are in a logged path; quote() keeps letters, digits and _.-
 OPEN_PATHS = ("/health", "/metrics")  # probes and scrapers carry no key (as in vLLM and text-embeddings-inference)
 
 
@@ -68,7 +70,10 @@ class AccessLog:
             m.latency.labels(path).observe(seconds)
             if status[0] >= 400:
                 m.errors.labels(path, "client" if status[0] < 500 else "server").inc()
-            log.info("%s %s %d %.1f ms", scope["method"], scope["path"], status[0], 1000 * seconds)
+            # the path as sent, percent-encoded again (as uvicorn's access log has it): ASGI decodes it, and a
+            # client's `%0A` would otherwise start a forged log line
+            log.info("%s %s %d %.1f ms", scope["method"], quote(scope["path"], safe=PATH_SAFE), status[0],
+                     1000 * seconds)
 
 
 __all__ = ["OPEN_PATHS", "AccessLog", "ApiKeyAuth"]

@@ -34,6 +34,7 @@ from mfdeploy.models.processors import (
 )
 from mfdeploy.models.registry import family_of, scoring_constants
 
+_LINE_BREAKS = str.maketrans("", "", "\r\n")
 DATA_URI = re.compile(r"^data:(?P<mime>[\w/+.-]+)?(?:;[\w=.-]+)*;base64,", re.IGNORECASE)
 
 
@@ -55,8 +56,11 @@ def _raw(value: object, where: str) -> bytes:
         if mime and not mime.lower().startswith("image/"):
             raise BadInput(f"{where}: a data URI of type {mime}, not an image")
         value = value[match.end():]
-    try:
-        return base64.b64decode(value, validate=True)
+    elif value[:8].lower().startswith(("http://", "https://")):
+        raise BadInput(f"{where}: an image URL; the server fetches none: send the image's bytes, base64-encoded "
+                       "(a data:image/...;base64 URI)")
+    try:  # line breaks, as MIME base64 wraps it (`base64 photo.png`, Python's encodebytes), are not part of it
+        return base64.b64decode(value.translate(_LINE_BREAKS), validate=True)
     except (binascii.Error, ValueError):
         raise BadInput(f"{where}: not valid base64") from None
 

@@ -58,10 +58,10 @@ def serve(cfg: ServeConfig, on_listen: Callable[[str, int], None] | None = None)
     cfg.validate()
     served = resolve(cfg)  # a missing or broken directory fails here, in one line, before the socket opens
     _logging()
-    if cfg.api_key is None and not _loopback(cfg.host):
+    sock = _listen(cfg.host, cfg.port)  # a port in use fails here, in one line, before the towers load
+    if cfg.api_key is None and not _loopback(cfg.host):  # once it listens: a bad address is the one line said
         log.warning("listening on %s without an API key: anyone who can reach this port can use the model "
                     "(set --api-key or %s)", cfg.host, API_KEY_ENV)
-    sock = _listen(cfg.host, cfg.port)  # a port in use fails here, in one line, before the towers load
     failure: list[str] = []
     server: uvicorn.Server | None = None
 

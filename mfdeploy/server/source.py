@@ -113,11 +113,7 @@ def _export(path: Path, cfg: ServeConfig) -> Served:
         raise UserError(f"--variant {cfg.variant}: {path} is an export directory, which holds one model; "
                         "--variant chooses among a build's models")
     if cfg.backend not in EXPORT_BACKENDS:
-        hint = " (quantized towers are a build's onnx_int8/: `mfdeploy build --int8`)" \
-            if cfg.backend == "ort-int8" else ""
-        raise UserError(f"--backend {cfg.backend}: {path} is an export directory of ONNX towers; serve it with "
-                        f"{', '.join(EXPORT_BACKENDS[:-1])} or {EXPORT_BACKENDS[-1]} (after `mfdeploy engine "
-                        f"{path}`){hint}")
+        raise UserError(_export_backends(path, cfg.backend))
     if not (path / EXPORT_MANIFEST).is_file():
         if (path / QUANTIZE_MANIFEST).is_file():
             model = QuantizeManifest.read(path).data.get("source") or "BUILD"
@@ -136,19 +132,37 @@ def _export(path: Path, cfg: ServeConfig) -> Served:
                   f"{manifest.model_id or path.name} ({what}, {cfg.backend})")
 
 
+def _export_backends(path: Path, backend: str) -> str:
+    """What to say to `--backend BACKEND` on an export directory, which ort-cpu, ort-cuda and trt serve: the quantized
+    towers of `mfdeploy quantize EXPORT --out DIR` are served as they are (the INT8 backends read a build's
+    onnx_int8/), and TensorRT builds engines only from QDQ towers (`--target trt`), not ONNX Runtime's INT8 ones."""
+    target = QuantizeManifest.read(path).target if (path / QUANTIZE_MANIFEST).is_file() else None
+    if target is not None and BACKENDS[backend][1] == "int8":
+        return (f"--backend {backend}: {path} holds quantized towers already (`mfdeploy quantize --out`), served as "
+                f"they are: use --backend ort-cpu ({backend} serves a build's onnx_int8/)")
+    ways = ["ort-cpu", "ort-cuda"] + ([] if target == "ort" else [f"trt (after `mfdeploy engine {path}"
+                                                                    f"{' --int8' if target else ''}`)"])
+    hint = (f" ({backend} serves a build's onnx_int8/; INT8 towers of this export: `mfdeploy quantize {path} --out "
+            "DIR`, then serve DIR with ort-cpu)"
+            if target is None and BACKENDS[backend][1] == "int8" else "")
+    what = "quantized " if target is not None else ""
+    return (f"--backend {backend}: {path} is an export directory of {what}ONNX towers; serve it with "
+            f"{', '.join(ways[:-1])} or {ways[-1]}{hint}")
+
+
 def _inside_build(path: Path) -> None:
     raise UserError(f"{path} is a folder of the build {path.parent}: serve {path.parent} (and choose the model "
                     "with --variant pruned|dense)")
 
 
 def _checkpoint(source: str, path: Path) -> Path | str:
-    """The local checkpoint an export directory came from (a local path, or a hub id's cached snapshot)."""
-    local = Path(source).expanduser()
-    if local.is_dir():
-        return local
-    if source.startswith((".", "/", "~")):
-        raise UserError(f"{path / EXPORT_MANIFEST}: the model it was exported from, {source}, no longer exists; "
-                        "its tokenizer and image processor preprocess the requests")
+    """The local checkpoint an export directory came from (a local path, a bundled model, or a hub id's cached
+    snapshot)."""
+    from mfdeploy.models.loader import recorded_checkpoint
+
+    where = recorded_checkpoint(source, path / EXPORT_MANIFEST)
+    if isinstance(where, Path):
+        return where
     from huggingface_hub import snapshot_download
 
     try:  # the export loaded it, so it is in the cache: its logit scale is read from its weights' file
