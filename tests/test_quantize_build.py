@@ -72,3 +72,30 @@ def test_engine_int8_commands_and_refusal(tiny_clip_dir, tmp_path, capsys):
     assert record["status"] == "skipped" and record["int8"] and record["fp16"]
     assert all(c.startswith(f"trtexec --onnx={t}.onnx --saveEngine={t}.plan --int8 --fp16 ")
                for c, t in zip(record["trtexec"], ("vision", "text")))
+
+
+def test_fp8_towers_build_fp8_engines_and_qdq_towers_build_quantized_without_int8(tiny_clip_dir, tmp_path,
+                                                                                  fake_trt):
+    """`quantize --target trt --mode fp8` towers: TensorRT needs its FP8 flag for FP8 Q/DQ layers (`trtexec
+    --fp8`); the engine asked for INT8 kernels instead. A Q/DQ directory built without `--int8` asked for none,
+    which TensorRT refuses for a graph holding Q/DQ layers: it builds quantized either way."""
+    from mfdeploy.exporting import build_engines
+
+    src = tmp_path / "onnx"
+    main(["export", str(tiny_clip_dir), "--out", str(src)])
+    fp8 = tmp_path / "fp8"
+    main(["quantize", str(src), "--out", str(fp8), "--target", "trt", "--mode", "fp8", "--calib-samples", "8",
+          "--calib", "shapes"])
+    record = build_engines(fp8, int8=True, max_batch=4, record_file=None)
+    assert record["status"] == "built" and record["fp8"] and record["fp16"]
+    assert [(c["fp8"], c["int8"], c["fp16"]) for c in fake_trt["config"]] == [(True, False, True)] * 2
+    assert all(c.startswith(f"trtexec --onnx={t}.onnx --saveEngine={t}.plan --fp8 --fp16 ") and "--int8" not in c
+               for c, t in zip(record["trtexec"], ("vision", "text")))
+    assert all(e["parity"]["passed"] for e in record["engines"].values())
+    fake_trt["config"].clear()
+    plain = build_engines(fp8, max_batch=4, out_dir=tmp_path / "plain", record_file=None)  # no --int8
+    assert plain["fp8"] and plain["int8"] and [c["fp8"] for c in fake_trt["config"]] == [True, True]
+    fake_trt["config"].clear()
+    dense = build_engines(src, max_batch=4, out_dir=tmp_path / "dense", record_file=None)  # fp32: nothing turned on
+    assert not dense["int8"] and not dense["fp8"] and all(not c["int8"] and not c["fp8"] for c in fake_trt["config"])
+    assert not any("--int8" in c or "--fp8" in c for c in dense["trtexec"])

@@ -25,7 +25,8 @@ def engine(
         "--out", help="Where engines, logs and engine.json go (default: ONNX_DIR; a build's are engines/).")] = None,
     int8: Annotated[bool, typer.Option(
         "--int8",
-        help="INT8 (+FP16) engines from a QDQ directory (`mfdeploy quantize --target trt`, a build's onnx_qdq/).")
+        help="INT8 (+FP16) engines from a QDQ directory (`mfdeploy quantize --target trt`, a build's onnx_qdq/); "
+             "FP8 towers (--mode fp8) build with FP8 kernels, and Q/DQ towers build quantized without it too.")
     ] = False,
 ) -> None:
     """Build TensorRT engines (vision.plan, text.plan) in ONNX_DIR or --out, else print the trtexec commands."""

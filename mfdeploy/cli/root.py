@@ -7,7 +7,9 @@ never the module that imports the verbs.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -16,6 +18,19 @@ from mfdeploy._version import __version__
 from mfdeploy.cli.help import Command, Group
 from mfdeploy.cli.render import out
 from mfdeploy.extras import require
+
+# str options that name a file or folder (the others are paths by type); a value like `--out=~/x` reaches us with its
+# `~` (no shell expands one after `=`), as does a quoted one
+_PATH_TEXTS = frozenset({"model", "calib", "data", "eval_data", "space"})
+
+
+def _home(name: str, value: Any) -> Any:
+    """`value` with a leading `~` taken as the home folder, as the shell takes it: every path option of every verb."""
+    if isinstance(value, Path):
+        return value.expanduser()
+    if name in _PATH_TEXTS and isinstance(value, str) and value.startswith("~"):
+        return os.path.expanduser(value)
+    return value
 
 
 class _App(typer.Typer):
@@ -30,6 +45,7 @@ class _App(typer.Typer):
 
             @functools.wraps(f)  # typer reads the options from the wrapped signature
             def checked(*a: Any, **options: Any) -> Any:
+                options = {k: _home(k, v) for k, v in options.items()}
                 require(verb, **options)  # before the first step: a missing extra fails at once, in one line
                 return f(*a, **options)
 

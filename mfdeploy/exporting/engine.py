@@ -153,7 +153,7 @@ def engine_io(engine: trt.ICudaEngine) -> dict[str, Any]:
 
 def build_engine(onnx_path: Path, plan_path: Path, inputs: dict[str, dict[str, list[int]]], fp16: bool,
                  sparse_weights: bool, timing_cache: Path, log_path: Path,
-                 int8: bool = False) -> tuple[Any, dict[str, Any]]:
+                 int8: bool = False, fp8: bool = False) -> tuple[Any, dict[str, Any]]:
     """Build and save one engine; return it with a record (file, hash, build time, sparsity from the log)."""
     from polygraphy.backend.trt import CreateConfig, Profile, engine_from_network, network_from_onnx_path, save_engine
     from polygraphy.exception import PolygraphyException
@@ -162,8 +162,8 @@ def build_engine(onnx_path: Path, plan_path: Path, inputs: dict[str, dict[str, l
     for name, shapes in inputs.items():
         profile.add(name, min=shapes["min"], opt=shapes["opt"], max=shapes["max"])
     # int8: explicit quantization, the scales come from the QDQ graph (no calibrator)
-    config = CreateConfig(fp16=fp16, int8=int8, sparse_weights=sparse_weights, profiles=[profile],
-                          load_timing_cache=str(timing_cache))
+    config = CreateConfig(fp16=fp16, int8=int8 and not fp8, fp8=fp8, sparse_weights=sparse_weights,
+                          profiles=[profile], load_timing_cache=str(timing_cache))
     start = time.perf_counter()
     with capture_trt_log() as lines:
         try:
@@ -176,7 +176,7 @@ def build_engine(onnx_path: Path, plan_path: Path, inputs: dict[str, dict[str, l
     seconds = time.perf_counter() - start
     save_engine(engine, path=str(plan_path))
     return engine, {"engine": plan_path.name, "bytes": plan_path.stat().st_size, "sha256": sha256(plan_path),
-                    "build_s": round(seconds, 2), "log": log_path.name, "fp16": fp16, "int8": int8,
+                    "build_s": round(seconds, 2), "log": log_path.name, "fp16": fp16, "int8": int8, "fp8": fp8,
                     "sparse_weights": sparse_weights,
                     "sparsity": parse_sparsity_log("\n".join(lines)), "io": engine_io(engine)}
 
@@ -200,8 +200,9 @@ def build_engines(onnx_dir: Path, fp16: bool = False, sparse: str = "auto", max_
         out_dir: where engines, logs and the timing cache go (default `onnx_dir`; a build's `engines/`).
         check: compare each engine with ONNX Runtime (polygraphy Comparator).
         record_file: write the returned record as JSON into `out_dir` under this name (None: don't).
-        int8: INT8 engines from a QDQ directory (`mfdeploy quantize --target trt`, a build's `onnx_qdq/`),
-            with FP16 for the float parts (fp16 is turned on).
+        int8: quantized engines from a QDQ directory (`mfdeploy quantize --target trt`, a build's `onnx_qdq/`),
+            with FP16 for the float parts (fp16 is turned on); FP8 towers (`--mode fp8`) build with FP8 kernels.
+            Q/DQ towers build this way without it too.
 
     Returns:
         `{"status": "built" | "parity_failed" | "skipped", ...}` with the profiles, the sparsity
@@ -219,7 +220,10 @@ def build_engines(onnx_dir: Path, fp16: bool = False, sparse: str = "auto", max_
     onnx_dir, out_dir = engine_dirs(onnx_dir, out_dir, int8)
     files = check_onnx_dir(onnx_dir)
     check_folder_target(out_dir)  # an --out that cannot be written fails now, not after the build
-    check_trt_graphs(files, int8)  # ONNX Runtime's INT8 towers, or --int8 without QDQ nodes: one line, here
+    # ONNX Runtime's INT8 towers, or --int8 without QDQ nodes: one line, here. Q/DQ towers build quantized with or
+    # without --int8 (TensorRT refuses Q/DQ layers without the precision's flag); FP8 ones with FP8 kernels
+    quantized = check_trt_graphs(files, int8)
+    int8, fp8 = int8 or quantized is not None, quantized == "fp8"
     if int8:
         fp16 = True  # INT8 + FP16 fallback: the float parts of a QDQ graph run in FP16
     profiles = profile_shapes(onnx_dir, max_batch, max_text_len, opt_batch, opt_text_len)
@@ -239,9 +243,9 @@ def build_engines(onnx_dir: Path, fp16: bool = False, sparse: str = "auto", max_
     # the commands read onnx_dir and write out_dir, as this build does; their paths are relative to trtexec_cwd
     cwd, names, cache = trtexec_paths(onnx_dir, out_dir, {t: (ONNX_FILES[t], ENGINE_FILES[t]) for t in files})
     record: dict[str, Any] = {
-        "fp16": fp16, "int8": int8, "sparse": sparse, "sparse_weights": sparse_weights, "weights_2to4": weights,
-        "profiles": profiles,
-        "trtexec": trtexec_commands(profiles, fp16, sparse_weights, names, cache, int8=int8),
+        "fp16": fp16, "int8": int8, "fp8": fp8, "sparse": sparse, "sparse_weights": sparse_weights,
+        "weights_2to4": weights, "profiles": profiles,
+        "trtexec": trtexec_commands(profiles, fp16, sparse_weights, names, cache, int8=int8, fp8=fp8),
         "trtexec_cwd": cwd, "notes": notes,
     }
     status = engine_status()
@@ -264,7 +268,7 @@ def build_engines(onnx_dir: Path, fp16: bool = False, sparse: str = "auto", max_
             for tower, path in files.items():
                 engine, info = build_engine(path, staging / ENGINE_FILES[tower], profiles[tower], fp16,
                                             sparse_weights[tower], staging / TIMING_CACHE, staging / trt_log(tower),
-                                            int8=int8)
+                                            int8=int8, fp8=fp8)
                 if check and feeds.get(tower):
                     from polygraphy.backend.trt import TrtRunner
 

@@ -156,12 +156,18 @@ def check_onnx_dir(onnx_dir: Path) -> dict[str, Path]:
 TRT_UNSUPPORTED = frozenset({"ConvInteger", "DynamicQuantizeLinear", "MatMulInteger", "QLinearConv", "QLinearMatMul"})
 
 
-def check_trt_graphs(files: dict[str, Path], int8: bool) -> None:
+def check_trt_graphs(files: dict[str, Path], int8: bool) -> str | None:
     """Refuse towers TensorRT cannot build, in one line: ONNX Runtime's INT8 towers (`quantize --target ort`: its
     integer ops, or QuantizeLinear with uint8 zero points, where TensorRT takes int8 ones of 0), and with `int8`
-    towers without explicit quantization (no QuantizeLinear/DequantizeLinear nodes)."""
+    towers without explicit quantization (no QuantizeLinear/DequantizeLinear nodes).
+
+    Returns:
+        what the towers' explicit quantization is: "fp8" (float8 scales' zero points or weights, ModelOpt's
+        `--mode fp8`), "int8" (Q/DQ nodes otherwise), or None (no Q/DQ node: a float graph).
+    """
     import onnx
 
+    kinds: set[str] = set()
     for path in files.values():
         graph = onnx.load(str(path), load_external_data=False).graph
         ops = {n.op_type for n in graph.node}
@@ -175,6 +181,13 @@ def check_trt_graphs(files: dict[str, Path], int8: bool) -> None:
         if int8 and "DequantizeLinear" not in ops:
             raise UserError(f"--int8: {path} holds no QuantizeLinear/DequantizeLinear nodes; quantize it first "
                             "(mfdeploy quantize SRC --target trt --out DIR, or build --int8: onnx_qdq/)")
+        if "DequantizeLinear" in ops:
+            fp8 = any(t.data_type in FLOAT8_TYPES for t in graph.initializer)
+            kinds.add("fp8" if fp8 else "int8")
+    return "fp8" if "fp8" in kinds else "int8" if kinds else None
+
+
+FLOAT8_TYPES = frozenset({17, 18, 19, 20})  # onnx.TensorProto.FLOAT8E4M3FN, E4M3FNUZ, E5M2, E5M2FNUZ
 
 
 def model_limits(onnx_dir: Path) -> dict[str, int]:

@@ -35,7 +35,8 @@ def shapes_arg(flag: str, inputs: Mapping[str, Mapping[str, Sequence[int]]], whi
 
 
 def trtexec_command(onnx_file: str, plan_file: str, inputs: Mapping[str, Mapping[str, Sequence[int]]],
-                    fp16: bool, sparse: bool, timing_cache: str | None = TIMING_CACHE, int8: bool = False) -> str:
+                    fp16: bool, sparse: bool, timing_cache: str | None = TIMING_CACHE, int8: bool = False,
+                    fp8: bool = False) -> str:
     """One `trtexec` command line building `plan_file` from `onnx_file`.
 
     Args:
@@ -46,10 +47,11 @@ def trtexec_command(onnx_file: str, plan_file: str, inputs: Mapping[str, Mapping
         sparse: let TensorRT use 2:4 sparse kernels (`--sparsity=enable`).
         timing_cache: timing cache file shared by the builds, or None.
         int8: INT8 kernels for a QDQ graph (`--int8`; its scales come from the graph, no calibration).
+        fp8: FP8 kernels for an FP8 QDQ graph (`--fp8` in place of `--int8`).
     """
     args = ["trtexec", f"--onnx={onnx_file}", f"--saveEngine={plan_file}"]
-    if int8:
-        args.append("--int8")
+    if int8 or fp8:
+        args.append("--fp8" if fp8 else "--int8")
     if fp16:
         args.append("--fp16")
     if sparse:
@@ -63,7 +65,7 @@ def trtexec_command(onnx_file: str, plan_file: str, inputs: Mapping[str, Mapping
 
 def trtexec_commands(profiles: Profiles, fp16: bool, sparse: Mapping[str, bool],
                      files: Mapping[str, tuple[str, str]], timing_cache: str | None = TIMING_CACHE,
-                     int8: bool = False) -> list[str]:
+                     int8: bool = False, fp8: bool = False) -> list[str]:
     """The commands for every tower.
 
     Args:
@@ -73,9 +75,10 @@ def trtexec_commands(profiles: Profiles, fp16: bool, sparse: Mapping[str, bool],
         files: tower -> (ONNX file, engine file).
         timing_cache: timing cache file, or None.
         int8: pass `--int8` (QDQ graphs from `mfdeploy quantize --target trt`).
+        fp8: pass `--fp8` instead (the FP8 QDQ graphs of `--mode fp8`).
     """
     return [trtexec_command(files[tower][0], files[tower][1], inputs, fp16, sparse.get(tower, False), timing_cache,
-                            int8)
+                            int8, fp8)
             for tower, inputs in profiles.items()]
 
 

@@ -1,0 +1,26 @@
+"""Defects found in the eleventh hunt by the lead (the helpers' are in test_defects_round11_a.py and _b.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from helpers import run_cli
+
+
+def test_a_tilde_after_an_equals_sign_is_the_home_folder(tiny_clip_dir, shapes_pairs_jsonl, tmp_path, monkeypatch):
+    """`prune --out=~/p --calib=~/pairs.jsonl --model=~/ckpt`: no shell expands a `~` after `=`, so the command got
+    the `~` itself; prune wrote a folder named `~` into the working directory and refused the calibration file as
+    missing. Every path option of every verb takes `~` as the home folder now."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir(), work.mkdir()
+    shutil.copytree(shapes_pairs_jsonl.parent, home / "data")
+    shutil.copytree(tiny_clip_dir, home / "ckpt")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    assert run_cli(["prune", "--model=~/ckpt", "--ratio", "0.5", "--method", "magnitude",
+                    "--calib=~/data/pairs.jsonl", "--calib-samples", "4", "--out=~/p"]) == 0
+    record = json.loads((home / "p" / "prune.json").read_text())
+    assert record["calibration"]["source"] == str(home / "data" / "pairs.jsonl")
+    assert list(work.iterdir()) == []  # no folder named "~" here
+    assert run_cli(["export", "~/p", "--out=~/e"]) == 0 and (home / "e" / "export.json").is_file()
