@@ -24,3 +24,25 @@ def test_a_tilde_after_an_equals_sign_is_the_home_folder(tiny_clip_dir, shapes_p
     assert record["calibration"]["source"] == str(home / "data" / "pairs.jsonl")
     assert list(work.iterdir()) == []  # no folder named "~" here
     assert run_cli(["export", "~/p", "--out=~/e"]) == 0 and (home / "e" / "export.json").is_file()
+
+
+def test_saved_and_bundled_tokenizers_name_a_class_transformers_4_has(tmp_path):
+    """transformers 5 saves a tokenizer built from a bare tokenizer.json as `TokenizersBackend`, a class transformers
+    4 lacks: the bundled models and every pruned checkpoint failed to load there ("Tokenizer class
+    TokenizersBackend does not exist"), though pyproject allows transformers>=4.46. They name
+    `PreTrainedTokenizerFast`, which both load (checked by hand on 4.46.3 and 4.57.6: the same masks, bit for bit)."""
+    from transformers import AutoTokenizer
+
+    import mfdeploy
+    from mfdeploy.zoo import BUNDLED_DIR
+
+    for name in ("clip-shapes", "siglip-shapes"):
+        config = json.loads((BUNDLED_DIR.parent / name / "tokenizer_config.json").read_text())
+        assert config["tokenizer_class"] == "PreTrainedTokenizerFast", name
+    adapter = mfdeploy.load()
+    adapter.save(tmp_path / "saved")
+    config = json.loads((tmp_path / "saved" / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    texts = ["a red circle.", "a big blue square on the left."]
+    again = AutoTokenizer.from_pretrained(tmp_path / "saved")
+    assert again(texts)["input_ids"] == adapter.tokenizer(texts)["input_ids"]

@@ -16,6 +16,7 @@ from torch import nn
 
 from mfdeploy.errors import UserError
 from mfdeploy.models.base import Adapter, PrunableLayer
+from mfdeploy.models.processors import save_tokenizer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -133,7 +134,7 @@ class HFAdapter(Adapter):
             if sub is not None and getattr(sub, "dtype", None) is not None:
                 sub.dtype = self.model.dtype
         self.model.save_pretrained(out)
-        self.tokenizer.save_pretrained(out)
+        save_tokenizer(self.tokenizer, out)  # loadable by transformers 4 and 5
         self.image_processor.save_pretrained(out)
 
 

@@ -46,6 +46,21 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+def save_tokenizer(tokenizer: Any, out: Path) -> None:
+    """`tokenizer.save_pretrained(out)`, loadable by transformers 4 too: transformers 5 names a tokenizer built from
+    a bare tokenizer.json `TokenizersBackend` in tokenizer_config.json, a class transformers 4 does not have (its
+    AutoTokenizer then fails); `PreTrainedTokenizerFast`, the same tokenizer in both, loads in each."""
+    import json
+
+    tokenizer.save_pretrained(out)
+    config = Path(out) / "tokenizer_config.json"
+    if config.is_file():
+        data = json.loads(config.read_text(encoding="utf-8"))
+        if data.get("tokenizer_class") == "TokenizersBackend":
+            data["tokenizer_class"] = "PreTrainedTokenizerFast"
+            config.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def load_tokenizer(where: Path | str) -> Any:
     """The tokenizer of a checkpoint directory or hub id.
 

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from mfdeploy.data import world
 from mfdeploy.eval.metrics import zero_shot_accuracy
+from mfdeploy.models.processors import save_tokenizer
 from mfdeploy.zoo.families import FAMILIES, MAX_TEXT_LEN, MEAN, STD, Family
 from mfdeploy.zoo.tokenizer import build_tokenizer
 
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     model.eval()
     model.save_pretrained(args.out)
-    tok.save_pretrained(args.out)
+    save_tokenizer(tok, args.out)  # loadable by transformers 4 and 5
     family.image_processor().save_pretrained(args.out)
     (args.out / "training.json").write_text(json.dumps({
         "command": "python -m mfdeploy.zoo.train " + " ".join(sys.argv[1:] if argv is None else argv),
