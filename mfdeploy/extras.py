@@ -54,7 +54,6 @@ EXTRAS = {
 # unavailable with the reason): those are not here. ONNX Runtime's CUDA provider (`[gpu]`'s onnxruntime-gpu)
 # installs no module of its own: the runners ask ONNX Runtime before they load anything.
 NEEDS = (
-    Need("build", "int8", "--int8", (True,), "modelopt"),  # onnx_qdq/ (TensorRT INT8) is part of every --int8 build
     Need("quantize", "target", "--target", ("trt",), "modelopt"),
     Need("serve", "backend", "--backend", ("trt",), "gpu"),
     Need("serve", "backend", "--backend", ("openvino", "openvino-int8"), "openvino"),
@@ -84,8 +83,8 @@ def require(command: str, **options: Any) -> None:
         **options: its options by parameter name; those the table does not name are ignored.
 
     Raises:
-        UserError: `build --int8 needs NVIDIA ModelOpt's ONNX quantizer, which is not installed (no module
-            'modelopt'): pip install 'mfdeploy[modelopt]'`.
+        UserError: `quantize --target trt needs NVIDIA ModelOpt's ONNX quantizer, which is not installed (no
+            module 'modelopt'): pip install 'mfdeploy[modelopt]'`.
     """
     for need in NEEDS:
         value = options.get(need.option)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 
 from helpers import run_cli
 
@@ -46,3 +47,25 @@ def test_saved_and_bundled_tokenizers_name_a_class_transformers_4_has(tmp_path):
     texts = ["a red circle.", "a big blue square on the left."]
     again = AutoTokenizer.from_pretrained(tmp_path / "saved")
     assert again(texts)["input_ids"] == adapter.tokenizer(texts)["input_ids"]
+
+
+def test_build_int8_without_modelopt_makes_the_onnx_runtime_towers(tiny_clip_dir, tmp_path, monkeypatch, caplog):
+    """README's CPU recipes (`build ... --int8`, then `serve --backend ort-int8`) were refused on a plain install:
+    every --int8 build also made TensorRT's onnx_qdq/, which needs NVIDIA ModelOpt. Without it the build makes
+    onnx_int8/ alone, says why in one warning, records it, and builds (or prints) engines from the fp32 towers."""
+    import mfdeploy.pipelines.build as build
+
+    monkeypatch.setitem(sys.modules, "modelopt", None)  # as if not installed (onnx itself needs ml_dtypes)
+    monkeypatch.setattr(build, "_SAID", set())  # said once a process: this test's process may have said it
+    out = tmp_path / "b"
+    assert run_cli(["build", "--model", str(tiny_clip_dir), "--ratio", "0.5", "--method", "magnitude", "--calib",
+                    "shapes", "--calib-samples", "8", "--int8", "--max-batch", "4",
+                    "--out", str(out)]) == 0
+    warned = [r.getMessage() for r in caplog.records if "onnx_qdq/ (TensorRT's INT8 towers) not made" in r.getMessage()]
+    assert len(warned) == 1 and "pip install 'mfdeploy[modelopt]'" in warned[0], caplog.text
+    manifest = json.loads((out / "build.json").read_text())
+    assert (out / "onnx_int8" / "quantize.json").is_file() and not (out / "onnx_qdq").exists()
+    assert set(manifest["quantize"]) == {"onnx_int8"} and set(manifest["quantize_skipped"]) == {"onnx_qdq"}
+    assert manifest["parity"]["int8_vs_torch"]["onnx_int8"]["vision"]["passed"]
+    assert not manifest["engine"]["int8"] and all("--onnx=onnx/" in c for c in manifest["engine"]["trtexec"])
+    assert "onnx_qdq (trt)" in (out / "report.md").read_text()

@@ -30,7 +30,6 @@ from mfdeploy.artifacts.layout import (
     PRUNE_MANIFEST,
 )
 from mfdeploy.errors import UserError
-from mfdeploy.extras import require
 from mfdeploy.pipelines.build_state import BuildConfig, BuildState, Stage
 from mfdeploy.pipelines.gate import int8_torch_gate, parity_gate
 from mfdeploy.pipelines.prune import load_placed, write_prune_outputs
@@ -98,14 +97,24 @@ def parity_pruned(state: BuildState) -> dict:
     return parity_gate(state.model("pruned"), state.tmp / ONNX_DIR, save_inputs=True)
 
 
+_SAID: set[str] = set()  # warnings a process has printed once
+
+
 def quantize(state: BuildState) -> dict:
     """onnx_int8/ and onnx_qdq/ from onnx/ (each gated against fp32), then the same torch gate as onnx/."""
-    from mfdeploy.quantize.build import quantize_build
+    from mfdeploy.quantize.build import qdq_skipped, quantize_build
 
     adapter = state.model("pruned")
+    skipped = qdq_skipped()  # no ModelOpt: onnx_int8/ alone, recorded (`quantize skipped`), said once a process
+    if skipped:
+        if skipped not in _SAID:  # a tune's every INT8 candidate is a build: one line, not one per candidate
+            log.warning("warning: %s", skipped)
+            _SAID.add(skipped)
+        state.records["quantize skipped"] = {ONNX_QDQ_DIR: skipped}
     summary = quantize_build(adapter, state.tmp, state.cfg.prune.calib, state.cfg.prune.calib_samples,
-                             warn=lambda msg: log.warning("warning: %s", msg), scheme=state.cfg.int8_scheme)
-    for folder in (ONNX_INT8_DIR, ONNX_QDQ_DIR):
+                             warn=lambda msg: log.warning("warning: %s", msg), scheme=state.cfg.int8_scheme,
+                             targets=("ort",) if skipped else ("ort", "trt"))
+    for folder in summary:
         summary[folder]["vs_torch"] = int8_torch_gate(adapter, state.tmp / folder)
     return summary
 
@@ -115,10 +124,10 @@ def engine(state: BuildState) -> dict:
     cfg = state.cfg
     # --int8: engines from the QDQ towers; their weights are int8, so a 2:4 build asks for sparse kernels
     sparse = "on" if cfg.int8 and cfg.sparse == "auto" and state.records["prune"]["pattern"] == "2:4" else cfg.sparse
-    folder = ONNX_QDQ_DIR if cfg.int8 else ONNX_DIR
-    record = exporting.build_engines(state.tmp / folder, fp16=cfg.fp16, sparse=sparse, max_batch=cfg.max_batch,
-                                  max_text_len=cfg.max_text_len, out_dir=state.tmp / ENGINES_DIR, record_file=None,
-                                  int8=cfg.int8)
+    int8 = cfg.int8 and (state.tmp / ONNX_QDQ_DIR).is_dir()  # not made without ModelOpt: fp32 towers, --fp16
+    record = exporting.build_engines(state.tmp / (ONNX_QDQ_DIR if int8 else ONNX_DIR), fp16=cfg.fp16, sparse=sparse,
+                                     max_batch=cfg.max_batch, max_text_len=cfg.max_text_len,
+                                     out_dir=state.tmp / ENGINES_DIR, record_file=None, int8=int8)
     _fail_on_engine_parity(ENGINES_DIR, record)
     return _in_place(record, state)
 
@@ -219,7 +228,6 @@ def run_build(cfg: BuildConfig, on_stage: Callable[[str, int, int], None] | None
     for flag, value in (("--max-batch", cfg.max_batch), ("--max-text-len", cfg.max_text_len)):
         if value is not None and value < 1:  # found at the engine stage otherwise, after the prune
             raise UserError(f"{flag} must be 1 or more (got {value})")
-    require("build", int8=cfg.int8)  # ModelOpt for onnx_qdq/: missing, it fails now, not at the quantize stage
     if cfg.int8 and cfg.prune.calib is None and not is_bundled(cfg.prune.model):
         raise UserError(f"--int8 needs --calib for {cfg.prune.model}: INT8 calibration uses image-caption pairs "
                         "(the shapes world only fits the bundled model)")

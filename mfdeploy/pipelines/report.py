@@ -178,6 +178,7 @@ def write_build_outputs(state: BuildState) -> dict[str, Any]:
                    "engine_dense_vs_onnx": engine_dense.get("parity") if engine_dense else None,
                    **int8_parity(quant)},
         "quantize": quant,
+        "quantize_skipped": records.get("quantize skipped"),  # {folder: why}: onnx_qdq/ without ModelOpt
         "engine": engine,
         "engine_dense": engine_dense,
         "evaluation": _evaluation(records, state.eval_data),

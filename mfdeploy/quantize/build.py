@@ -5,21 +5,34 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mfdeploy.artifacts.layout import ONNX_DIR, QUANTIZED_DIRS
+from mfdeploy.artifacts.layout import ONNX_DIR, ONNX_QDQ_DIR, QUANTIZED_DIRS
 from mfdeploy.quantize.gate import gate_feeds
 from mfdeploy.quantize.run import QuantizeConfig, quantize_towers
 
 
+def qdq_skipped() -> str | None:
+    """Why a build's `onnx_qdq/` cannot be made here (NVIDIA ModelOpt missing), or None: `build --int8` then makes
+    ONNX Runtime's `onnx_int8/` alone, as it leaves engines to a machine with TensorRT."""
+    from mfdeploy.extras import EXTRAS, missing
+
+    absent = missing("modelopt")
+    if not absent:
+        return None
+    return (f"{ONNX_QDQ_DIR}/ (TensorRT's INT8 towers) not made: {EXTRAS['modelopt'].provides} is not installed (no "
+            f"module {absent[0]!r}); pip install 'mfdeploy[modelopt]', then `mfdeploy quantize BUILD --target trt "
+            "--out QDQ` makes them")
+
+
 def quantize_build(adapter, build_dir: Path, calib: str | None, calib_samples: int = 128,
-                   warn=None, scheme: str = "auto") -> dict[str, Any]:
-    """Quantize a build's `onnx/` for both targets into `onnx_int8/` and `onnx_qdq/`, each parity-gated.
+                   warn=None, scheme: str = "auto", targets: tuple[str, ...] = ("ort", "trt")) -> dict[str, Any]:
+    """Quantize a build's `onnx/` for `targets` into `onnx_int8/` and `onnx_qdq/`, each parity-gated.
 
     `scheme`: `onnx_int8/`'s ONNX Runtime scheme (`--int8-scheme`: auto, static, dynamic); `onnx_qdq/` is
     always TensorRT's static QDQ.
 
     Returns:
-        `{"onnx_int8": summary, "onnx_qdq": summary}`: target, scheme, per-tower min cosine and sizes,
-        float-kept nodes (the full records are in each directory's `quantize.json`).
+        `{"onnx_int8": summary, "onnx_qdq": summary}` (the folders of `targets`): target, scheme, per-tower min
+        cosine and sizes, float-kept nodes (the full records are in each directory's `quantize.json`).
 
     Raises:
         UserError: a tower fails its gate (min cosine against the fp32 tower below 0.99).
@@ -27,6 +40,8 @@ def quantize_build(adapter, build_dir: Path, calib: str | None, calib_samples: i
     feeds = gate_feeds(adapter)  # the same real inputs gate both targets
     summary = {}
     for target, name in QUANTIZED_DIRS.items():
+        if target not in targets:
+            continue
         out = Path(build_dir) / name
         out.mkdir()
         cfg = QuantizeConfig(target=target, calib=calib, calib_samples=calib_samples,
@@ -64,7 +79,7 @@ def evaluate_int8(adapter, onnx_dir: Path, data: str) -> dict:
 
 def report_rows(manifest: dict) -> list[tuple[str, str]]:
     """(what, value) rows of the int8 towers for the build summary and report.md; none without --int8."""
-    rows = []
+    rows = [(f"{name} (trt)", why) for name, why in (manifest.get("quantize_skipped") or {}).items()]
     for name, q in (manifest.get("quantize") or {}).items():
         cos = ", ".join(f"{t} {v['min_cosine']:.4f} ({v['size_ratio']:.2f}x size)" for t, v in q["towers"].items())
         rows.append((f"{name} ({q['target']}, {q['mode']})", f"min cosine vs fp32: {cos}"))

@@ -116,7 +116,7 @@ def _eval_data(cfg: TuneConfig) -> str:
 
 
 def _check_options(cfg: TuneConfig, space: Space, backend: str) -> None:
-    from mfdeploy.extras import EXTRAS, missing, require
+    from mfdeploy.extras import require
     from mfdeploy.zoo import is_bundled
 
     c = cfg.constraints
@@ -141,11 +141,6 @@ def _check_options(cfg: TuneConfig, space: Space, backend: str) -> None:
     why = unavailable_here(backend)  # before the tune directory is made (it would keep these settings)
     if why is not None:
         raise UserError(f"--backend {cfg.backend}: cannot run on this machine: {why}")
-    absent = missing("modelopt") if "int8" in space.precisions else []
-    if absent:  # an INT8 candidate is a `build --int8`, whose onnx_qdq/ needs ModelOpt
-        raise UserError(f"tune: the space holds int8 candidates, which need {EXTRAS['modelopt'].provides}, not "
-                        f"installed (no module {absent[0]!r}): pip install 'mfdeploy[modelopt]', or leave int8 out "
-                        "of the space's precisions")
     if cfg.calib is None and cfg.model is not None and not is_bundled(cfg.model):
         raise UserError(f"--calib PAIRS.jsonl is needed for {cfg.model}: pruning and INT8 calibration use "
                         "image-caption pairs (the shapes world only fits the bundled models)")
