@@ -251,4 +251,4 @@ def test_outputs_and_sources_under_a_tilde_go_home(tiny_clip_dir, tiny_export, t
     assert (home / "exported" / "export.json").is_file() and manifest["model"]["source"] == str(tiny_clip_dir)
     assert run_cli(["quantize", "~/onnx", "--out=~/q", "--scheme", "dynamic"]) == 0
     assert (home / "q" / "quantize.json").is_file() and not (tmp_path / "~").exists()
-    assert capsys.readouterr().out.splitlines()[-1] == "wrote ~/q"
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote {home / 'q'}"  # where it went, home expanded

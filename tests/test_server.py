@@ -208,6 +208,7 @@ BAD = [
     ("a JSON array", [1, 2], 400, "JSON object"),
     ("missing input", {"modality": "text"}, 400, "missing field 'input'"),
     ("empty list", {"input": []}, 400, "empty list"),
+    ("empty string", {"input": ""}, 400, "'input' is an empty string"),  # not 'input[0]': no list was sent
     ("unknown modality", {"input": "x", "modality": "audio"}, 400, "unknown modality 'audio'"),
     ("not a string", {"input": ["ok", 3]}, 400, "'input[1]' must be a non-empty string"),
     ("too many items", {"input": ["x"] * 9}, 413, "more than the limit of 8"),

@@ -152,7 +152,8 @@ def render_readme(record: dict[str, Any]) -> str:
         "",
         "## Call it from Python",
         "",
-        "`pip install \"tritonclient[http]\" transformers pillow`, then, from inside this folder:",
+        "`pip install \"tritonclient[http]\" transformers pillow`, then, from inside this folder (with an image of "
+        "yours as `photo.jpg`):",
         "",
         *_client(record),
         "",

@@ -74,6 +74,8 @@ async def json_body(request: Request, limit: int) -> dict:
 def strings(value: Any, field: str, limit: int, one_allowed: bool = True) -> list[str]:
     """A non-empty list of non-empty strings (or one string, when allowed), at most `limit` long."""
     if isinstance(value, str) and one_allowed:
+        if not value:  # named as sent: one string, not an item of a list the client never sent
+            raise ApiError(400, f"'{field}' is an empty string: give the text (or image) to embed", field)
         value = [value]
     if not isinstance(value, list):
         raise ApiError(400, f"'{field}' must be a string or a list of strings" if one_allowed
