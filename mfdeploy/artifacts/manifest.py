@@ -238,6 +238,24 @@ def plain_export(directory: Path) -> ExportManifest | None:
     if not (directory / EXPORT_MANIFEST).is_file() or (directory / "config.json").is_file() \
             or (directory / QUANTIZE_MANIFEST).is_file():
         return None
+    return _naming_export(directory)
+
+
+def quantized_export(directory: Path) -> tuple[ExportManifest, QuantizeManifest] | None:
+    """`directory`'s export.json and quantize.json when it is a quantized export (`mfdeploy quantize EXPORT
+    --out DIR`: towers, export.json and quantize.json, no weights); else None.
+
+    Raises:
+        UserError: a manifest is unreadable, or export.json names no model.
+    """
+    directory = Path(directory).expanduser()
+    if not (directory / EXPORT_MANIFEST).is_file() or not (directory / QUANTIZE_MANIFEST).is_file() \
+            or (directory / "config.json").is_file():
+        return None
+    return _naming_export(directory), QuantizeManifest.read(directory)
+
+
+def _naming_export(directory: Path) -> ExportManifest:
     manifest = ExportManifest.read(directory)
     if not manifest.model_source:
         raise UserError(f"{directory / EXPORT_MANIFEST}: names no model ('model.source'), whose tokenizer and image "

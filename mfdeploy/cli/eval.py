@@ -19,8 +19,9 @@ def eval_(
         help="'shapes', a JSONL of image-caption pairs, or an image folder with one sub-folder per class "
              "(see above).")] = "shapes",
     backend: Annotated[str, typer.Option(
-        help="torch | onnx (ONNX Runtime on the CPU; serve's ort-cpu) | onnx-int8 (a build's onnx_int8/; serve's "
-             "ort-int8) | openvino (OpenVINO on the CPU, same towers) | openvino-int8.")] = "torch",
+        help="torch | onnx (ONNX Runtime on the CPU; serve's ort-cpu) | onnx-int8 (a build's onnx_int8/, or a "
+             "quantized export; serve's ort-int8) | openvino (OpenVINO on the CPU, same towers) | openvino-int8.")
+    ] = "torch",
     precision: PrecisionOpt = None,
     dtype: RunDtypeOpt = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON here.")] = None,
@@ -59,8 +60,9 @@ def eval_(
     out.print(results_table(result))
     if "gate" in result:  # below fp32: what ran, and how close it came to the fp32 towers
         gate = result["gate"]
-        err.print("precision: " + ", ".join(f"{t} {p} (min cosine {gate[t]['min_cosine']:.5f} against the fp32 towers)"
-                                            for t, p in result["precision"].items() if t in gate),
+        how = ", as quantize.json records" if gate.get("recorded") else ""  # a quantized export: not re-run
+        err.print("precision: " + ", ".join(f"{t} {p} (min cosine {gate[t]['min_cosine']:.5f} against the fp32 "
+                                            f"towers{how})" for t, p in result["precision"].items() if t in gate),
                   highlight=False, soft_wrap=True, markup=False)
     if "retention_error" in result:
         warning(f"no retention: {result['retention_error']}")

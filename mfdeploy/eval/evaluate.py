@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 
 from mfdeploy.artifacts.layout import (
-    EXPORT_MANIFEST,
     INCOMPLETE,
     ONNX_DIR,
     ONNX_INT8_DIR,
@@ -19,10 +18,10 @@ from mfdeploy.artifacts.layout import (
     is_build,
     missing_onnx,
 )
-from mfdeploy.artifacts.manifest import plain_export
 from mfdeploy.artifacts.tempdirs import owned_tempdir
 from mfdeploy.errors import UserError, is_whole
 from mfdeploy.eval.datasets import resolve_data
+from mfdeploy.eval.exported import export_source
 from mfdeploy.eval.metrics import retention, retrieval_recall, zero_shot_accuracy
 from mfdeploy.eval.precision import check_options, onnx_runner, precision_record, torch_runner
 from mfdeploy.eval.prepare import Prepared, prepare
@@ -198,15 +197,10 @@ def evaluate_model(source: str | Path | Adapter | None = None, data: str | Path 
 
     t0 = time.perf_counter()
     backend = backend_name(backend)
-    export = None if source is None or isinstance(source, Adapter) else plain_export(Path(source))
+    export = export_source(source)  # a plain or quantized export directory: its own towers run
     exported = export.model_source if export is not None else None  # the checkpoint that prepares its inputs
-    if exported is not None and backend in ("torch", "onnx-int8", "openvino-int8"):  # towers only, fp32
-        raise UserError(f"--backend {backend}: {source} is an export directory of fp32 ONNX towers (no weights to run "
-                        "with torch, no INT8 towers): evaluate it with --backend onnx or openvino")
-    if exported is not None:  # a tower changed since the export is named here, not deep inside ONNX Runtime
-        from mfdeploy.models.integrity import verify_artifacts
-
-        verify_artifacts(Path(str(source)).expanduser(), ("",), manifests=(EXPORT_MANIFEST,))
+    if export is not None:  # a backend that cannot run them, or a tower changed since, is named here
+        export.check(backend)
     if not isinstance(source, Adapter):
         resolve_checkpoint(exported or source)  # a missing path fails at once, before the data is rendered
     if not is_whole(batch_size) or batch_size <= 0:  # a Python caller's "8", 2.5, None or True
@@ -224,9 +218,12 @@ def evaluate_model(source: str | Path | Adapter | None = None, data: str | Path 
     prepared = prepare(adapter, evalset)
     with open_runner(source, adapter, backend, exporter, precision, dtype) as runner:
         result = {**evaluate(runner, prepared, batch_size), **precision_record(runner)}
+        recorded = export.recorded_gate(runner.precision) if export is not None else None
+    if recorded is not None:  # a quantized export: the gate quantize ran against the fp32 export, not re-run
+        result["gate"] = recorded
     # "model" is the dense id a pruned checkpoint came from; "pruned" says how it was pruned
     label = {"pruned": {k: adapter.origin.get(k) for k in ("method", "ratio", "pattern")}} if adapter.origin else {}
-    model_id = (export.model_id if export is not None else None) or adapter.model_id
+    model_id = (export.manifest.model_id if export is not None else None) or adapter.model_id
     return {"model": model_id, **label, "backend": backend, **result,
             "seconds": round(time.perf_counter() - t0, 2)}
 

@@ -83,7 +83,8 @@ def onnx_runner(backend: str, onnx_dir: Path, adapter: Any, precision: str | Non
             from mfdeploy.runtime.ort_runner import OrtRunner
 
             ort = OrtRunner(onnx_dir, provider="cpu")
-            ort.precision = "int8+f32" if backend.endswith("int8") else "f32"  # as the runtime registry labels it
+            if not backend.endswith("int8"):  # onnx-int8 runs quantized towers, which OrtRunner labels from their
+                ort.precision = "f32"  # quantize.json (int8+f32; TensorRT's fp8 QDQ towers: f32 on the CPU)
             return ort
     except (BackendUnavailable, ImportError) as e:
         raise UserError(f"--backend {backend}: {e}") from None
