@@ -69,3 +69,14 @@ def test_build_int8_without_modelopt_makes_the_onnx_runtime_towers(tiny_clip_dir
     assert manifest["parity"]["int8_vs_torch"]["onnx_int8"]["vision"]["passed"]
     assert not manifest["engine"]["int8"] and all("--onnx=onnx/" in c for c in manifest["engine"]["trtexec"])
     assert "onnx_qdq (trt)" in (out / "report.md").read_text()
+
+
+def test_build_int8_on_a_short_calibration_file_says_so_once(tiny_clip_dir, shapes_pairs_jsonl, tmp_path, caplog):
+    """A --calib file shorter than --calib-samples: `build --int8` said so three times (prune, then each of the two
+    quantized folders, which calibrate on the same file and count). Once now."""
+    assert run_cli(["build", "--model", str(tiny_clip_dir), "--ratio", "0.5", "--calib", str(shapes_pairs_jsonl),
+                    "--calib-samples", "16", "--int8", "--max-batch", "4", "--out", str(tmp_path / "b")]) == 0
+    short = [r.getMessage() for r in caplog.records if "fewer than --calib-samples 16" in r.getMessage()]
+    assert len(short) == 1 and "holds 12 image-caption pairs" in short[0], short
+    quantized = json.loads((tmp_path / "b" / "build.json").read_text())["quantize"]
+    assert quantized["onnx_int8"]["calibration"]["samples"] == 12  # still calibrated on what the file holds

@@ -111,9 +111,17 @@ def quantize(state: BuildState) -> dict:
             log.warning("warning: %s", skipped)
             _SAID.add(skipped)
         state.records["quantize skipped"] = {ONNX_QDQ_DIR: skipped}
-    summary = quantize_build(adapter, state.tmp, state.cfg.prune.calib, state.cfg.prune.calib_samples,
-                             warn=lambda msg: log.warning("warning: %s", msg), scheme=state.cfg.int8_scheme,
-                             targets=("ort",) if skipped else ("ort", "trt"))
+    calib = state.records["prune"].get("calibration") or {}
+    said = 0 < (calib.get("samples") or 0) < (calib.get("requested") or 0)  # prune warned of the same short file
+    seen: set[str] = set()
+
+    def warn(msg: str) -> None:  # the quantizers' only warning: fewer calibration pairs than asked, once a build
+        if not said and msg not in seen:
+            seen.add(msg)
+            log.warning("warning: %s", msg)
+
+    summary = quantize_build(adapter, state.tmp, state.cfg.prune.calib, state.cfg.prune.calib_samples, warn=warn,
+                             scheme=state.cfg.int8_scheme, targets=("ort",) if skipped else ("ort", "trt"))
     for folder in summary:
         summary[folder]["vs_torch"] = int8_torch_gate(adapter, state.tmp / folder)
     return summary
