@@ -238,7 +238,7 @@ def plain_export(directory: Path) -> ExportManifest | None:
     if not (directory / EXPORT_MANIFEST).is_file() or (directory / "config.json").is_file() \
             or (directory / QUANTIZE_MANIFEST).is_file():
         return None
-    return _naming_export(directory)
+    return naming_export(directory)
 
 
 def quantized_export(directory: Path) -> tuple[ExportManifest, QuantizeManifest] | None:
@@ -252,10 +252,15 @@ def quantized_export(directory: Path) -> tuple[ExportManifest, QuantizeManifest]
     if not (directory / EXPORT_MANIFEST).is_file() or not (directory / QUANTIZE_MANIFEST).is_file() \
             or (directory / "config.json").is_file():
         return None
-    return _naming_export(directory), QuantizeManifest.read(directory)
+    return naming_export(directory), QuantizeManifest.read(directory)
 
 
-def _naming_export(directory: Path) -> ExportManifest:
+def naming_export(directory: Path) -> ExportManifest:
+    """`directory`'s export.json, which must name the model its towers came from (`model_source`).
+
+    Raises:
+        UserError: export.json is unreadable, or names no model.
+    """
     manifest = ExportManifest.read(directory)
     if not manifest.model_source:
         raise UserError(f"{directory / EXPORT_MANIFEST}: names no model ('model.source'), whose tokenizer and image "

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mfdeploy.artifacts.layout import EXPORT_MANIFEST, PRUNED_DIR, QUANTIZE_MANIFEST, has_towers, is_build
-from mfdeploy.artifacts.manifest import ExportManifest, QuantizeManifest
+from mfdeploy.artifacts.manifest import QuantizeManifest, naming_export
 from mfdeploy.errors import UserError
 from mfdeploy.models.integrity import verify_artifacts
 from mfdeploy.runtime.base import BackendUnavailable
@@ -122,13 +122,10 @@ def _export(path: Path, cfg: ServeConfig) -> Served:
                             "--backend ort-int8`)")
         raise UserError(f"{path}: no {EXPORT_MANIFEST} naming the model whose tokenizer and image processor "
                         "the server needs (export with `mfdeploy export MODEL --out DIR`)")
-    manifest = ExportManifest.read(path)
-    if not manifest.model_source:
-        raise UserError(f"{path / EXPORT_MANIFEST}: names no model ('model.source'); re-export with "
-                        "`mfdeploy export MODEL --out DIR`")
+    manifest = naming_export(path)
     quantized = manifest.data.get("quantized")  # `mfdeploy quantize EXPORT --out DIR` made it
     what = "quantized export" if isinstance(quantized, dict) else "export"
-    return Served(path, "export", "export", _checkpoint(manifest.model_source, path),
+    return Served(path, "export", "export", _checkpoint(str(manifest.model_source), path),
                   f"{manifest.model_id or path.name} ({what}, {cfg.backend})")
 
 
