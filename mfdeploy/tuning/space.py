@@ -23,11 +23,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import tomllib
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: tomllib's source, published as tomli
+    import tomli as tomllib
 
 from mfdeploy.errors import UserError, is_number, is_whole
 
