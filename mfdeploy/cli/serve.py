@@ -29,7 +29,8 @@ def serve(
     cuda_graphs: CudaGraphsOpt = True,
     variant: Annotated[str | None, typer.Option(
         help="Which model of a build: pruned (default: onnx/, engines/, pruned/) or dense (onnx_dense/, "
-             "engines_dense/, the model it started from). An export directory holds one model.")] = None,
+             "engines_dense/, the model it started from). An export directory holds one model: a variant given "
+             "must be that one.")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0: any free port).")] = 8080,
     api_key: Annotated[str | None, typer.Option(

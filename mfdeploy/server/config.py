@@ -37,7 +37,8 @@ class ServeConfig:
     Attributes:
         build_dir: a `mfdeploy build --out` directory, or a `mfdeploy export --out` directory.
         backend: which runner serves the towers (`BACKENDS`).
-        variant: which model of a build: "pruned" or "dense" (None: pruned; an export directory has one).
+        variant: which model of a build: "pruned" or "dense" (None: pruned); an export directory holds one, which
+            a variant given must name.
         host, port: where to listen (port 0: a free port, chosen by the OS).
         max_batch: most items one model call takes; concurrent requests are gathered up to it.
         max_delay_ms: longest a request waits for others to fill its batch.
