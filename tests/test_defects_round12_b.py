@@ -1,5 +1,5 @@
 """Twelfth hunt (b): deploying: `serve --variant` on an export, the advice for a build's quantized --out folder, the
-hub probe offline, and a read-only command facing an output a killed run had moved aside."""
+hub probe offline, a read-only command facing an output a killed run had moved aside, and slowloris."""
 
 from __future__ import annotations
 
@@ -275,3 +275,52 @@ def test_an_output_moved_aside_by_a_run_still_alive_is_not_called_killed(tmp_pat
                                  f"{json.loads((aside / '.mfdeploy-owner').read_text())['pid']}) replaces it; the "
                                  f"previous copy is in {aside / 'onnx'}: retry once that run ends (if it is gone, put "
                                  f"the copy back with `mv {aside / 'onnx'} {work / 'onnx'}`)")
+
+
+# ---- 5. slowloris: a client that never finishes its headers ---------------------------------------------------------
+
+def _read_to_close(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (a socket timeout, if it never does, fails)."""
+    got = b""
+    while chunk := sock.recv(65536):
+        got += chunk
+    return got
+
+
+def test_a_client_that_never_finishes_its_headers_is_disconnected(exports, tmp_path):
+    """uvicorn has no time limit on request headers: a client that sends them a byte at a time (or never ends them)
+    held its connection for ever, on opening and after a response alike (any byte cancels uvicorn's keep-alive
+    timer). `--header-timeout S` (default 20) closes such a connection; complete requests are served as before."""
+    import os
+    import re
+    import signal
+    import time
+
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "mfdeploy.cli", "serve", str(exports["dense"]), "--port", "0",
+                                 "--header-timeout", "0.5"], stdout=f, stderr=subprocess.STDOUT, env=env)
+    try:
+        while (match := re.search(r"on http://([\d.]+):(\d+)", log.read_text())) is None:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.1)
+        address = (match.group(1), int(match.group(2)))
+        with socket.create_connection(address, timeout=60) as sock:  # headers begun, never ended
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            assert _read_to_close(sock) == b""
+        with socket.create_connection(address, timeout=60) as sock:  # a request served, then a slow one begun
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            first = sock.recv(65536)
+            assert first.startswith(b"HTTP/1.1 "), first
+            sock.sendall(b"GET /health HTTP/1.1\r\n")
+            assert b"HTTP/1.1 " not in _read_to_close(sock)[len(first):]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()
+
+
+@pytest.mark.parametrize("value", ["-1", "nan"])
+def test_a_bad_header_timeout_is_one_line(exports, capsys, value):
+    assert run_cli(["serve", str(exports["dense"]), "--header-timeout", value, "--port", "0"]) == 2
+    assert one_error(capsys) == f"error: --header-timeout {float(value)}: must be a finite number above 0 (0: no limit)"

@@ -38,6 +38,9 @@ def serve(
         help="Require 'Authorization: Bearer KEY' on every route but /health and /metrics (401 otherwise).")] = None,
     request_timeout: Annotated[float, typer.Option(
         help="Seconds one request may take; past it: 504 (0: no limit).")] = 60.0,
+    header_timeout: Annotated[float, typer.Option(
+        help="Seconds a connection may take to send a request's headers (slow clients hold connections: "
+             "slowloris); past it the connection is closed (0: no limit).")] = 20.0,
     grace_s: Annotated[float, typer.Option(
         help="On SIGTERM: seconds to answer the requests in flight; those that cannot finish get 503 + "
              "Retry-After, then the server exits.")] = 10.0,
@@ -65,6 +68,7 @@ def serve(
                       threads=threads, max_image_pixels=max_image_pixels, max_request_pixels=max_request_pixels,
                       truncate=truncate, variant=variant, api_key=api_key, grace_s=grace_s,
                       request_timeout_s=request_timeout if request_timeout != 0 else None, precision=precision,
+                      header_timeout_s=header_timeout if header_timeout != 0 else None,
                       dtype=dtype, compile=compile, cuda_graphs=cuda_graphs)
 
     def listening(h: str, p: int) -> None:
