@@ -46,9 +46,10 @@ def test_a_hub_id_on_a_machine_without_the_hub_loads_from_the_cache_or_fails_at_
     took = time.perf_counter() - t0
     lines = missing.stderr.strip().splitlines()
     assert missing.returncode == 2 and len(lines) == 1, missing.stderr
-    assert lines[0].startswith("error: cannot load the config of someone/not-cached: the Hugging Face hub cannot "
-                               "be reached (127.0.0.1:9: "), lines[0]
-    assert f"the local cache ({cache}) does not hold it" in lines[0] and "hf download someone/not-cached" in lines[0]
+    assert lines[0].startswith(f"error: someone/not-cached: no such model here: no folder of that name, and the "
+                               f"local Hugging Face cache ({cache}) does not hold it (its config); nor can the hub be "
+                               "reached (127.0.0.1:9: "), lines[0]
+    assert "hf download someone/not-cached" in lines[0]
     assert took < 25, took  # no retries: one refused connection (the import of torch is most of it)
 
     _in_hub_cache(cache, "someone/tiny-clip", save_tiny_clip(tmp_path / "tiny"))

@@ -72,8 +72,7 @@ def test_an_export_directory_is_served_as_exported(build, export_dir):
 
 @pytest.mark.parametrize("target,kw,message", [
     ("build", {"backend": "ort-int8", "variant": "dense"}, "a build's INT8 towers (onnx_int8/) are the pruned"),
-    ("export", {"variant": "dense"}, "is an export directory, which holds one model"),
-    ("export", {"variant": "pruned"}, "is an export directory, which holds one model"),
+    ("export", {"variant": "pruned"}, "is an export of a dense model; serve it without --variant"),
     ("export", {"backend": "torch"}, "serve it with ort-cpu, ort-cuda or trt"),
     ("export", {"backend": "ort-int8"}, "onnx_int8/"),
     ("build/onnx", {}, "is a folder of the build"),
@@ -149,7 +148,8 @@ def test_quantized_towers_of_an_export_are_served_as_an_export(build, export_dir
                                                                                "text": "int8+f32"}
     assert fp32 is not None and served_texts(export_dir)[1].runner.tower_precision("vision") == "f32"
     run_quantize(build, tmp_path / "qb", QuantizeConfig(scheme="dynamic"))
-    with pytest.raises(UserError, match=rf"^{tmp_path / 'qb'}: quantized towers of the build {build}, with no "
-                                        rf"export.json: serve them from the build \(`mfdeploy quantize {build} "
-                                        r"--in-place`, then `mfdeploy serve .* --backend ort-int8`\)$"):
+    with pytest.raises(UserError, match=rf"^{tmp_path / 'qb'}: ONNX Runtime INT8 towers of the build {build}, with "
+                                        r"no export.json naming .*: serve them from the build \(`mfdeploy quantize "
+                                        rf"{build} --in-place --scheme dynamic`, then `mfdeploy serve .* --backend "
+                                        r"ort-int8`\)$"):
         resolve(ServeConfig(build_dir=tmp_path / "qb").validate())

@@ -14,7 +14,7 @@ from typing import Any
 
 from mfdeploy.artifacts.guards import check_sources, here_or_above, later_dirs, listed_files, protected, some
 from mfdeploy.artifacts.layout import ADDED_LATER, FILE_LIST, MANIFESTS, TEMP_OWNER
-from mfdeploy.artifacts.tempdirs import make_temp_dir, sweep, writer_alive
+from mfdeploy.artifacts.tempdirs import aside_prefix, make_temp_dir, sweep, writer_alive
 from mfdeploy.artifacts.writable import as_write_error, check_writable, make_parents, remove_empty
 from mfdeploy.errors import WRITE_ERRNOS, UserError, errno_of, write_error
 
@@ -174,7 +174,7 @@ def _put_in_place(tmp: Path, out: Path, force: bool) -> None:
     check_out_dir(out, force)
     # move the old tree aside first, so that `out` is never missing nor half deleted; should this process
     # die before the new tree is in place, a later run's sweep puts the old one back (its `restore`)
-    old = make_temp_dir(out.parent, f".{out.name}.old-", restore=out.name)
+    old = make_temp_dir(out.parent, aside_prefix(out.name), restore=out.name)
     try:
         os.replace(out, old / out.name)
     except BaseException:

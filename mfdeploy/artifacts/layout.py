@@ -39,6 +39,7 @@ MANIFESTS = (BUILD_MANIFEST, PRUNE_MANIFEST, EXPORT_MANIFEST, QUANTIZE_MANIFEST,
 SOURCE_MANIFESTS = (BUILD_MANIFEST, PRUNE_MANIFEST)
 FILE_LIST = ".mfdeploy-files"  # every output directory lists the files it was created with (--force)
 TEMP_OWNER = ".mfdeploy-owner"  # in every temporary folder: who made it, so a killed run's folder can be told
+META_PREFIX = "mfdeploy."  # the ONNX metadata_props keys the exporter writes (model sizes, family, pruning)
 
 # --- files -------------------------------------------------------------------------------------------------------
 MASKS_FILE = "masks.safetensors"

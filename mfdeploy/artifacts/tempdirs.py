@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import shutil
 import socket
 import tempfile
@@ -105,6 +106,46 @@ def make_temp_dir(parent: Path, prefix: str, restore: str | None = None) -> Path
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return tmp
+
+
+def aside_prefix(name: str) -> str:
+    """How the folder starts that an output `name` is moved into while its replacement is put in place
+    (`io.atomic_dir` with force): `.NAME.old-XXXX/NAME`, with `restore: NAME` in its owner record."""
+    return f".{name}.old-"
+
+
+def moved_aside(path: Path) -> str | None:
+    """One line for a `path` that is missing because a run replacing it (or a folder above it) moved it aside and
+    was killed before the new one went in place: what happened and how to put it back; None for any other absence.
+
+    Read-only commands (info, serve, eval, bench) say it and change nothing: moving the copy back is left to the
+    user or to the next run that writes beside it (`sweep`), which only does so once the owner is known dead.
+    """
+    path = Path(path).expanduser()
+    if os.path.lexists(path):
+        return None
+    missing = path
+    while not os.path.lexists(missing.parent) and missing.parent != missing:
+        missing = missing.parent
+    parent, prefix = missing.parent, aside_prefix(missing.name)
+    try:
+        names = sorted(e.name for e in os.scandir(parent)
+                       if e.name.startswith(prefix) and e.is_dir(follow_symlinks=False))
+    except OSError:
+        return None
+    for name in names:
+        record, kept = read_owner(parent / name), parent / name / missing.name
+        if record is None or record.get("dir") != name or record.get("restore") != missing.name or not kept.is_dir():
+            continue
+        put_back = f"`mv {shlex.quote(str(kept))} {shlex.quote(str(missing))}`"
+        who = f"pid {record.get('pid')}" + ("" if record.get("host") == socket.gethostname() else
+                                            f" on {record.get('host')}")
+        if owner_alive(record):  # between its two renames now, or on another host, where its end cannot be seen
+            return (f"{missing}: missing while a running mfdeploy ({who}) replaces it; the previous copy is in "
+                    f"{kept}: retry once that run ends (if it is gone, put the copy back with {put_back})")
+        return (f"{missing}: missing: a run killed while replacing it ({who}) left the previous copy in {kept}; put "
+                f"it back with {put_back} (the next mfdeploy command that writes into {parent} does it too)")
+    return None
 
 
 def sweep(parent: Path) -> list[str]:

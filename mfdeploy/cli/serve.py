@@ -29,7 +29,8 @@ def serve(
     cuda_graphs: CudaGraphsOpt = True,
     variant: Annotated[str | None, typer.Option(
         help="Which model of a build: pruned (default: onnx/, engines/, pruned/) or dense (onnx_dense/, "
-             "engines_dense/, the model it started from). An export directory holds one model.")] = None,
+             "engines_dense/, the model it started from). An export directory holds one model: a variant given "
+             "must be that one.")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0: any free port).")] = 8080,
     api_key: Annotated[str | None, typer.Option(
@@ -37,6 +38,9 @@ def serve(
         help="Require 'Authorization: Bearer KEY' on every route but /health and /metrics (401 otherwise).")] = None,
     request_timeout: Annotated[float, typer.Option(
         help="Seconds one request may take; past it: 504 (0: no limit).")] = 60.0,
+    header_timeout: Annotated[float, typer.Option(
+        help="Seconds a connection may take to send a request's headers (slow clients hold connections: "
+             "slowloris); past it the connection is closed (0: no limit).")] = 20.0,
     grace_s: Annotated[float, typer.Option(
         help="On SIGTERM: seconds to answer the requests in flight; those that cannot finish get 503 + "
              "Retry-After, then the server exits.")] = 10.0,
@@ -64,6 +68,7 @@ def serve(
                       threads=threads, max_image_pixels=max_image_pixels, max_request_pixels=max_request_pixels,
                       truncate=truncate, variant=variant, api_key=api_key, grace_s=grace_s,
                       request_timeout_s=request_timeout if request_timeout != 0 else None, precision=precision,
+                      header_timeout_s=header_timeout if header_timeout != 0 else None,
                       dtype=dtype, compile=compile, cuda_graphs=cuda_graphs)
 
     def listening(h: str, p: int) -> None:

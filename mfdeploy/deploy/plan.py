@@ -23,6 +23,7 @@ from mfdeploy.artifacts.layout import (
     missing_onnx,
 )
 from mfdeploy.artifacts.manifest import BuildManifest, EngineRecord
+from mfdeploy.artifacts.tempdirs import moved_aside
 from mfdeploy.deploy.model_config import KINDS, GraphIO, read_graph
 from mfdeploy.errors import UserError
 
@@ -92,7 +93,8 @@ def open_build(build: Path) -> BuildManifest:
 
     build = Path(build)
     if not build.is_dir():
-        raise UserError(f"{build}: not a directory (expected a build directory from `mfdeploy build --out`)")
+        raise UserError(moved_aside(build) or f"{build}: not a directory (expected a build directory from "
+                        "`mfdeploy build --out`)")
     manifest = BuildManifest.read(build)
     missing = missing_onnx(build)
     if missing:

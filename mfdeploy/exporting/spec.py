@@ -9,12 +9,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mfdeploy.artifacts.layout import EXPORT_MANIFEST, ONNX_FILES, PARITY_INPUTS, TOWERS
+from mfdeploy.artifacts.layout import EXPORT_MANIFEST, META_PREFIX, ONNX_FILES, PARITY_INPUTS, TOWERS
+from mfdeploy.artifacts.tempdirs import moved_aside
 from mfdeploy.errors import UserError, is_whole
 
 MIN_OPSET = 17  # LayerNormalization is a single op from opset 17 on (TensorRT FP16 needs it unfused)
 DYNAMIC_DIMS = ("batch", "text_len")
-META_PREFIX = "mfdeploy."  # ONNX metadata_props keys written by the exporter
 SAMPLES_FILE = PARITY_INPUTS  # the real parity inputs, kept for engine checks (which have no tokenizer)
 __all__ = ["MIN_OPSET", "SAMPLES_FILE", "TOWERS", "check_onnx_dir", "check_opset",
            "concrete_shapes", "dynamic_axes", "fixed_text_len", "max_opset", "model_limits", "onnx_io", "tower_specs"]
@@ -144,7 +144,8 @@ def check_onnx_dir(onnx_dir: Path) -> dict[str, Path]:
     """The tower files of an export directory, or a clear error when the directory is not one."""
     onnx_dir = Path(onnx_dir)
     if not onnx_dir.is_dir():
-        raise UserError(f"{onnx_dir}: no such directory (expected the output of `mfdeploy export`)")
+        raise UserError(moved_aside(onnx_dir) or f"{onnx_dir}: no such directory (expected the output of "
+                        "`mfdeploy export`)")
     files = {tower: onnx_dir / name for tower, name in ONNX_FILES.items()}
     missing = [p.name for p in files.values() if not p.is_file()]
     if missing:

@@ -11,6 +11,7 @@ from typing import Any
 from mfdeploy.artifacts import guards
 from mfdeploy.artifacts.layout import MANIFESTS as OUTPUT_MANIFESTS
 from mfdeploy.artifacts.layout import MASKS_FILE, ORIGIN_FILE, PRUNED_DIR
+from mfdeploy.artifacts.tempdirs import moved_aside
 from mfdeploy.errors import UserError
 from mfdeploy.models import hub
 from mfdeploy.models.base import Adapter
@@ -65,10 +66,10 @@ def resolve_checkpoint(source: str | Path | None) -> tuple[Path | str, str]:
     looks_local = (text.startswith((".", "/", "~")) or "\\" in text or ("/" in text and not _HUB_ID.fullmatch(text))
                    or ("/" in text and Path(first).expanduser().is_dir()))
     if looks_local:
-        raise UserError(f"{text}: model path does not exist")
+        raise UserError(moved_aside(path) or f"{text}: model path does not exist")
     if "/" not in text:  # CLIP and SigLIP checkpoints on the hub are owner/name; a bare word is a mistyped path
-        raise UserError(f"{text}: no such file or directory (a Hugging Face model id has the form owner/name, "
-                        "e.g. openai/clip-vit-base-patch32)")
+        raise UserError(moved_aside(path) or f"{text}: no such file or directory (a Hugging Face model id has the "
+                        "form owner/name, e.g. openai/clip-vit-base-patch32)")
     return text, text
 
 

@@ -89,6 +89,8 @@ def export_model(source: str | Path | Adapter | None, out: Path, opset: int = MI
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "model": {"id": adapter.model_id, "source": _loadable(adapter.source), "family": adapter.family.name,
                       **exported["model"]},
+            # what the weights are (`serve EXPORT --variant` checks it): how they were pruned, or false (dense)
+            "pruned": dict(adapter.origin) if adapter.origin else False,
             "conventions": exported["conventions"],  # the family's: text inputs and padding, scoring, loss
             "opset": exported["opset"],
             "exporter": exported["exporter"],

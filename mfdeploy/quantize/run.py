@@ -19,6 +19,7 @@ from typing import Any
 from mfdeploy._version import __version__
 from mfdeploy.artifacts.layout import EXPORT_MANIFEST, ONNX_DIR, ONNX_FILES, QUANTIZE_MANIFEST, is_build
 from mfdeploy.artifacts.manifest import ExportManifest
+from mfdeploy.artifacts.tempdirs import moved_aside
 from mfdeploy.data.batching import CalibSource, parse_calib
 from mfdeploy.errors import UserError
 from mfdeploy.exporting.external import external_data_files, model_bytes
@@ -95,13 +96,12 @@ def tower_scheme(cfg: QuantizeConfig, tower: str) -> str:
 def resolve_source(src: Path) -> tuple[Path, str]:
     """The fp32 towers of SRC and the model (checkpoint) whose processor and tokenizer make real inputs.
 
-    SRC is a build directory (`onnx/` + `pruned/`) or an export directory
-    (`vision.onnx`, `text.onnx`, `export.json` naming the model).
+    SRC is a build directory (`onnx/` + `pruned/`) or an export directory (towers, `export.json` naming the model).
     """
     src = Path(src)
     if not src.is_dir():
         what = "not a directory" if src.exists() else "no such directory"
-        raise UserError(f"{src}: {what} (expected an ONNX export or build directory)")
+        raise UserError(moved_aside(src) or f"{src}: {what} (expected an ONNX export or build directory)")
     if any((src / ONNX_DIR / name).is_file() for name in ONNX_FILES.values()) or is_build(src):
         check_onnx_dir(src / ONNX_DIR)
         return src / ONNX_DIR, str(src)

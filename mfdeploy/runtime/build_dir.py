@@ -20,6 +20,7 @@ from mfdeploy.artifacts.layout import (
     missing_onnx,
 )
 from mfdeploy.artifacts.manifest import BuildManifest
+from mfdeploy.artifacts.tempdirs import moved_aside
 from mfdeploy.errors import UserError
 from mfdeploy.runtime.base import BackendUnavailable
 
@@ -44,7 +45,8 @@ class BuildDir:
         """
         self.path = Path(path).expanduser()
         if not self.path.is_dir():
-            raise UserError(f"{self.path}: not a directory (expected a build directory from `mfdeploy build --out`)")
+            raise UserError(moved_aside(self.path) or f"{self.path}: not a directory (expected a build directory "
+                            "from `mfdeploy build --out`)")
         self.build = BuildManifest.read(self.path)
         lacking = missing_onnx(self.path)
         if require_onnx and lacking:  # every build exports both towers: one gone is a damaged build

@@ -37,7 +37,8 @@ class ServeConfig:
     Attributes:
         build_dir: a `mfdeploy build --out` directory, or a `mfdeploy export --out` directory.
         backend: which runner serves the towers (`BACKENDS`).
-        variant: which model of a build: "pruned" or "dense" (None: pruned; an export directory has one).
+        variant: which model of a build: "pruned" or "dense" (None: pruned); an export directory holds one, which
+            a variant given must name.
         host, port: where to listen (port 0: a free port, chosen by the OS).
         max_batch: most items one model call takes; concurrent requests are gathered up to it.
         max_delay_ms: longest a request waits for others to fill its batch.
@@ -51,6 +52,8 @@ class ServeConfig:
             `"truncate": true` does the same for that request).
         grace_s: on SIGTERM, how long requests in flight may take; those that cannot finish get 503.
         request_timeout_s: longest one request may take before it is answered 504 (None: no limit).
+        header_timeout_s: longest a connection may take to send a request's headers (on opening, and after each
+            response) before it is closed (None: no limit; uvicorn has none).
         api_key: the key every route but /health and /metrics requires as `Authorization: Bearer KEY`.
         precision: OpenVINO's inference precision, auto | f32 | bf16 | f16 (None: auto).
         dtype: torch (CPU): float32 | bfloat16 (None: float32); torch-cuda, torch-cuda-sparse: float16 | float8
@@ -78,6 +81,7 @@ class ServeConfig:
     variant: str | None = None
     grace_s: float = 10.0
     request_timeout_s: float | None = 60.0
+    header_timeout_s: float | None = 20.0
     api_key: str | None = None
     precision: str | None = None
     dtype: str | None = None
@@ -121,10 +125,9 @@ class ServeConfig:
             raise UserError(f"--variant {self.variant}: choose one of {', '.join(VARIANTS)}")
         if not (math.isfinite(self.grace_s) and self.grace_s >= 0):
             raise UserError(f"--grace-s {self.grace_s}: must be a finite number, 0 or more")
-        if self.request_timeout_s is not None and not (math.isfinite(self.request_timeout_s)
-                                                       and self.request_timeout_s > 0):
-            raise UserError(f"--request-timeout {self.request_timeout_s}: must be a finite number above 0 (0: no "
-                            "limit)")
+        for flag, limit in (("--request-timeout", self.request_timeout_s), ("--header-timeout", self.header_timeout_s)):
+            if limit is not None and not (math.isfinite(limit) and limit > 0):
+                raise UserError(f"{flag} {limit}: must be a finite number above 0 (0: no limit)")
         if self.request_timeout_s is not None and self.max_delay_ms / 1e3 >= self.request_timeout_s:
             raise UserError(f"--max-delay-ms {self.max_delay_ms:g} is not below --request-timeout "
                             f"{self.request_timeout_s:g} s: a lone request would wait for company until it timed "

@@ -24,6 +24,7 @@ import uvicorn
 from mfdeploy.errors import UserError
 from mfdeploy.server.app import make_app
 from mfdeploy.server.config import API_KEY_ENV, ServeConfig
+from mfdeploy.server.header_timeout import with_header_timeout
 from mfdeploy.server.source import resolve
 from mfdeploy.server.state import ServerState
 
@@ -71,7 +72,10 @@ def serve(cfg: ServeConfig, on_listen: Callable[[str, int], None] | None = None)
             server.should_exit = True
 
     state = ServerState(cfg, on_failure=failed, served=served)
+    # uvicorn's own httptools protocol, with a time limit on request headers when one is set (slowloris)
+    http = with_header_timeout(cfg.header_timeout_s) if cfg.header_timeout_s is not None else "auto"
     config = uvicorn.Config(make_app(state), host=cfg.host, port=cfg.port, log_level="warning", access_log=False,
+                            http=http,
                             # uvicorn hands it to asyncio.timeout, which takes a float; its annotation says int
                             timeout_graceful_shutdown=cfg.grace_s, lifespan="on")  # type: ignore[arg-type]
     server = _Server(config, on_listen, state)

@@ -14,7 +14,8 @@ A build directory holds several models; `--variant` picks one and
 An export directory (`mfdeploy export --out DIR`: vision.onnx, text.onnx,
 export.json; or `mfdeploy quantize EXPORT --out DIR`, its quantized towers)
 holds one model, served with ONNX Runtime (`ort-cpu`, `ort-cuda`) or, once
-`mfdeploy engine DIR` built its plans, `trt`.
+`mfdeploy engine DIR` built its plans, `trt`; `--variant`, if given, must name
+the model it holds (export.json's `pruned`, or the towers' metadata).
 
 Texts and images are preprocessed with the tokenizer and image processor of
 the checkpoint the towers came from: a build's `pruned/` (pruning copies
@@ -28,8 +29,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mfdeploy.artifacts.layout import EXPORT_MANIFEST, PRUNED_DIR, QUANTIZE_MANIFEST, has_towers, is_build
-from mfdeploy.artifacts.manifest import QuantizeManifest, naming_export
+from mfdeploy.artifacts.layout import (
+    EXPORT_MANIFEST,
+    META_PREFIX,
+    ONNX_FILES,
+    PRUNED_DIR,
+    QUANTIZE_MANIFEST,
+    has_towers,
+    is_build,
+)
+from mfdeploy.artifacts.manifest import ExportManifest, QuantizeManifest, naming_export
+from mfdeploy.artifacts.tempdirs import moved_aside
 from mfdeploy.errors import UserError
 from mfdeploy.models.integrity import verify_artifacts
 from mfdeploy.runtime.base import BackendUnavailable
@@ -70,8 +80,8 @@ def resolve(cfg: ServeConfig) -> Served:
         return _runnable(_export(path, cfg), cfg)
     if path.is_dir() and is_build(path.parent):
         _inside_build(path)
-    raise UserError(f"{path}: not a build directory (`mfdeploy build --out`, with build.json) nor an export "
-                    "directory (`mfdeploy export --out`, with vision.onnx, text.onnx and export.json)")
+    raise UserError(moved_aside(path) or f"{path}: not a build directory (`mfdeploy build --out`, with build.json) "
+                    "nor an export directory (`mfdeploy export --out`, with vision.onnx, text.onnx and export.json)")
 
 
 def _runnable(served: Served, cfg: ServeConfig) -> Served:
@@ -109,24 +119,87 @@ def _build(path: Path, cfg: ServeConfig) -> Served:
 def _export(path: Path, cfg: ServeConfig) -> Served:
     if is_build(path.parent):
         _inside_build(path)
-    if cfg.variant is not None:
-        raise UserError(f"--variant {cfg.variant}: {path} is an export directory, which holds one model; "
-                        "--variant chooses among a build's models")
+    if not (path / EXPORT_MANIFEST).is_file():  # before the backend: no backend serves such a folder
+        raise UserError(_no_export_manifest(path))
     if cfg.backend not in EXPORT_BACKENDS:
         raise UserError(_export_backends(path, cfg.backend))
-    if not (path / EXPORT_MANIFEST).is_file():
-        if (path / QUANTIZE_MANIFEST).is_file():
-            model = QuantizeManifest.read(path).data.get("source") or "BUILD"
-            raise UserError(f"{path}: quantized towers of the build {model}, with no {EXPORT_MANIFEST}: serve them "
-                            f"from the build (`mfdeploy quantize {model} --in-place`, then `mfdeploy serve {model} "
-                            "--backend ort-int8`)")
-        raise UserError(f"{path}: no {EXPORT_MANIFEST} naming the model whose tokenizer and image processor "
-                        "the server needs (export with `mfdeploy export MODEL --out DIR`)")
     manifest = naming_export(path)
+    pruned = _pruning(path, manifest)
+    if cfg.variant is not None:
+        _check_variant(path, cfg.variant, pruned)
     quantized = manifest.data.get("quantized")  # `mfdeploy quantize EXPORT --out DIR` made it
-    what = "quantized export" if isinstance(quantized, dict) else "export"
+    what = ("quantized export" if isinstance(quantized, dict) else "export") + (
+        f" of {_how_pruned(pruned)}" if isinstance(pruned, dict) else "")
     return Served(path, "export", "export", _checkpoint(str(manifest.model_source), path),
                   f"{manifest.model_id or path.name} ({what}, {cfg.backend})")
+
+
+def _no_export_manifest(path: Path) -> str:
+    """Why a folder of towers without export.json cannot be served, and what serves instead: `mfdeploy quantize
+    BUILD --out DIR` writes none (a build's onnx/ has none to copy), and its advice depends on the towers' kind."""
+    record = QuantizeManifest.read(path) if (path / QUANTIZE_MANIFEST).is_file() else None
+    if record is None:
+        return (f"{path}: no {EXPORT_MANIFEST} naming the model whose tokenizer and image processor the server "
+                "needs (export with `mfdeploy export MODEL --out DIR`)")
+    source = record.data.get("source")
+    source = source if isinstance(source, str) and source else "BUILD"
+    why = f"with no {EXPORT_MANIFEST} naming the model whose tokenizer and image processor the server needs"
+    if (Path(source) / EXPORT_MANIFEST).is_file():  # an export's quantized towers, whose export.json went missing
+        return (f"{path}: quantized towers {why}: quantize the export they came from again (`mfdeploy quantize "
+                f"{source} --out DIR`) and serve DIR")
+    if record.target == "ort" and record.mode in (None, "int8"):  # `--in-place` makes the build's own onnx_int8/
+        scheme = record.data.get("scheme")
+        opts = f" --scheme {scheme}" if scheme in ("static", "dynamic") else ""
+        return (f"{path}: ONNX Runtime INT8 towers of the build {source}, {why}: serve them from the build "
+                f"(`mfdeploy quantize {source} --in-place{opts}`, then `mfdeploy serve {source} --backend ort-int8`)")
+    # TensorRT's Q/DQ towers (INT8 or FP8): `--in-place` refuses them, and a build serves only its own onnx_qdq/
+    mode = " --mode fp8" if record.mode == "fp8" else ""
+    return (f"{path}: TensorRT Q/DQ towers of the build {source}, {why}: quantize an export of the build instead "
+            f"(`mfdeploy export {source} --out EXPORT`, then `mfdeploy quantize EXPORT --target trt{mode} --out DIR`) "
+            "and serve DIR")
+
+
+def _pruning(path: Path, manifest: ExportManifest) -> dict[str, Any] | bool | None:
+    """What the model of an export is: how it was pruned (origin keys: model_id, method, ratio, pattern), False
+    when dense, None when nothing says (towers exported by another tool)."""
+    recorded = manifest.data.get("pruned")
+    if isinstance(recorded, dict) or recorded is False:
+        return recorded
+    import onnx  # an export made before export.json said it: the metadata the exporter writes into each tower
+
+    try:
+        props = onnx.load(str(path / ONNX_FILES["vision"]), load_external_data=False).metadata_props
+    except Exception:  # noqa: BLE001 - not an ONNX file: the runner names it when it loads the towers
+        return None
+    meta = {p.key.removeprefix(META_PREFIX): p.value for p in props}
+    if meta.get("pruned") == "true":
+        return {k: meta.get(k) for k in ("model_id", "method", "ratio", "pattern")}
+    return False if meta.get("pruned") == "false" else None
+
+
+def _how_pruned(pruned: dict[str, Any]) -> str:
+    """`magnitude 0.5 unstructured`, as `Adapter.pruned_label` says it."""
+    ratio = pruned.get("ratio")
+    try:
+        ratio = f"{float(str(ratio)):g}"  # the towers' metadata holds it as text
+    except ValueError:
+        pass
+    return f"{pruned.get('method')} {ratio} {pruned.get('pattern') or 'unstructured'}"
+
+
+def _check_variant(path: Path, variant: str, pruned: dict[str, Any] | bool | None) -> None:
+    """`--variant` on an export: it holds one model; the variant named must be that one."""
+    if pruned is None:
+        raise UserError(f"--variant {variant}: {path} is an export whose {EXPORT_MANIFEST} and towers do not say "
+                        "whether its model is pruned; serve it without --variant")
+    if variant == "pruned" and not pruned:
+        raise UserError(f"--variant pruned: {path} is an export of a dense model; serve it without --variant, or "
+                        "export the pruned one (`mfdeploy export PRUNE_OR_BUILD_DIR --out DIR`) and serve that")
+    if variant == "dense" and isinstance(pruned, dict):
+        dense = pruned.get("model_id") or "MODEL"
+        raise UserError(f"--variant dense: {path} is an export of a pruned model ({_how_pruned(pruned)} from "
+                        f"{dense}); serve it without --variant, or export the dense one (`mfdeploy export {dense} "
+                        "--out DIR`) and serve that")
 
 
 def _export_backends(path: Path, backend: str) -> str:
