@@ -9,7 +9,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from mfdeploy.data import world
 from mfdeploy.data.pairs import check_images, load_pairs, open_image, origin_of
@@ -32,6 +32,10 @@ class CalibSource:
         return "shapes (calibration seed range)" if self.kind == "shapes" else str(self.path)
 
 
+@overload
+def parse_calib(value: str, samples: int = 0, decode: bool = False) -> CalibSource: ...
+@overload
+def parse_calib(value: None, samples: int = 0, decode: bool = False) -> None: ...
 def parse_calib(value: str | None, samples: int = 0, decode: bool = False) -> CalibSource | None:
     """Turn a `--calib` value into a source, checked at once for the `samples` calibration pairs a command will
     use: the shapes world must hold that many; a JSONL path is validated and the headers of its first `samples`
