@@ -1,5 +1,6 @@
 """A user's own data (round 12, helper a): broken links and colliding names in image folders, tune's distillation
-pairs, calibration images decoded before prune and quantize. Each defect is checked on the real command or function."""
+pairs, calibration images decoded before prune and quantize, and several captions of one image in a calibration
+batch. Each defect is checked on the real command or function."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from helpers import one_error, run_cli
 from PIL import Image
 
@@ -172,3 +175,96 @@ def test_quantize_names_a_truncated_calibration_image_before_the_model_loads(tin
     assert one_error(capsys).startswith(f"error: {calib}:3: cannot read image {cut}: not a decodable image (OSError: "
                                         "image file is truncated")
     assert not out.exists()
+
+
+# ---- 5. several captions of one image in a calibration batch --------------------------------------------------------
+
+def _reference_loss(family: str, logits: torch.Tensor, image_of: list[int]) -> torch.Tensor:
+    """The family's hard-target loss with each pair scored as in a batch holding its image once, written out pair by
+    pair: the other captions of an image are neither its positive nor its negatives (and, for CLIP, a copy of the
+    image is no candidate of its caption)."""
+    n = len(image_of)
+    keep = [[i == j or image_of[i] != image_of[j] for j in range(n)] for i in range(n)]
+    if family == "clip":
+        i2t = [-F.log_softmax(logits[i][[j for j in range(n) if keep[i][j]]], 0)[sum(keep[i][:i])] for i in range(n)]
+        t2i = [-F.log_softmax(logits[:, j][[i for i in range(n) if keep[i][j]]], 0)[sum(keep[k][j] for k in range(j))]
+               for j in range(n)]
+        return 0.5 * (torch.stack(i2t).mean() + torch.stack(t2i).mean())
+    rows = [sum(F.binary_cross_entropy_with_logits(logits[i, j], torch.tensor(float(i == j)))
+                for j in range(n) if keep[i][j]) for i in range(n)]
+    return torch.stack(rows).mean()
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_a_pair_is_not_contrasted_with_another_caption_of_its_image(family, tmp_path):
+    """A caption list gives one pair per caption, so a batch held the same image several times and the loss (MoPE's
+    Z, ECoFLaP's zeroth-order scores) told each copy that one caption was its match and the others, equally true,
+    were not (SigLIP: pushed the same logit up and down)."""
+    from mfdeploy.models import load
+    from mfdeploy.models.inputs import pair_batches, parse_calib
+    from mfdeploy.pruning.methods.mope_replay import Z
+
+    adapter = load(f"mfdeploy/{family}-shapes")
+    calib = _scenes(tmp_path, 4, captions_per_image=3)
+    batches = list(pair_batches(adapter, parse_calib(str(calib)), 12, 6))  # 2 batches of 2 images x 3 captions
+    image_of = [0, 0, 0, 3, 3, 3]  # each pair's image: the first row holding it
+    z = Z(adapter, batches)
+    pairs = adapter.pair_scorer()
+    expected = np.mean([float(_reference_loss(family, pairs.logits(img, txt), image_of))
+                        for img, txt in zip(z.img, z.txt)])
+    assert z.base == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    assert [b.image_ids.tolist() for b in batches] == [image_of, image_of]
+
+
+def _ecoflap_masks(calib: Path) -> dict[str, torch.Tensor]:
+    from mfdeploy.models import load
+    from mfdeploy.pruning.config import PruneConfig
+    from mfdeploy.pruning.run import prune_model
+
+    cfg = PruneConfig(ratio=0.5, model="mfdeploy/clip-shapes", method="ecoflap", calib=str(calib), calib_samples=24,
+                      batch_size=12, ecoflap_samples=12, show_progress=False)
+    return prune_model(load(cfg.model), cfg)["_masks"]
+
+
+def _old_clip_loss(self, logits, teacher_logits=None, same_image=None):
+    """ClipFamily.loss before round 12 (hard targets), word for word: the reference of a file without caption lists."""
+    assert teacher_logits is None
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+
+def test_calibration_masks_are_deterministic_and_unchanged_without_caption_lists(tmp_path, monkeypatch):
+    """The same caption-list file gives bit-identical masks twice; a file of one caption per image gives the masks it
+    gave before (checked by hand against the previous commit too: sha256 of every mask, in name order)."""
+    from mfdeploy.models.clip import ClipFamily
+    from mfdeploy.models.inputs import pair_batches, parse_calib
+
+    lists = _scenes(tmp_path, 8, captions_per_image=3, name="lists.jsonl")
+    first, again = _ecoflap_masks(lists), _ecoflap_masks(lists)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    normal = _scenes(tmp_path, 24, name="normal.jsonl")
+    from mfdeploy.models import load
+
+    assert all(b.image_ids is None for b in pair_batches(load("mfdeploy/clip-shapes"), parse_calib(str(normal)), 24,
+                                                         12))
+    now = _ecoflap_masks(normal)
+    monkeypatch.setattr(ClipFamily, "loss", _old_clip_loss)
+    before = _ecoflap_masks(normal)
+    assert now.keys() == before.keys() and all(torch.equal(now[k], before[k]) for k in now)
+
+
+def test_mope_refuses_calibration_pairs_of_one_image(tiny_clip_dir, tmp_path):
+    """With pairs of one image no longer contrasted with each other, the captions of one image alone leave MoPE's
+    loss nothing to measure (every module would score the same): refused, as a batch of one pair is."""
+    from mfdeploy.models import load
+    from mfdeploy.pruning.config import PruneConfig
+    from mfdeploy.pruning.run import prune_model
+
+    calib = _scenes(tmp_path, 1, captions_per_image=4)
+    cfg = PruneConfig(ratio=0.5, model=str(tiny_clip_dir), method="mope", calib=str(calib), calib_samples=4,
+                      batch_size=4, mope_neuron_group=8, show_progress=False)
+    with pytest.raises(UserError) as e:
+        prune_model(load(tiny_clip_dir), cfg)
+    assert str(e.value) == (f"{calib}: each calibration batch holds captions of one image, which MoPE's loss does not "
+                            "contrast with each other (every module would score the same): give pairs of at least 2 "
+                            "images")
