@@ -63,6 +63,7 @@ class Batch:
         return Batch(self.pixel_values[:n], self.input_ids[:n], self.attention_mask[:n], ids)
 
     def to(self, device: torch.device) -> Batch:
+        """The batch on `device`."""
         ids = None if self.image_ids is None else self.image_ids.to(device)
         return Batch(self.pixel_values.to(device), self.input_ids.to(device), self.attention_mask.to(device), ids)
 
@@ -77,6 +78,8 @@ def check_batch(adapter: Adapter, batch: Batch, where: str) -> None:
     if ids.ndim != 2 or ids.shape[0] != px.shape[0] or mask.shape != ids.shape:
         raise UserError(f"{where}: input_ids {list(ids.shape)} and attention_mask {list(mask.shape)} must both be "
                         f"[B, L] with the B = {px.shape[0]} of pixel_values")
+    if batch.image_ids is not None and tuple(batch.image_ids.shape) != (px.shape[0],):
+        raise UserError(f"{where}: image_ids is {list(batch.image_ids.shape)}; expected [{px.shape[0]}], one per pair")
     longest = adapter.fixed_text_len or adapter.max_text_len
     if ids.shape[1] > longest or (adapter.fixed_text_len and ids.shape[1] != longest):
         at = "exactly" if adapter.fixed_text_len else "at most"
