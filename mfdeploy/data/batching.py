@@ -9,7 +9,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from mfdeploy.data import world
 from mfdeploy.data.pairs import check_images, load_pairs, open_image, origin_of
@@ -32,6 +32,10 @@ class CalibSource:
         return "shapes (calibration seed range)" if self.kind == "shapes" else str(self.path)
 
 
+@overload
+def parse_calib(value: str, samples: int = 0, decode: bool = False) -> CalibSource: ...
+@overload
+def parse_calib(value: None, samples: int = 0, decode: bool = False) -> None: ...
 def parse_calib(value: str | None, samples: int = 0, decode: bool = False) -> CalibSource | None:
     """Turn a `--calib` value into a source, checked at once for the `samples` calibration pairs a command will
     use: the shapes world must hold that many; a JSONL path is validated and the headers of its first `samples`
@@ -73,11 +77,14 @@ def calibration_pairs(source: CalibSource, requested: int, flag: str = "--calib-
 
 
 def raw_pair_chunks(source: CalibSource, n: int, batch_size: int,
-                    offset: int = 0) -> Iterator[tuple[list[Any], list[str]]]:
-    """`n` calibration pairs from `source` as `(PIL images, captions)` chunks of `batch_size`.
+                    offset: int = 0) -> Iterator[tuple[list[Any], list[str], list[int] | None]]:
+    """`n` calibration pairs from `source` as `(PIL images, captions, image ids)` chunks of `batch_size`.
 
     The shapes world yields its calibration seeds in order (deterministic); a
     JSONL file yields its first `n` pairs (all of them when it has fewer).
+    Image ids say which pairs of a chunk share one image (a JSONL caption
+    list, or one image on several lines): each pair's id is the position of
+    the chunk's first pair with its image; None when every image is its own.
     """
     if n <= 0 or batch_size <= 0:
         raise UserError("calibration sample count and batch size must be positive")
@@ -87,7 +94,7 @@ def raw_pair_chunks(source: CalibSource, n: int, batch_size: int,
         seeds = list(world.split_seeds("calib", n, offset))
         for i in range(0, n, batch_size):
             scenes = [world.make_scene(s) for s in seeds[i:i + batch_size]]
-            yield [s.render() for s in scenes], [s.caption() for s in scenes]
+            yield [s.render() for s in scenes], [s.caption() for s in scenes], None
         return
     assert source.path is not None
     pairs = load_pairs(source.path)[offset:offset + n]
@@ -95,4 +102,7 @@ def raw_pair_chunks(source: CalibSource, n: int, batch_size: int,
         raise UserError(f"{source.path}: fewer than {offset + 1} pairs")
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i:i + batch_size]
-        yield [open_image(p.image, origin_of(source.path, p)) for p in chunk], [p.caption for p in chunk]
+        first: dict[Path, int] = {}
+        ids = [first.setdefault(p.image, k) for k, p in enumerate(chunk)]
+        images = {p.image: open_image(p.image, origin_of(source.path, p)) for k, p in enumerate(chunk) if ids[k] == k}
+        yield [images[p.image] for p in chunk], [p.caption for p in chunk], ids if len(first) < len(chunk) else None

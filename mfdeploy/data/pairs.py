@@ -13,6 +13,7 @@ from mfdeploy.data.images import DEFAULT_MAX_PIXELS, load_rgb, open_checked
 from mfdeploy.errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+_decoded: set[tuple[str, int, int]] = set()  # (path, mtime ns, size) of the images `check_images` decoded whole
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,10 @@ def load_pairs(path: str | Path) -> list[Pair]:
         where = f"{path}:{no}"
         name = _texts(row, "image", where)[0]
         captions = _texts(row, "caption", where, several=True)
-        image = (path.parent / Path(name).expanduser()).resolve()  # an absolute (or ~) path stays as it is
+        given = path.parent / Path(name).expanduser()  # an absolute (or ~) path stays as it is
+        if given.is_symlink() and not given.exists():
+            raise UserError(f"{where}: {broken_link(given)}")
+        image = given.resolve()
         if not image.is_file():
             raise UserError(_missing_image(where, path, name, image))
         pairs.extend(Pair(image, caption, no) for caption in captions)
@@ -99,22 +103,36 @@ def _missing_image(where: str, path: Path, name: str, looked: Path) -> str:
             f"{looked}{found}; write paths relative to {path.parent}/ or absolute")
 
 
+def broken_link(link: Path) -> str:
+    """What is wrong with a symbolic link whose target does not exist (the link, where it points, the fix): a
+    raw `No such file or directory` would name the link alone, which `ls` shows as there."""
+    target = os.readlink(link)
+    full = "" if os.path.isabs(target) else f" (that is, {os.path.abspath(link.parent / target)})"
+    return f"{link} is a broken symbolic link to {target}{full}, which does not exist: restore it or remove the link"
+
+
 def check_images(path: Path, pairs: list[Pair], decode: bool = False) -> None:
     """Open the header of each pair's image (format, size within the pixel limit), closing it again: an image
     that cannot be decoded is named with its FILE:LINE before any slow work, not when its batch comes.
 
-    `decode`: decode every pixel too (a truncated file has a good header), for a command that would otherwise
-    meet the image again and again (each trial of a tune)."""
+    `decode`: decode every pixel too (a truncated file has a good header), for a command that reads the images
+    (prune, quantize, tune), so that one that does not decode fails before the model loads, not mid-calibration.
+    An image that decoded is not decoded again while its file is unchanged (`_decoded`): a tune's trials, and a
+    build's prune and quantize stages, check the same files."""
     seen: set[Path] = set()
     for pair in pairs:
         if pair.image in seen:  # an image with several captions: read once, named by its first line
             continue
         seen.add(pair.image)
         where = f"{origin_of(path, pair)}: cannot read image {pair.image}"
-        if decode:
-            load_rgb(pair.image, where).close()
-        else:
+        if not decode:
             open_checked(pair.image, where).close()
+            continue
+        stat = pair.image.stat()
+        stamp = (str(pair.image), stat.st_mtime_ns, stat.st_size)
+        if stamp not in _decoded:
+            load_rgb(pair.image, where).close()
+            _decoded.add(stamp)
 
 
 def origin_of(path: Path, pair: Pair) -> str:
@@ -170,7 +188,14 @@ def class_images(folder: Path) -> list[Path]:
             continue
         seen.add(real)
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found.extend(Path(top) / n for n in names if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_SUFFIXES)
+        for n in names:
+            if n.startswith("."):
+                continue
+            suffix, file = Path(n).suffix.lower(), Path(top) / n
+            if (suffix in IMAGE_SUFFIXES or not suffix) and file.is_symlink() and not file.exists():
+                raise UserError(broken_link(file))  # an image, or a folder of them (os.walk lists it as a file)
+            if suffix in IMAGE_SUFFIXES:
+                found.append(file)
     return sorted(found)
 
 
@@ -179,7 +204,11 @@ def load_image_folder(root: str | Path, template: str = "a photo of a {}.") -> F
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root}: image folder does not exist")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+    for p in entries:  # a class folder on a disk that is not mounted: named, not left out in silence
+        if p.is_symlink() and not p.exists():
+            raise UserError(broken_link(p))
+    classes = sorted(p.name for p in entries if p.is_dir())
     if len(classes) < 2:
         raise UserError(f"{root}: an image folder needs at least two class sub-folders")
     items: list[tuple[Path, int]] = []  # (image, class index)
@@ -191,4 +220,19 @@ def load_image_folder(root: str | Path, template: str = "a photo of a {}.") -> F
     problem = template_problem(template)
     if problem:
         raise UserError(problem)
+    _check_distinct_labels(root, classes, template)
     return FolderDataset(tuple(classes), tuple(items), template)
+
+
+def _check_distinct_labels(root: Path, classes: list[str], template: str) -> None:
+    """Refuse two class folders that give one prompt (`red_car` and `red car`: `_` reads as a space). Their class
+    embeddings would be the same vector, so every image of the later class would be scored as the earlier one and
+    the accuracy would be wrong, not merely lower: a warning would leave a number that means nothing."""
+    first: dict[str, str] = {}
+    for c in classes:
+        label = c.replace("_", " ")
+        if label in first:
+            raise UserError(f"{root / first[label]} and {root / c}: two class folders with one prompt "
+                            f"({fill_template(template, label)!r}, as '_' reads as a space), which zero-shot "
+                            "classification cannot tell apart: merge them, or rename one")
+        first[label] = c

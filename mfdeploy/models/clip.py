@@ -86,8 +86,11 @@ class ClipFamily(Family):
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.softmax(dim=-1)  # one distribution over the texts per image
 
-    def loss(self, logits: torch.Tensor, teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, teacher_logits: torch.Tensor | None = None,
+             same_image: torch.Tensor | None = None) -> torch.Tensor:
         if teacher_logits is None:
+            if same_image is not None:  # out of both softmaxes: not a candidate of the image, nor its copy of the text
+                logits = logits.masked_fill(same_image, float("-inf"))
             target = torch.arange(logits.shape[0], device=logits.device)
             return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
         # soft targets: the teacher's distribution over texts per image, and over images per text

@@ -71,9 +71,15 @@ class Family(ABC):
         """Pair logits `[B_img, B_txt]` -> the family's probabilities (softmax over texts, or per-pair sigmoids)."""
 
     @abstractmethod
-    def loss(self, logits: torch.Tensor, teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, teacher_logits: torch.Tensor | None = None,
+             same_image: torch.Tensor | None = None) -> torch.Tensor:
         """The training loss of pair logits `[B, B]` (pair i is image i with text i), or, given a teacher's
-        logits, the same loss against the teacher's probabilities as soft targets."""
+        logits, the same loss against the teacher's probabilities as soft targets.
+
+        `same_image` (`[B, B]` bool, `Batch.same_image`): True where text j is another caption of image i (a JSONL
+        caption list). Those entries are left out of the hard-target loss, neither positive nor negative: each pair
+        is scored as in a batch holding its image once (a duplicated image row would otherwise be told that one
+        caption is its match and another, equally true, is not). None: every pair has its own image."""
 
     def conventions(self) -> dict[str, Any]:
         """What records and ONNX metadata say about the family (JSON-able)."""
@@ -117,9 +123,9 @@ class PairScorer:
         return logits if self.bias is None else logits + self.bias.to(cos.device)
 
     def loss(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor,
-             teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
+             teacher_logits: torch.Tensor | None = None, same_image: torch.Tensor | None = None) -> torch.Tensor:
         """The family's loss of matched pairs (see `Family.loss`)."""
-        return self.family.loss(self.logits(image_embeds, text_embeds), teacher_logits)
+        return self.family.loss(self.logits(image_embeds, text_embeds), teacher_logits, same_image)
 
     def probabilities(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
         """`[B_img, B_txt]` probabilities: for each image a softmax over the texts, or an independent sigmoid."""

@@ -42,9 +42,30 @@ class Batch:
     pixel_values: torch.Tensor  # [B,3,H,W] float32
     input_ids: torch.Tensor  # [B,L] int64
     attention_mask: torch.Tensor  # [B,L] int64, 0 = a position the model does not attend to (padding)
+    # [B] int64: pairs with one id share an image (a JSONL caption list); None: every pair has its own image
+    image_ids: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.pixel_values.shape[0])
+
+    def same_image(self) -> torch.Tensor | None:
+        """`[B, B]` bool, True where pair j is another caption of pair i's image (neither the positive nor a negative
+        of i in the family's loss: `Family.loss`); None when no two pairs of the batch share an image."""
+        if self.image_ids is None:
+            return None
+        ids = self.image_ids
+        same = (ids[:, None] == ids[None, :]) & ~torch.eye(len(ids), dtype=torch.bool, device=ids.device)
+        return same if bool(same.any()) else None
+
+    def head(self, n: int) -> Batch:
+        """The batch's first `n` pairs."""
+        ids = None if self.image_ids is None else self.image_ids[:n]
+        return Batch(self.pixel_values[:n], self.input_ids[:n], self.attention_mask[:n], ids)
+
+    def to(self, device: torch.device) -> Batch:
+        """The batch on `device`."""
+        ids = None if self.image_ids is None else self.image_ids.to(device)
+        return Batch(self.pixel_values.to(device), self.input_ids.to(device), self.attention_mask.to(device), ids)
 
 
 def check_batch(adapter: Adapter, batch: Batch, where: str) -> None:
@@ -57,6 +78,8 @@ def check_batch(adapter: Adapter, batch: Batch, where: str) -> None:
     if ids.ndim != 2 or ids.shape[0] != px.shape[0] or mask.shape != ids.shape:
         raise UserError(f"{where}: input_ids {list(ids.shape)} and attention_mask {list(mask.shape)} must both be "
                         f"[B, L] with the B = {px.shape[0]} of pixel_values")
+    if batch.image_ids is not None and tuple(batch.image_ids.shape) != (px.shape[0],):
+        raise UserError(f"{where}: image_ids is {list(batch.image_ids.shape)}; expected [{px.shape[0]}], one per pair")
     longest = adapter.fixed_text_len or adapter.max_text_len
     if ids.shape[1] > longest or (adapter.fixed_text_len and ids.shape[1] != longest):
         at = "exactly" if adapter.fixed_text_len else "at most"
@@ -69,10 +92,11 @@ def check_batch(adapter: Adapter, batch: Batch, where: str) -> None:
         raise UserError(f"{where}: pixel_values holds NaN or infinite values")
 
 
-def make_batch(adapter: Adapter, images: list, captions: list[str]) -> Batch:
-    """Preprocess with the model's own processor and tokenizer."""
+def make_batch(adapter: Adapter, images: list, captions: list[str], image_ids: list[int] | None = None) -> Batch:
+    """Preprocess with the model's own processor and tokenizer; `image_ids`: which pairs share an image (`Batch`)."""
     ids, mask = adapter.tokenize(captions)
-    return Batch(adapter.pixel_values(images), ids, mask)
+    same = None if image_ids is None else torch.tensor(image_ids, dtype=torch.int64)
+    return Batch(adapter.pixel_values(images), ids, mask, same)
 
 
 def pair_batches(adapter: Adapter, source: CalibSource, n: int, batch_size: int,
@@ -89,10 +113,10 @@ def pair_batches(adapter: Adapter, source: CalibSource, n: int, batch_size: int,
         yield from source.batches
         return
     truncated = total = 0
-    for images, captions in raw_pair_chunks(source, n, batch_size, offset):
+    for images, captions, image_ids in raw_pair_chunks(source, n, batch_size, offset):
         truncated += count_truncated(adapter, captions)
         total += len(captions)
-        yield make_batch(adapter, images, captions)
+        yield make_batch(adapter, images, captions, image_ids)
     warn_truncated(adapter, truncated, total, f"calibration captions of {source.describe()}", once=source.describe())
 
 
@@ -146,8 +170,7 @@ def calib_from_python(adapter: Adapter, calib: Any, n: int, batch_size: int) -> 
         for i, b in enumerate(batches):
             check_batch(adapter, b, f"calib: batch {i}")
             if left > 0:
-                kept.append(b if len(b) <= left else
-                            Batch(b.pixel_values[:left], b.input_ids[:left], b.attention_mask[:left]))
+                kept.append(b if len(b) <= left else b.head(left))
                 left -= len(kept[-1])
         return CalibSource("memory", batches=tuple(kept))
     if adapter.tokenizer is None or adapter.image_processor is None:
@@ -163,6 +186,13 @@ def calib_from_python(adapter: Adapter, calib: Any, n: int, batch_size: int) -> 
     captions = [p[1] for p in pairs]
     warn_truncated(adapter, count_truncated(adapter, captions), len(captions), "calibration captions")
     size = batch_size if is_whole(batch_size) and batch_size > 0 else 32  # a bad one is refused by prune
-    batches = [make_batch(adapter, [p[0] for p in pairs[i:i + size]], [p[1] for p in pairs[i:i + size]])
-               for i in range(0, len(pairs), size)]
+    batches = [make_batch(adapter, [p[0] for p in pairs[i:i + size]], [p[1] for p in pairs[i:i + size]],
+                          _same_objects([p[0] for p in pairs[i:i + size]])) for i in range(0, len(pairs), size)]
     return CalibSource("memory", batches=tuple(batches))
+
+
+def _same_objects(images: list) -> list[int] | None:
+    """Image ids (`raw_pair_chunks`) of in-memory pairs: one PIL image given with several captions is one image."""
+    first: dict[int, int] = {}
+    ids = [first.setdefault(id(im), k) for k, im in enumerate(images)]
+    return ids if len(first) < len(images) else None

@@ -97,13 +97,16 @@ class SiglipFamily(Family):
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.sigmoid()  # each pair on its own: the probabilities of an image need not sum to 1
 
-    def loss(self, logits: torch.Tensor, teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, teacher_logits: torch.Tensor | None = None,
+             same_image: torch.Tensor | None = None) -> torch.Tensor:
         if teacher_logits is None:
             target = torch.eye(logits.shape[0], logits.shape[1], device=logits.device, dtype=logits.dtype)
         else:
             target = teacher_logits.sigmoid()
         # summed over the texts of an image, averaged over images: transformers' SiglipModel loss
         bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")  # [B_img, B_txt]
+        if same_image is not None and teacher_logits is None:  # a true caption of the image: no negative
+            bce = bce.masked_fill(same_image, 0.0)
         return bce.sum(dim=1).mean()
 
 

@@ -222,6 +222,7 @@ def run_build(cfg: BuildConfig, on_stage: Callable[[str, int, int], None] | None
     right after the named stage (`mfdeploy tune` screens a pruned model before it is exported); a stage that
     raises discards the whole build, as any failed stage does.
     """
+    from mfdeploy.data.batching import parse_calib
     from mfdeploy.exporting.spec import check_opset
     from mfdeploy.pruning.checks import resolved_budget
     from mfdeploy.pruning.run import needed_source
@@ -239,6 +240,8 @@ def run_build(cfg: BuildConfig, on_stage: Callable[[str, int, int], None] | None
     if cfg.int8 and cfg.prune.calib is None and not is_bundled(cfg.prune.model):
         raise UserError(f"--int8 needs --calib for {cfg.prune.model}: INT8 calibration uses image-caption pairs "
                         "(the shapes world only fits the bundled model)")
+    if cfg.int8 and cfg.prune.calib is not None:  # INT8 calibration's images decoded whole now, not after the prune
+        parse_calib(str(cfg.prune.calib), samples=cfg.prune.calib_samples, decode=True)
     check_opset(cfg.opset)
     check_scheme(cfg.int8_scheme, option="--int8-scheme")
     if cfg.int8_scheme != "auto" and not cfg.int8:

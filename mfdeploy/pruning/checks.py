@@ -17,7 +17,7 @@ from mfdeploy.pruning.budgets import BUDGETS
 from mfdeploy.pruning.config import PruneConfig
 from mfdeploy.pruning.methods.mope import single_pair
 from mfdeploy.pruning.patterns import parse_pattern
-from mfdeploy.pruning.registry import METHODS
+from mfdeploy.pruning.registry import METHODS, needs_calibration
 
 
 def validate(cfg: PruneConfig) -> tuple[int, int] | None:
@@ -78,8 +78,10 @@ def validate(cfg: PruneConfig) -> tuple[int, int] | None:
     from mfdeploy.data.batching import parse_calib
 
     # more shapes pairs than the world holds, a missing or unreadable JSONL file, or an image of the pairs it
-    # will use: named now, not after the model loads (no --calib means the shapes world, for the bundled model)
-    parse_calib(str(cfg.calib) if cfg.calib is not None else "shapes", samples=cfg.calib_samples)
+    # will use: named now, not after the model loads (no --calib means the shapes world, for the bundled model);
+    # decoded whole where the prune reads them (a truncated file has a good header), as tune's are
+    reads = needs_calibration(spec, resolved_budget(cfg, pattern)) or cfg.distill_steps > 0
+    parse_calib(str(cfg.calib) if cfg.calib is not None else "shapes", samples=cfg.calib_samples, decode=reads)
     if cfg.method == "mope" and (cfg.include or cfg.exclude):  # it cuts heads, neurons, layers in every block
         raise UserError("--include/--exclude do not apply to --method mope, which prunes every layer of both "
                         "towers: drop them, or use an unstructured method")

@@ -192,14 +192,16 @@ def distill(student: nn.Module, teacher: nn.Module, train: Sequence[Batch], held
     }
 
 
-def check_split(source: CalibSource, used: int) -> None:
-    """Refuse, before any work, a source too small to give both training pairs and a held-out slice."""
+def check_split(source: CalibSource, used: int, asked: str = "--distill-steps", fix: str = "") -> None:
+    """Refuse, before any work, a source too small to give both training pairs and a held-out slice.
+
+    `asked` names what asks for distillation (`mfdeploy tune`: its space's distill_steps); `fix` ends the message."""
     if source.kind == "memory" and len(source.batches) < 2:
         raise UserError("--distill-steps needs at least two calibration batches (one is held out): "
                         "pass more batches, or drop --distill-steps")
     if source.kind == "jsonl" and used < MIN_PAIRS:
-        raise UserError(f"--distill-steps needs at least {MIN_PAIRS} calibration pairs (an eighth is held out); "
-                        f"{source.describe()} gives {used}")
+        raise UserError(f"{asked} needs at least {MIN_PAIRS} calibration pairs (an eighth is held out); "
+                        f"{source.describe()} gives {used}{fix}")
 
 
 def split(ctx: PruneContext) -> tuple[list[Batch], list[Batch], str]:

@@ -49,7 +49,7 @@ class PruneContext:
         assert self.source is not None, "this method needs calibration pairs"
         device = self.device
         for b in pair_batches(self.adapter, self.source, n, batch_size, offset=offset):
-            yield Batch(b.pixel_values.to(device), b.input_ids.to(device), b.attention_mask.to(device))
+            yield b.to(device)
 
 
 @dataclass

@@ -66,9 +66,8 @@ def validate(cfg: QuantizeConfig) -> CalibSource:
             raise UserError(f"{what} {value}: must be positive")
     if not 0.0 < cfg.min_cosine <= 1.0:
         raise UserError(f"parity threshold {cfg.min_cosine}: must be in (0, 1]")
-    source = parse_calib(cfg.calib if cfg.calib is not None else "shapes", samples=cfg.calib_samples)
-    assert source is not None  # a value always gives a source
-    return source
+    calibrated = cfg.target == "trt" or cfg.scheme != "dynamic"  # its images decoded whole now, not mid-calibration
+    return parse_calib(cfg.calib if cfg.calib is not None else "shapes", samples=cfg.calib_samples, decode=calibrated)
 
 
 def check_scheme(scheme: str, option: str = "--scheme") -> str:

@@ -176,11 +176,16 @@ def _check_data(cfg: TuneConfig, data: str, space: Space, say: Callable[[str], N
     from mfdeploy.data.batching import parse_calib
     from mfdeploy.eval import resolve_data
     from mfdeploy.pruning import PruneConfig
+    from mfdeploy.pruning.distill import check_split
     from mfdeploy.pruning.methods.mope import single_pair
     from mfdeploy.tuning.measure import calib_samples
 
     used, wanted = calib_samples(cfg.calib, space), space.calib_samples or PruneConfig.calib_samples
-    parse_calib(cfg.calib, samples=used, decode=True)
+    source = parse_calib(cfg.calib, samples=used, decode=True)
+    steps = [s for s in space.distill_steps if s]
+    if steps and source is not None:  # each distilling candidate would fail at its prune, after the dense eval
+        check_split(source, used, f"the space's distill_steps {', '.join(map(str, steps))}",
+                    ": give a longer --calib, or a space with distill_steps = [0] (--space quick)")
     if used < wanted:
         asked = "the space's [calibration] samples" if space.calib_samples else "prune's default of"
         say(f"warning: {cfg.calib} holds {used} image-caption pairs, fewer than {asked} {wanted}: every prune "

@@ -57,6 +57,7 @@ def zeroth_order_scores(adapter: Adapter, layers: dict[str, PrunableLayer], batc
     for batch in batches:
         img = vision(batch.pixel_values)
         txt = text(batch.input_ids, batch.attention_mask)
+        same = batch.same_image()  # pairs that share an image (a caption list): `Family.loss`
         for layer in layers.values():
             w = layer.module.weight
             z = direction(w, gen)
@@ -67,9 +68,9 @@ def zeroth_order_scores(adapter: Adapter, layers: dict[str, PrunableLayer], batc
                     w.copy_(original + sign * eps * z)
                     # only the perturbed tower changes: reuse the other tower's embeddings
                     if layer.modality == "vision":
-                        losses.append(pairs.loss(vision(batch.pixel_values), txt))
+                        losses.append(pairs.loss(vision(batch.pixel_values), txt, same_image=same))
                     else:
-                        losses.append(pairs.loss(img, text(batch.input_ids, batch.attention_mask)))
+                        losses.append(pairs.loss(img, text(batch.input_ids, batch.attention_mask), same_image=same))
             finally:
                 w.copy_(original)
             scores[layer.block] += abs(float(losses[0] - losses[1])) / (2 * eps)

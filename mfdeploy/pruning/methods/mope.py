@@ -132,6 +132,11 @@ def prune_mope(ctx: PruneContext) -> MethodResult:
     if largest < 2:  # a short JSONL file, or the API's own batches
         raise UserError(single_pair(f"{n_pairs} calibration pair{'s' if n_pairs != 1 else ''} in batches of "
                                      f"{largest}"))
+    images = max((len(b) if b.image_ids is None else len(set(b.image_ids.tolist())) for b in batches), default=0)
+    if images < 2:  # a caption list of one image: its pairs are not contrasted with each other (`Family.loss`)
+        raise UserError(f"{source.describe()}: each calibration batch holds captions of one image, which MoPE's loss "
+                        "does not contrast with each other (every module would score the same): give pairs of at "
+                        "least 2 images")
     # the cache's keys start from the dense model: fingerprinted before anything is cut
     base = ScoreCache.base_of(adapter.model, batches, adapter.family.name, group) if cfg.mope_cache else None
     cache = ScoreCache(cfg.mope_cache, base)

@@ -58,6 +58,8 @@ def batches_fingerprint(batches: Sequence[Batch]) -> str:
     for k, b in enumerate(batches):
         _update(h, [(f"{k}.pixel_values", b.pixel_values), (f"{k}.input_ids", b.input_ids),
                     (f"{k}.attention_mask", b.attention_mask)])
+        if b.image_ids is not None and b.same_image() is not None:  # which pairs share an image changes the loss
+            _update(h, [(f"{k}.image_ids", b.image_ids)])  # (`Family.loss`); none shared: the key it always had
     return h.hexdigest()
 
 

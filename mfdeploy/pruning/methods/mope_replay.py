@@ -46,6 +46,7 @@ class Z:
         self.batches = batches
         self.vision, self.text = adapter.vision_tower(), adapter.text_tower()
         self.pairs = adapter.pair_scorer()
+        self.same = [b.same_image() for b in batches]  # pairs that share an image (a caption list): `Family.loss`
         self.refresh()
 
     @torch.inference_mode()
@@ -70,7 +71,7 @@ class Z:
                 img = self.vision(b.pixel_values)
             elif changed == "text":
                 txt = self.text(b.input_ids, b.attention_mask)
-            total += float(self.pairs.loss(img, txt))
+            total += float(self.pairs.loss(img, txt, same_image=self.same[k]))
         return total / len(self.batches)
 
     def replay(self, tower: str, enabled: bool = True) -> Replay:
