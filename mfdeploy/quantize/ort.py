@@ -26,6 +26,7 @@ cosine from 0.9993 to 0.98.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 from pathlib import Path
@@ -204,6 +205,7 @@ def quantize_ort(src: Path, dst: Path, nodes: list[str], feeds: list[Feed] | Non
         raise UserError(f"--scheme {scheme}: expected one of {', '.join(SCHEMES)}")
     if scheme == "static" and not feeds:
         raise UserError("static quantization needs calibration pairs (got none)")
+    kept: list[str] = []
     with owned_tempdir("mfdeploy-quant-") as tmp:  # model copies: a SIGKILL's are swept by the next run
         pre = Path(tmp) / src.name
         try:
@@ -213,8 +215,10 @@ def quantize_ort(src: Path, dst: Path, nodes: list[str], feeds: list[Feed] | Non
                 if scheme == "static":
                     quantize_static_qdq(pre, dst, nodes, feeds or [], external=external)
                 else:
+                    ops = [op for op in WEIGHT_OPS if op != "Conv" or conv_integer_int8()]
+                    kept = _unquantized(pre, nodes, ops)
                     quantize_dynamic(str(pre), str(dst), per_channel=True, weight_type=QuantType.QInt8,
-                                     nodes_to_quantize=nodes, op_types_to_quantize=list(WEIGHT_OPS),
+                                     nodes_to_quantize=nodes, op_types_to_quantize=ops,
                                      use_external_data_format=external)
         except UserError:
             raise
@@ -229,4 +233,41 @@ def quantize_ort(src: Path, dst: Path, nodes: list[str], feeds: list[Feed] | Non
                                     "integer MatMul with a float output)")
     else:
         record.update(format="MatMulInteger (operator)", activations="uint8, per tensor, from each batch's range")
+        if kept:  # run.py moves them from the plan's quantized nodes to its float ones
+            import onnxruntime
+
+            why = f"ONNX Runtime {onnxruntime.__version__} has no ConvInteger kernel for int8 weights (1.24 has)"
+            record["kept_float"] = dict.fromkeys(kept, why)
     return record
+
+
+@functools.lru_cache(maxsize=1)
+def conv_integer_int8() -> bool:
+    """Whether this ONNX Runtime's CPU provider runs ConvInteger with int8 weights.
+
+    The dynamic scheme's Conv becomes ConvInteger(uint8 input, int8 weight); ONNX Runtime before 1.24 has a
+    kernel for uint8 weights only and refuses such a graph when the session is made, so there the Conv stays
+    float. Asked of a one-node graph rather than of the version number.
+    """
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("ConvInteger", ["x", "w"], ["y"])
+    graph = helper.make_graph([node], "probe", [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 1, 1, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, None)],
+                              initializer=[helper.make_tensor("w", TensorProto.INT8, [1, 1, 1, 1], [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    try:
+        onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - NOT_IMPLEMENTED, and nothing else is expected of a graph this small
+        return False
+    return True
+
+
+def _unquantized(path: Path, nodes: list[str], ops: list[str]) -> list[str]:
+    """The nodes of `nodes` whose op is not in `ops` (the quantizer leaves them float)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    wanted = set(nodes)
+    return [n.name for n in graph.node if n.name in wanted and n.op_type not in ops]

@@ -199,9 +199,10 @@ def quantize_towers(adapter, fp32_dir: Path, out_dir: Path, cfg: QuantizeConfig,
             how = quantize_trt(path, dst, plan["quantize"], feeds[tower], cfg.mode, cfg.verbose)
         _copy_metadata(path, dst)
         fp32_bytes, q_bytes = model_bytes(path), model_bytes(dst)  # with any external data files
-        towers[tower] = {**how, "file": dst.name, "quantized_nodes": plan["quantize"], "float_nodes": plan["float"],
-                         "bytes": q_bytes, "fp32_bytes": fp32_bytes, "size_ratio": round(q_bytes / fp32_bytes, 4),
-                         "seconds": round(time.perf_counter() - start, 2)}
+        kept = how.pop("kept_float", {})  # nodes the quantizer could not take on this runtime
+        towers[tower] = {**how, "file": dst.name, "quantized_nodes": [n for n in plan["quantize"] if n not in kept],
+                         "float_nodes": {**plan["float"], **kept}, "bytes": q_bytes, "fp32_bytes": fp32_bytes,
+                         "size_ratio": round(q_bytes / fp32_bytes, 4), "seconds": round(time.perf_counter() - start, 2)}
     gate = check_towers(fp32_dir, out_dir, gate_inputs or gate_feeds(adapter), cfg.min_cosine)
     what = f"the {cfg.mode} towers (--target {cfg.target})"
     if not gate["passed"]:
