@@ -176,6 +176,28 @@ def test_dynamic_scheme_and_keep_float(exported, adapter, tmp_path):
     assert record["parity"]["passed"]
 
 
+def test_dynamic_conv_stays_float_on_a_runtime_without_int8_conv_integer(exported, adapter, tmp_path, monkeypatch):
+    """ONNX Runtime before 1.24 (the newest for Python 3.10) has ConvInteger for uint8 weights only: there the
+    dynamic scheme leaves the patch Conv float and says so, instead of writing a graph the runtime refuses."""
+    import onnx
+    import onnxruntime
+    from packaging.version import Version
+
+    from mfdeploy.quantize import ort as ort_quant
+
+    # the probe answers what the release notes say of this runtime
+    assert ort_quant.conv_integer_int8() == (Version(onnxruntime.__version__).release >= (1, 24))
+    monkeypatch.setattr(ort_quant, "conv_integer_int8", lambda: False)
+    record = quantize_towers(adapter, exported, tmp_path, QuantizeConfig(scheme="dynamic"))
+    vision = record["towers"]["vision"]
+    convs = [n for n, why in vision["float_nodes"].items() if "ConvInteger" in why]
+    assert convs == ["/vision_model/embeddings/patch_embedding/Conv"]
+    assert convs[0] not in vision["quantized_nodes"]
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "vision.onnx")).graph.node}
+    assert "Conv" in ops and "ConvInteger" not in ops and "MatMulInteger" in ops
+    assert record["parity"]["passed"]
+
+
 def test_build_directory_source(exported, tmp_path):
     """A build directory resolves to its onnx/ towers and itself (its pruned/ checkpoint); without onnx/ it fails."""
     from mfdeploy.quantize import resolve_source
