@@ -71,13 +71,14 @@ def test_eval_help_describes_the_image_folder_layout(capsys, monkeypatch):
 
 @pytest.mark.parametrize("argv, message", [
     (["prune", "--ratio"], "requires an argument"),
-    (["prune", "--bogus"], "No such option: --bogus"),
+    # click 8.2+ says "No such option '--bogus'"; typer's rich formatting, "No such option: --bogus"
+    (["prune", "--bogus"], r"No such option:? '?--bogus"),
     (["engine"], "Missing argument 'ONNX_DIR'"),
-    (["export", "--out", "x", "--no-force"], "No such option: --no-force"),
+    (["export", "--out", "x", "--no-force"], r"No such option:? '?--no-force"),
 ])
 def test_bad_command_line_exits_2_without_traceback(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
+    assert re.search(message, err) and "Traceback" not in err
