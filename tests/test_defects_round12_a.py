@@ -14,22 +14,11 @@ import torch
 import torch.nn.functional as F
 from helpers import one_error, run_cli
 from PIL import Image
+from test_defects_round11_a import _pairs, _png
 
 from mfdeploy.data import world
 from mfdeploy.data.pairs import load_image_folder, load_pairs
 from mfdeploy.errors import UserError
-
-
-def _png(path: Path, colour="red", size=(8, 8)) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, colour).save(path)
-    return path
-
-
-def _pairs(folder: Path, rows: list[dict], name: str = "pairs.jsonl") -> Path:
-    path = folder / name
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def _truncated_png(path: Path) -> Path:

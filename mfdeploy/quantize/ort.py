@@ -226,7 +226,7 @@ def quantize_ort(src: Path, dst: Path, nodes: list[str], feeds: list[Feed] | Non
             if errno_of(e) in WRITE_ERRNOS:  # a full disk, not a quantizer bug: say which file and why
                 raise write_error(getattr(e, "filename", None) or dst, e) from None
             raise UserError(f"ONNX Runtime could not quantize {src.name}: {first_line(e)}") from None
-    record = {"scheme": scheme, "preprocess": how, "weights": "int8, per output channel, symmetric"}
+    record: dict[str, Any] = {"scheme": scheme, "preprocess": how, "weights": "int8, per output channel, symmetric"}
     if scheme == "static":
         record.update(format="QDQ", activations="uint8, per tensor, asymmetric, MinMax calibration",
                       float_outputs=f"{', '.join(FLOAT_OUTPUT_OPS)} outputs stay float (DQ-MatMul runs as one "
