@@ -30,7 +30,7 @@ def test_a_tilde_after_an_equals_sign_is_the_home_folder(tiny_clip_dir, shapes_p
 def test_saved_and_bundled_tokenizers_name_a_class_transformers_4_has(tmp_path):
     """transformers 5 saves a tokenizer built from a bare tokenizer.json as `TokenizersBackend`, a class transformers
     4 lacks: the bundled models and every pruned checkpoint failed to load there ("Tokenizer class
-    TokenizersBackend does not exist"). mfdeploy now needs transformers 5.4 (pyproject), but a pruned checkpoint is
+    TokenizersBackend does not exist"). mfdeploy now needs transformers 5.18 (pyproject), but a pruned checkpoint is
     also for other tools, which may run transformers 4. They name
     `PreTrainedTokenizerFast`, which both load (checked by hand on 4.46.3 and 4.57.6: the same masks, bit for bit)."""
     from transformers import AutoTokenizer
