@@ -82,3 +82,17 @@ def test_bad_command_line_exits_2_without_traceback(argv, message, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert re.search(message, err) and "Traceback" not in err
+
+
+def test_an_option_declared_with_a_none_default_keeps_its_name_on_python_3_10():
+    """Python 3.10's get_type_hints wraps a None-default parameter's hint in Optional[...], which hid the Annotated
+    option declaration from typer: `build --eval` was unknown there (typer saw a plain `--eval-data`)."""
+    from typing import Annotated, Optional
+
+    import typer
+
+    from mfdeploy.cli.options import _declared
+
+    declared = Annotated[str | None, typer.Option("--eval")]
+    assert _declared(Optional[declared]) == declared  # noqa: UP045 - the wrapping 3.10 does
+    assert _declared(declared) == declared and _declared(int) is int

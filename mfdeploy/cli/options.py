@@ -7,7 +7,7 @@ import functools
 import inspect
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, get_type_hints
+from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
 
 import typer
 
@@ -99,7 +99,7 @@ def with_prune_options(command: Callable[..., None]) -> Callable[..., None]:
     followed by the shared ones, and gathers the latter back into one dict.
     """
     hints = get_type_hints(command, include_extras=True)  # evaluated: this module defers annotations
-    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints[p.name])
+    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=_declared(hints[p.name]))
            for p in inspect.signature(command).parameters.values() if p.name != "prune_opts"]
     shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=declared)
               for name, (declared, default, _) in PRUNE_OPTIONS.items()]
@@ -127,3 +127,14 @@ MaxTextLenOpt = Annotated[int | None, typer.Option(
     "--max-text-len", help="Longest text of the engines' profiles (default: the model's maximum).")]
 OpsetOpt = Annotated[int, typer.Option("--opset", help="ONNX opset; 17 or newer keeps LayerNorm one op.")]
 OutDirOpt = Annotated[Path, typer.Option("--out", help="Output directory.")]
+
+
+def _declared(hint: Any) -> Any:
+    """`hint` as declared: Python 3.10's `get_type_hints` wraps the hint of a parameter whose default is None in
+    `Optional[...]`, which hides an `Annotated` (and with it the option's name and help) from typer."""
+    args = get_args(hint)
+    if get_origin(hint) is Union and len(args) == 2 and type(None) in args:
+        inner = args[0] if args[1] is type(None) else args[1]
+        if get_origin(inner) is Annotated:
+            return inner
+    return hint
