@@ -106,7 +106,8 @@ def _break(path: Path) -> None:
     model = onnx.load(str(path))
     rng = np.random.default_rng(0)
     for t in model.graph.initializer:
-        if t.data_type == onnx.TensorProto.INT8:
+        if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2:  # weights, not zero points (ORT < 1.24
+            # refuses a non-zero int8 weight zero point at run time instead of computing with it)
             arr = numpy_helper.to_array(t)
             t.CopyFrom(numpy_helper.from_array(rng.integers(-127, 128, arr.shape).astype(np.int8), t.name))
     onnx.save(model, str(path))
