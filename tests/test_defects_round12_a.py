@@ -13,20 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import one_error, run_cli
-from PIL import Image
-from test_defects_round11_a import _pairs, _png
+from test_defects_round11_a import _pairs, _png, _truncated_png
 
 from mfdeploy.data import world
 from mfdeploy.data.pairs import load_image_folder, load_pairs
 from mfdeploy.errors import UserError
-
-
-def _truncated_png(path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])  # the header reads; the pixels do not
-    return path
 
 
 def _scenes(folder: Path, n: int, captions_per_image: int = 1, name: str = "pairs.jsonl") -> Path:
