@@ -124,6 +124,25 @@ def test_gate_fails_on_a_broken_graph(quantized, exported, adapter, tmp_path):
     assert gate["vision"]["min_cosine"] < 0.9
 
 
+def test_a_tower_the_runtime_cannot_run_fails_the_gate_in_one_line(exported, adapter, tmp_path):
+    """A quantized tower ONNX Runtime cannot load (as ModelOpt's FP8 Q/DQ graph on ONNX Runtime 1.23, the newest for
+    Python 3.10) is one line naming the tower and the runtime, not ONNX Runtime's own exception."""
+    import onnxruntime
+
+    q = tmp_path / "q"
+    q.mkdir()
+    for tower in ("vision", "text"):
+        (q / f"{tower}.onnx").write_bytes((exported / f"{tower}.onnx").read_bytes())
+    model = onnx.load(str(q / "vision.onnx"))
+    model.graph.node[0].op_type = "NoSuchOp"
+    onnx.save(model, str(q / "vision.onnx"))
+    with pytest.raises(UserError) as e:
+        check_towers(exported, q, gate_feeds(adapter))
+    line = str(e.value)
+    assert line.startswith(f"vision.onnx: ONNX Runtime {onnxruntime.__version__} cannot run the quantized tower")
+    assert "NoSuchOp" in line and "\n" not in line
+
+
 def test_parity_failure_is_one_line_and_leaves_nothing(exported, tmp_path, capsys, monkeypatch):
     from mfdeploy.quantize import ort as qort
 

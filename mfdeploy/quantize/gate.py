@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from mfdeploy.artifacts.layout import TOWERS
+from mfdeploy.errors import UserError, first_line
 from mfdeploy.exporting.parity import embedding_errors, parity_inputs, text_batches
 from mfdeploy.ortsession import ort_session
 
@@ -31,13 +32,20 @@ def gate_feeds(adapter, n: int = 16) -> dict[str, list[tuple[str, dict[str, np.n
 
 def compare_tower(fp32: Path, quantized: Path, runs: list[tuple[str, dict[str, np.ndarray]]]) -> dict[str, Any]:
     """Min cosine and max abs error of `quantized` against `fp32` over the runs."""
-    ref_s, q_s = ort_session(fp32), ort_session(quantized)  # CPU, no spinning: a one-off check
+    ref_s = ort_session(fp32)  # CPU, no spinning: a one-off check
+    try:
+        q_s = ort_session(quantized)
+    except Exception as e:  # noqa: BLE001 - ONNX Runtime's errors are untyped
+        raise _unrunnable(quantized, e) from None
     worst_cos, worst_err = 1.0, 0.0
     takes = {i.name for i in ref_s.get_inputs()}  # the graph's inputs: a family's text tower may take no mask
     for _label, feed in runs:
         feed = {k: v for k, v in feed.items() if k in takes}
         ref = ref_s.run(None, feed)[0]
-        got = q_s.run(None, feed)[0]
+        try:
+            got = q_s.run(None, feed)[0]
+        except Exception as e:  # noqa: BLE001
+            raise _unrunnable(quantized, e) from None
         errors = embedding_errors(ref, got)
         worst_cos = float(np.min([worst_cos, errors["min_cosine"]]))
         worst_err = float(np.max([worst_err, errors["max_abs_err"]]))
@@ -66,3 +74,13 @@ def failure_line(gate: dict[str, Any], what: str) -> str:
     return (f"{what} does not match the fp32 towers (required min cosine >= {gate['min_cosine_required']}): "
             + "; ".join(bad) + ". Keep the sensitive layers in float (--keep-float GLOB, or --auto-keep) "
             "or use more calibration pairs")
+
+
+def _unrunnable(quantized: Path, e: Exception) -> UserError:
+    """One line for a quantized tower this ONNX Runtime cannot run, so its parity cannot be checked (an FP8 Q/DQ
+    graph on ONNX Runtime 1.23, the newest for Python 3.10; 1.32 runs it)."""
+    import onnxruntime
+
+    return UserError(f"{quantized.name}: ONNX Runtime {onnxruntime.__version__} cannot run the quantized tower, so its "
+                     f"parity with the fp32 tower cannot be checked ({first_line(e)}); a newer ONNX Runtime may "
+                     "(pip install -U onnxruntime, on Python 3.11 or newer)")
