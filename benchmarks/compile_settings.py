@@ -20,6 +20,14 @@ alternating blocks (`time_blocks`), per tower and batch. Variants:
                      before it dropped them)
     no-cpp-wrapper, no-concat-linear
                      the runner's settings less one
+    no-prepack       the runner's settings with `cpp.weight_prepack` off: the frozen weights stay plain tensors
+                     instead of oneDNN's packed ones, which inductor's FX graph cache cannot store ("mkldnn
+                     tensors unpickleable"), so a later process reads its graphs from the cache
+
+Each variant has an inductor cache directory of its own, new for the run:
+its first process compiles from nothing, the later ones find what the
+first left (the "compile s" column gives both, and the FX graph cache's
+hits, misses and bypasses).
 
 The table gives, per variant and cell, the median over the processes of
 torch's speed-up over ONNX Runtime fp32 measured in the same process, the
@@ -43,7 +51,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).parent
-VARIANTS = ("freezing", "runner", "module-guards", "no-cpp-wrapper", "no-concat-linear")
+VARIANTS = ("freezing", "runner", "module-guards", "no-cpp-wrapper", "no-concat-linear", "no-prepack")
 
 
 def child(variant: str, batches: list[int], text_len: int, threads: int, smoke: bool) -> dict:
@@ -67,6 +75,8 @@ def child(variant: str, batches: list[int], text_len: int, threads: int, smoke: 
     drop = {"no-cpp-wrapper": "cpp_wrapper", "no-concat-linear": "cpp.enable_concat_linear"}.get(variant)
     if drop:
         del compiled.CPU_CONFIG[drop]
+    if variant == "no-prepack":
+        compiled.CPU_CONFIG["cpp.weight_prepack"] = False
     if variant in ("freezing", "module-guards"):  # the tower compiled as a module, dynamo's guards on it kept
         compiled._compile_frozen = lambda *args: None
     torch.set_num_threads(threads)
@@ -77,6 +87,10 @@ def child(variant: str, batches: list[int], text_len: int, threads: int, smoke: 
     start = time.perf_counter()
     runner = TorchRunner(adapter, threads=threads, dtype="bfloat16", compile=True)
     compile_s = time.perf_counter() - start
+    from torch._dynamo.utils import counters
+
+    cache = {k.replace("fxgraph_cache_", ""): v for k, v in counters["inductor"].items()
+             if k.startswith("fxgraph_cache")}
     load_before = os.getloadavg()
     cells = {}
     for tower in ("text", "vision"):
@@ -89,7 +103,8 @@ def child(variant: str, batches: list[int], text_len: int, threads: int, smoke: 
             times = time_blocks(calls, 9 if batch == 1 else 5, 5 if batch == 1 else 2)
             ort_ms, torch_ms = (1000 * float(np.median(times[k])) for k in ("ort", "torch"))
             cells[f"{tower} {batch}"] = {"ort_ms": ort_ms, "torch_ms": torch_ms, "speedup": ort_ms / torch_ms}
-    return {"variant": variant, "compiled_with": runner.compiled_with, "compile_s": compile_s, "cells": cells,
+    return {"variant": variant, "compiled_with": runner.compiled_with, "compile_s": compile_s, "cache": cache,
+            "cells": cells,
             "load_before": load_before, "load_after": os.getloadavg()}
 
 
@@ -113,17 +128,19 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
     runs = []
+    caches = Path(tempfile.mkdtemp(prefix="compile-settings-cache-"))  # one inductor cache per variant, new
     for index in range(args.pairs):
         for variant in variants if index % 2 == 0 else variants[::-1]:
             cmd = [sys.executable, __file__, "--child", variant, "--batches", args.batches, "--text-len",
                    str(args.text_len), "--threads", str(args.threads)] + (["--smoke"] if args.smoke else [])
-            out = subprocess.run(cmd, capture_output=True, text=True)
+            env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(caches / variant)}
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if out.returncode != 0:
                 sys.exit(f"the {variant} process failed: {out.stderr.strip().splitlines()[-1:]}")
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
             r = runs[-1]
             print(f"{variant:>16}  " + "  ".join(f"{c} {v['speedup']:.2f}x" for c, v in r["cells"].items())
-                  + f"  compile {r['compile_s']:.0f} s  load {r['load_before'][0]:.2f}", flush=True)
+                  + f"  compile {r['compile_s']:.0f} s ({r['cache']})  load {r['load_before'][0]:.2f}", flush=True)
     text = report(runs, variants, args)
     print(text)
     out_dir = args.out if args.out is not None else (None if args.smoke else HERE / "results")
@@ -142,14 +159,18 @@ def report(runs: list[dict], variants: list[str], args) -> str:
     lines = [f"ViT-B/32 (CLIPConfig defaults, random weights{', smoke' if args.smoke else ''}), bf16 torch runner "
              f"compiled, {args.threads} threads, text {args.text_len} tokens, torch {torch.__version__}; speed-up "
              f"over ONNX Runtime fp32 in the same process, median (min-max) of {args.pairs} processes per variant",
-             "", "| variant | " + " | ".join(cells) + " | compile s |", "|---|" + "---:|" * (len(cells) + 1)]
+             "", "| variant | " + " | ".join(cells) + " | compile s, first process / later | FX graph cache, later |",
+             "|---|" + "---:|" * (len(cells) + 2)]
     for variant in variants:
         mine = [r for r in runs if r["variant"] == variant]
         row = []
         for cell in cells:
             s = [r["cells"][cell]["speedup"] for r in mine]
             row.append(f"{np.median(s):.2f}x ({min(s):.2f}-{max(s):.2f})")
-        lines.append(f"| {variant} | " + " | ".join(row) + f" | {np.median([r['compile_s'] for r in mine]):.0f} |")
+        later = [r["compile_s"] for r in mine[1:]]
+        warm = f"{np.median(later):.0f}" if later else "-"
+        cache = ", ".join(f"{k} {v}" for k, v in sorted(mine[-1].get("cache", {}).items())) if later else "-"
+        lines.append(f"| {variant} | " + " | ".join(row) + f" | {mine[0]['compile_s']:.0f} / {warm} | {cache} |")
     lines += ["", "- settings: " + "; ".join(f"{v}: {next(r['compiled_with'] for r in runs if r['variant'] == v)}"
                                              for v in variants),
               "- load average (1 min) before each process's timing, in run order: "

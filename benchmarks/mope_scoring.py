@@ -39,14 +39,15 @@ from vitb32 import WrappedAdapter, random_batches, vitb32  # noqa: E402
 from mfdeploy.data.batching import CalibSource  # noqa: E402
 from mfdeploy.platform import cpu_description  # noqa: E402
 from mfdeploy.pruning import PruneConfig, prune_model  # noqa: E402
-from mfdeploy.pruning.methods import mope, mope_screen  # noqa: E402
-from mfdeploy.pruning.methods.mope_screen import SPREAD, ULPS, Bounds, _best, _fast_linear  # noqa: E402
+from mfdeploy.pruning.methods import mope  # noqa: E402
+from mfdeploy.pruning.methods.mope_screen import SPREAD, ULPS, Bounds  # noqa: E402
+from mfdeploy.runtime import onednn  # noqa: E402
 
 PATHS = {"full forwards": (False, False), "replay": (True, False), "replay + screening": (True, True)}
 
 
 def mope_screen_available() -> bool:
-    return mope_screen._op() is not None
+    return onednn.op() is not None
 
 
 def run(dense: torch.nn.Module, cfg: PruneConfig, source: CalibSource, path: tuple[bool, bool]) \
@@ -64,14 +65,14 @@ def run(dense: torch.nn.Module, cfg: PruneConfig, source: CalibSource, path: tup
 
 
 def gemm_rates(rows: int = 400) -> list[tuple[str, float, float]]:
-    """GFLOP/s of PyTorch's `linear` and of oneDNN's (`mope_screen`'s kernel) at ViT-B/32's linear shapes."""
+    """GFLOP/s of PyTorch's `linear` and of oneDNN's (`mfdeploy.runtime.onednn`) at ViT-B/32's linear shapes."""
     out = []
     g = torch.Generator().manual_seed(0)
     for k, n in ((768, 2304), (768, 768), (768, 3072), (3072, 768)):
         x, w = torch.randn(rows, k, generator=g), torch.randn(n, k, generator=g)
         flop = 2 * rows * k * n / 1e9
-        slow = _best(lambda x=x, w=w: torch.nn.functional.linear(x, w), 20, statistics.median)
-        fast = _best(lambda x=x, w=w: _fast_linear(x, w, None), 20, statistics.median)
+        slow = onednn.best(lambda x=x, w=w: torch.nn.functional.linear(x, w), 20, statistics.median)
+        fast = onednn.best(lambda x=x, w=w: onednn.linear(x, w, None), 20, statistics.median)
         out.append((f"{rows}x{k} @ {k}x{n}", flop / slow, flop / fast))
     return out
 

@@ -33,6 +33,7 @@ from mfdeploy.data.batching import CalibSource  # noqa: E402
 from mfdeploy.models import load  # noqa: E402
 from mfdeploy.pruning import PruneConfig, prune_model  # noqa: E402
 from mfdeploy.pruning.methods import mope, mope_screen  # noqa: E402
+from mfdeploy.runtime import onednn  # noqa: E402
 
 
 def main() -> None:
@@ -43,7 +44,7 @@ def main() -> None:
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
-    if mope_screen._op() is None:
+    if onednn.op() is None:
         sys.exit("this PyTorch build has no oneDNN linear: nothing to screen with")
     if args.model in ("vitb32", "siglip-b16"):
         model = (vitb32 if args.model == "vitb32" else siglip_b16)(smoke=args.smoke)

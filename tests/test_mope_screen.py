@@ -13,8 +13,9 @@ from siglip_models import save_tiny_siglip
 
 from mfdeploy.pruning.methods import mope_screen
 from mfdeploy.pruning.methods.mope_screen import ULPS, Bounds, Distrust, top_k
+from mfdeploy.runtime import onednn
 
-needs_onednn = pytest.mark.skipif(mope_screen._op() is None, reason="this PyTorch build has no oneDNN linear")
+needs_onednn = pytest.mark.skipif(onednn.op() is None, reason="this PyTorch build has no oneDNN linear")
 
 
 def _reference(values: list[float], k: int) -> list[int]:
@@ -130,8 +131,8 @@ def test_every_module_a_close_call_is_every_module_scored_exactly(models, monkey
 @needs_onednn
 def test_a_faulty_fast_kernel_ends_screening_and_the_masks_stay_exact(models, monkeypatch):
     ref, ref_state = _prune(models["clip"], monkeypatch, fast=False, screen=False)
-    real = mope_screen._fast_linear
-    monkeypatch.setattr(mope_screen, "_fast_linear", lambda x, w, b: real(x, w, b) * 1.001)
+    real = onednn.linear
+    monkeypatch.setattr(onednn, "linear", lambda x, w, b: real(x, w, b) * 1.001)
     got, got_state = _prune(models["clip"], monkeypatch)
     _same_masks(ref, ref_state, got, got_state)
     assert got["mope_width"] == ref["mope_width"]  # all exact: screening stopped before any value was used

@@ -81,6 +81,9 @@ def precision_fields(runner: Runner, tower: str) -> dict[str, Any]:
     compiled = getattr(runner, "compiled_with", None)
     if compiled:  # torch.compile: which mode, and where its cache is
         fields["compiled"] = compiled
+    linears = getattr(runner, "linears", None)
+    if linears:  # the eager float32 torch towers on the CPU: their linear layers run through oneDNN's GEMM
+        fields["linears"] = linears
     choice = getattr(runner, "sparse_choice", None)
     if choice:  # torch-cuda-sparse: how many 2:4 linears timed faster sparse than dense (the rest run dense)
         from mfdeploy.runtime.sparse_choice import summary

@@ -72,6 +72,8 @@ class ServerState:
                 for t in ("vision", "text") if t in gate))
         if getattr(runner, "compiled_with", None):
             log.info("%s towers compiled with torch.compile (%s)", self.cfg.backend, runner.compiled_with)
+        if getattr(runner, "linears", None):
+            log.info("%s towers' linear layers run through %s", self.cfg.backend, runner.linears)
         probe = runner.embed_texts(*pre.texts(["a"]))  # one real call: a backend that cannot run fails here
         self.model_name = served.label
         self.embed_dim = int(probe.shape[1])

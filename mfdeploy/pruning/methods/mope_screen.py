@@ -1,10 +1,9 @@
 """Screening MoPE's module errors with a faster fp32 GEMM, and deciding every close call by the exact replay.
 
 On some CPUs PyTorch's fp32 `linear` (MKL's sgemm) runs far below the
-machine's peak while oneDNN's runs near it: on this project's AMD EPYC,
-180-220 against 410-490 GFLOP/s at ViT-B/32's shapes, and `linear` is 80-90%
-of a scoring run. A screened layer scores each of its modules once with every
-plain `nn.Linear` of the model run by oneDNN
+machine's peak while oneDNN's runs near it (`mfdeploy.runtime.onednn`), and
+`linear` is 80-90% of a scoring run. A screened layer scores each of its
+modules once with every plain `nn.Linear` of the model run by oneDNN
 (`torch.ops.mkldnn._linear_pointwise`). Those errors differ from the exact
 ones (the replay's, bit-identical to a full forward through PyTorch's own
 `linear`) by rounding only: at most 2 float32 ulps of the module's loss on
@@ -28,16 +27,15 @@ first computes the loss of the model as it is (no module removed) both ways,
 and every close call compares its two values. A difference beyond half the
 interval ends screening for the rest of that tower, and the layer is scored
 again exactly. Screening runs only on float32 CPU models and only where
-oneDNN's GEMM is measured faster than `linear` (`worth_it`, once per process).
+oneDNN's GEMM is measured faster than `linear` (`onednn.worth_it`, once per
+process).
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 import numpy
 import torch
@@ -46,58 +44,15 @@ from torch import nn
 from mfdeploy.models import structure as st
 from mfdeploy.progress import Advance
 from mfdeploy.pruning.methods.mope_replay import Index, Replay, Z, error_without
+from mfdeploy.runtime import onednn
 
 ULPS = 64  # a screened error's interval is +- at least ULPS float32 ulps of its loss,
 SPREAD = 8  # and at least SPREAD times the largest screened-vs-exact difference the tower has shown
-SPEED_NEEDED = 1.3  # oneDNN must run a ViT-B-sized GEMM this much faster than `linear`
-_worth: bool | None = None  # `worth_it`'s measurement, once per process
-
-
-def _op() -> Any:
-    return getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
-
-
-def _fast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-
-
-def _through_onednn(m: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
-    return lambda x: _fast_linear(x, m.weight, m.bias)
-
-
-def worth_it() -> bool:
-    """oneDNN's fp32 GEMM runs a (256 x 768) @ (768 x 3072) product `SPEED_NEEDED` times faster than `linear`."""
-    global _worth
-    if _worth is None:
-        _worth = False
-        if _op() is not None:
-            g = torch.Generator().manual_seed(0)
-            x, w = torch.randn(256, 768, generator=g), torch.randn(3072, 768, generator=g)
-            try:
-                slow = _best(lambda: torch.nn.functional.linear(x, w))
-                fast = _best(lambda: _fast_linear(x, w, None))
-                _worth = fast * SPEED_NEEDED <= slow
-            except RuntimeError:  # a build whose oneDNN cannot run it
-                _worth = False
-    return _worth
-
-
-def _best(f: Callable[[], Any], n: int = 5, pick: Callable[[list[float]], float] = min) -> float:
-    """Seconds `f` takes: `pick` (min) of `n` timed calls after one untimed."""
-    f()
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t0)
-    return pick(times)
 
 
 def supported(model: nn.Module) -> bool:
     """The model is one screening can run: float32 on the CPU, with oneDNN's linear in this build of PyTorch."""
-    params = list(model.parameters())
-    return (_op() is not None and bool(params)
-            and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params))
+    return onednn.float32_cpu(model)
 
 
 class Distrust(Exception):
@@ -135,7 +90,7 @@ class Screen(Bounds):
         super().__init__(base)
         self.model = model
         able = supported(model)
-        self.on = bool(able and (worth_it() if wanted is None else wanted))
+        self.on = bool(able and (onednn.worth_it() if wanted is None else wanted))
         self.off = None if self.on else (  # why screening did not run (prune.json says it, not only "screened": 0)
             "not a float32 CPU model, or no oneDNN linear in this PyTorch" if not able
             else "turned off" if wanted is False else "oneDNN's GEMM measured no faster than linear here")
@@ -149,15 +104,8 @@ class Screen(Bounds):
         if not self.on:
             yield
             return
-        swapped = [m for m in self.model.modules()  # plain linear layers only: a subclass may compute more
-                   if isinstance(m, nn.Linear) and type(m).forward is nn.Linear.forward and "forward" not in m.__dict__]
-        for m in swapped:
-            m.forward = _through_onednn(m)  # type: ignore[method-assign,assignment]  # an instance attribute
-        try:
+        with onednn.swapped(self.model):
             yield
-        finally:
-            for m in swapped:
-                del m.forward
 
     def stop(self, why: str) -> None:
         self.on, self.stopped = False, why
@@ -295,4 +243,4 @@ class LayerChoice:
 
 
 __all__ = ["SPREAD", "ULPS", "Bounds", "Distrust", "LayerChoice", "Screen", "reference_top_k", "supported", "top_k",
-           "width_errors", "worth_it"]
+           "width_errors"]
