@@ -28,6 +28,7 @@ from mfdeploy.artifacts.layout import (
     ONNX_INT8_DIR,
     ONNX_QDQ_DIR,
     PRUNE_MANIFEST,
+    QUANTIZED_DIRS,
 )
 from mfdeploy.errors import UserError
 from mfdeploy.pipelines.build_state import BuildConfig, BuildState, Stage
@@ -105,9 +106,11 @@ def quantize(state: BuildState) -> dict:
     from mfdeploy.quantize.build import qdq_skipped, quantize_build
 
     adapter = state.model("pruned")
-    skipped = qdq_skipped()  # no ModelOpt: onnx_int8/ alone, recorded (`quantize skipped`), said once a process
+    wanted = state.cfg.int8_targets
+    # no ModelOpt: onnx_int8/ alone, recorded (`quantize skipped`), said once a process; not asked for: nothing said
+    skipped = qdq_skipped() if "trt" in wanted else None
     if skipped:
-        if skipped not in _SAID:  # a tune's every INT8 candidate is a build: one line, not one per candidate
+        if skipped not in _SAID:  # a process's every build (the Python API's): one line, not one per build
             log.warning("warning: %s", skipped)
             _SAID.add(skipped)
         state.records["quantize skipped"] = {ONNX_QDQ_DIR: skipped}
@@ -120,8 +123,9 @@ def quantize(state: BuildState) -> dict:
             seen.add(msg)
             log.warning("warning: %s", msg)
 
+    targets = tuple(t for t in wanted if not (skipped and t == "trt"))
     summary = quantize_build(adapter, state.tmp, state.cfg.prune.calib, state.cfg.prune.calib_samples, warn=warn,
-                             scheme=state.cfg.int8_scheme, targets=("ort",) if skipped else ("ort", "trt"))
+                             scheme=state.cfg.int8_scheme, targets=targets)
     for folder in summary:
         summary[folder]["vs_torch"] = int8_torch_gate(adapter, state.tmp / folder)
     return summary
@@ -244,6 +248,8 @@ def run_build(cfg: BuildConfig, on_stage: Callable[[str, int, int], None] | None
         parse_calib(str(cfg.prune.calib), samples=cfg.prune.calib_samples, decode=True)
     check_opset(cfg.opset)
     check_scheme(cfg.int8_scheme, option="--int8-scheme")
+    if cfg.int8 and (not cfg.int8_targets or not set(cfg.int8_targets) <= set(QUANTIZED_DIRS)):
+        raise UserError(f"int8 targets {list(cfg.int8_targets)}: expected one or more of {', '.join(QUANTIZED_DIRS)}")
     if cfg.int8_scheme != "auto" and not cfg.int8:
         raise UserError(f"--int8-scheme {cfg.int8_scheme} needs --int8: without it the build quantizes nothing")
     if cfg.sparse not in ("auto", "on", "off"):

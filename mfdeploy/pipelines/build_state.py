@@ -31,6 +31,9 @@ class BuildConfig:
     dense_onnx: bool = True  # also export the dense towers (onnx_dense/) and, on a GPU, build engines_dense/
     force: bool = False
     int8: bool = False  # also onnx_int8/ and onnx_qdq/ (mfdeploy.quantize), engines from onnx_qdq/
+    # the quantize targets of --int8: "ort" makes onnx_int8/, "trt" onnx_qdq/ (where ModelOpt is installed); tune
+    # asks only for the towers its backend serves
+    int8_targets: tuple[str, ...] = ("ort", "trt")
     int8_scheme: str = "auto"  # onnx_int8/'s ONNX Runtime scheme: auto | static (OpenVINO runs it int8) | dynamic
     evaluate: bool = True  # False: no evaluation stages (`mfdeploy tune` evaluates through the served backend)
 

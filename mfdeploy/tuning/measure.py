@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,9 @@ EVAL: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
     ("torch-cuda", "fp16"): ("torch", {"device": "cuda", "dtype": "float16"}),  # what the torch-cuda runner serves
 }
 ONNX_BASED = ("ort-cpu", "openvino")  # backends that time the build's ONNX files (they need onnx_dense/)
+# backend -> the quantize targets its int8 candidates are served from: both read onnx_int8/ ("ort"); TensorRT's QDQ
+# towers ("trt", onnx_qdq/) serve no backend tune drives, so an INT8 build of a tune never makes them
+INT8_TARGETS: dict[str, tuple[str, ...]] = {"ort-cpu": ("ort",), "openvino": ("ort",)}
 
 
 def calib_samples(calib: str | None, space: Any) -> int:
@@ -67,6 +71,30 @@ def dense_onnx(out: Path, model: str | None) -> Path:
         with atomic_dir(out, force=True) as tmp:
             export_towers(load(model), tmp)
     return out
+
+
+def dense_reference(path: Path, model: str | None, data: str, backend: str, say: Callable[[str], None]) -> dict:
+    """The dense model's quality, first rung and full (through `backend`): read from `path` (a tune's dense.json),
+    else measured and written there; a damaged file is named in a warning and measured again."""
+    import json
+
+    from mfdeploy.artifacts.io import write_json
+    from mfdeploy.tuning.records import dense_problem
+
+    if path.is_file():
+        try:
+            dense = json.loads(path.read_text())
+            problem = dense_problem(dense)
+            if problem:
+                raise ValueError(problem)
+            return dense
+        except (OSError, ValueError) as e:
+            say(f"warning: {path} is damaged ({e}): measuring the dense model again")
+    say("tune: evaluating the dense model (first rung and full, through the backend)")
+    dense = {"screen": evaluate(model, data, backend, "fp32", screen=True),
+             "full": evaluate(model, data, backend, "fp32")}
+    write_json(path, dense)
+    return dense
 
 
 def quality_of(result: dict, dense: dict) -> dict[str, Any]:
@@ -182,5 +210,5 @@ def link_tree(source: Path, dest: Path) -> None:
     tmp.rename(dest)
 
 
-__all__ = ["EVAL", "SCREEN_IMAGES", "dense_onnx", "evaluate", "link_tree", "quality_of", "runner_options", "size_mb",
-           "time_candidate"]
+__all__ = ["EVAL", "INT8_TARGETS", "SCREEN_IMAGES", "dense_onnx", "dense_reference", "evaluate", "link_tree",
+           "quality_of", "runner_options", "size_mb", "time_candidate"]

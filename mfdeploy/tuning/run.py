@@ -37,7 +37,7 @@ def run_tune(cfg: TuneConfig, say: Callable[[str], None] | None = None) -> TuneR
     data = _eval_data(cfg)
     _check_options(cfg, space, backend)
     space = _fit_neuron_group(space, cfg.model)
-    _check_data(cfg, data, space, say)
+    calib_samples = _check_data(cfg, data, space, say)
     out = _prepare_out(Path(cfg.out))
     with journal.DirLock(out):
         if cfg.force:  # only once the lock is held: --force must not delete a tune another process is running
@@ -48,7 +48,7 @@ def run_tune(cfg: TuneConfig, say: Callable[[str], None] | None = None) -> TuneR
         if failed:  # what failed may have been the environment's (a file since fixed): those trials run again
             keys = guards.some([r["key"] for r in failed])
             say(f"tune: {len(failed)} trial(s) that failed before run again ({keys})")
-        search = Search(cfg, space, backend, data, out, records, say)
+        search = Search(cfg, space, backend, data, out, records, say, calib_samples=calib_samples)
         search.run(started)
         return finish(search, time.monotonic() - started)
 
@@ -165,9 +165,10 @@ def _fit_neuron_group(space: Space, model: str | None) -> Space:
     return dataclasses.replace(space, mope={**space.mope, "neuron_group": group})
 
 
-def _check_data(cfg: TuneConfig, data: str, space: Space, say: Callable[[str], None]) -> None:
+def _check_data(cfg: TuneConfig, data: str, space: Space, say: Callable[[str], None]) -> int:
     """A bad --calib or --eval fails here, in one line, before the tune directory is claimed with settings that
-    name it (a corrected command would otherwise be refused as a tune with other settings).
+    name it (a corrected command would otherwise be refused as a tune with other settings). Returns the calibration
+    pairs every prune of the tune reads (`measure.calib_samples`), counted here once for the whole search.
 
     Every calibration image a prune will read is decoded here: one that does not decode (a truncated file has a
     good header) would otherwise fail every trial of the tune, each after loading the model, until the budget
@@ -194,6 +195,7 @@ def _check_data(cfg: TuneConfig, data: str, space: Space, say: Callable[[str], N
         raise UserError(single_pair(f"--calib {cfg.calib} (one pair)") + ", or use a space without mope")
     if data != "shapes":  # the shapes suite is drawn, not read: nothing to check, and it takes a while
         resolve_data(data, option="--eval")
+    return used
 
 
 def _settings(cfg: TuneConfig, space: Space, backend: str, data: str) -> dict[str, Any]:

@@ -29,12 +29,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from mfdeploy.artifacts.io import write_json
 from mfdeploy.artifacts.layout import BUILD_MANIFEST, ONNX_DENSE_DIR
 from mfdeploy.errors import MfdeployError, WriteError
 from mfdeploy.tuning import journal, measure
 from mfdeploy.tuning.config import TuneConfig
-from mfdeploy.tuning.records import Record, dense_problem
+from mfdeploy.tuning.records import Record
 from mfdeploy.tuning.space import FIXED_BUDGET, Candidate, Space
 from mfdeploy.tuning.study import make_study, suggest
 
@@ -61,8 +60,11 @@ class Search:
     """One tune: the study, the trials it runs, the dense reference (see the module docstring)."""
 
     def __init__(self, cfg: TuneConfig, space: Space, backend: str, data: str, out: Path, records: list[Record],
-                 say: Callable[[str], None]):
+                 say: Callable[[str], None], calib_samples: int | None = None):
         self.cfg, self.space, self.backend, self.data, self.out, self.say = cfg, space, backend, data, out, say
+        # the calibration pairs every prune (and INT8 calibration) reads: the same for each candidate, so counted
+        # once a tune (`run_tune` passes what its checks counted; None: at the first build)
+        self.calib_samples = calib_samples
         # a trial that failed is not a finished one: it runs again (its number stays taken in the journal)
         self.records = [r for r in records if r["state"] != "failed"]
         self.taken = max((r["number"] for r in records), default=-1)
@@ -233,7 +235,7 @@ class Search:
         prune = PruneConfig(ratio=cand.ratio, model=self.cfg.model, method=cand.method, budget=cand.budget,
                             pattern=cand.pattern, calib=self.cfg.calib, seed=self.cfg.seed,
                             distill_steps=cand.distill_steps, show_progress=False, **mope,
-                            calib_samples=measure.calib_samples(self.cfg.calib, self.space))
+                            calib_samples=self._calib_samples())
 
         def screen(state) -> dict:
             t = time.monotonic()
@@ -252,12 +254,19 @@ class Search:
                 raise Screened(found)
             return found
 
+        # INT8: only the towers the backend serves (onnx_int8/), not TensorRT's onnx_qdq/ that no trial measures
         cfg = BuildConfig(prune=prune, out=out, dense_onnx=False, evaluate=False, force=True,
-                          int8="int8" in self.space.precisions, max_batch=max(32, self.cfg.batch_size))
+                          max_batch=max(32, self.cfg.batch_size), int8="int8" in self.space.precisions,
+                          int8_targets=measure.INT8_TARGETS.get(self.backend, ()))
         run_build(cfg, extra=[("prune", Stage("screen", screen))])
         if self.backend in measure.ONNX_BASED:
             measure.link_tree(self._dense_onnx(), out / ONNX_DENSE_DIR)
         return out
+
+    def _calib_samples(self) -> int:
+        if self.calib_samples is None:
+            self.calib_samples = measure.calib_samples(self.cfg.calib, self.space)
+        return self.calib_samples
 
     def _speed(self, cand: Candidate, build_dir: Path) -> dict[str, Any]:
         shapes = cand.shapes_key(self.backend)
@@ -274,24 +283,7 @@ class Search:
 
     # the dense reference ----------------------------------------------------------------------------------------
     def _dense(self) -> None:
-        import json
-
-        path = self.out / DENSE_JSON
-        if path.is_file():
-            try:
-                dense = json.loads(path.read_text())
-                problem = dense_problem(dense)
-                if problem:
-                    raise ValueError(problem)
-                self.dense = dense
-                return
-            except (OSError, ValueError) as e:
-                self.say(f"warning: {path} is damaged ({e}): measuring the dense model again")
-        self.say("tune: evaluating the dense model (first rung and full, through the backend)")
-        model = self.cfg.model
-        self.dense = {"screen": measure.evaluate(model, self.data, self.backend, "fp32", screen=True),
-                      "full": measure.evaluate(model, self.data, self.backend, "fp32")}
-        write_json(path, self.dense)
+        self.dense = measure.dense_reference(self.out / DENSE_JSON, self.cfg.model, self.data, self.backend, self.say)
 
     def _dense_onnx(self) -> Path:
         return measure.dense_onnx(self.work / "dense_onnx", self.cfg.model)

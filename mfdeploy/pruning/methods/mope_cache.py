@@ -11,11 +11,16 @@ killed halfway, leaves errors a later run finds under the same key. Depth
 errors are keyed by every width decision of both towers (depth scores the
 width-cut model, each tower against the other's width-cut embeddings).
 
-Keys also name the device type and the torch and transformers versions: the
-same model gives slightly different floats elsewhere, and a cached error must
-be the one this run would compute, to the bit. Values are JSON (Python writes
-a float so that reading it back gives the same float). Files are written
-atomically; one that cannot be read back is reported and scored again.
+Keys also name what decides the floats beyond the model and its inputs
+(`environment`): the torch and transformers versions, the device (on CUDA its
+name, the CUDA and cuDNN versions and the TF32 switches), the CPU (its model and
+the instruction set torch dispatches to), the intra-op thread count (a parallel
+reduction sums in per-thread chunks) and torch's build (its BLAS, oneDNN and
+OpenMP, as `torch.__config__.show()` lists them): the same model gives slightly
+different floats when any of them differs, and a cached error must be the one
+this run would compute, to the bit. Values are JSON (Python writes a float so
+that reading it back gives the same float). Files are written atomically; one
+that cannot be read back is reported and scored again.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from mfdeploy.models.inputs import Batch
 
 log = logging.getLogger(__name__)  # with logging unconfigured (the CLI), a warning prints as one line
 FORMAT = "mfdeploy MoPE module errors"
-VERSION = 1  # raise when what an error means changes (Z, the removal of a module): old files then miss
+VERSION = 2  # raise when what an error means, or a key, changes (2: the environment's fields): old files then miss
 
 
 def _update(h: Any, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -61,6 +66,25 @@ def batches_fingerprint(batches: Sequence[Batch]) -> str:
         if b.image_ids is not None and b.same_image() is not None:  # which pairs share an image changes the loss
             _update(h, [(f"{k}.image_ids", b.image_ids)])  # (`Family.loss`); none shared: the key it always had
     return h.hexdigest()
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """What, beyond the model and its inputs, decides the floats MoPE computes on `device` (the module docstring);
+    the same on one machine and in one process while the thread count stays."""
+    import transformers
+
+    from mfdeploy.platform import cpu_description
+
+    env: dict[str, Any] = {
+        "device": device.type, "torch": torch.__version__, "transformers": transformers.__version__,
+        "cpu": cpu_description(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(), "matmul_precision": torch.get_float32_matmul_precision(),
+        "torch_build": hashlib.sha256(torch.__config__.show().encode()).hexdigest()[:16]}
+    if device.type == "cuda":
+        env.update(device_name=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
+                   cudnn=torch.backends.cudnn.version(), tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+                   tf32_cudnn=torch.backends.cudnn.allow_tf32)
+    return env
 
 
 def _screened_ok(screened: object, lengths: dict[str, int]) -> bool:
@@ -96,12 +120,9 @@ class ScoreCache:
     @staticmethod
     def base_of(model: torch.nn.Module, batches: Sequence[Batch], family: str, group: int) -> dict:
         """What every key of a run shares: the dense model, the calibration batches, the group, the environment."""
-        import transformers
-
         return {"format": FORMAT, "version": VERSION, "family": family, "model": model_fingerprint(model),
                 "batches": batches_fingerprint(batches), "neuron_group": group,
-                "device": next(model.parameters()).device.type, "torch": torch.__version__,
-                "transformers": transformers.__version__}
+                **environment(next(model.parameters()).device)}
 
     def _path(self, parts: dict) -> Path:
         assert self.root is not None
@@ -161,4 +182,4 @@ class ScoreCache:
         return {"dir": str(self.root), **self.counts, **({"not_written": self.unwritable} if self.unwritable else {})}
 
 
-__all__ = ["ScoreCache", "batches_fingerprint", "model_fingerprint"]
+__all__ = ["ScoreCache", "batches_fingerprint", "environment", "model_fingerprint"]
