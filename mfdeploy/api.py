@@ -193,8 +193,8 @@ def export(model: ModelLike | str | Path | None, out_dir: str | Path, *, tokeniz
 
 @python_names(extra=EVAL_OPTIONS)
 def evaluate(model: ModelLike | str | Path | None, data: str | Path = "shapes", *, tokenizer: Any = None,
-             processor: Any = None, backend: str = "torch", retention: bool | str = False, template: str | None = None,
-             progress: Callable[[str], None] | None = None, **sizes: Any) -> dict:
+             processor: Any = None, backend: str = "torch", retention: bool | str = "if known",
+             template: str | None = None, progress: Callable[[str], None] | None = None, **sizes: Any) -> dict:
     """Zero-shot accuracy and retrieval recall on "shapes", a JSONL of pairs, or an image folder.
 
     Args:
@@ -205,8 +205,9 @@ def evaluate(model: ModelLike | str | Path | None, data: str | Path = "shapes", 
         backend: torch | onnx | onnx-int8 | openvino | openvino-int8 (serve's names ort-cpu and ort-int8 are onnx and
             onnx-int8).
         retention: for a prune or build directory, also evaluate the dense model it came from and
-            add "dense" and "retention" to the result (True for another model: "retention_error" says why
-            there is none; "if known": the same, silently).
+            add "dense" and "retention" to the result. "if known" (the default, as `mfdeploy eval`): for other
+            models, nothing; True: for other models, "retention_error" says why there is none; False: never
+            (`mfdeploy eval --no-retention`).
         template: prompt template of an image folder's classes.
         progress: called with a short message before each model is evaluated (True: printed to stderr).
         **sizes: `n_images`, `n_retrieval` (shapes suite), `batch_size`, `device` (backend torch: auto | cpu |

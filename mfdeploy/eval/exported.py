@@ -92,8 +92,41 @@ def export_source(source: object) -> ExportSource | None:
     found = quantized_export(path)
     if found is not None:
         return ExportSource(path, *found)
+    if (path / QUANTIZE_MANIFEST).is_file() and not (path / EXPORT_MANIFEST).is_file() \
+            and not (path / "config.json").is_file():
+        raise UserError(_no_export_manifest(path))
     manifest = plain_export(path)
     return ExportSource(path, manifest) if manifest is not None else None
+
+
+def _no_export_manifest(path: Path) -> str:
+    """What a folder of quantized towers without export.json is, and the command that evaluates such towers: one of
+    `mfdeploy quantize BUILD --out DIR` (a build's onnx/ has no export.json to copy), or a build's own onnx_int8/ or
+    onnx_qdq/. Evaluating it directly would need the checkpoint and hashes that export.json records."""
+    from mfdeploy.artifacts.layout import is_build
+
+    record = QuantizeManifest.read(path)
+    build = str(path.parent) if is_build(path.parent) else None
+    source = build or record.data.get("source")
+    source = source if isinstance(source, str) and source else "BUILD"
+    why = f"with no {EXPORT_MANIFEST} naming the model whose tokenizer and image processor prepare the inputs"
+    then = f"then `mfdeploy eval DIR --backend {QUANTIZED_BACKEND}`"
+    ort = record.target == "ort" and record.mode in (None, "int8")
+    scheme = record.data.get("scheme")
+    opts = (f" --scheme {scheme}" if scheme in ("static", "dynamic") else "") if ort else \
+        " --target trt" + (" --mode fp8" if record.mode == "fp8" else "")
+    if build is None and (Path(source) / EXPORT_MANIFEST).is_file():  # an export's towers that lost export.json
+        return (f"{path}: quantized towers of the export {source}, {why}: quantize the export again (`mfdeploy "
+                f"quantize {source}{opts} --out DIR`), {then}")
+    if ort:  # a build evaluates its own onnx_int8/
+        evaluate = f"`mfdeploy eval {source} --backend {QUANTIZED_BACKEND}`"
+        if build is not None:
+            return f"{path}: the ONNX Runtime INT8 towers of the build {build}: evaluate them with {evaluate}"
+        return (f"{path}: ONNX Runtime INT8 towers of the build {source}, {why}: make them in the build's onnx_int8/ "
+                f"(`mfdeploy quantize {source} --in-place{opts}`), then {evaluate}")
+    # TensorRT's Q/DQ towers: `--in-place` refuses them, and an export's quantized copy is what eval runs
+    return (f"{path}: TensorRT Q/DQ towers of the build {source}, {why}: quantize an export of the build instead "
+            f"(`mfdeploy export {source} --out EXPORT`, then `mfdeploy quantize EXPORT{opts} --out DIR`), {then}")
 
 
 __all__ = ["QUANTIZED_BACKEND", "ExportSource", "export_source"]

@@ -40,6 +40,7 @@ from mfdeploy.exporting.spec import (
     fixed_text_len,
     model_limits,
     onnx_io,
+    qdq_routes,
 )
 from mfdeploy.exporting.trtexec import trtexec_commands, trtexec_paths
 from mfdeploy.exporting.trtlog import capture_trt_log, parse_sparsity_log
@@ -81,8 +82,7 @@ def engine_dirs(path: Path, out_dir: Path | None = None, int8: bool = False) -> 
         towers = ONNX_QDQ_DIR if int8 else ONNX_DIR
         if not (path / towers).is_dir():
             raise UserError(f"{path}: build directory has no {towers}/ " + (
-                "(INT8 engines need the QDQ towers `mfdeploy build --int8` writes there; or run `mfdeploy quantize "
-                f"{path} --target trt --out QDQ`, then `mfdeploy engine QDQ --int8`)" if int8 else
+                f"(the QDQ towers INT8 engines are built from): {qdq_routes(build=str(path))}" if int8 else
                 INCOMPLETE_BUILD))
         verify_artifacts(path, (f"{towers}/",))
         return path / towers, Path(out_dir) if out_dir is not None else path / ENGINES_DIR

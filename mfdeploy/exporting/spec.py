@@ -17,7 +17,8 @@ MIN_OPSET = 17  # LayerNormalization is a single op from opset 17 on (TensorRT F
 DYNAMIC_DIMS = ("batch", "text_len")
 SAMPLES_FILE = PARITY_INPUTS  # the real parity inputs, kept for engine checks (which have no tokenizer)
 __all__ = ["MIN_OPSET", "SAMPLES_FILE", "TOWERS", "check_onnx_dir", "check_opset",
-           "concrete_shapes", "dynamic_axes", "fixed_text_len", "max_opset", "model_limits", "onnx_io", "tower_specs"]
+           "concrete_shapes", "dynamic_axes", "fixed_text_len", "max_opset", "model_limits", "onnx_io", "qdq_routes",
+           "tower_specs"]
 
 def max_opset(exporter: str = "torchscript") -> int | None:
     """The newest opset torch's `exporter` ("torchscript" or "dynamo") writes; None where torch does not say."""
@@ -177,15 +178,53 @@ def check_trt_graphs(files: dict[str, Path], int8: bool) -> str | None:
             n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in uint8 for n in graph.node) else [])
         if found:
             raise UserError(f"{path}: ONNX Runtime INT8 towers, which TensorRT cannot build ({', '.join(found)}): "
-                            "build engines from the fp32 towers, or for INT8 engines quantize those with `mfdeploy "
-                            "quantize SRC --target trt --out DIR`, then run `mfdeploy engine DIR --int8`")
+                            "build engines from the fp32 towers, or INT8 engines from QDQ towers: "
+                            + _routes(path.parent))
         if int8 and "DequantizeLinear" not in ops:
-            raise UserError(f"--int8: {path} holds no QuantizeLinear/DequantizeLinear nodes; quantize it first "
-                            "(mfdeploy quantize SRC --target trt --out DIR, or build --int8: onnx_qdq/)")
+            raise UserError(f"--int8: {path} holds no QuantizeLinear/DequantizeLinear nodes; quantize it first: "
+                            + _routes(path.parent))
         if "DequantizeLinear" in ops:
             fp8 = any(t.data_type in FLOAT8_TYPES for t in graph.initializer)
             kinds.add("fp8" if fp8 else "int8")
     return "fp8" if "fp8" in kinds else "int8" if kinds else None
+
+
+def qdq_routes(export: Path | None = None, build: str = "BUILD") -> str:
+    """The ways to QDQ towers whose INT8 engines `bench` and `serve` then find: a build's own `onnx_qdq/`, which only
+    `build --int8` makes (`quantize --in-place` rewrites `onnx_int8/`, and `quantize BUILD --out DIR` writes a
+    folder with no export.json, which neither reads), or an export's quantized copy (`serve DIR --backend trt`).
+
+    Args:
+        export: the export directory to quantize, when known (else the build's route comes first).
+        build: how to name the build.
+    """
+    from mfdeploy.extras import EXTRAS, missing
+
+    extra = f" (with {EXTRAS['modelopt'].provides}: pip install 'mfdeploy[modelopt]')" if missing("modelopt") else ""
+    exported = (f"`mfdeploy quantize {export or 'EXPORT'} --target trt --out QDQ`, then `mfdeploy engine QDQ --int8` "
+                "and `mfdeploy serve QDQ --backend trt`")
+    if export is not None:
+        return exported + extra
+    return (f"run `mfdeploy build` again with its options and --int8{extra}, which writes {build}/onnx_qdq/, then "
+            f"`mfdeploy engine {build} --int8`; or `mfdeploy export {build} --out EXPORT`, " + exported)
+
+
+def _routes(folder: Path) -> str:
+    """`qdq_routes` from the fp32 towers `folder` holds or came from: the build it lies in, itself (an export), or
+    the source its quantize.json records (an export, or a build)."""
+    from mfdeploy.artifacts.layout import QUANTIZE_MANIFEST, is_build
+
+    if is_build(folder.parent):  # a build's onnx/ or onnx_int8/, passed by itself
+        return qdq_routes(build=str(folder.parent))
+    if not (folder / QUANTIZE_MANIFEST).is_file():
+        return qdq_routes(folder if (folder / EXPORT_MANIFEST).is_file() else None)
+    try:
+        source = json.loads((folder / QUANTIZE_MANIFEST).read_text(encoding="utf-8")).get("source")
+    except (OSError, ValueError, AttributeError):
+        source = None
+    if not isinstance(source, str) or not source:
+        return qdq_routes()
+    return qdq_routes(Path(source)) if (Path(source) / EXPORT_MANIFEST).is_file() else qdq_routes(build=source)
 
 
 FLOAT8_TYPES = frozenset({17, 18, 19, 20})  # onnx.TensorProto.FLOAT8E4M3FN, E4M3FNUZ, E5M2, E5M2FNUZ

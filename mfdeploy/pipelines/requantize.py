@@ -45,10 +45,10 @@ REWRITTEN = {ONNX_INT8_DIR, BUILD_MANIFEST, REPORT_FILE, FILE_LIST, TEMP_OWNER} 
 
 def check_in_place(build: Path, cfg: QuantizeConfig) -> dict[str, Any]:
     """Refuse, in one line and before any work, what `--in-place` cannot do; returns the build's manifest."""
-    validate(cfg)
-    if cfg.target != "ort" or cfg.mode != "int8":
+    if cfg.target != "ort" or cfg.mode != "int8":  # before validate: what fp8 needs of ONNX Runtime is moot here
         raise UserError("--in-place rewrites a build's onnx_int8/ (--target ort, --mode int8); onnx_qdq/ is what "
                         "the build's TensorRT engines were made from: for other QDQ towers, build again with --int8")
+    validate(cfg)
     build = Path(build)
     if build.is_symlink():
         raise UserError(f"--in-place will not replace {build}: it is a symbolic link; pass the build directory it "

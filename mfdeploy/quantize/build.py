@@ -18,9 +18,12 @@ def qdq_skipped() -> str | None:
     absent = missing("modelopt")
     if not absent:
         return None
+    # not `quantize BUILD --target trt --out QDQ`: that folder has no export.json, and bench and serve read a build's
+    # engines/ only; `quantize --in-place` rewrites onnx_int8/ alone
     return (f"{ONNX_QDQ_DIR}/ (TensorRT's INT8 towers) not made: {EXTRAS['modelopt'].provides} is not installed (no "
-            f"module {absent[0]!r}); pip install 'mfdeploy[modelopt]', then `mfdeploy quantize BUILD --target trt "
-            "--out QDQ` makes them")
+            f"module {absent[0]!r}); pip install 'mfdeploy[modelopt]' and build again with --int8 to make them, or "
+            "quantize an export of the build (`mfdeploy export BUILD --out EXPORT`, then `mfdeploy quantize EXPORT "
+            "--target trt --out QDQ`)")
 
 
 def quantize_build(adapter, build_dir: Path, calib: str | None, calib_samples: int = 128,

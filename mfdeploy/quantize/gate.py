@@ -84,3 +84,26 @@ def _unrunnable(quantized: Path, e: Exception) -> UserError:
     return UserError(f"{quantized.name}: ONNX Runtime {onnxruntime.__version__} cannot run the quantized tower, so its "
                      f"parity with the fp32 tower cannot be checked ({first_line(e)}); a newer ONNX Runtime may "
                      "(pip install -U onnxruntime, on Python 3.11 or newer)")
+
+
+FP8_RUNTIME = (1, 24)  # ONNX Runtime 1.23 (the newest for Python 3.10) rejects ModelOpt's FP8 Q/DQ graph; 1.32 runs it
+
+
+def check_mode(mode: str, target: str) -> None:
+    """Refuse, before any work, an FP8 run whose towers could never pass this gate: `--target ort` (no fp8 kernels),
+    or an ONNX Runtime of 1.23 or older, which cannot load ModelOpt's FP8 Q/DQ graph (the gate runs both towers on
+    it), so the failure came only after calibration and quantization."""
+    if mode != "fp8":
+        return
+    if target == "ort":
+        raise UserError("--mode fp8 needs --target trt: ONNX Runtime's CPU provider has no fp8 kernels")
+    import re
+
+    import onnxruntime
+
+    found = re.match(r"(\d+)\.(\d+)", str(onnxruntime.__version__))
+    if found is not None and (int(found[1]), int(found[2])) < FP8_RUNTIME:
+        raise UserError(f"--mode fp8: ONNX Runtime {onnxruntime.__version__} cannot run the FP8 Q/DQ towers ModelOpt "
+                        "writes (1.23 and older reject them; 1.32 runs them), so their parity with the fp32 towers "
+                        "could not be checked: upgrade it (pip install -U onnxruntime; releases after 1.23 need "
+                        "Python 3.11 or newer), or quantize with --mode int8")

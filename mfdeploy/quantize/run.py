@@ -25,7 +25,7 @@ from mfdeploy.errors import UserError
 from mfdeploy.exporting.external import external_data_files, model_bytes
 from mfdeploy.exporting.spec import check_onnx_dir
 from mfdeploy.platform import package_versions
-from mfdeploy.quantize.gate import MIN_COSINE, check_towers, failure_line, gate_feeds
+from mfdeploy.quantize.gate import MIN_COSINE, check_mode, check_towers, failure_line, gate_feeds
 from mfdeploy.zoo import is_bundled
 
 TARGETS = ("ort", "trt")
@@ -54,8 +54,7 @@ def validate(cfg: QuantizeConfig) -> CalibSource:
         raise UserError(f"--target {cfg.target}: expected one of {', '.join(TARGETS)}")
     if cfg.mode not in MODES:
         raise UserError(f"--mode {cfg.mode}: expected one of {', '.join(MODES)}")
-    if cfg.mode == "fp8" and cfg.target == "ort":
-        raise UserError("--mode fp8 needs --target trt: ONNX Runtime's CPU provider has no fp8 kernels")
+    check_mode(cfg.mode, cfg.target)  # fp8: --target trt, and an ONNX Runtime its gate can run the towers on
     if cfg.target == "ort":
         check_scheme(cfg.scheme)
     elif cfg.scheme not in ("auto", "static"):  # it was ignored: TensorRT's QDQ towers are calibrated (static)
