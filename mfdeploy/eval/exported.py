@@ -16,6 +16,7 @@ from typing import Any
 
 from mfdeploy.artifacts.layout import EXPORT_MANIFEST, QUANTIZE_MANIFEST
 from mfdeploy.artifacts.manifest import ExportManifest, QuantizeManifest, plain_export, quantized_export
+from mfdeploy.artifacts.routes import no_export_manifest
 from mfdeploy.errors import UserError
 
 QUANTIZED_BACKEND = "onnx-int8"  # ONNX Runtime on the CPU: its INT8 operators; TensorRT's QDQ towers (--target trt)
@@ -84,11 +85,15 @@ def export_source(source: object) -> ExportSource | None:
     """`source` as an export directory (plain or quantized), None for anything else (checkpoint, build, Adapter).
 
     Raises:
-        UserError: its export.json is unreadable or names no model.
+        UserError: its export.json is unreadable or names no model, or it holds a build's quantized towers
+            (`mfdeploy quantize BUILD --out DIR`), which no export.json names: the message gives the route that runs.
     """
     if not isinstance(source, (str, Path)):
         return None
     path = Path(source).expanduser()
+    if path.is_dir() and (path / QUANTIZE_MANIFEST).is_file() and not (path / EXPORT_MANIFEST).is_file() \
+            and not (path / "config.json").is_file():  # `mfdeploy quantize BUILD --out DIR`: nothing names the model
+        raise UserError(no_export_manifest(path, "eval"))
     found = quantized_export(path)
     if found is not None:
         return ExportSource(path, *found)
