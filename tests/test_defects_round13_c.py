@@ -102,3 +102,17 @@ def test_the_install_pages_quote_pyprojects_torch_range(page):
     torch = next(d.replace(" ", "") for d in deps if re.match(r"torch\b", d))
     quoted = re.findall(r"the pyproject allows `(torch[^`]*)`", (ROOT / page).read_text())
     assert quoted == [torch]
+
+
+@pytest.mark.parametrize("folder", ["onnx", "onnx_dense"])
+def test_eval_of_a_builds_own_folder_points_at_the_build(tiny_build, folder, capsys):
+    """`mfdeploy eval BUILD/onnx` said "not a model checkpoint (no config.json)"; with the route above, BUILD/onnx_int8
+    would have been told to quantize the build again. Both now name the build, which evaluates every tower."""
+    capsys.readouterr()
+    assert run_cli(["eval", str(tiny_build / folder), "--backend", "onnx"]) == 2
+    assert one_error(capsys) == (f"error: {tiny_build / folder} is a folder of the build {tiny_build}: evaluate the "
+                                 f"build (`mfdeploy eval {tiny_build}`, with --backend onnx-int8 for its INT8 towers)")
+
+
+def test_the_builds_checkpoint_folder_still_evaluates(tiny_build):
+    assert run_cli(["eval", str(tiny_build / "pruned"), "--images", "40", "--pairs", "40"]) == 0

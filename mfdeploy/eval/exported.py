@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mfdeploy.artifacts.layout import EXPORT_MANIFEST, QUANTIZE_MANIFEST
+from mfdeploy.artifacts.layout import EXPORT_MANIFEST, PRUNED_DIR, QUANTIZE_MANIFEST, is_build
 from mfdeploy.artifacts.manifest import ExportManifest, QuantizeManifest, plain_export, quantized_export
 from mfdeploy.artifacts.routes import no_export_manifest
 from mfdeploy.errors import UserError
@@ -86,14 +86,19 @@ def export_source(source: object) -> ExportSource | None:
 
     Raises:
         UserError: its export.json is unreadable or names no model, or it holds a build's quantized towers
-            (`mfdeploy quantize BUILD --out DIR`), which no export.json names: the message gives the route that runs.
+            (`mfdeploy quantize BUILD --out DIR`), which no export.json names, or it is a folder of a build (`onnx/`,
+            `onnx_int8/`): the message gives the route that runs.
     """
     if not isinstance(source, (str, Path)):
         return None
     path = Path(source).expanduser()
-    if path.is_dir() and (path / QUANTIZE_MANIFEST).is_file() and not (path / EXPORT_MANIFEST).is_file() \
-            and not (path / "config.json").is_file():  # `mfdeploy quantize BUILD --out DIR`: nothing names the model
-        raise UserError(no_export_manifest(path, "eval"))
+    if path.is_dir() and not (path / "config.json").is_file():
+        if is_build(path.parent) and not (path / PRUNED_DIR / "config.json").is_file():
+            # onnx/, onnx_int8/, ... (not a prune or build written inside one): the build names the model
+            raise UserError(f"{path} is a folder of the build {path.parent}: evaluate the build (`mfdeploy eval "
+                            f"{path.parent}`, with --backend onnx-int8 for its INT8 towers)")
+        if (path / QUANTIZE_MANIFEST).is_file() and not (path / EXPORT_MANIFEST).is_file():
+            raise UserError(no_export_manifest(path, "eval"))  # `quantize BUILD --out DIR`: nothing names the model
     found = quantized_export(path)
     if found is not None:
         return ExportSource(path, *found)
