@@ -98,21 +98,9 @@ def test_a_build_without_modelopt_records_a_route_to_qdq_towers_that_serve(monke
     assert qdq_skipped() is None
 
 
-# ---- 2. eval on the towers of `quantize BUILD --out DIR` -------------------------------------------------------------
+# ---- 2. eval on the towers of `quantize BUILD --out DIR` (the common cases: test_defects_round13_c.py) --
 
-@pytest.mark.parametrize("backend", ["torch", "onnx-int8"])
-def test_eval_of_a_builds_quantized_out_folder_says_what_it_is(quantized_of_build, tiny_build, capsys, backend):
-    """It said "an output of mfdeploy (quantize.json), not a model checkpoint: pass the checkpoint, prune or build
-    directory it was made from", which evaluates other (fp32 torch) weights."""
-    b = str(tiny_build.resolve())
-    assert run_cli(["eval", str(quantized_of_build), "--backend", backend]) == 2
-    assert one_error(capsys) == (
-        f"error: {quantized_of_build}: ONNX Runtime INT8 towers of the build {b}, with no export.json naming the model "
-        "whose tokenizer and image processor prepare the inputs: make them in the build's onnx_int8/ (`mfdeploy "
-        f"quantize {b} --in-place --scheme dynamic`), then `mfdeploy eval {b} --backend onnx-int8`")
-
-
-def test_eval_names_the_route_for_qdq_towers_and_for_a_lost_export_manifest(quantized_of_build, tiny_build, tmp_path):
+def test_eval_names_the_route_for_fp8_towers_and_for_a_lost_export_manifest(quantized_of_build, tiny_build, tmp_path):
     b = str(tiny_build.resolve())
     trt = tmp_path / "trt"
     shutil.copytree(quantized_of_build, trt)
@@ -121,28 +109,15 @@ def test_eval_names_the_route_for_qdq_towers_and_for_a_lost_export_manifest(quan
     with pytest.raises(UserError) as e:
         mfdeploy.evaluate(str(trt))
     assert str(e.value).endswith(f"quantize an export of the build instead (`mfdeploy export {b} --out EXPORT`, then "
-                                 "`mfdeploy quantize EXPORT --target trt --mode fp8 --out DIR`), then `mfdeploy eval "
-                                 "DIR --backend onnx-int8`")
+                                 "`mfdeploy quantize EXPORT --target trt --mode fp8 --out DIR`) and evaluate DIR "
+                                 "with backend onnx-int8")  # the API names its argument, not the CLI's option
     exported = tmp_path / "exported"
     assert run_cli(["export", str(tiny_build), "--out", str(exported)]) == 0
     (trt / "quantize.json").write_text(json.dumps({**record, "source": str(exported)}))  # export.json lost
-    with pytest.raises(UserError, match=rf"^{trt}: quantized towers of the export {exported}, .*: quantize the export "
-                                        rf"again \(`mfdeploy quantize {exported} --scheme dynamic --out DIR`\), then "
-                                        r"`mfdeploy eval DIR --backend onnx-int8`$"):
+    with pytest.raises(UserError, match=rf"^{trt}: quantized towers with no export.json .*: quantize the export they "
+                                        rf"came from again \(`mfdeploy quantize {exported} --out DIR`\) and evaluate "
+                                        r"DIR with backend onnx-int8$"):
         mfdeploy.evaluate(str(trt), backend="onnx-int8")
-
-
-def test_eval_of_a_builds_own_int8_folder_points_to_the_build(tiny_build, tmp_path, capsys):
-    build = tmp_path / "build"
-    shutil.copytree(tiny_build, build)
-    assert run_cli(["quantize", str(build), "--in-place", "--scheme", "dynamic"]) == 0
-    capsys.readouterr()
-    assert run_cli(["eval", str(build / "onnx_int8"), "--backend", "onnx-int8"]) == 2
-    assert one_error(capsys) == (f"error: {build / 'onnx_int8'}: the ONNX Runtime INT8 towers of the build {build}: "
-                                 f"evaluate them with `mfdeploy eval {build} --backend onnx-int8`")
-    # the command it names evaluates them
-    result = mfdeploy.evaluate(str(build), backend="onnx-int8", retention=False, **SMALL)
-    assert result["backend"] == "onnx-int8" and result["precision"] == {"vision": "int8+f32", "text": "int8+f32"}
 
 
 # ---- 3. quantize --mode fp8 on ONNX Runtime 1.23 ---------------------------------------------------------------------

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mfdeploy.artifacts.layout import EXPORT_MANIFEST, QUANTIZE_MANIFEST
+from mfdeploy.artifacts.layout import EXPORT_MANIFEST, PRUNED_DIR, QUANTIZE_MANIFEST, is_build
 from mfdeploy.artifacts.manifest import ExportManifest, QuantizeManifest, plain_export, quantized_export
+from mfdeploy.artifacts.routes import no_export_manifest
 from mfdeploy.errors import UserError
 
 QUANTIZED_BACKEND = "onnx-int8"  # ONNX Runtime on the CPU: its INT8 operators; TensorRT's QDQ towers (--target trt)
@@ -84,49 +85,25 @@ def export_source(source: object) -> ExportSource | None:
     """`source` as an export directory (plain or quantized), None for anything else (checkpoint, build, Adapter).
 
     Raises:
-        UserError: its export.json is unreadable or names no model.
+        UserError: its export.json is unreadable or names no model, or it holds a build's quantized towers
+            (`mfdeploy quantize BUILD --out DIR`), which no export.json names, or it is a folder of a build (`onnx/`,
+            `onnx_int8/`): the message gives the route that runs.
     """
     if not isinstance(source, (str, Path)):
         return None
     path = Path(source).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file():
+        if is_build(path.parent) and not (path / PRUNED_DIR / "config.json").is_file():
+            # onnx/, onnx_int8/, ... (not a prune or build written inside one): the build names the model
+            raise UserError(f"{path} is a folder of the build {path.parent}: evaluate the build (`mfdeploy eval "
+                            f"{path.parent}`, with --backend onnx-int8 for its INT8 towers)")
+        if (path / QUANTIZE_MANIFEST).is_file() and not (path / EXPORT_MANIFEST).is_file():
+            raise UserError(no_export_manifest(path, "eval"))  # `quantize BUILD --out DIR`: nothing names the model
     found = quantized_export(path)
     if found is not None:
         return ExportSource(path, *found)
-    if (path / QUANTIZE_MANIFEST).is_file() and not (path / EXPORT_MANIFEST).is_file() \
-            and not (path / "config.json").is_file():
-        raise UserError(_no_export_manifest(path))
     manifest = plain_export(path)
     return ExportSource(path, manifest) if manifest is not None else None
-
-
-def _no_export_manifest(path: Path) -> str:
-    """What a folder of quantized towers without export.json is, and the command that evaluates such towers: one of
-    `mfdeploy quantize BUILD --out DIR` (a build's onnx/ has no export.json to copy), or a build's own onnx_int8/ or
-    onnx_qdq/. Evaluating it directly would need the checkpoint and hashes that export.json records."""
-    from mfdeploy.artifacts.layout import is_build
-
-    record = QuantizeManifest.read(path)
-    build = str(path.parent) if is_build(path.parent) else None
-    source = build or record.data.get("source")
-    source = source if isinstance(source, str) and source else "BUILD"
-    why = f"with no {EXPORT_MANIFEST} naming the model whose tokenizer and image processor prepare the inputs"
-    then = f"then `mfdeploy eval DIR --backend {QUANTIZED_BACKEND}`"
-    ort = record.target == "ort" and record.mode in (None, "int8")
-    scheme = record.data.get("scheme")
-    opts = (f" --scheme {scheme}" if scheme in ("static", "dynamic") else "") if ort else \
-        " --target trt" + (" --mode fp8" if record.mode == "fp8" else "")
-    if build is None and (Path(source) / EXPORT_MANIFEST).is_file():  # an export's towers that lost export.json
-        return (f"{path}: quantized towers of the export {source}, {why}: quantize the export again (`mfdeploy "
-                f"quantize {source}{opts} --out DIR`), {then}")
-    if ort:  # a build evaluates its own onnx_int8/
-        evaluate = f"`mfdeploy eval {source} --backend {QUANTIZED_BACKEND}`"
-        if build is not None:
-            return f"{path}: the ONNX Runtime INT8 towers of the build {build}: evaluate them with {evaluate}"
-        return (f"{path}: ONNX Runtime INT8 towers of the build {source}, {why}: make them in the build's onnx_int8/ "
-                f"(`mfdeploy quantize {source} --in-place{opts}`), then {evaluate}")
-    # TensorRT's Q/DQ towers: `--in-place` refuses them, and an export's quantized copy is what eval runs
-    return (f"{path}: TensorRT Q/DQ towers of the build {source}, {why}: quantize an export of the build instead "
-            f"(`mfdeploy export {source} --out EXPORT`, then `mfdeploy quantize EXPORT{opts} --out DIR`), {then}")
 
 
 __all__ = ["QUANTIZED_BACKEND", "ExportSource", "export_source"]

@@ -39,6 +39,7 @@ from mfdeploy.artifacts.layout import (
     is_build,
 )
 from mfdeploy.artifacts.manifest import ExportManifest, QuantizeManifest, naming_export
+from mfdeploy.artifacts.routes import no_export_manifest
 from mfdeploy.artifacts.tempdirs import moved_aside
 from mfdeploy.errors import UserError
 from mfdeploy.models.integrity import verify_artifacts
@@ -120,7 +121,7 @@ def _export(path: Path, cfg: ServeConfig) -> Served:
     if is_build(path.parent):
         _inside_build(path)
     if not (path / EXPORT_MANIFEST).is_file():  # before the backend: no backend serves such a folder
-        raise UserError(_no_export_manifest(path))
+        raise UserError(no_export_manifest(path, "serve"))
     if cfg.backend not in EXPORT_BACKENDS:
         raise UserError(_export_backends(path, cfg.backend))
     manifest = naming_export(path)
@@ -132,31 +133,6 @@ def _export(path: Path, cfg: ServeConfig) -> Served:
         f" of {_how_pruned(pruned)}" if isinstance(pruned, dict) else "")
     return Served(path, "export", "export", _checkpoint(str(manifest.model_source), path),
                   f"{manifest.model_id or path.name} ({what}, {cfg.backend})")
-
-
-def _no_export_manifest(path: Path) -> str:
-    """Why a folder of towers without export.json cannot be served, and what serves instead: `mfdeploy quantize
-    BUILD --out DIR` writes none (a build's onnx/ has none to copy), and its advice depends on the towers' kind."""
-    record = QuantizeManifest.read(path) if (path / QUANTIZE_MANIFEST).is_file() else None
-    if record is None:
-        return (f"{path}: no {EXPORT_MANIFEST} naming the model whose tokenizer and image processor the server "
-                "needs (export with `mfdeploy export MODEL --out DIR`)")
-    source = record.data.get("source")
-    source = source if isinstance(source, str) and source else "BUILD"
-    why = f"with no {EXPORT_MANIFEST} naming the model whose tokenizer and image processor the server needs"
-    if (Path(source) / EXPORT_MANIFEST).is_file():  # an export's quantized towers, whose export.json went missing
-        return (f"{path}: quantized towers {why}: quantize the export they came from again (`mfdeploy quantize "
-                f"{source} --out DIR`) and serve DIR")
-    if record.target == "ort" and record.mode in (None, "int8"):  # `--in-place` makes the build's own onnx_int8/
-        scheme = record.data.get("scheme")
-        opts = f" --scheme {scheme}" if scheme in ("static", "dynamic") else ""
-        return (f"{path}: ONNX Runtime INT8 towers of the build {source}, {why}: serve them from the build "
-                f"(`mfdeploy quantize {source} --in-place{opts}`, then `mfdeploy serve {source} --backend ort-int8`)")
-    # TensorRT's Q/DQ towers (INT8 or FP8): `--in-place` refuses them, and a build serves only its own onnx_qdq/
-    mode = " --mode fp8" if record.mode == "fp8" else ""
-    return (f"{path}: TensorRT Q/DQ towers of the build {source}, {why}: quantize an export of the build instead "
-            f"(`mfdeploy export {source} --out EXPORT`, then `mfdeploy quantize EXPORT --target trt{mode} --out DIR`) "
-            "and serve DIR")
 
 
 def _pruning(path: Path, manifest: ExportManifest) -> dict[str, Any] | bool | None:
