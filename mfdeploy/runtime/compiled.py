@@ -43,8 +43,14 @@ minutes per shape on a few cores, and gained nothing in one run on
 ViT-B/32 here). On CUDA, "max-autotune-no-cudagraphs", since the runner captures its own CUDA
 graphs. Inductor keeps what it compiled in its cache directory
 (`TORCHINDUCTOR_CACHE_DIR`, else a folder under the temp dir), which the
-runner reports: a second start-up with the same model and shapes reads it
-instead of compiling again.
+runner reports. On CUDA a later start-up with the same model and shapes
+reads its graphs from there. On the CPU it cannot: inductor's FX graph
+cache does not store a graph holding oneDNN's prepacked weights ("mkldnn
+tensors unpickleable"), so every start-up compiles again (about 2 minutes
+for ViT-B/32 on 2 cores). Turning prepacking off (`cpp.weight_prepack`)
+lets the cache serve the graphs (40 s instead of 120 s) but made the calls
+9-23% slower (`benchmarks/compile_settings.py --variants runner,no-prepack`,
+benchmarks/results/compile_prepack.md), so the runner keeps it.
 """
 
 from __future__ import annotations
