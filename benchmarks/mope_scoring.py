@@ -64,11 +64,14 @@ def run(dense: torch.nn.Module, cfg: PruneConfig, source: CalibSource, path: tup
     return record, model.state_dict(), seconds
 
 
-def gemm_rates(rows: int = 400) -> list[tuple[str, float, float]]:
-    """GFLOP/s of PyTorch's `linear` and of oneDNN's (`mfdeploy.runtime.onednn`) at ViT-B/32's linear shapes."""
+VITB32_LINEARS = ((768, 2304), (768, 768), (768, 3072), (3072, 768))  # (in, out): fused q/k/v, out proj, fc1, fc2
+
+
+def gemm_rates(rows: int = 400, shapes: tuple[tuple[int, int], ...] = VITB32_LINEARS) -> list[tuple[str, float, float]]:
+    """GFLOP/s of PyTorch's `linear` and of oneDNN's (`mfdeploy.runtime.onednn`) at `shapes` (in, out)."""
     out = []
     g = torch.Generator().manual_seed(0)
-    for k, n in ((768, 2304), (768, 768), (768, 3072), (3072, 768)):
+    for k, n in shapes:
         x, w = torch.randn(rows, k, generator=g), torch.randn(n, k, generator=g)
         flop = 2 * rows * k * n / 1e9
         slow = onednn.best(lambda x=x, w=w: torch.nn.functional.linear(x, w), 20, statistics.median)

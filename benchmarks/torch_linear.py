@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
+import mope_scoring  # noqa: E402
 from vitb32 import WrappedAdapter, random_batches, vitb32  # noqa: E402
 
 from mfdeploy.bench.timing import time_blocks  # noqa: E402
@@ -46,13 +46,9 @@ from mfdeploy.runtime.torch_runner import TorchRunner  # noqa: E402
 def gemm_rates(rows: int) -> list[str]:
     lines = ["| GEMM (rows x in @ in x out) | linear GFLOP/s | oneDNN GFLOP/s | oneDNN / linear |",
              "|---|---:|---:|---:|"]
-    g = torch.Generator().manual_seed(0)
-    for k, n in ((768, 768), (768, 3072), (3072, 768), (512, 2048)):
-        x, w = torch.randn(rows, k, generator=g), torch.randn(n, k, generator=g)
-        flop = 2 * rows * k * n / 1e9
-        slow = onednn.best(lambda x=x, w=w: torch.nn.functional.linear(x, w), 20, statistics.median)
-        fast = onednn.best(lambda x=x, w=w: onednn.linear(x, w, None), 20, statistics.median)
-        lines.append(f"| {rows}x{k} @ {k}x{n} | {flop / slow:.0f} | {flop / fast:.0f} | {slow / fast:.2f}x |")
+    shapes = ((768, 768), (768, 3072), (3072, 768), (512, 2048))  # ViT-B/32's: vision q/k/v/out, fc1, fc2; text fc1
+    for shape, slow, fast in mope_scoring.gemm_rates(rows, shapes):
+        lines.append(f"| {shape} | {slow:.0f} | {fast:.0f} | {fast / slow:.2f}x |")
     return lines
 
 

@@ -176,3 +176,17 @@ def test_block_settle_smoke():
         [("spinning", "0"), ("spinning", "0.05"), ("not spinning", "0"), ("not spinning", "0.05")]
     assert all(len(r.split("│")[6].split()) == 2 for r in rows)  # one median per timed position in the block
     assert "load average (1, 5, 15 min) before timing" in run.stdout
+
+
+def test_torch_linear_smoke(tmp_path):
+    """benchmarks/torch_linear.py: both GEMMs' rates, then the three runners per tower and batch, the oneDNN towers
+    within 1e-5 of PyTorch's `linear`, with the load average."""
+    run = subprocess.run([sys.executable, str(BENCHMARKS / "torch_linear.py"), "--smoke", "--rounds", "1",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    table = (tmp_path / "torch_linear.md").read_text()
+    rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith(("| text |", "| vision |"))]
+    assert [(r[0].strip(), r[1].strip()) for r in rows] == [("text", "1"), ("text", "8"), ("vision", "1"),
+                                                            ("vision", "8")]
+    assert all(float(r[-1]) < 1e-5 for r in rows)  # max abs difference of the embeddings
+    assert table.count("load average") >= 3 and "8x3072 @ 3072x768" in table
